@@ -1,0 +1,100 @@
+from tether.v1 import status_pb2 as _status_pb2
+from tether.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Infer(_message.Message):
+    __slots__ = ()
+    class Request(_message.Message):
+        __slots__ = ("tenant_id", "model_id", "version", "input", "correlation_id", "retry_token", "trace_id", "params", "region")
+        TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+        MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+        VERSION_FIELD_NUMBER: _ClassVar[int]
+        INPUT_FIELD_NUMBER: _ClassVar[int]
+        CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+        RETRY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+        TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+        PARAMS_FIELD_NUMBER: _ClassVar[int]
+        REGION_FIELD_NUMBER: _ClassVar[int]
+        tenant_id: str
+        model_id: str
+        version: str
+        input: Input
+        correlation_id: str
+        retry_token: str
+        trace_id: str
+        params: GenerationParams
+        region: str
+        def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., retry_token: _Optional[str] = ..., trace_id: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., region: _Optional[str] = ...) -> None: ...
+    class Chunk(_message.Message):
+        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id")
+        CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+        SEQ_FIELD_NUMBER: _ClassVar[int]
+        PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+        DONE_FIELD_NUMBER: _ClassVar[int]
+        USAGE_FIELD_NUMBER: _ClassVar[int]
+        ERROR_FIELD_NUMBER: _ClassVar[int]
+        WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+        correlation_id: str
+        seq: int
+        payload: Payload
+        done: bool
+        usage: Usage
+        error: _status_pb2.Error
+        worker_id: str
+        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    def __init__(self) -> None: ...
+
+class Input(_message.Message):
+    __slots__ = ("text", "texts", "tensors")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    texts: _tensor_pb2.TextBatch
+    tensors: _tensor_pb2.TensorMap
+    def __init__(self, text: _Optional[str] = ..., texts: _Optional[_Union[_tensor_pb2.TextBatch, _Mapping]] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorMap, _Mapping]] = ...) -> None: ...
+
+class GenerationParams(_message.Message):
+    __slots__ = ("max_tokens", "temperature", "seed", "top_p")
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    temperature: float
+    seed: int
+    top_p: float
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., top_p: _Optional[float] = ...) -> None: ...
+
+class Payload(_message.Message):
+    __slots__ = ("text", "embedding", "tensor")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    embedding: _tensor_pb2.Embedding
+    tensor: _tensor_pb2.Tensor
+    def __init__(self, text: _Optional[str] = ..., embedding: _Optional[_Union[_tensor_pb2.Embedding, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("tenant_id", "model_id", "version", "input_tokens", "output_tokens", "compute_ms", "queue_ms")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    model_id: str
+    version: str
+    input_tokens: int
+    output_tokens: int
+    compute_ms: int
+    queue_ms: int
+    def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., compute_ms: _Optional[int] = ..., queue_ms: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,59 @@
+from tether.v1 import control_pb2 as _control_pb2
+from tether.v1 import health_pb2 as _health_pb2
+from tether.v1 import infer_pb2 as _infer_pb2
+from tether.v1 import jobs_pb2 as _jobs_pb2
+from tether.v1 import presence_pb2 as _presence_pb2
+from tether.v1 import registry_pb2 as _registry_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_registry_pb2.ModelRecord]
+    def __init__(self, models: _Optional[_Iterable[_Union[_registry_pb2.ModelRecord, _Mapping]]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("correlation_id", "retry_token")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: str
+    retry_token: str
+    def __init__(self, correlation_id: _Optional[str] = ..., retry_token: _Optional[str] = ...) -> None: ...
+
+class GetFleetRequest(_message.Message):
+    __slots__ = ("region",)
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    def __init__(self, region: _Optional[str] = ...) -> None: ...
+
+class GetFleetResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[_presence_pb2.Presence]
+    def __init__(self, workers: _Optional[_Iterable[_Union[_presence_pb2.Presence, _Mapping]]] = ...) -> None: ...
+
+class GetHealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResolveRequest(_message.Message):
+    __slots__ = ("model_id", "version", "tenant_id")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    version: str
+    tenant_id: str
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
