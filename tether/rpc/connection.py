@@ -1,0 +1,591 @@
+"""One RPC connection: many concurrent calls in both directions over one
+``MessageStream``.
+
+Theory of operation
+-------------------
+Every frame is a ``tether.v1.RpcFrame`` naming a call id. The side that dialled
+(``initiator=True``) numbers its calls 1, 3, 5, ...; the other side 2, 4, 6, ...
+So a frame whose id has *our* parity belongs to a call we opened (the peer sends
+``message``/``trailer`` on it) and any other frame to a call the peer opened
+(it sends ``open``/``message``/``half_close``/``cancel``/``window``).
+
+Per call, as client::
+
+    send open, message, half_close      -> wait for message* then trailer
+    deadline or local cancellation      -> send cancel, raise / propagate
+    trailer != OK                       -> RpcError(code)
+
+as server::
+
+    open -> message -> half_close       -> run the handler (under the deadline)
+    each response message               -> needs one credit from the client
+    handler ends / raises / deadline    -> trailer with the status
+    cancel from the client              -> the handler is cancelled, no trailer
+
+A single reader task owns the stream's receive side and never blocks on a
+call: responses land in a per-call queue bounded by the credits the client
+granted (``initial_window`` plus ``window`` frames), so a peer that sends more
+than it was granted breaks only that call. A frame that fails to decode fails
+the call its id names (if the id can be read) and the connection goes on; only
+a broken stream ends every call, with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import trio
+from google.protobuf.message import DecodeError
+
+from tether.rpc.framing import FrameTooLarge, MessageStream
+from tether.rpc.service import Handler, ServerContext
+from tether.rpc.status import RpcError, RpcProtocolError, StatusCode
+from tether.v1 import rpc_pb2
+
+log = logging.getLogger("tether.rpc")
+
+#: Response messages a client lets a server send ahead of consumption. Bounds
+#: per-call buffering to ``window`` messages of at most the frame size.
+DEFAULT_INITIAL_WINDOW = 32
+#: Calls a peer may have open on one connection at once.
+DEFAULT_MAX_CONCURRENT_CALLS = 256
+#: How long a cancel or trailer may take to go out once its call is over.
+_SHIELDED_SEND_TIMEOUT = 5.0
+
+#: Hook run on every outgoing call; may add metadata (e.g. ``traceparent``).
+MetadataHook = Callable[[str, MutableMapping[str, str]], None]
+
+
+@dataclass
+class _Trailer:
+    code: StatusCode
+    message: str
+    details: dict[str, str]
+    metadata: dict[str, str]
+
+
+@dataclass
+class _ClientCall:
+    call_id: int
+    method: str
+    window: int
+    queue: deque[bytes | _Trailer | RpcError] = field(default_factory=deque)
+    wakeup: trio.Event = field(default_factory=trio.Event)
+    received: int = 0
+    granted: int = 0
+    consumed: int = 0
+    finished: bool = False
+
+    def push(self, item: bytes | _Trailer | RpcError) -> None:
+        self.queue.append(item)
+        self.wakeup.set()
+
+
+@dataclass
+class _ServerCall:
+    call_id: int
+    handler: Handler | None
+    open: rpc_pb2.RpcOpen
+    request: bytes | None = None
+    credits: int = 0
+    credit_event: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope | None = None
+    started: bool = False
+    cancelled_by_peer: bool = False
+
+
+def _peek_call_id(frame: bytes) -> int | None:
+    """Read field 1 (call_id, varint) from a frame that failed to decode."""
+    if not frame or frame[0] != 0x08:
+        return None
+    value = 0
+    for i, byte in enumerate(frame[1:11]):
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value
+    return None
+
+
+class RpcConnection:
+    """Client and server side of RPC over one message stream."""
+
+    def __init__(
+        self,
+        stream: MessageStream,
+        *,
+        initiator: bool,
+        handlers: Mapping[str, Handler] | None = None,
+        peer: str = "",
+        initial_window: int = DEFAULT_INITIAL_WINDOW,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+        metadata_hooks: list[MetadataHook] | None = None,
+    ) -> None:
+        if initial_window < 1:
+            raise ValueError("initial_window must be at least 1")
+        self.stream = stream
+        self.peer = peer
+        self.handlers = dict(handlers or {})
+        self.initial_window = initial_window
+        self.max_concurrent_calls = max_concurrent_calls
+        self.metadata_hooks = list(metadata_hooks or [])
+        self._parity = 1 if initiator else 0
+        self._next_id = 1 if initiator else 2
+        self._client_calls: dict[int, _ClientCall] = {}
+        self._server_calls: dict[int, _ServerCall] = {}
+        self._send_lock = trio.Lock()
+        self._closed: RpcError | None = None
+        self._nursery: trio.Nursery | None = None
+        self._done = trio.Event()
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read frames and serve calls until the stream ends or ``aclose``."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._shutdown(RpcError(StatusCode.UNAVAILABLE, "connection closed"))
+            self._done.set()
+
+    async def aclose(self) -> None:
+        """Close the connection: open calls end with UNAVAILABLE."""
+        self._shutdown(RpcError(StatusCode.UNAVAILABLE, "connection closed locally"))
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(_SHIELDED_SEND_TIMEOUT):
+            await self.stream.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def statistics(self) -> dict[str, int]:
+        """Open calls by direction (a snapshot)."""
+        return {"client_calls": len(self._client_calls), "server_calls": len(self._server_calls)}
+
+    def _shutdown(self, error: RpcError) -> None:
+        if self._closed is None:
+            self._closed = error
+        for call in list(self._client_calls.values()):
+            call.push(error)
+        self._client_calls.clear()
+        for scall in list(self._server_calls.values()):
+            if scall.scope is not None:
+                scall.scope.cancel()
+        self._server_calls.clear()
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                raw = await self.stream.receive_message()
+            except FrameTooLarge as exc:
+                log.warning("rpc %s: dropped oversized frame: %s", self.peer, exc)
+                continue
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            self._on_raw_frame(raw)
+
+    async def _send(self, frame: rpc_pb2.RpcFrame) -> None:
+        if self._closed is not None:
+            raise self._closed
+        data = frame.SerializeToString()
+        try:
+            async with self._send_lock:
+                await self.stream.send_message(data)
+        except FrameTooLarge as exc:
+            raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            err = RpcError(StatusCode.UNAVAILABLE, f"connection lost: {exc}")
+            self._shutdown(err)
+            raise err from None
+
+    async def _send_quietly(self, frame: rpc_pb2.RpcFrame) -> None:
+        """Best-effort send for cancels and trailers of calls already over."""
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(_SHIELDED_SEND_TIMEOUT),
+            contextlib.suppress(RpcError),
+        ):
+            await self._send(frame)
+
+    # -------------------------------------------------------------- dispatch
+
+    def _on_raw_frame(self, raw: bytes) -> None:
+        try:
+            frame = rpc_pb2.RpcFrame.FromString(raw)
+        except DecodeError as exc:
+            call_id = _peek_call_id(raw)
+            log.warning("rpc %s: undecodable frame (call %s): %s", self.peer, call_id, exc)
+            if call_id is not None:
+                self._protocol_error(call_id, f"undecodable frame: {exc}")
+            return
+        kind = frame.WhichOneof("kind")
+        call_id = frame.call_id
+        if call_id == 0 or kind is None:
+            self._protocol_error(call_id, "frame without call id or kind")
+        elif call_id % 2 == self._parity:
+            self._on_client_frame(call_id, kind, frame)
+        else:
+            self._on_server_frame(call_id, kind, frame)
+
+    def _protocol_error(self, call_id: int, message: str) -> None:
+        """Fail one call because the peer broke the protocol on it."""
+        if call_id and call_id % 2 == self._parity:
+            call = self._client_calls.pop(call_id, None)
+            if call is not None:
+                call.push(RpcProtocolError(message))
+                self._spawn(self._send_quietly, _cancel_frame(call_id, message))
+            return
+        scall = self._server_calls.pop(call_id, None)
+        if scall is not None and scall.scope is not None:
+            scall.scope.cancel()
+        if call_id:
+            trailer = _trailer_frame(call_id, RpcProtocolError(message))
+            self._spawn(self._send_quietly, trailer)
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is not None and self._closed is None:
+            self._nursery.start_soon(fn, *args)
+
+    def _on_client_frame(self, call_id: int, kind: str, frame: rpc_pb2.RpcFrame) -> None:
+        call = self._client_calls.get(call_id)
+        if call is None:
+            return  # late frame for a call we already ended
+        if kind == "message":
+            call.received += 1
+            if call.received > call.window + call.granted:
+                self._protocol_error(call_id, "peer sent more messages than it was granted")
+                return
+            call.push(frame.message.payload)
+        elif kind == "trailer":
+            t = frame.trailer
+            self._client_calls.pop(call_id, None)
+            call.push(
+                _Trailer(
+                    StatusCode.coerce(t.code), t.message, dict(t.details), dict(t.metadata)
+                )
+            )
+        else:
+            self._protocol_error(call_id, f"unexpected {kind!r} frame on a client call")
+
+    def _on_server_frame(self, call_id: int, kind: str, frame: rpc_pb2.RpcFrame) -> None:
+        scall = self._server_calls.get(call_id)
+        if kind == "open":
+            if scall is not None:
+                self._protocol_error(call_id, "call id reused while open")
+                return
+            if len(self._server_calls) >= self.max_concurrent_calls:
+                err = RpcError(StatusCode.RESOURCE_EXHAUSTED, "too many concurrent calls")
+                self._spawn(self._send_quietly, _trailer_frame(call_id, err))
+                return
+            handler = self.handlers.get(frame.open.method)
+            scall = _ServerCall(
+                call_id, handler, frame.open, credits=max(1, frame.open.initial_window)
+            )
+            self._server_calls[call_id] = scall
+            return
+        if scall is None:
+            if kind not in ("cancel", "window"):
+                self._protocol_error(call_id, f"{kind!r} frame for a call that is not open")
+            return
+        if kind == "message":
+            if scall.request is not None or scall.started:
+                self._protocol_error(call_id, "more than one request message")
+                return
+            scall.request = frame.message.payload
+        elif kind == "half_close":
+            if scall.started:
+                self._protocol_error(call_id, "half-close sent twice")
+                return
+            scall.started = True
+            self._spawn(self._serve_call, scall)
+        elif kind == "cancel":
+            self._server_calls.pop(call_id, None)
+            scall.cancelled_by_peer = True
+            if scall.scope is not None:
+                scall.scope.cancel()
+        elif kind == "window":
+            scall.credits += frame.window.credits
+            scall.credit_event.set()
+        else:
+            self._protocol_error(call_id, f"unexpected {kind!r} frame on a server call")
+
+    # ---------------------------------------------------------------- server
+
+    async def _serve_call(self, scall: _ServerCall) -> None:
+        call_id = scall.call_id
+        status: RpcError | None = None
+        ctx = ServerContext(
+            method=scall.open.method,
+            metadata=dict(scall.open.metadata),
+            deadline=(
+                trio.current_time() + scall.open.timeout_ms / 1000
+                if scall.open.timeout_ms
+                else math.inf
+            ),
+            peer=self.peer,
+        )
+        with trio.CancelScope(deadline=ctx.deadline) as scope:
+            scall.scope = scope
+            if scall.cancelled_by_peer:
+                scope.cancel()
+            try:
+                status = await self._run_handler(scall, ctx)
+            except RpcError as exc:
+                status = exc
+            except Exception as exc:
+                status = RpcError.from_exception(exc)
+                if status.code == StatusCode.UNKNOWN:
+                    log.exception("rpc %s: handler %s failed", self.peer, ctx.method)
+        self._server_calls.pop(call_id, None)
+        if scall.cancelled_by_peer or self._closed is not None:
+            return
+        if scope.cancelled_caught and status is None:
+            status = RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded on the server")
+        await self._send_quietly(
+            _trailer_frame(call_id, status, metadata=ctx.trailing_metadata)
+        )
+
+    async def _run_handler(self, scall: _ServerCall, ctx: ServerContext) -> RpcError | None:
+        handler = scall.handler
+        if handler is None:
+            return RpcError(StatusCode.UNIMPLEMENTED, f"unknown method {scall.open.method!r}")
+        if scall.request is None:
+            return RpcProtocolError("half-close before the request message")
+        request = handler.parse_request(scall.request)
+        if handler.spec.kind == "unary":
+            response = await handler.func(request, ctx)
+            await self._send_response(scall, handler.serialize_response(response))
+        else:
+            agen = handler.func(request, ctx)
+            try:
+                async for item in agen:
+                    await self._send_response(scall, handler.serialize_response(item))
+            finally:
+                await agen.aclose()
+        return None
+
+    async def _send_response(self, scall: _ServerCall, payload: bytes) -> None:
+        while scall.credits <= 0:
+            scall.credit_event = trio.Event()
+            await scall.credit_event.wait()
+        scall.credits -= 1
+        frame = rpc_pb2.RpcFrame(call_id=scall.call_id)
+        frame.message.payload = payload
+        await self._send(frame)
+
+    # ---------------------------------------------------------------- client
+
+    def _new_call_id(self) -> int:
+        call_id = self._next_id
+        self._next_id += 2
+        return call_id
+
+    async def _open_call(
+        self,
+        method: str,
+        request: bytes,
+        timeout: float | None,
+        metadata: Mapping[str, str] | None,
+    ) -> _ClientCall:
+        if self._closed is not None:
+            raise self._closed
+        md: dict[str, str] = {k.lower(): v for k, v in (metadata or {}).items()}
+        for hook in self.metadata_hooks:
+            hook(method, md)
+        call = _ClientCall(self._new_call_id(), method, self.initial_window)
+        self._client_calls[call.call_id] = call
+        opening = rpc_pb2.RpcFrame(call_id=call.call_id)
+        opening.open.method = method
+        opening.open.initial_window = self.initial_window
+        if timeout is not None:
+            opening.open.timeout_ms = max(1, math.ceil(timeout * 1000))
+        opening.open.metadata.update(md)
+        message = rpc_pb2.RpcFrame(call_id=call.call_id)
+        message.message.payload = request
+        close = rpc_pb2.RpcFrame(call_id=call.call_id)
+        close.half_close.SetInParent()
+        try:
+            for frame in (opening, message, close):
+                await self._send(frame)
+        except BaseException:
+            self._client_calls.pop(call.call_id, None)
+            raise
+        return call
+
+    async def _next_item(self, call: _ClientCall, deadline: float) -> bytes | None:
+        """The next response payload, or None after an OK trailer."""
+        with trio.move_on_at(deadline):
+            while not call.queue:
+                call.wakeup = trio.Event()
+                await call.wakeup.wait()
+            item = call.queue.popleft()
+            if isinstance(item, bytes):
+                call.consumed += 1
+                if call.consumed >= max(1, call.window // 2) and not call.finished:
+                    grant = rpc_pb2.RpcFrame(call_id=call.call_id)
+                    grant.window.credits = call.consumed
+                    call.granted += call.consumed
+                    call.consumed = 0
+                    await self._send(grant)
+                return item
+            call.finished = True
+            if isinstance(item, RpcError):
+                raise item
+            if item.code != StatusCode.OK:
+                raise RpcError(item.code, item.message, item.details)
+            return None
+        await self._abandon(call, "deadline exceeded")
+        raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{call.method}: deadline exceeded")
+
+    async def _abandon(self, call: _ClientCall, reason: str) -> None:
+        """End a call from our side (deadline, cancellation, early exit)."""
+        if call.finished:
+            return
+        call.finished = True
+        if self._client_calls.pop(call.call_id, None) is not None:
+            await self._send_quietly(_cancel_frame(call.call_id, reason))
+
+    async def unary(
+        self,
+        method: str,
+        request: bytes,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """Call a unary method; returns the serialized response."""
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        call = await self._open_call(method, request, timeout, metadata)
+        try:
+            response = await self._next_item(call, deadline)
+            if response is None:
+                raise RpcProtocolError(f"{method}: OK trailer without a response message")
+            trailer = await self._next_item(call, deadline)
+            if trailer is not None:
+                raise RpcProtocolError(f"{method}: more than one response to a unary call")
+            return response
+        finally:
+            await self._abandon(call, "client gave up")
+
+    def server_stream(
+        self,
+        method: str,
+        request: bytes,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ResponseStream:
+        """Call a server-streaming method: ``async with`` the result, iterate it."""
+        return ResponseStream(self, method, request, timeout, metadata)
+
+
+class ResponseStream:
+    """The client side of a server-streaming call.
+
+    Use as ``async with conn.server_stream(...) as responses: async for r in
+    responses``. Leaving the block before the stream ends cancels the call on
+    the server.
+    """
+
+    def __init__(
+        self,
+        conn: RpcConnection,
+        method: str,
+        request: bytes,
+        timeout: float | None,
+        metadata: Mapping[str, str] | None,
+    ) -> None:
+        self._conn = conn
+        self._method = method
+        self._request = request
+        self._timeout = timeout
+        self._metadata = metadata
+        self._deadline = math.inf
+        self._call: _ClientCall | None = None
+
+    async def __aenter__(self) -> ResponseStream:
+        if self._timeout is not None:
+            self._deadline = trio.current_time() + self._timeout
+        self._call = await self._conn._open_call(
+            self._method, self._request, self._timeout, self._metadata
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._call is not None:
+            await self._conn._abandon(self._call, "client closed the stream")
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._call is None:
+            raise RuntimeError("use 'async with' before iterating a ResponseStream")
+        if self._call.finished:
+            raise StopAsyncIteration
+        item = await self._conn._next_item(self._call, self._deadline)
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def cancel(self, reason: str = "cancelled by client") -> None:
+        """Cancel the call now; the server's handler is cancelled."""
+        if self._call is not None:
+            await self._conn._abandon(self._call, reason)
+
+
+def _cancel_frame(call_id: int, reason: str) -> rpc_pb2.RpcFrame:
+    frame = rpc_pb2.RpcFrame(call_id=call_id)
+    frame.cancel.reason = reason
+    return frame
+
+
+def _trailer_frame(
+    call_id: int, status: RpcError | None, metadata: Mapping[str, str] | None = None
+) -> rpc_pb2.RpcFrame:
+    frame = rpc_pb2.RpcFrame(call_id=call_id)
+    frame.trailer.SetInParent()
+    if status is not None:
+        frame.trailer.code = status.code.value  # type: ignore[assignment]
+        frame.trailer.message = status.message
+        frame.trailer.details.update(status.details)
+    if metadata:
+        frame.trailer.metadata.update(metadata)
+    return frame
+
+
+@asynccontextmanager
+async def open_connection(
+    stream: MessageStream,
+    *,
+    initiator: bool,
+    handlers: Mapping[str, Handler] | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[RpcConnection]:
+    """Run an ``RpcConnection`` for the duration of the block."""
+    conn = RpcConnection(stream, initiator=initiator, handlers=handlers, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(conn.run)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
