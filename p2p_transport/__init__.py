@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from .cenc import DecodeError, LocalProtocolError, Reader, RemoteProtocolError, Writer
 from .crypto import KeyPair, key_pair
+from .noise import HandshakeError, HandshakeResult, NoiseHandshake, Pattern, dht_handshake
 
 __all__ = [
     "DecodeError",
+    "HandshakeError",
+    "HandshakeResult",
     "KeyPair",
     "LocalProtocolError",
+    "NoiseHandshake",
+    "Pattern",
     "Reader",
     "RemoteProtocolError",
     "Writer",
+    "dht_handshake",
     "key_pair",
 ]
