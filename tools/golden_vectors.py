@@ -26,6 +26,7 @@ import pkgutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format, unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
@@ -65,7 +66,7 @@ def _seed(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
 
 
-def _scalar(field: FieldDescriptor, path: str) -> object:
+def _scalar(field: Any, path: str) -> object:
     n = _seed(path)
     t = field.type
     if t == FieldDescriptor.TYPE_STRING:
