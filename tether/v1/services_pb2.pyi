@@ -48,6 +48,12 @@ class GetHealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WatchPresenceRequest(_message.Message):
+    __slots__ = ("interval_ms",)
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    interval_ms: int
+    def __init__(self, interval_ms: _Optional[int] = ...) -> None: ...
+
 class ResolveRequest(_message.Message):
     __slots__ = ("model_id", "version", "tenant_id")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]

@@ -21,6 +21,7 @@ from tether.v1 import control_pb2
 from tether.v1 import health_pb2
 from tether.v1 import infer_pb2
 from tether.v1 import jobs_pb2
+from tether.v1 import presence_pb2
 from tether.v1 import registry_pb2
 from tether.v1 import services_pb2
 
@@ -222,6 +223,24 @@ class WorkerStub:
         )
         return decode_response(health_pb2.Health.Report, payload)
 
+    def WatchPresence(
+        self,
+        request: services_pb2.WatchPresenceRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> TypedResponseStream[presence_pb2.SignedEnvelope]:
+        """Server-streaming ``/tether.v1.Worker/WatchPresence``."""
+        return TypedResponseStream(
+            self.connection.server_stream(
+                "/tether.v1.Worker/WatchPresence",
+                request.SerializeToString(),
+                timeout=timeout,
+                metadata=metadata,
+            ),
+            presence_pb2.SignedEnvelope,
+        )
+
 
 class WorkerServicer:
     """Base class for ``tether.v1.Worker`` implementations."""
@@ -242,10 +261,18 @@ class WorkerServicer:
         """Unary ``/tether.v1.Worker/GetHealth``."""
         raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Worker/GetHealth is not implemented')
 
+    async def WatchPresence(
+        self, request: services_pb2.WatchPresenceRequest, context: ServerContext
+    ) -> AsyncIterator[presence_pb2.SignedEnvelope]:
+        """Server-streaming ``/tether.v1.Worker/WatchPresence``: yield responses."""
+        raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Worker/WatchPresence is not implemented')
+        yield  # pragma: no cover  (makes this an async generator)
+
 
 WorkerServicer.__rpc_methods__ = {
         "Infer": MethodSpec("Infer", "server_stream", infer_pb2.Infer.Request, infer_pb2.Infer.Chunk),
         "GetHealth": MethodSpec("GetHealth", "unary", services_pb2.GetHealthRequest, health_pb2.Health.Report),
+        "WatchPresence": MethodSpec("WatchPresence", "server_stream", services_pb2.WatchPresenceRequest, presence_pb2.SignedEnvelope),
 }
 
 

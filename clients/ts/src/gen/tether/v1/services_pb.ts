@@ -12,7 +12,7 @@ import type { Infer_ChunkSchema, Infer_RequestSchema } from "./infer_pb";
 import { file_tether_v1_infer } from "./infer_pb";
 import type { JobStatusSchema } from "./jobs_pb";
 import { file_tether_v1_jobs } from "./jobs_pb";
-import type { Presence } from "./presence_pb";
+import type { Presence, SignedEnvelopeSchema } from "./presence_pb";
 import { file_tether_v1_presence } from "./presence_pb";
 import type { ModelRecord, ModelRecordSchema } from "./registry_pb";
 import { file_tether_v1_registry } from "./registry_pb";
@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/services.proto.
  */
 export const file_tether_v1_services: GenFile = /*@__PURE__*/
-  fileDesc("Chh0ZXRoZXIvdjEvc2VydmljZXMucHJvdG8SCXRldGhlci52MSImChFMaXN0TW9kZWxzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLnRldGhlci52MS5Nb2RlbFJlY29yZCI8Cg1HZXRKb2JSZXF1ZXN0EhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEhMKC3JldHJ5X3Rva2VuGAIgASgJIiEKD0dldEZsZWV0UmVxdWVzdBIOCgZyZWdpb24YASABKAkiOAoQR2V0RmxlZXRSZXNwb25zZRIkCgd3b3JrZXJzGAEgAygLMhMudGV0aGVyLnYxLlByZXNlbmNlIhIKEEdldEhlYWx0aFJlcXVlc3QiRgoOUmVzb2x2ZVJlcXVlc3QSEAoIbW9kZWxfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkykQEKB0dhdGV3YXkSOwoFSW5mZXISGC50ZXRoZXIudjEuSW5mZXIuUmVxdWVzdBoWLnRldGhlci52MS5JbmZlci5DaHVuazABEkkKCkxpc3RNb2RlbHMSHC50ZXRoZXIudjEuTGlzdE1vZGVsc1JlcXVlc3QaHS50ZXRoZXIudjEuTGlzdE1vZGVsc1Jlc3BvbnNlMssBCgxPcmNoZXN0cmF0b3ISPAoGU3VibWl0EhgudGV0aGVyLnYxLkluZmVyLlJlcXVlc3QaFi50ZXRoZXIudjEuSW5mZXIuQ2h1bmswARI4CgZHZXRKb2ISGC50ZXRoZXIudjEuR2V0Sm9iUmVxdWVzdBoULnRldGhlci52MS5Kb2JTdGF0dXMSQwoIR2V0RmxlZXQSGi50ZXRoZXIudjEuR2V0RmxlZXRSZXF1ZXN0GhsudGV0aGVyLnYxLkdldEZsZWV0UmVzcG9uc2UyiQEKBldvcmtlchI7CgVJbmZlchIYLnRldGhlci52MS5JbmZlci5SZXF1ZXN0GhYudGV0aGVyLnYxLkluZmVyLkNodW5rMAESQgoJR2V0SGVhbHRoEhsudGV0aGVyLnYxLkdldEhlYWx0aFJlcXVlc3QaGC50ZXRoZXIudjEuSGVhbHRoLlJlcG9ydDLOAQoIUmVnaXN0cnkSOQoHUHVibGlzaBIWLnRldGhlci52MS5Nb2RlbFJlY29yZBoWLnRldGhlci52MS5Nb2RlbFJlY29yZBI8CgdSZXNvbHZlEhkudGV0aGVyLnYxLlJlc29sdmVSZXF1ZXN0GhYudGV0aGVyLnYxLk1vZGVsUmVjb3JkEkkKCkxpc3RNb2RlbHMSHC50ZXRoZXIudjEuTGlzdE1vZGVsc1JlcXVlc3QaHS50ZXRoZXIudjEuTGlzdE1vZGVsc1Jlc3BvbnNlMkQKB0NvbnRyb2wSOQoFQXBwbHkSGS50ZXRoZXIudjEuQ29udHJvbE1lc3NhZ2UaFS50ZXRoZXIudjEuQ29udHJvbEFja2IGcHJvdG8z", [file_tether_v1_control, file_tether_v1_health, file_tether_v1_infer, file_tether_v1_jobs, file_tether_v1_presence, file_tether_v1_registry]);
+  fileDesc("Chh0ZXRoZXIvdjEvc2VydmljZXMucHJvdG8SCXRldGhlci52MSImChFMaXN0TW9kZWxzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLnRldGhlci52MS5Nb2RlbFJlY29yZCI8Cg1HZXRKb2JSZXF1ZXN0EhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEhMKC3JldHJ5X3Rva2VuGAIgASgJIiEKD0dldEZsZWV0UmVxdWVzdBIOCgZyZWdpb24YASABKAkiOAoQR2V0RmxlZXRSZXNwb25zZRIkCgd3b3JrZXJzGAEgAygLMhMudGV0aGVyLnYxLlByZXNlbmNlIhIKEEdldEhlYWx0aFJlcXVlc3QiKwoUV2F0Y2hQcmVzZW5jZVJlcXVlc3QSEwoLaW50ZXJ2YWxfbXMYASABKA0iRgoOUmVzb2x2ZVJlcXVlc3QSEAoIbW9kZWxfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkykQEKB0dhdGV3YXkSOwoFSW5mZXISGC50ZXRoZXIudjEuSW5mZXIuUmVxdWVzdBoWLnRldGhlci52MS5JbmZlci5DaHVuazABEkkKCkxpc3RNb2RlbHMSHC50ZXRoZXIudjEuTGlzdE1vZGVsc1JlcXVlc3QaHS50ZXRoZXIudjEuTGlzdE1vZGVsc1Jlc3BvbnNlMssBCgxPcmNoZXN0cmF0b3ISPAoGU3VibWl0EhgudGV0aGVyLnYxLkluZmVyLlJlcXVlc3QaFi50ZXRoZXIudjEuSW5mZXIuQ2h1bmswARI4CgZHZXRKb2ISGC50ZXRoZXIudjEuR2V0Sm9iUmVxdWVzdBoULnRldGhlci52MS5Kb2JTdGF0dXMSQwoIR2V0RmxlZXQSGi50ZXRoZXIudjEuR2V0RmxlZXRSZXF1ZXN0GhsudGV0aGVyLnYxLkdldEZsZWV0UmVzcG9uc2Uy2AEKBldvcmtlchI7CgVJbmZlchIYLnRldGhlci52MS5JbmZlci5SZXF1ZXN0GhYudGV0aGVyLnYxLkluZmVyLkNodW5rMAESQgoJR2V0SGVhbHRoEhsudGV0aGVyLnYxLkdldEhlYWx0aFJlcXVlc3QaGC50ZXRoZXIudjEuSGVhbHRoLlJlcG9ydBJNCg1XYXRjaFByZXNlbmNlEh8udGV0aGVyLnYxLldhdGNoUHJlc2VuY2VSZXF1ZXN0GhkudGV0aGVyLnYxLlNpZ25lZEVudmVsb3BlMAEyzgEKCFJlZ2lzdHJ5EjkKB1B1Ymxpc2gSFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQaFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQSPAoHUmVzb2x2ZRIZLnRldGhlci52MS5SZXNvbHZlUmVxdWVzdBoWLnRldGhlci52MS5Nb2RlbFJlY29yZBJJCgpMaXN0TW9kZWxzEhwudGV0aGVyLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh0udGV0aGVyLnYxLkxpc3RNb2RlbHNSZXNwb25zZTJECgdDb250cm9sEjkKBUFwcGx5EhkudGV0aGVyLnYxLkNvbnRyb2xNZXNzYWdlGhUudGV0aGVyLnYxLkNvbnRyb2xBY2tiBnByb3RvMw", [file_tether_v1_control, file_tether_v1_health, file_tether_v1_infer, file_tether_v1_jobs, file_tether_v1_presence, file_tether_v1_registry]);
 
 /**
  * @generated from message tether.v1.ListModelsRequest
@@ -130,6 +130,25 @@ export const GetHealthRequestSchema: GenMessage<GetHealthRequest> = /*@__PURE__*
   messageDesc(file_tether_v1_services, 5);
 
 /**
+ * @generated from message tether.v1.WatchPresenceRequest
+ */
+export type WatchPresenceRequest = Message<"tether.v1.WatchPresenceRequest"> & {
+  /**
+   * Heartbeat interval; 0 means the worker's default (5 s).
+   *
+   * @generated from field: uint32 interval_ms = 1;
+   */
+  intervalMs: number;
+};
+
+/**
+ * Describes the message tether.v1.WatchPresenceRequest.
+ * Use `create(WatchPresenceRequestSchema)` to create a new message.
+ */
+export const WatchPresenceRequestSchema: GenMessage<WatchPresenceRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_services, 6);
+
+/**
  * @generated from message tether.v1.ResolveRequest
  */
 export type ResolveRequest = Message<"tether.v1.ResolveRequest"> & {
@@ -156,7 +175,7 @@ export type ResolveRequest = Message<"tether.v1.ResolveRequest"> & {
  * Use `create(ResolveRequestSchema)` to create a new message.
  */
 export const ResolveRequestSchema: GenMessage<ResolveRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_services, 6);
+  messageDesc(file_tether_v1_services, 7);
 
 /**
  * Gateway is the edge: clients submit inference and stream the result.
@@ -237,6 +256,19 @@ export const Worker: GenService<{
     methodKind: "unary";
     input: typeof GetHealthRequestSchema;
     output: typeof Health_ReportSchema;
+  },
+  /**
+   * Signed heartbeats: a SignedEnvelope carrying tether.v1.Presence now, then
+   * one every interval, until the caller cancels. The orchestrator's
+   * DiscoverySub holds one of these per worker it found on the presence and
+   * model topics.
+   *
+   * @generated from rpc tether.v1.Worker.WatchPresence
+   */
+  watchPresence: {
+    methodKind: "server_streaming";
+    input: typeof WatchPresenceRequestSchema;
+    output: typeof SignedEnvelopeSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tether_v1_services, 2);
