@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install the Debian packages Tether needs at build and test time:
+#   bazel-bootstrap  Bazel 4.2.3, used offline for `bazel build //...` and `bazel test //...`
+#   postgresql       the metadata store's server for the `postgres` tests
+#   a Java runtime   runs the PlantUML jar that renders docs/diagrams/
+# Idempotent and quiet: packages already present are skipped, and `apt-get update` runs once,
+# only when something has to be installed.
+set -euo pipefail
+
+missing=()
+
+have_pkg() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+have_pkg bazel-bootstrap || missing+=(bazel-bootstrap)
+have_pkg postgresql || missing+=(postgresql)
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    sudo_cmd=(sudo)
+else
+    sudo_cmd=()
+fi
+
+echo "installing system packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq >/dev/null
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
