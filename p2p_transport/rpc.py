@@ -1,0 +1,354 @@
+"""protomux-rpc and ``@hyperswarm/rpc`` semantics over a protomux channel.
+
+Wire format (npm ``protomux-rpc``), on the channel ``"protomux-rpc"``:
+
+* message 0, request: ``uint id ‖ string method ‖ value`` (raw). ``id = 0`` is an event: no
+  response is sent.
+* message 1, response: one flags byte (bit 0 error, 1 error code, 2 cause, 3 cause context),
+  ``uint id``, then either the value (raw) or ``string message`` [``string code``]
+  [``string cause.message``, ``string cause.code``] [``string cause.context``].
+
+Values use the default encoding of both npm packages, ``optionalBuffer``: an empty value travels
+as null. ``@hyperswarm/rpc`` names the channel with the server's public key and sends a handshake
+(``uint flags ‖ [fixed32 capability]``) only when a capability key is configured; the capability
+is ``BLAKE2b_h(ns ‖ [initiator] ‖ key)`` keyed by the Noise handshake hash (hyperswarm-capability).
+
+:class:`RpcChannel` is the trio object; handlers run concurrently, so responses may go out in any
+order. Errors: :class:`RpcError` carries the remote code (``UNKNOWN_METHOD``, ``REQUEST_ERROR``
+with the cause, ...); :class:`RpcProtocolError` is a malformed message from the remote.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from p2p_transport.cenc import DecodeError, Reader, RemoteProtocolError, Writer
+from p2p_transport.crypto import NS_CAPABILITY, hash_batch
+from p2p_transport.protomux import Channel, Mux
+
+__all__ = [
+    "PROTOCOL",
+    "Handler",
+    "RpcChannel",
+    "RpcError",
+    "RpcProtocolError",
+    "RpcRequest",
+    "RpcResponse",
+    "capability",
+    "decode_handshake",
+    "decode_request",
+    "decode_response",
+    "decode_value",
+    "encode_handshake",
+    "encode_request",
+    "encode_response",
+    "encode_value",
+]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "protomux-rpc"
+_REQUEST, _RESPONSE = 0, 1
+_HAS_ERROR, _HAS_CODE, _HAS_CAUSE, _HAS_CONTEXT = 1, 2, 4, 8
+
+
+class RpcProtocolError(RemoteProtocolError):
+    """The remote sent an RPC message or handshake that cannot be decoded."""
+
+
+class RpcError(Exception):
+    """An RPC failed. ``code`` is the protomux-rpc code; ``cause_*`` describe the remote's
+    underlying error for ``REQUEST_ERROR``."""
+
+    def __init__(self, message: str, code: str | None = None, *, cause_message: str | None = None,
+                 cause_code: str | None = None, cause_context: str | None = None) -> None:
+        super().__init__(f"{code}: {message}" if code else message)
+        self.message = message
+        self.code = code
+        self.cause_message = cause_message
+        self.cause_code = cause_code
+        self.cause_context = cause_context
+
+
+@dataclass(frozen=True, slots=True)
+class RpcRequest:
+    id: int
+    method: str
+    value: bytes  # already encoded
+
+
+@dataclass(frozen=True, slots=True)
+class RpcResponse:
+    id: int
+    value: bytes | None = None  # already encoded; None when error is set
+    error: RpcError | None = None
+
+
+def encode_value(value: bytes | None) -> bytes:
+    """The default value encoding (``optionalBuffer``)."""
+    return Writer().optional_buffer(value or None).getvalue()
+
+
+def decode_value(raw: bytes) -> bytes | None:
+    try:
+        return Reader(raw).optional_buffer()
+    except DecodeError as exc:
+        raise RpcProtocolError(f"bad value encoding: {exc}") from exc
+
+
+def encode_request(req: RpcRequest) -> bytes:
+    return Writer().uint(req.id).string(req.method).raw(req.value).getvalue()
+
+
+def decode_request(payload: bytes) -> RpcRequest:
+    try:
+        r = Reader(payload)
+        return RpcRequest(r.uint(), r.string(), r.raw())
+    except DecodeError as exc:
+        raise RpcProtocolError(f"malformed RPC request: {exc}") from exc
+
+
+def encode_response(res: RpcResponse) -> bytes:
+    err = res.error
+    if err is None:
+        return Writer().uint8(0).uint(res.id).raw(res.value or b"").getvalue()
+    has_cause = err.cause_message is not None
+    flags = (_HAS_ERROR | (_HAS_CODE if err.code else 0) | (_HAS_CAUSE if has_cause else 0)
+             | (_HAS_CONTEXT if has_cause and err.cause_context else 0))
+    w = Writer().uint8(flags).uint(res.id).string(err.message)
+    if err.code:
+        w.string(err.code)
+    if has_cause:
+        w.string(err.cause_message or "").string(err.cause_code or "")
+        if err.cause_context:
+            w.string(err.cause_context)
+    return w.getvalue()
+
+
+def decode_response(payload: bytes) -> RpcResponse:
+    try:
+        r = Reader(payload)
+        flags = r.bitfield(4)
+        id_ = r.uint()
+        if not flags & _HAS_ERROR:
+            return RpcResponse(id_, r.raw())
+        message = r.string()
+        code = r.string() if flags & _HAS_CODE else None
+        cause_message = cause_code = cause_context = None
+        if flags & _HAS_CAUSE:
+            cause_message = r.string()
+            cause_code = r.string() or None
+            cause_context = (r.string() or None) if flags & _HAS_CONTEXT else None
+        return RpcResponse(id_, None, RpcError(message, code, cause_message=cause_message,
+                                                cause_code=cause_code,
+                                                cause_context=cause_context))
+    except DecodeError as exc:
+        raise RpcProtocolError(f"malformed RPC response: {exc}") from exc
+
+
+def encode_handshake(capability_value: bytes | None) -> bytes:
+    w = Writer().uint(1 if capability_value else 0)
+    if capability_value:
+        w.fixed32(capability_value)
+    return w.getvalue()
+
+
+def decode_handshake(raw: bytes | None) -> bytes | None:
+    """The capability in an ``@rpc/handshake``, or None. Raises on an absent handshake."""
+    try:
+        r = Reader(raw or b"")
+        flags = r.uint()
+        return r.fixed32() if flags & 1 else None
+    except DecodeError as exc:
+        raise RpcProtocolError(f"malformed RPC handshake: {exc}") from exc
+
+
+def capability(is_initiator: bool, key: bytes, handshake_hash: bytes,
+               ns: bytes = NS_CAPABILITY) -> bytes:
+    """hyperswarm-capability's value for one side of a connection."""
+    return hash_batch([ns, b"\x01" if is_initiator else b"\x00", key], handshake_hash)
+
+
+Handler = Callable[[bytes | None], Awaitable[bytes | None]]
+
+
+class RpcChannel:
+    """One protomux-rpc session on a :class:`Mux`; needs the mux to be running.
+
+    ``capability_key`` turns on the ``@hyperswarm/rpc`` handshake: both sides must then know
+    the key, and ``is_initiator`` / ``handshake_hash`` describe the underlying connection.
+    """
+
+    def __init__(self, mux: Mux, *, id_: bytes | None = None, protocol: str = PROTOCOL,
+                 capability_key: bytes | None = None, is_initiator: bool = False,
+                 handshake_hash: bytes | None = None, max_inflight: int = 1024) -> None:
+        self.mux = mux
+        self._responders: dict[str, Handler] = {}
+        self._pending: dict[int, trio.MemorySendChannel[RpcResponse]] = {}
+        self._next_id = 1
+        self._responding = 0
+        self._ending = False
+        self._max_inflight = max_inflight
+        self.opened = trio.Event()
+        self.closed = trio.Event()
+        self._close_error: RpcError | None = None
+        self._cap_key = capability_key
+        self._is_initiator = is_initiator
+        self._hs_hash = handshake_hash
+        if capability_key is not None and handshake_hash is None:
+            raise ValueError("a capability needs the connection's handshake hash")
+        ch = mux.core.create_channel(protocol, id_, handshake=capability_key is not None,
+                                     on_open=self._on_open, on_message=self._on_message,
+                                     on_close=self._on_close)
+        if ch is None:
+            raise RpcError("duplicate channel", "DUPLICATE_CHANNEL")
+        self.channel: Channel = ch
+
+    def open(self) -> None:
+        hs = None
+        if self._cap_key is not None:
+            assert self._hs_hash is not None
+            hs = encode_handshake(capability(self._is_initiator, self._cap_key, self._hs_hash))
+        self.channel.open(hs)
+
+    # -- channel callbacks (run inside Protomux.receive) --------------------------------
+
+    def _on_open(self, handshake: bytes | None) -> None:
+        if self._cap_key is not None:
+            assert self._hs_hash is not None
+            remote_cap = decode_handshake(handshake)
+            expected = capability(not self._is_initiator, self._cap_key, self._hs_hash)
+            if remote_cap is None or not hmac.compare_digest(remote_cap, expected):
+                self.destroy(RpcError("Remote sent invalid capability", "CHANNEL_DESTROYED"))
+                return
+        self.opened.set()
+
+    def _on_message(self, type_: int, payload: bytes) -> None:
+        if type_ == _REQUEST:
+            req = decode_request(payload)
+            if self.mux.nursery is None:
+                return
+            self._responding += 1
+            self.mux.nursery.start_soon(self._serve, req)
+        elif type_ == _RESPONSE:
+            res = decode_response(payload)
+            if res.id == 0:
+                return
+            sender = self._pending.pop(res.id, None)
+            if sender is not None:
+                sender.send_nowait(res)
+                self._end_maybe()
+
+    def _on_close(self, _remote: bool) -> None:
+        err = self._close_error or RpcError("channel closed", "CHANNEL_CLOSED")
+        for sender in self._pending.values():
+            sender.send_nowait(RpcResponse(0, None, err))
+        self._pending.clear()
+        self.opened.set()
+        self.closed.set()
+
+    # -- serving ------------------------------------------------------------------------
+
+    def respond(self, method: str, handler: Handler) -> None:
+        """Answer ``method`` with ``await handler(value)``; an exception becomes
+        ``REQUEST_ERROR`` with the exception as its cause (``code``/``context`` attributes
+        are carried when present)."""
+        self._responders[method] = handler
+
+    def unrespond(self, method: str) -> None:
+        self._responders.pop(method, None)
+
+    async def _serve(self, req: RpcRequest) -> None:
+        try:
+            res = await self._answer(req)
+            if req.id and not self.channel.closed:
+                self.channel.send(_RESPONSE, encode_response(res))
+                await self.mux.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._responding -= 1
+            self._end_maybe()
+
+    async def _answer(self, req: RpcRequest) -> RpcResponse:
+        handler = self._responders.get(req.method)
+        if handler is None:
+            return RpcResponse(req.id, None,
+                               RpcError(f"Unknown method '{req.method}'", "UNKNOWN_METHOD"))
+        try:
+            value = decode_value(req.value)
+        except RpcProtocolError as exc:
+            return RpcResponse(req.id, None, RpcError("Could not decode request",
+                                                      "DECODE_ERROR", cause_message=str(exc)))
+        try:
+            result = await handler(value)
+        except Exception as exc:  # the handler's failure goes back to the caller, by contract
+            log.debug("handler %s failed", req.method, exc_info=True)
+            code = getattr(exc, "code", None)
+            context = getattr(exc, "context", None)
+            return RpcResponse(req.id, None, RpcError(
+                "Request failed", "REQUEST_ERROR", cause_message=str(exc),
+                cause_code=code if isinstance(code, str) else None,
+                cause_context=context if isinstance(context, str) else None))
+        if result is not None and not isinstance(result, bytes | bytearray):
+            return RpcResponse(req.id, None, RpcError("Could not encode response",
+                                                      "ENCODE_ERROR",
+                                                      cause_message="handler returned non-bytes"))
+        return RpcResponse(req.id, encode_value(bytes(result) if result is not None else None))
+
+    # -- calling ------------------------------------------------------------------------
+
+    async def request(self, method: str, value: bytes | None = None, *,
+                      timeout: float = math.inf) -> bytes | None:
+        """Call ``method``; returns the response value (an empty value arrives as None)."""
+        if self.channel.closed:
+            raise RpcError("channel closed", "CHANNEL_CLOSED")
+        if len(self._pending) >= self._max_inflight:
+            raise trio.BusyResourceError("too many RPC requests in flight")
+        id_ = self._next_id
+        self._next_id += 1
+        send, recv = trio.open_memory_channel[RpcResponse](1)
+        self._pending[id_] = send
+        self.channel.send(_REQUEST, encode_request(RpcRequest(id_, method, encode_value(value))))
+        try:
+            await self.mux.flush()
+            with trio.fail_after(timeout):
+                res = await recv.receive()
+        except trio.TooSlowError:
+            raise RpcError(f"timeout of {timeout * 1000:.0f}ms exceeded",
+                           "TIMEOUT_EXCEEDED") from None
+        finally:
+            if self._pending.pop(id_, None) is not None:
+                self._end_maybe()
+        if res.error is not None:
+            raise res.error
+        assert res.value is not None
+        return decode_value(res.value)
+
+    async def event(self, method: str, value: bytes | None = None) -> None:
+        """Send a one-way event (request id 0)."""
+        if self.channel.closed:
+            raise RpcError("channel closed", "CHANNEL_CLOSED")
+        self.channel.send(_REQUEST, encode_request(RpcRequest(0, method, encode_value(value))))
+        await self.mux.flush()
+
+    async def end(self) -> None:
+        """Close the channel once no request is outstanding in either direction."""
+        self._ending = True
+        self._end_maybe()
+        await self.mux.flush()
+        await self.closed.wait()
+
+    def _end_maybe(self) -> None:
+        if self._ending and self._responding == 0 and not self._pending:
+            self.channel.close()
+
+    def destroy(self, error: RpcError | None = None) -> None:
+        self._close_error = error or RpcError("channel destroyed", "CHANNEL_DESTROYED")
+        self.channel.close()
