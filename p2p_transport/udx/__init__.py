@@ -1,0 +1,24 @@
+"""UDX: reliable, ordered streams and unreliable messages over one UDP socket (libudx wire format).
+
+:mod:`.packet` is the header codec, :mod:`.core` the sans-IO stream state machine, and
+:mod:`.socket` the trio adapter (:class:`UdxSocket`, :class:`UdxStream`).
+"""
+
+from .core import StreamCore, StreamError, StreamReset, StreamTimeout
+from .packet import MAX_PAYLOAD, Packet, PacketError
+from .socket import Address, DatagramTransport, UdpTransport, UdxSocket, UdxStream
+
+__all__ = [
+    "MAX_PAYLOAD",
+    "Address",
+    "DatagramTransport",
+    "Packet",
+    "PacketError",
+    "StreamCore",
+    "StreamError",
+    "StreamReset",
+    "StreamTimeout",
+    "UdpTransport",
+    "UdxSocket",
+    "UdxStream",
+]

@@ -1,0 +1,582 @@
+"""Sans-IO UDX stream: reliability, ordering, windows and timers, with time passed in.
+
+Theory of operation
+-------------------
+A :class:`StreamCore` is fed packets (``receive(packet, now)``), application writes
+(``write``, ``write_end``, ``send_message``, ``destroy``) and timer ticks (``handle_timer(now)``).
+It produces datagrams (``datagrams_to_send(now)``), a deadline (``timer()``) and events
+(``next_event()``). It never reads a clock or touches a socket.
+
+Sequence numbers count packets (libudx). DATA, END and DESTROY consume a seq; ACK, SACK,
+MESSAGE and HEARTBEAT carry the next seq without consuming it. Every received DATA/END is
+acknowledged at once (with SACK blocks while anything is out of order) and HEARTBEATs are
+answered, as libudx does.
+
+Sending: writes are cut into packets of at most :data:`MAX_PAYLOAD` bytes. In-flight packets are
+limited by a congestion window (slow start / additive increase, halved on loss) and by the peer's
+advertised receive window. Loss is detected from SACK blocks (a packet with at least
+:data:`REORDER_THRESHOLD` later packets SACKed and older than ``srtt/4`` since its last send) and
+by the retransmission timer (RFC 6298 RTO, minimum 1 s, maximum 30 s). After
+:data:`MAX_RTO_TIMEOUTS` consecutive timeouts without progress the stream fails with
+:class:`StreamTimeout`, mirroring libudx's ``UDX_MAX_RTO_TIMEOUTS``.
+
+Receiving: in-order data is appended to a bounded receive buffer; out-of-order packets wait in a
+reorder buffer bounded by :data:`MAX_REORDER`. The advertised window is
+:data:`RWND_MAX` minus the bytes not yet read, so a slow reader pushes back on the sender.
+
+Closing: ``write_end`` queues END after the data (half-close). EOF is reported when the peer's
+END is delivered in order. When both ENDs are acknowledged the stream is finished. ``destroy``
+sends one DESTROY packet and fails the stream locally; a DESTROY from the peer whose seq is not
+behind our ack resets the stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .packet import (
+    DATA,
+    DESTROY,
+    END,
+    HEARTBEAT,
+    MAX_PAYLOAD,
+    MAX_SACKS,
+    MESSAGE,
+    Packet,
+    seq_diff,
+)
+
+__all__ = [
+    "Closed",
+    "EndReceived",
+    "MessageReceived",
+    "Readable",
+    "StreamCore",
+    "StreamError",
+    "StreamReset",
+    "StreamTimeout",
+    "Writable",
+]
+
+#: Receive window advertised when nothing is buffered (libudx ``UDX_DEFAULT_RWND_MAX``).
+RWND_MAX = 4 * 1024 * 1024
+#: Out-of-order packets kept at most; about RWND_MAX worth of full packets.
+MAX_REORDER = 4096
+INITIAL_CWND = 10
+#: Upper bound on the congestion window in packets (keeps bursts into the OS buffer sane).
+MAX_CWND = 2048
+RTO_MIN = 1.0
+RTO_MAX = 30.0
+RTO_INITIAL = 1.0
+MAX_RTO_TIMEOUTS = 6
+#: A packet counts as lost once this many later packets have been SACKed.
+REORDER_THRESHOLD = 3
+#: How long a cleanly closed stream keeps answering retransmitted packets with ACKs, so that a
+#: peer whose final ACK was lost does not time out. Two maximum RTOs.
+LINGER = 2 * 30.0
+
+
+class StreamError(Exception):
+    """Base class for a stream that failed; the stream is unusable afterwards."""
+
+
+class StreamReset(StreamError):
+    """The peer destroyed the stream (ECONNRESET)."""
+
+
+class StreamTimeout(StreamError):
+    """The peer stopped acknowledging data (ETIMEDOUT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """New in-order bytes can be read with :meth:`StreamCore.read`."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndReceived:
+    """The peer's END arrived in order: no more bytes will come."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Writable:
+    """Acknowledgements freed send buffer space."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The stream finished; ``error`` is None for a clean close (both ENDs acknowledged)."""
+
+    error: StreamError | None
+
+
+Event = Readable | EndReceived | MessageReceived | Writable | Closed
+
+
+@dataclass(slots=True)
+class _Sent:
+    type: int
+    payload: bytes
+    sent_at: float = 0.0
+    retransmitted: bool = False
+    in_pipe: bool = False
+    lost: bool = False
+    sacked: bool = False
+
+
+@dataclass(slots=True)
+class Stats:
+    packets_sent: int = 0
+    packets_received: int = 0
+    retransmissions: int = 0
+    rto_timeouts: int = 0
+    fast_retransmissions: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    duplicates: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class StreamCore:
+    """One UDX stream's protocol state. See the module docstring."""
+
+    def __init__(self, local_id: int) -> None:
+        if not 0 <= local_id <= 0xFFFFFFFF:
+            raise ValueError("stream id must be a uint32")
+        self.local_id = local_id
+        self.remote_id: int | None = None
+        self.stats = Stats()
+        self._events: deque[Event] = deque()
+        # send side
+        self._seq = 0  # next seq to assign
+        self._remote_acked = 0  # oldest unacknowledged seq
+        self._inflight: dict[int, _Sent] = {}
+        self._inflight_bytes = 0
+        self._pipe = 0
+        self._pending = bytearray()  # written, not yet packetized
+        self._end_queued = False
+        self._end_seq: int | None = None
+        self._end_acked = False
+        self._remote_rwnd = RWND_MAX
+        self._cwnd = float(INITIAL_CWND)
+        self._ssthresh = float(MAX_CWND)
+        self._recovery_until: int | None = None  # seq marking the end of a loss episode
+        self._highest_sacked: int | None = None
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        self._rto = RTO_INITIAL
+        self._rto_deadline: float | None = None
+        self._rto_count = 0
+        self._outbox: deque[bytes] = deque()  # MESSAGE / DESTROY / HEARTBEAT already built
+        self._zwp_deadline: float | None = None
+        # receive side
+        self._ack = 0  # next seq expected
+        self._reorder: dict[int, tuple[int, bytes]] = {}
+        self._recv = bytearray()
+        self._remote_end_seq: int | None = None
+        self._eof = False
+        self._ack_needed = False
+        self._advertised = RWND_MAX
+        # lifecycle
+        self.closed = False
+        self.error: StreamError | None = None
+        self.released = False  # closed and done lingering: the id may be forgotten
+        self._linger_deadline: float | None = None
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def connected(self) -> bool:
+        return self.remote_id is not None
+
+    @property
+    def eof_sent(self) -> bool:
+        return self._end_queued
+
+    @property
+    def eof_received(self) -> bool:
+        return self._eof
+
+    @property
+    def readable_bytes(self) -> int:
+        return len(self._recv)
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes written but not yet acknowledged by the peer."""
+        return len(self._pending) + self._inflight_bytes
+
+    @property
+    def unacked_packets(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def end_acked(self) -> bool:
+        return self._end_acked
+
+    @property
+    def rto(self) -> float:
+        return self._rto
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------------ application input
+
+    def connect(self, remote_id: int) -> None:
+        """Learn the peer's stream id. Packets that arrived earlier get their deferred ACK."""
+        if not 0 <= remote_id <= 0xFFFFFFFF:
+            raise ValueError("stream id must be a uint32")
+        self.remote_id = remote_id
+
+    def write(self, data: bytes) -> None:
+        if self._end_queued or self.closed:
+            raise RuntimeError("write after end or close")
+        self._pending += data
+
+    def write_end(self) -> None:
+        if not self._end_queued and not self.closed:
+            self._end_queued = True
+
+    def send_message(self, data: bytes) -> None:
+        """Queue one unreliable datagram (MESSAGE); dropped silently before connect."""
+        if self.closed:
+            raise RuntimeError("send on a closed stream")
+        if self.remote_id is None:
+            return
+        pkt = Packet(MESSAGE, self.remote_id, self._advertise(), self._seq, self._ack, data)
+        self._outbox.append(pkt.encode())
+
+    def read(self, max_bytes: int) -> bytes:
+        out = bytes(self._recv[:max_bytes])
+        del self._recv[:max_bytes]
+        # reopen a window we had shrunk noticeably
+        if self._advertised < RWND_MAX // 2 and RWND_MAX - len(self._recv) >= RWND_MAX // 2:
+            self._ack_needed = True
+        return out
+
+    def destroy(self) -> None:
+        """Abort: send one DESTROY (if connected) and close with no error locally."""
+        if self.closed:
+            return
+        if self.remote_id is not None:
+            pkt = Packet(DESTROY, self.remote_id, self._advertise(), self._seq, self._ack)
+            self._outbox.append(pkt.encode())
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
+        self._close(None)
+
+    # ------------------------------------------------------------------ network input
+
+    def receive(self, pkt: Packet, now: float) -> None:
+        if self.closed:
+            if self.error is None and self.remote_id is not None and pkt.type & (DATA | END):
+                self._outbox.append(self._ack_packet())  # lingering: repeat the final ACK
+            return
+        self.stats.packets_received += 1
+        if pkt.type & HEARTBEAT:
+            self._ack_needed = True
+        self._on_ack(pkt, now)
+        if self.closed:
+            return
+        if pkt.type & MESSAGE:
+            self._events.append(MessageReceived(pkt.payload))
+        if pkt.type & (DATA | END | DESTROY):
+            self._on_reliable(pkt)
+
+    def _on_reliable(self, pkt: Packet) -> None:
+        d = seq_diff(pkt.seq, self._ack)
+        if d < 0:
+            # already delivered: the ACK was lost, repeat it
+            self.stats.duplicates += 1
+            self._ack_needed = True
+            return
+        if pkt.type & DESTROY:
+            self._close(StreamReset("stream destroyed by the peer"))
+            return
+        self._ack_needed = True
+        if d >= MAX_REORDER:
+            return  # too far ahead; the sender will retransmit
+        if pkt.seq in self._reorder:
+            self.stats.duplicates += 1
+            return
+        self._reorder[pkt.seq] = (pkt.type, pkt.payload)
+        delivered = False
+        while self._ack in self._reorder:
+            kind, payload = self._reorder.pop(self._ack)
+            if payload:
+                self._recv += payload
+                self.stats.bytes_received += len(payload)
+                delivered = True
+            if kind & END:
+                self._remote_end_seq = self._ack
+            self._ack = (self._ack + 1) & 0xFFFFFFFF
+        if delivered:
+            self._events.append(Readable())
+        if self._remote_end_seq is not None and not self._eof:
+            self._eof = True
+            self._reorder.clear()
+            self._events.append(EndReceived())
+            self._maybe_finished()
+
+    def _on_ack(self, pkt: Packet, now: float) -> None:
+        # the peer's window comes with every packet
+        self._remote_rwnd = pkt.rwnd
+        ack = pkt.ack
+        if seq_diff(ack, self._seq) > 0:
+            return  # acks something we never sent; ignore
+        progressed = False
+        while seq_diff(ack, self._remote_acked) > 0:
+            sent = self._inflight.pop(self._remote_acked, None)
+            if sent is not None:
+                self._inflight_bytes -= len(sent.payload)
+                self._acked_one(sent, now)
+                progressed = True
+            self._remote_acked = (self._remote_acked + 1) & 0xFFFFFFFF
+        for start, end in pkt.sacks:
+            if seq_diff(start, self._remote_acked) < 0 or seq_diff(end, self._seq) > 0:
+                continue
+            if seq_diff(end, start) <= 0 or seq_diff(end, start) > MAX_REORDER:
+                continue
+            s = start
+            while s != end:
+                sent = self._inflight.get(s)
+                if sent is not None and not sent.sacked:
+                    sent.sacked = True
+                    if sent.in_pipe:
+                        sent.in_pipe = False
+                        self._pipe -= 1
+                    self._grow_cwnd()
+                    progressed = True
+                s = (s + 1) & 0xFFFFFFFF
+            last = (end - 1) & 0xFFFFFFFF
+            if self._highest_sacked is None or seq_diff(last, self._highest_sacked) > 0:
+                self._highest_sacked = last
+        if progressed:
+            self._rto_count = 0
+            self._rto_deadline = now + self._rto if self._inflight else None
+            self._events.append(Writable())
+        if pkt.sacks:
+            self._detect_loss(now)
+        if self._end_seq is not None and not self._end_acked and seq_diff(ack, self._end_seq) > 0:
+            self._end_acked = True
+            self._maybe_finished()
+        if self._remote_rwnd > 0:
+            self._zwp_deadline = None
+
+    def _acked_one(self, sent: _Sent, now: float) -> None:
+        if sent.in_pipe:
+            self._pipe -= 1
+        if not sent.retransmitted:
+            self._rtt_sample(now - sent.sent_at)
+        if not sent.sacked:
+            self._grow_cwnd()
+
+    def _grow_cwnd(self) -> None:
+        if self._cwnd < self._ssthresh:
+            self._cwnd += 1
+        else:
+            self._cwnd += 1 / self._cwnd
+        self._cwnd = min(self._cwnd, MAX_CWND)
+
+    def _rtt_sample(self, r: float) -> None:
+        r = max(r, 0.0)
+        if self._srtt is None:
+            self._srtt = r
+            self._rttvar = r / 2
+        else:
+            self._rttvar = (3 * self._rttvar + abs(self._srtt - r)) / 4
+            self._srtt = (7 * self._srtt + r) / 8
+        self._rto = min(max(self._srtt + 4 * self._rttvar, RTO_MIN), RTO_MAX)
+
+    def _detect_loss(self, now: float) -> None:
+        if self._highest_sacked is None:
+            return
+        window = (self._srtt or 0.0) / 4
+        limit = seq_diff(self._highest_sacked, self._remote_acked) - REORDER_THRESHOLD
+        marked = False
+        s = self._remote_acked
+        for _ in range(max(0, limit + 1)):
+            sent = self._inflight.get(s)
+            if (sent is not None and not sent.sacked and not sent.lost
+                    and now - sent.sent_at >= window):
+                self._mark_lost(sent)
+                self.stats.fast_retransmissions += 1
+                marked = True
+            s = (s + 1) & 0xFFFFFFFF
+        if marked and (self._recovery_until is None
+                       or seq_diff(self._remote_acked, self._recovery_until) >= 0):
+            # one multiplicative decrease per loss episode
+            self._ssthresh = max(self._cwnd / 2, 2.0)
+            self._cwnd = self._ssthresh
+            self._recovery_until = self._seq
+
+    def _mark_lost(self, sent: _Sent) -> None:
+        sent.lost = True
+        if sent.in_pipe:
+            sent.in_pipe = False
+            self._pipe -= 1
+
+    # ------------------------------------------------------------------ timers
+
+    def timer(self) -> float | None:
+        """The next deadline at which :meth:`handle_timer` must run, if any."""
+        if self.closed:
+            return None if self.released else self._linger_deadline
+        deadlines = [d for d in (self._rto_deadline, self._zwp_deadline) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.closed:
+            if self._linger_deadline is None or now >= self._linger_deadline:
+                self.released = True
+            return
+        if self._rto_deadline is not None and now >= self._rto_deadline:
+            self._on_rto(now)
+        zwp = self._zwp_deadline
+        if zwp is not None and now >= zwp and self.remote_id is not None:
+            pkt = Packet(HEARTBEAT, self.remote_id, self._advertise(), self._seq, self._ack)
+            self._outbox.append(pkt.encode())
+            self._zwp_deadline = now + 2 * self._rto
+
+    def _on_rto(self, now: float) -> None:
+        if not self._inflight:
+            self._rto_deadline = None
+            return
+        self._rto_count += 1
+        self.stats.rto_timeouts += 1
+        if self._rto_count >= MAX_RTO_TIMEOUTS:
+            self._close(StreamTimeout("peer stopped acknowledging data"))
+            return
+        for sent in self._inflight.values():
+            if not sent.sacked and not sent.lost:
+                self._mark_lost(sent)
+        self._ssthresh = max(self._cwnd / 2, 2.0)
+        self._cwnd = float(INITIAL_CWND)
+        self._recovery_until = self._seq
+        self._rto_deadline = now + 2 * self._rto
+
+    # ------------------------------------------------------------------ output
+
+    def _advertise(self) -> int:
+        self._advertised = max(0, RWND_MAX - len(self._recv))
+        return self._advertised
+
+    def _header(self, kind: int, seq: int, payload: bytes = b"") -> bytes:
+        assert self.remote_id is not None
+        return Packet(kind, self.remote_id, self._advertise(), seq, self._ack, payload).encode()
+
+    def _window_open(self, size: int) -> bool:
+        if self._pipe >= int(self._cwnd):
+            return False
+        inflight_bytes = self._pipe * MAX_PAYLOAD
+        if inflight_bytes + size <= self._remote_rwnd:
+            return True
+        return self._pipe == 0 and self._remote_rwnd > 0
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        """Everything that should go on the wire now, in order."""
+        out: list[bytes] = list(self._outbox)
+        self._outbox.clear()
+        if self.closed:
+            if self._linger_deadline is None:
+                if self.error is None and self.remote_id is not None:
+                    self._linger_deadline = now + LINGER
+                else:
+                    self.released = True
+            return out
+        if self.remote_id is None:
+            return out
+        # retransmissions first
+        for seq, sent in self._inflight.items():
+            if not sent.lost:
+                continue
+            if not self._window_open(len(sent.payload)):
+                break
+            sent.lost = False
+            sent.retransmitted = True
+            sent.in_pipe = True
+            sent.sent_at = now
+            self._pipe += 1
+            self.stats.retransmissions += 1
+            out.append(self._header(sent.type, seq, sent.payload))
+        # new data
+        while (self._pending or (self._end_queued and self._end_seq is None)):
+            size = min(len(self._pending), MAX_PAYLOAD)
+            if not self._window_open(size):
+                if self._remote_rwnd == 0 and self._pipe == 0 and self._zwp_deadline is None:
+                    self._zwp_deadline = now + self._rto
+                break
+            payload = bytes(self._pending[:size])
+            del self._pending[:size]
+            kind = DATA if payload else 0
+            if not self._pending and self._end_queued:
+                kind |= END
+                self._end_seq = self._seq
+            seq = self._seq
+            self._seq = (self._seq + 1) & 0xFFFFFFFF
+            self._inflight[seq] = _Sent(kind, payload, now, in_pipe=True)
+            self._inflight_bytes += len(payload)
+            self._pipe += 1
+            self.stats.bytes_sent += len(payload)
+            out.append(self._header(kind, seq, payload))
+            if self._rto_deadline is None:
+                self._rto_deadline = now + self._rto
+        if self._ack_needed:
+            self._ack_needed = False
+            out.append(self._ack_packet())
+        self.stats.packets_sent += len(out)
+        return out
+
+    def _ack_packet(self) -> bytes:
+        assert self.remote_id is not None
+        sacks: tuple[tuple[int, int], ...] = ()
+        if self._reorder:
+            sacks = self._sack_blocks()
+        return Packet(0, self.remote_id, self._advertise(), self._seq, self._ack,
+                      sacks=sacks).encode()
+
+    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
+        offsets = sorted(seq_diff(s, self._ack) for s in self._reorder)
+        blocks: list[tuple[int, int]] = []
+        start = prev = offsets[0]
+        for off in offsets[1:]:
+            if off != prev + 1:
+                blocks.append((start, prev + 1))
+                if len(blocks) == MAX_SACKS:
+                    break
+                start = off
+            prev = off
+        else:
+            blocks.append((start, prev + 1))
+        base = self._ack
+        return tuple(((base + s) & 0xFFFFFFFF, (base + e) & 0xFFFFFFFF)
+                     for s, e in blocks[:MAX_SACKS])
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _maybe_finished(self) -> None:
+        if self._eof and self._end_acked and not self.closed:
+            # the peer needs the final ACK of its END before we go
+            if self._ack_needed and self.remote_id is not None:
+                self._ack_needed = False
+                self._outbox.append(self._ack_packet())
+            self._close(None)
+
+    def _close(self, error: StreamError | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.error = error
+        self._rto_deadline = None
+        self._zwp_deadline = None
+        self._pending.clear()
+        self._inflight.clear()
+        self._inflight_bytes = 0
+        self._pipe = 0
+        self._events.append(Closed(error))

@@ -1,0 +1,496 @@
+"""trio adapter for UDX: one datagram socket shared by UDX streams and any other protocol.
+
+A :class:`UdxSocket` owns a datagram transport (a real UDP socket, or an in-memory one in
+tests), one receive task and one timer task. Each datagram that looks like UDX and names a live
+local stream goes to that stream's :class:`~p2p_transport.udx.core.StreamCore`; every other
+datagram goes to the socket's other user (``on_datagram`` callback, or
+:meth:`UdxSocket.receive_datagram`), which is how the DHT shares the socket.
+
+:class:`UdxStream` exposes a stream as a :class:`trio.abc.HalfCloseableStream`, plus unreliable
+messages (:meth:`UdxStream.send_message` / :meth:`UdxStream.receive_message`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import random
+import socket as stdsocket
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import trio
+
+from .core import Closed, MessageReceived, StreamCore, StreamError, StreamReset, StreamTimeout
+from .packet import MAX_DATAGRAM, Packet, PacketError, is_udx
+
+__all__ = [
+    "Address",
+    "DatagramTransport",
+    "UdpTransport",
+    "UdxSocket",
+    "UdxStream",
+]
+
+Address = tuple[str, int]
+DatagramHandler = Callable[[bytes, Address], None]
+Firewall = Callable[["UdxStream", Address], bool]
+
+#: ``send_all`` returns once no more than this many bytes are written but unacknowledged
+#: (libudx's ``UDX_HIGH_WATERMARK`` is 256 KiB plus the send window; this is in that range).
+HIGH_WATER_MARK = 1024 * 1024
+#: Unreliable messages queued for a reader that is not reading; newer ones are dropped.
+MAX_QUEUED_MESSAGES = 1024
+#: Datagrams for the other user queued when no callback is installed; newer ones are dropped.
+MAX_QUEUED_DATAGRAMS = 4096
+#: Datagrams handled per receive batch before yielding to other tasks.
+RECEIVE_BATCH = 256
+_U32 = struct.Struct("<I")
+
+
+class DatagramTransport(Protocol):
+    """What a :class:`UdxSocket` needs from the network below it."""
+
+    @property
+    def local_address(self) -> Address: ...
+
+    def send(self, data: bytes, addr: Address) -> None:
+        """Hand one datagram to the network; never blocks (it may drop, like UDP)."""
+
+    async def receive_batch(self) -> list[tuple[bytes, Address]]:
+        """Wait for at least one datagram and return those available."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class UdpTransport:
+    """A bound, non-blocking IPv4 UDP socket driven by trio's I/O loop."""
+
+    def __init__(self, sock: stdsocket.socket) -> None:
+        self._sock = sock
+        self._sock.setblocking(False)
+        self.dropped_sends = 0
+
+    @classmethod
+    def bind(cls, host: str = "127.0.0.1", port: int = 0, *,
+             buffer_size: int = 4 * 1024 * 1024) -> UdpTransport:
+        sock = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+        for opt in (stdsocket.SO_RCVBUF, stdsocket.SO_SNDBUF):
+            with contextlib.suppress(OSError):  # platform limits
+                sock.setsockopt(stdsocket.SOL_SOCKET, opt, buffer_size)
+        sock.bind((host, port))
+        return cls(sock)
+
+    @property
+    def local_address(self) -> Address:
+        host, port = self._sock.getsockname()[:2]
+        return (host, port)
+
+    def send(self, data: bytes, addr: Address) -> None:
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.dropped_sends += 1  # a full send buffer drops, as the network would
+        except OSError as exc:
+            # ICMP errors surface on later sends (ECONNREFUSED); UDP treats them as loss
+            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                raise
+
+    async def receive_batch(self) -> list[tuple[bytes, Address]]:
+        while True:
+            await trio.lowlevel.wait_readable(self._sock)
+            out: list[tuple[bytes, Address]] = []
+            for _ in range(RECEIVE_BATCH):
+                try:
+                    data, addr = self._sock.recvfrom(65536)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ECONNREFUSED:
+                        continue
+                    raise
+                out.append((data, (addr[0], addr[1])))
+            if out:
+                return out
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+
+
+class UdxSocket:
+    """A datagram socket carrying UDX streams and other datagrams (see :meth:`bind`)."""
+
+    def __init__(self, transport: DatagramTransport, on_datagram: DatagramHandler | None) -> None:
+        self.transport = transport
+        self._on_datagram = on_datagram
+        self._streams: dict[int, UdxStream] = {}
+        self._timer_wakeup = trio.Event()
+        self._next_deadline = math.inf
+        self._datagrams: deque[tuple[bytes, Address]] = deque()
+        self._datagram_ready = trio.Event()
+        self._closed = False
+        self.malformed_packets = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def bind(cls, host: str = "127.0.0.1", port: int = 0, *,
+                   on_datagram: DatagramHandler | None = None) -> AsyncIterator[UdxSocket]:
+        """Bind a UDP socket and run it until the block exits."""
+        async with cls.over(UdpTransport.bind(host, port), on_datagram=on_datagram) as sock:
+            yield sock
+
+    @classmethod
+    @asynccontextmanager
+    async def over(cls, transport: DatagramTransport, *,
+                   on_datagram: DatagramHandler | None = None) -> AsyncIterator[UdxSocket]:
+        """Run a socket over ``transport`` until the block exits; streams are destroyed then."""
+        self = cls(transport, on_datagram)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._timer_loop)
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._shutdown()
+
+    @property
+    def address(self) -> Address:
+        return self.transport.local_address
+
+    # ---------------------------------------------------------------- streams
+
+    def create_stream(self, local_id: int | None = None, *,
+                      firewall: Firewall | None = None) -> UdxStream:
+        """Register a stream; it accepts packets at once and sends after :meth:`UdxStream.connect`.
+
+        ``firewall(stream, addr)`` runs for packets that arrive while the stream is not connected;
+        returning True drops the packet. It may call ``stream.connect`` (as hyperdht does).
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("socket is closed")
+        if local_id is None:
+            local_id = random.getrandbits(32)
+            while local_id in self._streams:
+                local_id = random.getrandbits(32)
+        elif local_id in self._streams and not self._streams[local_id].core.released:
+            raise ValueError(f"stream id {local_id} is in use")
+        stream = UdxStream(self, StreamCore(local_id), firewall)
+        self._streams[local_id] = stream
+        return stream
+
+    # ---------------------------------------------------------------- other datagrams
+
+    def send_datagram(self, data: bytes, addr: Address) -> None:
+        """Send a datagram that is not UDX (DHT messages, holepunch probes)."""
+        if self._closed:
+            raise trio.ClosedResourceError("socket is closed")
+        if len(data) > MAX_DATAGRAM:
+            raise ValueError(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+        self.transport.send(data, addr)
+
+    async def receive_datagram(self) -> tuple[bytes, Address]:
+        """Next non-UDX datagram (only when no ``on_datagram`` callback was given)."""
+        while not self._datagrams:
+            if self._closed:
+                raise trio.ClosedResourceError("socket is closed")
+            await self._datagram_ready.wait()
+        await trio.lowlevel.checkpoint()
+        return self._datagrams.popleft()
+
+    # ---------------------------------------------------------------- internals
+
+    def _shutdown(self) -> None:
+        self._closed = True
+        for stream in list(self._streams.values()):
+            stream._abort()
+        self._streams.clear()
+        self.transport.close()
+        self._datagram_ready.set()
+
+    def _other(self, data: bytes, addr: Address) -> None:
+        if self._on_datagram is not None:
+            self._on_datagram(data, addr)
+        elif len(self._datagrams) < MAX_QUEUED_DATAGRAMS:
+            self._datagrams.append((data, addr))
+            self._datagram_ready.set()
+            self._datagram_ready = trio.Event()
+
+    async def _receive_loop(self) -> None:
+        while True:
+            batch = await self.transport.receive_batch()
+            touched: dict[int, UdxStream] = {}
+            now = trio.current_time()
+            for data, addr in batch:
+                stream = self._route(data)
+                if stream is None:
+                    self._other(data, addr)
+                    continue
+                try:
+                    pkt = Packet.decode(data)
+                except PacketError:
+                    self.malformed_packets += 1
+                    continue
+                fw = stream._firewall
+                if stream.remote_address is None and fw is not None and fw(stream, addr):
+                    continue
+                stream.core.receive(pkt, now)
+                touched[id(stream)] = stream
+            for stream in touched.values():
+                stream._after_input(now)
+
+    def _route(self, data: bytes) -> UdxStream | None:
+        if not is_udx(data):
+            return None
+        stream = self._streams.get(_U32.unpack_from(data, 4)[0])
+        if stream is None or stream.core.released:
+            return None
+        return stream
+
+    def _stream_changed(self, stream: UdxStream) -> None:
+        if stream.core.released:
+            if self._streams.get(stream.core.local_id) is stream:
+                del self._streams[stream.core.local_id]
+            return
+        deadline = stream.core.timer()
+        if deadline is not None and deadline < self._next_deadline:
+            self._next_deadline = deadline
+            self._timer_wakeup.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadlines = [d for s in self._streams.values() if (d := s.core.timer()) is not None]
+            self._next_deadline = min(deadlines, default=math.inf)
+            self._timer_wakeup = trio.Event()
+            with trio.move_on_at(self._next_deadline):
+                await self._timer_wakeup.wait()
+            now = trio.current_time()
+            for stream in list(self._streams.values()):
+                deadline = stream.core.timer()
+                if deadline is not None and deadline <= now:
+                    stream.core.handle_timer(now)
+                    stream._after_input(now)
+
+
+class UdxStream(trio.abc.HalfCloseableStream):
+    """A reliable, ordered byte stream over UDX, with half-close and unreliable messages.
+
+    Error vocabulary: :class:`trio.ClosedResourceError` after this side closed it,
+    :class:`trio.BrokenResourceError` after the peer reset it or stopped answering (the cause is
+    chained: :class:`~p2p_transport.udx.core.StreamReset` / ``StreamTimeout``),
+    :class:`trio.BusyResourceError` for concurrent sends or receives.
+    """
+
+    def __init__(self, socket: UdxSocket, core: StreamCore, firewall: Firewall | None) -> None:
+        self._socket = socket
+        self.core = core
+        self._firewall = firewall
+        self.remote_address: Address | None = None
+        self._changed = trio.Event()
+        self._local_closed = False
+        self._sending = False
+        self._receiving = False
+        self._messages: deque[bytes] = deque()
+        self.dropped_messages = 0
+
+    # ---------------------------------------------------------------- identity
+
+    @property
+    def id(self) -> int:
+        return self.core.local_id
+
+    @property
+    def remote_id(self) -> int | None:
+        return self.core.remote_id
+
+    @property
+    def socket(self) -> UdxSocket:
+        return self._socket
+
+    def connect(self, remote_id: int, addr: Address) -> None:
+        """Attach to the peer's stream ``remote_id`` at ``addr`` and start sending."""
+        if self.core.connected:
+            raise RuntimeError("stream already connected")
+        self.remote_address = addr
+        self.core.connect(remote_id)
+        self._after_input(trio.current_time())
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _flush(self, now: float) -> None:
+        datagrams = self.core.datagrams_to_send(now)
+        if datagrams and self.remote_address is not None:
+            send = self._socket.transport.send
+            for d in datagrams:
+                send(d, self.remote_address)
+
+    def _after_input(self, now: float) -> None:
+        self._flush(now)
+        while (ev := self.core.next_event()) is not None:
+            if isinstance(ev, MessageReceived):
+                if len(self._messages) < MAX_QUEUED_MESSAGES:
+                    self._messages.append(ev.data)
+                else:
+                    self.dropped_messages += 1
+            elif isinstance(ev, Closed):
+                self._flush(now)  # the final ACK or DESTROY
+        self._wake()
+        self._socket._stream_changed(self)
+
+    def _abort(self) -> None:
+        if not self.core.closed:
+            self.core.destroy()
+            self._flush(trio.current_time())
+        self._local_closed = True
+        self._wake()
+
+    def _broken(self) -> trio.BrokenResourceError:
+        err = self.core.error
+        exc = trio.BrokenResourceError(str(err) if err else "stream closed by the peer")
+        exc.__cause__ = err
+        return exc
+
+    def _check_send(self) -> None:
+        if self._local_closed:
+            raise trio.ClosedResourceError("stream is closed")
+        if self.core.closed:
+            raise self._broken()
+
+    # ---------------------------------------------------------------- trio.abc.SendStream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            self._check_send()
+            if self.core.eof_sent:
+                raise trio.ClosedResourceError("send_all after send_eof")
+            if data:
+                self.core.write(bytes(data))
+                self._after_input(trio.current_time())
+            await self._wait_writable()
+        finally:
+            self._sending = False
+
+    async def _wait_writable(self) -> None:
+        while True:
+            self._check_send()
+            if self.core.buffered_amount <= HIGH_WATER_MARK:
+                return
+            await self._changed.wait()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            await self._wait_writable()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        await trio.lowlevel.checkpoint()
+        if self._local_closed:
+            raise trio.ClosedResourceError("stream is closed")
+        if self.core.closed:
+            return
+        self.core.write_end()
+        self._after_input(trio.current_time())
+
+    # ---------------------------------------------------------------- trio.abc.ReceiveStream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None:
+            if not isinstance(max_bytes, int) or isinstance(max_bytes, bool):
+                raise TypeError("max_bytes must be an integer or None")
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint()
+            while True:
+                if self._local_closed:
+                    raise trio.ClosedResourceError("stream is closed")
+                if self.core.readable_bytes:
+                    data = self.core.read(max_bytes or 65536)
+                    self._after_input(trio.current_time())  # may reopen the window
+                    return data
+                if self.core.eof_received:
+                    return b""
+                if self.core.closed:
+                    if self.core.error is None:
+                        return b""
+                    raise self._broken()
+                await self._changed.wait()
+        finally:
+            self._receiving = False
+
+    # ---------------------------------------------------------------- messages
+
+    def send_message(self, data: bytes) -> None:
+        """Send one unreliable datagram on this stream (UDX MESSAGE)."""
+        self._check_send()
+        if len(data) > MAX_DATAGRAM - 20:
+            raise ValueError("message too large for one datagram")
+        self.core.send_message(bytes(data))
+        self._after_input(trio.current_time())
+
+    async def receive_message(self) -> bytes:
+        while not self._messages:
+            if self._local_closed:
+                raise trio.ClosedResourceError("stream is closed")
+            if self.core.closed:
+                raise self._broken() if self.core.error else trio.EndOfChannel()
+            await self._changed.wait()
+        await trio.lowlevel.checkpoint()
+        return self._messages.popleft()
+
+    # ---------------------------------------------------------------- closing
+
+    def destroy(self) -> None:
+        """Abort now: send DESTROY, drop anything unsent, close locally."""
+        self._abort()
+
+    async def aclose(self) -> None:
+        """Graceful close: flush data and END, wait for their ACK, then leave.
+
+        If the peer has not ended its side by then, the stream is destroyed (DESTROY), which is
+        how the peer learns that nobody reads any more. Cancellation destroys at once.
+        """
+        if self._local_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            if not self.core.closed and self.core.connected:
+                self.core.write_end()
+                self._after_input(trio.current_time())
+                while not (self.core.closed or self.core.end_acked):
+                    await self._changed.wait()
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._abort()
+            self._wake()
+
+
+def stream_error_types() -> tuple[type[StreamError], ...]:
+    """The causes a :class:`trio.BrokenResourceError` from a stream may chain."""
+    return (StreamReset, StreamTimeout)

@@ -1,0 +1,237 @@
+"""UDX streams over the in-memory lossy network under a fake clock."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+from udx_memnet import LinkProfile, MemoryNetwork
+
+from p2p_transport.udx import StreamReset, StreamTimeout, UdxSocket, UdxStream
+from p2p_transport.udx.packet import DATA, Packet
+
+Pair = tuple[UdxStream, UdxStream]
+
+
+def run(fn: Callable[[], Awaitable[None]]) -> None:
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@asynccontextmanager
+async def sockets(net: MemoryNetwork) -> AsyncIterator[tuple[UdxSocket, UdxSocket]]:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(net.run)
+        async with (UdxSocket.over(net.endpoint()) as sa,
+                    UdxSocket.over(net.endpoint()) as sb):
+            yield sa, sb
+        nursery.cancel_scope.cancel()
+
+
+def connect(sa: UdxSocket, sb: UdxSocket) -> Pair:
+    a, b = sa.create_stream(), sb.create_stream()
+    a.connect(b.id, sb.address)
+    b.connect(a.id, sa.address)
+    return a, b
+
+
+async def receive_exactly(s: UdxStream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await s.receive_some(65536)
+        assert chunk, "unexpected EOF"
+        buf += chunk
+    return bytes(buf)
+
+
+def test_check_two_way_stream() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(1)) as (sa, sb):
+            async def maker() -> Pair:
+                return connect(sa, sb)
+            await trio.testing.check_two_way_stream(maker, None)
+    run(main)
+
+
+def test_check_two_way_stream_on_a_lossy_network() -> None:
+    async def main() -> None:
+        net = MemoryNetwork(7, LinkProfile(loss=0.05, duplicate=0.05, jitter=0.01))
+        async with sockets(net) as (sa, sb):
+            async def maker() -> Pair:
+                return connect(sa, sb)
+            await trio.testing.check_half_closeable_stream(maker, None)
+    run(main)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lossy_transfer_arrives_intact_with_bounded_retransmissions(seed: int) -> None:
+    payload = random.Random(seed).randbytes(1_000_000)
+
+    async def main() -> None:
+        net = MemoryNetwork(seed, LinkProfile(loss=0.05, duplicate=0.03, delay=0.01, jitter=0.01))
+        async with sockets(net) as (sa, sb):
+            a, b = connect(sa, sb)
+            got = bytearray()
+
+            async def reader() -> None:
+                while chunk := await b.receive_some():
+                    got.extend(chunk)
+
+            with trio.fail_after(120):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(reader)
+                    await a.send_all(payload)
+                    await a.send_eof()
+                    # echo nothing back; close our side once the reader saw EOF
+                await b.send_eof()
+                await a.aclose()
+                await b.aclose()
+            assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+            stats = a.core.stats
+            data_packets = len(payload) // 1152 + 1
+            lost = net.stats.dropped
+            # every retransmission answers a real loss, give or take a small factor
+            assert stats.retransmissions <= 3 * lost + 20, (stats, net.stats)
+            assert stats.retransmissions < data_packets
+            assert a.core.closed and a.core.error is None
+    run(main)
+
+
+def test_end_both_ways_closes_cleanly() -> None:
+    async def main() -> None:
+        net = MemoryNetwork(5, LinkProfile(loss=0.2, jitter=0.02))
+        async with sockets(net) as (sa, sb):
+            a, b = connect(sa, sb)
+            with trio.fail_after(60):
+                await a.send_all(b"ping")
+                await a.send_eof()
+                assert await receive_exactly(b, 4) == b"ping"
+                assert await b.receive_some() == b""
+                await b.send_all(b"pong")
+                await b.send_eof()
+                assert await receive_exactly(a, 4) == b"pong"
+                assert await a.receive_some() == b""
+                await trio.sleep(1)  # the last ACKs cross
+                assert a.core.closed and b.core.closed
+            assert a.core.error is None and b.core.error is None
+    run(main)
+
+
+def test_destroy_resets_the_peer() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(3)) as (sa, sb):
+            a, b = connect(sa, sb)
+            await a.send_all(b"x")
+            assert await receive_exactly(b, 1) == b"x"
+            a.destroy()
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError) as info:
+                await b.receive_some()
+            assert isinstance(info.value.__cause__, StreamReset)
+    run(main)
+
+
+def test_dead_peer_times_out() -> None:
+    async def main() -> None:
+        net = MemoryNetwork(4)
+        async with sockets(net) as (sa, sb):
+            a, _b = connect(sa, sb)
+            net.profile.loss = 1.0  # the peer vanishes
+            start = trio.current_time()
+            with trio.fail_after(60), pytest.raises(trio.BrokenResourceError) as info:
+                await a.send_all(b"y" * 5000)
+                await a.receive_some()
+            assert isinstance(info.value.__cause__, StreamTimeout)
+            # 1 s RTO then 5 re-armed timers at 2 x RTO, as libudx
+            assert 10 <= trio.current_time() - start <= 12
+    run(main)
+
+
+def test_data_before_connect_is_delivered_and_acked_later() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(6)) as (sa, sb):
+            b = sb.create_stream()
+            a = sa.create_stream()
+            a.connect(b.id, sb.address)
+            await a.send_all(b"early")
+            await trio.sleep(0.5)
+            assert b.core.readable_bytes == 5  # accepted while unconnected
+            assert a.core.unacked_packets == 1  # ACK deferred
+            b.connect(a.id, sa.address)
+            assert await receive_exactly(b, 5) == b"early"
+            await trio.sleep(0.5)
+            assert a.core.unacked_packets == 0
+    run(main)
+
+
+def test_firewall_can_connect_or_drop() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(8)) as (sa, sb):
+            a = sa.create_stream()
+            seen = []
+
+            def firewall(stream: UdxStream, addr: tuple[str, int]) -> bool:
+                seen.append(addr)
+                stream.connect(a.id, addr)
+                return False
+
+            b = sb.create_stream(firewall=firewall)
+            a.connect(b.id, sb.address)
+            await a.send_all(b"hi")
+            assert await receive_exactly(b, 2) == b"hi"
+            assert seen == [sa.address]
+            dropper = sb.create_stream(firewall=lambda s, addr: True)
+            c = sa.create_stream()
+            c.connect(dropper.id, sb.address)
+            await c.send_all(b"no")
+            await trio.sleep(0.5)
+            assert dropper.core.readable_bytes == 0
+    run(main)
+
+
+def test_messages_both_ways_and_other_datagrams() -> None:
+    async def main() -> None:
+        others: list[tuple[bytes, tuple[str, int]]] = []
+        net = MemoryNetwork(9)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            async with (UdxSocket.over(net.endpoint()) as sa,
+                        UdxSocket.over(net.endpoint(),
+                                       on_datagram=lambda d, a: others.append((d, a))) as sb):
+                a, b = connect(sa, sb)
+                a.send_message(b"to-b")
+                b.send_message(b"to-a")
+                with trio.fail_after(5):
+                    assert await b.receive_message() == b"to-b"
+                    assert await a.receive_message() == b"to-a"
+                # non-UDX datagrams and UDX packets for unknown ids reach the other user
+                sa.send_datagram(b"\x03dht", sb.address)
+                stray = Packet(DATA, 12345, 0, 0, 0, b"zz").encode()
+                sa.send_datagram(stray, sb.address)
+                await trio.sleep(0.1)
+                assert [d for d, _ in others] == [b"\x03dht", stray]
+                # and without a callback they queue for receive_datagram
+                sb2 = sa
+                sb.send_datagram(b"\x13reply", sb2.address)
+                assert await sa.receive_datagram() == (b"\x13reply", sb.address)
+            nursery.cancel_scope.cancel()
+    run(main)
+
+
+def test_slow_reader_shrinks_the_window() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(10)) as (sa, sb):
+            a, b = connect(sa, sb)
+            blob = bytes(6 * 1024 * 1024)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.send_all, blob)
+                await trio.sleep(5)
+                # the receiver buffers at most its window; the rest waits at the sender
+                assert b.core.readable_bytes <= 4 * 1024 * 1024 + 1152
+                assert a.core.buffered_amount > 0
+                got = await receive_exactly(b, len(blob))
+            assert got == blob
+    run(main)
