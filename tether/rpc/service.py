@@ -52,6 +52,12 @@ class ServerContext:
     def time_remaining(self) -> float:
         return self.deadline - trio.current_time()
 
+    def remaining_timeout(self) -> float | None:
+        """The time left as a ``timeout=`` for onward calls (None: no deadline)."""
+        if self.deadline == math.inf:
+            return None
+        return max(self.time_remaining(), 0.001)
+
     def abort(
         self, code: StatusCode, message: str, details: Mapping[str, str] | None = None
     ) -> None:

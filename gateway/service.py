@@ -1,0 +1,141 @@
+"""The gateway's RPC surface (``tether.v1.Gateway``): the edge of Tether.
+
+``Infer``: authenticate the tenant token (metadata ``authorization: Bearer
+<token>``, checked against the hashed tokens of the Metadata Store), validate
+and normalise the request, take a token from the tenant's bucket, start the
+trace, and forward to an orchestrator found on ``tether/control/<region>``,
+streaming its chunks back unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import trio
+
+from gateway.ratelimit import TokenBuckets
+from tether import telemetry, topics
+from tether.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    TetherError,
+    Unauthenticated,
+    Unavailable,
+)
+from tether.metadata.store import MetadataStore
+from tether.net import Network, wait_for_peer
+from tether.rpc import ServerContext
+from tether.v1 import infer_pb2, services_pb2, services_rpc
+
+MAX_PROMPT_CHARS = 16_384
+MAX_TEXTS = 256
+MAX_TENSOR_BYTES = 4 * 1024 * 1024
+MAX_NEW_TOKENS = 1024
+ORCHESTRATOR_WAIT_S = 10.0
+_VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))?$")
+
+
+def validate(request: infer_pb2.Infer.Request) -> None:
+    """Refuse malformed requests with INVALID_ARGUMENT before any work."""
+    try:
+        topics.model(request.model_id)
+    except TetherError:
+        raise InvalidArgument(
+            f"model_id {request.model_id!r} is not a model name (e.g. 'tiny-stories')"
+        ) from None
+    if request.version and not _VERSION_RE.match(request.version):
+        raise InvalidArgument(f"version {request.version!r} is not MAJOR or MAJOR.MINOR")
+    kind = request.input.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument("input is empty: set input.text, input.texts or input.tensors")
+    if kind == "text" and len(request.input.text) > MAX_PROMPT_CHARS:
+        raise InvalidArgument(f"prompt longer than {MAX_PROMPT_CHARS} characters")
+    if kind == "texts":
+        texts = request.input.texts.texts
+        if not texts or len(texts) > MAX_TEXTS:
+            raise InvalidArgument(f"input.texts needs 1 to {MAX_TEXTS} texts")
+        if any(len(t) > MAX_PROMPT_CHARS for t in texts):
+            raise InvalidArgument(f"a text is longer than {MAX_PROMPT_CHARS} characters")
+    if kind == "tensors":
+        size = sum(len(t.data) for t in request.input.tensors.tensors)
+        if size > MAX_TENSOR_BYTES:
+            raise InvalidArgument(f"input tensors exceed {MAX_TENSOR_BYTES} bytes")
+    if request.params.max_tokens > MAX_NEW_TOKENS:
+        raise InvalidArgument(f"params.max_tokens is above {MAX_NEW_TOKENS}")
+    if request.region:
+        topics.region(request.region)
+
+
+def bearer_token(metadata: dict[str, str]) -> str:
+    value = metadata.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("missing tenant token: send metadata 'authorization: Bearer <token>'")
+    return token.strip()
+
+
+class GatewayService(services_rpc.GatewayServicer):
+    def __init__(
+        self,
+        *,
+        network: Network,
+        store: MetadataStore,
+        region: str,
+        buckets: TokenBuckets,
+    ) -> None:
+        self.network = network
+        self.store = store
+        self.region = region
+        self.buckets = buckets
+        self.control_topic = topics.control(region)
+
+    async def authenticate(self, metadata: dict[str, str]) -> str:
+        token = bearer_token(metadata)
+        return await trio.to_thread.run_sync(self.store.verify_token, token)
+
+    async def _orchestrator(self) -> services_rpc.OrchestratorStub:
+        with trio.move_on_after(ORCHESTRATOR_WAIT_S):
+            peer = await wait_for_peer(self.network, self.control_topic)
+            return services_rpc.OrchestratorStub(peer.rpc)
+        raise Unavailable(f"no orchestrator found on {self.control_topic}")
+
+    async def Infer(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        metadata = dict(context.metadata)
+        tenant = await self.authenticate(metadata)
+        if request.tenant_id and request.tenant_id != tenant:
+            raise PermissionDenied("tenant_id does not match the tenant of the token")
+        validate(request)
+        self.buckets.take(tenant)
+        forwarded = infer_pb2.Infer.Request()
+        forwarded.CopyFrom(request)
+        forwarded.tenant_id = tenant
+        forwarded.correlation_id = request.correlation_id or f"c-{uuid.uuid4().hex}"
+        forwarded.region = request.region or self.region
+        with telemetry.server_span(
+            "gateway.infer",
+            metadata,
+            **{"tether.tenant": tenant, "tether.model": request.model_id},
+        ):
+            forwarded.trace_id = telemetry.current_trace_id()
+            orchestrator = await self._orchestrator()
+            out = telemetry.outgoing_metadata({"x-tether-tenant": tenant})
+            async with orchestrator.Submit(
+                forwarded, metadata=out, timeout=context.remaining_timeout()
+            ) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def ListModels(
+        self, request: services_pb2.ListModelsRequest, context: ServerContext
+    ) -> services_pb2.ListModelsResponse:
+        tenant = await self.authenticate(dict(context.metadata))
+        with trio.move_on_after(ORCHESTRATOR_WAIT_S):
+            peer = await wait_for_peer(self.network, topics.registry(self.region))
+            registry = services_rpc.RegistryStub(peer.rpc)
+            return await registry.ListModels(services_pb2.ListModelsRequest(tenant_id=tenant))
+        raise Unavailable("no registry found")
+

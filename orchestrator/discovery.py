@@ -1,0 +1,115 @@
+"""DiscoverySub: the orchestrator's eventually-consistent view of the fleet.
+
+For every peer it meets (workers found on ``tether/presence/<region>`` and
+``tether/models/...`` topics), it opens ``Worker.WatchPresence`` and keeps the
+latest verified ``Presence``. An envelope counts only if it is signed by the
+very key the connection authenticated, fresh, and never seen before; anything
+else is counted in ``rejected`` and dropped. A worker that has not sent a
+valid heartbeat for ``expiry_s`` (15 s: three missed 5 s beats) leaves the
+snapshot even while its connection stays open. Peers that are not workers
+answer UNIMPLEMENTED and are left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from tether.errors import TetherError
+from tether.net import Network, Peer
+from tether.rpc import RpcError, StatusCode
+from tether.signing import EnvelopeVerifier
+from tether.v1 import presence_pb2, services_pb2, services_rpc
+
+log = logging.getLogger("tether.orchestrator.discovery")
+
+DEFAULT_EXPIRY_S = 15.0
+DEFAULT_HEARTBEAT_MS = 5000
+
+
+@dataclass
+class WorkerEntry:
+    presence: presence_pb2.Presence
+    peer: Peer
+    #: trio clock time of the last valid heartbeat.
+    last_seen: float
+
+    @property
+    def worker_id(self) -> str:
+        return self.presence.worker_id
+
+
+class DiscoverySub:
+    def __init__(
+        self,
+        network: Network,
+        *,
+        expiry_s: float = DEFAULT_EXPIRY_S,
+        heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        verifier: EnvelopeVerifier | None = None,
+    ) -> None:
+        self.network = network
+        self.expiry_s = expiry_s
+        self.heartbeat_ms = heartbeat_ms
+        self.clock_ms = clock_ms
+        self.verifier = verifier or EnvelopeVerifier(max_age_ms=int(expiry_s * 1000))
+        self.rejected = 0
+        self._entries: dict[bytes, WorkerEntry] = {}
+        self._changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.network.on_peer(lambda peer: nursery.start_soon(self._watch, peer))
+            task_status.started()
+            await trio.sleep_forever()
+
+    def snapshot(self) -> list[WorkerEntry]:
+        """Workers with a valid heartbeat in the last ``expiry_s``."""
+        horizon = trio.current_time() - self.expiry_s
+        return sorted(
+            (e for e in self._entries.values() if e.last_seen >= horizon),
+            key=lambda e: e.worker_id,
+        )
+
+    async def wait_for(self, predicate: Callable[[list[WorkerEntry]], bool]) -> None:
+        """Wait until the snapshot satisfies ``predicate``."""
+        while not predicate(self.snapshot()):
+            self._changed = trio.Event()
+            with trio.move_on_after(1.0):
+                await self._changed.wait()
+
+    async def _watch(self, peer: Peer) -> None:
+        stub = services_rpc.WorkerStub(peer.rpc)
+        request = services_pb2.WatchPresenceRequest(interval_ms=self.heartbeat_ms)
+        try:
+            async with stub.WatchPresence(request) as envelopes:
+                async for env in envelopes:
+                    self._accept(peer, env)
+        except RpcError as exc:
+            if exc.code != StatusCode.UNIMPLEMENTED:
+                log.info("presence stream from %s ended: %s", peer.key_hex[:12], exc)
+        finally:
+            entry = self._entries.get(peer.remote_key)
+            if entry is not None and entry.peer is peer:
+                del self._entries[peer.remote_key]
+                self._changed.set()
+
+    def _accept(self, peer: Peer, env: presence_pb2.SignedEnvelope) -> None:
+        try:
+            presence = self.verifier.verify(
+                env,
+                presence_pb2.Presence,
+                now_ms=self.clock_ms(),
+                expected_signer=peer.remote_key,
+            )
+        except TetherError as exc:
+            self.rejected += 1
+            log.warning("rejected presence from %s: %s", peer.key_hex[:12], exc)
+            return
+        self._entries[peer.remote_key] = WorkerEntry(presence, peer, trio.current_time())
+        self._changed.set()

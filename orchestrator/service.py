@@ -1,0 +1,220 @@
+"""The orchestrator's RPC surface (``tether.v1.Orchestrator``): the spec's
+request lifecycle (§10) from placement to finalisation.
+
+``Submit``:
+ 1. resolve the model version through the Registry (RPC) and check its policy;
+ 2. reserve ``(correlationId, retryToken)`` in the Metadata Store *before*
+    dispatch: a repeat of an accepted request is refused (ALREADY_EXISTS)
+    instead of running twice;
+ 3. rank the fleet snapshot by affinity score and dispatch ``Worker.Infer`` to
+    the best candidate; a candidate that refuses before streaming anything
+    (UNAVAILABLE, RESOURCE_EXHAUSTED) hands the request to the next one;
+ 4. stream the worker's chunks back; finalise the job and record usage.
+
+A worker lost mid-stream ends the request with UNAVAILABLE and the job is
+marked FAILED; resuming it elsewhere needs the retry manager's replay, which
+is not part of this service yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator
+
+import trio
+
+from orchestrator.discovery import DiscoverySub
+from orchestrator.scheduler import Placement, Weights, rank
+from tether.errors import AlreadyExists, InvalidArgument, Unavailable
+from tether.metadata.store import MetadataStore
+from tether.net import Network, wait_for_peer
+from tether.rpc import RpcError, ServerContext, StatusCode
+from tether.v1 import (
+    infer_pb2,
+    jobs_pb2,
+    presence_pb2,
+    registry_pb2,
+    services_pb2,
+    services_rpc,
+)
+
+log = logging.getLogger("tether.orchestrator")
+
+#: Codes on which a request that produced no output moves to the next worker.
+_PLACE_ELSEWHERE = {StatusCode.UNAVAILABLE, StatusCode.RESOURCE_EXHAUSTED}
+DEFAULT_MAX_ATTEMPTS = 3
+REGISTRY_TIMEOUT_S = 10.0
+
+
+class OrchestratorService(services_rpc.OrchestratorServicer):
+    def __init__(
+        self,
+        *,
+        network: Network,
+        discovery: DiscoverySub,
+        store: MetadataStore,
+        region: str,
+        registry_topic: str,
+        weights: Weights | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
+        self.network = network
+        self.discovery = discovery
+        self.store = store
+        self.region = region
+        self.registry_topic = registry_topic
+        self.weights = weights or Weights()
+        self.max_attempts = max_attempts
+
+    async def _registry(self) -> services_rpc.RegistryStub:
+        with trio.move_on_after(REGISTRY_TIMEOUT_S):
+            peer = await wait_for_peer(self.network, self.registry_topic)
+            return services_rpc.RegistryStub(peer.rpc)
+        raise Unavailable(f"no registry found on {self.registry_topic}")
+
+    async def resolve(self, request: infer_pb2.Infer.Request) -> registry_pb2.ModelRecord:
+        registry = await self._registry()
+        return await registry.Resolve(
+            services_pb2.ResolveRequest(
+                model_id=request.model_id, version=request.version, tenant_id=request.tenant_id
+            ),
+            timeout=REGISTRY_TIMEOUT_S,
+        )
+
+    async def Submit(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        if not request.correlation_id:
+            raise InvalidArgument("correlation_id is required")
+        if not request.model_id:
+            raise InvalidArgument("model_id is required")
+        # The registry applies the model's tenant policy while resolving.
+        record = await self.resolve(request)
+        dispatched = infer_pb2.Infer.Request()
+        dispatched.CopyFrom(request)
+        dispatched.version = record.model.version
+        retry_token = request.retry_token or "first"
+        cid = request.correlation_id
+
+        reservation = await trio.to_thread.run_sync(
+            lambda: self.store.reserve(cid, retry_token, request.tenant_id)
+        )
+        if not reservation.created:
+            raise AlreadyExists(
+                f"request {cid} (retry token {retry_token!r}) was already accepted; "
+                "use GetJob for its status or send a new retry token",
+            )
+        await trio.to_thread.run_sync(
+            lambda: self.store.create_job(
+                cid, request.tenant_id, record.model.model_id, record.model.version
+            )
+        )
+        try:
+            async for chunk in self._dispatch(dispatched, record, context):
+                yield chunk
+        except BaseException as exc:
+            error = RpcError.from_exception(exc)
+            if isinstance(exc, (trio.Cancelled, GeneratorExit)):
+                error = RpcError(StatusCode.CANCELLED, "client cancelled")
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(
+                    lambda: self.store.update_job(
+                        cid,
+                        jobs_pb2.JOB_STATE_CANCELLED
+                        if error.code == StatusCode.CANCELLED
+                        else jobs_pb2.JOB_STATE_FAILED,
+                        error=error.to_proto(),
+                    )
+                )
+            raise
+
+    async def _dispatch(
+        self,
+        request: infer_pb2.Infer.Request,
+        record: registry_pb2.ModelRecord,
+        context: ServerContext,
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        want = Placement(
+            request_region=request.region or self.region,
+            model=presence_pb2.ModelKey(
+                model_id=record.model.model_id, version=record.model.version
+            ),
+            gpu_classes=tuple(record.capabilities.gpu_classes),
+        )
+        candidates = rank(self.discovery.snapshot(), want, self.weights)
+        if not candidates:
+            raise Unavailable(
+                f"no healthy worker serves {want.model.model_id} {want.model.version}",
+                details={"model": want.model.model_id, "version": want.model.version},
+            )
+        cid = request.correlation_id
+        last_error: RpcError | None = None
+        for candidate in candidates[: self.max_attempts]:
+            worker_id = candidate.entry.worker_id
+            await trio.to_thread.run_sync(
+                functools.partial(
+                    self.store.update_job,
+                    cid,
+                    jobs_pb2.JOB_STATE_DISPATCHED,
+                    worker_id=worker_id,
+                    attempt=True,
+                )
+            )
+            stub = services_rpc.WorkerStub(candidate.entry.peer.rpc)
+            streamed = False
+            try:
+                async with stub.Infer(
+                    request, metadata=dict(context.metadata), timeout=context.remaining_timeout()
+                ) as chunks:
+                    async for chunk in chunks:
+                        if not streamed:
+                            streamed = True
+                            await trio.to_thread.run_sync(
+                                lambda: self.store.update_job(cid, jobs_pb2.JOB_STATE_STREAMING)
+                            )
+                        yield chunk
+                        if chunk.done:
+                            await self._finalise(cid, chunk)
+                            return
+                raise Unavailable(f"worker {worker_id} ended the stream without a final chunk")
+            except RpcError as exc:
+                if streamed or exc.code not in _PLACE_ELSEWHERE:
+                    if exc.code == StatusCode.UNAVAILABLE:
+                        raise Unavailable(
+                            f"worker {worker_id} was lost mid-stream: {exc.message}",
+                            details={"worker_id": worker_id},
+                        ) from None
+                    raise
+                log.info("worker %s refused %s (%s); trying the next", worker_id, cid, exc)
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def _finalise(self, cid: str, last: infer_pb2.Infer.Chunk) -> None:
+        def write() -> None:
+            self.store.update_job(cid, jobs_pb2.JOB_STATE_SUCCEEDED)
+            if last.HasField("usage"):
+                self.store.record_usage(cid, last.usage)
+
+        await trio.to_thread.run_sync(write)
+
+    async def GetJob(
+        self, request: services_pb2.GetJobRequest, context: ServerContext
+    ) -> jobs_pb2.JobStatus:
+        return await trio.to_thread.run_sync(
+            lambda: self.store.get_job(request.correlation_id)
+        )
+
+    async def GetFleet(
+        self, request: services_pb2.GetFleetRequest, context: ServerContext
+    ) -> services_pb2.GetFleetResponse:
+        entries = self.discovery.snapshot()
+        return services_pb2.GetFleetResponse(
+            workers=[
+                e.presence
+                for e in entries
+                if not request.region or e.presence.region == request.region
+            ]
+        )
+

@@ -1,0 +1,92 @@
+"""What a Tether service needs from the network, whatever carries it.
+
+A ``Network`` is one process's presence on the peer-to-peer network: an
+Ed25519 identity, topics it joins (as a server that announces, a client that
+looks up, or both), and one ``Peer`` per connected remote key. Every peer
+connection carries one ``RpcConnection``: this process serves its handlers to
+the peer and calls the peer's services on the same connection.
+
+Implementations: ``tether.net.swarm.SwarmNetwork`` (Hyperswarm, the real one)
+and ``tether.net.local.LocalNetwork`` (an in-memory test double).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from tether.rpc import RpcConnection
+
+
+@dataclass(eq=False)
+class Peer:
+    """A connected remote process."""
+
+    remote_key: bytes
+    rpc: RpcConnection
+    #: Topic names this peer was found under (client side only).
+    topics: set[str] = field(default_factory=set)
+    closed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def key_hex(self) -> str:
+        return self.remote_key.hex()
+
+    def __repr__(self) -> str:
+        return f"Peer({self.key_hex[:12]}…, topics={sorted(self.topics)})"
+
+
+PeerCallback = Callable[[Peer], None]
+
+
+class Network(Protocol):
+    """The network interface services are written against."""
+
+    @property
+    def public_key(self) -> bytes:
+        """This process's Ed25519 public key (its address on the network)."""
+
+    async def join(self, topic: str, *, server: bool = True, client: bool = True) -> None:
+        """Announce on (server) and/or look up (client) a validated topic name."""
+
+    async def leave(self, topic: str) -> None:
+        """Stop announcing and looking up a topic; connections stay."""
+
+    async def flush(self) -> None:
+        """Wait until pending announces and lookups have been processed."""
+
+    async def connect(self, public_key: bytes) -> Peer:
+        """A connection to the process with this key (reused if open)."""
+
+    def peers(self) -> list[Peer]:
+        """Open connections, a snapshot."""
+
+    def on_peer(self, callback: PeerCallback) -> Callable[[], None]:
+        """Call ``callback`` for every new connection (existing ones included);
+        returns a function that unsubscribes it."""
+
+
+async def wait_for_peer(network: Network, topic: str) -> Peer:
+    """The first connected peer found under ``topic`` (waits for one)."""
+    found: list[Peer] = []
+    arrived = trio.Event()
+
+    def check(peer: Peer) -> None:
+        if topic in peer.topics and not peer.closed.is_set():
+            found.append(peer)
+            arrived.set()
+
+    unsubscribe = network.on_peer(check)
+    try:
+        while not found:
+            with trio.move_on_after(0.5):
+                await arrived.wait()
+            # A topic can be learnt after the connection callback ran; look again.
+            for peer in network.peers():
+                check(peer)
+    finally:
+        unsubscribe()
+    return found[0]

@@ -1,0 +1,181 @@
+"""BaseWorker: the worker's RPC surface (``tether.v1.Worker``).
+
+- ``Infer`` admits the request through the QuotaGuard, runs it on the
+  execution engine and streams chunks; the last chunk has ``done`` and usage.
+- ``GetHealth`` answers a ``Health.Report`` (capacity, gpuClass, model cache).
+- ``WatchPresence`` is the HealthReporter's heartbeat: a signed, nonce-
+  protected ``Presence`` now and every interval (5 s) until the caller leaves.
+- ``drain()`` stops new work (UNAVAILABLE, so the orchestrator places it
+  elsewhere), lets in-flight jobs finish, and says so in every heartbeat.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from tether import signing
+from tether.errors import InvalidArgument, Unavailable
+from tether.keys import KeyPair
+from tether.rpc import ServerContext
+from tether.v1 import health_pb2, infer_pb2, presence_pb2, services_pb2, services_rpc
+from worker.quota import QuotaGuard
+
+DEFAULT_HEARTBEAT_S = 5.0
+
+
+class Engine(Protocol):
+    """What the worker needs from its execution engine."""
+
+    def supported(self) -> list[presence_pb2.ModelKey]:
+        """Model versions this worker can run."""
+
+    def cache_manifest(self) -> list[health_pb2.CachedModel]:
+        """What is loaded now (for Health.Report.modelCache)."""
+
+    def stream(
+        self, request: infer_pb2.Infer.Request
+    ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
+        """Run a request, yielding payload pieces; usage comes with the last."""
+
+
+@dataclass
+class WorkerConfig:
+    worker_id: str
+    region: str
+    gpu_class: str = "cpu"
+    vram_gb: int = 0
+    accelerators: list[str] = field(default_factory=list)
+    slots: int = 2
+    queue_limit: int = 8
+    per_tenant: int | None = None
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class WorkerService(services_rpc.WorkerServicer):
+    def __init__(
+        self,
+        config: WorkerConfig,
+        engine: Engine,
+        keypair: KeyPair,
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.keypair = keypair
+        self.clock_ms = clock_ms
+        self.quota = QuotaGuard(
+            slots=config.slots, queue_limit=config.queue_limit, per_tenant=config.per_tenant
+        )
+        self.draining = False
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # -------------------------------------------------------------- health
+
+    def health_report(self) -> health_pb2.Health.Report:
+        stats = self.quota.stats()
+        report = health_pb2.Health.Report(
+            worker_id=self.config.worker_id,
+            gpu_class=self.config.gpu_class,
+            draining=self.draining,
+        )
+        report.capacity.slots = stats.slots
+        report.capacity.in_use = stats.in_use
+        report.capacity.queue_depth = stats.queue_depth
+        report.capacity.queue_limit = stats.queue_limit
+        report.model_cache.extend(self.engine.cache_manifest())
+        return report
+
+    def presence(self) -> presence_pb2.Presence:
+        report = self.health_report()
+        p = presence_pb2.Presence(
+            worker_id=self.config.worker_id,
+            pub_key=self.keypair.public_key,
+            region=self.config.region,
+            gpu_class=self.config.gpu_class,
+            vram_gb=self.config.vram_gb,
+            accelerators=self.config.accelerators,
+            latency_hops=0,
+            draining=self.draining,
+        )
+        p.capacity.CopyFrom(report.capacity)
+        p.supported.extend(self.engine.supported())
+        p.health.CopyFrom(report)
+        return p
+
+    async def GetHealth(
+        self, request: services_pb2.GetHealthRequest, context: ServerContext
+    ) -> health_pb2.Health.Report:
+        return self.health_report()
+
+    async def WatchPresence(
+        self, request: services_pb2.WatchPresenceRequest, context: ServerContext
+    ) -> AsyncIterator[presence_pb2.SignedEnvelope]:
+        interval = request.interval_ms / 1000 if request.interval_ms else self.config.heartbeat_s
+        interval = max(interval, 0.05)
+        while True:
+            yield signing.sign(self.presence(), self.keypair, now_ms=self.clock_ms())
+            await trio.sleep(interval)
+
+    # --------------------------------------------------------------- infer
+
+    async def Infer(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        if self.draining:
+            raise Unavailable("worker is draining; place the request elsewhere")
+        if not request.model_id:
+            raise InvalidArgument("model_id is required")
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._idle = trio.Event()
+        seq = 0
+        try:
+            async with self.quota.admit(request.tenant_id):
+                last: infer_pb2.Infer.Chunk | None = None
+                async for payload, usage in self.engine.stream(request):
+                    if last is not None:
+                        yield last
+                    last = self._chunk(request, seq, payload)
+                    seq += 1
+                    if usage is not None:
+                        last.usage.CopyFrom(usage)
+                if last is None:
+                    last = self._chunk(request, seq, None)
+                last.done = True
+                yield last
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    def _chunk(
+        self, request: infer_pb2.Infer.Request, seq: int, payload: infer_pb2.Payload | None
+    ) -> infer_pb2.Infer.Chunk:
+        chunk = infer_pb2.Infer.Chunk(
+            correlation_id=request.correlation_id, seq=seq, worker_id=self.config.worker_id
+        )
+        if payload is not None:
+            chunk.payload.CopyFrom(payload)
+        return chunk
+
+    # --------------------------------------------------------------- drain
+
+    async def drain(self, grace_s: float = 30.0) -> bool:
+        """Take no new work and wait for in-flight jobs; True if all finished."""
+        self.draining = True
+        with trio.move_on_after(grace_s):
+            await self._idle.wait()
+            return True
+        return False
