@@ -1,0 +1,402 @@
+"""MetadataStore: Tether's SQL metadata, on SQLite (WAL, the default) or PostgreSQL (by URL).
+
+It owns the connection, the schema migrations (Alembic, run with :meth:`MetadataStore.migrate`)
+and the few operations whose atomicity matters: idempotent reservations, quota consumption,
+hashed tenant tokens. It does not decide model resolution or policy; the registry's catalog
+does, on top of :meth:`put_model_version` and :meth:`model_versions`.
+
+Every method is synchronous (SQLAlchemy is); trio callers run them in
+``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, func, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session, col, create_engine, select
+
+from tether.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from tether.metadata import tables as t
+from tether.v1 import infer_pb2, jobs_pb2, registry_pb2, status_pb2
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+TOKEN_PREFIX = "tt_"
+TOKEN_BYTES = 32
+
+
+def now_unix_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of the token text. Tokens are 256 random bits, so a fast hash is enough."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReservationResult:
+    correlation_id: str
+    retry_token: str
+    tenant_id: str
+    worker_id: str
+    expires_unix_ms: int
+    created: bool  # False when this (correlation_id, retry_token) was already reserved
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    major: int
+    minor: int
+    record: registry_pb2.ModelRecord
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+class MetadataStore:
+    """One SQL database holding models, jobs, reservations, quotas, tokens and usage."""
+
+    def __init__(self, url: str, *, clock: Callable[[], int] = now_unix_ms) -> None:
+        self.url = url
+        self._clock = clock
+        self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            path = url.removeprefix("sqlite:///")
+            if path and path != url and not path.startswith(":memory:"):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @classmethod
+    def sqlite(cls, path: str | os.PathLike[str], **kw: Any) -> MetadataStore:
+        return cls(sqlite_url(path), **kw)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ schema
+
+    def _alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        return cfg
+
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` (default: the newest)."""
+        cfg = self._alembic_config()
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+        except OperationalError as exc:
+            raise Unavailable(
+                f"metadata store at {self._safe_url()} is unreachable: {exc.orig}"
+            ) from exc
+
+    def downgrade(self, revision: str) -> None:
+        cfg = self._alembic_config()
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    def check_schema(self) -> None:
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            raise FailedPrecondition(
+                f"metadata schema is at {current}, code expects {head}: run store.migrate()"
+            )
+
+    def _safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    # ------------------------------------------------------------------ models
+
+    def put_model_version(self, record: registry_pb2.ModelRecord, major: int, minor: int) -> bool:
+        """Store one version; True if new, False if the identical record was already there.
+
+        A different record under an existing MAJOR.MINOR raises AlreadyExists: versions are
+        immutable once published.
+        """
+        blob = record.SerializeToString(deterministic=True)
+        mid = record.model.model_id
+        with self.session() as s:
+            existing = s.exec(
+                select(t.ModelVersion).where(
+                    t.ModelVersion.model_id == mid,
+                    t.ModelVersion.major == major,
+                    t.ModelVersion.minor == minor,
+                )
+            ).first()
+            if existing is not None:
+                if existing.record == blob:
+                    return False
+                raise AlreadyExists(
+                    f"{mid} {major}.{minor} is already published with other contents; "
+                    "publish a new version instead",
+                    details={"model_id": mid, "version": f"{major}.{minor}"},
+                )
+            if s.get(t.Model, mid) is None:
+                s.add(t.Model(model_id=mid, description=record.description,
+                              created_unix_ms=record.created_unix_ms or self._clock()))
+                s.flush()
+            mv = t.ModelVersion(model_id=mid, major=major, minor=minor, record=blob,
+                                publisher_key=record.publisher_key,
+                                created_unix_ms=record.created_unix_ms or self._clock())
+            s.add(mv)
+            s.flush()
+            assert mv.id is not None
+            caps = record.capabilities
+            s.add(t.Capability(
+                version_id=mv.id, task=caps.task, gpu_classes=",".join(caps.gpu_classes),
+                min_vram_gb=caps.min_vram_gb, max_input_length=caps.max_input_length,
+                degrade_to_model=caps.degrade_to.model_id,
+                degrade_to_version=caps.degrade_to.version))
+            pol = record.policy
+            s.add(t.Policy(version_id=mv.id, allowed_tenants=",".join(pol.allowed_tenants),
+                           rate_limit_rps=pol.rate_limit_rps, allow_degrade=pol.allow_degrade))
+            for a in record.artifacts:
+                s.add(t.Artifact(version_id=mv.id, role=a.role, digest=a.digest,
+                                 size_bytes=a.size_bytes, format=a.format))
+            try:
+                s.commit()
+            except IntegrityError as exc:
+                raise AlreadyExists(f"{mid} {major}.{minor} was published concurrently") from exc
+        return True
+
+    def model_versions(self, model_id: str) -> list[StoredVersion]:
+        """All versions of a model, oldest first."""
+        with self.session() as s:
+            rows = s.exec(
+                select(t.ModelVersion)
+                .where(t.ModelVersion.model_id == model_id)
+                .order_by(col(t.ModelVersion.major), col(t.ModelVersion.minor))
+            ).all()
+        out = []
+        for row in rows:
+            rec = registry_pb2.ModelRecord()
+            rec.ParseFromString(row.record)
+            out.append(StoredVersion(row.major, row.minor, rec))
+        return out
+
+    def model_ids(self) -> list[str]:
+        with self.session() as s:
+            return list(s.exec(select(t.Model.model_id).order_by(col(t.Model.model_id))).all())
+
+    def versions_using_artifact(self, digest: str) -> list[tuple[str, int, int]]:
+        with self.session() as s:
+            rows = s.exec(
+                select(t.ModelVersion.model_id, t.ModelVersion.major, t.ModelVersion.minor)
+                .join(t.Artifact, col(t.Artifact.version_id) == col(t.ModelVersion.id))
+                .where(t.Artifact.digest == digest)
+            ).all()
+        return [(m, a, b) for m, a, b in rows]
+
+    # -------------------------------------------------------------------- jobs
+
+    def create_job(self, correlation_id: str, tenant_id: str, model_id: str,
+                   version: str) -> jobs_pb2.JobStatus:
+        now = self._clock()
+        with self.session() as s:
+            s.add(t.Job(correlation_id=correlation_id, tenant_id=tenant_id, model_id=model_id,
+                        version=version, state=jobs_pb2.JOB_STATE_RESERVED,
+                        created_unix_ms=now, updated_unix_ms=now))
+            try:
+                s.commit()
+            except IntegrityError as exc:
+                raise AlreadyExists(f"job {correlation_id} already exists") from exc
+        return self.get_job(correlation_id)
+
+    def update_job(self, correlation_id: str, state: int, *, worker_id: str | None = None,
+                   error: status_pb2.Error | None = None, attempt: bool = False) -> None:
+        with self.session() as s:
+            job = s.get(t.Job, correlation_id)
+            if job is None:
+                raise NotFound(f"no job {correlation_id}")
+            job.state = state
+            job.updated_unix_ms = self._clock()
+            if worker_id is not None:
+                job.worker_id = worker_id
+            if attempt:
+                job.attempts += 1
+            if error is not None:
+                job.error_code, job.error_message = error.code, error.message
+            s.add(job)
+            s.commit()
+
+    def get_job(self, correlation_id: str) -> jobs_pb2.JobStatus:
+        with self.session() as s:
+            job = s.get(t.Job, correlation_id)
+        if job is None:
+            raise NotFound(f"no job {correlation_id}")
+        st = jobs_pb2.JobStatus(
+            correlation_id=job.correlation_id, state=job.state, worker_id=job.worker_id,  # type: ignore[arg-type]
+            attempts=job.attempts, created_unix_ms=job.created_unix_ms,
+            updated_unix_ms=job.updated_unix_ms)
+        if job.error_code:
+            st.error.code = job.error_code  # type: ignore[assignment]
+            st.error.message = job.error_message
+        return st
+
+    # ------------------------------------------------------------ reservations
+
+    def reserve(self, correlation_id: str, retry_token: str, tenant_id: str, *,
+                worker_id: str = "", ttl_ms: int = 60_000) -> ReservationResult:
+        """Reserve (correlation_id, retry_token) once; a repeat returns the first reservation."""
+        now = self._clock()
+        row = t.Reservation(correlation_id=correlation_id, retry_token=retry_token,
+                            tenant_id=tenant_id, worker_id=worker_id, created_unix_ms=now,
+                            expires_unix_ms=now + ttl_ms)
+        with self.session() as s:
+            s.add(row)
+            try:
+                s.commit()
+                return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
+                                         row.expires_unix_ms, True)
+            except IntegrityError:
+                s.rollback()
+        with self.session() as s:
+            old = s.exec(select(t.Reservation).where(
+                t.Reservation.correlation_id == correlation_id,
+                t.Reservation.retry_token == retry_token)).one()
+        return ReservationResult(old.correlation_id, old.retry_token, old.tenant_id,
+                                 old.worker_id, old.expires_unix_ms, False)
+
+    # ------------------------------------------------------------------ quotas
+
+    def set_quota(self, tenant_id: str, limit_tokens: int, period_ms: int) -> None:
+        with self.session() as s:
+            q = s.get(t.Quota, tenant_id)
+            if q is None:
+                q = t.Quota(tenant_id=tenant_id, period_start_unix_ms=self._clock(),
+                            period_ms=period_ms, limit_tokens=limit_tokens, used_tokens=0)
+            q.limit_tokens, q.period_ms = limit_tokens, period_ms
+            s.add(q)
+            s.commit()
+
+    def consume_quota(self, tenant_id: str, tokens: int) -> int:
+        """Take ``tokens`` from the tenant's quota atomically; return what is left.
+
+        Raises ResourceExhausted (nothing taken) when the quota would be exceeded and NotFound
+        when the tenant has no quota. A new period starts when the previous one is over.
+        """
+        now = self._clock()
+        Q = t.Quota
+        with self.session() as s:
+            # Roll the period over first, then take with one conditional UPDATE, which is
+            # atomic on SQLite and PostgreSQL alike.
+            s.exec(update(Q).where(col(Q.tenant_id) == tenant_id,
+                                   col(Q.period_start_unix_ms) + col(Q.period_ms) <= now)
+                   .values(period_start_unix_ms=now, used_tokens=0))
+            res = s.exec(update(Q).where(col(Q.tenant_id) == tenant_id,
+                                         col(Q.used_tokens) + tokens <= col(Q.limit_tokens))
+                         .values(used_tokens=col(Q.used_tokens) + tokens))
+            s.commit()
+            q = s.get(Q, tenant_id)
+            if q is None:
+                raise NotFound(f"tenant {tenant_id} has no quota")
+            s.refresh(q)
+            if res.rowcount == 0:
+                raise ResourceExhausted(
+                    f"tenant {tenant_id} quota exhausted: {q.used_tokens}/{q.limit_tokens} "
+                    f"tokens used this period, {tokens} more asked",
+                    details={"tenant_id": tenant_id, "limit": str(q.limit_tokens),
+                             "used": str(q.used_tokens),
+                             "resets_unix_ms": str(q.period_start_unix_ms + q.period_ms)})
+            return q.limit_tokens - q.used_tokens
+
+    # ------------------------------------------------------------------ tokens
+
+    def issue_token(self, tenant_id: str, label: str = "") -> str:
+        """Create a tenant token; only its hash is stored, so this is the only copy."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+        with self.session() as s:
+            s.add(t.TenantToken(token_sha256=hash_token(token), tenant_id=tenant_id,
+                                label=label, created_unix_ms=self._clock()))
+            s.commit()
+        return token
+
+    def verify_token(self, token: str) -> str:
+        """Return the tenant a token belongs to; Unauthenticated if unknown or revoked."""
+        digest = hash_token(token)
+        with self.session() as s:
+            row = s.get(t.TenantToken, digest)
+        if row is None or row.revoked or not hmac.compare_digest(row.token_sha256, digest):
+            raise Unauthenticated("unknown or revoked tenant token")
+        return row.tenant_id
+
+    def revoke_token(self, token: str) -> None:
+        with self.session() as s:
+            row = s.get(t.TenantToken, hash_token(token))
+            if row is None:
+                raise NotFound("unknown tenant token")
+            row.revoked = True
+            s.add(row)
+            s.commit()
+
+    # ------------------------------------------------------------------- usage
+
+    def record_usage(self, correlation_id: str, usage: infer_pb2.Usage) -> None:
+        with self.session() as s:
+            s.add(t.Usage(tenant_id=usage.tenant_id, correlation_id=correlation_id,
+                          model_id=usage.model_id, version=usage.version,
+                          input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                          compute_ms=usage.compute_ms, queue_ms=usage.queue_ms,
+                          recorded_unix_ms=self._clock()))
+            s.commit()
+
+    def usage_totals(self, tenant_id: str) -> tuple[int, int]:
+        """(input tokens, output tokens) recorded for a tenant."""
+        with self.session() as s:
+            row = s.exec(select(func.coalesce(func.sum(t.Usage.input_tokens), 0),
+                                func.coalesce(func.sum(t.Usage.output_tokens), 0))
+                         .where(t.Usage.tenant_id == tenant_id)).one()
+        return int(row[0]), int(row[1])
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()

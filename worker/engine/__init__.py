@@ -1,0 +1,21 @@
+"""Worker execution engines: ONNX Runtime on CPU, TensorRT on GPU, and the task runners."""
+
+from worker.engine.backends import (
+    ONNXRUNTIME_CPU,
+    Backend,
+    IOSpec,
+    OnnxRuntimeBackend,
+    Session,
+)
+from worker.engine.engine import CancelFlag, ExecutionEngine, InferenceStream
+
+__all__ = [
+    "ONNXRUNTIME_CPU",
+    "Backend",
+    "CancelFlag",
+    "ExecutionEngine",
+    "IOSpec",
+    "InferenceStream",
+    "OnnxRuntimeBackend",
+    "Session",
+]

@@ -1,0 +1,309 @@
+"""ExecutionEngine: runs one ``Infer.Request`` on a loaded model and streams payloads.
+
+The worker service calls :meth:`ExecutionEngine.stream`, which returns an
+:class:`InferenceStream`: an async iterator of ``tether.v1.Payload`` whose ``usage`` is complete
+once it is exhausted. Each runtime call runs in a worker thread (``trio.to_thread``), one step at
+a time, so the event loop stays free and cancellation is prompt: between two steps the stream
+checks trio's cancellation and its :class:`CancelFlag`.
+
+Tasks and the model contracts they rely on (see ``worker/models/README.md``):
+
+* text generation — inputs ``input_ids`` [1, T] int64, ``state``; outputs ``logits`` [1, V],
+  ``state_out``. The prompt is one call, then one call per generated token; each token is
+  streamed as soon as it is sampled.
+* embedding — inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids`` if declared)
+  [B, S] int64; first output [B, D] float32. One payload per input text.
+* tensor — named tensors checked against the session's inputs (name, type, shape, byte
+  length); one payload per output tensor.
+
+Bad input raises :class:`tether.errors.InvalidArgument` before any compute starts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
+
+import numpy as np
+import trio
+
+from tether.errors import Cancelled, FailedPrecondition, InvalidArgument
+from tether.v1 import infer_pb2, registry_pb2, tensor_pb2
+from worker.engine.backends import DTYPES, IOSpec, data_type_of
+from worker.engine.tokenizers import WordPieceTokenizer, WordTokenizer
+from worker.loader import LoadedModel, ModelLoader
+
+DEFAULT_MAX_TOKENS = 64
+MAX_NEW_TOKENS = 512  # bound on one request's generation; longer asks are refused
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_P = 0.95
+EMBEDDING_BATCH = 16  # texts per runtime call: bounds the time between cancellation checks
+MAX_EMBEDDING_TEXTS = 256
+DEFAULT_MAX_INPUT = 256
+
+
+class CancelFlag:
+    """Set from anywhere to stop a stream at its next step."""
+
+    def __init__(self) -> None:
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+class InferenceStream:
+    """Payloads of one request, then ``usage`` (filled as the stream runs)."""
+
+    def __init__(self, gen: Callable[[InferenceStream], AsyncGenerator[infer_pb2.Payload, None]],
+                 usage: infer_pb2.Usage) -> None:
+        self.usage = usage
+        self.compute_s = 0.0
+        self.first_payload_s: float | None = None
+        self._started = time.perf_counter()
+        self._gen = gen(self)
+
+    def __aiter__(self) -> InferenceStream:
+        return self
+
+    async def __anext__(self) -> infer_pb2.Payload:
+        payload = await self._gen.__anext__()
+        if self.first_payload_s is None:
+            self.first_payload_s = time.perf_counter() - self._started
+        return payload
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
+
+
+class ExecutionEngine:
+    def __init__(self, loader: ModelLoader, *, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+        self.loader = loader
+        self.max_new_tokens = max_new_tokens
+
+    async def load(self, record: registry_pb2.ModelRecord) -> LoadedModel:
+        return await self.loader.load(record)
+
+    def stream(self, request: infer_pb2.Infer.Request, *,
+               model: LoadedModel | None = None,
+               cancel: CancelFlag | None = None) -> InferenceStream:
+        """Run ``request`` on ``model`` (default: the loaded model it names)."""
+        m = model if model is not None else self.loader.get(request.model_id, request.version)
+        flag = cancel or CancelFlag()
+        usage = infer_pb2.Usage(tenant_id=request.tenant_id, model_id=m.model_id,
+                                version=m.version)
+        task = m.task
+        run: Callable[..., AsyncGenerator[infer_pb2.Payload, None]]
+        if task == registry_pb2.TASK_TEXT_GENERATION:
+            prepared: Any = self._prepare_text(request, m)
+            run = self._run_text
+        elif task == registry_pb2.TASK_EMBEDDING:
+            prepared = self._prepare_embedding(request, m)
+            run = self._run_embedding
+        elif task == registry_pb2.TASK_TENSOR:
+            prepared = self._prepare_tensor(request, m)
+            run = self._run_tensor
+        else:
+            raise FailedPrecondition(f"{m.model_id} declares no runnable task")
+
+        def gen(s: InferenceStream) -> AsyncGenerator[infer_pb2.Payload, None]:
+            return run(s, m, prepared, flag)
+
+        return InferenceStream(gen, usage)
+
+    # --------------------------------------------------------------- helpers
+
+    @staticmethod
+    async def _call(s: InferenceStream, flag: CancelFlag, fn: Callable[..., Any],
+                    *args: Any) -> Any:
+        if flag.cancelled:
+            raise Cancelled("inference cancelled")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        t0 = time.perf_counter()
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        finally:
+            s.compute_s += time.perf_counter() - t0
+            s.usage.compute_ms = int(s.compute_s * 1000)
+
+    # ------------------------------------------------------- text generation
+
+    def _prepare_text(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> dict[str, Any]:
+        if req.input.WhichOneof("kind") != "text":
+            raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt)")
+        tok = m.tokenizer
+        if not isinstance(tok, WordTokenizer):
+            raise FailedPrecondition(f"{m.model_id} has no word tokenizer")
+        ids = [tok.eos_id, *tok.encode(req.input.text)]
+        limit = m.record.capabilities.max_input_length or DEFAULT_MAX_INPUT
+        if len(ids) - 1 > limit:
+            raise InvalidArgument(f"prompt is {len(ids) - 1} tokens, {m.model_id} takes at most "
+                                  f"{limit}", details={"limit": str(limit)})
+        p = req.params
+        max_tokens = p.max_tokens or DEFAULT_MAX_TOKENS
+        if max_tokens > self.max_new_tokens:
+            raise InvalidArgument(f"max_tokens {max_tokens} is over the limit of "
+                                  f"{self.max_new_tokens}")
+        if p.temperature < 0 or not math.isfinite(p.temperature):
+            raise InvalidArgument("temperature must be a finite number >= 0")
+        if not 0 <= p.top_p <= 1:
+            raise InvalidArgument("top_p must be within [0, 1]")
+        state_spec = next((i for i in m.session.inputs if i.name == "state"), None)
+        if state_spec is None or any(d < 0 for d in state_spec.shape):
+            raise FailedPrecondition(f"{m.model_id} lacks a fixed-shape 'state' input")
+        return {"ids": ids, "max_tokens": max_tokens,
+                "temperature": p.temperature or DEFAULT_TEMPERATURE,
+                "top_p": p.top_p or DEFAULT_TOP_P, "seed": p.seed or None,
+                "state_shape": state_spec.shape}
+
+    async def _run_text(self, s: InferenceStream, m: LoadedModel, prep: dict[str, Any],
+                        flag: CancelFlag) -> AsyncGenerator[infer_pb2.Payload, None]:
+        tok = m.tokenizer
+        assert isinstance(tok, WordTokenizer)
+        rng = np.random.default_rng(prep["seed"])
+        s.usage.input_tokens = len(prep["ids"]) - 1
+        state = np.zeros(prep["state_shape"], dtype=np.float32)
+        ids = np.asarray([prep["ids"]], dtype=np.int64)
+        banned = np.asarray(sorted(tok.special_ids - {tok.eos_id}), dtype=np.int64)
+        for n in range(prep["max_tokens"]):
+            out = await self._call(s, flag, m.session.run, {"input_ids": ids, "state": state})
+            state = out["state_out"]
+            token = sample(out["logits"][0], rng, prep["temperature"], prep["top_p"], banned)
+            if token == tok.eos_id:
+                break
+            s.usage.output_tokens += 1
+            yield infer_pb2.Payload(text=tok.decode_piece(token, first=n == 0))
+            ids = np.asarray([[token]], dtype=np.int64)
+
+    # -------------------------------------------------------------- embedding
+
+    def _prepare_embedding(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> list[list[int]]:
+        if req.input.WhichOneof("kind") != "texts":
+            raise InvalidArgument(f"{m.model_id} embeds texts: send input.texts")
+        texts = list(req.input.texts.texts)
+        if not texts:
+            raise InvalidArgument("input.texts is empty")
+        if len(texts) > MAX_EMBEDDING_TEXTS:
+            raise InvalidArgument(f"{len(texts)} texts in one request; at most "
+                                  f"{MAX_EMBEDDING_TEXTS}")
+        tok = m.tokenizer
+        if not isinstance(tok, WordPieceTokenizer):
+            raise FailedPrecondition(f"{m.model_id} has no WordPiece tokenizer")
+        limit = m.record.capabilities.max_input_length or DEFAULT_MAX_INPUT
+        encoded = [tok.encode(t) for t in texts]
+        for i, e in enumerate(encoded):
+            if len(e) > limit:
+                raise InvalidArgument(f"text {i} is {len(e)} tokens, {m.model_id} takes at "
+                                      f"most {limit}", details={"index": str(i),
+                                                                "limit": str(limit)})
+        return encoded
+
+    async def _run_embedding(self, s: InferenceStream, m: LoadedModel, encoded: list[list[int]],
+                             flag: CancelFlag) -> AsyncGenerator[infer_pb2.Payload, None]:
+        names = {i.name for i in m.session.inputs}
+        out_name = m.session.outputs[0].name
+        s.usage.input_tokens = sum(len(e) for e in encoded)
+        for start in range(0, len(encoded), EMBEDDING_BATCH):
+            batch = encoded[start : start + EMBEDDING_BATCH]
+            feeds = embedding_feeds(batch, names)
+            out = await self._call(s, flag, m.session.run, feeds)
+            for j, vec in enumerate(out[out_name]):
+                yield infer_pb2.Payload(embedding=tensor_pb2.Embedding(
+                    index=start + j, values=vec.astype(np.float32).tolist()))
+
+    # ----------------------------------------------------------------- tensor
+
+    def _prepare_tensor(self, req: infer_pb2.Infer.Request,
+                        m: LoadedModel) -> dict[str, np.ndarray]:
+        if req.input.WhichOneof("kind") != "tensors":
+            raise InvalidArgument(f"{m.model_id} takes tensors: send input.tensors")
+        return tensors_to_feeds(req.input.tensors, m.session.inputs,
+                                m.record.capabilities.max_input_length)
+
+    async def _run_tensor(self, s: InferenceStream, m: LoadedModel, feeds: dict[str, np.ndarray],
+                          flag: CancelFlag) -> AsyncGenerator[infer_pb2.Payload, None]:
+        s.usage.input_tokens = sum(int(a.size) for a in feeds.values())
+        out = await self._call(s, flag, m.session.run, feeds)
+        for spec in m.session.outputs:
+            yield infer_pb2.Payload(tensor=array_to_tensor(spec.name, out[spec.name]))
+
+
+def embedding_feeds(batch: list[list[int]], names: set[str]) -> dict[str, np.ndarray]:
+    width = max(len(e) for e in batch)
+    ids = np.zeros((len(batch), width), dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, e in enumerate(batch):
+        ids[row, : len(e)] = e
+        mask[row, : len(e)] = 1
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in names:
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    return feeds
+
+
+def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_p: float,
+           banned: np.ndarray) -> int:
+    """Temperature + nucleus sampling; temperature below 1e-4 is greedy."""
+    z = logits.astype(np.float64).copy()
+    if banned.size:
+        z[banned] = -np.inf
+    if temperature < 1e-4:
+        return int(np.argmax(z))
+    z = z / temperature
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    order = np.argsort(-p)
+    cum = np.cumsum(p[order])
+    keep = order[: int(np.searchsorted(cum, top_p)) + 1]
+    q = p[keep] / p[keep].sum()
+    return int(keep[rng.choice(len(keep), p=q)])
+
+
+def tensors_to_feeds(tmap: tensor_pb2.TensorMap, specs: list[IOSpec],
+                     max_elements: int = 0) -> dict[str, np.ndarray]:
+    """Check named tensors against a session's inputs and turn them into arrays."""
+    by_name: Mapping[str, IOSpec] = {s.name: s for s in specs}
+    feeds: dict[str, np.ndarray] = {}
+    for t in tmap.tensors:
+        spec = by_name.get(t.name)
+        if spec is None:
+            raise InvalidArgument(f"unknown input tensor {t.name!r}; the model takes "
+                                  + ", ".join(sorted(by_name)))
+        if t.name in feeds:
+            raise InvalidArgument(f"input tensor {t.name!r} given twice")
+        if t.dtype != spec.dtype:
+            raise InvalidArgument(
+                f"input {t.name!r} must be {tensor_pb2.DataType.Name(spec.dtype)}, "
+                f"got {tensor_pb2.DataType.Name(t.dtype) if t.dtype in DTYPES else t.dtype}")
+        shape = tuple(t.shape)
+        if len(shape) != len(spec.shape) or any(
+                d < 0 or (want >= 0 and d != want) for d, want in zip(shape, spec.shape,
+                                                                       strict=True)):
+            raise InvalidArgument(f"input {t.name!r} has shape {list(shape)}, the model wants "
+                                  f"{[d if d >= 0 else '?' for d in spec.shape]}")
+        dtype = DTYPES[t.dtype]
+        count = math.prod(shape)
+        if max_elements and count > max_elements:
+            raise InvalidArgument(f"input {t.name!r} has {count} elements, at most "
+                                  f"{max_elements}")
+        if len(t.data) != count * dtype.itemsize:
+            raise InvalidArgument(f"input {t.name!r} carries {len(t.data)} bytes; shape "
+                                  f"{list(shape)} of {dtype} needs {count * dtype.itemsize}")
+        feeds[t.name] = np.frombuffer(t.data, dtype=dtype).reshape(shape)
+    missing = sorted(set(by_name) - set(feeds))
+    if missing:
+        raise InvalidArgument("missing input tensor(s): " + ", ".join(missing))
+    return feeds
+
+
+def array_to_tensor(name: str, arr: np.ndarray) -> tensor_pb2.Tensor:
+    code = data_type_of(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
+    data = np.ascontiguousarray(arr, dtype=DTYPES[code]).tobytes()
+    return tensor_pb2.Tensor(name=name, dtype=code, shape=list(arr.shape), data=data)  # type: ignore[arg-type]

@@ -1,0 +1,84 @@
+"""Tokenizers for the shipped models.
+
+* :class:`WordTokenizer` — the word-level vocabulary of the text-generation model, stored as
+  ``{"kind": "word", "pattern": ..., "vocab": [...]}`` by ``tools/train_textgen.py``.
+* :class:`WordPieceTokenizer` — BERT WordPiece from a Hugging Face ``tokenizer.json`` (the file
+  the MiniLM package ships), run by the ``tokenizers`` library so ids match the model's own.
+
+:func:`load_tokenizer` picks one from the artifact bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Protocol
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from tether.errors import InvalidArgument
+
+
+class TextTokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+class WordTokenizer:
+    _NO_SPACE_BEFORE = frozenset(".,;:?!'")
+
+    def __init__(self, spec: dict) -> None:
+        self.pattern = re.compile(spec["pattern"])
+        self.vocab: list[str] = list(spec["vocab"])
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.unk_id = self.index[spec.get("unk", "<unk>")]
+        self.eos_id = self.index[spec.get("eos", "<eos>")]
+        self.special_ids = {i for i, w in enumerate(self.vocab) if w.startswith("<")}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(w, self.unk_id) for w in self.pattern.findall(text.lower())]
+
+    def decode_piece(self, token_id: int, *, first: bool) -> str:
+        """Text for one generated token, with the space that goes before it."""
+        if not 0 <= token_id < len(self.vocab):
+            raise InvalidArgument(f"token id {token_id} is outside the vocabulary")
+        word = self.vocab[token_id]
+        if token_id in self.special_ids:
+            return ""
+        if first or word[0] in self._NO_SPACE_BEFORE:
+            return word
+        return " " + word
+
+
+class WordPieceTokenizer:
+    def __init__(self, tokenizer_json: str) -> None:
+        self._tok = Tokenizer.from_str(tokenizer_json)
+        self._tok.no_truncation()
+        self._tok.no_padding()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text).ids)
+
+    def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and attention mask, padded with 0 to the longest text."""
+        encs = [self.encode(t) for t in texts]
+        width = max(len(e) for e in encs)
+        ids = np.zeros((len(encs), width), dtype=np.int64)
+        mask = np.zeros((len(encs), width), dtype=np.int64)
+        for row, e in enumerate(encs):
+            ids[row, : len(e)] = e
+            mask[row, : len(e)] = 1
+        return ids, mask
+
+
+def load_tokenizer(blob: bytes) -> WordTokenizer | WordPieceTokenizer:
+    try:
+        spec = json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument("tokenizer artifact is not JSON") from exc
+    if isinstance(spec, dict) and spec.get("kind") == "word":
+        return WordTokenizer(spec)
+    model = spec.get("model") if isinstance(spec, dict) else None
+    if isinstance(model, dict) and model.get("type") == "WordPiece":
+        return WordPieceTokenizer(blob.decode())
+    raise InvalidArgument("tokenizer artifact is neither a word vocabulary nor WordPiece")
