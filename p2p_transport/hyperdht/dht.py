@@ -1,0 +1,661 @@
+"""A HyperDHT peer for trio: announce/lookup/unannounce on topics, FIND_PEER, and Noise-IK
+connections to and from public keys, relayed through DHT nodes as hyperdht does.
+
+One UDP socket (:class:`~p2p_transport.udx.UdxSocket`) carries dht-rpc, UDX streams and
+holepunch probes. The peer is an ephemeral dht-rpc node: it never stores records; servers are
+found through the DHT nodes that hold their signed self-announcement and relay the handshake.
+
+What a connection does after the handshake (the "firewall" claims):
+
+* client: claims OPEN when the DHT sees it at its own socket address (loopback, public host),
+  else UNKNOWN; after the reply it connects its UDX stream to the address the server's first
+  packet came from, else to the server directly (unrelayed reply), else to the first public
+  ``addresses4`` entry or the relay-observed server address (OPEN or not holepunchable), else
+  to a PING-confirmed LAN address when both share a public host.
+* server: claims OPEN (or UNKNOWN) without holepunch info; it connects at once when the client
+  claimed OPEN or came direct, otherwise when the client's first UDX packet arrives.
+
+Holepunching across NATs is not implemented (see the package README for the plan).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from p2p_transport.cenc import RemoteProtocolError, SocketAddress
+from p2p_transport.crypto import (
+    NS_ANNOUNCE,
+    NS_UNANNOUNCE,
+    KeyPair,
+    hash_batch,
+    key_pair,
+    sign,
+)
+from p2p_transport.crypto import hash as blake2b
+from p2p_transport.dht_rpc import (
+    FIND_NODE,
+    PING,
+    DhtError,
+    DhtNode,
+    IncomingRequest,
+    QueryError,
+    QueryReply,
+    QueryResult,
+    is_dht_rpc,
+    query,
+)
+from p2p_transport.noise import HandshakeError, HandshakeResult, NoiseHandshake, dht_handshake
+from p2p_transport.udx import UdxSocket, UdxStream
+
+from .messages import (
+    ANNOUNCE,
+    FIND_PEER,
+    LOOKUP,
+    PEER_HANDSHAKE,
+    PEER_HOLEPUNCH,
+    UNANNOUNCE,
+    Announce,
+    Error,
+    Firewall,
+    Handshake,
+    HyperDhtProtocolError,
+    Mode,
+    NoisePayload,
+    PeerRecord,
+    UdxInfo,
+    decode_handshake,
+    decode_lookup_reply,
+    decode_noise_payload,
+    decode_peer,
+    encode_announce,
+    encode_handshake,
+    encode_noise_payload,
+    encode_peer,
+)
+
+__all__ = [
+        "HyperDht",
+    "PeerNotFound",
+    "RawConnection",
+    "Server",
+    "announce_signable",
+]
+
+log = logging.getLogger(__name__)
+
+#: How long a server keeps a handshake reply to resend it to parallel relays (hyperdht 10 s).
+HANDSHAKE_CLEAR_WAIT = 10.0
+#: How long a server waits for a client that did not claim OPEN to send its first packet.
+HANDSHAKE_INITIAL_TIMEOUT = 10.0
+#: The server re-announces itself this often (hyperdht's announcer cycle is ~5 min).
+ANNOUNCE_REFRESH = 300.0
+#: Self-announce to this many of the closest nodes.
+ANNOUNCE_RELAYS = 3
+#: Handshake request attempts per relay (hyperdht's connect uses 3 retries).
+HANDSHAKE_RETRIES = 3
+MAX_RELAY_ADDRESSES = 3
+
+
+class PeerConnectionFailed(DhtError):
+    """A connection attempt failed (``PEER_CONNECTION_FAILED`` in hyperdht)."""
+
+
+class PeerNotFound(PeerConnectionFailed):
+    """No DHT node knows the server's key (``PEER_NOT_FOUND``)."""
+
+
+def announce_signable(target: bytes, token: bytes, node_id: bytes, peer: PeerRecord, *,
+                      refresh: bytes | None, namespace: bytes) -> bytes:
+    """What an ANNOUNCE/UNANNOUNCE signs: ``ns ‖ H(target ‖ id ‖ token ‖ peer ‖ refresh)``."""
+    return namespace + hash_batch([target, node_id, token, encode_peer(peer), refresh or b""])
+
+
+def is_bogon(host: str) -> bool:
+    """Private, loopback, link-local or reserved (hyperdht's ``bogon`` check)."""
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        return True
+    return not ip.is_global
+
+
+@dataclass(eq=False)
+class RawConnection:
+    """A connected UDX stream with the Noise handshake that keys it (before secret-stream)."""
+
+    stream: UdxStream
+    handshake: HandshakeResult
+    remote_payload: NoisePayload
+    remote_address: SocketAddress | None
+    is_initiator: bool
+
+    @property
+    def remote_public_key(self) -> bytes:
+        return self.handshake.remote_public_key
+
+
+@dataclass(eq=False)
+class _PendingHandshake:
+    reply: bytes | None
+    created: float
+    connected: trio.Event = field(default_factory=trio.Event)
+
+
+Secure = Callable[[RawConnection], Awaitable[object]]
+ServerFirewall = Callable[[bytes, NoisePayload, SocketAddress], bool]
+
+
+class Server:
+    """A listening key pair. Create with :meth:`HyperDht.create_server`, then :meth:`listen`."""
+
+    def __init__(self, dht: HyperDht, kp: KeyPair,
+                 on_connection: Callable[[RawConnection], Awaitable[None]],
+                 firewall: ServerFirewall | None = None) -> None:
+        self.dht = dht
+        self.key_pair = kp
+        self.target = blake2b(kp.public_key)
+        self.on_connection = on_connection
+        self.firewall = firewall
+        self.relays: list[tuple[SocketAddress, SocketAddress]] = []  # (node, us as it saw us)
+        self._handshakes: dict[bytes, _PendingHandshake] = {}
+        self._cancel = trio.CancelScope()
+        self.listening = False
+        self.connections = 0
+
+    @property
+    def public_key(self) -> bytes:
+        return self.key_pair.public_key
+
+    @property
+    def relay_addresses(self) -> tuple[SocketAddress, ...]:
+        return tuple(node for node, _ in self.relays[:MAX_RELAY_ADDRESSES])
+
+    async def listen(self, *, announce: bool = True) -> None:
+        """Route handshakes for our key here and self-announce to the closest nodes.
+
+        ``announce=False`` only answers handshakes sent straight to our socket (tests, LANs).
+        """
+        if self.target in self.dht._servers:
+            raise RuntimeError("already listening on this key")
+        self.dht._servers[self.target] = self
+        self.listening = True
+        if announce:
+            await self.announce()
+            self.dht.nursery.start_soon(self._refresh_loop)
+
+    async def _refresh_loop(self) -> None:
+        with self._cancel:
+            while True:
+                await trio.sleep(ANNOUNCE_REFRESH)
+                try:
+                    await self.announce()
+                except DhtError as exc:
+                    log.warning("re-announce failed: %s", exc)
+
+    async def announce(self) -> None:
+        """FIND_PEER our target, then signed ANNOUNCE to the 3 closest storage nodes."""
+        res = await query(self.dht.node, self.target, FIND_PEER)
+        best = res.closest_replies[:ANNOUNCE_RELAYS]
+        if not best:
+            raise QueryError("no storage node answered; cannot announce")
+        relays: list[tuple[SocketAddress, SocketAddress]] = []
+
+        async def commit(reply: QueryReply) -> None:
+            try:
+                await self.dht._send_announce(ANNOUNCE, self.target, self.key_pair, reply, ())
+            except DhtError as exc:
+                log.debug("announce to %s failed: %s", reply.from_addr, exc)
+                return
+            relays.append((reply.from_addr, reply.response.to))
+
+        async with trio.open_nursery() as nursery:
+            for reply in best:
+                nursery.start_soon(commit, reply)
+        if not relays:
+            raise QueryError("every storage node refused our announcement")
+        self.relays = relays
+
+    async def close(self) -> None:
+        """Stop routing handshakes here and unannounce from our relays."""
+        if not self.listening:
+            return
+        self.listening = False
+        self._cancel.cancel()
+        self.dht._servers.pop(self.target, None)
+        relays, self.relays = self.relays, []
+        if not relays:
+            return
+        with trio.move_on_after(5):
+            try:
+                res = await query(self.dht.node, self.target, FIND_PEER,
+                                  nodes=[node for node, _ in relays])
+            except DhtError:
+                return
+            async with trio.open_nursery() as nursery:
+                for reply in res.closest_replies:
+                    if reply.value is not None:
+                        nursery.start_soon(self.dht._try_unannounce, self.target,
+                                           self.key_pair, reply)
+
+    # -- handshake (runs synchronously inside the dht-rpc receive path) ------------------
+
+    def on_peer_handshake(self, req: IncomingRequest, hs: Handshake) -> None:
+        now = time.monotonic()
+        for k in [k for k, v in self._handshakes.items() if now - v.created > HANDSHAKE_CLEAR_WAIT]:
+            del self._handshakes[k]
+        pending = self._handshakes.get(hs.noise)
+        if pending is None:
+            client_address = hs.peer_address or req.from_addr
+            pending = _PendingHandshake(self._answer(hs, req, client_address), now)
+            self._handshakes[hs.noise] = pending
+        if pending.reply is None:
+            return
+        if hs.mode == Mode.FROM_CLIENT:
+            req.reply(encode_handshake(Handshake(Mode.REPLY, pending.reply)), token=False,
+                      closer_nodes=False)
+        elif hs.mode == Mode.FROM_RELAY:
+            req.relay(encode_handshake(Handshake(Mode.FROM_SERVER, pending.reply,
+                                                 hs.peer_address)), req.from_addr)
+        elif hs.mode == Mode.FROM_SECOND_RELAY and hs.relay_address is not None:
+            req.relay(encode_handshake(Handshake(Mode.FROM_SERVER, pending.reply,
+                                                 hs.peer_address)), hs.relay_address)
+
+    def _answer(self, hs: Handshake, req: IncomingRequest,
+                client_address: SocketAddress) -> bytes | None:
+        noise = dht_handshake(self.key_pair)
+        try:
+            remote = decode_noise_payload(noise.recv(hs.noise))
+        except (HandshakeError, HyperDhtProtocolError) as exc:
+            log.debug("bad handshake from %s: %s", client_address, exc)
+            return None
+        assert noise.remote_static is not None or noise.result is None
+        remote_key = _remote_static(noise)
+        if self.firewall is not None and self.firewall(remote_key, remote, client_address):
+            return None
+        error = (Error.NONE if remote.udx is not None else Error.ABORTED) if remote.version == 1 \
+            else Error.VERSION_MISMATCH
+        direct = hs.peer_address is None
+        connected = trio.Event()
+        stream: UdxStream | None = None
+        if error == Error.NONE:
+            assert remote.udx is not None
+            remote_udx = remote.udx.id
+
+            def first_packet(s: UdxStream, addr: tuple[str, int]) -> bool:
+                if not 0 < addr[1] < 65536:
+                    return True
+                s.connect(remote_udx, addr)
+                connected.set()
+                return False
+
+            stream = self.dht.socket.create_stream(firewall=first_packet)
+        reply_payload = NoisePayload(
+            error=error, firewall=self.dht.firewall_claim(),
+            addresses4=(self.dht.local_address,),
+            udx=UdxInfo(stream.id if stream else 0), secret_stream=True,
+            relay_addresses=self.relay_addresses or None)
+        reply = noise.send(encode_noise_payload(reply_payload))
+        result = noise.result
+        assert result is not None
+        if stream is None:
+            return reply
+        if remote.firewall == Firewall.OPEN or direct:
+            assert remote.udx is not None
+            stream.connect(remote.udx.id, (client_address.host, client_address.port))
+            connected.set()
+        self.dht.nursery.start_soon(self._await_client, stream, connected, result, remote)
+        return reply
+
+    async def _await_client(self, stream: UdxStream, connected: trio.Event,
+                            result: HandshakeResult, remote: NoisePayload) -> None:
+        with trio.move_on_after(HANDSHAKE_INITIAL_TIMEOUT) as scope:
+            await connected.wait()
+        if scope.cancelled_caught:
+            log.debug("client never reached us; dropping its stream")
+            await stream.aclose()
+            return
+        addr = stream.remote_address
+        self.connections += 1
+        raw = RawConnection(stream, result, remote,
+                            SocketAddress(*addr) if addr else None, is_initiator=False)
+        await self.on_connection(raw)
+
+
+def _remote_static(noise: NoiseHandshake) -> bytes:
+    if noise.result is not None:
+        return noise.result.remote_public_key
+    if noise.remote_static is None:
+        raise HandshakeError("handshake did not reveal the remote key")
+    return noise.remote_static
+
+
+class HyperDht:
+    """A HyperDHT peer on one UDX socket. Open with :meth:`open` (an async context manager)."""
+
+    def __init__(self, sock: UdxSocket, nursery: trio.Nursery, *,
+                 bootstrap: Sequence[SocketAddress] = (), key_pair_: KeyPair | None = None,
+                 firewall: int | None = None) -> None:
+        self.socket = sock
+        self.nursery = nursery
+        self.default_key_pair = key_pair_ or key_pair()
+        self._firewall_override = firewall
+        self._servers: dict[bytes, Server] = {}
+        self.node = DhtNode(_DhtTransport(sock), bootstrap=bootstrap,
+                            on_request=self._on_request)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, host: str = "127.0.0.1", port: int = 0, *,
+                   bootstrap: Sequence[SocketAddress] = (), key_pair_: KeyPair | None = None,
+                   firewall: int | None = None) -> AsyncIterator[HyperDht]:
+        """Bind, bootstrap (FIND_NODE on our id) and run until the block exits."""
+        dispatch: list[Callable[[bytes, tuple[str, int]], None]] = []
+
+        def on_datagram(data: bytes, addr: tuple[str, int]) -> None:
+            if dispatch:
+                dispatch[0](data, addr)
+
+        async with UdxSocket.bind(host, port, on_datagram=on_datagram) as sock, \
+                trio.open_nursery() as nursery:
+            dht = cls(sock, nursery, bootstrap=bootstrap, key_pair_=key_pair_,
+                      firewall=firewall)
+            dispatch.append(dht._on_datagram)
+            await nursery.start(dht.node.run)
+            try:
+                if bootstrap:
+                    await dht.bootstrap()
+                yield dht
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    for server in list(dht._servers.values()):
+                        await server.close()
+                nursery.cancel_scope.cancel()
+
+    # -- identity and socket -----------------------------------------------------------
+
+    @property
+    def local_address(self) -> SocketAddress:
+        host, port = self.socket.address
+        return SocketAddress(host, port)
+
+    def firewall_claim(self) -> int:
+        """OPEN when the DHT sees us at our own socket address, else UNKNOWN."""
+        if self._firewall_override is not None:
+            return self._firewall_override
+        remote = self.node.remote_address
+        return Firewall.OPEN if remote == self.local_address else Firewall.UNKNOWN
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if is_dht_rpc(data):
+            self.node.datagram_received(data, SocketAddress(addr[0], addr[1]))
+        # one-byte holepunch probes and stray UDX packets are ignored
+
+    async def bootstrap(self) -> None:
+        await query(self.node, self.node.id, FIND_NODE, internal=True)
+
+    # -- requests from the network -------------------------------------------------------
+
+    def _on_request(self, req: IncomingRequest) -> bool:
+        if req.command == PEER_HANDSHAKE:
+            self._on_peer_handshake(req)
+            return True
+        # No holepunching yet: PEER_HOLEPUNCH rounds go unanswered and the client's other paths
+        # win. Storage commands get UNKNOWN_COMMAND with closer nodes: we are ephemeral.
+        return req.command == PEER_HOLEPUNCH
+
+    def _on_peer_handshake(self, req: IncomingRequest) -> None:
+        if req.value is None:
+            return
+        try:
+            hs = decode_handshake(req.value)
+        except HyperDhtProtocolError:
+            return
+        server = self._servers.get(req.target or b"")
+        if server is not None:
+            if hs.noise:
+                server.on_peer_handshake(req, hs)
+            return
+        if hs.mode == Mode.FROM_CLIENT and hs.noise:
+            req.reply(None, token=False, closer_nodes=True)  # we relay for nobody: help route
+
+    # -- discovery -----------------------------------------------------------------------
+
+    async def find_peer(self, public_key: bytes) -> list[tuple[PeerRecord, QueryReply]]:
+        """Nodes holding ``public_key``'s self-announcement, with its record."""
+        out: list[tuple[PeerRecord, QueryReply]] = []
+        res = await query(self.node, blake2b(public_key), FIND_PEER)
+        for reply in res.replies:
+            if reply.value:
+                try:
+                    out.append((decode_peer(reply.value), reply))
+                except RemoteProtocolError:
+                    continue
+        return out
+
+    async def lookup(self, topic: bytes,
+                     on_peer: Callable[[PeerRecord, QueryReply], None] | None = None
+                     ) -> list[PeerRecord]:
+        """Peers announced on ``topic`` (deduplicated by key)."""
+        found: dict[bytes, PeerRecord] = {}
+
+        def on_reply(reply: QueryReply) -> None:
+            for peer in _lookup_peers(reply):
+                if peer.public_key not in found:
+                    found[peer.public_key] = peer
+                    if on_peer is not None:
+                        on_peer(peer, reply)
+
+        await query(self.node, topic, LOOKUP, on_reply=on_reply)
+        return list(found.values())
+
+    async def announce(self, topic: bytes, kp: KeyPair,
+                       relay_addresses: Sequence[SocketAddress] = (), *, clear: bool = False,
+                       on_peer: Callable[[PeerRecord, QueryReply], None] | None = None
+                       ) -> QueryResult:
+        """LOOKUP ``topic`` and commit a signed ANNOUNCE to each of the closest nodes.
+
+        ``clear`` first unannounces us from nodes that still list our key (a previous run).
+        """
+        relays = tuple(relay_addresses)[:MAX_RELAY_ADDRESSES]
+        unannounces: list[QueryReply] = []
+
+        def on_reply(reply: QueryReply) -> None:
+            peers = _lookup_peers(reply)
+            if clear and reply.token and reply.from_id and (
+                    len(peers) >= 20 or any(p.public_key == kp.public_key for p in peers)):
+                unannounces.append(reply)
+            if on_peer is not None:
+                for peer in peers:
+                    on_peer(peer, reply)
+
+        async def commit(reply: QueryReply) -> None:
+            if reply in unannounces:
+                await self._try_unannounce(topic, kp, reply)
+            await self._send_announce(ANNOUNCE, topic, kp, reply, relays)
+
+        return await query(self.node, topic, LOOKUP, on_reply=on_reply, commit=commit)
+
+    async def unannounce(self, topic: bytes, kp: KeyPair) -> None:
+        """Remove our record from the nodes that hold it."""
+        holders: list[QueryReply] = []
+
+        def on_reply(reply: QueryReply) -> None:
+            if any(p.public_key == kp.public_key for p in _lookup_peers(reply)):
+                holders.append(reply)
+
+        await query(self.node, topic, LOOKUP, on_reply=on_reply)
+        async with trio.open_nursery() as nursery:
+            for reply in holders:
+                nursery.start_soon(self._try_unannounce, topic, kp, reply)
+
+    async def _try_unannounce(self, target: bytes, kp: KeyPair, reply: QueryReply) -> None:
+        try:
+            await self._send_announce(UNANNOUNCE, target, kp, reply, ())
+        except DhtError as exc:
+            log.debug("unannounce at %s failed: %s", reply.from_addr, exc)
+
+    async def _send_announce(self, command: int, target: bytes, kp: KeyPair, reply: QueryReply,
+                             relays: tuple[SocketAddress, ...]) -> None:
+        if reply.token is None or reply.from_id is None:
+            raise QueryError("storage node gave no token or id")
+        peer = PeerRecord(kp.public_key, relays)
+        ns = NS_ANNOUNCE if command == ANNOUNCE else NS_UNANNOUNCE
+        signature = sign(announce_signable(target, reply.token, reply.from_id, peer,
+                                                   refresh=None, namespace=ns),
+                         kp.secret_key)
+        value = encode_announce(Announce(peer, None, signature))
+        res = await self.node.request(reply.from_addr, command, target=target, value=value,
+                                      token=reply.token)
+        if res.error:
+            raise QueryError(f"storage node refused with error {res.error}")
+
+    # -- connections ---------------------------------------------------------------------
+
+    def create_server(self, on_connection: Callable[[RawConnection], Awaitable[None]], *,
+                      key_pair_: KeyPair | None = None,
+                      firewall: ServerFirewall | None = None) -> Server:
+        return Server(self, key_pair_ or self.default_key_pair, on_connection, firewall)
+
+    async def connect(self, remote_public_key: bytes, *, key_pair_: KeyPair | None = None,
+                      relay_addresses: Sequence[SocketAddress] = (),
+                      timeout: float = 20.0) -> RawConnection:
+        """Open a Noise-keyed UDX stream to the server listening on ``remote_public_key``."""
+        kp = key_pair_ or self.default_key_pair
+        target = blake2b(remote_public_key)
+        first_packet: list[tuple[str, int]] = []
+
+        def on_early_packet(_s: UdxStream, addr: tuple[str, int]) -> bool:
+            if not 0 < addr[1] < 65536:
+                return True
+            if not first_packet:
+                first_packet.append(addr)
+            return False  # accept: buffered until we connect
+
+        stream = self.socket.create_stream(firewall=on_early_packet)
+        noise = dht_handshake(kp, remote_public_key)
+        payload = NoisePayload(firewall=self.firewall_claim(),
+                               addresses4=(self.local_address,),
+                               udx=UdxInfo(stream.id), secret_stream=True)
+        msg1 = noise.send(encode_noise_payload(payload))
+        request_value = encode_handshake(Handshake(Mode.FROM_CLIENT, msg1))
+        attempted = False
+        result: tuple[SocketAddress, bytes, SocketAddress, SocketAddress, bool] | None = None
+
+        async def via(relay: SocketAddress) -> tuple[SocketAddress, bytes, SocketAddress,
+                                                     SocketAddress, bool] | None:
+            nonlocal attempted
+            attempted = True
+            try:
+                p = self.node.start_request(relay, PEER_HANDSHAKE, target=target,
+                                            value=request_value, retries=HANDSHAKE_RETRIES)
+                res = await self.node.wait_response(p)
+                hs = decode_handshake(res.value or b"")
+            except (DhtError, HyperDhtProtocolError):
+                return None
+            if hs.mode != Mode.REPLY or not hs.noise or p.from_addr != relay:
+                return None
+            server_address = hs.peer_address or relay
+            return (relay, hs.noise, server_address, res.to, hs.peer_address is not None)
+
+        try:
+            with trio.fail_after(timeout):
+                for hint in relay_addresses:
+                    result = await via(hint)
+                    if result is not None:
+                        break
+                if result is None:
+                    for _peer, reply in await self.find_peer(remote_public_key):
+                        result = await via(reply.from_addr)
+                        if result is not None:
+                            break
+        except trio.TooSlowError:
+            await stream.aclose()
+            raise PeerConnectionFailed("connect timed out") from None
+        except BaseException:
+            await stream.aclose()
+            raise
+        if result is None:
+            await stream.aclose()
+            raise (PeerConnectionFailed("every relay failed") if attempted
+                   else PeerNotFound("no DHT node knows this key"))
+        _relay, reply_noise, server_address, client_address, relayed = result
+        try:
+            remote = decode_noise_payload(noise.recv(reply_noise))
+        except (HandshakeError, HyperDhtProtocolError) as exc:
+            await stream.aclose()
+            raise PeerConnectionFailed(f"bad handshake reply: {exc}") from exc
+        if remote.version != 1 or remote.error != Error.NONE or remote.udx is None:
+            await stream.aclose()
+            raise PeerConnectionFailed(f"server refused: version {remote.version}, "
+                                  f"error {remote.error}")
+        hs_result = noise.result
+        assert hs_result is not None
+        target_addr = await self._choose_path(remote, server_address, client_address, relayed,
+                                              first_packet)
+        if target_addr is None:
+            await stream.aclose()
+            raise PeerConnectionFailed("server needs holepunching, which is not supported yet")
+        if stream.remote_address is None:
+            stream.connect(remote.udx.id, (target_addr.host, target_addr.port))
+        return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True)
+
+    async def _choose_path(self, remote: NoisePayload, server_address: SocketAddress,
+                           client_address: SocketAddress, relayed: bool,
+                           first_packet: list[tuple[str, int]]) -> SocketAddress | None:
+        if first_packet:
+            return SocketAddress(*first_packet[0])
+        if not relayed:
+            return server_address
+        holepunchable = remote.holepunch is not None and remote.firewall != Firewall.OPEN
+        if remote.firewall == Firewall.OPEN or not holepunchable:
+            for addr in remote.addresses4:
+                if not is_bogon(addr.host):
+                    return addr
+            return server_address
+        if client_address.host == server_address.host:
+            # LAN shortcut: a private address of the server that answers PING
+            candidates = [a for a in remote.addresses4 if is_bogon(a.host)] or [server_address]
+            for addr in candidates:
+                try:
+                    await self.node.request(addr, PING, internal=True, retries=1)
+                except DhtError:
+                    continue
+                return addr
+        if first_packet:
+            return SocketAddress(*first_packet[0])
+        return None
+
+
+def _lookup_peers(reply: QueryReply) -> tuple[PeerRecord, ...]:
+    if not reply.value:
+        return ()
+    try:
+        return decode_lookup_reply(reply.value).peers
+    except RemoteProtocolError:
+        return ()
+
+
+class _DhtTransport:
+    """Sends dht-rpc datagrams through the UDX socket."""
+
+    def __init__(self, sock: UdxSocket) -> None:
+        self._sock = sock
+
+    @property
+    def local_address(self) -> SocketAddress:
+        host, port = self._sock.address
+        return SocketAddress(host, port)
+
+    def send_datagram(self, data: bytes, addr: SocketAddress) -> None:
+        try:
+            self._sock.send_datagram(data, (addr.host, addr.port))
+        except (trio.ClosedResourceError, ValueError) as exc:
+            log.debug("datagram to %s not sent: %s", addr, exc)
+
