@@ -23,18 +23,20 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
-from p2p_transport.cenc import DecodeError, Reader, RemoteProtocolError, Writer
-from p2p_transport.crypto import NS_CAPABILITY, hash_batch
+from p2p_transport.cenc import DecodeError, Reader, RemoteProtocolError, SocketAddress, Writer
+from p2p_transport.crypto import NS_CAPABILITY, KeyPair, hash_batch
+from p2p_transport.hyperdht import HyperDht, RawConnection, Server, secure
 from p2p_transport.protomux import Channel, Mux
 
 __all__ = [
     "PROTOCOL",
     "Handler",
+    "HyperswarmRpc",
     "RpcChannel",
     "RpcError",
     "RpcProtocolError",
@@ -352,3 +354,88 @@ class RpcChannel:
     def destroy(self, error: RpcError | None = None) -> None:
         self._close_error = error or RpcError("channel destroyed", "CHANNEL_DESTROYED")
         self.channel.close()
+
+
+class HyperswarmRpc:
+    """``@hyperswarm/rpc`` over a :class:`~p2p_transport.hyperdht.HyperDht`: servers listen on a
+    key pair, clients connect by public key; the protomux-rpc channel is named by the server's
+    public key. ``capability`` (32 bytes) turns on the capability handshake on both sides.
+
+    Connections live in the DHT's nursery; closing the RPC channel closes the connection, as in
+    the npm package. Clients are cached per server key.
+    """
+
+    def __init__(self, dht: HyperDht, *, capability_key: bytes | None = None) -> None:
+        self.dht = dht
+        self.capability_key = capability_key
+        self._clients: dict[bytes, RpcChannel] = {}
+        self._connecting: dict[bytes, trio.Event] = {}
+
+    async def _attach(self, raw: RawConnection, channel_id: bytes,
+                      handlers: dict[str, Handler]) -> RpcChannel:
+        stream = await secure(raw, self.dht.nursery)
+        mux = Mux(stream)
+        rpc = RpcChannel(mux, id_=channel_id, capability_key=self.capability_key,
+                         is_initiator=raw.is_initiator, handshake_hash=raw.handshake.hash)
+        for method, handler in handlers.items():
+            rpc.respond(method, handler)
+        rpc.open()
+        await self.dht.nursery.start(mux.run)
+
+        async def close_with_channel() -> None:
+            await rpc.closed.wait()
+            await mux.aclose()
+
+        self.dht.nursery.start_soon(close_with_channel)
+        return rpc
+
+    async def serve(self, handlers: dict[str, Handler], *, key_pair_: KeyPair | None = None,
+                    announce: bool = True) -> Server:
+        """Listen on ``key_pair_`` (default: the DHT's) answering ``handlers``."""
+        kp = key_pair_ or self.dht.default_key_pair
+
+        async def on_connection(raw: RawConnection) -> None:
+            try:
+                await self._attach(raw, kp.public_key, handlers)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.debug("RPC connection failed to open: %s", exc)
+
+        server = self.dht.create_server(on_connection, key_pair_=kp)
+        await server.listen(announce=announce)
+        return server
+
+    async def connect(self, public_key: bytes, *,
+                      relay_addresses: Sequence[SocketAddress] = (),
+                      handlers: dict[str, Handler] | None = None) -> RpcChannel:
+        """A (cached) open client channel to the server on ``public_key``."""
+        while public_key in self._connecting:
+            await self._connecting[public_key].wait()
+        cached = self._clients.get(public_key)
+        if cached is not None and not cached.closed.is_set():
+            return cached
+        done = self._connecting[public_key] = trio.Event()
+        try:
+            raw = await self.dht.connect(public_key, relay_addresses=relay_addresses)
+            rpc = await self._attach(raw, public_key, handlers or {})
+            await rpc.opened.wait()
+            if rpc.closed.is_set():
+                raise RpcError("channel closed before it opened", "CHANNEL_CLOSED")
+            self._clients[public_key] = rpc
+            return rpc
+        finally:
+            del self._connecting[public_key]
+            done.set()
+
+    async def request(self, public_key: bytes, method: str, value: bytes | None = None, *,
+                      timeout: float = math.inf) -> bytes | None:
+        rpc = await self.connect(public_key)
+        return await rpc.request(method, value, timeout=timeout)
+
+    async def event(self, public_key: bytes, method: str, value: bytes | None = None) -> None:
+        rpc = await self.connect(public_key)
+        await rpc.event(method, value)
+
+    async def aclose(self) -> None:
+        for rpc in list(self._clients.values()):
+            rpc.destroy()
+        self._clients.clear()

@@ -7,6 +7,7 @@ from .dht import (
     RawConnection,
     Server,
     announce_signable,
+    secure,
 )
 from .messages import Firewall, HyperDhtProtocolError, Mode, NoisePayload, PeerRecord
 
@@ -22,4 +23,5 @@ __all__ = [
     "RawConnection",
     "Server",
     "announce_signable",
+    "secure",
 ]

@@ -52,6 +52,7 @@ from p2p_transport.dht_rpc import (
     query,
 )
 from p2p_transport.noise import HandshakeError, HandshakeResult, NoiseHandshake, dht_handshake
+from p2p_transport.secret_stream import SecretStream
 from p2p_transport.udx import UdxSocket, UdxStream
 
 from .messages import (
@@ -86,6 +87,7 @@ __all__ = [
     "RawConnection",
     "Server",
     "announce_signable",
+    "secure",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,22 @@ class RawConnection:
     @property
     def remote_public_key(self) -> bytes:
         return self.handshake.remote_public_key
+
+
+async def secure(raw: RawConnection, nursery: trio.Nursery) -> SecretStream:
+    """Start secret-stream on a connection (header exchange) and keep it alive in ``nursery``.
+
+    Raises ``trio.BrokenResourceError`` if the peer's header is wrong or never comes.
+    """
+    stream = SecretStream(raw.stream, raw.is_initiator, raw.handshake)
+    try:
+        await stream.start()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    nursery.start_soon(stream.run_keepalive)
+    return stream
 
 
 @dataclass(eq=False)
