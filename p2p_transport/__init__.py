@@ -11,6 +11,8 @@ from __future__ import annotations
 from .cenc import DecodeError, LocalProtocolError, Reader, RemoteProtocolError, Writer
 from .crypto import KeyPair, key_pair
 from .noise import HandshakeError, HandshakeResult, NoiseHandshake, Pattern, dht_handshake
+from .secret_stream import SecretStream, SecretStreamError, open_secret_stream
+from .udx import StreamReset, StreamTimeout, UdpTransport, UdxSocket, UdxStream
 
 __all__ = [
     "DecodeError",
@@ -22,7 +24,15 @@ __all__ = [
     "Pattern",
     "Reader",
     "RemoteProtocolError",
+    "SecretStream",
+    "SecretStreamError",
+    "StreamReset",
+    "StreamTimeout",
+    "UdpTransport",
+    "UdxSocket",
+    "UdxStream",
     "Writer",
     "dht_handshake",
     "key_pair",
+    "open_secret_stream",
 ]
