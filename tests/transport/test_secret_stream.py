@@ -191,7 +191,7 @@ def test_over_lossy_udx_with_keepalive_and_datagrams() -> None:
                 # idle for a while: keepalives flow but never surface as messages
                 idle_from = trio.current_time()
                 await trio.sleep(21)
-                assert a._last_write >= idle_from + 20  # a keepalive went out recently
+                assert a._last_write >= idle_from + 15  # keepalives went out every 5 s
                 await b.send_message(b"after idle")
                 assert await a.receive_message() == b"after idle"
                 # unordered datagrams (lossy: send until one arrives)
