@@ -1,0 +1,32 @@
+"""Hyperswarm peer bookkeeping: retry buckets and priorities as in the npm package."""
+
+from __future__ import annotations
+
+import random
+
+from p2p_transport.hyperswarm import PeerInfo
+
+
+def test_retry_buckets() -> None:
+    rng = random.Random(0)
+    p = PeerInfo(b"k" * 32)
+    delays = []
+    for attempts in range(5):
+        p.attempts = attempts
+        delays.append(p.backoff(rng))
+    assert 1.0 <= delays[0] < 1.5  # first retry fast
+    assert 5.0 <= delays[1] < 5.5  # unproven peer: medium, then long
+    assert 15.0 <= delays[2] < 15.5 and 15.0 <= delays[3] < 15.5
+    assert delays[4] is None  # more than 3 attempts: give up
+    p.proven = True
+    p.attempts = 1
+    assert 1.0 <= (p.backoff(rng) or 0) < 1.5
+    p.attempts = 2
+    assert 5.0 <= (p.backoff(rng) or 0) < 5.5
+    p.banned = True
+    assert p.backoff(rng) is None
+
+
+def test_priorities() -> None:
+    p = PeerInfo(b"k" * 32)
+    assert [(setattr(p, "attempts", a), p.priority())[1] for a in range(5)] == [2, 4, 3, 1, 0]
