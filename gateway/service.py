@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import trio
 
 from gateway.ratelimit import TokenBuckets
-from tether import telemetry, topics
+from tether import blocking, telemetry, topics
 from tether.errors import (
     InvalidArgument,
     PermissionDenied,
@@ -93,7 +93,7 @@ class GatewayService(services_rpc.GatewayServicer):
 
     async def authenticate(self, metadata: dict[str, str]) -> str:
         token = bearer_token(metadata)
-        return await trio.to_thread.run_sync(self.store.verify_token, token)
+        return await blocking.run_sync(lambda: self.store.verify_token(token))
 
     async def _orchestrator(self) -> services_rpc.OrchestratorStub:
         with trio.move_on_after(ORCHESTRATOR_WAIT_S):

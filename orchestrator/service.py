@@ -26,6 +26,7 @@ import trio
 
 from orchestrator.discovery import DiscoverySub
 from orchestrator.scheduler import Placement, Weights, rank
+from tether import blocking
 from tether.errors import AlreadyExists, InvalidArgument, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
@@ -97,7 +98,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
 
-        reservation = await trio.to_thread.run_sync(
+        reservation = await blocking.run_sync(
             lambda: self.store.reserve(cid, retry_token, request.tenant_id)
         )
         if not reservation.created:
@@ -105,7 +106,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 f"request {cid} (retry token {retry_token!r}) was already accepted; "
                 "use GetJob for its status or send a new retry token",
             )
-        await trio.to_thread.run_sync(
+        await blocking.run_sync(
             lambda: self.store.create_job(
                 cid, request.tenant_id, record.model.model_id, record.model.version
             )
@@ -118,7 +119,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
                 error = RpcError(StatusCode.CANCELLED, "client cancelled")
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(
+                await blocking.run_sync(
                     lambda: self.store.update_job(
                         cid,
                         jobs_pb2.JOB_STATE_CANCELLED
@@ -152,7 +153,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         last_error: RpcError | None = None
         for candidate in candidates[: self.max_attempts]:
             worker_id = candidate.entry.worker_id
-            await trio.to_thread.run_sync(
+            await blocking.run_sync(
                 functools.partial(
                     self.store.update_job,
                     cid,
@@ -170,7 +171,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     async for chunk in chunks:
                         if not streamed:
                             streamed = True
-                            await trio.to_thread.run_sync(
+                            await blocking.run_sync(
                                 lambda: self.store.update_job(cid, jobs_pb2.JOB_STATE_STREAMING)
                             )
                         yield chunk
@@ -197,12 +198,12 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             if last.HasField("usage"):
                 self.store.record_usage(cid, last.usage)
 
-        await trio.to_thread.run_sync(write)
+        await blocking.run_sync(write)
 
     async def GetJob(
         self, request: services_pb2.GetJobRequest, context: ServerContext
     ) -> jobs_pb2.JobStatus:
-        return await trio.to_thread.run_sync(
+        return await blocking.run_sync(
             lambda: self.store.get_job(request.correlation_id)
         )
 

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import trio
-
 from registry.catalog import Catalog, check_policy
+from tether import blocking
 from tether.errors import PermissionDenied
 from tether.rpc import ServerContext
 from tether.v1 import registry_pb2, services_pb2, services_rpc
@@ -22,12 +21,12 @@ class RegistryService(services_rpc.RegistryServicer):
     ) -> registry_pb2.ModelRecord:
         if self.publishers is not None and request.publisher_key not in self.publishers:
             raise PermissionDenied("publisher key is not allowed to publish to this registry")
-        return await trio.to_thread.run_sync(self.catalog.publish, request)
+        return await blocking.run_sync(lambda: self.catalog.publish(request))
 
     async def Resolve(
         self, request: services_pb2.ResolveRequest, context: ServerContext
     ) -> registry_pb2.ModelRecord:
-        return await trio.to_thread.run_sync(
+        return await blocking.run_sync(
             lambda: self.catalog.resolve(
                 request.model_id, request.version, request.tenant_id or None
             )
@@ -49,4 +48,4 @@ class RegistryService(services_rpc.RegistryServicer):
                     records.append(record)
             return records
 
-        return services_pb2.ListModelsResponse(models=await trio.to_thread.run_sync(collect))
+        return services_pb2.ListModelsResponse(models=await blocking.run_sync(collect))

@@ -77,6 +77,8 @@ class WorkerService(services_rpc.WorkerServicer):
             slots=config.slots, queue_limit=config.queue_limit, per_tenant=config.per_tenant
         )
         self.draining = False
+        self._announcing = trio.Event()
+        self._announcing.set()
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -125,8 +127,17 @@ class WorkerService(services_rpc.WorkerServicer):
         interval = request.interval_ms / 1000 if request.interval_ms else self.config.heartbeat_s
         interval = max(interval, 0.05)
         while True:
+            await self._announcing.wait()
             yield signing.sign(self.presence(), self.keypair, now_ms=self.clock_ms())
             await trio.sleep(interval)
+
+    def stop_announcing(self) -> None:
+        """Stop heartbeats (connections stay open); placement drops the worker
+        once its last heartbeat expires."""
+        self._announcing = trio.Event()
+
+    def resume_announcing(self) -> None:
+        self._announcing.set()
 
     # --------------------------------------------------------------- infer
 

@@ -1,0 +1,221 @@
+"""Wiring for service tests: a registry, an orchestrator, a gateway and N
+workers on one network, with a real SQLite metadata store.
+
+``ScriptedEngine`` is a test double of the execution engine: it streams
+numbered text pieces with a virtual-time delay so placement, shedding and
+failure paths can be tested without model weights. The real engines are
+tested in ``tests/model_plane`` and end to end in ``tests/integration``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from gateway.ratelimit import TokenBuckets
+from gateway.service import GatewayService
+from orchestrator.discovery import DiscoverySub
+from orchestrator.service import OrchestratorService
+from registry.catalog import Catalog
+from registry.service import RegistryService
+from tether import topics
+from tether.keys import KeyPair
+from tether.metadata.store import MetadataStore
+from tether.net.local import LocalHub, LocalNetwork
+from tether.rpc import collect_handlers
+from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2, services_rpc
+from worker.service import WorkerConfig, WorkerService
+
+EPOCH_MS = 1_800_000_000_000
+MODEL = "tiny-lm"
+VERSION = "1.0"
+
+
+def virtual_ms() -> int:
+    """Wall-clock milliseconds derived from trio's (mock) clock."""
+    return EPOCH_MS + int(trio.current_time() * 1000)
+
+
+class ScriptedEngine:
+    """Test double of the execution engine (see the module docstring)."""
+
+    def __init__(self, models: list[tuple[str, str]], *, step_s: float = 0.1) -> None:
+        self.models = models
+        self.step_s = step_s
+        self.started = 0
+        self.gate: trio.Event | None = None
+
+    def supported(self) -> list[presence_pb2.ModelKey]:
+        return [presence_pb2.ModelKey(model_id=m, version=v) for m, v in self.models]
+
+    def cache_manifest(self) -> list[health_pb2.CachedModel]:
+        return [health_pb2.CachedModel(model_id=m, version=v) for m, v in self.models]
+
+    async def stream(
+        self, request: infer_pb2.Infer.Request
+    ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
+        self.started += 1
+        n = request.params.max_tokens or 4
+        for i in range(n):
+            if self.gate is not None:
+                await self.gate.wait()
+            await trio.sleep(self.step_s)
+            usage = None
+            if i == n - 1:
+                usage = infer_pb2.Usage(
+                    tenant_id=request.tenant_id,
+                    model_id=request.model_id,
+                    version=request.version,
+                    output_tokens=n,
+                )
+            yield infer_pb2.Payload(text=f" w{i}"), usage
+
+
+def model_record(publisher: KeyPair, model: str = MODEL, version: str = VERSION):
+    record = registry_pb2.ModelRecord(publisher_key=publisher.public_key)
+    record.model.model_id = model
+    record.model.version = version
+    record.capabilities.task = registry_pb2.TASK_TEXT_GENERATION
+    record.artifacts.add(digest="ab" * 32, size_bytes=1, format="onnx", role="model")
+    return record
+
+
+@dataclass
+class Fleet:
+    hub: LocalHub
+    store: MetadataStore
+    region: str
+    nursery: trio.Nursery
+    stack: AsyncExitStack
+    workers: dict[str, WorkerService] = field(default_factory=dict)
+    worker_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    discovery: DiscoverySub = field(init=False)
+    gateway_net: LocalNetwork = field(init=False)
+    client_net: LocalNetwork = field(init=False)
+
+    async def gateway(self) -> services_rpc.GatewayStub:
+        peer = await self.client_net.connect(self.gateway_net.public_key)
+        return services_rpc.GatewayStub(peer.rpc)
+
+    def token(self, tenant: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.store.issue_token(tenant)}"}
+
+    async def add_worker(
+        self,
+        worker_id: str,
+        *,
+        region: str | None = None,
+        engine: ScriptedEngine | None = None,
+        **config: object,
+    ) -> WorkerService:
+        region = region or self.region
+        engine = engine or ScriptedEngine([(MODEL, VERSION)])
+        keypair = KeyPair.generate()
+        service = WorkerService(
+            WorkerConfig(worker_id=worker_id, region=region, **config),  # type: ignore[arg-type]
+            engine,
+            keypair,
+            clock_ms=virtual_ms,
+        )
+        net = LocalNetwork(self.hub, keypair, collect_handlers(service))
+        scope = await self.nursery.start(_run_node, net, _worker_topics(region, engine))
+        self.workers[worker_id] = service
+        self.worker_scopes[worker_id] = scope
+        return service
+
+    def kill_worker(self, worker_id: str) -> None:
+        self.worker_scopes[worker_id].cancel()
+
+
+def _worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
+    joins = [(topics.presence(region), True, False)]
+    joins += [(topics.models(m, v, region), True, False) for m, v in engine.models]
+    return joins
+
+
+async def _run_node(
+    net: LocalNetwork,
+    joins: list[tuple[str, bool, bool]],
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope],
+) -> None:
+    with trio.CancelScope() as scope:
+        async with net.running():
+            for topic, server, client in joins:
+                await net.join(topic, server=server, client=client)
+            task_status.started(scope)
+            await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def fleet(
+    tmp_path: Path,
+    *,
+    region: str = "eu-west",
+    rate: float = 100.0,
+    burst: int = 100,
+    extra: Callable[[Catalog, KeyPair], None] | None = None,
+    watch_regions: tuple[str, ...] = (),
+) -> AsyncIterator[Fleet]:
+    store = MetadataStore.sqlite(tmp_path / "meta.db", clock=virtual_ms)
+    store.migrate()
+    publisher = KeyPair.generate()
+    catalog = Catalog(store, clock=virtual_ms)
+    catalog.publish(model_record(publisher))
+    if extra is not None:
+        extra(catalog, publisher)
+    hub = LocalHub()
+    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        f = Fleet(hub, store, region, nursery, stack)
+        registry_service = RegistryService(catalog)
+        registry_net = LocalNetwork(hub, KeyPair.generate(), collect_handlers(registry_service))
+        await nursery.start(_run_node, registry_net, [(topics.registry(region), True, False)])
+
+        orch_net = LocalNetwork(hub, KeyPair.generate(), {})
+        discovery = DiscoverySub(orch_net, clock_ms=virtual_ms)
+        orchestrator = OrchestratorService(
+            network=orch_net,
+            discovery=discovery,
+            store=store,
+            region=region,
+            registry_topic=topics.registry(region),
+        )
+        orch_net.handlers.update(collect_handlers(orchestrator))
+        await nursery.start(
+            _run_node,
+            orch_net,
+            [
+                (topics.registry(region), False, True),
+                (topics.control(region), True, False),
+                *[(topics.presence(r), False, True) for r in (region, *watch_regions)],
+            ],
+        )
+        await nursery.start(discovery.run)
+        f.discovery = discovery
+
+        gateway_net = LocalNetwork(hub, KeyPair.generate(), {})
+        gateway = GatewayService(
+            network=gateway_net,
+            store=store,
+            region=region,
+            buckets=TokenBuckets(rate=rate, burst=burst),
+        )
+        gateway_net.handlers.update(collect_handlers(gateway))
+        await nursery.start(
+            _run_node,
+            gateway_net,
+            [(topics.control(region), False, True), (topics.registry(region), False, True)],
+        )
+        f.gateway_net = gateway_net
+        client_net = LocalNetwork(hub, KeyPair.generate(), {})
+        await nursery.start(_run_node, client_net, [])
+        f.client_net = client_net
+        try:
+            yield f
+        finally:
+            nursery.cancel_scope.cancel()
+            store.close()

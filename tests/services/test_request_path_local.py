@@ -1,0 +1,201 @@
+"""The request path through real service code on the in-memory network double.
+
+Gateway -> Orchestrator -> Worker with a real SQLite metadata store, real
+signed heartbeats and the real scheduler; only the network (``LocalNetwork``)
+and the engine (``ScriptedEngine``) are test doubles. Virtual time throughout.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from tests.services.harness import MODEL, ScriptedEngine, fleet
+from tether import blocking
+from tether.rpc import RpcError, StatusCode
+from tether.v1 import infer_pb2, jobs_pb2
+
+
+def trio_test(fn: Callable[[Path], Awaitable[None]]) -> Callable[[Path], None]:
+    @functools.wraps(fn)
+    def run(tmp_path: Path) -> None:
+        with blocking.inline():
+            trio.run(fn, tmp_path, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    return run
+
+
+def request(
+    prompt: str = "hello", n: int = 4, correlation_id: str = "", region: str = ""
+) -> infer_pb2.Infer.Request:
+    req = infer_pb2.Infer.Request(model_id=MODEL, correlation_id=correlation_id, region=region)
+    req.input.text = prompt
+    req.params.max_tokens = n
+    return req
+
+
+async def collect(stub, req, metadata) -> list[infer_pb2.Infer.Chunk]:
+    async with stub.Infer(req, metadata=metadata) as chunks:
+        return [c async for c in chunks]
+
+
+@trio_test
+async def test_a_request_streams_through_gateway_orchestrator_and_worker(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        chunks = await collect(gw, request(n=5, correlation_id="job-1"), f.token("acme"))
+        assert "".join(c.payload.text for c in chunks) == " w0 w1 w2 w3 w4"
+        assert [c.seq for c in chunks] == [0, 1, 2, 3, 4]
+        assert chunks[-1].done and chunks[-1].usage.output_tokens == 5
+        assert {c.worker_id for c in chunks} == {"w1"}
+        job = f.store.get_job("job-1")
+        assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+        assert job.worker_id == "w1"
+        assert f.store.usage_totals("acme") == (0, 5)
+        # The same (correlationId, retryToken) is never run twice.
+        with pytest.raises(RpcError) as info:
+            await collect(gw, request(correlation_id="job-1"), f.token("acme"))
+        assert info.value.code == StatusCode.ALREADY_EXISTS
+
+
+@trio_test
+async def test_placement_prefers_the_worker_in_the_request_region(tmp_path: Path) -> None:
+    async with fleet(tmp_path, watch_regions=("us-east",)) as f:
+        await f.add_worker("far", region="us-east")
+        await f.add_worker("near", region="eu-west")
+        await f.discovery.wait_for(lambda s: len(s) == 2)
+        gw = await f.gateway()
+        token = f.token("acme")
+        chunks = await collect(gw, request(), token)
+        assert chunks[0].worker_id == "near"
+        chunks = await collect(gw, request(region="us-east"), token)
+        assert chunks[0].worker_id == "far"
+
+
+@trio_test
+async def test_a_silent_worker_leaves_placement_within_15_seconds(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        service = await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        # The worker keeps its connection but stops heartbeating.
+        service.stop_announcing()
+        silent_since = trio.current_time()
+        await f.discovery.wait_for(lambda s: len(s) == 0)
+        assert trio.current_time() - silent_since <= 15 + 5
+        gw = await f.gateway()
+        with pytest.raises(RpcError) as info:
+            await collect(gw, request(), f.token("acme"))
+        assert info.value.code == StatusCode.UNAVAILABLE
+        assert "no healthy worker" in info.value.message
+
+
+@trio_test
+async def test_a_worker_killed_mid_stream_ends_the_request_clearly(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        await f.add_worker("w1", engine=ScriptedEngine([(MODEL, "1.0")], step_s=1.0))
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        got = []
+        with pytest.raises(RpcError) as info, trio.fail_after(60):
+            async with gw.Infer(request(n=50, correlation_id="job-k"), metadata=f.token("a")) as cs:
+                async for c in cs:
+                    got.append(c)
+                    if len(got) == 3:
+                        f.kill_worker("w1")
+        assert info.value.code == StatusCode.UNAVAILABLE
+        assert "w1" in info.value.message
+        assert len(got) == 3
+        assert f.store.get_job("job-k").state == jobs_pb2.JOB_STATE_FAILED
+
+
+@trio_test
+async def test_bad_tokens_are_refused(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        await f.add_worker("w1")
+        gw = await f.gateway()
+        for metadata in ({}, {"authorization": "Bearer nope"}, {"authorization": "Basic x"}):
+            with pytest.raises(RpcError) as info:
+                await collect(gw, request(), metadata)
+            assert info.value.code == StatusCode.UNAUTHENTICATED
+
+
+@trio_test
+async def test_invalid_requests_are_refused_before_any_work(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        engine = ScriptedEngine([(MODEL, "1.0")])
+        await f.add_worker("w1", engine=engine)
+        gw = await f.gateway()
+        token = f.token("acme")
+        bad = [
+            infer_pb2.Infer.Request(model_id=MODEL),  # no input
+            request(n=5000),
+            request(prompt="x" * 20000),
+            infer_pb2.Infer.Request(model_id="Bad Model!", input=infer_pb2.Input(text="x")),
+        ]
+        for req in bad:
+            with pytest.raises(RpcError) as info:
+                await collect(gw, req, token)
+            assert info.value.code == StatusCode.INVALID_ARGUMENT
+        with pytest.raises(RpcError) as info:
+            await collect(gw, infer_pb2.Infer.Request(model_id="unknown-model",
+                                                       input=infer_pb2.Input(text="x")), token)
+        assert info.value.code == StatusCode.NOT_FOUND
+        assert engine.started == 0
+
+
+@trio_test
+async def test_a_burst_past_the_bucket_is_shed_while_other_tenants_are_served(
+    tmp_path: Path,
+) -> None:
+    async with fleet(tmp_path, rate=1.0, burst=3) as f:
+        await f.add_worker("w1", slots=8, queue_limit=32)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        noisy, quiet = f.token("noisy"), f.token("quiet")
+        outcomes: list[str] = []
+
+        async def one(metadata: dict[str, str], label: str) -> None:
+            try:
+                await collect(gw, request(n=2), metadata)
+                outcomes.append(f"{label}:ok")
+            except RpcError as exc:
+                outcomes.append(f"{label}:{exc.code.name}")
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(one, noisy, "noisy")
+            nursery.start_soon(one, quiet, "quiet")
+        assert outcomes.count("noisy:ok") == 3
+        assert outcomes.count("noisy:RESOURCE_EXHAUSTED") == 3
+        assert "quiet:ok" in outcomes
+
+
+@trio_test
+async def test_a_full_worker_sheds_and_the_orchestrator_places_elsewhere(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        busy_engine = ScriptedEngine([(MODEL, "1.0")])
+        busy_engine.gate = trio.Event()
+        await f.add_worker("busy", engine=busy_engine, slots=1, queue_limit=0)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        token = f.token("acme")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, gw, request(), token)
+            await trio.testing.wait_all_tasks_blocked()
+            # busy now holds its only slot; a second request is shed...
+            with pytest.raises(RpcError) as info:
+                await collect(gw, request(), token)
+            assert info.value.code == StatusCode.RESOURCE_EXHAUSTED
+            # ...until another worker joins, which takes it.
+            await f.add_worker("spare")
+            await f.discovery.wait_for(lambda s: len(s) == 2)
+            chunks = await collect(gw, request(), token)
+            assert chunks[0].worker_id == "spare"
+            busy_engine.gate.set()
