@@ -33,7 +33,7 @@ behind our ack resets the stream.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .packet import (
     DATA,
@@ -140,7 +140,7 @@ class Stats:
     bytes_sent: int = 0
     bytes_received: int = 0
     duplicates: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    sack_packets_received: int = 0
 
 
 class StreamCore:
@@ -338,6 +338,8 @@ class StreamCore:
                 self._acked_one(sent, now)
                 progressed = True
             self._remote_acked = (self._remote_acked + 1) & 0xFFFFFFFF
+        if pkt.sacks:
+            self.stats.sack_packets_received += 1
         for start, end in pkt.sacks:
             if seq_diff(start, self._remote_acked) < 0 or seq_diff(end, self._seq) > 0:
                 continue
