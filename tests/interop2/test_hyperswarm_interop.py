@@ -4,6 +4,7 @@ and simultaneous connects de-duplicated to the same single connection on both en
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -41,7 +42,7 @@ class Recorder:
         self.changed.set()
         self.changed = trio.Event()
 
-    async def wait_for(self, pred) -> None:  # type: ignore[no-untyped-def]
+    async def wait_for(self, pred: Callable[[], bool]) -> None:
         while not pred():
             await self.changed.wait()
 

@@ -10,14 +10,17 @@ from p2p_transport.hyperswarm import PeerInfo
 def test_retry_buckets() -> None:
     rng = random.Random(0)
     p = PeerInfo(b"k" * 32)
-    delays = []
-    for attempts in range(5):
+    delays: list[float] = []
+    for attempts in range(4):
         p.attempts = attempts
-        delays.append(p.backoff(rng))
+        d = p.backoff(rng)
+        assert d is not None
+        delays.append(d)
+    p.attempts = 4
     assert 1.0 <= delays[0] < 1.5  # first retry fast
     assert 5.0 <= delays[1] < 5.5  # unproven peer: medium, then long
     assert 15.0 <= delays[2] < 15.5 and 15.0 <= delays[3] < 15.5
-    assert delays[4] is None  # more than 3 attempts: give up
+    assert p.backoff(rng) is None  # more than 3 attempts: give up
     p.proven = True
     p.attempts = 1
     assert 1.0 <= (p.backoff(rng) or 0) < 1.5
