@@ -32,4 +32,8 @@ def test_retry_buckets() -> None:
 
 def test_priorities() -> None:
     p = PeerInfo(b"k" * 32)
-    assert [(setattr(p, "attempts", a), p.priority())[1] for a in range(5)] == [2, 4, 3, 1, 0]
+    got = []
+    for attempts in range(5):
+        p.attempts = attempts
+        got.append(p.priority())
+    assert got == [2, 4, 3, 1, 0]
