@@ -171,6 +171,10 @@ class RpcConnection:
     def closed(self) -> bool:
         return self._closed is not None
 
+    async def wait_closed(self) -> None:
+        """Wait until ``run`` has ended."""
+        await self._done.wait()
+
     def statistics(self) -> dict[str, int]:
         """Open calls by direction (a snapshot)."""
         return {"client_calls": len(self._client_calls), "server_calls": len(self._server_calls)}

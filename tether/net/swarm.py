@@ -1,0 +1,211 @@
+"""``SwarmNetwork``: Tether's network over Hyperswarm (``p2p_transport``).
+
+Each process is a Hyperswarm peer keyed by its Ed25519 identity. Topic names
+(``tether.topics``) become 32-byte swarm topics; every encrypted connection
+carries a protomux channel ``tether-rpc/1`` on which one ``RpcConnection``
+runs in both directions (the side that dialled numbers its calls odd).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+
+import trio
+
+from p2p_transport.cenc import SocketAddress
+from p2p_transport.crypto import key_pair
+from p2p_transport.dht_rpc import DhtError
+from p2p_transport.hyperdht import secure
+from p2p_transport.hyperswarm import Hyperswarm, SwarmConnection
+from p2p_transport.protomux import ChannelMessageStream, MessageStream, Mux
+from tether import topics
+from tether.errors import Unavailable
+from tether.keys import KeyPair
+from tether.net.base import Peer, PeerCallback
+from tether.rpc import Handler, RpcConnection
+
+log = logging.getLogger("tether.net")
+
+PROTOCOL = "tether-rpc/1"
+CHANNEL_OPEN_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 20.0
+
+
+async def _run_mux(mux: Mux, *, task_status: trio.TaskStatus[None]) -> None:
+    """Run protomux; a connection that ends while frames are queued is a normal end."""
+    with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+        await mux.run(task_status=task_status)
+
+
+def parse_address(text: str) -> SocketAddress:
+    """``host:port`` as given to ``--bootstrap``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return SocketAddress(host, int(port))
+
+
+class SwarmNetwork:
+    def __init__(
+        self,
+        keypair: KeyPair,
+        handlers: dict[str, Handler],
+        *,
+        bootstrap: Sequence[SocketAddress] = (),
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.keypair = keypair
+        self.handlers = handlers
+        self.bootstrap = list(bootstrap)
+        self.host = host
+        self.port = port
+        self._swarm_key = key_pair(bytes(keypair.signing_key))
+        self._swarm: Hyperswarm | None = None
+        self._nursery: trio.Nursery | None = None
+        self._names: dict[bytes, str] = {}
+        self._peers: dict[bytes, Peer] = {}
+        self._callbacks: list[PeerCallback] = []
+
+    @property
+    def public_key(self) -> bytes:
+        return self.keypair.public_key
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SwarmNetwork]:
+        async with (
+            Hyperswarm.open(
+                self._on_connection,
+                bootstrap=self.bootstrap,
+                host=self.host,
+                port=self.port,
+                key_pair_=self._swarm_key,
+            ) as swarm,
+            trio.open_nursery() as nursery,
+        ):
+            self._swarm = swarm
+            self._nursery = nursery
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+                self._swarm = None
+
+    @property
+    def swarm(self) -> Hyperswarm:
+        if self._swarm is None:
+            raise RuntimeError("use 'async with network.running()' first")
+        return self._swarm
+
+    async def listen(self) -> None:
+        """Accept connections on our key even without announcing a topic."""
+        await self.swarm.listen()
+
+    async def join(self, topic: str, *, server: bool = True, client: bool = True) -> None:
+        key = topics.topic_key(topic)
+        self._names[key] = topic
+        discovery = self.swarm.join(key, server=server, client=client)
+        await discovery.flushed()
+
+    async def leave(self, topic: str) -> None:
+        await self.swarm.leave(topics.topic_key(topic))
+
+    async def flush(self) -> None:
+        await self.swarm.flush()
+
+    async def connect(self, public_key: bytes) -> Peer:
+        """Dial a process by key (e.g. a gateway); reuses an open connection."""
+        existing = self._peers.get(public_key)
+        if existing is not None:
+            return existing
+        assert self._nursery is not None
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                raw = await self.swarm.dht.connect(public_key, key_pair_=self._swarm_key)
+                stream = await secure(raw, self._nursery)
+        except (
+            DhtError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+        ) as exc:
+            raise Unavailable(f"cannot connect to {public_key.hex()[:16]}…: {exc}") from None
+        ready: trio.MemorySendChannel[Peer]
+        ready, arrived = trio.open_memory_channel[Peer](1)
+        self._nursery.start_soon(self._serve, stream, public_key, True, set(), ready)
+        async with arrived:
+            try:
+                return await arrived.receive()
+            except trio.EndOfChannel:
+                raise Unavailable(f"{public_key.hex()[:16]}… closed the connection") from None
+
+    def peers(self) -> list[Peer]:
+        for peer in self._peers.values():
+            self._learn_topics(peer)
+        return list(self._peers.values())
+
+    def _learn_topics(self, peer: Peer) -> None:
+        """Topics a peer was found under can grow after it connected."""
+        if self._swarm is None:
+            return
+        info = self._swarm.peers.get(peer.remote_key)
+        if info is not None:
+            peer.topics.update(self._names[t] for t in info.topics if t in self._names)
+
+    def on_peer(self, callback: PeerCallback) -> Callable[[], None]:
+        self._callbacks.append(callback)
+        for peer in list(self._peers.values()):
+            callback(peer)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    async def _on_connection(self, conn: SwarmConnection) -> None:
+        names = {self._names[t] for t in conn.peer.topics if t in self._names}
+        await self._serve(conn, conn.remote_public_key, conn.is_initiator, names, None)
+
+    async def _serve(
+        self,
+        stream: MessageStream,
+        remote_key: bytes,
+        initiator: bool,
+        names: set[str],
+        ready: trio.MemorySendChannel[Peer] | None,
+    ) -> None:
+        mux = Mux(stream)
+        peer: Peer | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(_run_mux, mux)
+                channel = ChannelMessageStream(mux, PROTOCOL)
+                channel.open()
+                try:
+                    with trio.fail_after(CHANNEL_OPEN_TIMEOUT_S):
+                        await channel.wait_opened()
+                except (trio.TooSlowError, trio.ClosedResourceError):
+                    log.info("peer %s did not open %s", remote_key.hex()[:12], PROTOCOL)
+                    nursery.cancel_scope.cancel()
+                    return
+                rpc = RpcConnection(
+                    channel, initiator=initiator, handlers=self.handlers, peer=remote_key.hex()
+                )
+                peer = Peer(remote_key, rpc, topics=names)
+                await nursery.start(rpc.run)
+                self._peers[remote_key] = peer
+                self._learn_topics(peer)
+                if ready is not None:
+                    await ready.send(peer)
+                for callback in list(self._callbacks):
+                    callback(peer)
+                await rpc.wait_closed()
+                nursery.cancel_scope.cancel()
+        finally:
+            if ready is not None:
+                await ready.aclose()
+            if peer is not None:
+                if self._peers.get(remote_key) is peer:
+                    del self._peers[remote_key]
+                peer.closed.set()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
