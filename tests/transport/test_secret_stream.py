@@ -216,3 +216,25 @@ def test_end_reaches_the_reader() -> None:
             await a.send_eof()
             assert [m async for m in b.messages()] == [b"last"]
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_check_two_way_stream_over_udx() -> None:
+    async def main() -> None:
+        net = MemoryNetwork(13, LinkProfile(loss=0.02, jitter=0.002))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            async with (UdxSocket.over(net.endpoint()) as sa,
+                        UdxSocket.over(net.endpoint()) as sb):
+                async def maker() -> tuple[SecretStream, SecretStream]:
+                    hi, hr = handshake_pair()
+                    ua, ub = sa.create_stream(), sb.create_stream()
+                    ua.connect(ub.id, sb.address)
+                    ub.connect(ua.id, sa.address)
+                    a = SecretStream(ua, True, hi, keepalive=None)
+                    b = SecretStream(ub, False, hr, keepalive=None)
+                    await a.start()
+                    await b.start()
+                    return a, b
+                await trio.testing.check_two_way_stream(maker, None)
+            nursery.cancel_scope.cancel()
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
