@@ -251,6 +251,7 @@ class SecretStream(trio.abc.HalfCloseableStream):
         self._leftover = b""
         self._eof = False
         self._closed = False
+        self._closed_event = trio.Event()
         self._last_write = trio.current_time()
         self._started = False
 
@@ -361,11 +362,16 @@ class SecretStream(trio.abc.HalfCloseableStream):
         await self.send_message(b"")
 
     async def run_keepalive(self) -> None:
-        """Send an empty message whenever nothing was written for ``keepalive`` seconds."""
+        """Send an empty message whenever nothing was written for ``keepalive`` seconds.
+
+        Run it in a nursery; it returns once the stream is closed or broken.
+        """
         if not self.keepalive:
             return
         while not self._closed:
-            await trio.sleep_until(self._last_write + self.keepalive)
+            with trio.move_on_at(self._last_write + self.keepalive):
+                await self._closed_event.wait()
+                return
             if trio.current_time() >= self._last_write + self.keepalive:
                 try:
                     await self.send_keepalive()
@@ -433,6 +439,7 @@ class SecretStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         self._closed = True
+        self._closed_event.set()
         await self.raw.aclose()
 
 
