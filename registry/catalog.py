@@ -12,7 +12,13 @@ from collections.abc import Callable
 
 from registry.versions import Version, check_model_id, resolve
 from tether.artifacts.manifest import is_digest
-from tether.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from tether.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from tether.metadata import MetadataStore
 from tether.metadata.store import now_unix_ms
 from tether.v1 import registry_pb2
@@ -36,6 +42,14 @@ class Catalog:
         validate_record(record)
         rec = registry_pb2.ModelRecord()
         rec.CopyFrom(record)
+        existing = self._find(rec.model.model_id, version)
+        if existing is not None:
+            if _same_contents(existing, rec):
+                return existing
+            raise AlreadyExists(
+                f"{rec.model.model_id} {version} is already published with other contents; "
+                "publish a new version instead",
+                details={"model_id": rec.model.model_id, "version": str(version)})
         if not rec.created_unix_ms:
             rec.created_unix_ms = self._clock()
         degrade = rec.capabilities.degrade_to
@@ -48,10 +62,16 @@ class Catalog:
 
     def get(self, model_id: str, version: str) -> registry_pb2.ModelRecord:
         v = Version.parse(version)
+        found = self._find(model_id, v)
+        if found is None:
+            raise NotFound(f"{model_id} {v} is not published", details={"model_id": model_id})
+        return found
+
+    def _find(self, model_id: str, v: Version) -> registry_pb2.ModelRecord | None:
         for sv in self.store.model_versions(model_id):
-            if (sv.major, sv.minor) == (v.major, v.minor):
+            if Version(sv.major, sv.minor) == v:
                 return sv.record
-        raise NotFound(f"{model_id} {v} is not published", details={"model_id": model_id})
+        return None
 
     def versions(self, model_id: str) -> list[str]:
         return [f"{sv.major}.{sv.minor}" for sv in self.store.model_versions(model_id)]
@@ -102,6 +122,15 @@ class Catalog:
             seen.add(key)
             chain.append(cur)
         return chain
+
+
+def _same_contents(a: registry_pb2.ModelRecord, b: registry_pb2.ModelRecord) -> bool:
+    """Equal apart from the creation time, which a republish may leave unset."""
+    x, y = registry_pb2.ModelRecord(), registry_pb2.ModelRecord()
+    x.CopyFrom(a)
+    y.CopyFrom(b)
+    x.created_unix_ms = y.created_unix_ms = 0
+    return x.SerializeToString(deterministic=True) == y.SerializeToString(deterministic=True)
 
 
 def check_policy(record: registry_pb2.ModelRecord, tenant_id: str) -> None:

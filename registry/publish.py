@@ -1,0 +1,120 @@
+"""Publishing a model: sign and replicate its artifacts, then register the version.
+
+A model on disk is a folder with a ``model.json`` (id, version, task, input/output schema,
+limits, placement needs, policy, and which files are the ``model``, ``tokenizer`` and
+``adapter:<name>`` artifacts; ``files_dir`` may point elsewhere, relative to the repository,
+for files built rather than committed). :func:`publish_package` uploads each file through the
+:class:`tether.artifacts.ArtifactStore` (signed manifest, N replicas) and stores the resulting
+``tether.v1.ModelRecord`` with the :class:`registry.catalog.Catalog`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry.catalog import Catalog
+from registry.versions import Version, check_model_id
+from tether.artifacts import ArtifactStore
+from tether.errors import InvalidArgument, NotFound
+from tether.keys import KeyPair
+from tether.v1 import presence_pb2, registry_pb2, tensor_pb2
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TASKS = {
+    "text_generation": registry_pb2.TASK_TEXT_GENERATION,
+    "embedding": registry_pb2.TASK_EMBEDDING,
+    "tensor": registry_pb2.TASK_TENSOR,
+}
+DTYPES = {
+    "float32": tensor_pb2.DATA_TYPE_FLOAT32, "float16": tensor_pb2.DATA_TYPE_FLOAT16,
+    "int64": tensor_pb2.DATA_TYPE_INT64, "int32": tensor_pb2.DATA_TYPE_INT32,
+    "int8": tensor_pb2.DATA_TYPE_INT8, "uint8": tensor_pb2.DATA_TYPE_UINT8,
+    "bool": tensor_pb2.DATA_TYPE_BOOL,
+}
+FORMATS = {"model": "onnx", "tokenizer": "tokenizer"}
+
+
+@dataclass
+class ModelPackage:
+    """A model folder's ``model.json``, parsed and checked."""
+
+    model_id: str
+    version: str
+    task: int
+    files: dict[str, Path]
+    description: str = ""
+    max_input_length: int = 0
+    inputs: list[registry_pb2.TensorSpec] = field(default_factory=list)
+    outputs: list[registry_pb2.TensorSpec] = field(default_factory=list)
+    gpu_classes: list[str] = field(default_factory=list)
+    min_vram_gb: int = 0
+    degrade_to: tuple[str, str] | None = None
+    allowed_tenants: list[str] = field(default_factory=list)
+    allow_degrade: bool = False
+    rate_limit_rps: float = 0.0
+
+    @classmethod
+    def load(cls, folder: str | Path, *, version: str | None = None) -> ModelPackage:
+        folder = Path(folder)
+        try:
+            spec = json.loads((folder / "model.json").read_text())
+        except FileNotFoundError as exc:
+            raise NotFound(f"{folder} has no model.json") from exc
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"{folder}/model.json is not JSON: {exc}") from exc
+        files_dir = REPO_ROOT / spec["files_dir"] if "files_dir" in spec else folder
+        files = {role: files_dir / name for role, name in spec["files"].items()}
+        for role, path in files.items():
+            if not path.is_file():
+                hint = f" (build it: {spec['build']})" if "build" in spec else ""
+                raise NotFound(f"{role} file {path} is missing{hint}")
+        if spec.get("task") not in TASKS:
+            raise InvalidArgument(f"task must be one of {sorted(TASKS)}")
+        degrade = spec.get("degrade_to")
+        return cls(
+            model_id=check_model_id(spec["model_id"]),
+            version=str(Version.parse(version or spec["version"])),
+            task=TASKS[spec["task"]], files=files, description=spec.get("description", ""),
+            max_input_length=int(spec.get("max_input_length", 0)),
+            inputs=[_tensor_spec(s) for s in spec.get("inputs", [])],
+            outputs=[_tensor_spec(s) for s in spec.get("outputs", [])],
+            gpu_classes=list(spec.get("gpu_classes", [])),
+            min_vram_gb=int(spec.get("min_vram_gb", 0)),
+            degrade_to=(degrade["model_id"], degrade.get("version", "")) if degrade else None,
+            allowed_tenants=list(spec.get("allowed_tenants", [])),
+            allow_degrade=bool(spec.get("allow_degrade", False)),
+            rate_limit_rps=float(spec.get("rate_limit_rps", 0.0)))
+
+
+def _tensor_spec(s: dict) -> registry_pb2.TensorSpec:
+    if s.get("dtype") not in DTYPES:
+        raise InvalidArgument(f"tensor {s.get('name')!r} has unknown dtype {s.get('dtype')!r}")
+    return registry_pb2.TensorSpec(name=s["name"], dtype=DTYPES[s["dtype"]],
+                                   shape=[int(d) for d in s["shape"]])
+
+
+def publish_package(pkg: ModelPackage, catalog: Catalog, artifacts: ArtifactStore,
+                    publisher: KeyPair) -> registry_pb2.ModelRecord:
+    """Sign and replicate every file of ``pkg``, then register it; returns the stored record."""
+    refs = []
+    for role, path in sorted(pkg.files.items()):
+        fmt = "lora" if role.startswith("adapter:") else FORMATS.get(role, "json")
+        refs.append(artifacts.publish(path.read_bytes(), fmt=fmt, model_id=pkg.model_id,
+                                      version=pkg.version, role=role, publisher=publisher))
+    caps = registry_pb2.Capabilities(
+        task=pkg.task, inputs=pkg.inputs, outputs=pkg.outputs,  # type: ignore[arg-type]
+        gpu_classes=pkg.gpu_classes, min_vram_gb=pkg.min_vram_gb,
+        max_input_length=pkg.max_input_length)
+    if pkg.degrade_to:
+        caps.degrade_to.CopyFrom(presence_pb2.ModelKey(model_id=pkg.degrade_to[0],
+                                                       version=pkg.degrade_to[1]))
+    record = registry_pb2.ModelRecord(
+        model=presence_pb2.ModelKey(model_id=pkg.model_id, version=pkg.version),
+        capabilities=caps,
+        policy=registry_pb2.Policy(allowed_tenants=pkg.allowed_tenants,
+                                   rate_limit_rps=pkg.rate_limit_rps,
+                                   allow_degrade=pkg.allow_degrade),
+        artifacts=refs, publisher_key=publisher.public_key, description=pkg.description)
+    return catalog.publish(record)

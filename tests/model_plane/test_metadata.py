@@ -1,0 +1,118 @@
+"""Metadata store on SQLite (WAL) and PostgreSQL: migrations, reservations, quotas, tokens,
+jobs and usage. Every test runs on both databases (see conftest for PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlmodel import SQLModel
+
+from tether.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from tether.metadata import MetadataStore, hash_token
+from tether.v1 import infer_pb2, jobs_pb2, status_pb2
+
+TABLES = {"models", "model_versions", "capabilities", "policies", "artifacts", "jobs",
+          "reservations", "quotas", "tenant_tokens", "usage"}
+
+
+def test_migrated_schema_matches_the_tables(store: MetadataStore) -> None:
+    assert store.current_revision() == store.head_revision()
+    store.check_schema()
+    assert set(inspect(store.engine).get_table_names()) >= TABLES
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+
+
+def test_downgrade_and_upgrade_again(store: MetadataStore) -> None:
+    store.downgrade("base")
+    assert store.current_revision() is None
+    with pytest.raises(FailedPrecondition, match=r"store\.migrate\(\)"):
+        store.check_schema()
+    assert not TABLES & set(inspect(store.engine).get_table_names())
+    store.migrate()
+    store.migrate()  # idempotent
+    assert store.current_revision() == store.head_revision()
+
+
+def test_sqlite_uses_wal(tmp_path) -> None:
+    s = MetadataStore.sqlite(tmp_path / "wal.db")
+    s.migrate()
+    with s.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    s.close()
+
+
+def test_reservation_is_idempotent_on_correlation_and_retry_token(store: MetadataStore) -> None:
+    first = store.reserve("cid-1", "try-1", "acme", worker_id="w1", ttl_ms=5000)
+    again = store.reserve("cid-1", "try-1", "other", worker_id="w2")
+    assert first.created and not again.created
+    assert (again.tenant_id, again.worker_id) == ("acme", "w1")
+    assert again.expires_unix_ms == first.expires_unix_ms
+    retry = store.reserve("cid-1", "try-2", "acme")
+    assert retry.created
+    with store.engine.connect() as conn:
+        n = conn.execute(text("SELECT count(*) FROM reservations")).scalar()
+    assert n == 2
+
+
+def test_quota_is_consumed_atomically_and_resets_each_period(store: MetadataStore) -> None:
+    clock = store.test_clock  # type: ignore[attr-defined]
+    store.set_quota("acme", limit_tokens=100, period_ms=60_000)
+    assert store.consume_quota("acme", 60) == 40
+    with pytest.raises(ResourceExhausted) as err:
+        store.consume_quota("acme", 41)
+    assert err.value.details["used"] == "60"
+    assert store.consume_quota("acme", 40) == 0
+    clock.advance(60_000)
+    assert store.consume_quota("acme", 10) == 90
+    with pytest.raises(NotFound):
+        store.consume_quota("nobody", 1)
+
+
+def test_tokens_are_stored_hashed_and_verified(store: MetadataStore) -> None:
+    token = store.issue_token("acme", label="ci")
+    assert store.verify_token(token) == "acme"
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT token_sha256, tenant_id FROM tenant_tokens")).all()
+    assert rows == [(hash_token(token), "acme")]
+    assert all(token not in str(r) for r in rows)
+    with pytest.raises(Unauthenticated):
+        store.verify_token(token + "x")
+    store.revoke_token(token)
+    with pytest.raises(Unauthenticated):
+        store.verify_token(token)
+
+
+def test_job_lifecycle_and_usage(store: MetadataStore) -> None:
+    clock = store.test_clock  # type: ignore[attr-defined]
+    job = store.create_job("cid-9", "acme", "kjv-textgen", "1.0")
+    assert job.state == jobs_pb2.JOB_STATE_RESERVED
+    with pytest.raises(AlreadyExists):
+        store.create_job("cid-9", "acme", "kjv-textgen", "1.0")
+    clock.advance(5)
+    store.update_job("cid-9", jobs_pb2.JOB_STATE_DISPATCHED, worker_id="w1", attempt=True)
+    store.update_job("cid-9", jobs_pb2.JOB_STATE_FAILED,
+                     error=status_pb2.Error(code=status_pb2.STATUS_CODE_UNAVAILABLE,
+                                            message="worker left"))
+    got = store.get_job("cid-9")
+    assert (got.state, got.worker_id, got.attempts) == (jobs_pb2.JOB_STATE_FAILED, "w1", 1)
+    assert got.error.message == "worker left"
+    assert got.updated_unix_ms == got.created_unix_ms + 5
+    with pytest.raises(NotFound):
+        store.get_job("missing")
+    store.record_usage("cid-9", infer_pb2.Usage(tenant_id="acme", model_id="kjv-textgen",
+                                                version="1.0", input_tokens=3,
+                                                output_tokens=7, compute_ms=12))
+    store.record_usage("cid-10", infer_pb2.Usage(tenant_id="acme", input_tokens=1,
+                                                 output_tokens=1))
+    assert store.usage_totals("acme") == (4, 8)
+    assert store.usage_totals("nobody") == (0, 0)

@@ -1,0 +1,84 @@
+"""WorkerEngine: the execution engine as the worker service sees it.
+
+It knows which model versions this worker serves (their ``tether.v1.ModelRecord``), loads them
+through the :class:`worker.loader.ModelLoader` on first use (or ahead with :meth:`warm`), runs
+requests with :class:`worker.engine.ExecutionEngine`, and reports the cache manifest. Its
+:meth:`stream` yields ``(payload, None)`` per payload as it is produced, then one final
+``(empty payload, usage)`` so the service can close the stream with ``done`` and usage without
+holding any payload back.
+
+A request's version resolves among the served versions as the registry resolves it: exact
+``MAJOR.MINOR``; ``MAJOR`` alone gives its highest minor; empty gives the highest version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+from tether.errors import InvalidArgument, NotFound
+from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2
+from worker.engine.engine import CancelFlag, ExecutionEngine
+from worker.loader import ModelLoader
+
+
+def _version_key(version: str) -> tuple[int, int]:
+    major, _, minor = version.partition(".")
+    return int(major), int(minor or 0)
+
+
+class WorkerEngine:
+    def __init__(self, loader: ModelLoader, records: Iterable[registry_pb2.ModelRecord] = (),
+                 *, engine: ExecutionEngine | None = None) -> None:
+        self.loader = loader
+        self.engine = engine or ExecutionEngine(loader)
+        self._records: dict[tuple[str, str], registry_pb2.ModelRecord] = {}
+        for r in records:
+            self.serve(r)
+
+    def serve(self, record: registry_pb2.ModelRecord) -> None:
+        self._records[(record.model.model_id, record.model.version)] = record
+
+    async def warm(self, *, pin: bool = False) -> None:
+        for (model_id, version), record in self._records.items():
+            if pin:
+                self.loader.pin(model_id, version)
+            await self.loader.load(record)
+
+    def supported(self) -> list[presence_pb2.ModelKey]:
+        return [presence_pb2.ModelKey(model_id=m, version=v) for m, v in sorted(self._records)]
+
+    def cache_manifest(self) -> list[health_pb2.CachedModel]:
+        return self.loader.manifest()
+
+    def resolve(self, model_id: str, version: str) -> registry_pb2.ModelRecord:
+        served = sorted((v for m, v in self._records if m == model_id), key=_version_key)
+        if not served:
+            raise NotFound(f"this worker does not serve {model_id}",
+                           details={"model_id": model_id})
+        if not version:
+            return self._records[(model_id, served[-1])]
+        if "." in version:
+            if version in served:
+                return self._records[(model_id, version)]
+            raise NotFound(f"this worker does not serve {model_id} {version}",
+                           details={"model_id": model_id, "version": version})
+        if not version.isdigit():
+            raise InvalidArgument(f"version {version!r} must be MAJOR.MINOR, MAJOR, or empty")
+        same = [v for v in served if v.split(".")[0] == str(int(version))]
+        if not same:
+            raise NotFound(f"this worker does not serve {model_id} {version}.x",
+                           details={"model_id": model_id, "version": version})
+        return self._records[(model_id, same[-1])]
+
+    async def stream(
+        self, request: infer_pb2.Infer.Request, cancel: CancelFlag | None = None
+    ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
+        record = self.resolve(request.model_id, request.version)
+        model = await self.loader.load(record)
+        run = self.engine.stream(request, model=model, cancel=cancel)
+        try:
+            async for payload in run:
+                yield payload, None
+        finally:
+            await run.aclose()
+        yield infer_pb2.Payload(), run.usage
