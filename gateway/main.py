@@ -1,25 +1,80 @@
-"""Command-line entry point of the Tether Gateway (`bazel run //gateway`).
+"""The Tether RPC Gateway service (`bazel run //gateway`, `tether gateway`).
 
-The edge of Tether: it authenticates tenants, validates and rate-limits
-inference requests, starts their traces and streams results back to clients.
+Serves ``tether.v1.Gateway`` to clients over Hyperswarm under a stable public
+key (its key file) and on the topic ``tether/gateway/<region>``; validates
+tenant tokens from the Metadata Store, rate-limits per tenant and forwards to
+the orchestrator found on ``tether/control/<region>``.
 """
 
+from __future__ import annotations
+
 import argparse
+import os
 import sys
 
+import trio
+
+from gateway.ratelimit import TokenBuckets
+from gateway.service import GatewayService
+from tether import process, topics
+from tether.net.swarm import SwarmNetwork
+from tether.rpc import collect_handlers
+
 DESCRIPTION = (
-    "The edge of Tether: it authenticates tenants, validates and rate-limits "
-    "inference requests, starts their traces and streams results back to clients."
+    "Tether RPC Gateway: authenticates tenants, validates and rate-limits requests, "
+    "starts traces and streams results to clients."
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="gateway", description=f"Tether Gateway. {DESCRIPTION}")
+    parser = argparse.ArgumentParser(prog="tether gateway", description=DESCRIPTION)
+    process.add_common_arguments(parser, "gateway")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=float(os.environ.get("TETHER_RATE", "20")),
+        help="requests per second per tenant (token bucket refill)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=int(os.environ.get("TETHER_BURST", "40")),
+        help="token bucket size per tenant",
+    )
+    return parser
+
+
+async def serve(config: process.ServiceConfig, rate: float, burst: int) -> None:
+    store = await trio.to_thread.run_sync(config.open_store)
+    network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
+    service = GatewayService(
+        network=network,
+        store=store,
+        region=config.region,
+        buckets=TokenBuckets(rate=rate, burst=burst),
+    )
+    network.handlers.update(collect_handlers(service))
+    try:
+        async with network.running():
+            await network.join(topics.gateway(config.region), server=True, client=False)
+            await network.join(topics.control(config.region), server=False, client=True)
+            await network.join(topics.registry(config.region), server=False, client=True)
+            process.announce_ready(
+                "gateway",
+                network.public_key,
+                region=config.region,
+                topic=topics.gateway(config.region),
+            )
+            await trio.sleep_forever()
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print(f"Tether Gateway. {DESCRIPTION}")
+    args = build_parser().parse_args(argv)
+    config = process.config_from_args(args)
+    process.setup_logging("gateway", config.log_level)
+    trio.run(process.run_until_signalled, lambda: serve(config, args.rate, args.burst))
     return 0
 
 

@@ -1,27 +1,72 @@
-"""Command-line entry point of the Tether Orchestrator (`bazel run //orchestrator`).
+"""The Tether Orchestrator service (`bazel run //orchestrator`, `tether orchestrator`).
 
-Discovers healthy workers over Hyperswarm, places each inference request
-on the best one, reserves capacity, retries and trips circuit breakers.
+Serves ``tether.v1.Orchestrator`` on ``tether/control/<region>``; discovers
+workers on ``tether/presence/<region>`` (and ``--watch-region`` regions),
+finds the registry on ``tether/registry/<region>``, and keeps jobs and
+reservations in the Metadata Store.
 """
+
+from __future__ import annotations
 
 import argparse
 import sys
 
+import trio
+
+from orchestrator.discovery import DiscoverySub
+from orchestrator.service import OrchestratorService
+from tether import process, topics
+from tether.net.swarm import SwarmNetwork
+from tether.rpc import collect_handlers
+
 DESCRIPTION = (
-    "Discovers healthy workers over Hyperswarm, places each inference request "
-    "on the best one, reserves capacity, retries and trips circuit breakers."
+    "Tether Orchestrator: discovers healthy workers, scores and places requests, "
+    "reserves capacity and streams chunks back."
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="orchestrator", description=f"Tether Orchestrator. {DESCRIPTION}"
+    parser = argparse.ArgumentParser(prog="tether orchestrator", description=DESCRIPTION)
+    process.add_common_arguments(parser, "orchestrator")
+    parser.add_argument(
+        "--watch-region",
+        action="append",
+        default=[],
+        help="also discover workers of this region (repeatable)",
     )
+    return parser
+
+
+async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None:
+    store = await trio.to_thread.run_sync(config.open_store)
+    network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
+    discovery = DiscoverySub(network)
+    service = OrchestratorService(
+        network=network,
+        discovery=discovery,
+        store=store,
+        region=config.region,
+        registry_topic=topics.registry(config.region),
+    )
+    network.handlers.update(collect_handlers(service))
+    try:
+        async with network.running(), trio.open_nursery() as nursery:
+            await nursery.start(discovery.run)
+            await network.join(topics.control(config.region), server=True, client=False)
+            await network.join(topics.registry(config.region), server=False, client=True)
+            for region in dict.fromkeys([config.region, *watch_regions]):
+                await network.join(topics.presence(region), server=False, client=True)
+            process.announce_ready("orchestrator", network.public_key, region=config.region)
+            await trio.sleep_forever()
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print(f"Tether Orchestrator. {DESCRIPTION}")
+    args = build_parser().parse_args(argv)
+    config = process.config_from_args(args)
+    process.setup_logging("orchestrator", config.log_level)
+    trio.run(process.run_until_signalled, lambda: serve(config, args.watch_region))
     return 0
 
 

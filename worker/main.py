@@ -1,27 +1,168 @@
-"""Command-line entry point of the Tether Inference Worker (`bazel run //worker`).
+"""The Tether Inference Worker service (`bazel run //worker`, `tether worker`).
 
-Loads verified model artifacts, runs inference on CPU or GPU, streams result
-chunks and announces its health on the presence topic.
+Resolves the models it serves through the registry, fetches and verifies their
+artifacts, loads them (TensorRT when a GPU and TensorRT are present, ONNX
+Runtime otherwise), serves ``tether.v1.Worker`` over Hyperswarm RPC, and
+announces itself on ``tether/presence/<region>`` and on
+``tether/models/<model>/<version>/<region>`` with signed heartbeats every 5 s.
+SIGINT/SIGTERM drain it: no new work, in-flight requests finish.
 """
 
+from __future__ import annotations
+
 import argparse
+import logging
+import os
 import sys
+import uuid
+from urllib.parse import urlparse
+
+import trio
+
+from tether import process, topics
+from tether.artifacts import ArtifactStore, BlobStore, LocalDirectoryStore, S3Store, s3_client
+from tether.errors import InvalidArgument
+from tether.net import wait_for_peer
+from tether.net.swarm import SwarmNetwork
+from tether.rpc import collect_handlers
+from tether.v1 import registry_pb2, services_pb2, services_rpc
+from worker.engine.detect import select_backend
+from worker.engine.runtime import WorkerEngine
+from worker.loader import ModelLoader
+from worker.service import WorkerConfig, WorkerService
 
 DESCRIPTION = (
-    "Loads verified model artifacts, runs inference on CPU or GPU, streams result "
-    "chunks and announces its health on the presence topic."
+    "Tether Inference Worker: loads verified model artifacts, runs inference on CPU or GPU, "
+    "streams result chunks and announces its health on the presence topic."
 )
+log = logging.getLogger("tether.worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="worker", description=f"Tether Inference Worker. {DESCRIPTION}"
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="tether worker", description=DESCRIPTION)
+    process.add_common_arguments(parser, "worker")
+    parser.add_argument("--worker-id", default=env("TETHER_WORKER_ID"))
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="MODEL[@VERSION]",
+        help="serve this model (repeatable); default: every model the registry lists",
     )
+    parser.add_argument(
+        "--artifacts",
+        action="append",
+        default=None,
+        metavar="REPLICA",
+        help="artifact replica: a directory or s3://KEY:SECRET@HOST:PORT/BUCKET "
+        "(repeatable; env TETHER_ARTIFACTS, comma-separated; default <data-dir>/artifacts/r0..r2)",
+    )
+    parser.add_argument("--slots", type=int, default=int(env("TETHER_SLOTS", "2")))
+    parser.add_argument("--queue-limit", type=int, default=int(env("TETHER_QUEUE_LIMIT", "16")))
+    parser.add_argument(
+        "--cache-mb", type=int, default=int(env("TETHER_CACHE_MB", "2048")),
+        help="model cache budget (RAM on CPU, VRAM on GPU)",
+    )
+    parser.add_argument("--cpu", action="store_true", help="use ONNX Runtime even on a GPU")
+    return parser
+
+
+def replica(spec: str) -> BlobStore:
+    if spec.startswith("s3://"):
+        url = urlparse(spec)
+        if not url.hostname or not url.port or not url.path.strip("/"):
+            raise InvalidArgument(f"expected s3://KEY:SECRET@HOST:PORT/BUCKET, got {spec!r}")
+        client = s3_client(f"{url.hostname}:{url.port}", url.username or "", url.password or "")
+        return S3Store(client, url.path.strip("/"), create_bucket=False)
+    return LocalDirectoryStore(spec)
+
+
+def artifact_replicas(args: argparse.Namespace, config: process.ServiceConfig) -> list[str]:
+    specs = args.artifacts or [
+        s for s in os.environ.get("TETHER_ARTIFACTS", "").split(",") if s.strip()
+    ]
+    return specs or [str(config.data_dir / "artifacts" / f"r{i}") for i in range(3)]
+
+
+async def resolve_models(
+    network: SwarmNetwork, region: str, wanted: list[str]
+) -> list[registry_pb2.ModelRecord]:
+    with trio.fail_after(30):
+        peer = await wait_for_peer(network, topics.registry(region))
+    registry = services_rpc.RegistryStub(peer.rpc)
+    if not wanted:
+        listed = await registry.ListModels(services_pb2.ListModelsRequest(), timeout=30)
+        return list(listed.models)
+    records = []
+    for item in wanted:
+        model, _, version = item.partition("@")
+        records.append(
+            await registry.Resolve(
+                services_pb2.ResolveRequest(model_id=model, version=version), timeout=30
+            )
+        )
+    return records
+
+
+async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None:
+    keypair = config.keypair()
+    worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}-{uuid.uuid4().hex[:4]}"
+    backend, caps = select_backend(config.data_dir / "engines", prefer_cpu=args.cpu)
+    network = SwarmNetwork(keypair, {}, bootstrap=config.bootstrap, host=config.host)
+    async with network.running():
+        await network.join(topics.registry(config.region), server=False, client=True)
+        records = await resolve_models(network, config.region, args.model)
+        if not records:
+            raise SystemExit("worker: the registry lists no models to serve; publish one first")
+        # Artifacts must be signed by the key that published each record.
+        artifacts = ArtifactStore(
+            [replica(s) for s in artifact_replicas(args, config)],
+            trusted_keys={r.publisher_key for r in records},
+        )
+        loader = ModelLoader(artifacts, backend, budget_bytes=args.cache_mb * 1024 * 1024)
+        engine = WorkerEngine(loader, records)
+        await engine.warm()
+        service = WorkerService(
+            WorkerConfig(
+                worker_id=worker_id,
+                region=config.region,
+                gpu_class=caps.gpu_class,
+                vram_gb=caps.vram_gb,
+                accelerators=list(caps.accelerators),
+                slots=args.slots,
+                queue_limit=args.queue_limit,
+            ),
+            engine,
+            keypair,
+        )
+        network.handlers.update(collect_handlers(service))
+        await network.join(topics.presence(config.region), server=True, client=False)
+        for r in records:
+            topic = topics.models(r.model.model_id, r.model.version, config.region)
+            await network.join(topic, server=True, client=False)
+        process.announce_ready(
+            "worker",
+            network.public_key,
+            region=config.region,
+            worker_id=worker_id,
+            models=[f"{r.model.model_id}@{r.model.version}" for r in records],
+            engine=caps.gpu_class,
+        )
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                service.stop_announcing()
+                drained = await service.drain(grace_s=10)
+                log.info("drained (all in-flight finished: %s)", drained)
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print(f"Tether Inference Worker. {DESCRIPTION}")
+    args = build_parser().parse_args(argv)
+    config = process.config_from_args(args)
+    process.setup_logging("worker", config.log_level)
+    trio.run(process.run_until_signalled, lambda: serve(config, args))
     return 0
 
 

@@ -1,0 +1,208 @@
+"""The ``tether`` command.
+
+    tether up                         a whole local network; runs until Ctrl-C
+    tether demo --prompt TEXT         the same, one prompt streamed, then a clean stop
+    tether infer --gateway KEY ...    talk to a running gateway
+    tether gateway|orchestrator|registry|worker [...]   run one service
+    tether token --tenant NAME        issue a tenant token (prints it once)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from tether import process
+from tether.errors import TetherError
+from tether.rpc import RpcError
+
+SERVICES = {
+    "gateway": "gateway.main",
+    "orchestrator": "orchestrator.main",
+    "registry": "registry.main",
+    "worker": "worker.main",
+}
+DEFAULT_MODEL = "kjv-textgen"
+
+
+def _service_main(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module = importlib.import_module(SERVICES[name])
+    return int(module.main(argv))
+
+
+async def _stream_prompt(
+    bootstrap: list, token: str, gateway_key: bytes | None, args: argparse.Namespace
+) -> int:
+    from tether.client import connect_gateway
+
+    async with connect_gateway(
+        bootstrap, token, gateway_key=gateway_key, region=args.region
+    ) as client:
+        if args.embed:
+            async for chunk in client.embed(args.model, args.embed, timeout=args.timeout):
+                if chunk.payload.HasField("embedding"):
+                    values = chunk.payload.embedding.values
+                    head = ", ".join(f"{v:+.4f}" for v in values[:6])
+                    print(f"[{chunk.payload.embedding.index}] dim={len(values)} [{head}, ...]")
+            return 0
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+        usage = None
+        async for chunk in client.generate(
+            args.model,
+            args.prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            timeout=args.timeout,
+        ):
+            if chunk.payload.text:
+                sys.stdout.write(chunk.payload.text)
+                sys.stdout.flush()
+            if chunk.done:
+                usage = chunk.usage
+        print()
+        if usage is not None:
+            print(
+                f"-- {usage.output_tokens} tokens from {args.model}, "
+                f"{usage.compute_ms} ms compute",
+                file=sys.stderr,
+            )
+        return 0
+
+
+def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", default="And God said")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--embed", action="append", metavar="TEXT", help="embed TEXT instead")
+    p.add_argument("--max-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "demo"):
+        p = sub.add_parser(name, help="run a whole local network" + (
+            ", stream one prompt, stop" if name == "demo" else " until Ctrl-C"))
+        p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
+        if name == "demo":
+            _add_prompt_arguments(p)
+        else:
+            p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+    p = sub.add_parser("infer", help="send a prompt to a running gateway")
+    p.add_argument("--gateway", help="gateway public key (64 hex); default: find by topic")
+    p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False)
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
+    _add_prompt_arguments(p)
+    p = sub.add_parser("token", help="issue a tenant token")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
+    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
+    for name in SERVICES:
+        sub.add_parser(name, help=f"run the {name} service", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SERVICES:
+        return _service_main(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    process.setup_logging(args.command, os.environ.get("TETHER_LOG_LEVEL", "INFO"))
+    try:
+        if args.command in ("up", "demo"):
+            return trio.run(_up, args)
+        if args.command == "infer":
+            return trio.run(_infer, args)
+        if args.command == "token":
+            return _token(args)
+    except (TetherError, RpcError) as exc:
+        print(f"tether {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from tether.localnet import local_network
+
+    log = logging.getLogger("tether.up")
+    async with local_network(Path(args.data_dir), region=args.region) as net:
+        if args.command == "demo":
+            print(
+                f"tether demo: network up (models {', '.join(net.published)}); "
+                f"prompt -> gateway {net.gateway_key[:16]}...",
+                file=sys.stderr,
+            )
+            return await _stream_prompt(
+                net.bootstrap, net.token, bytes.fromhex(net.gateway_key), args
+            )
+        print(
+            json.dumps(
+                {
+                    "bootstrap": net.bootstrap_text,
+                    "gateway": net.gateway_key,
+                    "token": net.token,
+                    "models": net.published,
+                }
+            ),
+            flush=True,
+        )
+        log.info(
+            "tether is up. Try:  tether infer --bootstrap %s --gateway %s --token %s "
+            "--prompt 'In the beginning'",
+            net.bootstrap_text,
+            net.gateway_key,
+            net.token,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                log.info("stopping")
+                break
+    return 0
+
+
+async def _infer(args: argparse.Namespace) -> int:
+    from tether.net.swarm import parse_address
+
+    bootstrap_text = args.bootstrap or [
+        b for b in os.environ.get("TETHER_BOOTSTRAP", "").split(",") if b
+    ]
+    if not bootstrap_text:
+        raise SystemExit("tether infer: pass --bootstrap HOST:PORT (or set TETHER_BOOTSTRAP)")
+    if not args.token:
+        raise SystemExit("tether infer: pass --token (or set TETHER_TOKEN)")
+    gateway = bytes.fromhex(args.gateway) if args.gateway else None
+    bootstrap = [parse_address(b) for b in bootstrap_text]
+    return await _stream_prompt(bootstrap, args.token, gateway, args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from tether.metadata.store import MetadataStore, sqlite_url
+
+    url = args.metadata_url or sqlite_url(Path(args.data_dir) / "metadata.db")
+    store = MetadataStore(url)
+    try:
+        store.migrate()
+        print(store.issue_token(args.tenant, label="tether token"))
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The Python client library: connect to a gateway over Hyperswarm and stream.
+
+    async with connect_gateway(bootstrap, gateway_key, token) as client:
+        async for chunk in client.generate("tiny-stories", "Once upon a time"):
+            print(chunk.payload.text, end="")
+
+The client is a Hyperswarm peer with a throwaway key; it dials the gateway by
+its public key (or finds one on ``tether/gateway/<region>``) and calls the
+generated ``GatewayStub``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from p2p_transport.cenc import SocketAddress
+from tether import topics
+from tether.errors import Unavailable
+from tether.keys import KeyPair
+from tether.net import wait_for_peer
+from tether.net.swarm import SwarmNetwork
+from tether.v1 import infer_pb2, services_pb2, services_rpc
+
+
+class GatewayClient:
+    def __init__(self, stub: services_rpc.GatewayStub, token: str) -> None:
+        self.stub = stub
+        self.metadata = {"authorization": f"Bearer {token}"}
+
+    async def infer(
+        self, request: infer_pb2.Infer.Request, *, timeout: float | None = None
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        async with self.stub.Infer(request, metadata=self.metadata, timeout=timeout) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: str = "",
+        max_tokens: int = 0,
+        temperature: float = 0.0,
+        seed: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        request = infer_pb2.Infer.Request(model_id=model, version=version)
+        request.input.text = prompt
+        request.params.max_tokens = max_tokens
+        request.params.temperature = temperature
+        request.params.seed = seed
+        return self.infer(request, timeout=timeout)
+
+    def embed(
+        self, model: str, texts: Sequence[str], *, version: str = "", timeout: float | None = None
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        request = infer_pb2.Infer.Request(model_id=model, version=version)
+        request.input.texts.texts.extend(texts)
+        return self.infer(request, timeout=timeout)
+
+    async def list_models(self) -> services_pb2.ListModelsResponse:
+        return await self.stub.ListModels(
+            services_pb2.ListModelsRequest(), metadata=self.metadata, timeout=30
+        )
+
+
+@asynccontextmanager
+async def connect_gateway(
+    bootstrap: Sequence[SocketAddress],
+    token: str,
+    *,
+    gateway_key: bytes | None = None,
+    region: str = "local",
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+) -> AsyncIterator[GatewayClient]:
+    """A client of the gateway with ``gateway_key`` (or any on the region's topic)."""
+    network = SwarmNetwork(KeyPair.generate(), {}, bootstrap=bootstrap, host=host)
+    async with network.running():
+        with trio.move_on_after(timeout) as scope:
+            if gateway_key is not None:
+                peer = await network.connect(gateway_key)
+            else:
+                topic = topics.gateway(region)
+                await network.join(topic, server=False, client=True)
+                peer = await wait_for_peer(network, topic)
+        if scope.cancelled_caught:
+            raise Unavailable(f"no gateway reachable within {timeout:g} s")
+        yield GatewayClient(services_rpc.GatewayStub(peer.rpc), token)

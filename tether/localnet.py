@@ -1,0 +1,185 @@
+"""A whole Tether network on one machine, as separate processes.
+
+``LocalNet`` starts, in order: a loopback DHT testnet (a Python bootstrap node
+and storage nodes), publishes the shipped models (signed, three local
+replicas, registered in the SQLite metadata store), then the registry,
+orchestrator, gateway and one CPU worker, each as its own ``tether <service>``
+process; it waits for each one's ready line, issues a tenant token, and stops
+everything (SIGTERM, then SIGKILL after a grace period) on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2p_transport.cenc import SocketAddress
+from registry.catalog import Catalog
+from registry.publish import REPO_ROOT, ModelPackage, publish_package
+from tether.artifacts import ArtifactStore, LocalDirectoryStore
+from tether.keys import KeyPair
+from tether.metadata.store import MetadataStore, sqlite_url
+from tether.net.swarm import parse_address
+
+log = logging.getLogger("tether.up")
+
+SHIPPED_MODELS = [REPO_ROOT / "worker" / "models" / n for n in ("kjv-textgen", "all-minilm-l6-v2")]
+READY_TIMEOUT_S = 120.0
+STOP_GRACE_S = 15.0
+DEMO_TENANT = "demo"
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: trio.Process
+    ready: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LocalNet:
+    data_dir: Path
+    region: str = "local"
+    bootstrap: list[SocketAddress] = field(default_factory=list)
+    processes: list[ServiceProcess] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+    token: str = ""
+
+    @property
+    def gateway_key(self) -> str:
+        for p in self.processes:
+            if p.name == "gateway":
+                return str(p.ready["public_key"])
+        raise LookupError("no gateway running")
+
+    @property
+    def bootstrap_text(self) -> str:
+        return ",".join(f"{a.host}:{a.port}" for a in self.bootstrap)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+async def _read_json_line(proc: trio.Process, name: str) -> dict[str, Any]:
+    assert proc.stdout is not None
+    buf = b""
+    with trio.fail_after(READY_TIMEOUT_S):
+        while b"\n" not in buf:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError(f"{name} exited before it was ready (see its log above)")
+            buf += chunk
+    return dict(json.loads(buf.split(b"\n", 1)[0]))
+
+
+async def _start(
+    nursery: trio.Nursery, net: LocalNet, name: str, argv: list[str]
+) -> ServiceProcess:
+    log.info("starting %s", name)
+    proc: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            argv,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=str(REPO_ROOT),
+            env=_env(),
+            check=False,
+        )
+    )
+    sp = ServiceProcess(name, proc)
+    net.processes.append(sp)
+    sp.ready = await _read_json_line(proc, name)
+    log.info("%s ready: %s", name, sp.ready)
+    return sp
+
+
+def publish_shipped_models(data_dir: Path) -> list[str]:
+    """Sign, replicate (3 local replicas) and register the shipped models."""
+    store = MetadataStore(sqlite_url(data_dir / "metadata.db"))
+    try:
+        store.migrate()
+        publisher = KeyPair.load_or_generate(data_dir / "keys" / "publisher.key")
+        replicas = [LocalDirectoryStore(data_dir / "artifacts" / f"r{i}") for i in range(3)]
+        artifacts = ArtifactStore(replicas, trusted_keys={publisher.public_key})
+        catalog = Catalog(store)
+        names = []
+        for folder in SHIPPED_MODELS:
+            record = publish_package(ModelPackage.load(folder), catalog, artifacts, publisher)
+            names.append(f"{record.model.model_id}@{record.model.version}")
+        return names
+    finally:
+        store.close()
+
+
+def issue_token(data_dir: Path, tenant: str) -> str:
+    store = MetadataStore(sqlite_url(data_dir / "metadata.db"))
+    try:
+        store.migrate()
+        return store.issue_token(tenant, label="tether up")
+    finally:
+        store.close()
+
+
+@asynccontextmanager
+async def local_network(data_dir: Path, *, region: str = "local") -> AsyncIterator[LocalNet]:
+    await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    net = LocalNet(data_dir=data_dir, region=region)
+    py = sys.executable
+    common = ["--region", region, "--data-dir", str(data_dir)]
+    async with trio.open_nursery() as nursery:
+        try:
+            dht = await _start(
+                nursery, net, "dht", [py, "-m", "p2p_transport", "testnet", "--host", "127.0.0.1"]
+            )
+            net.bootstrap = [parse_address(b) for b in dht.ready["bootstrap"]]
+            boot = ["--bootstrap", net.bootstrap_text]
+            net.published = await trio.to_thread.run_sync(publish_shipped_models, data_dir)
+            net.token = await trio.to_thread.run_sync(issue_token, data_dir, DEMO_TENANT)
+            await _start(nursery, net, "registry", [py, "-m", "registry.main", *common, *boot])
+            await _start(
+                nursery, net, "orchestrator", [py, "-m", "orchestrator.main", *common, *boot]
+            )
+            await _start(nursery, net, "gateway", [py, "-m", "gateway.main", *common, *boot])
+            await _start(
+                nursery,
+                net,
+                "worker",
+                [py, "-m", "worker.main", *common, *boot, "--worker-id", "worker-1"],
+            )
+            yield net
+        finally:
+            with trio.CancelScope(shield=True):
+                await _stop_all(net)
+            nursery.cancel_scope.cancel()
+
+
+async def _stop_all(net: LocalNet) -> None:
+    """SIGTERM in reverse start order, SIGKILL whatever outlives the grace period."""
+    for sp in reversed(net.processes):
+        if sp.process.returncode is None:
+            sp.process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(STOP_GRACE_S):
+        for sp in net.processes:
+            await sp.process.wait()
+    for sp in net.processes:
+        if sp.process.returncode is None:
+            log.warning("%s did not stop in %s s; killing it", sp.name, STOP_GRACE_S)
+            sp.process.kill()
+            await sp.process.wait()

@@ -1,0 +1,144 @@
+"""What every Tether service process shares: configuration, logging, the
+network, the ready line, and a clean stop on SIGINT/SIGTERM.
+
+Configuration comes from flags, else environment variables, else defaults:
+
+=================  =====================  ===================================
+flag               environment            default
+=================  =====================  ===================================
+``--region``       ``TETHER_REGION``      ``local``
+``--bootstrap``    ``TETHER_BOOTSTRAP``   (required; ``HOST:PORT``, comma-
+                                          separated in the environment)
+``--data-dir``     ``TETHER_DATA_DIR``    ``var/tether``
+``--metadata-url`` ``TETHER_METADATA_URL`` SQLite file in the data dir
+``--key-file``     ``TETHER_KEY_FILE``    ``<data-dir>/keys/<service>.key``
+``--host``         ``TETHER_HOST``        ``127.0.0.1``
+=================  =====================  ===================================
+
+A service prints exactly one JSON line on stdout once it is reachable, e.g.
+``{"service": "gateway", "public_key": "<64 hex>", "region": "local"}``; logs
+go to stderr with the trace id of the current request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from p2p_transport.cenc import SocketAddress
+from tether import telemetry, topics
+from tether.keys import KeyPair
+from tether.metadata.store import MetadataStore, sqlite_url
+from tether.net.swarm import parse_address
+
+
+@dataclass
+class ServiceConfig:
+    service: str
+    region: str
+    bootstrap: list[SocketAddress]
+    data_dir: Path
+    metadata_url: str
+    key_file: Path
+    host: str
+    log_level: str
+
+    def keypair(self) -> KeyPair:
+        return KeyPair.load_or_generate(self.key_file)
+
+    def open_store(self) -> MetadataStore:
+        store = MetadataStore(self.metadata_url)
+        store.migrate()
+        return store
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
+    env = os.environ.get
+    parser.add_argument("--region", default=env("TETHER_REGION", "local"))
+    parser.add_argument(
+        "--bootstrap",
+        action="append",
+        default=None,
+        metavar="HOST:PORT",
+        help="DHT bootstrap node (repeatable; env TETHER_BOOTSTRAP, comma-separated)",
+    )
+    parser.add_argument("--data-dir", default=env("TETHER_DATA_DIR", "var/tether"))
+    parser.add_argument("--metadata-url", default=env("TETHER_METADATA_URL"))
+    parser.add_argument("--key-file", default=env("TETHER_KEY_FILE"))
+    parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"))
+    parser.add_argument("--log-level", default=env("TETHER_LOG_LEVEL", "INFO"))
+    parser.set_defaults(service=service)
+
+
+def config_from_args(args: argparse.Namespace) -> ServiceConfig:
+    bootstrap_text = args.bootstrap or [
+        b for b in os.environ.get("TETHER_BOOTSTRAP", "").split(",") if b.strip()
+    ]
+    if not bootstrap_text:
+        raise SystemExit(
+            f"{args.service}: no DHT bootstrap node; pass --bootstrap HOST:PORT "
+            "(or set TETHER_BOOTSTRAP), e.g. the one `tether up` prints"
+        )
+    try:
+        bootstrap = [parse_address(b.strip()) for b in bootstrap_text]
+        topics.region(args.region)
+    except ValueError as exc:
+        raise SystemExit(f"{args.service}: {exc}") from None
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key_file = Path(args.key_file) if args.key_file else data_dir / "keys" / f"{args.service}.key"
+    return ServiceConfig(
+        service=args.service,
+        region=args.region,
+        bootstrap=bootstrap,
+        data_dir=data_dir,
+        metadata_url=args.metadata_url or sqlite_url(data_dir / "metadata.db"),
+        key_file=key_file,
+        host=args.host,
+        log_level=args.log_level,
+    )
+
+
+def setup_logging(service: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(telemetry.TraceIdFilter())
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s {service} %(levelname)s %(name)s trace=%(trace_id)s %(message)s"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    telemetry.setup(f"tether-{service}")
+
+
+def announce_ready(service: str, public_key: bytes, **extra: object) -> None:
+    """The one stdout line saying the service is reachable."""
+    line = {"service": service, "public_key": public_key.hex(), **extra}
+    print(json.dumps(line), flush=True)
+
+
+async def run_until_signalled(body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body``; SIGINT/SIGTERM cancel it (its cleanup still runs)."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    logging.getLogger("tether").info("stopping on signal")
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch_signals)
+        await body()
+        nursery.cancel_scope.cancel()
