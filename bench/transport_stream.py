@@ -114,9 +114,15 @@ async def python_same_process(megabytes: int, message_bytes: int,
             nursery.start_soon(serve, b, total)
             result = await drive(a, total, message_bytes, round_trips)
             nursery.cancel_scope.cancel()
+        result |= _loss_stats(ua)
         ua.destroy()
         ub.destroy()
     return result
+
+
+def _loss_stats(sender: UdxStream) -> dict[str, float]:
+    st = sender.core.stats
+    return {"retransmissions": st.retransmissions, "rto_timeouts": st.rto_timeouts}
 
 
 async def _read_json_line(stream: trio.abc.ReceiveStream, buf: bytearray) -> dict[str, Any]:
@@ -152,6 +158,7 @@ async def python_two_processes(megabytes: int, message_bytes: int,
                 s = SecretStream(raw, True, hi, keepalive=None)
                 await s.start()
                 result = await drive(s, total, message_bytes, round_trips)
+                result |= _loss_stats(raw)
                 await s.send_eof()
                 await _read_json_line(proc.stdout, buf)  # the peer is done
                 raw.destroy()
@@ -216,8 +223,10 @@ def main() -> None:
             },
         }
         for impl, f in (("python", py), ("node", node)):
+            extra = (f" (sender retransmissions {f['retransmissions']:.0f}, "
+                     f"RTO timeouts {f['rto_timeouts']:.0f})" if "rto_timeouts" in f else "")
             print(f"{layout:13} {impl:6}<->{impl:6}: {f['throughput_MBps']:6.1f} MB/s, "
-                  f"round trip median {f['rtt_median_us']:5.0f} us", flush=True)
+                  f"round trip median {f['rtt_median_us']:5.0f} us{extra}", flush=True)
     print(json.dumps({"bench": "transport_stream", "megabytes": args.megabytes,
                       "message_bytes": args.message_bytes, "round_trips": args.round_trips,
                       **figures}))

@@ -481,8 +481,18 @@ class StreamCore:
             return True
         return self._pipe == 0 and self._remote_rwnd > 0
 
-    def datagrams_to_send(self, now: float) -> list[bytes]:
-        """Everything that should go on the wire now, in order."""
+    @property
+    def ack_pending(self) -> bool:
+        """An acknowledgement is owed and has not gone out with data yet."""
+        return self._ack_needed and not self.closed and self.remote_id is not None
+
+    def datagrams_to_send(self, now: float, *, ack_now: bool = True) -> list[bytes]:
+        """Everything that should go on the wire now, in order.
+
+        Every data packet carries the cumulative ACK. With ``ack_now=False`` a pure ACK that no
+        data packet could carry stays pending (see :attr:`ack_pending`), so that an adapter can
+        give the application a moment to reply and piggyback it.
+        """
         out: list[bytes] = list(self._outbox)
         self._outbox.clear()
         if self.closed:
@@ -494,6 +504,7 @@ class StreamCore:
             return out
         if self.remote_id is None:
             return out
+        sent_data = False
         # retransmissions first
         for seq, sent in self._inflight.items():
             if not sent.lost:
@@ -506,6 +517,7 @@ class StreamCore:
             sent.sent_at = now
             self._pipe += 1
             self.stats.retransmissions += 1
+            sent_data = True
             out.append(self._header(sent.type, seq, sent.payload))
         # new data
         while (self._pending or (self._end_queued and self._end_seq is None)):
@@ -526,12 +538,16 @@ class StreamCore:
             self._inflight_bytes += len(payload)
             self._pipe += 1
             self.stats.bytes_sent += len(payload)
+            sent_data = True
             out.append(self._header(kind, seq, payload))
             if self._rto_deadline is None:
                 self._rto_deadline = now + self._rto
         if self._ack_needed:
-            self._ack_needed = False
-            out.append(self._ack_packet())
+            if sent_data and not self._reorder:
+                self._ack_needed = False  # the data packets carried it
+            elif ack_now:
+                self._ack_needed = False
+                out.append(self._ack_packet())
         self.stats.packets_sent += len(out)
         return out
 

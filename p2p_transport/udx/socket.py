@@ -136,6 +136,8 @@ class UdxSocket:
         self._datagram_ready = trio.Event()
         self._closed = False
         self.malformed_packets = 0
+        self._ack_pending: dict[int, UdxStream] = {}
+        self._ack_wakeup = trio.Event()
 
     @classmethod
     @asynccontextmanager
@@ -155,6 +157,7 @@ class UdxSocket:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop)
                 nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._ack_loop)
                 try:
                     yield self
                 finally:
@@ -265,6 +268,22 @@ class UdxSocket:
             self._next_deadline = deadline
             self._timer_wakeup.set()
 
+    def _schedule_ack(self, stream: UdxStream) -> None:
+        self._ack_pending[id(stream)] = stream
+        self._ack_wakeup.set()
+
+    async def _ack_loop(self) -> None:
+        # Pure ACKs wait one scheduling round, so a reader woken by the same packets can reply
+        # first and carry the ACK in its data packet (halves the packets of a request/response).
+        while True:
+            await self._ack_wakeup.wait()
+            self._ack_wakeup = trio.Event()
+            await trio.lowlevel.checkpoint()
+            pending, self._ack_pending = self._ack_pending, {}
+            now = trio.current_time()
+            for stream in pending.values():
+                stream._flush(now, ack_now=True)
+
     async def _timer_loop(self) -> None:
         while True:
             deadlines = [d for s in self._streams.values() if (d := s.core.timer()) is not None]
@@ -329,12 +348,14 @@ class UdxStream(trio.abc.HalfCloseableStream):
         self._changed.set()
         self._changed = trio.Event()
 
-    def _flush(self, now: float) -> None:
-        datagrams = self.core.datagrams_to_send(now)
+    def _flush(self, now: float, *, ack_now: bool = False) -> None:
+        datagrams = self.core.datagrams_to_send(now, ack_now=ack_now)
         if datagrams and self.remote_address is not None:
             send = self._socket.transport.send
             for d in datagrams:
                 send(d, self.remote_address)
+        if self.core.ack_pending:
+            self._socket._schedule_ack(self)
 
     def _after_input(self, now: float) -> None:
         self._flush(now)
@@ -345,14 +366,14 @@ class UdxStream(trio.abc.HalfCloseableStream):
                 else:
                     self.dropped_messages += 1
             elif isinstance(ev, Closed):
-                self._flush(now)  # the final ACK or DESTROY
+                self._flush(now, ack_now=True)  # the final ACK or DESTROY
         self._wake()
         self._socket._stream_changed(self)
 
     def _abort(self) -> None:
         if not self.core.closed:
             self.core.destroy()
-            self._flush(trio.current_time())
+            self._flush(trio.current_time(), ack_now=True)
         self._local_closed = True
         self._wake()
 
