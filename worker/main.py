@@ -138,6 +138,9 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
         )
         network.handlers.update(collect_handlers(service))
         await network.join(topics.presence(config.region), server=True, client=False)
+        # Dial the orchestrators too: ones that looked the presence topic up before this
+        # worker announced would otherwise only find it at their next refresh.
+        await network.join(topics.control(config.region), server=False, client=True)
         for r in records:
             topic = topics.models(r.model.model_id, r.model.version, config.region)
             await network.join(topic, server=True, client=False)

@@ -55,6 +55,9 @@ class Network(Protocol):
     async def leave(self, topic: str) -> None:
         """Stop announcing and looking up a topic; connections stay."""
 
+    async def refresh(self, topic: str) -> None:
+        """Look a joined topic up again now (finds servers that announced since)."""
+
     async def flush(self) -> None:
         """Wait until pending announces and lookups have been processed."""
 
@@ -80,13 +83,18 @@ async def wait_for_peer(network: Network, topic: str) -> Peer:
             arrived.set()
 
     unsubscribe = network.on_peer(check)
+    wait = 0.5
     try:
         while not found:
-            with trio.move_on_after(0.5):
+            with trio.move_on_after(wait):
                 await arrived.wait()
             # A topic can be learnt after the connection callback ran; look again.
             for peer in network.peers():
                 check(peer)
+            if not found:
+                # Servers that announced after our lookup are only found by a new one.
+                await network.refresh(topic)
+                wait = min(wait * 2, 5.0)
     finally:
         unsubscribe()
     return found[0]

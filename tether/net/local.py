@@ -88,6 +88,10 @@ class LocalNetwork:
         self.hub.servers.get(topic, set()).discard(self.public_key)
         self.hub.clients.get(topic, set()).discard(self.public_key)
 
+    async def refresh(self, topic: str) -> None:
+        if self.public_key in self.hub.clients.get(topic, ()):
+            await self.hub.lookup(topic, self.public_key)
+
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()
 

@@ -66,6 +66,7 @@ class SwarmNetwork:
         self._swarm: Hyperswarm | None = None
         self._nursery: trio.Nursery | None = None
         self._names: dict[bytes, str] = {}
+        self._roles: dict[bytes, tuple[bool, bool]] = {}
         self._peers: dict[bytes, Peer] = {}
         self._callbacks: list[PeerCallback] = []
 
@@ -106,11 +107,22 @@ class SwarmNetwork:
     async def join(self, topic: str, *, server: bool = True, client: bool = True) -> None:
         key = topics.topic_key(topic)
         self._names[key] = topic
+        old_server, old_client = self._roles.get(key, (False, False))
+        self._roles[key] = (server or old_server, client or old_client)
         discovery = self.swarm.join(key, server=server, client=client)
         await discovery.flushed()
 
     async def leave(self, topic: str) -> None:
-        await self.swarm.leave(topics.topic_key(topic))
+        key = topics.topic_key(topic)
+        self._roles.pop(key, None)
+        await self.swarm.leave(key)
+
+    async def refresh(self, topic: str) -> None:
+        key = topics.topic_key(topic)
+        if key in self._roles:
+            # Joining a joined topic again refreshes it (announce and/or lookup).
+            server, client = self._roles[key]
+            await self.swarm.join(key, server=server, client=client).flushed()
 
     async def flush(self) -> None:
         await self.swarm.flush()
