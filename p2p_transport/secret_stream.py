@@ -324,10 +324,17 @@ class SecretStream(trio.abc.HalfCloseableStream):
         """Send one message; the peer receives it whole."""
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")
-        async with self._send_lock:
+        # uncontended: take the lock without yielding; the raw send is the checkpoint
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             if self._closed:
                 raise trio.ClosedResourceError("stream is closed")
             await self._write_raw(self.core.encrypt(bytes(message)))
+        finally:
+            self._send_lock.release()
 
     async def receive_message(self) -> bytes:
         """The next whole message; raises :class:`trio.EndOfChannel` once the peer ended."""
@@ -335,18 +342,22 @@ class SecretStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is receiving")
         self._receiving = True
         try:
+            filled = False  # reading from the raw stream already was a checkpoint
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("stream is closed")
                 msg = self.core.next_message()
                 if msg is not None:
-                    await trio.lowlevel.checkpoint()
+                    if not filled:
+                        await trio.lowlevel.checkpoint()
                     return msg
                 if self._eof:
-                    await trio.lowlevel.checkpoint()
+                    if not filled:
+                        await trio.lowlevel.checkpoint()
                     raise trio.EndOfChannel
                 if not await self._fill():
                     self._eof = True
+                filled = True
         finally:
             self._receiving = False
 

@@ -396,13 +396,15 @@ class UdxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this stream")
         self._sending = True
         try:
-            await trio.lowlevel.checkpoint()
+            # Put the data on the wire before yielding: the peer starts on it while we wait.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._check_send()
             if self.core.eof_sent:
                 raise trio.ClosedResourceError("send_all after send_eof")
             if data:
                 self.core.write(bytes(data))
                 self._after_input(trio.current_time())
+            await trio.lowlevel.cancel_shielded_checkpoint()
             await self._wait_writable()
         finally:
             self._sending = False
@@ -447,21 +449,26 @@ class UdxStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is receiving on this stream")
         self._receiving = True
         try:
-            await trio.lowlevel.checkpoint()
+            # One checkpoint either way: the wait below, or an explicit one when data is ready.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
             while True:
                 if self._local_closed:
                     raise trio.ClosedResourceError("stream is closed")
                 if self.core.readable_bytes:
                     data = self.core.read(max_bytes or 65536)
                     self._after_input(trio.current_time())  # may reopen the window
-                    return data
-                if self.core.eof_received:
-                    return b""
+                    break
+                if self.core.eof_received or (self.core.closed and self.core.error is None):
+                    data = b""
+                    break
                 if self.core.closed:
-                    if self.core.error is None:
-                        return b""
                     raise self._broken()
                 await self._changed.wait()
+                waited = True
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
         finally:
             self._receiving = False
 
