@@ -13,6 +13,8 @@ S3 implementation, on 127.0.0.1 and a free port, and talk to it with the ``minio
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import socket
 import subprocess
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import trio
 from model_plane_support import ManualClock, free_port
 
 from tether.artifacts import ArtifactStore, LocalDirectoryStore
@@ -39,6 +42,16 @@ PG_HOWTO = (
     f"and run `export {PG_ENV}=$(tools/postgres.sh url)`; or set TETHER_ALLOW_NO_POSTGRES=1 "
     "to skip them on purpose."
 )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests of this folder under ``trio.run``."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    trio.run(functools.partial(pyfuncitem.obj, **{n: pyfuncitem.funcargs[n] for n in names}))
+    return True
 
 
 def postgres_base_url() -> str:
