@@ -141,6 +141,7 @@ class Stats:
     bytes_received: int = 0
     duplicates: int = 0
     sack_packets_received: int = 0
+    heartbeats_received: int = 0
 
 
 class StreamCore:
@@ -280,6 +281,7 @@ class StreamCore:
             return
         self.stats.packets_received += 1
         if pkt.type & HEARTBEAT:
+            self.stats.heartbeats_received += 1
             self._ack_needed = True
         self._on_ack(pkt, now)
         if self.closed:

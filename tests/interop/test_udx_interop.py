@@ -205,3 +205,18 @@ def test_node_data_before_python_connects_and_other_datagrams() -> None:
         finally:
             await node.close()
     trio.run(main)
+
+
+def test_node_heartbeats_are_answered() -> None:
+    async def main() -> None:
+        async with node_and_socket() as (node, sock, port, _):
+            stream, node_id = await open_pair(node, sock, port, "echo")
+            with trio.fail_after(20):
+                await node.send(cmd="keepalive", id=node_id, ms=50)
+                await stream.send_all(b"x")
+                assert await stream.receive_some() == b"x"
+                await trio.sleep(1)  # idle: Node probes with HEARTBEATs, Python ACKs them
+                assert stream.core.stats.heartbeats_received >= 3
+                await stream.send_all(b"still alive")
+                assert await stream.receive_some() == b"still alive"
+    trio.run(main)

@@ -235,3 +235,42 @@ def test_slow_reader_shrinks_the_window() -> None:
                 got = await receive_exactly(b, len(blob))
             assert got == blob
     run(main)
+
+
+def test_garbage_datagrams_never_break_the_socket() -> None:
+    """Random datagrams, many of them UDX-shaped and aimed at the live stream's id, are parsed
+    or dropped; the stream keeps working."""
+    rng = random.Random(99)
+
+    async def main() -> None:
+        others: list[bytes] = []
+        net = MemoryNetwork(14)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            async with (UdxSocket.over(net.endpoint()) as sa,
+                        UdxSocket.over(net.endpoint(), on_datagram=lambda d, a: others.append(d))
+                        as sb):
+                a, b = connect(sa, sb)
+                attacker = net.endpoint()
+                for _ in range(3000):
+                    kind = rng.randrange(4)
+                    if kind == 0:
+                        d = rng.randbytes(rng.randrange(0, 64))
+                    else:
+                        # a UDX header for b's id with random type, offsets, seq, ack and body
+                        d = Packet(rng.randrange(256) & 0x3F, b.id, rng.getrandbits(32),
+                                   rng.getrandbits(32) if kind == 1 else rng.randrange(8),
+                                   rng.getrandbits(32) if kind == 2 else rng.randrange(8),
+                                   rng.randbytes(rng.randrange(0, 40))).encode()
+                        d = d[:3] + bytes([rng.randrange(256)]) + d[4:]
+                    attacker.send(d, sb.address)
+                await trio.sleep(1)
+                if not b.core.closed:  # a forged DESTROY may legitimately reset it
+                    await a.send_all(b"still fine")
+                    assert await receive_exactly(b, 10) == b"still fine"
+                # and a fresh stream on the same sockets works regardless
+                c, d2 = connect(sa, sb)
+                await c.send_all(b"fresh")
+                assert await receive_exactly(d2, 5) == b"fresh"
+            nursery.cancel_scope.cancel()
+    run(main)

@@ -5,7 +5,7 @@
 //        Every stream also echoes each MESSAGE back as a MESSAGE.
 //   <- {"event":"opened","id":n}
 //   -> {"cmd":"write","id":n,"data":hex} / {"cmd":"end","id":n} / {"cmd":"destroy","id":n}
-//   -> {"cmd":"message","id":n,"data":hex}
+//   -> {"cmd":"message","id":n,"data":hex} / {"cmd":"keepalive","id":n,"ms":n} (UDX HEARTBEATs)
 //   <- {"event":"end","id":n,"bytes":n,"sha256":hex}   (remote END received)
 //   <- {"event":"message","id":n,"data":hex}
 //   <- {"event":"close","id":n,"error":code|null}
@@ -55,6 +55,7 @@ rl.on('line', (line) => {
   else if (cmd.cmd === 'write') s.write(b4a.from(cmd.data, 'hex'))
   else if (cmd.cmd === 'end') s.end()
   else if (cmd.cmd === 'destroy') s.destroy()
+  else if (cmd.cmd === 'keepalive') s.setKeepalive(cmd.ms)
   else if (cmd.cmd === 'message') s.trySend(b4a.from(cmd.data, 'hex'))
   else if (cmd.cmd === 'datagram') socket.trySend(b4a.from(cmd.data, 'hex'), cmd.port, '127.0.0.1')
 })
