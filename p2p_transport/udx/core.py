@@ -25,15 +25,23 @@ reorder buffer bounded by :data:`MAX_REORDER`. The advertised window is
 :data:`RWND_MAX` minus the bytes not yet read, so a slow reader pushes back on the sender.
 
 Closing: ``write_end`` queues END after the data (half-close). EOF is reported when the peer's
-END is delivered in order. When both ENDs are acknowledged the stream is finished. ``destroy``
-sends one DESTROY packet and fails the stream locally; a DESTROY from the peer whose seq is not
-behind our ack resets the stream.
+END is delivered in order; reliable packets after it are acknowledged and dropped. When both
+ENDs are acknowledged the stream is finished. ``destroy`` sends one DESTROY packet and closes the
+stream locally; a DESTROY from the peer whose seq is not behind our ack resets the stream.
+
+Lifecycle (:attr:`StreamCore.state`; :data:`TRANSITIONS` is the full table, checked by tests)::
+
+    UNCONNECTED --connect--> OPEN --write_end--> LOCAL_ENDED --peer END--> ENDING/CLOSED
+                              |  --peer END----> REMOTE_ENDED --write_end--> ENDING
+    ENDING --our END acked--> CLOSED        any live state --destroy--> DESTROYED
+    any live state --peer DESTROY--> RESET  any state with data in flight --silence--> TIMED_OUT
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from enum import Enum
 
 from .packet import (
     DATA,
@@ -48,10 +56,12 @@ from .packet import (
 )
 
 __all__ = [
+    "TRANSITIONS",
     "Closed",
     "EndReceived",
     "MessageReceived",
     "Readable",
+    "State",
     "StreamCore",
     "StreamError",
     "StreamReset",
@@ -63,6 +73,9 @@ __all__ = [
 RWND_MAX = 4 * 1024 * 1024
 #: Out-of-order packets kept at most; about RWND_MAX worth of full packets.
 MAX_REORDER = 4096
+#: Unread bytes kept at most. A peer that respects our window stays under RWND_MAX (plus one
+#: packet); data beyond this bound is dropped unacknowledged, so the peer retransmits it later.
+MAX_RECV_BUFFER = 2 * RWND_MAX
 INITIAL_CWND = 10
 #: Upper bound on the congestion window in packets (keeps bursts into the OS buffer sane).
 MAX_CWND = 2048
@@ -75,6 +88,54 @@ REORDER_THRESHOLD = 3
 #: How long a cleanly closed stream keeps answering retransmitted packets with ACKs, so that a
 #: peer whose final ACK was lost does not time out. Two maximum RTOs.
 LINGER = 2 * 30.0
+
+
+class State(Enum):
+    UNCONNECTED = "unconnected"  # registered; accepts packets, sends nothing yet
+    OPEN = "open"
+    LOCAL_ENDED = "local-ended"  # our END queued; the peer may still send
+    REMOTE_ENDED = "remote-ended"  # the peer's END delivered; we may still send
+    ENDING = "ending"  # both ENDs queued or delivered; waiting for the ACK of ours
+    CLOSED = "closed"  # clean close; lingers to repeat final ACKs
+    DESTROYED = "destroyed"  # closed by this side's destroy()
+    RESET = "reset"  # closed by the peer's DESTROY
+    TIMED_OUT = "timed-out"  # the peer stopped acknowledging
+
+
+#: Expected next state for (state, input). Inputs: ``data``/``end``/``destroy_pkt``/``message``/
+#: ``heartbeat``/``ack`` are in-window packets from the peer, ``write``/``write_end``/``destroy``
+#: are application calls, ``silence`` runs the timers until they stop with no reply. A
+#: ``write`` after END or close raises ``RuntimeError`` and leaves the state unchanged.
+_LIVE_INPUTS = ("data", "message", "heartbeat", "ack", "write")
+TRANSITIONS: dict[tuple[State, str], State] = {
+    **{(State.UNCONNECTED, i): State.UNCONNECTED for i in (*_LIVE_INPUTS, "end", "write_end",
+                                                           "silence")},
+    (State.UNCONNECTED, "destroy_pkt"): State.RESET,
+    (State.UNCONNECTED, "destroy"): State.DESTROYED,
+    **{(State.OPEN, i): State.OPEN for i in (*_LIVE_INPUTS, "silence")},
+    (State.OPEN, "end"): State.REMOTE_ENDED,
+    (State.OPEN, "write_end"): State.LOCAL_ENDED,
+    (State.OPEN, "destroy_pkt"): State.RESET,
+    (State.OPEN, "destroy"): State.DESTROYED,
+    **{(State.LOCAL_ENDED, i): State.LOCAL_ENDED for i in (*_LIVE_INPUTS, "write_end",
+                                                           "silence")},
+    (State.LOCAL_ENDED, "end"): State.CLOSED,  # our END was already acknowledged
+    (State.LOCAL_ENDED, "destroy_pkt"): State.RESET,
+    (State.LOCAL_ENDED, "destroy"): State.DESTROYED,
+    **{(State.REMOTE_ENDED, i): State.REMOTE_ENDED for i in (*_LIVE_INPUTS, "end", "silence")},
+    (State.REMOTE_ENDED, "write_end"): State.ENDING,
+    (State.REMOTE_ENDED, "destroy_pkt"): State.RESET,
+    (State.REMOTE_ENDED, "destroy"): State.DESTROYED,
+    **{(State.ENDING, i): State.ENDING for i in ("data", "end", "message", "heartbeat", "write",
+                                                 "write_end")},
+    (State.ENDING, "ack"): State.CLOSED,
+    (State.ENDING, "silence"): State.TIMED_OUT,
+    (State.ENDING, "destroy_pkt"): State.RESET,
+    (State.ENDING, "destroy"): State.DESTROYED,
+    **{(closed, i): closed
+       for closed in (State.CLOSED, State.DESTROYED, State.RESET, State.TIMED_OUT)
+       for i in (*_LIVE_INPUTS, "end", "destroy_pkt", "write_end", "destroy", "silence")},
+}
 
 
 class StreamError(Exception):
@@ -188,6 +249,7 @@ class StreamCore:
         self.closed = False
         self.error: StreamError | None = None
         self.released = False  # closed and done lingering: the id may be forgotten
+        self._destroyed = False
         self._linger_deadline: float | None = None
 
     # ------------------------------------------------------------------ inspection
@@ -195,6 +257,24 @@ class StreamCore:
     @property
     def connected(self) -> bool:
         return self.remote_id is not None
+
+    @property
+    def state(self) -> State:
+        if self.closed:
+            if isinstance(self.error, StreamReset):
+                return State.RESET
+            if isinstance(self.error, StreamTimeout):
+                return State.TIMED_OUT
+            return State.DESTROYED if self._destroyed else State.CLOSED
+        if self.remote_id is None:
+            return State.UNCONNECTED
+        if self._end_queued and self._eof:
+            return State.ENDING
+        if self._end_queued:
+            return State.LOCAL_ENDED
+        if self._eof:
+            return State.REMOTE_ENDED
+        return State.OPEN
 
     @property
     def eof_sent(self) -> bool:
@@ -270,13 +350,14 @@ class StreamCore:
             pkt = Packet(DESTROY, self.remote_id, self._advertise(), self._seq, self._ack)
             self._outbox.append(pkt.encode())
             self._seq = (self._seq + 1) & 0xFFFFFFFF
+        self._destroyed = True
         self._close(None)
 
     # ------------------------------------------------------------------ network input
 
     def receive(self, pkt: Packet, now: float) -> None:
         if self.closed:
-            if self.error is None and self.remote_id is not None and pkt.type & (DATA | END):
+            if self.state is State.CLOSED and pkt.type & (DATA | END):
                 self._outbox.append(self._ack_packet())  # lingering: repeat the final ACK
             return
         self.stats.packets_received += 1
@@ -302,8 +383,12 @@ class StreamCore:
             self._close(StreamReset("stream destroyed by the peer"))
             return
         self._ack_needed = True
+        if self._eof:
+            return  # nothing may follow the peer's END
         if d >= MAX_REORDER:
             return  # too far ahead; the sender will retransmit
+        if len(self._recv) + len(pkt.payload) > MAX_RECV_BUFFER:
+            return  # the peer ignores our window; it will retransmit once we have room
         if pkt.seq in self._reorder:
             self.stats.duplicates += 1
             return
@@ -499,7 +584,7 @@ class StreamCore:
         self._outbox.clear()
         if self.closed:
             if self._linger_deadline is None:
-                if self.error is None and self.remote_id is not None:
+                if self.state is State.CLOSED:
                     self._linger_deadline = now + LINGER
                 else:
                     self.released = True

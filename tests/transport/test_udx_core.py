@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p_transport.udx.core import Closed, EndReceived, StreamCore, StreamReset
+from p2p_transport.udx.core import (
+    TRANSITIONS,
+    Closed,
+    EndReceived,
+    State,
+    StreamCore,
+    StreamReset,
+)
 from p2p_transport.udx.packet import (
     DATA,
     DESTROY,
@@ -280,3 +287,99 @@ def test_random_interleavings_keep_the_stream_consistent(
         for d in a.datagrams_to_send(now):
             b.receive(Packet.decode(d), now)
         assert b.closed
+
+
+INPUTS = ("data", "end", "destroy_pkt", "message", "heartbeat", "ack", "write", "write_end",
+          "destroy", "silence")
+
+
+def _pump(x: StreamCore, y: StreamCore, now: float) -> None:
+    for _ in range(20):
+        if not (_deliver(x, y, now) + _deliver(y, x, now)):
+            return
+
+
+def _in_state(state: State) -> StreamCore:
+    """A core (local id 1) brought to ``state`` by real exchanges with a peer (id 2)."""
+    a, b = _pair()
+    if state is State.UNCONNECTED:
+        return StreamCore(1)
+    a.write(b"hello")
+    b.write(b"world")
+    _pump(a, b, 0.0)
+    a.read(100)
+    if state is State.LOCAL_ENDED:
+        a.write_end()
+        _pump(a, b, 0.1)
+    elif state is State.REMOTE_ENDED:
+        b.write_end()
+        _pump(a, b, 0.1)
+    elif state is State.ENDING:
+        b.write_end()
+        _pump(a, b, 0.1)
+        a.write_end()
+        a.datagrams_to_send(0.2)  # our END is in flight, not yet acknowledged
+    elif state is State.CLOSED:
+        a.write_end()
+        b.write_end()
+        _pump(a, b, 0.1)
+    elif state is State.DESTROYED:
+        a.destroy()
+    elif state is State.RESET:
+        b.destroy()
+        _deliver(b, a, 0.1)
+    elif state is State.TIMED_OUT:
+        a.write(b"lost")
+        a.datagrams_to_send(0.1)
+        _silence(a)
+    assert a.state is state
+    return a
+
+
+def _silence(a: StreamCore) -> None:
+    for _ in range(50):
+        deadline = a.timer()
+        if deadline is None:
+            return
+        a.handle_timer(deadline)
+        a.datagrams_to_send(deadline)
+
+
+def _apply(a: StreamCore, op: str) -> None:
+    seq, ack = a._ack, a._remote_acked
+    packets = {
+        "data": Packet(DATA, 1, 4 << 20, seq, ack, b"z"),
+        "end": Packet(END, 1, 4 << 20, seq, ack),
+        "destroy_pkt": Packet(DESTROY, 1, 4 << 20, seq, ack),
+        "message": Packet(MESSAGE, 1, 4 << 20, seq, ack, b"m"),
+        "heartbeat": Packet(HEARTBEAT, 1, 4 << 20, seq, ack),
+        "ack": Packet(0, 1, 4 << 20, seq, a._seq),
+    }
+    if op in packets:
+        a.receive(Packet.decode(packets[op].encode()), 1.0)
+    elif op == "write":
+        with contextlib.suppress(RuntimeError):
+            a.write(b"more")
+    elif op == "write_end":
+        a.write_end()
+    elif op == "destroy":
+        a.destroy()
+    elif op == "silence":
+        a.datagrams_to_send(1.0)
+        _silence(a)
+    a.datagrams_to_send(1.0)
+
+
+def test_transition_table_is_complete() -> None:
+    assert set(TRANSITIONS) == {(s, i) for s in State for i in INPUTS}
+
+
+CASES = [(s, i) for s in State for i in INPUTS]
+
+
+@pytest.mark.parametrize(("state", "op"), CASES,
+                         ids=[f"{s.value}-{i}" for s, i in CASES])
+def test_every_state_and_input(state: State, op: str) -> None:
+    a = _in_state(state)
+    _apply(a, op)
+    assert a.state is TRANSITIONS[(state, op)]
