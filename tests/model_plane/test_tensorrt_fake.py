@@ -10,13 +10,15 @@ equal the CPU engine's. ``tools/gpu_check.py`` runs the same backend on a real G
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import sys
 from typing import Any
 
 import numpy as np
 import pytest
 from fake_tensorrt import make_fake_modules
-from model_plane_support import MODELS_DIR, tensor_model_bytes
+from model_plane_support import MODELS_DIR, REPO, tensor_model_bytes
 
 from tether.artifacts import sha256_hex
 from tether.errors import InvalidArgument
@@ -137,3 +139,15 @@ async def test_text_generation_on_tensorrt_matches_cpu(fake_gpu, tmp_path) -> No
         texts.append("".join([p.text async for p in engine.stream(req, model=model)]))
     assert texts[0] == texts[1] and len(texts[0].split()) >= 3
     assert trt.fake_log["executions"] >= 3
+
+
+def test_gpu_check_script_passes_on_the_fake(fake_gpu, tmp_path, monkeypatch, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(sys, "argv", ["gpu_check", "--cache-dir", str(tmp_path)])
+    assert gpu_check.main() == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["gpu_check"] == "ok" and result["gpu_class"] == "h100"
+    assert result["kjv-textgen"]["match"] and result["kjv-textgen"]["rebuilt_from_cache"] == 0

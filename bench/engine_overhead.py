@@ -1,0 +1,181 @@
+"""Worker engine overhead against calling ONNX Runtime directly, and time to first token.
+
+For each shipped model the same ONNX Runtime session runs the same input two ways:
+
+* direct — a plain loop of ``session.run`` calls (text generation: the prompt, then one call
+  per token with the same sampling; embedding: one call per batch);
+* engine — ``ExecutionEngine.stream`` under trio, which adds input checks, a worker-thread hop
+  per runtime call, cancellation checks and protobuf payloads.
+
+The ratio engine/direct (median of the repeats) is the overhead; the goal is <= 1.05. Time to
+first token is measured from the stream's creation to its first payload. The last line printed
+is JSON with every figure.
+
+    python bench/engine_overhead.py [--repeats 15] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import trio
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from registry.catalog import Catalog  # noqa: E402
+from registry.publish import ModelPackage, publish_package  # noqa: E402
+from tether.artifacts import ArtifactStore, LocalDirectoryStore  # noqa: E402
+from tether.keys import KeyPair  # noqa: E402
+from tether.metadata import MetadataStore  # noqa: E402
+from tether.v1 import infer_pb2, tensor_pb2  # noqa: E402
+from worker.engine import ExecutionEngine, OnnxRuntimeBackend  # noqa: E402
+from worker.engine.engine import embedding_feeds, sample  # noqa: E402
+from worker.engine.tokenizers import WordPieceTokenizer, WordTokenizer  # noqa: E402
+from worker.loader import LoadedModel, ModelLoader  # noqa: E402
+
+PROMPT = "and the lord spake unto moses, saying"
+SENTENCES = [f"The {i}th sentence of the benchmark talks about peer to peer inference."
+             for i in range(32)]
+
+
+def direct_text(model: LoadedModel, tokens: int, seed: int) -> tuple[float, float, int]:
+    """(total seconds, seconds to first token, tokens) with plain session.run calls."""
+    tok = model.tokenizer
+    assert isinstance(tok, WordTokenizer)
+    state_shape = next(i.shape for i in model.session.inputs if i.name == "state")
+    rng = np.random.default_rng(seed)
+    banned = np.asarray(sorted(tok.special_ids - {tok.eos_id}), dtype=np.int64)
+    t0 = time.perf_counter()
+    ids = np.asarray([[tok.eos_id, *tok.encode(PROMPT)]], dtype=np.int64)
+    state = np.zeros(state_shape, dtype=np.float32)
+    first = 0.0
+    n = 0
+    for _ in range(tokens):
+        out = model.session.run({"input_ids": ids, "state": state})
+        state = out["state_out"]
+        token = sample(out["logits"][0], rng, 0.8, 0.95, banned)
+        if token == tok.eos_id:
+            break
+        tok.decode_piece(token, first=n == 0)
+        if n == 0:
+            first = time.perf_counter() - t0
+        n += 1
+        ids = np.asarray([[token]], dtype=np.int64)
+    return time.perf_counter() - t0, first, n
+
+
+async def engine_text(engine: ExecutionEngine, model: LoadedModel, tokens: int,
+                      seed: int) -> tuple[float, float, int]:
+    t0 = time.perf_counter()
+    req = infer_pb2.Infer.Request(model_id=model.model_id, input=infer_pb2.Input(text=PROMPT),
+                                  params=infer_pb2.GenerationParams(max_tokens=tokens, seed=seed))
+    stream = engine.stream(req, model=model)
+    n = 0
+    async for _ in stream:
+        n += 1
+    assert stream.first_payload_s is not None
+    return time.perf_counter() - t0, stream.first_payload_s, n
+
+
+def direct_embed(model: LoadedModel) -> float:
+    tok = model.tokenizer
+    assert isinstance(tok, WordPieceTokenizer)
+    names = {i.name for i in model.session.inputs}
+    t0 = time.perf_counter()
+    encoded = [tok.encode(s) for s in SENTENCES]
+    for start in range(0, len(encoded), 16):
+        out = model.session.run(embedding_feeds(encoded[start:start + 16], names))
+        for vec in out[model.session.outputs[0].name]:
+            vec.astype(np.float32).tolist()
+    return time.perf_counter() - t0
+
+
+async def engine_embed(engine: ExecutionEngine, model: LoadedModel) -> float:
+    t0 = time.perf_counter()
+    req = infer_pb2.Infer.Request(model_id=model.model_id, input=infer_pb2.Input(
+        texts=tensor_pb2.TextBatch(texts=SENTENCES)))
+    async for _ in engine.stream(req, model=model):
+        pass
+    return time.perf_counter() - t0
+
+
+async def run(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        kp = KeyPair.generate()
+        store = MetadataStore.sqlite(tmp / "meta.db")
+        store.migrate()
+        artifacts = ArtifactStore([LocalDirectoryStore(tmp / f"r{i}") for i in range(3)],
+                                  trusted_keys={kp.public_key})
+        catalog = Catalog(store)
+        for name in ("kjv-textgen", "all-minilm-l6-v2"):
+            publish_package(ModelPackage.load(REPO / "worker" / "models" / name), catalog,
+                            artifacts, kp)
+        backend = OnnxRuntimeBackend(intra_op_threads=args.threads)
+        loader = ModelLoader(artifacts, backend, budget_bytes=1 << 30)
+        engine = ExecutionEngine(loader)
+        text_model = await loader.load(catalog.resolve("kjv-textgen"))
+        emb_model = await loader.load(catalog.resolve("all-minilm-l6-v2"))
+        store.close()
+
+    d_tot, d_first, e_tot, e_first, d_emb, e_emb = [], [], [], [], [], []
+    for i in range(args.repeats + 2):  # the first two rounds warm up
+        seed = 1000 + i
+        # Alternate the order so neither path always runs on a warmer cache.
+        if i % 2:
+            dt = direct_text(text_model, args.tokens, seed)
+            et = await engine_text(engine, text_model, args.tokens, seed)
+        else:
+            et = await engine_text(engine, text_model, args.tokens, seed)
+            dt = direct_text(text_model, args.tokens, seed)
+        assert dt[2] == et[2], "both paths must generate the same tokens"
+        de = direct_embed(emb_model)
+        ee = await engine_embed(engine, emb_model)
+        if i >= 2:
+            d_tot.append(dt[0] / max(dt[2], 1))
+            e_tot.append(et[0] / max(et[2], 1))
+            d_first.append(dt[1])
+            e_first.append(et[1])
+            d_emb.append(de)
+            e_emb.append(ee)
+    med = statistics.median
+    return {
+        "bench": "engine_overhead",
+        "runtime": "onnxruntime-cpu",
+        "intra_op_threads": args.threads,
+        "repeats": args.repeats,
+        "textgen_ms_per_token_direct": round(med(d_tot) * 1e3, 4),
+        "textgen_ms_per_token_engine": round(med(e_tot) * 1e3, 4),
+        "textgen_overhead_ratio": round(med(e_tot) / med(d_tot), 4),
+        "ttft_ms_direct": round(med(d_first) * 1e3, 3),
+        "ttft_ms_engine": round(med(e_first) * 1e3, 3),
+        "embedding_ms_32_texts_direct": round(med(d_emb) * 1e3, 3),
+        "embedding_ms_32_texts_engine": round(med(e_emb) * 1e3, 3),
+        "embedding_overhead_ratio": round(med(e_emb) / med(d_emb), 4),
+        "goal_ratio": 1.05,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    args = p.parse_args()
+    result = trio.run(run, args)
+    for key, value in result.items():
+        print(f"{key:32} {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
