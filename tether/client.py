@@ -1,7 +1,7 @@
 """The Python client library: connect to a gateway over Hyperswarm and stream.
 
-    async with connect_gateway(bootstrap, gateway_key, token) as client:
-        async for chunk in client.generate("tiny-stories", "Once upon a time"):
+    async with connect_gateway(bootstrap, token, gateway_key=key) as client:
+        async for chunk in client.generate("kjv-textgen", "In the beginning"):
             print(chunk.payload.text, end="")
 
 The client is a Hyperswarm peer with a throwaway key; it dials the gateway by
@@ -11,6 +11,7 @@ generated ``GatewayStub``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -20,9 +21,11 @@ from p2p_transport.cenc import SocketAddress
 from tether import topics
 from tether.errors import Unavailable
 from tether.keys import KeyPair
-from tether.net import wait_for_peer
+from tether.net import Peer, wait_for_peer
 from tether.net.swarm import SwarmNetwork
 from tether.v1 import infer_pb2, services_pb2, services_rpc
+
+log = logging.getLogger("tether.client")
 
 
 class GatewayClient:
@@ -68,6 +71,18 @@ class GatewayClient:
         )
 
 
+async def _dial(network: SwarmNetwork, key: bytes) -> Peer:
+    """Dial ``key``, retrying while it is not (yet) announced on the DHT."""
+    wait = 0.25
+    while True:
+        try:
+            return await network.connect(key)
+        except Unavailable as exc:
+            log.info("gateway not reachable yet (%s); retrying in %.2f s", exc.message, wait)
+        await trio.sleep(wait)
+        wait = min(wait * 2, 4.0)
+
+
 @asynccontextmanager
 async def connect_gateway(
     bootstrap: Sequence[SocketAddress],
@@ -83,7 +98,7 @@ async def connect_gateway(
     async with network.running():
         with trio.move_on_after(timeout) as scope:
             if gateway_key is not None:
-                peer = await network.connect(gateway_key)
+                peer = await _dial(network, gateway_key)
             else:
                 topic = topics.gateway(region)
                 await network.join(topic, server=False, client=True)

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,6 +78,9 @@ def sqlite_url(path: str | os.PathLike[str]) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+_MIGRATION_LOCK = threading.Lock()
+
+
 class MetadataStore:
     """One SQL database holding models, jobs, reservations, quotas, tokens and usage."""
 
@@ -114,7 +118,9 @@ class MetadataStore:
         """Bring the schema to ``revision`` (default: the newest)."""
         cfg = self._alembic_config()
         try:
-            with self.engine.begin() as conn:
+            # Alembic keeps its running context in module globals: one migration at a time
+            # per process, even when several stores start together in threads.
+            with _MIGRATION_LOCK, self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
         except OperationalError as exc:
@@ -124,7 +130,7 @@ class MetadataStore:
 
     def downgrade(self, revision: str) -> None:
         cfg = self._alembic_config()
-        with self.engine.begin() as conn:
+        with _MIGRATION_LOCK, self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, revision)
 
@@ -236,15 +242,31 @@ class MetadataStore:
 
     def create_job(self, correlation_id: str, tenant_id: str, model_id: str,
                    version: str) -> jobs_pb2.JobStatus:
+        """Record a job as RESERVED; for an existing job (a retry under a new retry token)
+        start it over as RESERVED, keeping its creation time and attempt count.
+
+        A job belongs to one tenant: another tenant's correlation id raises AlreadyExists.
+        """
         now = self._clock()
         with self.session() as s:
-            s.add(t.Job(correlation_id=correlation_id, tenant_id=tenant_id, model_id=model_id,
-                        version=version, state=jobs_pb2.JOB_STATE_RESERVED,
-                        created_unix_ms=now, updated_unix_ms=now))
+            job = s.get(t.Job, correlation_id)
+            if job is None:
+                s.add(t.Job(correlation_id=correlation_id, tenant_id=tenant_id,
+                            model_id=model_id, version=version,
+                            state=jobs_pb2.JOB_STATE_RESERVED, created_unix_ms=now,
+                            updated_unix_ms=now))
+            elif job.tenant_id != tenant_id:
+                raise AlreadyExists(f"job {correlation_id} belongs to another tenant")
+            else:
+                job.state = jobs_pb2.JOB_STATE_RESERVED
+                job.model_id, job.version = model_id, version
+                job.error_code, job.error_message = 0, ""
+                job.updated_unix_ms = now
+                s.add(job)
             try:
                 s.commit()
             except IntegrityError as exc:
-                raise AlreadyExists(f"job {correlation_id} already exists") from exc
+                raise AlreadyExists(f"job {correlation_id} was created concurrently") from exc
         return self.get_job(correlation_id)
 
     def update_job(self, correlation_id: str, state: int, *, worker_id: str | None = None,

@@ -1,0 +1,130 @@
+"""The whole request path on real Hyperswarm connections over a loopback testnet.
+
+Registry, orchestrator, gateway and a CPU worker run their real ``serve()``
+functions (the code behind ``tether <service>``) with the real ONNX models
+published (signed, three replicas); a client streams through the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway import main as gateway_main
+from orchestrator import main as orchestrator_main
+from p2p_transport.cenc import SocketAddress
+from registry import main as registry_main
+from tests.integration.testnet import node_testnet
+from tether.client import connect_gateway
+from tether.keys import KeyPair
+from tether.localnet import issue_token, publish_shipped_models
+from tether.metadata.store import sqlite_url
+from tether.process import ServiceConfig
+from tether.rpc import RpcError, StatusCode
+from worker import main as worker_main
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+
+@dataclass
+class Network:
+    bootstrap: list[SocketAddress]
+    gateway_key: bytes
+    token: str
+    data_dir: Path
+
+
+def config(service: str, data_dir: Path, bootstrap: list[SocketAddress]) -> ServiceConfig:
+    return ServiceConfig(
+        service=service,
+        region="local",
+        bootstrap=bootstrap,
+        data_dir=data_dir,
+        metadata_url=sqlite_url(data_dir / "metadata.db"),
+        key_file=data_dir / "keys" / f"{service}.key",
+        host="127.0.0.1",
+        log_level="INFO",
+    )
+
+
+def worker_args(worker_id: str) -> object:
+    return worker_main.build_parser().parse_args(
+        ["--bootstrap", "127.0.0.1:1", "--worker-id", worker_id]
+    )
+
+
+@asynccontextmanager
+async def tether_network(tmp_path: Path) -> AsyncIterator[Network]:
+    data_dir = tmp_path / "tether"
+    await trio.to_thread.run_sync(publish_shipped_models, data_dir)
+    token = await trio.to_thread.run_sync(issue_token, data_dir, "acme")
+    gateway_key = KeyPair.load_or_generate(data_dir / "keys" / "gateway.key").public_key
+    async with node_testnet(3) as bootstrap, trio.open_nursery() as nursery:
+        runs: list[Callable[[], Awaitable[None]]] = [
+            lambda: registry_main.serve(config("registry", data_dir, bootstrap)),
+            lambda: orchestrator_main.serve(config("orchestrator", data_dir, bootstrap), []),
+            lambda: gateway_main.serve(config("gateway", data_dir, bootstrap), 50.0, 100),
+            lambda: worker_main.serve(
+                config("worker", data_dir, bootstrap), worker_args("worker-1")
+            ),
+        ]
+        for run in runs:
+            nursery.start_soon(run)
+        try:
+            yield Network(bootstrap, gateway_key, token, data_dir)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def generate(net: Network, prompt: str, **kw: object) -> tuple[str, list]:
+    async with connect_gateway(net.bootstrap, net.token, gateway_key=net.gateway_key) as client:
+        chunks = []
+        for _attempt in range(30):
+            try:
+                chunks = [c async for c in client.generate("kjv-textgen", prompt, **kw)]
+                break
+            except RpcError as exc:
+                # The first requests may race the worker's first heartbeat.
+                if exc.code != StatusCode.UNAVAILABLE or "no healthy worker" not in exc.message:
+                    raise
+                await trio.sleep(1)
+        return "".join(c.payload.text for c in chunks), chunks
+
+
+def test_both_shipped_models_stream_through_the_network(tmp_path: Path) -> None:
+    async def main() -> None:
+        with trio.fail_after(240):
+            async with tether_network(tmp_path) as net:
+                text, chunks = await generate(
+                    net, "And God said", max_tokens=12, temperature=0.0
+                )
+                assert chunks[-1].done
+                assert chunks[-1].usage.output_tokens == 12
+                words = text.split()
+                assert len(words) >= 6, text
+                assert {c.worker_id for c in chunks} == {"worker-1"}
+                async with connect_gateway(
+                    net.bootstrap, net.token, gateway_key=net.gateway_key
+                ) as client:
+                    embeddings = [
+                        c.payload.embedding
+                        async for c in client.embed(
+                            "all-minilm-l6-v2", ["a cat sat", "a cat was sitting", "stock prices"]
+                        )
+                        if c.payload.HasField("embedding")
+                    ]
+                assert [e.index for e in embeddings] == [0, 1, 2]
+                assert all(len(e.values) == 384 for e in embeddings)
+
+                def cos(a: list[float], b: list[float]) -> float:
+                    return sum(x * y for x, y in zip(a, b, strict=True))
+
+                v = [list(e.values) for e in embeddings]
+                assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2
+
+    trio.run(main)
