@@ -7,6 +7,7 @@ published (signed, three replicas); a client streams through the gateway.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def config(service: str, data_dir: Path, bootstrap: list[SocketAddress]) -> Serv
     )
 
 
-def worker_args(worker_id: str) -> object:
+def worker_args(worker_id: str) -> argparse.Namespace:
     return worker_main.build_parser().parse_args(
         ["--bootstrap", "127.0.0.1:1", "--worker-id", worker_id]
     )
@@ -81,12 +82,16 @@ async def tether_network(tmp_path: Path) -> AsyncIterator[Network]:
             nursery.cancel_scope.cancel()
 
 
-async def generate(net: Network, prompt: str, **kw: object) -> tuple[str, list]:
+async def generate(
+    net: Network, prompt: str, *, max_tokens: int, temperature: float = 0.0
+) -> tuple[str, list]:
     async with connect_gateway(net.bootstrap, net.token, gateway_key=net.gateway_key) as client:
         chunks = []
         for _attempt in range(30):
             try:
-                chunks = [c async for c in client.generate("kjv-textgen", prompt, **kw)]
+                chunks = [c async for c in client.generate(
+                        "kjv-textgen", prompt, max_tokens=max_tokens, temperature=temperature
+                    )]
                 break
             except RpcError as exc:
                 # The first requests may race the worker's first heartbeat.
