@@ -26,7 +26,7 @@ import trio
 
 from orchestrator.discovery import DiscoverySub
 from orchestrator.scheduler import Placement, Weights, rank
-from tether import blocking
+from tether import blocking, telemetry
 from tether.errors import AlreadyExists, InvalidArgument, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
@@ -112,8 +112,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             )
         )
         try:
-            async for chunk in self._dispatch(dispatched, record, context):
-                yield chunk
+            with telemetry.server_span(
+                "orchestrator.submit",
+                context.metadata,
+                **{"tether.correlation_id": cid, "tether.model": record.model.model_id},
+            ):
+                async for chunk in self._dispatch(dispatched, record, context):
+                    yield chunk
         except BaseException as exc:
             error = RpcError.from_exception(exc)
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
@@ -166,7 +171,9 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             streamed = False
             try:
                 async with stub.Infer(
-                    request, metadata=dict(context.metadata), timeout=context.remaining_timeout()
+                    request,
+                    metadata=telemetry.outgoing_metadata(),
+                    timeout=context.remaining_timeout(),
                 ) as chunks:
                     async for chunk in chunks:
                         if not streamed:

@@ -11,14 +11,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from tether import signing
+from tether import signing, telemetry
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
 from tether.rpc import ServerContext
@@ -151,25 +152,38 @@ class WorkerService(services_rpc.WorkerServicer):
         self._in_flight += 1
         if self._in_flight == 1:
             self._idle = trio.Event()
-        seq = 0
+        attributes = {
+            "tether.correlation_id": request.correlation_id,
+            "tether.model": request.model_id,
+        }
         try:
-            async with self.quota.admit(request.tenant_id):
-                last: infer_pb2.Infer.Chunk | None = None
-                async for payload, usage in self.engine.stream(request):
-                    if last is not None:
-                        yield last
-                    last = self._chunk(request, seq, payload)
-                    seq += 1
-                    if usage is not None:
-                        last.usage.CopyFrom(usage)
-                if last is None:
-                    last = self._chunk(request, seq, None)
-                last.done = True
-                yield last
+            with telemetry.server_span("worker.infer", context.metadata, **attributes):
+                async with contextlib.aclosing(self._run(request)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    async def _run(self, request: infer_pb2.Infer.Request) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        seq = 0
+        async with (
+            self.quota.admit(request.tenant_id),
+            contextlib.aclosing(self.engine.stream(request)) as pieces,  # type: ignore[type-var]
+        ):
+            last: infer_pb2.Infer.Chunk | None = None
+            async for payload, usage in pieces:
+                if last is not None:
+                    yield last
+                last = self._chunk(request, seq, payload)
+                seq += 1
+                if usage is not None:
+                    last.usage.CopyFrom(usage)
+            if last is None:
+                last = self._chunk(request, seq, None)
+            last.done = True
+            yield last
 
     def _chunk(
         self, request: infer_pb2.Infer.Request, seq: int, payload: infer_pb2.Payload | None

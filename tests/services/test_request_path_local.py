@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.services.harness import MODEL, ScriptedEngine, fleet
-from tether import blocking
+from tether import blocking, telemetry
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2, jobs_pb2
 
@@ -199,3 +200,22 @@ async def test_a_full_worker_sheds_and_the_orchestrator_places_elsewhere(tmp_pat
             chunks = await collect(gw, request(), token)
             assert chunks[0].worker_id == "spare"
             busy_engine.gate.set()
+
+
+@trio_test
+async def test_one_trace_spans_gateway_orchestrator_and_worker(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    telemetry.setup("tests", exporter=exporter)
+    async with fleet(tmp_path) as f:
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        metadata = {**f.token("acme"), "traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"}
+        await collect(gw, request(correlation_id="traced"), metadata)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert {"gateway.infer", "orchestrator.submit", "worker.infer"} <= spans.keys()
+    trace_ids = {format(spans[n].context.trace_id, "032x") for n in spans}
+    assert trace_ids == {caller_trace}
+    assert spans["orchestrator.submit"].parent.span_id == spans["gateway.infer"].context.span_id
+    assert spans["worker.infer"].parent.span_id == spans["orchestrator.submit"].context.span_id
