@@ -4,7 +4,7 @@
 :mod:`.socket` the trio adapter (:class:`UdxSocket`, :class:`UdxStream`).
 """
 
-from .core import StreamCore, StreamError, StreamReset, StreamTimeout
+from .core import State, StreamCore, StreamError, StreamReset, StreamTimeout
 from .packet import MAX_PAYLOAD, Packet, PacketError
 from .socket import Address, DatagramTransport, UdpTransport, UdxSocket, UdxStream
 
@@ -14,6 +14,7 @@ __all__ = [
     "DatagramTransport",
     "Packet",
     "PacketError",
+    "State",
     "StreamCore",
     "StreamError",
     "StreamReset",
