@@ -138,6 +138,26 @@ def issue_token(data_dir: Path, tenant: str) -> str:
 
 
 @asynccontextmanager
+async def python_testnet(nodes: int = 3) -> AsyncIterator[list[SocketAddress]]:
+    """A loopback DHT (bootstrap + storage nodes) in a child process, until the block ends."""
+    net = LocalNet(data_dir=Path("."))
+    async with trio.open_nursery() as nursery:
+        try:
+            dht = await _start(
+                nursery,
+                net,
+                "dht",
+                [sys.executable, "-m", "p2p_transport", "testnet", "--host", "127.0.0.1",
+                 "--nodes", str(nodes)],
+            )
+            yield [parse_address(b) for b in dht.ready["bootstrap"]]
+        finally:
+            with trio.CancelScope(shield=True):
+                await _stop_all(net)
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def local_network(data_dir: Path, *, region: str = "local") -> AsyncIterator[LocalNet]:
     await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     net = LocalNet(data_dir=data_dir, region=region)
