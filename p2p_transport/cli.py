@@ -15,9 +15,14 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from p2p_transport.cenc import SocketAddress
-from p2p_transport.dht_rpc import DhtNode, UdpSocket
+from p2p_transport.crypto import hash as blake2b
+from p2p_transport.crypto import key_pair
+from p2p_transport.dht_rpc import DhtError, DhtNode, UdpSocket
+from p2p_transport.hyperdht import HyperDht
+from p2p_transport.hyperswarm import Hyperswarm, SwarmConnection
+from p2p_transport.rpc import HyperswarmRpc, RpcError
 
-__all__ = ["main", "parse_address"]
+__all__ = ["main", "parse_address", "topic_from_text"]
 
 log = logging.getLogger("p2p_transport")
 
@@ -30,24 +35,59 @@ def parse_address(text: str) -> SocketAddress:
     return SocketAddress(host, int(port))
 
 
+def topic_from_text(text: str) -> bytes:
+    """64 hex characters are a raw topic; anything else is a name, hashed with BLAKE2b-256 of
+    its UTF-8 bytes (the documented Tether topic key, and hypercore-crypto's ``hash``)."""
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    return blake2b(text.encode())
+
+
+def _hex_arg(n: int | None = None) -> Callable[[str], bytes]:
+    def parse(text: str) -> bytes:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
+        if n is not None and len(raw) != n:
+            raise argparse.ArgumentTypeError(f"expected {n} bytes ({2 * n} hex characters)")
+        return raw
+
+    return parse
+
+
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
-async def _until_signal(body: Callable[[trio.Nursery], Awaitable[None]]) -> None:
-    """Run ``body`` until SIGINT/SIGTERM or until it returns."""
+async def _until_signal(body: Callable[[trio.Event], Awaitable[None]]) -> None:
+    """Run ``body(stop)`` until it returns; SIGINT/SIGTERM set ``stop`` so that the body can
+    leave its contexts normally (unannounce, close connections) with the network still up.
+    A second signal, or 10 s without a clean exit, cancels everything."""
+    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
             async def watch() -> None:
                 async for signum in signals:
                     log.info("signal %s: shutting down", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    return
+                    if stop.is_set():
+                        break
+                    stop.set()
+                    nursery.start_soon(deadline)
+                nursery.cancel_scope.cancel()
+
+            async def deadline() -> None:
+                await trio.sleep(10)
+                log.warning("clean shutdown took too long; cancelling")
+                nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
-            await body(nursery)
+            await body(stop)
             nursery.cancel_scope.cancel()
 
 
@@ -55,17 +95,100 @@ async def _bootstrap(args: argparse.Namespace) -> None:
     sock = await UdpSocket.bind(args.host, args.port)
     node = DhtNode(sock, bootstrap=args.bootstrap)
 
-    async def body(nursery: trio.Nursery) -> None:
-        await nursery.start(node.run)
-        await nursery.start(sock.serve, node.datagram_received)
-        addr = sock.local_address
-        _say(f"listening {addr.host}:{addr.port}")
-        await trio.sleep_forever()
+    async def body(stop: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(sock.serve, node.datagram_received)
+            addr = sock.local_address
+            _say(f"listening {addr.host}:{addr.port}")
+            await stop.wait()
+            nursery.cancel_scope.cancel()
 
     try:
         await _until_signal(body)
     finally:
         sock.close()
+
+
+async def _echo(value: bytes | None) -> bytes | None:
+    return value
+
+
+async def _rpc_serve(args: argparse.Namespace) -> None:
+    kp = key_pair(args.seed) if args.seed else key_pair()
+
+    async def body(stop: trio.Event) -> None:
+        async with HyperDht.open(args.host, args.port, bootstrap=args.bootstrap,
+                                 key_pair_=kp) as dht:
+            rpc = HyperswarmRpc(dht, capability_key=args.capability)
+            await rpc.serve({"echo": _echo}, announce=bool(args.bootstrap))
+            _say(kp.public_key.hex())
+            addr = dht.local_address
+            log.info("serving @hyperswarm/rpc on %s:%d", addr.host, addr.port)
+            await stop.wait()
+
+    await _until_signal(body)
+
+
+async def _rpc_call(args: argparse.Namespace) -> None:
+    failed: list[str] = []
+
+    async def body(stop: trio.Event) -> None:
+        async with HyperDht.open(bootstrap=args.bootstrap) as dht:
+            rpc = HyperswarmRpc(dht, capability_key=args.capability)
+            try:
+                with trio.fail_after(args.timeout):
+                    rpc_channel = await rpc.connect(args.key, relay_addresses=args.address)
+                    value = await rpc_channel.request(args.method, args.data)
+            except RpcError as exc:
+                cause = ""
+                if exc.cause_message is not None:
+                    code = f" [{exc.cause_code}]" if exc.cause_code else ""
+                    cause = f" (cause: {exc.cause_message}{code})"
+                failed.append(f"error {exc}{cause}")
+            except (DhtError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                failed.append(f"error {type(exc).__name__}: {exc}")
+            else:
+                _say((value or b"").hex())
+            finally:
+                await rpc.aclose()
+
+    await _until_signal(body)
+    if failed:
+        _say(failed[0])
+        raise SystemExit(1)
+
+
+async def _swarm(args: argparse.Namespace) -> None:
+    topic = topic_from_text(args.topic)
+    server, client = args.server, args.client
+    if not server and not client:
+        server = client = True
+
+    async def on_connection(conn: SwarmConnection) -> None:
+        remote = conn.remote_public_key.hex()
+        _say(f"connected {remote}")
+        if args.send is not None:
+            await conn.send_message(args.send.encode())
+        while True:
+            try:
+                msg = await conn.receive_message()
+            except trio.EndOfChannel:
+                log.info("connection to %s closed", remote)
+                return
+            _say(f"data {remote} {msg.decode(errors='replace')}")
+
+    async def body(stop: trio.Event) -> None:
+        async with Hyperswarm.open(on_connection, bootstrap=args.bootstrap, host=args.host,
+                                   port=args.port) as swarm:
+            log.info("joining %s as %s", topic.hex(),
+                     "+".join(m for m, on in (("server", server), ("client", client)) if on))
+            swarm.join(topic, server=server, client=client)
+            await swarm.flush()
+            log.info("flushed; public key %s", swarm.key_pair.public_key.hex())
+            await stop.wait()
+
+    await _until_signal(body)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,11 +205,41 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--host", default="127.0.0.1")
     b.add_argument("--port", type=int, default=49737)
     common(b)
+
+    s = sub.add_parser("rpc-serve", help="serve 'echo' with @hyperswarm/rpc semantics")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--seed", type=_hex_arg(32), help="32-byte key-pair seed (hex)")
+    s.add_argument("--capability", type=_hex_arg(32), help="32-byte capability key (hex)")
+    common(s)
+
+    c = sub.add_parser("rpc-call", help="call a method on an @hyperswarm/rpc server")
+    c.add_argument("--key", type=_hex_arg(32), required=True, help="server public key (hex)")
+    c.add_argument("--method", required=True)
+    c.add_argument("--data", type=_hex_arg(), default=b"", help="request value (hex)")
+    c.add_argument("--capability", type=_hex_arg(32), help="32-byte capability key (hex)")
+    c.add_argument("--address", action="append", type=parse_address, default=[],
+                   metavar="H:P", help="try this node (or the server itself) first")
+    c.add_argument("--timeout", type=float, default=30.0)
+    common(c)
+
+    w = sub.add_parser("swarm", help="join a topic and print connections and messages")
+    w.add_argument("--topic", required=True,
+                   help="topic name (hashed with BLAKE2b-256) or 64 hex characters")
+    w.add_argument("--server", action="store_true", help="announce the topic")
+    w.add_argument("--client", action="store_true", help="look the topic up and connect")
+    w.add_argument("--send", help="text to send on each new connection")
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=0)
+    common(w)
     return p
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
     "bootstrap": _bootstrap,
+    "rpc-serve": _rpc_serve,
+    "rpc-call": _rpc_call,
+    "swarm": _swarm,
 }
 
 
@@ -98,4 +251,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(_COMMANDS[args.command], args)
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:
+        return int(exc.code or 0)
     return 0

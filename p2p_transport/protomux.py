@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: One batch frame is split before it grows past this (protomux's MAX_BATCH).
 MAX_BATCH = 8 * 1024 * 1024
+#: Seconds a closing shell waits for the stream to close gracefully.
+CLOSE_TIMEOUT = 5.0
 
 _BATCH, _OPEN, _REJECT, _CLOSE = 0, 1, 2, 3
 
@@ -478,7 +480,8 @@ class Mux:
         finally:
             self.nursery = None
             self.closed.set()
-            with trio.CancelScope(shield=True):
+            # bounded: a graceful close waits for the peer, which may be gone
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.stream.aclose()
 
     async def aclose(self) -> None:

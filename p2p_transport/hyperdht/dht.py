@@ -103,6 +103,8 @@ ANNOUNCE_RELAYS = 3
 #: Handshake request attempts per relay (hyperdht's connect uses 3 retries).
 HANDSHAKE_RETRIES = 3
 MAX_RELAY_ADDRESSES = 3
+#: Seconds a close waits for the peer to acknowledge before giving up.
+CLOSE_TIMEOUT = 5.0
 
 
 class PeerConnectionFailed(DhtError):
@@ -152,7 +154,7 @@ async def secure(raw: RawConnection, nursery: trio.Nursery) -> SecretStream:
     try:
         await stream.start()
     except BaseException:
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
             await stream.aclose()
         raise
     nursery.start_soon(stream.run_keepalive)

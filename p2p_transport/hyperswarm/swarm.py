@@ -114,7 +114,7 @@ class SwarmConnection:
             raise trio.EndOfChannel from exc
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), trio.move_on_after(DUPLICATE_CLOSE_WAIT):
             await self.stream.aclose()
 
 
@@ -374,7 +374,7 @@ class Hyperswarm:
                 try:
                     stream = await secure(raw, self.nursery)
                 except BaseException:
-                    with trio.CancelScope(shield=True):
+                    with trio.CancelScope(shield=True), trio.move_on_after(DUPLICATE_CLOSE_WAIT):
                         await raw.stream.aclose()
                     raise
                 conn = SwarmConnection(stream, raw, peer)

@@ -29,7 +29,7 @@ def test_python_client_node_server(cap: bytes | None) -> None:
                 port = (await node.expect_json("listening"))["port"]
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
                 mux = Mux(Uint24FramedStream(stream))
-                await nursery.start(mux.run)
+                # the channel exists before any frame is read, so the peer's open pairs
                 rpc = RpcChannel(mux, id_=KEY, capability_key=cap, is_initiator=True,
                                  handshake_hash=HASH if cap else None)
                 events: list[bytes | None] = []
@@ -42,6 +42,7 @@ def test_python_client_node_server(cap: bytes | None) -> None:
 
                 rpc.respond("hello", hello)
                 rpc.open()
+                await nursery.start(mux.run)
                 await rpc.opened.wait()
                 assert await rpc.request("echo", b"hi from python") == b"hi from python"
                 assert await rpc.request("echo", b"") is None
@@ -91,7 +92,6 @@ def test_node_client_python_server(cap: bytes | None) -> None:
                 async def serve(stream: trio.SocketStream) -> None:
                     mux = Mux(Uint24FramedStream(stream))
                     async with trio.open_nursery() as inner:
-                        await inner.start(mux.run)
                         rpc = RpcChannel(mux, id_=KEY, capability_key=cap, is_initiator=False,
                                          handshake_hash=HASH if cap else None)
 
@@ -115,6 +115,7 @@ def test_node_client_python_server(cap: bytes | None) -> None:
                                          ("note", note)):
                             rpc.respond(name, fn)
                         rpc.open()
+                        await inner.start(mux.run)
                         await mux.closed.wait()
 
                 listeners = await nursery.start(trio.serve_tcp, serve, 0)

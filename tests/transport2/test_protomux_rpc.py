@@ -188,8 +188,6 @@ async def _rpc_pair(nursery: trio.Nursery, *, cap_a: bytes | None = None,
                     cap_b: bytes | None = None) -> tuple[RpcChannel, RpcChannel, Mux, Mux]:
     sa, sb = _memory_pair()
     ma, mb = Mux(sa), Mux(sb)
-    await nursery.start(ma.run)
-    await nursery.start(mb.run)
     key = bytes(32)
     hh = bytes(range(64))
     client = RpcChannel(ma, id_=key, capability_key=cap_a, is_initiator=True,
@@ -198,6 +196,9 @@ async def _rpc_pair(nursery: trio.Nursery, *, cap_a: bytes | None = None,
                         handshake_hash=hh if cap_b else None)
     server.open()
     client.open()
+    # channels exist before any frame is read, so each side's open finds its pair
+    await nursery.start(ma.run)
+    await nursery.start(mb.run)
     return client, server, ma, mb
 
 
@@ -258,7 +259,7 @@ def test_rpc_request_error_event_concurrency() -> None:
                 await client.request("slow", bytes([5]), timeout=1)
             assert info.value.code == "TIMEOUT_EXCEEDED"
             await client.end()
-            assert server.closed.is_set()
+            await server.closed.wait()
             with pytest.raises(RpcError):
                 await client.request("echo", b"x")
             nursery.cancel_scope.cancel()
@@ -301,12 +302,12 @@ def test_channel_message_stream() -> None:
         async with trio.open_nursery() as nursery:
             sa, sb = _memory_pair()
             ma, mb = Mux(sa), Mux(sb)
-            await nursery.start(ma.run)
-            await nursery.start(mb.run)
             a = ChannelMessageStream(ma, "tether-rpc")
             b = ChannelMessageStream(mb, "tether-rpc")
             a.open()
             b.open()
+            await nursery.start(ma.run)
+            await nursery.start(mb.run)
             await a.wait_opened()
             await a.send_message(b"one")
             await a.send_message(b"")
