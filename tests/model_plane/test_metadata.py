@@ -96,8 +96,8 @@ def test_job_lifecycle_and_usage(store: MetadataStore) -> None:
     clock = store.test_clock  # type: ignore[attr-defined]
     job = store.create_job("cid-9", "acme", "kjv-textgen", "1.0")
     assert job.state == jobs_pb2.JOB_STATE_RESERVED
-    with pytest.raises(AlreadyExists):
-        store.create_job("cid-9", "acme", "kjv-textgen", "1.0")
+    with pytest.raises(AlreadyExists, match="another tenant"):
+        store.create_job("cid-9", "globex", "kjv-textgen", "1.0")
     clock.advance(5)
     store.update_job("cid-9", jobs_pb2.JOB_STATE_DISPATCHED, worker_id="w1", attempt=True)
     store.update_job("cid-9", jobs_pb2.JOB_STATE_FAILED,
@@ -109,6 +109,10 @@ def test_job_lifecycle_and_usage(store: MetadataStore) -> None:
     assert got.updated_unix_ms == got.created_unix_ms + 5
     with pytest.raises(NotFound):
         store.get_job("missing")
+    clock.advance(5)
+    retried = store.create_job("cid-9", "acme", "kjv-textgen", "1.0")  # a new retry token
+    assert (retried.state, retried.attempts) == (jobs_pb2.JOB_STATE_RESERVED, 1)
+    assert retried.created_unix_ms == got.created_unix_ms and not retried.error.message
     store.record_usage("cid-9", infer_pb2.Usage(tenant_id="acme", model_id="kjv-textgen",
                                                 version="1.0", input_tokens=3,
                                                 output_tokens=7, compute_ms=12))
