@@ -1,11 +1,12 @@
 """Publishing a model: sign and replicate its artifacts, then register the version.
 
-A model on disk is a folder with a ``model.json`` (id, version, task, input/output schema,
+A model on disk is a folder with a ``model.json``: id, version, task, input/output schema,
 limits, placement needs, policy, and which files are the ``model``, ``tokenizer`` and
-``adapter:<name>`` artifacts; ``files_dir`` may point elsewhere, relative to the repository,
-for files built rather than committed). :func:`publish_package` uploads each file through the
-:class:`tether.artifacts.ArtifactStore` (signed manifest, N replicas) and stores the resulting
-``tether.v1.ModelRecord`` with the :class:`registry.catalog.Catalog`.
+``adapter:<name>`` artifacts. ``files_dir`` may point elsewhere, relative to the repository,
+for files built rather than committed, and ``sha256`` pins what such a build must produce.
+:func:`publish_package` uploads each file through the :class:`tether.artifacts.ArtifactStore`
+(signed manifest, N replicas) and stores the resulting ``tether.v1.ModelRecord`` with the
+:class:`registry.catalog.Catalog`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 
 from registry.catalog import Catalog
 from registry.versions import Version, check_model_id
-from tether.artifacts import ArtifactStore
-from tether.errors import InvalidArgument, NotFound
+from tether.artifacts import ArtifactStore, sha256_hex
+from tether.errors import DataLoss, InvalidArgument, NotFound
 from tether.keys import KeyPair
 from tether.v1 import presence_pb2, registry_pb2, tensor_pb2
 
@@ -70,6 +71,11 @@ class ModelPackage:
             if not path.is_file():
                 hint = f" (build it: {spec['build']})" if "build" in spec else ""
                 raise NotFound(f"{role} file {path} is missing{hint}")
+        for role, want in spec.get("sha256", {}).items():
+            got = sha256_hex(files[role].read_bytes())
+            if got != want:
+                raise DataLoss(f"{files[role]} hashes to {got}, model.json expects {want}"
+                               + (f"; rebuild it: {spec['build']}" if "build" in spec else ""))
         if spec.get("task") not in TASKS:
             raise InvalidArgument(f"task must be one of {sorted(TASKS)}")
         degrade = spec.get("degrade_to")

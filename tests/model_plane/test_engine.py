@@ -17,7 +17,7 @@ from model_plane_support import MODELS_DIR, CountingBackend, tensor_model_bytes
 
 from registry.catalog import Catalog
 from registry.publish import ModelPackage, publish_package
-from tether.artifacts import ArtifactStore, LocalDirectoryStore
+from tether.artifacts import ArtifactStore, LocalDirectoryStore, sha256_hex
 from tether.errors import Cancelled, InvalidArgument, NotFound
 from tether.keys import KeyPair
 from tether.metadata import MetadataStore
@@ -264,3 +264,10 @@ async def test_generation_in_worker_threads_matches_inline_steps(env: Env) -> No
     a = [p.text async for p in threaded.stream(req, model=model)]
     b = [p.text async for p in env.engine.stream(req, model=model)]
     assert a == b and len(a) >= 3
+
+
+def test_minilm_build_is_deterministic(minilm_dir) -> None:
+    """The build writes the same bytes every time; model.json records them."""
+    spec = json.loads((MODELS_DIR / MINILM / "model.json").read_text())
+    for role, name in spec["files"].items():
+        assert sha256_hex((minilm_dir / name).read_bytes()) == spec["sha256"][role], role
