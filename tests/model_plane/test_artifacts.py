@@ -144,7 +144,7 @@ def test_publish_needs_its_write_quorum(tmp_path, publisher) -> None:
 @given(st.binary(max_size=300))
 def test_fuzz_open_manifest_whole_and_byte_by_byte(blob: bytes) -> None:
     """Any bytes are a verified manifest or a TetherError, fed whole and as every prefix."""
-    for n in [*range(len(blob) + 1)] if len(blob) < 64 else [len(blob)]:
+    for n in range(len(blob) + 1):
         with contextlib.suppress(TetherError):
             open_manifest(blob[:n], digest="a" * 64)
 

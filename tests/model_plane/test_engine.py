@@ -25,7 +25,7 @@ from tether.v1 import infer_pb2, tensor_pb2
 from worker.engine import CancelFlag, ExecutionEngine, OnnxRuntimeBackend
 from worker.engine.backends import IOSpec
 from worker.engine.engine import tensors_to_feeds
-from worker.engine.lora import read_adapter
+from worker.engine.lora import read_adapter, write_adapter
 from worker.engine.runtime import WorkerEngine
 from worker.engine.tokenizers import load_tokenizer
 from worker.loader import ModelLoader
@@ -248,11 +248,19 @@ def test_fuzz_tensor_inputs(tensors) -> None:
     assert feeds["x"].dtype == np.float32 and feeds["x"].shape[1] == 2
 
 
+SEEDS = [
+    b'{"kind": "word", "pattern": "[a-z]+", "vocab": ["<unk>", "<eos>", "a"]}',
+    b'{"model": {"type": "WordPiece", "vocab": {"[UNK]": 0}}}',
+    write_adapter({"W": (np.ones((1, 2)), np.ones((2, 1)), None)})[:120],
+]
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=200))
+@given(st.one_of(st.binary(max_size=120), st.sampled_from(SEEDS).map(bytes)))
 def test_fuzz_tokenizer_and_adapter_decoders(blob: bytes) -> None:
+    """Any bytes are a tokenizer/adapter or INVALID_ARGUMENT, fed whole and as every prefix."""
     for decode in (load_tokenizer, read_adapter):
-        for chunk in (blob, *(blob[:n] for n in range(0, len(blob), 17))):
+        for chunk in (blob[:n] for n in range(len(blob) + 1)):
             with contextlib.suppress(InvalidArgument):
                 decode(chunk)
 
@@ -271,3 +279,41 @@ def test_minilm_build_is_deterministic(minilm_dir) -> None:
     spec = json.loads((MODELS_DIR / MINILM / "model.json").read_text())
     for role, name in spec["files"].items():
         assert sha256_hex((minilm_dir / name).read_bytes()) == spec["sha256"][role], role
+
+
+GOOD_ADAPTER = write_adapter({"W": (np.ones((1, 2)), np.ones((2, 1)), 2.0)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(GOOD_ADAPTER) - 1), st.binary(min_size=1, max_size=8))
+def test_fuzz_mutated_adapter_archive(pos: int, noise: bytes) -> None:
+    blob = bytearray(GOOD_ADAPTER)
+    blob[pos : pos + len(noise)] = noise
+    try:
+        factors = read_adapter(bytes(blob))
+    except InvalidArgument:
+        return
+    assert all(a.ndim == 2 and b.ndim == 2 for a, b, _ in factors.values())
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(
+        st.sampled_from(["kind", "pattern", "vocab", "unk", "eos", "model", "type", "x"]), c,
+        max_size=5),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSONISH, st.sampled_from(["word", "WordPiece"]))
+def test_fuzz_structured_tokenizer_specs(obj, kind: str) -> None:
+    if isinstance(obj, dict):
+        if kind == "word":
+            obj["kind"] = "word"
+        else:
+            obj["model"] = {"type": "WordPiece", **(obj if isinstance(obj, dict) else {})}
+    try:
+        tok = load_tokenizer(json.dumps(obj).encode())
+    except InvalidArgument:
+        return
+    assert tok.encode("a b") is not None

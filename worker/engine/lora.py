@@ -24,10 +24,21 @@ SUFFIX_A, SUFFIX_B, SUFFIX_ALPHA = ".lora_A", ".lora_B", ".alpha"
 def read_adapter(blob: bytes) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
     """Parse an adapter archive into ``{initializer: (A, B, scale)}``."""
     try:
+        return _read_adapter(blob)
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # zip and .npy readers raise many kinds on corrupt input
+        raise InvalidArgument(f"LoRA adapter is not a valid .npz archive: {exc!r}") from exc
+
+
+def _read_adapter(blob: bytes) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InvalidArgument(f"LoRA adapter is not an .npz archive: {exc}") from exc
+    if not all(a.dtype.kind in "fiu" for a in arrays.values()):
+        raise InvalidArgument("LoRA adapter arrays must be numeric")
     targets = sorted({k.removesuffix(SUFFIX_A) for k in arrays if k.endswith(SUFFIX_A)})
     out: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
     for name in targets:
@@ -38,7 +49,12 @@ def read_adapter(blob: bytes) -> dict[str, tuple[np.ndarray, np.ndarray, float]]
             raise InvalidArgument(
                 f"LoRA factors of {name} do not chain: B {b.shape} @ A {a.shape}")
         rank = a.shape[0]
-        alpha = float(arrays[name + SUFFIX_ALPHA]) if name + SUFFIX_ALPHA in arrays else rank
+        alpha_arr = arrays.get(name + SUFFIX_ALPHA)
+        if alpha_arr is not None and alpha_arr.size != 1:
+            raise InvalidArgument(f"{name}{SUFFIX_ALPHA} must be a scalar")
+        alpha = float(alpha_arr.reshape(())) if alpha_arr is not None else float(rank)
+        if rank == 0 or not np.isfinite(alpha):
+            raise InvalidArgument(f"LoRA factors of {name} have rank 0 or a non-finite alpha")
         out[name] = (a.astype(np.float32), b.astype(np.float32), alpha / rank)
     if not out:
         raise InvalidArgument("LoRA adapter changes no initializer")

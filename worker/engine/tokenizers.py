@@ -77,8 +77,14 @@ def load_tokenizer(blob: bytes) -> WordTokenizer | WordPieceTokenizer:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgument("tokenizer artifact is not JSON") from exc
     if isinstance(spec, dict) and spec.get("kind") == "word":
-        return WordTokenizer(spec)
+        try:
+            return WordTokenizer(spec)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, re.error) as exc:
+            raise InvalidArgument(f"word tokenizer artifact is malformed: {exc!r}") from exc
     model = spec.get("model") if isinstance(spec, dict) else None
     if isinstance(model, dict) and model.get("type") == "WordPiece":
-        return WordPieceTokenizer(blob.decode())
+        try:
+            return WordPieceTokenizer(blob.decode())
+        except Exception as exc:  # the tokenizers library raises bare Exception on bad JSON
+            raise InvalidArgument(f"WordPiece tokenizer artifact is malformed: {exc}") from exc
     raise InvalidArgument("tokenizer artifact is neither a word vocabulary nor WordPiece")
