@@ -25,6 +25,7 @@ from tether.errors import InvalidArgument
 from tether.v1 import infer_pb2, presence_pb2, registry_pb2
 from worker.engine import ExecutionEngine, OnnxRuntimeBackend
 from worker.engine.detect import detect, gpu_class_of, select_backend
+from worker.engine.runtime import create_worker_engine
 from worker.engine.tensorrt import TensorRTBackend, plan_name
 from worker.engine.tokenizers import load_tokenizer
 from worker.loader import LoadedModel, ModelLoader
@@ -151,3 +152,14 @@ def test_gpu_check_script_passes_on_the_fake(fake_gpu, tmp_path, monkeypatch, ca
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["gpu_check"] == "ok" and result["gpu_class"] == "h100"
     assert result["kjv-textgen"]["match"] and result["kjv-textgen"]["rebuilt_from_cache"] == 0
+
+
+def test_worker_engine_factory_picks_backend_and_budget(fake_gpu, tmp_path,
+                                                        local_artifacts) -> None:
+    engine, caps = create_worker_engine(local_artifacts, [], cache_dir=tmp_path,
+                                        ram_budget_bytes=1 << 30)
+    assert engine.loader.backend.name == "tensorrt" and caps.gpu_class == "h100"
+    assert engine.loader.budget_bytes == int(80 * (1 << 30) * 0.8)
+    cpu, _ = create_worker_engine(local_artifacts, [], cache_dir=tmp_path,
+                                  ram_budget_bytes=1 << 30, prefer_cpu=True)
+    assert cpu.loader.backend.name == "onnxruntime-cpu" and cpu.loader.budget_bytes == 1 << 30

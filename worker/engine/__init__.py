@@ -8,6 +8,7 @@ from worker.engine.backends import (
     Session,
 )
 from worker.engine.engine import CancelFlag, ExecutionEngine, InferenceStream
+from worker.engine.runtime import WorkerEngine, create_worker_engine
 
 __all__ = [
     "ONNXRUNTIME_CPU",
@@ -18,4 +19,6 @@ __all__ = [
     "InferenceStream",
     "OnnxRuntimeBackend",
     "Session",
+    "WorkerEngine",
+    "create_worker_engine",
 ]

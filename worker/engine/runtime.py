@@ -13,10 +13,14 @@ A request's version resolves among the served versions as the registry resolves 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterable
 
+from tether.artifacts import ArtifactStore
 from tether.errors import InvalidArgument, NotFound
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2
+from worker.engine.backends import ONNXRUNTIME_CPU
+from worker.engine.detect import Capabilities, select_backend
 from worker.engine.engine import CancelFlag, ExecutionEngine
 from worker.loader import ModelLoader
 
@@ -82,3 +86,18 @@ class WorkerEngine:
         finally:
             await run.aclose()
         yield infer_pb2.Payload(), run.usage
+
+
+def create_worker_engine(artifacts: ArtifactStore, records: Iterable[registry_pb2.ModelRecord],
+                         *, cache_dir: str | os.PathLike[str], ram_budget_bytes: int,
+                         prefer_cpu: bool = False,
+                         vram_fraction: float = 0.8) -> tuple[WorkerEngine, Capabilities]:
+    """The engine this machine should run: TensorRT when a GPU and TensorRT are present
+    (cache budget: ``vram_fraction`` of the GPU's memory), else ONNX Runtime on CPU (budget:
+    ``ram_budget_bytes``). Also returns what detection found, for presence announcements."""
+    backend, caps = select_backend(cache_dir, prefer_cpu=prefer_cpu)
+    budget = ram_budget_bytes
+    if backend.name != ONNXRUNTIME_CPU and caps.vram_gb:
+        budget = int(caps.vram_gb * (1 << 30) * vram_fraction)
+    loader = ModelLoader(artifacts, backend, budget_bytes=budget)
+    return WorkerEngine(loader, records), caps
