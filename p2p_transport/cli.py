@@ -110,7 +110,7 @@ async def _bootstrap(args: argparse.Namespace) -> None:
         sock.close()
 
 
-async def _echo(value: bytes | None) -> bytes | None:
+def _echo(value: bytes | None) -> bytes | None:
     return value
 
 

@@ -437,20 +437,40 @@ class Mux:
         self.core = Protomux()
         self.core.on_output = self._on_output
         self._wake = trio.Event()
+        self._inline = 0
         self.nursery: trio.Nursery | None = None
         self.closed = trio.Event()
-        self._flush_lock = trio.Lock()
+        self._flushing = False
 
     def _on_output(self) -> None:
-        self._wake.set()
+        if not self._inline:
+            self._wake.set()
+
+    async def send(self, channel: Channel, type_: int, payload: bytes) -> bool:
+        """Queue one message and send it from this task (no hop through the writer task).
+        False when the channel is closed."""
+        self._inline += 1
+        try:
+            ok = channel.send(type_, payload)
+        finally:
+            self._inline -= 1
+        await self.flush()
+        return ok
 
     async def flush(self) -> None:
-        """Send every queued message now."""
-        async with self._flush_lock:
+        """Send every queued message now. One task flushes at a time, in order; a task that
+        finds a flush in progress leaves its messages to that flusher."""
+        if self._flushing:
+            await trio.lowlevel.checkpoint()
+            return
+        self._flushing = True
+        try:
             while self.core.outbox:
                 batch, self.core.outbox = self.core.outbox, []
                 for data in batch:
                     await self.stream.send_message(data)
+        finally:
+            self._flushing = False
 
     async def _writer(self) -> None:
         while True:
@@ -471,7 +491,13 @@ class Mux:
                         except (trio.EndOfChannel, trio.BrokenResourceError,
                                 trio.ClosedResourceError):
                             break
-                        self.core.receive(frame)
+                        self._inline += 1
+                        try:
+                            self.core.receive(frame)
+                        finally:
+                            self._inline -= 1
+                        if self.core.outbox:
+                            await self.flush()  # replies queued while handling the frame
                     with trio.move_on_after(5):
                         await self.flush()
                 finally:
@@ -540,9 +566,8 @@ class ChannelMessageStream:
             raise trio.ClosedResourceError("channel was rejected or closed")
 
     async def send_message(self, data: bytes) -> None:
-        if not self.channel.send(0, data):
+        if not await self.mux.send(self.channel, 0, data):
             raise trio.ClosedResourceError("channel is closed")
-        await self.mux.flush()
 
     async def receive_message(self) -> bytes:
         return await self._recv.receive()

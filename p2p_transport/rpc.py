@@ -21,6 +21,7 @@ with the cause, ...); :class:`RpcProtocolError` is a malformed message from the 
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -177,7 +178,23 @@ def capability(is_initiator: bool, key: bytes, handshake_hash: bytes,
     return hash_batch([ns, b"\x01" if is_initiator else b"\x00", key], handshake_hash)
 
 
-Handler = Callable[[bytes | None], Awaitable[bytes | None]]
+#: A method handler: takes the request value, returns the response value, either directly
+#: (answered from the reading task) or as an awaitable (run in its own task, so concurrent
+#: requests may be answered out of order).
+Handler = Callable[[bytes | None], "Awaitable[bytes | None] | bytes | None"]
+
+
+class _Waiter:
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.response: RpcResponse | None = None
+
+    def set(self, response: RpcResponse) -> None:
+        if self.response is None:
+            self.response = response
+            self.event.set()
 
 
 class RpcChannel:
@@ -192,7 +209,7 @@ class RpcChannel:
                  handshake_hash: bytes | None = None, max_inflight: int = 1024) -> None:
         self.mux = mux
         self._responders: dict[str, Handler] = {}
-        self._pending: dict[int, trio.MemorySendChannel[RpcResponse]] = {}
+        self._pending: dict[int, _Waiter] = {}
         self._next_id = 1
         self._responding = 0
         self._ending = False
@@ -237,20 +254,28 @@ class RpcChannel:
             if self.mux.nursery is None:
                 return
             self._responding += 1
-            self.mux.nursery.start_soon(self._serve, req)
+            first = self._start(req)
+            if isinstance(first, RpcResponse):
+                # answered without awaiting: reply from the reading task, no task hop
+                self._responding -= 1
+                if req.id:
+                    self.channel.send(_RESPONSE, encode_response(first))
+                self._end_maybe()
+            else:
+                self.mux.nursery.start_soon(self._serve, req, first)
         elif type_ == _RESPONSE:
             res = decode_response(payload)
             if res.id == 0:
                 return
-            sender = self._pending.pop(res.id, None)
-            if sender is not None:
-                sender.send_nowait(res)
+            waiter = self._pending.pop(res.id, None)
+            if waiter is not None:
+                waiter.set(res)
                 self._end_maybe()
 
     def _on_close(self, _remote: bool) -> None:
         err = self._close_error or RpcError("channel closed", "CHANNEL_CLOSED")
-        for sender in self._pending.values():
-            sender.send_nowait(RpcResponse(0, None, err))
+        for waiter in self._pending.values():
+            waiter.set(RpcResponse(0, None, err))
         self._pending.clear()
         self.opened.set()
         self.closed.set()
@@ -258,7 +283,8 @@ class RpcChannel:
     # -- serving ------------------------------------------------------------------------
 
     def respond(self, method: str, handler: Handler) -> None:
-        """Answer ``method`` with ``await handler(value)``; an exception becomes
+        """Answer ``method`` with ``handler(value)`` (awaited when it returns an awaitable);
+        an exception becomes
         ``REQUEST_ERROR`` with the exception as its cause (``code``/``context`` attributes
         are carried when present)."""
         self._responders[method] = handler
@@ -266,19 +292,8 @@ class RpcChannel:
     def unrespond(self, method: str) -> None:
         self._responders.pop(method, None)
 
-    async def _serve(self, req: RpcRequest) -> None:
-        try:
-            res = await self._answer(req)
-            if req.id and not self.channel.closed:
-                self.channel.send(_RESPONSE, encode_response(res))
-                await self.mux.flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            self._responding -= 1
-            self._end_maybe()
-
-    async def _answer(self, req: RpcRequest) -> RpcResponse:
+    def _start(self, req: RpcRequest) -> RpcResponse | Awaitable[object]:
+        """Run the handler up to its first await: a finished response, or what to await."""
         handler = self._responders.get(req.method)
         if handler is None:
             return RpcResponse(req.id, None,
@@ -289,20 +304,42 @@ class RpcChannel:
             return RpcResponse(req.id, None, RpcError("Could not decode request",
                                                       "DECODE_ERROR", cause_message=str(exc)))
         try:
-            result = await handler(value)
+            result = handler(value)
         except Exception as exc:  # the handler's failure goes back to the caller, by contract
-            log.debug("handler %s failed", req.method, exc_info=True)
-            code = getattr(exc, "code", None)
-            context = getattr(exc, "context", None)
-            return RpcResponse(req.id, None, RpcError(
-                "Request failed", "REQUEST_ERROR", cause_message=str(exc),
-                cause_code=code if isinstance(code, str) else None,
-                cause_context=context if isinstance(context, str) else None))
+            return self._failed(req, exc)
+        if inspect.isawaitable(result):
+            return result
+        return self._finished(req, result)
+
+    def _failed(self, req: RpcRequest, exc: Exception) -> RpcResponse:
+        log.debug("handler %s failed", req.method, exc_info=True)
+        code = getattr(exc, "code", None)
+        context = getattr(exc, "context", None)
+        return RpcResponse(req.id, None, RpcError(
+            "Request failed", "REQUEST_ERROR", cause_message=str(exc),
+            cause_code=code if isinstance(code, str) else None,
+            cause_context=context if isinstance(context, str) else None))
+
+    def _finished(self, req: RpcRequest, result: object) -> RpcResponse:
         if result is not None and not isinstance(result, bytes | bytearray):
             return RpcResponse(req.id, None, RpcError("Could not encode response",
                                                       "ENCODE_ERROR",
                                                       cause_message="handler returned non-bytes"))
         return RpcResponse(req.id, encode_value(bytes(result) if result is not None else None))
+
+    async def _serve(self, req: RpcRequest, pending: Awaitable[object]) -> None:
+        try:
+            try:
+                res = self._finished(req, await pending)
+            except Exception as exc:  # the handler's failure goes back to the caller
+                res = self._failed(req, exc)
+            if req.id and not self.channel.closed:
+                await self.mux.send(self.channel, _RESPONSE, encode_response(res))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._responding -= 1
+            self._end_maybe()
 
     # -- calling ------------------------------------------------------------------------
 
@@ -315,13 +352,14 @@ class RpcChannel:
             raise trio.BusyResourceError("too many RPC requests in flight")
         id_ = self._next_id
         self._next_id += 1
-        send, recv = trio.open_memory_channel[RpcResponse](1)
-        self._pending[id_] = send
-        self.channel.send(_REQUEST, encode_request(RpcRequest(id_, method, encode_value(value))))
+        waiter = self._pending[id_] = _Waiter()
         try:
-            await self.mux.flush()
+            await self.mux.send(self.channel, _REQUEST,
+                                encode_request(RpcRequest(id_, method, encode_value(value))))
             with trio.fail_after(timeout):
-                res = await recv.receive()
+                await waiter.event.wait()
+            res = waiter.response
+            assert res is not None
         except trio.TooSlowError:
             raise RpcError(f"timeout of {timeout * 1000:.0f}ms exceeded",
                            "TIMEOUT_EXCEEDED") from None
@@ -337,8 +375,8 @@ class RpcChannel:
         """Send a one-way event (request id 0)."""
         if self.channel.closed:
             raise RpcError("channel closed", "CHANNEL_CLOSED")
-        self.channel.send(_REQUEST, encode_request(RpcRequest(0, method, encode_value(value))))
-        await self.mux.flush()
+        await self.mux.send(self.channel, _REQUEST,
+                            encode_request(RpcRequest(0, method, encode_value(value))))
 
     async def end(self) -> None:
         """Close the channel once no request is outstanding in either direction."""

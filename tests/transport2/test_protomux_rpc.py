@@ -267,6 +267,37 @@ def test_rpc_request_error_event_concurrency() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_rpc_sync_handlers_answer_inline() -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            client, server, _, _ = await _rpc_pair(nursery)
+
+            def upper(v: bytes | None) -> bytes | None:
+                return (v or b"").upper()
+
+            def broken(v: bytes | None) -> bytes | None:
+                raise KeyError("missing")
+
+            def wrong(v: bytes | None) -> bytes | None:
+                return "not bytes"  # type: ignore[return-value]
+
+            server.respond("upper", upper)
+            server.respond("broken", broken)
+            server.respond("wrong", wrong)
+            await client.opened.wait()
+            assert await client.request("upper", b"abc") == b"ABC"
+            with pytest.raises(RpcError) as info:
+                await client.request("broken")
+            assert info.value.code == "REQUEST_ERROR" and "missing" in (
+                info.value.cause_message or "")
+            with pytest.raises(RpcError) as info:
+                await client.request("wrong")
+            assert info.value.code == "ENCODE_ERROR"
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 @pytest.mark.parametrize(("cap_a", "cap_b", "ok"), [
     (b"k" * 32, b"k" * 32, True),
     (b"k" * 32, b"j" * 32, False),

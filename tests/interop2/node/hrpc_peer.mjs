@@ -5,6 +5,7 @@
 // call:  prints {"event":"ready",...}; stdin commands {"op":"request","key":HEX,"method":M,"hex":H},
 //        {"op":"event",...}, {"op":"concurrent","key":HEX,"calls":[[M,H],...]} -> "result" lines.
 import RPC from '@hyperswarm/rpc'
+import DHT from 'hyperdht'
 import createTestnet from 'hyperdht/testnet.js'
 import readline from 'readline'
 
@@ -24,7 +25,7 @@ if (opt('--bootstrap')) {
   testnet = await createTestnet(Number(opt('--testnet') || 3), { host: '127.0.0.1' })
   bootstrap = testnet.bootstrap
 }
-const rpc = new RPC({ bootstrap })
+const rpc = new RPC({ dht: new DHT({ bootstrap, host: '127.0.0.1' }) })
 await rpc.dht.fullyBootstrapped()
 
 function errorRecord (err) {
@@ -80,6 +81,7 @@ rl.on('line', async (line) => {
 })
 rl.on('close', async () => {
   await rpc.destroy()
+  await rpc.dht.destroy()
   if (testnet) await testnet.destroy()
   process.exit(0)
 })

@@ -4,6 +4,7 @@
 // Events: connection {remotePublicKey, initiator}, data {remotePublicKey, text}, closed.
 // Every connection is sent "hello from node" on open.
 import Hyperswarm from 'hyperswarm'
+import DHT from 'hyperdht'
 import createTestnet from 'hyperdht/testnet.js'
 import readline from 'readline'
 
@@ -21,7 +22,7 @@ if (opt('--bootstrap')) {
   testnet = await createTestnet(Number(opt('--testnet') || 3), { host: '127.0.0.1' })
   bootstrap = testnet.bootstrap
 }
-const swarm = new Hyperswarm({ bootstrap })
+const swarm = new Hyperswarm({ dht: new DHT({ bootstrap, host: '127.0.0.1' }) })
 let opened = 0
 swarm.on('connection', (conn, info) => {
   opened++
@@ -56,6 +57,7 @@ rl.on('line', async (line) => {
 })
 rl.on('close', async () => {
   await swarm.destroy()
+  await swarm.dht.destroy()
   if (testnet) await testnet.destroy()
   process.exit(0)
 })

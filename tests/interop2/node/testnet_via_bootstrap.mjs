@@ -4,6 +4,7 @@
 // {"event":"exchanged",...}; exits 0 on success.
 import createTestnet from 'hyperdht/testnet.js'
 import Hyperswarm from 'hyperswarm'
+import DHT from 'hyperdht'
 import crypto from 'hypercore-crypto'
 
 const [host, portText] = process.argv[2].split(':')
@@ -14,8 +15,8 @@ const testnet = await createTestnet(3, { bootstrap, host: '127.0.0.1' })
 out({ event: 'testnet', nodes: testnet.nodes.map((n) => n.address()) })
 out({ event: 'persistent', count: testnet.nodes.filter((n) => !n.ephemeral).length })
 
-const a = new Hyperswarm({ bootstrap })
-const b = new Hyperswarm({ bootstrap })
+const a = new Hyperswarm({ dht: new DHT({ bootstrap, host: '127.0.0.1' }) })
+const b = new Hyperswarm({ dht: new DHT({ bootstrap, host: '127.0.0.1' }) })
 const topic = crypto.randomBytes(32)
 const got = new Promise((resolve) => {
   b.on('connection', (conn) => conn.on('data', (d) => resolve(d.toString())))
@@ -28,4 +29,6 @@ const text = await got
 out({ event: 'exchanged', text })
 await a.destroy()
 await b.destroy()
+await a.dht.destroy()
+await b.dht.destroy()
 await testnet.destroy()
