@@ -7,7 +7,8 @@ Both pairs use the same 3-node Node testnet for discovery (``bench/node/rpc_test
 * Python<->Python: ``python -m p2p_transport rpc-serve`` served (its own process), this process
   measuring with :class:`p2p_transport.rpc.HyperswarmRpc`.
 
-Connect time is lookup (FIND_PEER walk) + relayed Noise handshake + secret-stream header
+Mixed pairs (Python client -> Node server, Node client -> Python server) are measured too, to
+show which side the time goes to. Connect time is lookup (FIND_PEER walk) + relayed Noise handshake + secret-stream header
 exchange + protomux-rpc channel open, for a fresh client. Round trips are ``--requests``
 sequential ``echo`` calls of ``--size`` bytes (the first ``--warmup`` are discarded). The last
 line printed is JSON with every figure and the Python/Node ratios.
@@ -111,6 +112,13 @@ async def run(n: int, size: int, warmup: int) -> dict[str, Any]:
                                "--bootstrap", boot_text], **popen, check=False))
         py_key = bytes.fromhex(await _readline(py_server))
         py_py = await _python_client(boot_addrs, py_key, n, size, warmup)
+        # mixed pairs show which side the time is spent on
+        py_node = await _python_client(boot_addrs, bytes.fromhex(node_key), n, size, warmup)
+        client = await trio.run_process(
+            [node, str(NODE_DIR / "rpc_client.mjs"), boot_text, py_key.hex(), str(n),
+             str(size)], capture_stdout=True, cwd=str(REPO_ROOT), check=True)
+        raw = json.loads(client.stdout.decode().strip().splitlines()[-1])
+        node_py = _summary(raw["connect_ms"], raw["rtt_ms"][warmup:])
 
         for proc in (py_server, node_server, testnet):
             assert proc.stdin is not None
@@ -120,7 +128,9 @@ async def run(n: int, size: int, warmup: int) -> dict[str, Any]:
 
     ratios = {k: round(py_py[k] / node_node[k], 2) for k in node_node if node_node[k]}
     return {"benchmark": "transport_rpc", "requests": n, "size": size,
-            "python_python": py_py, "node_node": node_node, "ratio_python_over_node": ratios}
+            "python_python": py_py, "node_node": node_node,
+            "python_client_node_server": py_node, "node_client_python_server": node_py,
+            "ratio_python_over_node": ratios}
 
 
 def main() -> None:
@@ -132,6 +142,8 @@ def main() -> None:
     result = trio.run(run, args.requests, args.size, args.warmup)
     print(f"Node<->Node     {result['node_node']}")
     print(f"Python<->Python {result['python_python']}")
+    print(f"Python->Node    {result['python_client_node_server']}")
+    print(f"Node->Python    {result['node_client_python_server']}")
     print(json.dumps(result))
 
 

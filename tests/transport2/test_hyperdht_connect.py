@@ -3,11 +3,14 @@ handshake de-duplication, firewall rejection and announce signatures."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import trio
 
 from p2p_transport.cenc import SocketAddress
 from p2p_transport.crypto import NS_ANNOUNCE, key_pair, sign, verify
+from p2p_transport.crypto import hash as blake2b
 from p2p_transport.hyperdht import (
     HyperDht,
     PeerConnectionFailed,
@@ -16,6 +19,7 @@ from p2p_transport.hyperdht import (
     RawConnection,
     announce_signable,
 )
+from p2p_transport.hyperdht.messages import Handshake, encode_handshake
 
 
 async def _echo_once(raw: RawConnection) -> None:
@@ -77,3 +81,38 @@ def test_announce_signable_is_verifiable() -> None:
                             namespace=NS_ANNOUNCE)
     assert len(msg) == 64 and msg[:32] == NS_ANNOUNCE
     assert verify(msg, sign(msg, kp.secret_key), kp.public_key)
+
+
+
+def test_server_survives_garbage_handshakes() -> None:
+    """Random PEER_HANDSHAKE values (decodable or not, any mode) never break the server: it
+    answers nothing or a well-formed reply, and a real client still connects afterwards."""
+    rng = random.Random(7)
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with HyperDht.open() as server_dht, HyperDht.open() as client_dht:
+
+                async def on_conn(raw: RawConnection) -> None:
+                    await _echo_once(raw)
+
+                server = server_dht.create_server(on_conn)
+                await server.listen(announce=False)
+                target = blake2b(server.public_key)
+                for i in range(300):
+                    noise = rng.randbytes(rng.choice([0, 1, 48, 96, 116, 200]))
+                    if i % 3 == 0:
+                        value = rng.randbytes(rng.randrange(0, 80))
+                    else:
+                        value = encode_handshake(Handshake(rng.randrange(0, 6), noise,
+                                                           SocketAddress("127.0.0.1", 9)))
+                    client_dht.node.start_request(server_dht.local_address, 0, target=target,
+                                                  value=value, retries=0)
+                await trio.sleep(0.5)
+                raw = await client_dht.connect(server.public_key,
+                                               relay_addresses=[server_dht.local_address])
+                await raw.stream.send_all(b"still alive")
+                assert await raw.stream.receive_some(1024) == b"echo:still alive"
+                await raw.stream.aclose()
+
+    trio.run(main)
