@@ -8,9 +8,10 @@ Both pairs use the same 3-node Node testnet for discovery (``bench/node/rpc_test
   measuring with :class:`p2p_transport.rpc.HyperswarmRpc`.
 
 Mixed pairs (Python client -> Node server, Node client -> Python server) are measured too, to
-show which side the time goes to. Connect time is lookup (FIND_PEER walk) + relayed Noise handshake + secret-stream header
-exchange + protomux-rpc channel open, for a fresh client. Round trips are ``--requests``
-sequential ``echo`` calls of ``--size`` bytes (the first ``--warmup`` are discarded). The last
+show which side the time goes to. Connect time is lookup (FIND_PEER walk) + relayed Noise
+handshake + secret-stream header exchange + protomux-rpc channel open, for a fresh client.
+Round trips are ``--requests`` sequential ``echo`` calls of ``--size`` bytes (the first
+``--warmup`` are discarded). The last
 line printed is JSON with every figure and the Python/Node ratios.
 
 Usage: .venv/bin/python bench/transport_rpc.py [--requests 2000] [--size 32]
