@@ -71,7 +71,7 @@ class InferenceStream:
         self.usage = usage
         self.compute_s = 0.0
         self.first_payload_s: float | None = None
-        self.last_yield_s = 0.0
+        self.last_yield_s = time.perf_counter()  # the caller just yielded to get here
         self._started = time.perf_counter()
         self._gen = gen(self)
 
