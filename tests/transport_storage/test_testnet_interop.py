@@ -1,0 +1,89 @@
+"""Node Hyperswarm peers on the Python testnet: they bootstrap from the Python bootstrap node,
+announce to and look up on Python storage nodes, and connect through the handshakes and
+holepunch messages those nodes relay.
+
+Between two Node peers on one loopback host, hyperdht races its LAN shortcut against holepunch
+rounds, and now and then (on a Node testnet as well) the first connection carries no data and
+Hyperswarm's retry connects about 15 s later; the time limits leave room for that retry.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+from storage_helpers import spawn_swarm_peer
+
+from p2p_transport.hyperswarm import Hyperswarm, SwarmConnection
+from p2p_transport.testnet import open_testnet
+
+pytestmark = pytest.mark.interop
+
+
+def test_two_node_swarms_meet_through_the_python_testnet() -> None:
+    async def main() -> None:
+        with trio.fail_after(100):
+            async with open_testnet(3) as testnet, trio.open_nursery() as nursery:
+                boot = testnet.bootstrap[0]
+                where = f"{boot.host}:{boot.port}"
+                server = await spawn_swarm_peer(nursery, "--bootstrap", where)
+                client = await spawn_swarm_peer(nursery, "--bootstrap", where)
+                server_key = (await server.expect_json("ready"))["publicKey"]
+                client_key = (await client.expect_json("ready"))["publicKey"]
+                topic = os.urandom(32).hex()
+                await server.send_json({"op": "join", "topic": topic, "server": True,
+                                        "client": False})
+                await server.expect_json("joined")
+                assert sum(len(s.persistent.records) for s in testnet.storage_nodes) >= 1
+                await client.send_json({"op": "join", "topic": topic, "server": False,
+                                        "client": True})
+                conn = await client.expect_json("connection")
+                assert conn["remotePublicKey"] == server_key
+                assert conn["initiator"] is True
+                got = await client.expect_json("data")
+                assert (got["remotePublicKey"], got["text"]) == (server_key, "hello from node")
+                got = await server.expect_json("data")
+                assert (got["remotePublicKey"], got["text"]) == (client_key, "hello from node")
+                await server.send_json({"op": "send", "text": "more"})
+                got = await client.expect_json("data")
+                assert got["text"] == "more"
+                # the connection was relayed by Python storage nodes, not found some other way
+                relayed = sum(s.node.stats["requests"] for s in testnet.storage_nodes)
+                assert relayed > 0
+                await server.close()
+                await client.close()
+
+    trio.run(main)
+
+
+def test_node_client_finds_a_python_server_through_the_python_testnet() -> None:
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with open_testnet(3) as testnet, trio.open_nursery() as nursery:
+                boot = testnet.bootstrap[0]
+                received: list[bytes] = []
+                got_one = trio.Event()
+
+                async def on_conn(conn: SwarmConnection) -> None:
+                    await conn.send_message(b"hello from python")
+                    received.append(await conn.receive_message())
+                    got_one.set()
+
+                topic = os.urandom(32)
+                async with Hyperswarm.open(on_conn, bootstrap=[boot]) as swarm:
+                    await swarm.join(topic, server=True, client=False).flushed()
+                    node = await spawn_swarm_peer(nursery, "--bootstrap",
+                                            f"{boot.host}:{boot.port}")
+                    await node.expect_json("ready")
+                    await node.send_json({"op": "join", "topic": topic.hex(), "server": False,
+                                          "client": True})
+                    conn = await node.expect_json("connection")
+                    assert conn["remotePublicKey"] == swarm.key_pair.public_key.hex()
+                    got = await node.expect_json("data")
+                    assert got["text"] == "hello from python"
+                    await got_one.wait()
+                    assert received == [b"hello from node"]
+                    await node.close()
+
+    trio.run(main)
