@@ -3,6 +3,8 @@ jobs and usage. Every test runs on both databases (see conftest for PostgreSQL).
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -120,3 +122,29 @@ def test_job_lifecycle_and_usage(store: MetadataStore) -> None:
                                                  output_tokens=1))
     assert store.usage_totals("acme") == (4, 8)
     assert store.usage_totals("nobody") == (0, 0)
+
+
+def test_concurrent_reservations_and_quota_are_atomic(store: MetadataStore) -> None:
+    """Many threads race for one reservation and for one quota: exactly the allowed number
+    win, on SQLite (WAL, busy timeout) and PostgreSQL alike."""
+    store.set_quota("acme", limit_tokens=100, period_ms=60_000)
+    created: list[bool] = []
+    taken: list[int] = []
+
+    def reserve() -> None:
+        created.append(store.reserve("race", "t1", "acme").created)
+
+    def consume() -> None:
+        try:
+            store.consume_quota("acme", 10)
+            taken.append(10)
+        except ResourceExhausted:
+            pass
+
+    threads = [threading.Thread(target=f) for f in [reserve] * 8 + [consume] * 16]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(created) == [False] * 7 + [True]
+    assert sum(taken) == 100
