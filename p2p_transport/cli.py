@@ -7,6 +7,7 @@ and exits cleanly on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -19,8 +20,10 @@ from p2p_transport.crypto import hash as blake2b
 from p2p_transport.crypto import key_pair
 from p2p_transport.dht_rpc import DhtError, DhtNode, UdpSocket
 from p2p_transport.hyperdht import HyperDht
+from p2p_transport.hyperdht.storage import StorageNode
 from p2p_transport.hyperswarm import Hyperswarm, SwarmConnection
 from p2p_transport.rpc import HyperswarmRpc, RpcError
+from p2p_transport.testnet import DEFAULT_SIZE, MAX_SIZE, open_testnet
 
 __all__ = ["main", "parse_address", "topic_from_text"]
 
@@ -59,6 +62,12 @@ def _hex_arg(n: int | None = None) -> Callable[[str], bytes]:
     return parse
 
 
+def _testnet_size(text: str) -> int:
+    if not text.isdigit() or not 2 <= int(text) <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"expected 2..{MAX_SIZE} nodes, got {text!r}")
+    return int(text)
+
+
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -93,12 +102,15 @@ async def _until_signal(body: Callable[[trio.Event], Awaitable[None]]) -> None:
 
 async def _bootstrap(args: argparse.Namespace) -> None:
     sock = await UdpSocket.bind(args.host, args.port)
-    node = DhtNode(sock, bootstrap=args.bootstrap)
+    storage = StorageNode(sock, bootstrap=args.bootstrap) if args.persistent else None
+    node = storage.node if storage is not None else DhtNode(sock, bootstrap=args.bootstrap)
 
     async def body(stop: trio.Event) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(sock.serve, node.datagram_received)
+            if storage is not None and args.bootstrap:
+                await storage.bootstrap()
             addr = sock.local_address
             _say(f"listening {addr.host}:{addr.port}")
             await stop.wait()
@@ -108,6 +120,15 @@ async def _bootstrap(args: argparse.Namespace) -> None:
         await _until_signal(body)
     finally:
         sock.close()
+
+
+async def _testnet(args: argparse.Namespace) -> None:
+    async def body(stop: trio.Event) -> None:
+        async with open_testnet(args.nodes, host=args.host, port=args.port) as testnet:
+            _say(json.dumps({"bootstrap": [f"{a.host}:{a.port}" for a in testnet.bootstrap]}))
+            await stop.wait()
+
+    await _until_signal(body)
 
 
 def _echo(value: bytes | None) -> bytes | None:
@@ -204,7 +225,15 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bootstrap", help="run a DHT bootstrap node")
     b.add_argument("--host", default="127.0.0.1")
     b.add_argument("--port", type=int, default=49737)
+    b.add_argument("--persistent", action="store_true",
+                   help="store announcements and relay handshakes (a storage node)")
     common(b)
+
+    t = sub.add_parser("testnet", help="run a bootstrap node and storage nodes on one host")
+    t.add_argument("--host", default="127.0.0.1")
+    t.add_argument("--port", type=int, default=0, help="bootstrap node port (0: any free port)")
+    t.add_argument("--nodes", type=_testnet_size, default=DEFAULT_SIZE,
+                   help="nodes in all, the bootstrap node included (at least 2)")
 
     s = sub.add_parser("rpc-serve", help="serve 'echo' with @hyperswarm/rpc semantics")
     s.add_argument("--host", default="127.0.0.1")
@@ -240,6 +269,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[None]]] = {
     "rpc-serve": _rpc_serve,
     "rpc-call": _rpc_call,
     "swarm": _swarm,
+    "testnet": _testnet,
 }
 
 

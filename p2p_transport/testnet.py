@@ -21,7 +21,7 @@ from p2p_transport.cenc import SocketAddress
 from p2p_transport.dht_rpc import DhtNode, UdpSocket
 from p2p_transport.hyperdht.storage import StorageNode, open_storage_node
 
-__all__ = ["DEFAULT_SIZE", "Testnet", "open_testnet"]
+__all__ = ["DEFAULT_SIZE", "MAX_SIZE", "Testnet", "open_testnet"]
 
 log = logging.getLogger(__name__)
 
