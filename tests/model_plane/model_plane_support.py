@@ -1,4 +1,5 @@
-"""Helpers shared by the model-plane tests (fixtures are in conftest.py)."""
+"""Shared pieces of the model-plane tests: clocks, ports, S3 buckets, counting wrappers and a
+small ONNX model builder (fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
