@@ -9,14 +9,22 @@ Hyperswarm's retry connects about 15 s later; the time limits leave room for tha
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import trio
-from storage_helpers import spawn_swarm_peer
+from storage_helpers import ROOT, spawn_swarm_peer
 
+from p2p_transport.crypto import hash as blake2b
+from p2p_transport.crypto import key_pair, verify
+from p2p_transport.hyperdht.persistent import decode_mutable_value, mutable_signable
 from p2p_transport.hyperswarm import Hyperswarm, SwarmConnection
 from p2p_transport.testnet import open_testnet
+
+STORAGE_CLIENT = Path(__file__).resolve().parent / "node" / "dht_storage_client.mjs"
 
 pytestmark = pytest.mark.interop
 
@@ -85,5 +93,43 @@ def test_node_client_finds_a_python_server_through_the_python_testnet() -> None:
                     await got_one.wait()
                     assert received == [b"hello from node"]
                     await node.close()
+
+    trio.run(main)
+
+
+def test_node_dht_storage_commands_against_python_storage_nodes() -> None:
+    node = shutil.which("node")
+    if node is None or not (ROOT / "node_modules" / "hyperdht").is_dir():
+        pytest.skip("node and the pinned node_modules are needed for interop tests")
+    seed = bytes([0x11]) * 32
+    public_key = key_pair(seed).public_key
+
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with open_testnet(3) as testnet:
+                boot = testnet.bootstrap[0]
+                done = await trio.run_process(
+                    [node, str(STORAGE_CLIENT), "--bootstrap", f"{boot.host}:{boot.port}",
+                     "--seed", seed.hex()],
+                    capture_stdout=True, cwd=str(ROOT), check=True)
+                steps = {s["step"]: s for s in map(json.loads, done.stdout.splitlines())}
+                immutable = steps["immutable"]
+                assert immutable["value"] == "an immutable tether value"
+                assert immutable["nodes"] == 2  # both storage nodes took the value
+                assert steps["mutable"] == {"step": "mutable", "seq": 1, "value": "mutable v1"}
+                # a stale put is refused (SEQ_TOO_LOW); hyperdht's mutablePut does not raise
+                target = blake2b(public_key)
+                for storage in testnet.storage_nodes:
+                    raw = storage.persistent.mutables.get(target, trio.current_time())
+                    assert raw is not None
+                    stored = decode_mutable_value(raw)
+                    assert (stored.seq, stored.value) == (1, b"mutable v1")
+                    assert verify(mutable_signable(1, b"mutable v1"), stored.signature,
+                                  public_key)
+                peers = steps["lookup"]["peers"]
+                assert {p["publicKey"] for p in peers} == {public_key.hex()}
+                assert all(p["relayAddresses"] == [{"host": "127.0.0.1", "port": 1234}]
+                           for p in peers)
+                assert steps["lookup-after-unannounce"]["peers"] == []
 
     trio.run(main)
