@@ -1,4 +1,5 @@
-"""HyperDHT: announce/lookup, relayed Noise handshakes and connections over dht-rpc."""
+"""HyperDHT: announce/lookup, relayed Noise handshakes and connections over dht-rpc, and
+persistent storage nodes that store announcements and relay handshakes."""
 
 from .dht import (
     HyperDht,
@@ -10,6 +11,9 @@ from .dht import (
     secure,
 )
 from .messages import Firewall, HyperDhtProtocolError, Mode, NoisePayload, PeerRecord
+from .persistent import Persistent
+from .router import Router
+from .storage import StorageNode, open_storage_node
 
 __all__ = [
     "Firewall",
@@ -20,8 +24,12 @@ __all__ = [
     "PeerConnectionFailed",
     "PeerNotFound",
     "PeerRecord",
+    "Persistent",
     "RawConnection",
+    "Router",
     "Server",
+    "StorageNode",
     "announce_signable",
+    "open_storage_node",
     "secure",
 ]
