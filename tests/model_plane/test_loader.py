@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from model_plane_support import CountingBackend, tensor_model_bytes
 
-from tether.artifacts import ArtifactStore
+from tether.artifacts import ArtifactStore, LocalDirectoryStore
 from tether.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
 from tether.keys import KeyPair
 from tether.v1 import presence_pb2, registry_pb2
@@ -137,3 +139,88 @@ def test_bad_adapters_are_refused(factors, words) -> None:
         merge_adapters(tensor_model_bytes(np.ones((4, 3))), [write_adapter(factors)])
     with pytest.raises(InvalidArgument, match=r"not an \.npz"):
         merge_adapters(tensor_model_bytes(np.ones((4, 3))), [b"garbage"])
+
+
+class _NullSession:
+    """Test double of a runtime session: the cache property test never runs a model."""
+
+    inputs: list = []
+    outputs: list = []
+
+    def run(self, feeds):
+        raise AssertionError("not run in this test")
+
+
+class _NullBackend:
+    """Test double of a backend that records loads and returns a null session."""
+
+    name = "null"
+
+    def __init__(self) -> None:
+        self.loaded: list[str] = []
+
+    def load(self, onnx_bytes: bytes, *, digest: str) -> _NullSession:
+        self.loaded.append(digest)
+        return _NullSession()
+
+
+# Loads dominate so that the cache fills and evicts often.
+OPS = st.lists(st.tuples(st.sampled_from(["load"] * 6 + ["pin", "unpin", "evict"]),
+                         st.integers(0, 4)), max_size=30)
+
+
+@pytest.fixture(scope="module")
+def five_models(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lru")
+    kp = KeyPair.from_seed(b"\x0b" * 32)
+    artifacts = ArtifactStore([LocalDirectoryStore(tmp / f"r{i}") for i in range(3)],
+                              trusted_keys={kp.public_key})
+    records = [make_record(artifacts, kp, f"m{i}", b"x" * (100 * (i + 1))) for i in range(5)]
+    return artifacts, records
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS, st.sampled_from([250, 600, 700, 1000, 1200]))
+def test_cache_invariants_hold_for_any_sequence(five_models, ops, budget) -> None:
+    """Against a reference LRU: the budget is never exceeded, pinned models are never evicted,
+    eviction takes the least recently used unpinned model, and hits do not reload."""
+    artifacts, records = five_models
+    sizes = [r.artifacts[0].size_bytes for r in records]
+
+    async def main() -> None:
+        backend = _NullBackend()
+        loader = ModelLoader(artifacts, backend, budget_bytes=budget)
+        ref: list[int] = []  # least recently used first
+        pins: set[int] = set()
+        for op, i in ops:
+            if op == "pin":
+                loader.pin(f"m{i}", "1.0")
+                pins.add(i)
+            elif op == "unpin":
+                loader.unpin(f"m{i}", "1.0")
+                pins.discard(i)
+            elif op == "evict":
+                removed = loader.evict(f"m{i}", "1.0")
+                assert removed == (i in ref and i not in pins)
+                if removed:
+                    ref.remove(i)
+            else:
+                pinned_bytes = sum(sizes[j] for j in ref if j in pins)
+                fits = i in ref or sizes[i] + pinned_bytes <= budget
+                if not fits:
+                    with pytest.raises(ResourceExhausted):
+                        await loader.load(records[i])
+                    continue
+                await loader.load(records[i])
+                if i in ref:
+                    ref.remove(i)
+                else:
+                    while sum(sizes[j] for j in ref) + sizes[i] > budget:
+                        ref.remove(next(j for j in ref if j not in pins))
+                ref.append(i)
+            assert [m.model_id for m in loader.manifest()] == [f"m{j}" for j in ref]
+            assert loader.used_bytes <= budget
+            assert {m.model_id for m in loader.manifest() if m.pinned} == {
+                f"m{j}" for j in ref if j in pins}
+
+    trio.run(main)
