@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,46 @@ async def spawn_swarm_peer(nursery: trio.Nursery, *args: str,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        cwd=str(ROOT), check=False))
     return NodePeer(proc)
+
+
+# -- an in-memory datagram network ---------------------------------------------------------
+
+
+class MemoryNetwork:
+    """Delivers datagrams between endpoints after a fixed delay, through trio tasks so that a
+    MockClock drives it (test double for UDP sockets on loopback)."""
+
+    def __init__(self, nursery: trio.Nursery, delay: float = 0.001) -> None:
+        self.nursery = nursery
+        self.delay = delay
+        self.handlers: dict[SocketAddress, Callable[[bytes, SocketAddress], None]] = {}
+
+    def endpoint(self, port: int) -> MemoryEndpoint:
+        return MemoryEndpoint(self, SocketAddress("127.0.0.1", port))
+
+    def send(self, src: SocketAddress, dst: SocketAddress, data: bytes) -> None:
+        self.nursery.start_soon(self._deliver, src, dst, data)
+
+    async def _deliver(self, src: SocketAddress, dst: SocketAddress, data: bytes) -> None:
+        await trio.sleep(self.delay)
+        handler = self.handlers.get(dst)
+        if handler is not None:
+            handler(data, src)
+
+
+class MemoryEndpoint:
+    """One address on a :class:`MemoryNetwork` (test double for ``UdpSocket``)."""
+
+    def __init__(self, net: MemoryNetwork, addr: SocketAddress) -> None:
+        self.net = net
+        self.addr = addr
+
+    @property
+    def local_address(self) -> SocketAddress:
+        return self.addr
+
+    def send_datagram(self, data: bytes, addr: SocketAddress) -> None:
+        self.net.send(self.addr, addr, data)
+
+    def serve(self, handler: Callable[[bytes, SocketAddress], None]) -> None:
+        self.net.handlers[self.addr] = handler
