@@ -17,6 +17,7 @@ from tether.errors import (
     NotFound,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
 from tether.metadata import MetadataStore, hash_token
 from tether.v1 import infer_pb2, jobs_pb2, status_pb2
@@ -148,3 +149,14 @@ def test_concurrent_reservations_and_quota_are_atomic(store: MetadataStore) -> N
         th.join()
     assert sorted(created) == [False] * 7 + [True]
     assert sum(taken) == 100
+
+
+def test_unreachable_database_is_unavailable_with_the_url_but_no_password() -> None:
+    from model_plane_support import free_port
+
+    url = f"postgresql+psycopg://tether:s3cret@127.0.0.1:{free_port()}/tether"
+    s = MetadataStore(url)
+    with pytest.raises(Unavailable, match="unreachable") as err:
+        s.migrate()
+    assert "127.0.0.1" in err.value.message and "s3cret" not in err.value.message
+    s.close()
