@@ -133,3 +133,33 @@ def test_node_dht_storage_commands_against_python_storage_nodes() -> None:
                 assert steps["lookup-after-unannounce"]["peers"] == []
 
     trio.run(main)
+
+
+def test_python_client_finds_a_node_server_through_the_python_testnet() -> None:
+    async def main() -> None:
+        with trio.fail_after(60):
+            async with open_testnet(3) as testnet, trio.open_nursery() as nursery:
+                boot = testnet.bootstrap[0]
+                node = await spawn_swarm_peer(nursery, "--bootstrap", f"{boot.host}:{boot.port}")
+                node_key = bytes.fromhex((await node.expect_json("ready"))["publicKey"])
+                topic = os.urandom(32)
+                await node.send_json({"op": "join", "topic": topic.hex(), "server": True,
+                                      "client": False})
+                await node.expect_json("joined")
+                received: list[tuple[bytes, bytes]] = []
+                got_one = trio.Event()
+
+                async def on_conn(conn: SwarmConnection) -> None:
+                    await conn.send_message(b"hello from python")
+                    received.append((conn.remote_public_key, await conn.receive_message()))
+                    got_one.set()
+
+                async with Hyperswarm.open(on_conn, bootstrap=[boot]) as swarm:
+                    swarm.join(topic, server=False, client=True)
+                    await got_one.wait()
+                    assert received == [(node_key, b"hello from node")]
+                    got = await node.expect_json("data")
+                    assert got["text"] == "hello from python"
+                await node.close()
+
+    trio.run(main)
