@@ -103,12 +103,19 @@ class NodePeer:
         await self.proc.wait()
 
 
-async def spawn_swarm_peer(nursery: trio.Nursery, *args: str,
-                           script: Path = LOOPBACK_SWARM_PEER) -> NodePeer:
-    """Start a Node Hyperswarm peer (by default one whose DHT binds 127.0.0.1)."""
+def require_node() -> str:
+    """The ``node`` executable; skips the test when Node or the pinned packages are missing.
+    Call it before ``trio.run``: a skip raised inside a nursery would arrive as a group."""
     node = shutil.which("node")
     if node is None or not (ROOT / "node_modules" / "hyperswarm").is_dir():
         pytest.skip("node and the pinned node_modules are needed for interop tests")
+    return node
+
+
+async def spawn_swarm_peer(nursery: trio.Nursery, *args: str,
+                           script: Path = LOOPBACK_SWARM_PEER) -> NodePeer:
+    """Start a Node Hyperswarm peer (by default one whose DHT binds 127.0.0.1)."""
+    node = require_node()
     proc = await nursery.start(partial(trio.run_process, [node, str(script), *args],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        cwd=str(ROOT), check=False))

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import trio
-from storage_helpers import ROOT, spawn_swarm_peer
+from storage_helpers import ROOT, require_node, spawn_swarm_peer
 
 from p2p_transport.crypto import hash as blake2b
 from p2p_transport.crypto import key_pair, verify
@@ -30,6 +29,8 @@ pytestmark = pytest.mark.interop
 
 
 def test_two_node_swarms_meet_through_the_python_testnet() -> None:
+    require_node()
+
     async def main() -> None:
         with trio.fail_after(100):
             async with open_testnet(3) as testnet, trio.open_nursery() as nursery:
@@ -66,6 +67,8 @@ def test_two_node_swarms_meet_through_the_python_testnet() -> None:
 
 
 def test_node_client_finds_a_python_server_through_the_python_testnet() -> None:
+    require_node()
+
     async def main() -> None:
         with trio.fail_after(60):
             async with open_testnet(3) as testnet, trio.open_nursery() as nursery:
@@ -98,9 +101,7 @@ def test_node_client_finds_a_python_server_through_the_python_testnet() -> None:
 
 
 def test_node_dht_storage_commands_against_python_storage_nodes() -> None:
-    node = shutil.which("node")
-    if node is None or not (ROOT / "node_modules" / "hyperdht").is_dir():
-        pytest.skip("node and the pinned node_modules are needed for interop tests")
+    node = require_node()
     seed = bytes([0x11]) * 32
     public_key = key_pair(seed).public_key
 
@@ -136,6 +137,8 @@ def test_node_dht_storage_commands_against_python_storage_nodes() -> None:
 
 
 def test_python_client_finds_a_node_server_through_the_python_testnet() -> None:
+    require_node()
+
     async def main() -> None:
         with trio.fail_after(60):
             async with open_testnet(3) as testnet, trio.open_nursery() as nursery:
