@@ -80,6 +80,7 @@ from .messages import (
     encode_noise_payload,
     encode_peer,
 )
+from .storage import StorageHandler
 
 __all__ = [
         "HyperDht",
@@ -361,20 +362,23 @@ class HyperDht:
 
     def __init__(self, sock: UdxSocket, nursery: trio.Nursery, *,
                  bootstrap: Sequence[SocketAddress] = (), key_pair_: KeyPair | None = None,
-                 firewall: int | None = None) -> None:
+                 firewall: int | None = None, persistent: bool = False) -> None:
         self.socket = sock
         self.nursery = nursery
         self.default_key_pair = key_pair_ or key_pair()
         self._firewall_override = firewall
         self._servers: dict[bytes, Server] = {}
-        self.node = DhtNode(_DhtTransport(sock), bootstrap=bootstrap,
+        self.node = DhtNode(_DhtTransport(sock), bootstrap=bootstrap, ephemeral=not persistent,
                             on_request=self._on_request)
+        # persistent: also a storage node (id from our socket address; no firewall detection)
+        self.storage = StorageHandler(self.node.id) if persistent else None
 
     @classmethod
     @asynccontextmanager
     async def open(cls, host: str = "127.0.0.1", port: int = 0, *,
                    bootstrap: Sequence[SocketAddress] = (), key_pair_: KeyPair | None = None,
-                   firewall: int | None = None) -> AsyncIterator[HyperDht]:
+                   firewall: int | None = None,
+                   persistent: bool = False) -> AsyncIterator[HyperDht]:
         """Bind, bootstrap (FIND_NODE on our id) and run until the block exits."""
         dispatch: list[Callable[[bytes, tuple[str, int]], None]] = []
 
@@ -385,7 +389,7 @@ class HyperDht:
         async with UdxSocket.bind(host, port, on_datagram=on_datagram) as sock, \
                 trio.open_nursery() as nursery:
             dht = cls(sock, nursery, bootstrap=bootstrap, key_pair_=key_pair_,
-                      firewall=firewall)
+                      firewall=firewall, persistent=persistent)
             dispatch.append(dht._on_datagram)
             await nursery.start(dht.node.run)
             try:
@@ -426,6 +430,8 @@ class HyperDht:
         if req.command == PEER_HANDSHAKE:
             self._on_peer_handshake(req)
             return True
+        if self.storage is not None:
+            return self.storage.on_request(req)
         # No holepunching yet: PEER_HOLEPUNCH rounds go unanswered and the client's other paths
         # win. Storage commands get UNKNOWN_COMMAND with closer nodes: we are ephemeral.
         return req.command == PEER_HOLEPUNCH
@@ -441,6 +447,9 @@ class HyperDht:
         if server is not None:
             if hs.noise:
                 server.on_peer_handshake(req, hs)
+            return
+        if self.storage is not None:
+            self.storage.on_request(req)  # relay for the servers that announced to us
             return
         if hs.mode == Mode.FROM_CLIENT and hs.noise:
             req.reply(None, token=False, closer_nodes=True)  # we relay for nobody: help route

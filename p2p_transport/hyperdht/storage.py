@@ -36,47 +36,26 @@ from .messages import PEER_HANDSHAKE, PEER_HOLEPUNCH
 from .persistent import STORAGE_COMMANDS, Persistent
 from .router import Action, Relay, Router
 
-__all__ = ["StorageNode", "open_storage_node"]
+__all__ = ["StorageHandler", "StorageNode", "open_storage_node"]
 
 log = logging.getLogger(__name__)
 
 
-class StorageNode:
-    """A persistent dht-rpc node answering hyperdht's storage and relay commands.
+class StorageHandler:
+    """dht-rpc's application hook for a persistent node: storage commands and relaying.
 
     ``clock`` gives ``now`` in seconds for expiry (default: trio's clock, so a MockClock
     drives it in tests).
     """
 
-    def __init__(self, transport: DatagramTransport, *,
-                 bootstrap: Sequence[SocketAddress] = (),
-                 clock: Callable[[], float] | None = None,
-                 max_size: int = DEFAULT_MAX_SIZE, max_age: float = DEFAULT_MAX_AGE,
-                 seed: int | None = None) -> None:
-        self.node = DhtNode(transport, bootstrap=bootstrap, ephemeral=False,
-                            on_request=self.on_request, seed=seed)
+    def __init__(self, node_id: bytes, *, clock: Callable[[], float] | None = None,
+                 max_size: int = DEFAULT_MAX_SIZE, max_age: float = DEFAULT_MAX_AGE) -> None:
         self.router = Router(max_size=max_size, max_age=max_age)
-        self.persistent = Persistent(self.node.id, self.router, max_size=max_size,
-                                     max_age=max_age)
+        self.persistent = Persistent(node_id, self.router, max_size=max_size, max_age=max_age)
         self._clock = clock if clock is not None else trio.current_time
 
-    @property
-    def id(self) -> bytes:
-        return self.node.id
-
-    @property
-    def address(self) -> SocketAddress:
-        return self.node.transport.local_address
-
-    def datagram_received(self, data: bytes, addr: SocketAddress) -> None:
-        self.node.datagram_received(data, addr)
-
-    async def bootstrap(self) -> None:
-        """Walk towards our own id so that the nodes near us learn about us."""
-        await query(self.node, self.node.id, FIND_NODE, internal=True)
-
     def on_request(self, req: IncomingRequest) -> bool:
-        """dht-rpc's application hook: True when the command is ours (answered or dropped)."""
+        """True when the command is ours (answered, relayed or dropped)."""
         command = req.command
         now = self._clock()
         action: Action | None
@@ -90,7 +69,7 @@ class StorageNode:
         else:
             return False
         if action is None:
-            self.node.stats["dropped"] += 1
+            req.node.stats["dropped"] += 1
         elif isinstance(action, Relay):
             req.relay(action.value, action.to)
         elif action.error:
@@ -99,6 +78,44 @@ class StorageNode:
             req.reply(action.value, token=action.token, closer_nodes=action.closer_nodes,
                       to=action.to)
         return True
+
+
+class StorageNode:
+    """A persistent dht-rpc node answering hyperdht's storage and relay commands on its own
+    socket (no UDX streams; a peer that also connects is ``HyperDht(persistent=True)``)."""
+
+    def __init__(self, transport: DatagramTransport, *,
+                 bootstrap: Sequence[SocketAddress] = (),
+                 clock: Callable[[], float] | None = None,
+                 max_size: int = DEFAULT_MAX_SIZE, max_age: float = DEFAULT_MAX_AGE,
+                 seed: int | None = None) -> None:
+        self.node = DhtNode(transport, bootstrap=bootstrap, ephemeral=False, seed=seed)
+        self.handler = StorageHandler(self.node.id, clock=clock, max_size=max_size,
+                                      max_age=max_age)
+        self.node.on_request = self.handler.on_request
+
+    @property
+    def id(self) -> bytes:
+        return self.node.id
+
+    @property
+    def address(self) -> SocketAddress:
+        return self.node.transport.local_address
+
+    @property
+    def router(self) -> Router:
+        return self.handler.router
+
+    @property
+    def persistent(self) -> Persistent:
+        return self.handler.persistent
+
+    def datagram_received(self, data: bytes, addr: SocketAddress) -> None:
+        self.node.datagram_received(data, addr)
+
+    async def bootstrap(self) -> None:
+        """Walk towards our own id so that the nodes near us learn about us."""
+        await query(self.node, self.node.id, FIND_NODE, internal=True)
 
 
 @asynccontextmanager

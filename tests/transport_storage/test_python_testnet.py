@@ -11,6 +11,7 @@ import trio
 
 from p2p_transport import testnet as testnet_mod
 from p2p_transport.cenc import SocketAddress
+from p2p_transport.dht_rpc import node_id
 from p2p_transport.hyperdht import HyperDht, PeerNotFound, RawConnection, secure
 from p2p_transport.hyperdht.messages import Mode, decode_handshake
 from p2p_transport.hyperdht.router import Action
@@ -137,6 +138,40 @@ def test_python_client_connects_by_key_through_a_storage_node() -> None:
                         pass
                     else:
                         raise AssertionError("connected to a server that unannounced")
+                    nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_persistent_hyperdht_peers_store_and_relay() -> None:
+    async def main() -> None:
+        with trio.fail_after(40):
+            async with open_testnet(2) as testnet:
+                boot = testnet.bootstrap[:1]
+                async with HyperDht.open(bootstrap=boot, persistent=True) as relay_a, \
+                        HyperDht.open(bootstrap=boot, persistent=True) as relay_b, \
+                        HyperDht.open(bootstrap=boot) as server_dht, \
+                        HyperDht.open(bootstrap=boot) as client_dht, \
+                        trio.open_nursery() as nursery:
+                    for relay in (relay_a, relay_b):
+                        assert not relay.node.ephemeral
+                        assert relay.node.id == node_id(relay.local_address)
+
+                    async def on_conn(raw: RawConnection) -> None:
+                        stream = await secure(raw, nursery)
+                        await stream.send_message(b"from server")
+
+                    server = server_dht.create_server(on_conn)
+                    await server.listen()
+                    holders = [r for r in (relay_a, relay_b)
+                               if r.storage is not None
+                               and r.storage.router.get(server.target,
+                                                        trio.current_time()) is not None]
+                    assert holders  # a peer in persistent mode took the self-announce
+                    raw = await client_dht.connect(server.public_key)
+                    stream = await secure(raw, nursery)
+                    assert await stream.receive_message() == b"from server"
+                    await stream.aclose()
                     nursery.cancel_scope.cancel()
 
     trio.run(main)
