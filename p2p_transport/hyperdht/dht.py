@@ -4,6 +4,8 @@ connections to and from public keys, relayed through DHT nodes as hyperdht does.
 One UDP socket (:class:`~p2p_transport.udx.UdxSocket`) carries dht-rpc, UDX streams and
 holepunch probes. The peer is an ephemeral dht-rpc node: it never stores records; servers are
 found through the DHT nodes that hold their signed self-announcement and relay the handshake.
+Opened with ``persistent=True`` it is one of those nodes as well
+(:class:`~p2p_transport.hyperdht.storage.StorageHandler`).
 
 What a connection does after the handshake (the "firewall" claims):
 
