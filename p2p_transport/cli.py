@@ -20,7 +20,7 @@ from p2p_transport.crypto import hash as blake2b
 from p2p_transport.crypto import key_pair
 from p2p_transport.dht_rpc import DhtError, DhtNode, UdpSocket
 from p2p_transport.hyperdht import HyperDht
-from p2p_transport.hyperdht.storage import StorageNode
+from p2p_transport.hyperdht.storage import WILDCARD_HOST, StorageNode
 from p2p_transport.hyperswarm import Hyperswarm, SwarmConnection
 from p2p_transport.rpc import HyperswarmRpc, RpcError
 from p2p_transport.testnet import DEFAULT_SIZE, MAX_SIZE, open_testnet
@@ -62,6 +62,13 @@ def _hex_arg(n: int | None = None) -> Callable[[str], bytes]:
     return parse
 
 
+def _concrete_host(text: str) -> str:
+    if text == WILDCARD_HOST:
+        raise argparse.ArgumentTypeError("storage nodes derive their ids from their address: "
+                                         "give the address others reach, not 0.0.0.0")
+    return text
+
+
 def _testnet_size(text: str) -> int:
     if not text.isdigit() or not 2 <= int(text) <= MAX_SIZE:
         raise argparse.ArgumentTypeError(f"expected 2..{MAX_SIZE} nodes, got {text!r}")
@@ -101,6 +108,10 @@ async def _until_signal(body: Callable[[trio.Event], Awaitable[None]]) -> None:
 
 
 async def _bootstrap(args: argparse.Namespace) -> None:
+    if args.persistent and args.host == WILDCARD_HOST:
+        log.error("a storage node derives its id from its address: give --host the address "
+                  "others reach, not 0.0.0.0")
+        raise SystemExit(2)
     sock = await UdpSocket.bind(args.host, args.port)
     storage = StorageNode(sock, bootstrap=args.bootstrap) if args.persistent else None
     node = storage.node if storage is not None else DhtNode(sock, bootstrap=args.bootstrap)
@@ -230,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     common(b)
 
     t = sub.add_parser("testnet", help="run a bootstrap node and storage nodes on one host")
-    t.add_argument("--host", default="127.0.0.1")
+    t.add_argument("--host", type=_concrete_host, default="127.0.0.1")
     t.add_argument("--port", type=int, default=0, help="bootstrap node port (0: any free port)")
     t.add_argument("--nodes", type=_testnet_size, default=DEFAULT_SIZE,
                    help="nodes in all, the bootstrap node included (at least 2)")

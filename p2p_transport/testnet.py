@@ -19,7 +19,7 @@ import trio
 
 from p2p_transport.cenc import SocketAddress
 from p2p_transport.dht_rpc import DhtNode, UdpSocket
-from p2p_transport.hyperdht.storage import StorageNode, open_storage_node
+from p2p_transport.hyperdht.storage import WILDCARD_HOST, StorageNode, open_storage_node
 
 __all__ = ["DEFAULT_SIZE", "MAX_SIZE", "Testnet", "open_testnet"]
 
@@ -49,6 +49,8 @@ async def open_testnet(size: int = DEFAULT_SIZE, *, host: str = "127.0.0.1",
     """Start the nodes and yield once every storage node has bootstrapped."""
     if not 2 <= size <= MAX_SIZE:
         raise ValueError(f"a testnet has 2..{MAX_SIZE} nodes, not {size}")
+    if host == WILDCARD_HOST:
+        raise ValueError("testnet nodes need a concrete host (their ids derive from it)")
     sock = await UdpSocket.bind(host, port)
     try:
         boot = DhtNode(sock)

@@ -40,6 +40,8 @@ __all__ = ["StorageHandler", "StorageNode", "open_storage_node"]
 
 log = logging.getLogger(__name__)
 
+WILDCARD_HOST = "0.0.0.0"
+
 
 class StorageHandler:
     """dht-rpc's application hook for a persistent node: storage commands and relaying.
@@ -89,6 +91,9 @@ class StorageNode:
                  clock: Callable[[], float] | None = None,
                  max_size: int = DEFAULT_MAX_SIZE, max_age: float = DEFAULT_MAX_AGE,
                  seed: int | None = None) -> None:
+        if transport.local_address.host == WILDCARD_HOST:
+            raise ValueError("a storage node's id is derived from its address: bind the "
+                             "address others reach it at, not 0.0.0.0")
         self.node = DhtNode(transport, bootstrap=bootstrap, ephemeral=False, seed=seed)
         self.handler = StorageHandler(self.node.id, clock=clock, max_size=max_size,
                                       max_age=max_age)

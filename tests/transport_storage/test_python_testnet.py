@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from p2p_transport import testnet as testnet_mod
@@ -175,3 +176,13 @@ def test_persistent_hyperdht_peers_store_and_relay() -> None:
                     nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+@pytest.mark.parametrize(("size", "host"), [(1, "127.0.0.1"), (3, "0.0.0.0")])
+def test_open_testnet_rejects_bad_arguments(size: int, host: str) -> None:
+    async def main() -> None:
+        async with open_testnet(size, host=host):
+            raise AssertionError("unreachable")
+
+    with pytest.raises(ValueError, match="testnet"):
+        trio.run(main)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from storage_helpers import (
@@ -210,3 +211,8 @@ def test_handshake_without_a_route_helps_the_client_route() -> None:
     value = encode_handshake(Handshake(Mode.FROM_CLIENT, b"noise"))
     res = _ask(storage, transport, Request(1, NODE, PEER_HANDSHAKE, target=TOPIC, value=value))
     assert res is not None and res.value is None and res.token is None and res.error == 0
+
+
+def test_a_storage_node_needs_a_concrete_address() -> None:
+    with pytest.raises(ValueError, match=r"0\.0\.0\.0"):
+        StorageNode(RecordingTransport(SocketAddress("0.0.0.0", 49737)))

@@ -93,3 +93,16 @@ def test_persistent_bootstrap_nodes_make_a_network() -> None:
                     assert await _terminate(proc) == 0
 
     trio.run(main)
+
+
+def test_storage_nodes_refuse_the_wildcard_host() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    for args in (["testnet", "--host", "0.0.0.0"],
+                 ["bootstrap", "--persistent", "--host", "0.0.0.0", "--port", "0"],
+                 ["testnet", "--nodes", "1"]):
+        done = subprocess.run([sys.executable, "-m", "p2p_transport", *args], cwd=str(ROOT),
+                              env=env, capture_output=True, timeout=30, check=False)
+        assert done.returncode == 2, args
+        assert done.stdout == b""
+        assert b"Traceback" not in done.stderr
