@@ -14,7 +14,9 @@ connection de-duplication and ``flush``, wire-compatible with the npm ``hyperswa
 * ``leave(topic)`` unannounces; ``flush()`` waits for the pending refreshes and connects.
 
 Each connection is handed to ``on_connection(conn)``, which runs in the swarm's nursery; the
-connection is closed when that call returns.
+connection is closed when that call returns. ``trio.BrokenResourceError`` and
+``trio.ClosedResourceError`` escaping the handler mean the connection died and are absorbed;
+anything else propagates.
 """
 
 from __future__ import annotations
@@ -440,6 +442,9 @@ class Hyperswarm:
         self._notify()
         try:
             await self.on_connection(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # the connection died under the handler (peer reset, duplicate dropped)
+            log.debug("connection to %s ended: %s", key.hex()[:16], exc)
         finally:
             await conn.aclose()
             conn.closed.set()
