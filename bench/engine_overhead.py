@@ -136,30 +136,25 @@ async def run(args: argparse.Namespace) -> dict:
 
     d_tot, d_first, e_tot, e_first, d_emb, e_emb = [], [], [], [], [], []
     d_cpu, e_cpu, d_emb_cpu, e_emb_cpu = [], [], [], []
+    # Text generation rounds first, then embedding rounds, so one model's working set does
+    # not evict the other's from the CPU caches in between. Within a round both paths run
+    # back to back, in alternating order.
     for i in range(args.repeats + 2):  # the first two rounds warm up
         seed = 1000 + i
-        # Alternate the order so neither path always runs on a warmer cache.
-        for engine_first in (i % 2 == 0,):
-            if engine_first:
-                c0 = time.process_time()
-                et = await engine_text(engine, text_model, args.tokens, seed)
-                c1 = time.process_time()
-                dt = direct_text(text_model, args.tokens, seed)
-                c2 = time.process_time()
-                ec, dc = c1 - c0, c2 - c1
-            else:
-                c0 = time.process_time()
-                dt = direct_text(text_model, args.tokens, seed)
-                c1 = time.process_time()
-                et = await engine_text(engine, text_model, args.tokens, seed)
-                c2 = time.process_time()
-                dc, ec = c1 - c0, c2 - c1
-        assert dt[2] == et[2], "both paths must generate the same tokens"
         c0 = time.process_time()
-        de = direct_embed(emb_model)
-        c1 = time.process_time()
-        ee = await engine_embed(engine, emb_model)
-        c2 = time.process_time()
+        if i % 2 == 0:
+            et = await engine_text(engine, text_model, args.tokens, seed)
+            c1 = time.process_time()
+            dt = direct_text(text_model, args.tokens, seed)
+            c2 = time.process_time()
+            ec, dc = c1 - c0, c2 - c1
+        else:
+            dt = direct_text(text_model, args.tokens, seed)
+            c1 = time.process_time()
+            et = await engine_text(engine, text_model, args.tokens, seed)
+            c2 = time.process_time()
+            dc, ec = c1 - c0, c2 - c1
+        assert dt[2] == et[2], "both paths must generate the same tokens"
         if i >= 2:
             d_tot.append(dt[0] / max(dt[2], 1))
             e_tot.append(et[0] / max(et[2], 1))
@@ -167,10 +162,25 @@ async def run(args: argparse.Namespace) -> dict:
             e_cpu.append(ec / max(et[2], 1))
             d_first.append(dt[1])
             e_first.append(et[1])
+    for i in range(args.repeats + 2):
+        c0 = time.process_time()
+        if i % 2 == 0:
+            ee = await engine_embed(engine, emb_model)
+            c1 = time.process_time()
+            de = direct_embed(emb_model)
+            c2 = time.process_time()
+            ec, dc = c1 - c0, c2 - c1
+        else:
+            de = direct_embed(emb_model)
+            c1 = time.process_time()
+            ee = await engine_embed(engine, emb_model)
+            c2 = time.process_time()
+            dc, ec = c1 - c0, c2 - c1
+        if i >= 2:
             d_emb.append(de)
             e_emb.append(ee)
-            d_emb_cpu.append(c1 - c0)
-            e_emb_cpu.append(c2 - c1)
+            d_emb_cpu.append(dc)
+            e_emb_cpu.append(ec)
     med = statistics.median
     return {
         "bench": "engine_overhead",
