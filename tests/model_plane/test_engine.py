@@ -317,3 +317,30 @@ def test_fuzz_structured_tokenizer_specs(obj, kind: str) -> None:
     except InvalidArgument:
         return
     assert tok.encode("a b") is not None
+
+
+async def test_inline_generation_gives_other_tasks_turns(env: Env, monkeypatch) -> None:
+    """Steps run on the event loop hand the scheduler a turn every YIELD_EVERY_S (zero here:
+    every step), so a stream whose consumer never awaits anything else starves no one."""
+    import worker.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "YIELD_EVERY_S", 0.0)
+    model = await load(env, TEXTGEN)
+    ticks_at_payload: list[int] = []
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        async for _ in env.engine.stream(text_request("and he said", max_tokens=20, seed=4),
+                                         model=model):
+            ticks_at_payload.append(ticks)
+        done = True
+    assert len(ticks_at_payload) >= 3
+    assert ticks_at_payload[-1] > ticks_at_payload[0]
