@@ -2,9 +2,10 @@
 
 The worker service calls :meth:`ExecutionEngine.stream`, which returns an
 :class:`InferenceStream`: an async iterator of ``tether.v1.Payload`` whose ``usage`` is complete
-once it is exhausted. Each runtime call runs in a worker thread (``trio.to_thread``), one step at
-a time, so the event loop stays free and cancellation is prompt: between two steps the stream
-checks trio's cancellation and its :class:`CancelFlag`.
+once it is exhausted. The runtime is called one step at a time: in a worker thread
+(``trio.to_thread``) when a step may be long, on the event loop when the model's measured step
+time says it is short (see ``INLINE_STEP_S``). Between two steps the stream checks trio's
+cancellation and its :class:`CancelFlag`, so cancellation is prompt either way.
 
 Tasks and the model contracts they rely on (see ``worker/models/README.md``):
 
