@@ -82,7 +82,7 @@ from .messages import (
     encode_noise_payload,
     encode_peer,
 )
-from .storage import StorageHandler
+from .storage import WILDCARD_HOST, StorageHandler
 
 __all__ = [
         "HyperDht",
@@ -365,6 +365,8 @@ class HyperDht:
     def __init__(self, sock: UdxSocket, nursery: trio.Nursery, *,
                  bootstrap: Sequence[SocketAddress] = (), key_pair_: KeyPair | None = None,
                  firewall: int | None = None, persistent: bool = False) -> None:
+        if persistent:
+            _check_persistent_host(sock.address[0])
         self.socket = sock
         self.nursery = nursery
         self.default_key_pair = key_pair_ or key_pair()
@@ -382,6 +384,8 @@ class HyperDht:
                    firewall: int | None = None,
                    persistent: bool = False) -> AsyncIterator[HyperDht]:
         """Bind, bootstrap (FIND_NODE on our id) and run until the block exits."""
+        if persistent:
+            _check_persistent_host(host)
         dispatch: list[Callable[[bytes, tuple[str, int]], None]] = []
 
         def on_datagram(data: bytes, addr: tuple[str, int]) -> None:
@@ -662,6 +666,12 @@ class HyperDht:
         if first_packet:
             return SocketAddress(*first_packet[0])
         return None
+
+
+def _check_persistent_host(host: str) -> None:
+    if host == WILDCARD_HOST:
+        raise ValueError("a persistent node's id derives from its address: bind the "
+                         "address others reach it at, not 0.0.0.0")
 
 
 def _lookup_peers(reply: QueryReply) -> tuple[PeerRecord, ...]:

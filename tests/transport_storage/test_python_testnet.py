@@ -186,3 +186,12 @@ def test_open_testnet_rejects_bad_arguments(size: int, host: str) -> None:
 
     with pytest.raises(ValueError, match="testnet"):
         trio.run(main)
+
+
+def test_persistent_hyperdht_refuses_the_wildcard_host() -> None:
+    async def main() -> None:
+        async with HyperDht.open("0.0.0.0", persistent=True):
+            raise AssertionError("unreachable")
+
+    with pytest.raises(ValueError, match=r"0\.0\.0\.0"):
+        trio.run(main)
