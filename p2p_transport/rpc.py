@@ -356,8 +356,11 @@ class RpcChannel:
         try:
             await self.mux.send(self.channel, _REQUEST,
                                 encode_request(RpcRequest(id_, method, encode_value(value))))
-            with trio.fail_after(timeout):
-                await waiter.event.wait()
+            if timeout == math.inf:
+                await waiter.event.wait()  # no cancel scope: it costs on every call
+            else:
+                with trio.fail_after(timeout):
+                    await waiter.event.wait()
             res = waiter.response
             assert res is not None
         except trio.TooSlowError:
