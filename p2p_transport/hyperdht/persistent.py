@@ -153,13 +153,15 @@ class RecordStore:
             return []
         out: list[bytes] = []
         dead: list[tuple[bytes, bytes]] = []
-        for pk in reversed(list(keys)):
+        # newest first, stopping at ``limit``: a popular topic costs O(limit), not O(records)
+        for pk in reversed(keys):
             record = self._cache.get((topic, pk), now)
             if record is None:
                 dead.append((topic, pk))
                 continue
-            if len(out) < limit:
-                out.append(record)
+            out.append(record)
+            if len(out) >= limit:
+                break
         self._forget(dead)
         return out
 
