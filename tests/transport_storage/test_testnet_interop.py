@@ -114,6 +114,10 @@ def test_node_dht_storage_commands_against_python_storage_nodes() -> None:
                      "--seed", seed.hex()],
                     capture_stdout=True, cwd=str(ROOT), check=True)
                 steps = {s["step"]: s for s in map(json.loads, done.stdout.splitlines())}
+                # Node keeps our storage nodes in its routing table: their ids check out
+                table = {(n["host"], n["port"]) for n in steps["table"]["nodes"]}
+                assert {(n.address.host, n.address.port)
+                        for n in testnet.storage_nodes} <= table
                 immutable = steps["immutable"]
                 assert immutable["value"] == "an immutable tether value"
                 assert immutable["nodes"] == 2  # both storage nodes took the value

@@ -1,6 +1,6 @@
 // A Node HyperDHT client that exercises a testnet's storage commands and prints one JSON line
 // per step. argv: --bootstrap host:port --seed HEX64
-// Steps: immutable put/get, mutable put (seq 1) / get / stale put (seq 0), announce, lookup,
+// Steps: routing table after a FIND_NODE walk, immutable put/get, mutable put (seq 1) / get / stale put (seq 0), announce, lookup,
 // unannounce, lookup. Binds 127.0.0.1. Exits when done.
 import HyperDHT from 'hyperdht'
 
@@ -13,6 +13,9 @@ const [host, port] = opt('--bootstrap').split(':')
 const dht = new HyperDHT({ bootstrap: [{ host, port: Number(port) }], host: '127.0.0.1' })
 await dht.ready()
 const keyPair = HyperDHT.keyPair(Buffer.from(opt('--seed'), 'hex'))
+
+await dht.findNode(dht.table.id).finished()
+out({ step: 'table', nodes: dht.toArray() })
 
 const put = await dht.immutablePut(Buffer.from('an immutable tether value'))
 const got = await dht.immutableGet(put.hash)
