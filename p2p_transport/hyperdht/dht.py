@@ -101,6 +101,8 @@ HANDSHAKE_CLEAR_WAIT = 10.0
 HANDSHAKE_INITIAL_TIMEOUT = 10.0
 #: The server re-announces itself this often (hyperdht's announcer cycle is ~5 min).
 ANNOUNCE_REFRESH = 300.0
+#: The server pings its relays this often (hyperdht's announcer: 3 s).
+RELAY_PING_INTERVAL = 3.0
 #: Self-announce to this many of the closest nodes.
 ANNOUNCE_RELAYS = 3
 #: Handshake request attempts per relay (hyperdht's connect uses 3 retries).
@@ -191,6 +193,8 @@ class Server:
         self._cancel = trio.CancelScope()
         self.listening = False
         self.connections = 0
+        self.relay_ping_interval = RELAY_PING_INTERVAL
+        self._announced = trio.Event()
 
     @property
     def public_key(self) -> bytes:
@@ -214,13 +218,36 @@ class Server:
             self.dht.nursery.start_soon(self._refresh_loop)
 
     async def _refresh_loop(self) -> None:
+        """Ping the relays every few seconds; re-announce when one stops answering, and every
+        ``ANNOUNCE_REFRESH`` anyway (hyperdht's announcer does the same)."""
         with self._cancel:
+            announced_at = trio.current_time()
             while True:
-                await trio.sleep(ANNOUNCE_REFRESH)
-                try:
-                    await self.announce()
-                except DhtError as exc:
-                    log.warning("re-announce failed: %s", exc)
+                await trio.sleep(self.relay_ping_interval)
+                alive = await self._ping_relays()
+                stale = trio.current_time() - announced_at >= ANNOUNCE_REFRESH
+                if alive < min(len(self.relays), ANNOUNCE_RELAYS) or not self.relays or stale:
+                    try:
+                        await self.announce()
+                        announced_at = trio.current_time()
+                    except DhtError as exc:
+                        log.warning("re-announce failed: %s", exc)
+
+    async def _ping_relays(self) -> int:
+        alive = 0
+
+        async def ping(node: SocketAddress) -> None:
+            nonlocal alive
+            try:
+                await self.dht.node.request(node, PING, internal=True, retries=1)
+                alive += 1
+            except DhtError:
+                log.debug("relay %s stopped answering", node)
+
+        async with trio.open_nursery() as nursery:
+            for node, _ in self.relays:
+                nursery.start_soon(ping, node)
+        return alive
 
     async def announce(self) -> None:
         """FIND_PEER our target, then signed ANNOUNCE to the 3 closest storage nodes."""
@@ -244,6 +271,12 @@ class Server:
         if not relays:
             raise QueryError("every storage node refused our announcement")
         self.relays = relays
+        self._announced.set()
+        self._announced = trio.Event()
+
+    async def wait_announced(self) -> None:
+        """Wait for the next successful (re-)announcement."""
+        await self._announced.wait()
 
     async def close(self) -> None:
         """Stop routing handshakes here and unannounce from our relays."""

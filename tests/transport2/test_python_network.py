@@ -9,6 +9,7 @@ import os
 import pytest
 import trio
 
+from p2p_transport.cenc import SocketAddress
 from p2p_transport.crypto import key_pair
 from p2p_transport.hyperdht import HyperDht, RawConnection, secure
 from p2p_transport.hyperswarm import Hyperswarm, SwarmConnection
@@ -110,5 +111,26 @@ def test_swarms_deduplicate_simultaneous_connects() -> None:
                     assert ca.is_initiator == (ka > kb)  # initiated by the larger key
                     await a.leave(topic)
                     assert await b.dht.lookup(topic) != []  # b is still announced
+
+    trio.run(main)
+
+
+def test_server_reannounces_when_a_relay_stops_answering() -> None:
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with open_testnet(3) as net, HyperDht.open(bootstrap=net.bootstrap) as dht:
+
+                async def on_conn(raw: RawConnection) -> None:
+                    await raw.stream.aclose()
+
+                server = dht.create_server(on_conn)
+                server.relay_ping_interval = 0.2
+                await server.listen()
+                good = list(server.relays)
+                dead = SocketAddress("127.0.0.1", 9)  # nothing answers there
+                server.relays = [(dead, dead), *good]
+                await server.wait_announced()
+                assert sorted(n.port for n, _ in server.relays) == sorted(n.port for n, _ in good)
+                await server.close()
 
     trio.run(main)
