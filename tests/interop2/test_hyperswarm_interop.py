@@ -75,7 +75,15 @@ def test_swarm_message_exchange(py_server: bool, py_client: bool) -> None:
                     assert got["text"] == "hello from python"
                     await rec.wait_for(lambda: (node_key, b"hello from node") in rec.messages)
                     assert [c.is_initiator for c in rec.connections] == [py_client]
+                    if py_server:
+                        await node.send_json({"op": "lookup", "topic": topic.hex()})
+                        peers = (await node.expect_json("lookup"))["peers"]
+                        assert swarm.key_pair.public_key.hex() in peers
                     await swarm.leave(topic)
+                    if py_server:  # leaving unannounces: Node's lookup no longer finds us
+                        await node.send_json({"op": "lookup", "topic": topic.hex()})
+                        peers = (await node.expect_json("lookup"))["peers"]
+                        assert swarm.key_pair.public_key.hex() not in peers
                 await node.close_stdin()
                 await node.proc.wait()
                 nursery.cancel_scope.cancel()

@@ -1,6 +1,7 @@
 // A Node Hyperswarm peer driven by JSON lines. argv: [--testnet N | --bootstrap host:port]
 // First line {"event":"ready","bootstrap":[...],"publicKey":HEX}.
-// Commands: join {topic, server, client}, flush, leave {topic}, status, send {text}.
+// Commands: join {topic, server, client}, flush, leave {topic}, lookup {topic}, status,
+// send {text}.
 // Events: connection {remotePublicKey, initiator}, data {remotePublicKey, text}, closed.
 // Every connection is sent "hello from node" on open.
 import Hyperswarm from 'hyperswarm'
@@ -48,6 +49,12 @@ rl.on('line', async (line) => {
   } else if (cmd.op === 'leave') {
     await swarm.leave(Buffer.from(cmd.topic, 'hex'))
     out({ event: 'left' })
+  } else if (cmd.op === 'lookup') {
+    const peers = new Set()
+    for await (const r of swarm.dht.lookup(Buffer.from(cmd.topic, 'hex'))) {
+      for (const p of r.peers) peers.add(hex(p.publicKey))
+    }
+    out({ event: 'lookup', peers: [...peers] })
   } else if (cmd.op === 'status') {
     out({ event: 'status', connections: [...swarm.connections].map((c) => hex(c.remotePublicKey)), opened })
   } else if (cmd.op === 'send') {
