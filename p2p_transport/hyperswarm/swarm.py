@@ -46,7 +46,8 @@ REFRESH_INTERVAL = 600.0
 REFRESH_JITTER = 120.0
 MIN_CONNECTION_TIME = 15.0
 MAX_ATTEMPTS = 3
-BACKOFF_S, BACKOFF_M, BACKOFF_L = 1.0, 5.0, 15.0
+BACKOFF_S, BACKOFF_M, BACKOFF_L, BACKOFF_X = 1.0, 5.0, 15.0, 600.0
+BACKOFF_X_JITTER = 120.0
 BACKOFF_JITTER = 0.5
 DUPLICATE_CLOSE_WAIT = 5.0
 
@@ -63,12 +64,16 @@ class PeerInfo:
     banned: bool = False
     queued: bool = False
     client: bool = False
+    explicit: bool = False
     connected_at: float | None = None
 
     def backoff(self, rng: random.Random) -> float | None:
-        """Seconds until the next attempt, or None to give up (hyperswarm's retry buckets)."""
-        if self.banned or self.attempts > MAX_ATTEMPTS:
+        """Seconds until the next attempt, or None to give up (hyperswarm's retry buckets;
+        explicit peers keep being retried every ~10 min)."""
+        if self.banned:
             return None
+        if self.attempts > MAX_ATTEMPTS:
+            return BACKOFF_X + rng.random() * BACKOFF_X_JITTER if self.explicit else None
         if self.attempts == 0:
             base = BACKOFF_S
         elif self.proven:
@@ -262,6 +267,24 @@ class Hyperswarm:
         self._discovery[topic] = discovery
         self.nursery.start_soon(discovery.run)
         return discovery
+
+    def join_peer(self, public_key: bytes) -> None:
+        """Keep a connection to ``public_key`` (found through its self-announcement)."""
+        peer = self._upsert(public_key)
+        if peer is None:
+            return
+        peer.explicit = True
+        peer.attempts = 0
+        if public_key not in self._all and not peer.queued and not peer.banned:
+            peer.queued = True
+            self._queue.insert(0, peer)
+            self._notify()
+
+    def leave_peer(self, public_key: bytes) -> None:
+        """Stop keeping ``public_key`` connected (an open connection stays open)."""
+        peer = self.peers.get(public_key)
+        if peer is not None:
+            peer.explicit = False
 
     async def leave(self, topic: bytes) -> None:
         discovery = self._discovery.pop(topic, None)
@@ -460,9 +483,12 @@ class Hyperswarm:
                 self._retry_later(peer)
             self._notify()
 
+    def _wanted(self, peer: PeerInfo) -> bool:
+        return peer.explicit or any(t in self._discovery for t in peer.topics)
+
     def _retry_later(self, peer: PeerInfo) -> None:
         peer.attempts += 1
-        if self.destroyed or not any(t in self._discovery for t in peer.topics):
+        if self.destroyed or not self._wanted(peer):
             return
         delay = peer.backoff(self._rng)
         if delay is None:
@@ -471,7 +497,7 @@ class Hyperswarm:
         async def requeue() -> None:
             await trio.sleep(delay)
             if (not self.destroyed and peer.public_key not in self._all and not peer.queued
-                    and any(t in self._discovery for t in peer.topics)):
+                    and self._wanted(peer)):
                 peer.queued = True
                 self._queue.append(peer)
                 self._notify()

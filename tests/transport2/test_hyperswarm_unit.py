@@ -26,6 +26,9 @@ def test_retry_buckets() -> None:
     assert 1.0 <= (p.backoff(rng) or 0) < 1.5
     p.attempts = 2
     assert 5.0 <= (p.backoff(rng) or 0) < 5.5
+    p.attempts = 4
+    p.explicit = True  # explicit peers keep being retried, slowly
+    assert 600.0 <= (p.backoff(rng) or 0) < 720.0
     p.banned = True
     assert p.backoff(rng) is None
 

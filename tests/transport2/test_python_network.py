@@ -134,3 +134,22 @@ def test_server_reannounces_when_a_relay_stops_answering() -> None:
                 await server.close()
 
     trio.run(main)
+
+
+def test_join_peer_connects_by_key() -> None:
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with open_testnet(3) as net:
+                chat_a, chat_b = _Chat(), _Chat()
+                async with Hyperswarm.open(chat_a, bootstrap=net.bootstrap) as a, \
+                        Hyperswarm.open(chat_b, bootstrap=net.bootstrap) as b:
+                    chat_a.peer_key = b.key_pair.public_key
+                    await b.listen()
+                    a.join_peer(b.key_pair.public_key)
+                    await chat_a.greeted.wait()
+                    assert list(a.connections) == [b.key_pair.public_key]
+                    assert a.connections[b.key_pair.public_key].is_initiator
+                    a.leave_peer(b.key_pair.public_key)
+                    assert not a.peers[b.key_pair.public_key].explicit
+
+    trio.run(main)
