@@ -37,7 +37,7 @@ from .messages import (
     encode_response,
     node_id,
 )
-from .routing import Node, RoutingTable
+from .routing import K, Node, RoutingTable
 from .socket import DatagramTransport
 
 __all__ = ["DhtError", "DhtNode", "IncomingRequest", "RemoteError", "RequestTimeout"]
@@ -49,6 +49,7 @@ PING_EVERY_TICKS = 8
 MAX_PING_DELAY = 10.0
 MAX_NAT_SAMPLES = 16
 MAX_CHECKS = 10  # concurrent DOWN_HINT liveness checks
+MAX_CONCURRENT_SWAPS = 3  # full-row ping-and-swap checks in flight (dht-rpc's limit)
 
 
 class DhtError(Exception):
@@ -118,7 +119,8 @@ class DhtNode:
 
     def __init__(self, transport: DatagramTransport, *,
                  bootstrap: Sequence[SocketAddress] = (), ephemeral: bool = True,
-                 on_request: RequestHandler | None = None, seed: int | None = None) -> None:
+                 on_request: RequestHandler | None = None, seed: int | None = None,
+                 k: int = K) -> None:
         self.transport = transport
         self.bootstrap_nodes = list(bootstrap)
         self.ephemeral = ephemeral
@@ -127,7 +129,8 @@ class DhtNode:
         self.io = RequestIO(tid_seed=self._rng.getrandbits(16),
                             token_seed=self._rng.randbytes(64) if seed is not None else None)
         own = node_id(transport.local_address) if not ephemeral else self._rng.randbytes(32)
-        self.table = RoutingTable(own)
+        self.table = RoutingTable(own, k)
+        self._swaps = 0
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._nat_samples: list[SocketAddress] = []
@@ -230,7 +233,25 @@ class DhtNode:
         if existing is not None:
             existing.seen_tick = self._tick
             return
-        self.table.add(Node(nid, addr, self._tick, self._tick, self._tick))
+        node = Node(nid, addr, self._tick, self._tick, self._tick)
+        if not self.table.add(node) and self._nursery is not None \
+                and self._swaps < MAX_CONCURRENT_SWAPS:
+            # full row: ping its least recently pinged node and replace it if it is gone
+            row = self.table.row_of(nid)
+            oldest = min(row, key=lambda n: n.pinged_tick)
+            oldest.pinged_tick = self._tick
+            self._swaps += 1
+            self._nursery.start_soon(self._reping_and_swap, oldest, node)
+
+    async def _reping_and_swap(self, old: Node, new: Node) -> None:
+        try:
+            await self.request(old.address, PING, internal=True)
+        except DhtError:
+            if self.table.get(old.id) in (old, None):  # a timeout may have removed it already
+                self.table.remove(old.id)
+                self.table.add(new)
+        finally:
+            self._swaps -= 1
 
     def _on_response(self, res: Response, addr: SocketAddress) -> None:
         pending = self.io.handle_response(res, addr)

@@ -306,3 +306,28 @@ def test_query_with_commit_and_no_nodes() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_full_row_swaps_out_a_dead_node() -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(nursery, seed=4)
+            hub = await _start_node(nursery, net, "10.0.0.1", 1)
+            hub.table.k = 1  # one node per row makes the row full at once
+            row = hub.table.row_of
+            addrs = [SocketAddress(f"10.0.3.{i}", 1) for i in range(1, 200)]
+            first = addrs[0]
+            second = next(a for a in addrs[1:] if row(node_id(a)) is row(node_id(first)))
+            a = await _start_node(nursery, net, first.host, first.port, ephemeral=False)
+            await a.ping(hub.transport.local_address)
+            assert hub.table.get(node_id(first)) is not None
+            del net.endpoints[first]  # a goes away silently
+            b = await _start_node(nursery, net, second.host, second.port, ephemeral=False)
+            await b.ping(hub.transport.local_address)
+            assert hub.table.get(node_id(second)) is None  # row full: b waits for the check
+            await trio.sleep(10)  # virtual time: the PING to a times out after 4 attempts
+            assert hub.table.get(node_id(second)) is not None
+            assert hub.table.get(node_id(first)) is None
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
