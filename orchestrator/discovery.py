@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -29,6 +29,9 @@ log = logging.getLogger("tether.orchestrator.discovery")
 
 DEFAULT_EXPIRY_S = 15.0
 DEFAULT_HEARTBEAT_MS = 5000
+#: How often the presence topics are looked up again (Hyperswarm alone refreshes every
+#: 10 min; an orchestrator wants new workers sooner than that).
+DEFAULT_REFRESH_S = 10.0
 
 
 @dataclass
@@ -52,8 +55,10 @@ class DiscoverySub:
         heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         verifier: EnvelopeVerifier | None = None,
+        refresh_s: float = DEFAULT_REFRESH_S,
     ) -> None:
         self.network = network
+        self.refresh_s = refresh_s
         self.expiry_s = expiry_s
         self.heartbeat_ms = heartbeat_ms
         self.clock_ms = clock_ms
@@ -62,11 +67,21 @@ class DiscoverySub:
         self._entries: dict[bytes, WorkerEntry] = {}
         self._changed = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        *,
+        refresh: Sequence[str] = (),
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Watch every peer; look the ``refresh`` topics up again every ``refresh_s``
+        (workers that announce later, e.g. in another region, are found then)."""
         async with trio.open_nursery() as nursery:
             self.network.on_peer(lambda peer: nursery.start_soon(self._watch, peer))
             task_status.started()
-            await trio.sleep_forever()
+            while True:
+                await trio.sleep(self.refresh_s)
+                for topic in refresh:
+                    await self.network.refresh(topic)
 
     def snapshot(self) -> list[WorkerEntry]:
         """Workers with a valid heartbeat in the last ``expiry_s``."""

@@ -9,6 +9,7 @@ reservations in the Metadata Store.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import trio
@@ -50,12 +51,13 @@ async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None
     )
     network.handlers.update(collect_handlers(service))
     try:
+        presence = [topics.presence(r) for r in dict.fromkeys([config.region, *watch_regions])]
         async with network.running(), trio.open_nursery() as nursery:
-            await nursery.start(discovery.run)
+            await nursery.start(functools.partial(discovery.run, refresh=presence))
             await network.join(topics.control(config.region), server=True, client=False)
             await network.join(topics.registry(config.region), server=False, client=True)
-            for region in dict.fromkeys([config.region, *watch_regions]):
-                await network.join(topics.presence(region), server=False, client=True)
+            for topic in presence:
+                await network.join(topic, server=False, client=True)
             process.announce_ready("orchestrator", network.public_key, region=config.region)
             await trio.sleep_forever()
     finally:

@@ -21,7 +21,7 @@ from p2p_transport.cenc import SocketAddress
 from tether import topics
 from tether.errors import Unavailable
 from tether.keys import KeyPair
-from tether.net import Peer, wait_for_peer
+from tether.net import dial, wait_for_peer
 from tether.net.swarm import SwarmNetwork
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 
@@ -71,18 +71,6 @@ class GatewayClient:
         )
 
 
-async def _dial(network: SwarmNetwork, key: bytes) -> Peer:
-    """Dial ``key``, retrying while it is not (yet) announced on the DHT."""
-    wait = 0.25
-    while True:
-        try:
-            return await network.connect(key)
-        except Unavailable as exc:
-            log.info("gateway not reachable yet (%s); retrying in %.2f s", exc.message, wait)
-        await trio.sleep(wait)
-        wait = min(wait * 2, 4.0)
-
-
 @asynccontextmanager
 async def connect_gateway(
     bootstrap: Sequence[SocketAddress],
@@ -98,7 +86,7 @@ async def connect_gateway(
     async with network.running():
         with trio.move_on_after(timeout) as scope:
             if gateway_key is not None:
-                peer = await _dial(network, gateway_key)
+                peer = await dial(network, gateway_key)
             else:
                 topic = topics.gateway(region)
                 await network.join(topic, server=False, client=True)

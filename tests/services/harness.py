@@ -9,10 +9,13 @@ tested in ``tests/model_plane`` and end to end in ``tests/integration``.
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -20,13 +23,16 @@ from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from orchestrator.discovery import DiscoverySub
 from orchestrator.service import OrchestratorService
+from p2p_transport.cenc import SocketAddress
 from registry.catalog import Catalog
 from registry.service import RegistryService
 from tether import topics
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
+from tether.net import Network, dial
 from tether.net.local import LocalHub, LocalNetwork
-from tether.rpc import collect_handlers
+from tether.net.swarm import SwarmNetwork
+from tether.rpc import Handler, collect_handlers
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2, services_rpc
 from worker.service import WorkerConfig, WorkerService
 
@@ -47,6 +53,7 @@ class ScriptedEngine:
         self.models = models
         self.step_s = step_s
         self.started = 0
+        self.running = trio.Event()
         self.gate: trio.Event | None = None
 
     def supported(self) -> list[presence_pb2.ModelKey]:
@@ -59,6 +66,7 @@ class ScriptedEngine:
         self, request: infer_pb2.Infer.Request
     ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
         self.started += 1
+        self.running.set()
         n = request.params.max_tokens or 4
         for i in range(n):
             if self.gate is not None:
@@ -84,21 +92,48 @@ def model_record(publisher: KeyPair, model: str = MODEL, version: str = VERSION)
     return record
 
 
+class TestNetwork(Network, Protocol):
+    """A network the harness can also start and give handlers to."""
+
+    handlers: dict[str, Handler]
+
+    def running(self) -> AbstractAsyncContextManager[object]: ...
+
+
+NetworkFactory = Callable[[KeyPair, dict[str, Handler]], TestNetwork]
+
+
+def local_networks() -> NetworkFactory:
+    """In-memory networks on one shared hub (the test double)."""
+    hub = LocalHub()
+    return lambda keypair, handlers: LocalNetwork(hub, keypair, handlers)
+
+
+def swarm_networks(bootstrap: list[SocketAddress]) -> NetworkFactory:
+    """Real Hyperswarm peers on a loopback testnet."""
+    return lambda keypair, handlers: SwarmNetwork(keypair, handlers, bootstrap=bootstrap)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 @dataclass
 class Fleet:
-    hub: LocalHub
+    make_net: NetworkFactory
+    clock_ms: Callable[[], int]
     store: MetadataStore
     region: str
     nursery: trio.Nursery
-    stack: AsyncExitStack
     workers: dict[str, WorkerService] = field(default_factory=dict)
     worker_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     discovery: DiscoverySub = field(init=False)
-    gateway_net: LocalNetwork = field(init=False)
-    client_net: LocalNetwork = field(init=False)
+    gateway_net: TestNetwork = field(init=False)
+    client_net: TestNetwork = field(init=False)
 
     async def gateway(self) -> services_rpc.GatewayStub:
-        peer = await self.client_net.connect(self.gateway_net.public_key)
+        with trio.fail_after(30):
+            peer = await dial(self.client_net, self.gateway_net.public_key)
         return services_rpc.GatewayStub(peer.rpc)
 
     def token(self, tenant: str) -> dict[str, str]:
@@ -119,9 +154,9 @@ class Fleet:
             WorkerConfig(worker_id=worker_id, region=region, **config),  # type: ignore[arg-type]
             engine,
             keypair,
-            clock_ms=virtual_ms,
+            clock_ms=self.clock_ms,
         )
-        net = LocalNetwork(self.hub, keypair, collect_handlers(service))
+        net = self.make_net(keypair, collect_handlers(service))
         scope = await self.nursery.start(_run_node, net, _worker_topics(region, engine))
         self.workers[worker_id] = service
         self.worker_scopes[worker_id] = scope
@@ -132,13 +167,13 @@ class Fleet:
 
 
 def _worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
-    joins = [(topics.presence(region), True, False)]
+    joins = [(topics.presence(region), True, False), (topics.control(region), False, True)]
     joins += [(topics.models(m, v, region), True, False) for m, v in engine.models]
     return joins
 
 
 async def _run_node(
-    net: LocalNetwork,
+    net: TestNetwork,
     joins: list[tuple[str, bool, bool]],
     *,
     task_status: trio.TaskStatus[trio.CancelScope],
@@ -160,23 +195,30 @@ async def fleet(
     burst: int = 100,
     extra: Callable[[Catalog, KeyPair], None] | None = None,
     watch_regions: tuple[str, ...] = (),
+    networks: NetworkFactory | None = None,
+    clock_ms: Callable[[], int] = virtual_ms,
 ) -> AsyncIterator[Fleet]:
-    store = MetadataStore.sqlite(tmp_path / "meta.db", clock=virtual_ms)
+    """Registry, orchestrator, gateway and a client; workers come with ``add_worker``.
+
+    ``networks`` defaults to the in-memory double; ``clock_ms`` (signing and store
+    time) defaults to one derived from trio's clock, for the virtual-time tests.
+    """
+    make_net = networks or local_networks()
+    store = MetadataStore.sqlite(tmp_path / "meta.db", clock=clock_ms)
     store.migrate()
     publisher = KeyPair.generate()
-    catalog = Catalog(store, clock=virtual_ms)
+    catalog = Catalog(store, clock=clock_ms)
     catalog.publish(model_record(publisher))
     if extra is not None:
         extra(catalog, publisher)
-    hub = LocalHub()
-    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
-        f = Fleet(hub, store, region, nursery, stack)
+    async with trio.open_nursery() as nursery:
+        f = Fleet(make_net, clock_ms, store, region, nursery)
         registry_service = RegistryService(catalog)
-        registry_net = LocalNetwork(hub, KeyPair.generate(), collect_handlers(registry_service))
+        registry_net = make_net(KeyPair.generate(), collect_handlers(registry_service))
         await nursery.start(_run_node, registry_net, [(topics.registry(region), True, False)])
 
-        orch_net = LocalNetwork(hub, KeyPair.generate(), {})
-        discovery = DiscoverySub(orch_net, clock_ms=virtual_ms)
+        orch_net = make_net(KeyPair.generate(), {})
+        discovery = DiscoverySub(orch_net, clock_ms=clock_ms)
         orchestrator = OrchestratorService(
             network=orch_net,
             discovery=discovery,
@@ -194,10 +236,11 @@ async def fleet(
                 *[(topics.presence(r), False, True) for r in (region, *watch_regions)],
             ],
         )
-        await nursery.start(discovery.run)
+        presence = [topics.presence(r) for r in (region, *watch_regions)]
+        await nursery.start(functools.partial(discovery.run, refresh=presence))
         f.discovery = discovery
 
-        gateway_net = LocalNetwork(hub, KeyPair.generate(), {})
+        gateway_net = make_net(KeyPair.generate(), {})
         gateway = GatewayService(
             network=gateway_net,
             store=store,
@@ -208,10 +251,14 @@ async def fleet(
         await nursery.start(
             _run_node,
             gateway_net,
-            [(topics.control(region), False, True), (topics.registry(region), False, True)],
+            [
+                (topics.gateway(region), True, False),
+                (topics.control(region), False, True),
+                (topics.registry(region), False, True),
+            ],
         )
         f.gateway_net = gateway_net
-        client_net = LocalNetwork(hub, KeyPair.generate(), {})
+        client_net = make_net(KeyPair.generate(), {})
         await nursery.start(_run_node, client_net, [])
         f.client_net = client_net
         try:

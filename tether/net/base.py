@@ -12,13 +12,17 @@ and ``tether.net.local.LocalNetwork`` (an in-memory test double).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
+from tether.errors import Unavailable
 from tether.rpc import RpcConnection
+
+log = logging.getLogger("tether.net")
 
 
 @dataclass(eq=False)
@@ -98,3 +102,16 @@ async def wait_for_peer(network: Network, topic: str) -> Peer:
     finally:
         unsubscribe()
     return found[0]
+
+
+async def dial(network: Network, key: bytes) -> Peer:
+    """Connect to ``key``, retrying while it is not (yet) reachable: a service that is
+    still starting has not announced its key on the DHT. Bound it with a cancel scope."""
+    wait = 0.25
+    while True:
+        try:
+            return await network.connect(key)
+        except Unavailable as exc:
+            log.info("%s… not reachable yet (%s); retrying in %.2f s", key.hex()[:12], exc, wait)
+        await trio.sleep(wait)
+        wait = min(wait * 2, 4.0)

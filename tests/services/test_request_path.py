@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -16,19 +17,23 @@ import trio
 import trio.testing
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.services.harness import MODEL, ScriptedEngine, fleet
+from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking, telemetry
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2, jobs_pb2
 
+OpenFleet = Callable[..., AbstractAsyncContextManager[Fleet]]
+Scenario = Callable[[OpenFleet], Awaitable[None]]
+SCENARIOS: list[Scenario] = []
 
-def trio_test(fn: Callable[[Path], Awaitable[None]]) -> Callable[[Path], None]:
-    @functools.wraps(fn)
-    def run(tmp_path: Path) -> None:
-        with blocking.inline():
-            trio.run(fn, tmp_path, clock=trio.testing.MockClock(autojump_threshold=0))
 
-    return run
+def scenario(fn: Scenario) -> Scenario:
+    """A request-path scenario; it runs here on the in-memory network in virtual time,
+    and in ``tests/integration`` on real Hyperswarm connections in real time."""
+    SCENARIOS.append(fn)
+    return fn
+
+
 
 
 def request(
@@ -45,9 +50,11 @@ async def collect(stub, req, metadata) -> list[infer_pb2.Infer.Chunk]:
         return [c async for c in chunks]
 
 
-@trio_test
-async def test_a_request_streams_through_gateway_orchestrator_and_worker(tmp_path: Path) -> None:
-    async with fleet(tmp_path) as f:
+@scenario
+async def a_request_streams_through_gateway_orchestrator_and_worker(
+    open_fleet: OpenFleet,
+) -> None:
+    async with open_fleet() as f:
         await f.add_worker("w1")
         await f.discovery.wait_for(lambda s: len(s) == 1)
         gw = await f.gateway()
@@ -66,9 +73,9 @@ async def test_a_request_streams_through_gateway_orchestrator_and_worker(tmp_pat
         assert info.value.code == StatusCode.ALREADY_EXISTS
 
 
-@trio_test
-async def test_placement_prefers_the_worker_in_the_request_region(tmp_path: Path) -> None:
-    async with fleet(tmp_path, watch_regions=("us-east",)) as f:
+@scenario
+async def placement_prefers_the_worker_in_the_request_region(open_fleet: OpenFleet) -> None:
+    async with open_fleet(watch_regions=("us-east",)) as f:
         await f.add_worker("far", region="us-east")
         await f.add_worker("near", region="eu-west")
         await f.discovery.wait_for(lambda s: len(s) == 2)
@@ -80,9 +87,9 @@ async def test_placement_prefers_the_worker_in_the_request_region(tmp_path: Path
         assert chunks[0].worker_id == "far"
 
 
-@trio_test
-async def test_a_silent_worker_leaves_placement_within_15_seconds(tmp_path: Path) -> None:
-    async with fleet(tmp_path) as f:
+@scenario
+async def a_silent_worker_leaves_placement_within_15_seconds(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
         service = await f.add_worker("w1")
         await f.discovery.wait_for(lambda s: len(s) == 1)
         # The worker keeps its connection but stops heartbeating.
@@ -97,9 +104,9 @@ async def test_a_silent_worker_leaves_placement_within_15_seconds(tmp_path: Path
         assert "no healthy worker" in info.value.message
 
 
-@trio_test
-async def test_a_worker_killed_mid_stream_ends_the_request_clearly(tmp_path: Path) -> None:
-    async with fleet(tmp_path) as f:
+@scenario
+async def a_worker_killed_mid_stream_ends_the_request_clearly(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
         await f.add_worker("w1", engine=ScriptedEngine([(MODEL, "1.0")], step_s=1.0))
         await f.discovery.wait_for(lambda s: len(s) == 1)
         gw = await f.gateway()
@@ -116,9 +123,9 @@ async def test_a_worker_killed_mid_stream_ends_the_request_clearly(tmp_path: Pat
         assert f.store.get_job("job-k").state == jobs_pb2.JOB_STATE_FAILED
 
 
-@trio_test
-async def test_bad_tokens_are_refused(tmp_path: Path) -> None:
-    async with fleet(tmp_path) as f:
+@scenario
+async def bad_tokens_are_refused(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
         await f.add_worker("w1")
         gw = await f.gateway()
         for metadata in ({}, {"authorization": "Bearer nope"}, {"authorization": "Basic x"}):
@@ -127,9 +134,9 @@ async def test_bad_tokens_are_refused(tmp_path: Path) -> None:
             assert info.value.code == StatusCode.UNAUTHENTICATED
 
 
-@trio_test
-async def test_invalid_requests_are_refused_before_any_work(tmp_path: Path) -> None:
-    async with fleet(tmp_path) as f:
+@scenario
+async def invalid_requests_are_refused_before_any_work(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
         engine = ScriptedEngine([(MODEL, "1.0")])
         await f.add_worker("w1", engine=engine)
         gw = await f.gateway()
@@ -151,11 +158,11 @@ async def test_invalid_requests_are_refused_before_any_work(tmp_path: Path) -> N
         assert engine.started == 0
 
 
-@trio_test
-async def test_a_burst_past_the_bucket_is_shed_while_other_tenants_are_served(
-    tmp_path: Path,
+@scenario
+async def a_burst_past_the_bucket_is_shed_while_other_tenants_are_served(
+    open_fleet: OpenFleet,
 ) -> None:
-    async with fleet(tmp_path, rate=1.0, burst=3) as f:
+    async with open_fleet(rate=0.01, burst=3) as f:
         await f.add_worker("w1", slots=8, queue_limit=32)
         await f.discovery.wait_for(lambda s: len(s) == 1)
         gw = await f.gateway()
@@ -178,9 +185,9 @@ async def test_a_burst_past_the_bucket_is_shed_while_other_tenants_are_served(
         assert "quiet:ok" in outcomes
 
 
-@trio_test
-async def test_a_full_worker_sheds_and_the_orchestrator_places_elsewhere(tmp_path: Path) -> None:
-    async with fleet(tmp_path) as f:
+@scenario
+async def a_full_worker_sheds_and_the_orchestrator_places_elsewhere(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
         busy_engine = ScriptedEngine([(MODEL, "1.0")])
         busy_engine.gate = trio.Event()
         await f.add_worker("busy", engine=busy_engine, slots=1, queue_limit=0)
@@ -189,7 +196,7 @@ async def test_a_full_worker_sheds_and_the_orchestrator_places_elsewhere(tmp_pat
         token = f.token("acme")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, gw, request(), token)
-            await trio.testing.wait_all_tasks_blocked()
+            await busy_engine.running.wait()
             # busy now holds its only slot; a second request is shed...
             with pytest.raises(RpcError) as info:
                 await collect(gw, request(), token)
@@ -202,11 +209,11 @@ async def test_a_full_worker_sheds_and_the_orchestrator_places_elsewhere(tmp_pat
             busy_engine.gate.set()
 
 
-@trio_test
-async def test_one_trace_spans_gateway_orchestrator_and_worker(tmp_path: Path) -> None:
+@scenario
+async def one_trace_spans_gateway_orchestrator_and_worker(open_fleet: OpenFleet) -> None:
     exporter = InMemorySpanExporter()
     telemetry.setup("tests", exporter=exporter)
-    async with fleet(tmp_path) as f:
+    async with open_fleet() as f:
         await f.add_worker("w1")
         await f.discovery.wait_for(lambda s: len(s) == 1)
         gw = await f.gateway()
@@ -223,3 +230,12 @@ async def test_one_trace_spans_gateway_orchestrator_and_worker(tmp_path: Path) -
 
     assert parent_of("orchestrator.submit") == spans["gateway.infer"].context.span_id
     assert parent_of("worker.infer") == spans["orchestrator.submit"].context.span_id
+
+
+@pytest.mark.parametrize("fn", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
+def test_scenario_on_the_local_network(fn: Scenario, tmp_path: Path) -> None:
+    async def main() -> None:
+        await fn(functools.partial(fleet, tmp_path))
+
+    with blocking.inline():
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
