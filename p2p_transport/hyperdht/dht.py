@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -105,6 +106,8 @@ ANNOUNCE_REFRESH = 300.0
 RELAY_PING_INTERVAL = 3.0
 #: Self-announce to this many of the closest nodes.
 ANNOUNCE_RELAYS = 3
+#: Relays tried at once for one connect (hyperdht: 2).
+PARALLEL_HANDSHAKES = 2
 #: Handshake request attempts per relay (hyperdht's connect uses 3 retries).
 HANDSHAKE_RETRIES = 3
 MAX_RELAY_ADDRESSES = 3
@@ -634,15 +637,11 @@ class HyperDht:
 
         try:
             with trio.fail_after(timeout):
-                for hint in relay_addresses:
-                    result = await via(hint)
-                    if result is not None:
-                        break
+                result = await _first_success(via, list(relay_addresses))
                 if result is None:
-                    for _peer, reply in await self.find_peer(remote_public_key):
-                        result = await via(reply.from_addr)
-                        if result is not None:
-                            break
+                    holders = [reply.from_addr
+                               for _peer, reply in await self.find_peer(remote_public_key)]
+                    result = await _first_success(via, holders)
         except trio.TooSlowError:
             await stream.aclose()
             raise PeerConnectionFailed("connect timed out") from None
@@ -705,6 +704,31 @@ def _check_persistent_host(host: str) -> None:
     if host == WILDCARD_HOST:
         raise ValueError("a persistent node's id derives from its address: bind the "
                          "address others reach it at, not 0.0.0.0")
+
+
+T = TypeVar("T")
+
+
+async def _first_success(attempt: Callable[[SocketAddress], Awaitable[T | None]],
+                         candidates: list[SocketAddress]) -> T | None:
+    """Try candidates at most ``PARALLEL_HANDSHAKES`` at a time; the first non-None wins and
+    cancels the rest (the server answers the same Noise message identically on every path)."""
+    winner: list[T] = []
+    limit = trio.Semaphore(PARALLEL_HANDSHAKES)
+
+    async def one(addr: SocketAddress, scope: trio.CancelScope) -> None:
+        async with limit:
+            if winner:
+                return
+            result = await attempt(addr)
+        if result is not None and not winner:
+            winner.append(result)
+            scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for addr in candidates:
+            nursery.start_soon(one, addr, nursery.cancel_scope)
+    return winner[0] if winner else None
 
 
 def _lookup_peers(reply: QueryReply) -> tuple[PeerRecord, ...]:

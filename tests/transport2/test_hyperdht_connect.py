@@ -153,3 +153,25 @@ def test_client_path_choice() -> None:
             assert await choose(punchable, relay_seen, me, True, []) is None
 
     trio.run(main)
+
+
+def test_dead_relay_hint_does_not_delay_connect() -> None:
+    """Relays are tried two at a time: a silent first hint (4 s of retries) loses to the next."""
+
+    async def main() -> None:
+        async with HyperDht.open() as server_dht, HyperDht.open() as client_dht:
+
+            async def on_conn(raw: RawConnection) -> None:
+                await _echo_once(raw)
+
+            server = server_dht.create_server(on_conn)
+            await server.listen(announce=False)
+            dead = SocketAddress("127.0.0.1", 9)
+            with trio.fail_after(3.5):
+                raw = await client_dht.connect(server.public_key,
+                                               relay_addresses=[dead, server_dht.local_address])
+            await raw.stream.send_all(b"fast")
+            assert await raw.stream.receive_some(1024) == b"echo:fast"
+            await raw.stream.aclose()
+
+    trio.run(main)
