@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import trio
@@ -98,6 +97,8 @@ log = logging.getLogger(__name__)
 
 #: How long a server keeps a handshake reply to resend it to parallel relays (hyperdht 10 s).
 HANDSHAKE_CLEAR_WAIT = 10.0
+#: Handshake replies a server keeps at once; beyond this, new handshakes are dropped.
+MAX_PENDING_HANDSHAKES = 1024
 #: How long a server waits for a client that did not claim OPEN to send its first packet.
 HANDSHAKE_INITIAL_TIMEOUT = 10.0
 #: The server re-announces itself this often (hyperdht's announcer cycle is ~5 min).
@@ -173,10 +174,8 @@ async def secure(raw: RawConnection, nursery: trio.Nursery) -> SecretStream:
 class _PendingHandshake:
     reply: bytes | None
     created: float
-    connected: trio.Event = field(default_factory=trio.Event)
 
 
-Secure = Callable[[RawConnection], Awaitable[object]]
 ServerFirewall = Callable[[bytes, NoisePayload, SocketAddress], bool]
 
 
@@ -306,11 +305,13 @@ class Server:
     # -- handshake (runs synchronously inside the dht-rpc receive path) ------------------
 
     def on_peer_handshake(self, req: IncomingRequest, hs: Handshake) -> None:
-        now = time.monotonic()
+        now = trio.current_time()
         for k in [k for k, v in self._handshakes.items() if now - v.created > HANDSHAKE_CLEAR_WAIT]:
             del self._handshakes[k]
         pending = self._handshakes.get(hs.noise)
         if pending is None:
+            if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
+                return  # flooded: new clients retry once the cache drains
             client_address = hs.peer_address or req.from_addr
             pending = _PendingHandshake(self._answer(hs, req, client_address), now)
             self._handshakes[hs.noise] = pending
@@ -334,7 +335,6 @@ class Server:
         except (HandshakeError, HyperDhtProtocolError) as exc:
             log.debug("bad handshake from %s: %s", client_address, exc)
             return None
-        assert noise.remote_static is not None or noise.result is None
         remote_key = _remote_static(noise)
         if self.firewall is not None and self.firewall(remote_key, remote, client_address):
             return None
