@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: One batch frame is split before it grows past this (protomux's MAX_BATCH).
 MAX_BATCH = 8 * 1024 * 1024
+#: Channel ids a remote may use at once; each costs a slot here (Node sets no bound).
+MAX_REMOTE_CHANNELS = 65536
 #: Seconds a closing shell waits for the stream to close gracefully.
 CLOSE_TIMEOUT = 5.0
 
@@ -362,6 +364,8 @@ class Protomux:
             self._reject(0)
             return
         rid = remote_id - 1
+        if rid >= MAX_REMOTE_CHANNELS:
+            raise ProtomuxError(f"remote opened more than {MAX_REMOTE_CHANNELS} channels")
         info = self._get(protocol, id_)
         if len(self._remote) == rid:
             self._remote.append(None)

@@ -202,11 +202,15 @@ class RpcChannel:
 
     ``capability_key`` turns on the ``@hyperswarm/rpc`` handshake: both sides must then know
     the key, and ``is_initiator`` / ``handshake_hash`` describe the underlying connection.
+    Bounds: ``max_inflight`` outstanding requests of ours (more raise ``BusyResourceError``),
+    ``max_responding`` handlers of the peer's requests running at once (more are answered
+    ``REQUEST_ERROR`` with cause code ``BUSY``).
     """
 
     def __init__(self, mux: Mux, *, id_: bytes | None = None, protocol: str = PROTOCOL,
                  capability_key: bytes | None = None, is_initiator: bool = False,
-                 handshake_hash: bytes | None = None, max_inflight: int = 1024) -> None:
+                 handshake_hash: bytes | None = None, max_inflight: int = 1024,
+                 max_responding: int = 1024) -> None:
         self.mux = mux
         self._responders: dict[str, Handler] = {}
         self._pending: dict[int, _Waiter] = {}
@@ -214,6 +218,7 @@ class RpcChannel:
         self._responding = 0
         self._ending = False
         self._max_inflight = max_inflight
+        self._max_responding = max_responding
         self.opened = trio.Event()
         self.closed = trio.Event()
         self._close_error: RpcError | None = None
@@ -252,6 +257,12 @@ class RpcChannel:
         if type_ == _REQUEST:
             req = decode_request(payload)
             if self.mux.nursery is None:
+                return
+            if self._responding >= self._max_responding:
+                if req.id:  # shed load rather than queue without bound
+                    self.channel.send(_RESPONSE, encode_response(RpcResponse(req.id, None, RpcError(
+                        "Request failed", "REQUEST_ERROR", cause_message="server busy",
+                        cause_code="BUSY"))))
                 return
             self._responding += 1
             first = self._start(req)

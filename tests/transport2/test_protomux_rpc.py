@@ -11,6 +11,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2p_transport import protomux
 from p2p_transport.protomux import (
     ChannelMessageStream,
     Mux,
@@ -321,6 +322,50 @@ def test_rpc_capability(cap_a: bytes, cap_b: bytes, ok: bool) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_rpc_sheds_load_past_max_responding() -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            sa, sb = _memory_pair()
+            ma, mb = Mux(sa), Mux(sb)
+            client = RpcChannel(ma, id_=b"k")
+            server = RpcChannel(mb, id_=b"k", max_responding=1)
+
+            async def slow(v: bytes | None) -> bytes | None:
+                await trio.sleep(5)
+                return v
+
+            server.respond("slow", slow)
+            server.open()
+            client.open()
+            await nursery.start(ma.run)
+            await nursery.start(mb.run)
+            errors: list[RpcError] = []
+
+            async def call() -> None:
+                try:
+                    await client.request("slow", b"x")
+                except RpcError as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(call)
+                await trio.sleep(1)
+                calls.start_soon(call)
+            assert [(e.code, e.cause_code) for e in errors] == [("REQUEST_ERROR", "BUSY")]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_remote_channel_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protomux, "MAX_REMOTE_CHANNELS", 2)
+    m = Protomux()
+    m.receive(b"\x00\x01\x01\x01p\x00")
+    m.receive(b"\x00\x01\x02\x01p\x00")
+    with pytest.raises(ProtomuxError):
+        m.receive(b"\x00\x01\x03\x01p\x00")
 
 
 def test_capability_value_is_keyed_by_role() -> None:
