@@ -481,7 +481,15 @@ class Hyperswarm:
                 peer.attempts = 0
             if conn.is_initiator:
                 self._retry_later(peer)
+            else:
+                self._maybe_forget(peer)
             self._notify()
+
+    def _maybe_forget(self, peer: PeerInfo) -> None:
+        """Drop what we know about a peer nobody wants any more (banned peers are kept)."""
+        if (not peer.banned and not peer.queued and not self._wanted(peer)
+                and peer.public_key not in self._all):
+            self.peers.pop(peer.public_key, None)
 
     def _wanted(self, peer: PeerInfo) -> bool:
         return peer.explicit or any(t in self._discovery for t in peer.topics)
@@ -489,9 +497,11 @@ class Hyperswarm:
     def _retry_later(self, peer: PeerInfo) -> None:
         peer.attempts += 1
         if self.destroyed or not self._wanted(peer):
+            self._maybe_forget(peer)
             return
         delay = peer.backoff(self._rng)
         if delay is None:
+            self._maybe_forget(peer)
             return
 
         async def requeue() -> None:
