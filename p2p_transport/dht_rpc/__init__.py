@@ -21,7 +21,7 @@ from .messages import (
 from .node import DhtError, DhtNode, IncomingRequest, RemoteError, RequestTimeout
 from .query import QueryError, QueryReply, QueryResult, auto_commit, query
 from .routing import K, Node, RoutingTable, distance
-from .socket import DatagramRouter, DatagramTransport, UdpSocket
+from .socket import DatagramTransport, UdpSocket
 
 __all__ = [
     "DELAYED_PING",
@@ -31,7 +31,6 @@ __all__ = [
     "PING",
     "PING_NAT",
     "UNKNOWN_COMMAND",
-    "DatagramRouter",
     "DatagramTransport",
     "DhtError",
     "DhtNode",

@@ -1,8 +1,8 @@
-"""A bound UDP socket for trio with a synchronous, never-blocking send.
-
-dht-rpc, UDX and holepunch probes share one socket; :class:`DatagramRouter` hands each datagram
-to the layer its first byte names (``0x03``/``0x13`` dht-rpc, anything else to the fallback,
-normally UDX). Sends are fire-and-forget, as UDP is: a full kernel buffer drops the datagram.
+"""A bound UDP socket for trio with a synchronous, never-blocking send, for a node that carries
+dht-rpc only (a bootstrap or storage node). Peers that also carry UDX streams use
+:class:`p2p_transport.udx.UdxSocket`, which hands non-UDX datagrams (``0x03``/``0x13``: dht-rpc,
+see :func:`~p2p_transport.dht_rpc.is_dht_rpc`) to the DHT. Sends are fire-and-forget, as UDP
+is: a full kernel buffer drops the datagram.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import trio
 
 from p2p_transport.cenc import SocketAddress
 
-from .messages import is_dht_rpc
-
-__all__ = ["DatagramHandler", "DatagramRouter", "DatagramTransport", "UdpSocket"]
+__all__ = ["DatagramHandler", "DatagramTransport", "UdpSocket"]
 
 #: Node receives datagrams into 2048-byte buffers; larger ones arrive truncated there.
 MAX_DATAGRAM = 2048
@@ -34,20 +32,6 @@ class DatagramTransport(Protocol):
     def local_address(self) -> SocketAddress: ...
 
     def send_datagram(self, data: bytes, addr: SocketAddress) -> None: ...
-
-
-class DatagramRouter:
-    """Demultiplexes one socket: dht-rpc messages to ``dht``, everything else to ``other``."""
-
-    def __init__(self, dht: DatagramHandler, other: DatagramHandler | None = None) -> None:
-        self.dht = dht
-        self.other = other
-
-    def __call__(self, data: bytes, addr: SocketAddress) -> None:
-        if is_dht_rpc(data):
-            self.dht(data, addr)
-        elif self.other is not None:
-            self.other(data, addr)
 
 
 class UdpSocket:
