@@ -55,8 +55,12 @@ def _key(protocol: str, id_: bytes | None) -> str:
     return protocol + "##" + (id_.hex() if id_ else "")
 
 
+#: One-byte ``uint`` encodings, the common case for ids and types.
+_SMALL_UINT = [bytes([i]) for i in range(0xFD)]
+
+
 def _uint(n: int) -> bytes:
-    return Writer().uint(n).getvalue()
+    return _SMALL_UINT[n] if 0 <= n < 0xFD else Writer().uint(n).getvalue()
 
 
 @dataclass(eq=False)
@@ -255,6 +259,13 @@ class Protomux:
     def receive(self, frame: bytes) -> None:
         """Process one incoming message. Raises :class:`ProtomuxError` on protocol errors."""
         if not frame or self.destroyed:
+            return
+        # fast path: a channel message with one-byte id and type (the hot path of RPC)
+        if len(frame) >= 2 and 0 < frame[0] < 0xFD and frame[1] < 0xFD:
+            rid = frame[0]
+            remote = self._remote[rid - 1] if rid <= len(self._remote) else None
+            if remote is not None and remote.session is not None:
+                remote.session.on_message(frame[1], frame[2:])
             return
         try:
             r = Reader(frame)

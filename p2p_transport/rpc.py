@@ -93,12 +93,24 @@ class RpcResponse:
     error: RpcError | None = None
 
 
+_SMALL_UINT = [bytes([i]) for i in range(0xFD)]
+
+
 def encode_value(value: bytes | None) -> bytes:
     """The default value encoding (``optionalBuffer``)."""
-    return Writer().optional_buffer(value or None).getvalue()
+    if not value:
+        return b"\x00"
+    if len(value) < 0xFD:
+        return _SMALL_UINT[len(value)] + value
+    return Writer().optional_buffer(value).getvalue()
 
 
 def decode_value(raw: bytes) -> bytes | None:
+    if raw and raw[0] < 0xFD:  # one-byte length, the common case
+        n = raw[0]
+        if len(raw) < 1 + n:
+            raise RpcProtocolError("bad value encoding: truncated")
+        return raw[1:1 + n] if n else None
     try:
         return Reader(raw).optional_buffer()
     except DecodeError as exc:
@@ -106,6 +118,9 @@ def decode_value(raw: bytes) -> bytes | None:
 
 
 def encode_request(req: RpcRequest) -> bytes:
+    method = req.method.encode()
+    if req.id < 0xFD and len(method) < 0xFD:
+        return _SMALL_UINT[req.id] + _SMALL_UINT[len(method)] + method + req.value
     return Writer().uint(req.id).string(req.method).raw(req.value).getvalue()
 
 
@@ -120,6 +135,8 @@ def decode_request(payload: bytes) -> RpcRequest:
 def encode_response(res: RpcResponse) -> bytes:
     err = res.error
     if err is None:
+        if res.id < 0xFD:
+            return b"\x00" + _SMALL_UINT[res.id] + (res.value or b"")
         return Writer().uint8(0).uint(res.id).raw(res.value or b"").getvalue()
     has_cause = err.cause_message is not None
     flags = (_HAS_ERROR | (_HAS_CODE if err.code else 0) | (_HAS_CAUSE if has_cause else 0)
@@ -135,6 +152,8 @@ def encode_response(res: RpcResponse) -> bytes:
 
 
 def decode_response(payload: bytes) -> RpcResponse:
+    if len(payload) >= 2 and payload[0] == 0 and payload[1] < 0xFD:  # success, small id
+        return RpcResponse(payload[1], payload[2:])
     try:
         r = Reader(payload)
         flags = r.bitfield(4)

@@ -28,6 +28,7 @@ from p2p_transport.rpc import (
     capability,
     decode_request,
     decode_response,
+    decode_value,
     encode_request,
     encode_response,
     encode_value,
@@ -176,7 +177,7 @@ def test_rpc_codec_matches_node_frames() -> None:
 @given(st.binary(max_size=60))
 def test_rpc_decoders_fuzz(data: bytes) -> None:
     for end in range(len(data) + 1):
-        for fn in (decode_request, decode_response):
+        for fn in (decode_request, decode_response, decode_value):
             with contextlib.suppress(RpcProtocolError):
                 fn(data[:end])
 
@@ -400,3 +401,21 @@ def test_channel_message_stream() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@given(st.none() | st.binary(max_size=600), st.integers(0, 2**20), st.text(max_size=300))
+def test_fast_paths_match_the_general_codec(value: bytes | None, id_: int, method: str) -> None:
+    from p2p_transport.cenc import Reader, Writer
+
+    assert encode_value(value) == Writer().optional_buffer(value or None).getvalue()
+    assert decode_value(encode_value(value)) == (value or None)
+    raw = encode_value(value)
+    req = RpcRequest(id_, method, raw)
+    assert encode_request(req) == Writer().uint(id_).string(method).raw(raw).getvalue()
+    assert decode_request(encode_request(req)) == req
+    res = RpcResponse(id_, raw)
+    wire = encode_response(res)
+    assert wire == Writer().uint8(0).uint(id_).raw(raw).getvalue()
+    assert decode_response(wire) == res
+    r = Reader(wire)
+    assert (r.bitfield(4), r.uint(), r.raw()) == (0, id_, raw)
