@@ -51,7 +51,9 @@ def test_relayed_connect_and_rpc_by_key() -> None:
                 await stream.send_message(b"relayed")
                 assert await stream.receive_message() == b"echo:relayed"
                 await stream.aclose()
-                await server.close()
+                assert len(await client_dht.find_peer(server.public_key)) == 2
+                await server.close()  # unannounces from its relays
+                assert await client_dht.find_peer(server.public_key) == []
 
                 def upper(v: bytes | None) -> bytes | None:
                     return (v or b"").upper()
