@@ -410,6 +410,7 @@ class Hyperswarm:
             placeholder.closed.set()
             if self._all.get(peer.public_key) is placeholder:
                 del self._all[peer.public_key]
+            self._notify()  # flush() and the queue wait on this
         if conn is None or self.destroyed or peer.public_key in self._all:
             if conn is not None:
                 await conn.aclose()  # de-duplication already chose the incoming one

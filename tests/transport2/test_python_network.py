@@ -155,3 +155,20 @@ def test_join_peer_connects_by_key() -> None:
                     assert not a.peers[b.key_pair.public_key].explicit
 
     trio.run(main)
+
+
+def test_flush_returns_when_a_discovered_peer_is_unreachable() -> None:
+    async def main() -> None:
+        with trio.fail_after(40):
+            async with open_testnet(3) as net, HyperDht.open(bootstrap=net.bootstrap) as dht:
+                topic = os.urandom(32)
+                ghost = key_pair()  # announced, but nobody listens on its key
+                await dht.announce(topic, ghost)
+                chat = _Chat()
+                async with Hyperswarm.open(chat, bootstrap=net.bootstrap) as swarm:
+                    swarm.join(topic, server=False, client=True)
+                    await swarm.flush()  # the connect fails (PEER_NOT_FOUND); flush still ends
+                    assert swarm.connections == {}
+                    assert swarm.peers[ghost.public_key].attempts == 1
+
+    trio.run(main)
