@@ -18,6 +18,7 @@ from transport2_helpers import MemoryNetwork
 
 from p2p_transport.cenc import SocketAddress
 from p2p_transport.dht_rpc import (
+    DELAYED_PING,
     DOWN_HINT,
     FIND_NODE,
     INVALID_TOKEN,
@@ -269,6 +270,16 @@ def test_internal_commands_and_tokens() -> None:
             assert res.error == 0
             with pytest.raises(RequestTimeout):
                 await client.request(SocketAddress("10.9.9.9", 1), PING, internal=True)
+
+            # DELAYED_PING answers after the delay (up to 10 s), never beyond
+            start = trio.current_time()
+            res = await client.request(s_addr, DELAYED_PING, internal=True,
+                                       value=(2500).to_bytes(4, "little"), attempt_timeout=5)
+            assert res.error == 0 and 2.5 <= trio.current_time() - start < 3
+            with pytest.raises(RequestTimeout):
+                await client.request(s_addr, DELAYED_PING, internal=True,
+                                     value=(10_001).to_bytes(4, "little"), retries=0,
+                                     attempt_timeout=12)
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
