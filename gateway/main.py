@@ -54,6 +54,7 @@ async def serve(config: process.ServiceConfig, rate: float, burst: int) -> None:
         buckets=TokenBuckets(rate=rate, burst=burst),
     )
     network.handlers.update(collect_handlers(service))
+    process.on_stop(network.close)
     try:
         async with network.running():
             await network.join(topics.gateway(config.region), server=True, client=False)

@@ -50,6 +50,7 @@ async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None
         registry_topic=topics.registry(config.region),
     )
     network.handlers.update(collect_handlers(service))
+    process.on_stop(network.close)
     try:
         presence = [topics.presence(r) for r in dict.fromkeys([config.region, *watch_regions])]
         async with network.running(), trio.open_nursery() as nursery:

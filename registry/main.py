@@ -32,6 +32,7 @@ async def serve(config: process.ServiceConfig) -> None:
     network = SwarmNetwork(
         config.keypair(), collect_handlers(service), bootstrap=config.bootstrap, host=config.host
     )
+    process.on_stop(network.close)
     try:
         async with network.running():
             await network.join(topics.registry(config.region), server=True, client=False)

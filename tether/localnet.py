@@ -191,14 +191,13 @@ async def local_network(data_dir: Path, *, region: str = "local") -> AsyncIterat
 
 
 async def _stop_all(net: LocalNet) -> None:
-    """SIGTERM in reverse start order, SIGKILL whatever outlives the grace period."""
+    """Stop services newest first, each with SIGTERM and a grace period before SIGKILL;
+    the DHT goes last so that services can still unannounce themselves."""
     for sp in reversed(net.processes):
         if sp.process.returncode is None:
             sp.process.send_signal(signal.SIGTERM)
-    with trio.move_on_after(STOP_GRACE_S):
-        for sp in net.processes:
+        with trio.move_on_after(STOP_GRACE_S):
             await sp.process.wait()
-    for sp in net.processes:
         if sp.process.returncode is None:
             log.warning("%s did not stop in %s s; killing it", sp.name, STOP_GRACE_S)
             sp.process.kill()

@@ -80,8 +80,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
-    bootstrap_text = args.bootstrap or [
-        b for b in os.environ.get("TETHER_BOOTSTRAP", "").split(",") if b.strip()
+    bootstrap_text = [
+        b
+        for item in (args.bootstrap or [os.environ.get("TETHER_BOOTSTRAP", "")])
+        for b in item.split(",")
+        if b.strip()
     ]
     if not bootstrap_text:
         raise SystemExit(
@@ -128,14 +131,29 @@ def announce_ready(service: str, public_key: bytes, **extra: object) -> None:
     print(json.dumps(line), flush=True)
 
 
+#: Graceful-stop hooks of this process, run in order on SIGINT/SIGTERM.
+_STOP_HOOKS: list[Callable[[], Awaitable[None]]] = []
+#: The most a graceful stop may take before the process is cancelled anyway.
+STOP_TIMEOUT_S = 10.0
+
+
+def on_stop(hook: Callable[[], Awaitable[None]]) -> None:
+    """Run ``hook`` when a signal asks the process to stop, before anything is cancelled
+    (a worker drains, a network unannounces itself while it can still talk)."""
+    _STOP_HOOKS.append(hook)
+
+
 async def run_until_signalled(body: Callable[[], Awaitable[None]]) -> None:
-    """Run ``body``; SIGINT/SIGTERM cancel it (its cleanup still runs)."""
+    """Run ``body``; SIGINT/SIGTERM run the stop hooks, then cancel it."""
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     logging.getLogger("tether").info("stopping on signal")
+                    with trio.move_on_after(STOP_TIMEOUT_S):
+                        for hook in reversed(_STOP_HOOKS):
+                            await hook()
                     nursery.cancel_scope.cancel()
                     return
 

@@ -152,13 +152,14 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
             models=[f"{r.model.model_id}@{r.model.version}" for r in records],
             engine=caps.gpu_class,
         )
-        try:
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                service.stop_announcing()
-                drained = await service.drain(grace_s=10)
-                log.info("drained (all in-flight finished: %s)", drained)
+        async def drain() -> None:
+            service.stop_announcing()
+            drained = await service.drain(grace_s=process.STOP_TIMEOUT_S / 2)
+            log.info("drained (all in-flight finished: %s)", drained)
+            await network.close()
+
+        process.on_stop(drain)
+        await trio.sleep_forever()
 
 
 def main(argv: list[str] | None = None) -> int:

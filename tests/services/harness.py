@@ -128,6 +128,7 @@ class Fleet:
     workers: dict[str, WorkerService] = field(default_factory=dict)
     worker_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     discovery: DiscoverySub = field(init=False)
+    networks: list[TestNetwork] = field(default_factory=list)
     gateway_net: TestNetwork = field(init=False)
     client_net: TestNetwork = field(init=False)
 
@@ -157,7 +158,9 @@ class Fleet:
             clock_ms=self.clock_ms,
         )
         net = self.make_net(keypair, collect_handlers(service))
-        scope = await self.nursery.start(_run_node, net, _worker_topics(region, engine))
+        scope = await self.nursery.start(
+            _run_node, self.networks, net, _worker_topics(region, engine)
+        )
         self.workers[worker_id] = service
         self.worker_scopes[worker_id] = scope
         return service
@@ -173,11 +176,13 @@ def _worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool,
 
 
 async def _run_node(
+    networks: list[TestNetwork],
     net: TestNetwork,
     joins: list[tuple[str, bool, bool]],
     *,
     task_status: trio.TaskStatus[trio.CancelScope],
 ) -> None:
+    networks.append(net)
     with trio.CancelScope() as scope:
         async with net.running():
             for topic, server, client in joins:
@@ -215,7 +220,9 @@ async def fleet(
         f = Fleet(make_net, clock_ms, store, region, nursery)
         registry_service = RegistryService(catalog)
         registry_net = make_net(KeyPair.generate(), collect_handlers(registry_service))
-        await nursery.start(_run_node, registry_net, [(topics.registry(region), True, False)])
+        await nursery.start(
+            _run_node, f.networks, registry_net, [(topics.registry(region), True, False)]
+        )
 
         orch_net = make_net(KeyPair.generate(), {})
         discovery = DiscoverySub(orch_net, clock_ms=clock_ms)
@@ -229,6 +236,7 @@ async def fleet(
         orch_net.handlers.update(collect_handlers(orchestrator))
         await nursery.start(
             _run_node,
+            f.networks,
             orch_net,
             [
                 (topics.registry(region), False, True),
@@ -250,6 +258,7 @@ async def fleet(
         gateway_net.handlers.update(collect_handlers(gateway))
         await nursery.start(
             _run_node,
+            f.networks,
             gateway_net,
             [
                 (topics.gateway(region), True, False),
@@ -259,10 +268,15 @@ async def fleet(
         )
         f.gateway_net = gateway_net
         client_net = make_net(KeyPair.generate(), {})
-        await nursery.start(_run_node, client_net, [])
+        await nursery.start(_run_node, f.networks, client_net, [])
         f.client_net = client_net
         try:
             yield f
         finally:
+            # Leave the network while it can still talk (unannounce, close peers); a
+            # cancelled network cannot reach the DHT any more.
+            with trio.move_on_after(10):
+                for net in f.networks:
+                    await net.close()
             nursery.cancel_scope.cancel()
             store.close()

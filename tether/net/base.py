@@ -65,6 +65,9 @@ class Network(Protocol):
     async def flush(self) -> None:
         """Wait until pending announces and lookups have been processed."""
 
+    async def close(self) -> None:
+        """Leave every topic and close every connection (the process is stopping)."""
+
     async def connect(self, public_key: bytes) -> Peer:
         """A connection to the process with this key (reused if open)."""
 

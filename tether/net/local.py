@@ -92,6 +92,11 @@ class LocalNetwork:
         if self.public_key in self.hub.clients.get(topic, ()):
             await self.hub.lookup(topic, self.public_key)
 
+    async def close(self) -> None:
+        self.hub.remove(self.public_key)
+        for peer in list(self._peers.values()):
+            await peer.rpc.aclose()
+
     async def flush(self) -> None:
         await trio.lowlevel.checkpoint()
 

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager, suppress
 
 import trio
 
-from p2p_transport.cenc import SocketAddress
+from p2p_transport.cenc import RemoteProtocolError, SocketAddress
 from p2p_transport.crypto import key_pair
 from p2p_transport.dht_rpc import DhtError
 from p2p_transport.hyperdht import secure
@@ -34,9 +34,13 @@ CONNECT_TIMEOUT_S = 20.0
 
 
 async def _run_mux(mux: Mux, *, task_status: trio.TaskStatus[None]) -> None:
-    """Run protomux; a connection that ends while frames are queued is a normal end."""
-    with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-        await mux.run(task_status=task_status)
+    """Run protomux for one connection. A connection that ends while frames are queued is a
+    normal end; a peer that breaks the protocol loses its connection, nothing else."""
+    try:
+        with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await mux.run(task_status=task_status)
+    except RemoteProtocolError as exc:
+        log.warning("closing a connection whose peer broke protomux: %s", exc)
 
 
 def parse_address(text: str) -> SocketAddress:
@@ -93,6 +97,12 @@ class SwarmNetwork:
             finally:
                 nursery.cancel_scope.cancel()
                 self._swarm = None
+
+    async def close(self) -> None:
+        """Unannounce every topic and close every connection, while the DHT still runs
+        (leaving ``running()`` by cancellation cannot reach the DHT any more)."""
+        if self._swarm is not None:
+            await self._swarm.destroy()
 
     @property
     def swarm(self) -> Hyperswarm:
@@ -186,12 +196,14 @@ class SwarmNetwork:
         ready: trio.MemorySendChannel[Peer] | None,
     ) -> None:
         mux = Mux(stream)
+        # Our open is queued before the first frame is read: an open from the peer that
+        # arrived before ours was sent would find no channel and be rejected.
+        channel = ChannelMessageStream(mux, PROTOCOL)
+        channel.open()
         peer: Peer | None = None
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(_run_mux, mux)
-                channel = ChannelMessageStream(mux, PROTOCOL)
-                channel.open()
                 try:
                     with trio.fail_after(CHANNEL_OPEN_TIMEOUT_S):
                         await channel.wait_opened()
