@@ -217,7 +217,9 @@ class ExecutionEngine:
             if token == tok.eos_id:
                 break
             s._usage.output_tokens += 1
-            yield infer_pb2.Payload(text=tok.decode_piece(token, first=n == 0))
+            # The first word of an answer to a prompt continues it: it takes a space too.
+            first = n == 0 and len(prep["ids"]) <= 1
+            yield infer_pb2.Payload(text=tok.decode_piece(token, first=first))
             ids = np.asarray([[token]], dtype=np.int64)
 
     # -------------------------------------------------------------- embedding
