@@ -27,6 +27,7 @@ from tether.errors import (
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
 from tether.rpc import ServerContext
+from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 
 MAX_PROMPT_CHARS = 16_384
@@ -34,6 +35,8 @@ MAX_TEXTS = 256
 MAX_TENSOR_BYTES = 4 * 1024 * 1024
 MAX_NEW_TOKENS = 1024
 ORCHESTRATOR_WAIT_S = 10.0
+#: How long a verified tenant token is trusted without asking the Metadata Store again.
+TOKEN_CACHE_S = 10.0
 _VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))?$")
 
 
@@ -90,10 +93,17 @@ class GatewayService(services_rpc.GatewayServicer):
         self.region = region
         self.buckets = buckets
         self.control_topic = topics.control(region)
+        self._tokens: TtlCache[str, str] = TtlCache(ttl_s=TOKEN_CACHE_S, max_entries=65_536)
 
     async def authenticate(self, metadata: dict[str, str]) -> str:
+        """The tenant of the request's token. A verified token is trusted for
+        ``TOKEN_CACHE_S`` seconds, so a revocation takes at most that long to apply."""
         token = bearer_token(metadata)
-        return await blocking.run_sync(lambda: self.store.verify_token(token))
+        tenant = self._tokens.get(token)
+        if tenant is None:
+            tenant = await blocking.run_sync(lambda: self.store.verify_token(token))
+            self._tokens.put(token, tenant)
+        return tenant
 
     async def _orchestrator(self) -> services_rpc.OrchestratorStub:
         with trio.move_on_after(ORCHESTRATOR_WAIT_S):

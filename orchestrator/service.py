@@ -31,6 +31,7 @@ from tether.errors import AlreadyExists, InvalidArgument, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
 from tether.rpc import RpcError, ServerContext, StatusCode
+from tether.ttlcache import TtlCache
 from tether.v1 import (
     infer_pb2,
     jobs_pb2,
@@ -46,6 +47,8 @@ log = logging.getLogger("tether.orchestrator")
 _PLACE_ELSEWHERE = {StatusCode.UNAVAILABLE, StatusCode.RESOURCE_EXHAUSTED}
 DEFAULT_MAX_ATTEMPTS = 3
 REGISTRY_TIMEOUT_S = 10.0
+#: How long a registry resolution is reused (a new 'latest' or policy applies after it).
+RESOLVE_CACHE_S = 5.0
 
 
 class OrchestratorService(services_rpc.OrchestratorServicer):
@@ -67,6 +70,9 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.registry_topic = registry_topic
         self.weights = weights or Weights()
         self.max_attempts = max_attempts
+        self._resolved: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
+            ttl_s=RESOLVE_CACHE_S, max_entries=4096
+        )
 
     async def _registry(self) -> services_rpc.RegistryStub:
         with trio.move_on_after(REGISTRY_TIMEOUT_S):
@@ -75,13 +81,21 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         raise Unavailable(f"no registry found on {self.registry_topic}")
 
     async def resolve(self, request: infer_pb2.Infer.Request) -> registry_pb2.ModelRecord:
+        """The registry's answer for (model, version, tenant), cached for a few seconds:
+        versions are immutable once published, only 'latest' and policies can move."""
+        key = (request.model_id, request.version, request.tenant_id)
+        cached = self._resolved.get(key)
+        if cached is not None:
+            return cached
         registry = await self._registry()
-        return await registry.Resolve(
+        record = await registry.Resolve(
             services_pb2.ResolveRequest(
                 model_id=request.model_id, version=request.version, tenant_id=request.tenant_id
             ),
             timeout=REGISTRY_TIMEOUT_S,
         )
+        self._resolved.put(key, record)
+        return record
 
     async def Submit(
         self, request: infer_pb2.Infer.Request, context: ServerContext
@@ -176,11 +190,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     timeout=context.remaining_timeout(),
                 ) as chunks:
                     async for chunk in chunks:
-                        if not streamed:
-                            streamed = True
-                            await blocking.run_sync(
-                                lambda: self.store.update_job(cid, jobs_pb2.JOB_STATE_STREAMING)
-                            )
+                        streamed = True
                         yield chunk
                         if chunk.done:
                             await self._finalise(cid, chunk)
