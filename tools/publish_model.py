@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from google.protobuf import json_format
 
@@ -26,28 +25,10 @@ if str(REPO) not in sys.path:
 
 from registry.catalog import Catalog  # noqa: E402
 from registry.publish import ModelPackage, publish_package  # noqa: E402
-from tether.artifacts import (  # noqa: E402
-    ArtifactStore,
-    BlobStore,
-    LocalDirectoryStore,
-    S3Store,
-    s3_client,
-)
+from tether.artifacts import ArtifactStore, blob_store_from_spec  # noqa: E402
 from tether.errors import TetherError  # noqa: E402
 from tether.keys import KeyPair  # noqa: E402
 from tether.metadata import MetadataStore  # noqa: E402
-
-
-def replica_from_spec(spec: str) -> BlobStore:
-    if spec.startswith(("s3://", "s3s://")):
-        u = urlsplit(spec)
-        bucket = u.path.strip("/")
-        if not (u.hostname and u.port and bucket and u.username and u.password):
-            raise SystemExit(f"bad S3 replica {spec!r}: want s3://ACCESS:SECRET@HOST:PORT/BUCKET")
-        client = s3_client(f"{u.hostname}:{u.port}", unquote(u.username), unquote(u.password),
-                           secure=u.scheme == "s3s")
-        return S3Store(client, bucket)
-    return LocalDirectoryStore(Path(spec), name=f"dir:{spec}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     replicas = args.replica or [str(REPO / "var" / "artifacts" / f"r{i}") for i in range(3)]
     try:
         publisher = KeyPair.load_or_generate(args.key)
-        artifacts = ArtifactStore([replica_from_spec(r) for r in replicas],
+        artifacts = ArtifactStore([blob_store_from_spec(r) for r in replicas],
                                   trusted_keys={publisher.public_key},
                                   write_quorum=args.write_quorum, min_replicas=args.min_replicas)
         store = MetadataStore(args.db)

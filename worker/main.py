@@ -15,13 +15,11 @@ import logging
 import os
 import sys
 import uuid
-from urllib.parse import urlparse
 
 import trio
 
 from tether import process, topics
-from tether.artifacts import ArtifactStore, BlobStore, LocalDirectoryStore, S3Store, s3_client
-from tether.errors import InvalidArgument
+from tether.artifacts import ArtifactStore, blob_store_from_spec
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
@@ -68,16 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def replica(spec: str) -> BlobStore:
-    if spec.startswith("s3://"):
-        url = urlparse(spec)
-        if not url.hostname or not url.port or not url.path.strip("/"):
-            raise InvalidArgument(f"expected s3://KEY:SECRET@HOST:PORT/BUCKET, got {spec!r}")
-        client = s3_client(f"{url.hostname}:{url.port}", url.username or "", url.password or "")
-        return S3Store(client, url.path.strip("/"), create_bucket=False)
-    return LocalDirectoryStore(spec)
-
-
 def artifact_replicas(args: argparse.Namespace, config: process.ServiceConfig) -> list[str]:
     specs = args.artifacts or [
         s for s in os.environ.get("TETHER_ARTIFACTS", "").split(",") if s.strip()
@@ -117,7 +105,7 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
             raise SystemExit("worker: the registry lists no models to serve; publish one first")
         # Artifacts must be signed by the key that published each record.
         artifacts = ArtifactStore(
-            [replica(s) for s in artifact_replicas(args, config)],
+            [blob_store_from_spec(s, create_bucket=False) for s in artifact_replicas(args, config)],
             trusted_keys={r.publisher_key for r in records},
         )
         loader = ModelLoader(artifacts, backend, budget_bytes=args.cache_mb * 1024 * 1024)

@@ -8,7 +8,13 @@ from tether.artifacts.manifest import (
     sign_manifest,
 )
 from tether.artifacts.replicated import ArtifactStore, VerifiedArtifact
-from tether.artifacts.stores import BlobStore, LocalDirectoryStore, S3Store, s3_client
+from tether.artifacts.stores import (
+    BlobStore,
+    LocalDirectoryStore,
+    S3Store,
+    blob_store_from_spec,
+    s3_client,
+)
 
 __all__ = [
     "ArtifactStore",
@@ -16,6 +22,7 @@ __all__ = [
     "LocalDirectoryStore",
     "S3Store",
     "VerifiedArtifact",
+    "blob_store_from_spec",
     "check_artifact",
     "make_manifest",
     "open_manifest",

@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 import urllib3
 from minio import Minio
@@ -140,3 +141,23 @@ def s3_client(endpoint: str, access_key: str, secret_key: str, *, secure: bool =
         maxsize=8)
     return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
                  http_client=http)
+
+
+def blob_store_from_spec(spec: str, *, create_bucket: bool = True) -> BlobStore:
+    """A replica named on a command line: a directory, or an S3 bucket as
+    ``s3://ACCESS:SECRET@HOST:PORT/BUCKET`` (``s3s://`` for HTTPS)."""
+    if spec.startswith(("s3://", "s3s://")):
+        u = urlsplit(spec)
+        bucket = u.path.strip("/")
+        if not (u.hostname and u.port and bucket and u.username and u.password):
+            raise InvalidArgument(
+                f"bad S3 replica {spec!r}: want s3://ACCESS:SECRET@HOST:PORT/BUCKET"
+            )
+        client = s3_client(
+            f"{u.hostname}:{u.port}",
+            unquote(u.username),
+            unquote(u.password),
+            secure=u.scheme == "s3s",
+        )
+        return S3Store(client, bucket, create_bucket=create_bucket)
+    return LocalDirectoryStore(Path(spec), name=f"dir:{spec}")
