@@ -177,17 +177,10 @@ async def _up(args: argparse.Namespace) -> int:
 
 
 async def _infer(args: argparse.Namespace) -> int:
-    from tether.net.swarm import parse_address
-
-    bootstrap_text = args.bootstrap or [
-        b for b in os.environ.get("TETHER_BOOTSTRAP", "").split(",") if b
-    ]
-    if not bootstrap_text:
-        raise SystemExit("tether infer: pass --bootstrap HOST:PORT (or set TETHER_BOOTSTRAP)")
+    bootstrap = process.bootstrap_from(args.bootstrap, "tether infer")
     if not args.token:
         raise SystemExit("tether infer: pass --token (or set TETHER_TOKEN)")
     gateway = bytes.fromhex(args.gateway) if args.gateway else None
-    bootstrap = [parse_address(b) for b in bootstrap_text]
     return await _stream_prompt(bootstrap, args.token, gateway, args)
 
 

@@ -79,24 +79,37 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.set_defaults(service=service)
 
 
-def config_from_args(args: argparse.Namespace) -> ServiceConfig:
-    bootstrap_text = [
-        b
-        for item in (args.bootstrap or [os.environ.get("TETHER_BOOTSTRAP", "")])
+def bootstrap_from(flags: list[str] | None, command: str) -> list[SocketAddress]:
+    """``--bootstrap`` flags (each may hold several, comma-separated), else the
+    ``TETHER_BOOTSTRAP`` environment variable; exits with a clear message if none."""
+    texts = [
+        b.strip()
+        for item in (flags or [os.environ.get("TETHER_BOOTSTRAP", "")])
         for b in item.split(",")
         if b.strip()
     ]
-    if not bootstrap_text:
+    if not texts:
         raise SystemExit(
-            f"{args.service}: no DHT bootstrap node; pass --bootstrap HOST:PORT "
+            f"{command}: no DHT bootstrap node; pass --bootstrap HOST:PORT "
             "(or set TETHER_BOOTSTRAP), e.g. the one `tether up` prints"
         )
     try:
-        bootstrap = [parse_address(b.strip()) for b in bootstrap_text]
+        return [parse_address(b) for b in texts]
+    except ValueError as exc:
+        raise SystemExit(f"{command}: {exc}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> ServiceConfig:
+    bootstrap = bootstrap_from(args.bootstrap, args.service)
+    try:
         topics.region(args.region)
     except ValueError as exc:
         raise SystemExit(f"{args.service}: {exc}") from None
     data_dir = Path(args.data_dir)
+    # `bazel run` starts the program in its runfiles; relative paths mean the caller's folder.
+    caller_dir = os.environ.get("BUILD_WORKING_DIRECTORY")
+    if caller_dir and not data_dir.is_absolute():
+        data_dir = Path(caller_dir) / data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     key_file = Path(args.key_file) if args.key_file else data_dir / "keys" / f"{args.service}.key"
     return ServiceConfig(
