@@ -66,7 +66,7 @@ async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = process.parse_args(build_parser(), argv, "orchestrator")
     config = process.config_from_args(args)
     process.setup_logging("orchestrator", config.log_level)
     trio.run(process.run_until_signalled, lambda: serve(config, args.watch_region))

@@ -1,7 +1,9 @@
 """What every Tether service process shares: configuration, logging, the
 network, the ready line, and a clean stop on SIGINT/SIGTERM.
 
-Configuration comes from flags, else environment variables, else defaults:
+Configuration comes from flags, else a TOML file given with ``--config`` (keys
+are the flag names; a ``[<service>]`` table overrides the top level for that
+service), else environment variables, else defaults:
 
 =================  =====================  ===================================
 flag               environment            default
@@ -28,6 +30,7 @@ import logging
 import os
 import signal
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +66,12 @@ class ServiceConfig:
 
 def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     env = os.environ.get
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=env("TETHER_CONFIG"),
+        help=f"TOML file of settings (flag names as keys; a [{service}] table for this service)",
+    )
     parser.add_argument("--region", default=env("TETHER_REGION", "local"))
     parser.add_argument(
         "--bootstrap",
@@ -77,6 +86,32 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"))
     parser.add_argument("--log-level", default=env("TETHER_LOG_LEVEL", "INFO"))
     parser.set_defaults(service=service)
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, service: str
+) -> argparse.Namespace:
+    """Parse ``argv`` with the settings of ``--config`` as defaults under the flags."""
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            with open(pre.config, "rb") as f:
+                settings = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"{service}: cannot read config file {pre.config}: {exc}") from None
+        section = settings.pop(service, {})
+        merged = {k: v for k, v in settings.items() if not isinstance(v, dict)}
+        merged.update(section if isinstance(section, dict) else {})
+        known = {a.dest for a in parser._actions}
+        values = {key.replace("-", "_"): value for key, value in merged.items()}
+        unknown = sorted(k for k in values if k not in known)
+        if unknown:
+            raise SystemExit(f"{service}: unknown settings in {pre.config}: {', '.join(unknown)}")
+        for key, value in values.items():
+            if key == "bootstrap" and isinstance(value, str):
+                values[key] = [value]
+        parser.set_defaults(**values)
+    return parser.parse_args(argv)
 
 
 def bootstrap_from(flags: list[str] | None, command: str) -> list[SocketAddress]:

@@ -151,7 +151,7 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = process.parse_args(build_parser(), argv, "worker")
     config = process.config_from_args(args)
     process.setup_logging("worker", config.log_level)
     trio.run(process.run_until_signalled, lambda: serve(config, args))

@@ -1,0 +1,59 @@
+"""Service configuration: flags over a TOML config file over environment over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tether import process
+from worker import main as worker_main
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "tether.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_sections_flags_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_REGION", "sa-east")
+    monkeypatch.setenv("TETHER_SLOTS", "3")
+    config = write(
+        tmp_path,
+        'region = "eu-west"\nbootstrap = "127.0.0.1:49737"\n'
+        f'data-dir = "{tmp_path / "data"}"\n[worker]\nslots = 6\nmodel = ["kjv-textgen@1.0"]\n'
+        "[gateway]\nrate = 1.0\n",
+    )
+    args = process.parse_args(worker_main.build_parser(), ["--config", config], "worker")
+    assert (args.region, args.slots, args.model) == ("eu-west", 6, ["kjv-textgen@1.0"])
+    cfg = process.config_from_args(args)
+    assert [(b.host, b.port) for b in cfg.bootstrap] == [("127.0.0.1", 49737)]
+    assert cfg.data_dir == tmp_path / "data"
+    # A flag wins over the file; the environment only fills what the file leaves out.
+    args = process.parse_args(
+        worker_main.build_parser(), ["--config", config, "--slots", "9"], "worker"
+    )
+    assert args.slots == 9
+    args = process.parse_args(worker_main.build_parser(), [], "worker")
+    assert (args.region, args.slots) == ("sa-east", 3)
+
+
+def test_bad_config_files_are_refused_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TETHER_BOOTSTRAP", raising=False)
+    with pytest.raises(SystemExit, match=r"unknown settings .*: colour"):
+        process.parse_args(
+            worker_main.build_parser(), ["--config", write(tmp_path, 'colour = "red"\n')], "worker"
+        )
+    with pytest.raises(SystemExit, match="cannot read config file"):
+        process.parse_args(
+            worker_main.build_parser(), ["--config", write(tmp_path, "slots = = 3\n")], "worker"
+        )
+    with pytest.raises(SystemExit, match="no DHT bootstrap node"):
+        process.config_from_args(
+            process.parse_args(worker_main.build_parser(), ["--data-dir", str(tmp_path)], "worker")
+        )
