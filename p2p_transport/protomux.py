@@ -16,10 +16,11 @@ shell.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -439,6 +440,16 @@ class MessageStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class PushMessageStream(Protocol):
+    """A :class:`MessageStream` that can also deliver messages from its receive path and send
+    without yielding (:class:`~p2p_transport.secret_stream.SecretStream`)."""
+
+    async def deliver(self, on_message: Callable[[bytes], None]) -> None: ...
+
+    def send_message_nowait(self, message: bytes) -> bool: ...
+
+
 class Mux:
     """The trio shell of :class:`Protomux` over a :class:`MessageStream`.
 
@@ -456,10 +467,59 @@ class Mux:
         self.nursery: trio.Nursery | None = None
         self.closed = trio.Event()
         self._flushing = False
+        self._push: PushMessageStream | None = (stream if isinstance(stream, PushMessageStream)
+                                                else None)
 
     def _on_output(self) -> None:
         if not self._inline:
             self._wake.set()
+
+    def send_nowait(self, channel: Channel, type_: int, payload: bytes) -> bool:
+        """Queue one message and write what is queued without yielding where the stream
+        allows it; whatever could not be written goes out from :meth:`flush` or the writer
+        task. False when the channel is closed."""
+        self._inline += 1
+        try:
+            ok = channel.send(type_, payload)
+        finally:
+            self._inline -= 1
+        self.flush_nowait()
+        return ok
+
+    def flush_nowait(self) -> bool:
+        """Write queued messages without yielding, in order, as far as the stream takes them;
+        the writer task is woken for the rest. True when nothing is left queued."""
+        core = self.core
+        if not core.outbox:
+            return True
+        push = self._push
+        if self._flushing or push is None:
+            self._wake.set()  # the running flush, or the writer, sends them in order
+            return False
+        outbox = core.outbox
+        i = 0
+        self._flushing = True  # a frame received while writing queues behind these
+        try:
+            while i < len(outbox):
+                if not push.send_message_nowait(outbox[i]):
+                    break
+                i += 1
+        finally:
+            self._flushing = False
+            del outbox[:i]
+        if outbox:
+            self._wake.set()
+            return False
+        return True
+
+    def _on_frame(self, frame: bytes) -> None:
+        self._inline += 1
+        try:
+            self.core.receive(frame)
+        finally:
+            self._inline -= 1
+        if self.core.outbox:
+            self.flush_nowait()  # replies queued while handling the frame
 
     async def send(self, channel: Channel, type_: int, payload: bytes) -> bool:
         """Queue one message and send it from this task (no hop through the writer task).
@@ -500,19 +560,13 @@ class Mux:
                 nursery.start_soon(self._writer)
                 task_status.started()
                 try:
-                    while True:
-                        try:
-                            frame = await self.stream.receive_message()
-                        except (trio.EndOfChannel, trio.BrokenResourceError,
-                                trio.ClosedResourceError):
-                            break
-                        self._inline += 1
-                        try:
-                            self.core.receive(frame)
-                        finally:
-                            self._inline -= 1
-                        if self.core.outbox:
-                            await self.flush()  # replies queued while handling the frame
+                    if self._push is not None:
+                        # frames are handled on the network's receive path (no task switch)
+                        with contextlib.suppress(trio.BrokenResourceError,
+                                                 trio.ClosedResourceError):
+                            await self._push.deliver(self._on_frame)
+                    else:
+                        await self._pull()
                     with trio.move_on_after(5):
                         await self.flush()
                 finally:
@@ -524,6 +578,20 @@ class Mux:
             # bounded: a graceful close waits for the peer, which may be gone
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 await self.stream.aclose()
+
+    async def _pull(self) -> None:
+        while True:
+            try:
+                frame = await self.stream.receive_message()
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            self._inline += 1
+            try:
+                self.core.receive(frame)
+            finally:
+                self._inline -= 1
+            if self.core.outbox:
+                await self.flush()  # replies queued while handling the frame
 
     async def aclose(self) -> None:
         """Close every channel and the stream."""

@@ -384,8 +384,12 @@ class RpcChannel:
         self._next_id += 1
         waiter = self._pending[id_] = _Waiter()
         try:
-            await self.mux.send(self.channel, _REQUEST,
-                                encode_request(RpcRequest(id_, method, encode_value(value))))
+            # written without yielding where the stream allows; waiting is the checkpoint
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self.mux.send_nowait(self.channel, _REQUEST,
+                                 encode_request(RpcRequest(id_, method, encode_value(value))))
+            if self.mux.core.outbox:
+                await self.mux.flush()
             if timeout == math.inf:
                 await waiter.event.wait()  # no cancel scope: it costs on every call
             else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol, runtime_checkable
 
@@ -231,6 +231,20 @@ class _MessageTransport(Protocol):
     async def receive_message(self) -> bytes: ...
 
 
+@runtime_checkable
+class _PushTransport(Protocol):
+    """A raw stream that can hand over received bytes and take writes without yielding
+    (:class:`~p2p_transport.udx.UdxStream`)."""
+
+    def set_reader(self, reader: Callable[[], None] | None) -> None: ...
+
+    def receive_nowait(self, max_bytes: int = 65536) -> bytes | None: ...
+
+    def can_send_nowait(self) -> bool: ...
+
+    def send_nowait(self, data: bytes) -> None: ...
+
+
 class SecretStream(trio.abc.HalfCloseableStream):
     """Encrypted messages over ``raw`` (a UDX stream, or any half-closeable trio stream).
 
@@ -254,6 +268,10 @@ class SecretStream(trio.abc.HalfCloseableStream):
         self._closed_event = trio.Event()
         self._last_write = trio.current_time()
         self._started = False
+        self._push: _PushTransport | None = raw if isinstance(raw, _PushTransport) else None
+        self._on_message: Callable[[bytes], None] | None = None
+        self._delivered = trio.Event()
+        self._deliver_error: BaseException | None = None
 
     # ---------------------------------------------------------------- properties
 
@@ -361,6 +379,82 @@ class SecretStream(trio.abc.HalfCloseableStream):
         finally:
             self._receiving = False
 
+    def send_message_nowait(self, message: bytes) -> bool:
+        """Send one message without yielding when that is possible now (a raw stream that
+        takes writes synchronously, no other sender, send buffer not full); False when it is
+        not, and nothing was sent. Raises like :meth:`send_message`."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        push = self._push
+        if push is None or self._send_lock.locked() or not push.can_send_nowait():
+            return False
+        push.send_nowait(self.core.encrypt(message))
+        self._last_write = trio.current_time()
+        return True
+
+    async def deliver(self, on_message: Callable[[bytes], None]) -> None:
+        """Call ``on_message(message)`` for each message until the peer ends the stream
+        (then return). Over a raw stream that supports it, messages are delivered straight
+        from the network's receive path, without a task switch; ``on_message`` must then not
+        block. Raises like :meth:`receive_message`, and re-raises what ``on_message`` raised.
+        """
+        push = self._push
+        if push is None or not self.core.open:
+            while True:
+                try:
+                    msg = await self.receive_message()
+                except trio.EndOfChannel:
+                    return
+                on_message(msg)
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving")
+        self._receiving = True
+        self._on_message = on_message
+        self._delivered = trio.Event()
+        self._deliver_error = None
+        try:
+            push.set_reader(self._pump)
+            try:
+                self._pump()
+                await self._delivered.wait()
+            finally:
+                push.set_reader(None)
+            if self._deliver_error is not None:
+                raise self._deliver_error
+        finally:
+            self._on_message = None
+            self._receiving = False
+
+    def _pump(self) -> None:
+        """The raw stream's reader callback: decrypt and deliver what arrived."""
+        push, on_message = self._push, self._on_message
+        if push is None or on_message is None or self._delivered.is_set():
+            return
+        core = self.core
+        try:
+            while (msg := core.next_message()) is not None:
+                on_message(msg)
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream is closed")
+                data = push.receive_nowait(65536)
+                if data is None:
+                    return
+                if not data:
+                    self._eof = True
+                    self._delivered.set()
+                    return
+                try:
+                    core.receive_data(data)
+                except SecretStreamError as exc:
+                    self._abort_raw()
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                while (msg := core.next_message()) is not None:
+                    on_message(msg)
+        except Exception as exc:  # handed to the delivering task, which raises it
+            self._deliver_error = exc
+            self._delivered.set()
+
     async def messages(self) -> AsyncIterator[bytes]:
         """Iterate over whole messages until the peer ends the stream."""
         while True:
@@ -451,6 +545,9 @@ class SecretStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         self._closed = True
         self._closed_event.set()
+        if self._on_message is not None and not self._delivered.is_set():
+            self._deliver_error = trio.ClosedResourceError("stream is closed")
+            self._delivered.set()
         await self.raw.aclose()
 
 

@@ -569,6 +569,12 @@ class StreamCore:
         return self._pipe == 0 and self._remote_rwnd > 0
 
     @property
+    def window_shrunk(self) -> bool:
+        """The last advertised receive window was under half of :data:`RWND_MAX`, so reading
+        may reopen it (see :meth:`read`)."""
+        return self._advertised < RWND_MAX // 2
+
+    @property
     def ack_pending(self) -> bool:
         """An acknowledgement is owed and has not gone out with data yet."""
         return self._ack_needed and not self.closed and self.remote_id is not None

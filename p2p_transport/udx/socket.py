@@ -319,6 +319,8 @@ class UdxStream(trio.abc.HalfCloseableStream):
         self._receiving = False
         self._messages: deque[bytes] = deque()
         self.dropped_messages = 0
+        self._reader: Callable[[], None] | None = None
+        self._in_reader = False
 
     # ---------------------------------------------------------------- identity
 
@@ -369,6 +371,20 @@ class UdxStream(trio.abc.HalfCloseableStream):
                 self._flush(now, ack_now=True)  # the final ACK or DESTROY
         self._wake()
         self._socket._stream_changed(self)
+        if self._reader is not None:
+            core = self.core
+            if core.readable_bytes or core.eof_received or core.closed:
+                self._call_reader()
+
+    def _call_reader(self) -> None:
+        reader = self._reader
+        if reader is None or self._in_reader:
+            return
+        self._in_reader = True
+        try:
+            reader()
+        finally:
+            self._in_reader = False
 
     def _abort(self) -> None:
         if not self.core.closed:
@@ -376,6 +392,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
             self._flush(trio.current_time(), ack_now=True)
         self._local_closed = True
         self._wake()
+        self._call_reader()
 
     def _broken(self) -> trio.BrokenResourceError:
         err = self.core.error
@@ -437,7 +454,53 @@ class UdxStream(trio.abc.HalfCloseableStream):
         self.core.write_end()
         self._after_input(trio.current_time())
 
+    def can_send_nowait(self) -> bool:
+        """:meth:`send_nowait` would take a write now: no task is sending and the send buffer
+        is at or below :data:`HIGH_WATER_MARK`."""
+        return not self._sending and self.core.buffered_amount <= HIGH_WATER_MARK
+
+    def send_nowait(self, data: bytes) -> None:
+        """Write ``data`` and put it on the wire without yielding. Raises
+        :class:`trio.WouldBlock` unless :meth:`can_send_nowait`, otherwise like
+        :meth:`send_all`."""
+        self._check_send()
+        if self.core.eof_sent:
+            raise trio.ClosedResourceError("send after send_eof")
+        if not self.can_send_nowait():
+            raise trio.WouldBlock
+        if data:
+            self.core.write(data)
+            self._after_input(trio.current_time())
+
     # ---------------------------------------------------------------- trio.abc.ReceiveStream
+
+    def set_reader(self, reader: Callable[[], None] | None) -> None:
+        """Install a synchronous callback that runs on the socket's receive path whenever
+        bytes, EOF or an error are ready, so that the consumer reads them with
+        :meth:`receive_nowait` without a task switch. While one is installed, ``receive_some``
+        raises ``BusyResourceError``. The callback must not raise."""
+        if reader is not None and self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._reader = reader
+        self._receiving = reader is not None
+
+    def receive_nowait(self, max_bytes: int = 65536) -> bytes | None:
+        """Buffered bytes, ``b""`` at EOF, or None when nothing is ready; never yields.
+        Raises like :meth:`receive_some`."""
+        if self._local_closed:
+            raise trio.ClosedResourceError("stream is closed")
+        core = self.core
+        if core.readable_bytes:
+            shrunk = core.window_shrunk
+            data = core.read(max_bytes)
+            if shrunk and core.ack_pending:  # a reopened window is announced at once
+                self._flush(trio.current_time())
+            return data
+        if core.eof_received or (core.closed and core.error is None):
+            return b""
+        if core.closed:
+            raise self._broken()
+        return None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
