@@ -9,7 +9,7 @@ runs in both directions (the side that dialled numbers its calls odd).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import trio
@@ -19,12 +19,13 @@ from p2p_transport.crypto import key_pair
 from p2p_transport.dht_rpc import DhtError
 from p2p_transport.hyperdht import secure
 from p2p_transport.hyperswarm import Hyperswarm, SwarmConnection
-from p2p_transport.protomux import ChannelMessageStream, MessageStream, Mux
+from p2p_transport.protomux import Channel, ChannelMessageStream, MessageStream, Mux
+from p2p_transport.rpc import RpcChannel as HyperswarmRpcChannel
 from tether import topics
 from tether.errors import Unavailable
 from tether.keys import KeyPair
 from tether.net.base import Peer, PeerCallback
-from tether.rpc import Handler, RpcConnection
+from tether.rpc import Handler, RpcConnection, RpcError, ServerContext
 
 log = logging.getLogger("tether.net")
 
@@ -41,6 +42,53 @@ async def _run_mux(mux: Mux, *, task_status: trio.TaskStatus[None]) -> None:
             await mux.run(task_status=task_status)
     except RemoteProtocolError as exc:
         log.warning("closing a connection whose peer broke protomux: %s", exc)
+
+
+class _CallFailed(Exception):
+    """A unary call failed; ``code`` is its status name (``NOT_FOUND``, ...)."""
+
+    def __init__(self, error: RpcError) -> None:
+        super().__init__(error.message or error.code.name)
+        self.code = error.code.name
+
+
+def _unary_responder(
+    handler: Handler, remote_key: bytes
+) -> Callable[[bytes | None], Awaitable[bytes]]:
+    async def respond(value: bytes | None) -> bytes:
+        try:
+            request = handler.parse_request(value or b"")
+            context = ServerContext(method=handler.full_name, metadata={}, peer=remote_key.hex())
+            return handler.serialize_response(await handler.func(request, context))
+        except Exception as exc:
+            raise _CallFailed(RpcError.from_exception(exc)) from None
+
+    return respond
+
+
+async def _first_open(channel: ChannelMessageStream, compat: HyperswarmRpcChannel | None) -> bool:
+    """Wait until the peer opens one of our channels (each one's ``opened`` event is set
+    once, when it opens or is rejected); False if none opened within the timeout."""
+    channels = [channel.channel] + ([compat.channel] if compat is not None else [])
+    events = [channel.opened] + ([compat.opened] if compat is not None else [])
+    decided = trio.Event()
+
+    async def watch(event: trio.Event) -> None:
+        await event.wait()
+        if any(_is_open(c) for c in channels) or all(e.is_set() for e in events):
+            decided.set()
+
+    with trio.move_on_after(CHANNEL_OPEN_TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            for event in events:
+                nursery.start_soon(watch, event)
+            await decided.wait()
+            nursery.cancel_scope.cancel()
+    return any(_is_open(c) for c in channels)
+
+
+def _is_open(channel: Channel) -> bool:
+    return channel.opened and not channel.closed
 
 
 def parse_address(text: str) -> SocketAddress:
@@ -183,6 +231,19 @@ class SwarmNetwork:
             callback(peer)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
+    def _hyperswarm_rpc_channel(self, mux: Mux, remote_key: bytes) -> HyperswarmRpcChannel | None:
+        """A protomux-rpc channel named by our key (as ``@hyperswarm/rpc`` servers name it)
+        answering every unary method: the request value is the protobuf request, the reply
+        the protobuf response, a failure REQUEST_ERROR whose cause code is the status name."""
+        unary = [h for h in self.handlers.values() if h.spec.kind == "unary"]
+        if not unary:
+            return None
+        compat = HyperswarmRpcChannel(mux, id_=self.public_key)
+        for handler in unary:
+            compat.respond(handler.full_name, _unary_responder(handler, remote_key))
+        compat.open()
+        return compat
+
     async def _on_connection(self, conn: SwarmConnection) -> None:
         names = {self._names[t] for t in conn.peer.topics if t in self._names}
         await self._serve(conn, conn.remote_public_key, conn.is_initiator, names, None)
@@ -196,19 +257,23 @@ class SwarmNetwork:
         ready: trio.MemorySendChannel[Peer] | None,
     ) -> None:
         mux = Mux(stream)
-        # Our open is queued before the first frame is read: an open from the peer that
+        # Our opens are queued before the first frame is read: an open from the peer that
         # arrived before ours was sent would find no channel and be rejected.
         channel = ChannelMessageStream(mux, PROTOCOL)
         channel.open()
+        # Accepted connections also answer stock @hyperswarm/rpc clients (unary methods).
+        compat = None if initiator else self._hyperswarm_rpc_channel(mux, remote_key)
         peer: Peer | None = None
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(_run_mux, mux)
-                try:
-                    with trio.fail_after(CHANNEL_OPEN_TIMEOUT_S):
-                        await channel.wait_opened()
-                except (trio.TooSlowError, trio.ClosedResourceError):
-                    log.info("peer %s did not open %s", remote_key.hex()[:12], PROTOCOL)
+                if not await _first_open(channel, compat):
+                    log.info("peer %s opened no RPC channel", remote_key.hex()[:12])
+                    nursery.cancel_scope.cancel()
+                    return
+                if not _is_open(channel.channel):
+                    # A plain @hyperswarm/rpc client: serve it until it leaves.
+                    await mux.closed.wait()
                     nursery.cancel_scope.cancel()
                     return
                 rpc = RpcConnection(
