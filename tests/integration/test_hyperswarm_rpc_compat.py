@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, aclosing
 from functools import partial
 from pathlib import Path
@@ -95,7 +95,7 @@ def test_stock_hyperswarm_rpc_client_calls_unary_methods() -> None:
     trio.run(main)
 
 
-async def _lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[dict[str, Any]]:
+async def _lines(stream: trio.abc.ReceiveStream) -> AsyncGenerator[dict[str, Any]]:
     buf = b""
     while True:
         while b"\n" not in buf:
