@@ -40,7 +40,6 @@ from registry import main as registry_main  # noqa: E402
 from tether.client import GatewayClient, connect_gateway  # noqa: E402
 from tether.keys import KeyPair  # noqa: E402
 from tether.localnet import issue_token, publish_shipped_models, python_testnet  # noqa: E402
-from tether.metadata.store import sqlite_url  # noqa: E402
 from tether.net.swarm import SwarmNetwork  # noqa: E402
 from tether.process import ServiceConfig  # noqa: E402
 from tether.rpc import RpcError, StatusCode  # noqa: E402
@@ -53,16 +52,7 @@ PROMPT = "and the lord spake unto moses, saying"
 
 
 def config(service: str, data_dir: Path, bootstrap: list[SocketAddress]) -> ServiceConfig:
-    return ServiceConfig(
-        service=service,
-        region="local",
-        bootstrap=bootstrap,
-        data_dir=data_dir,
-        metadata_url=sqlite_url(data_dir / "metadata.db"),
-        key_file=data_dir / "keys" / f"{service}.key",
-        host="127.0.0.1",
-        log_level="WARNING",
-    )
+    return ServiceConfig.local(service, data_dir, bootstrap, log_level="WARNING")
 
 
 def ort_generate(tokens: int) -> tuple[float, float]:

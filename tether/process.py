@@ -55,6 +55,28 @@ class ServiceConfig:
     host: str
     log_level: str
 
+    @classmethod
+    def local(
+        cls,
+        service: str,
+        data_dir: Path,
+        bootstrap: list[SocketAddress],
+        *,
+        region: str = "local",
+        log_level: str = "INFO",
+    ) -> ServiceConfig:
+        """The configuration ``tether up`` gives a service: everything in ``data_dir``."""
+        return cls(
+            service=service,
+            region=region,
+            bootstrap=bootstrap,
+            data_dir=data_dir,
+            metadata_url=sqlite_url(data_dir / "metadata.db"),
+            key_file=data_dir / "keys" / f"{service}.key",
+            host="127.0.0.1",
+            log_level=log_level,
+        )
+
     def keypair(self) -> KeyPair:
         return KeyPair.load_or_generate(self.key_file)
 

@@ -24,7 +24,6 @@ from tests.integration.testnet import node_testnet
 from tether.client import connect_gateway
 from tether.keys import KeyPair
 from tether.localnet import issue_token, publish_shipped_models
-from tether.metadata.store import sqlite_url
 from tether.process import ServiceConfig
 from tether.rpc import RpcError, StatusCode
 from worker import main as worker_main
@@ -41,16 +40,7 @@ class Network:
 
 
 def config(service: str, data_dir: Path, bootstrap: list[SocketAddress]) -> ServiceConfig:
-    return ServiceConfig(
-        service=service,
-        region="local",
-        bootstrap=bootstrap,
-        data_dir=data_dir,
-        metadata_url=sqlite_url(data_dir / "metadata.db"),
-        key_file=data_dir / "keys" / f"{service}.key",
-        host="127.0.0.1",
-        log_level="INFO",
-    )
+    return ServiceConfig.local(service, data_dir, bootstrap)
 
 
 def worker_args(worker_id: str) -> argparse.Namespace:
