@@ -74,7 +74,7 @@ async def serve(config: process.ServiceConfig, rate: float, burst: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "gateway")
     config = process.config_from_args(args)
-    process.setup_logging("gateway", config.log_level)
+    process.setup_telemetry(config)
     trio.run(process.run_until_signalled, lambda: serve(config, args.rate, args.burst))
     return 0
 

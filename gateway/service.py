@@ -9,9 +9,10 @@ streaming its chunks back unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
 
@@ -94,6 +95,7 @@ class GatewayService(services_rpc.GatewayServicer):
         self.buckets = buckets
         self.control_topic = topics.control(region)
         self._tokens: TtlCache[str, str] = TtlCache(ttl_s=TOKEN_CACHE_S, max_entries=65_536)
+        self.metrics = telemetry.RequestMetrics("gateway")
 
     async def authenticate(self, metadata: dict[str, str]) -> str:
         """The tenant of the request's token. A verified token is trusted for
@@ -114,6 +116,15 @@ class GatewayService(services_rpc.GatewayServicer):
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        with self.metrics.measure(request.model_id) as timer:
+            async with contextlib.aclosing(self._infer(request, context)) as chunks:
+                async for chunk in chunks:
+                    timer.chunk()
+                    yield chunk
+
+    async def _infer(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         metadata = dict(context.metadata)
         tenant = await self.authenticate(metadata)
         if request.tenant_id and request.tenant_id != tenant:

@@ -68,7 +68,7 @@ async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None
 def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "orchestrator")
     config = process.config_from_args(args)
-    process.setup_logging("orchestrator", config.log_level)
+    process.setup_telemetry(config)
     trio.run(process.run_until_signalled, lambda: serve(config, args.watch_region))
     return 0
 

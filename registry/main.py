@@ -44,7 +44,7 @@ async def serve(config: process.ServiceConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config = process.config_from_args(process.parse_args(build_parser(), argv, "registry"))
-    process.setup_logging("registry", config.log_level)
+    process.setup_telemetry(config)
     trio.run(process.run_until_signalled, lambda: serve(config))
     return 0
 

@@ -54,6 +54,8 @@ class ServiceConfig:
     key_file: Path
     host: str
     log_level: str
+    #: Serve Prometheus metrics on 127.0.0.1:<port> (None: no endpoint).
+    metrics_port: int | None = None
 
     @classmethod
     def local(
@@ -107,6 +109,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument("--key-file", default=env("TETHER_KEY_FILE"))
     parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"))
     parser.add_argument("--log-level", default=env("TETHER_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("TETHER_METRICS_PORT", "0")) or None,
+        help="serve Prometheus metrics on 127.0.0.1:PORT",
+    )
     parser.set_defaults(service=service)
 
 
@@ -178,7 +186,14 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         key_file=key_file,
         host=args.host,
         log_level=args.log_level,
+        metrics_port=args.metrics_port,
     )
+
+
+def setup_telemetry(config: ServiceConfig) -> None:
+    """Logs with trace ids, traces, and metrics (Prometheus when ``metrics_port``)."""
+    setup_logging(config.service, config.log_level)
+    telemetry.setup_metrics(config.service, prometheus_port=config.metrics_port)
 
 
 def setup_logging(service: str, level: str) -> None:

@@ -1,6 +1,8 @@
 """OpenTelemetry for every Tether service: one tracer provider per process,
 W3C ``traceparent`` carried in RPC metadata across every hop, structured
-logs that name the trace.
+logs that name the trace, and the spec's SLI metrics (request latency and
+time to first chunk by model, outcomes by status code, throttling), exported
+for Prometheus (``TETHER_METRICS_PORT``) and OTLP (``OTEL_EXPORTER_OTLP_ENDPOINT``).
 
 ``setup(service)`` installs the provider (with an OTLP/HTTP exporter when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else spans stay in-process unless an
@@ -13,17 +15,25 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from tether.rpc.status import StatusCode
+
 _PROPAGATOR = TraceContextTextMapPropagator()
 _configured: TracerProvider | None = None
+_meters: MeterProvider | None = None
 
 
 def setup(service: str, *, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -40,6 +50,91 @@ def setup(service: str, *, exporter: SpanExporter | None = None) -> TracerProvid
     if exporter is not None:
         _configured.add_span_processor(SimpleSpanProcessor(exporter))
     return _configured
+
+
+def setup_metrics(
+    service: str, *, readers: list[MetricReader] | None = None, prometheus_port: int | None = None
+) -> MeterProvider:
+    """Install the process's meter provider (once): Prometheus on ``prometheus_port``
+    (127.0.0.1), OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, plus ``readers``."""
+    global _meters
+    if _meters is not None:
+        return _meters
+    all_readers: list[MetricReader] = list(readers or [])
+    if prometheus_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        start_http_server(prometheus_port, addr="127.0.0.1")
+        all_readers.append(PrometheusMetricReader())
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        all_readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    _meters = MeterProvider(
+        metric_readers=all_readers,
+        resource=Resource.create({"service.name": f"tether-{service}"}),
+    )
+    otel_metrics.set_meter_provider(_meters)
+    return _meters
+
+
+class RequestMetrics:
+    """The SLIs of one service: latency and time to first chunk by model, outcomes by
+    status code, and requests shed by rate limits (``code=RESOURCE_EXHAUSTED``)."""
+
+    def __init__(self, service: str) -> None:
+        meter = otel_metrics.get_meter("tether")
+        self.service = service
+        self.requests = meter.create_counter(
+            "tether.requests", description="Requests by outcome (status code)"
+        )
+        self.duration = meter.create_histogram(
+            "tether.request.duration", unit="ms", description="Request latency to the last chunk"
+        )
+        self.first_chunk = meter.create_histogram(
+            "tether.request.first_chunk", unit="ms", description="Time to the first chunk"
+        )
+
+    @contextmanager
+    def measure(self, model: str) -> Iterator[RequestTimer]:
+        timer = RequestTimer(time.perf_counter())
+        code = "OK"
+        try:
+            yield timer
+        except BaseException as exc:
+            code = _status_name(exc)
+            raise
+        finally:
+            attrs = {"service": self.service, "model": model}
+            self.requests.add(1, {**attrs, "code": code})
+            if code == "OK":
+                self.duration.record((time.perf_counter() - timer.start) * 1000, attrs)
+            if timer.first is not None:
+                self.first_chunk.record((timer.first - timer.start) * 1000, attrs)
+
+
+@dataclass
+class RequestTimer:
+    start: float
+    first: float | None = None
+
+    def chunk(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+
+def _status_name(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and not isinstance(code, bool):
+        try:
+            return StatusCode(code).name
+        except ValueError:
+            return "UNKNOWN"
+    if type(exc).__name__ in ("Cancelled", "GeneratorExit"):
+        return "CANCELLED"
+    return "UNKNOWN"
 
 
 def tracer(name: str = "tether") -> trace.Tracer:

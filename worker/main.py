@@ -153,7 +153,7 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
 def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "worker")
     config = process.config_from_args(args)
-    process.setup_logging("worker", config.log_level)
+    process.setup_telemetry(config)
     trio.run(process.run_until_signalled, lambda: serve(config, args))
     return 0
 

@@ -1,0 +1,63 @@
+"""The gateway's SLI metrics: outcomes by status code, latency and first-chunk time by model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from tests.services.harness import MODEL, fleet
+from tests.services.test_request_path import collect, request
+from tether import blocking, telemetry
+from tether.rpc import RpcError
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def test_gateway_counts_outcomes_and_times_requests(tmp_path: Path) -> None:
+    reader = InMemoryMetricReader()
+    telemetry.setup_metrics("tests", readers=[reader])
+
+    async def main() -> None:
+        async with fleet(tmp_path, rate=0.001, burst=2) as f:
+            await f.add_worker("w1")
+            await f.discovery.wait_for(lambda s: len(s) == 1)
+            gw = await f.gateway()
+            token = f.token("acme")
+            for _ in range(2):  # the bucket holds two
+                await collect(gw, request(n=3), token)
+            for metadata in (token, {"authorization": "Bearer wrong"}):
+                with pytest.raises(RpcError):
+                    await collect(gw, request(n=3), metadata)
+
+    with blocking.inline():
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    by_code = {
+        p.attributes["code"]: p.value
+        for p in points(reader, "tether.requests")
+        if p.attributes["service"] == "gateway" and p.attributes["model"] == MODEL
+    }
+    assert by_code == {"OK": 2, "RESOURCE_EXHAUSTED": 1, "UNAUTHENTICATED": 1}
+    gateway_points = {
+        name: [p for p in points(reader, name) if p.attributes["service"] == "gateway"]
+        for name in ("tether.request.duration", "tether.request.first_chunk")
+    }
+    (latency,) = gateway_points["tether.request.duration"]
+    assert latency.count == 2
+    assert latency.sum > 0
+    (first,) = gateway_points["tether.request.first_chunk"]
+    assert first.count == 2
