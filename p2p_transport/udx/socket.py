@@ -273,16 +273,21 @@ class UdxSocket:
         self._ack_wakeup.set()
 
     async def _ack_loop(self) -> None:
-        # Pure ACKs wait one scheduling round, so a reader woken by the same packets can reply
+        # Pure ACKs wait one scheduling round, so a task woken by the same packets can reply
         # first and carry the ACK in its data packet (halves the packets of a request/response).
+        # Replies written on the receive path itself never get here.
         while True:
             await self._ack_wakeup.wait()
             self._ack_wakeup = trio.Event()
+            if not any(s.core.ack_pending for s in self._ack_pending.values()):
+                self._ack_pending.clear()  # a reply carried them while we were waking
+                continue
             await trio.lowlevel.checkpoint()
             pending, self._ack_pending = self._ack_pending, {}
             now = trio.current_time()
             for stream in pending.values():
-                stream._flush(now, ack_now=True)
+                if stream.core.ack_pending:
+                    stream._flush(now, ack_now=True)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -360,7 +365,12 @@ class UdxStream(trio.abc.HalfCloseableStream):
             self._socket._schedule_ack(self)
 
     def _after_input(self, now: float) -> None:
-        self._flush(now)
+        core = self.core
+        datagrams = core.datagrams_to_send(now, ack_now=False)
+        if datagrams and self.remote_address is not None:
+            send = self._socket.transport.send
+            for d in datagrams:
+                send(d, self.remote_address)
         while (ev := self.core.next_event()) is not None:
             if isinstance(ev, MessageReceived):
                 if len(self._messages) < MAX_QUEUED_MESSAGES:
@@ -371,10 +381,11 @@ class UdxStream(trio.abc.HalfCloseableStream):
                 self._flush(now, ack_now=True)  # the final ACK or DESTROY
         self._wake()
         self._socket._stream_changed(self)
-        if self._reader is not None:
-            core = self.core
-            if core.readable_bytes or core.eof_received or core.closed:
-                self._call_reader()
+        if self._reader is not None and (core.readable_bytes or core.eof_received
+                                         or core.closed):
+            self._call_reader()  # a reply written now carries the ACK
+        if core.ack_pending:
+            self._socket._schedule_ack(self)
 
     def _call_reader(self) -> None:
         reader = self._reader
