@@ -219,6 +219,7 @@ class StreamCore:
         self._seq = 0  # next seq to assign
         self._remote_acked = 0  # oldest unacknowledged seq
         self._inflight: dict[int, _Sent] = {}
+        self._lost = 0  # in-flight packets marked lost (waiting for retransmission)
         self._inflight_bytes = 0
         self._pipe = 0
         self._pending = bytearray()  # written, not yet packetized
@@ -421,6 +422,8 @@ class StreamCore:
         while seq_diff(ack, self._remote_acked) > 0:
             sent = self._inflight.pop(self._remote_acked, None)
             if sent is not None:
+                if sent.lost:
+                    self._lost -= 1
                 self._inflight_bytes -= len(sent.payload)
                 self._acked_one(sent, now)
                 progressed = True
@@ -507,6 +510,7 @@ class StreamCore:
 
     def _mark_lost(self, sent: _Sent) -> None:
         sent.lost = True
+        self._lost += 1
         if sent.in_pipe:
             sent.in_pipe = False
             self._pipe -= 1
@@ -586,6 +590,9 @@ class StreamCore:
         data packet could carry stays pending (see :attr:`ack_pending`), so that an adapter can
         give the application a moment to reply and piggyback it.
         """
+        if not (self._outbox or self._pending or self._lost or self._end_queued or self.closed
+                or (ack_now and self._ack_needed)) and self.remote_id is not None:
+            return []  # nothing to send (the common case on the receive path)
         out: list[bytes] = list(self._outbox)
         self._outbox.clear()
         if self.closed:
@@ -599,12 +606,13 @@ class StreamCore:
             return out
         sent_data = False
         # retransmissions first
-        for seq, sent in self._inflight.items():
+        for seq, sent in (self._inflight.items() if self._lost else ()):
             if not sent.lost:
                 continue
             if not self._window_open(len(sent.payload)):
                 break
             sent.lost = False
+            self._lost -= 1
             sent.retransmitted = True
             sent.in_pipe = True
             sent.sent_at = now
@@ -688,6 +696,7 @@ class StreamCore:
         self._zwp_deadline = None
         self._pending.clear()
         self._inflight.clear()
+        self._lost = 0
         self._inflight_bytes = 0
         self._pipe = 0
         self._events.append(Closed(error))
