@@ -23,6 +23,8 @@ from typing import Protocol, runtime_checkable
 import nacl.bindings as sodium
 import nacl.exceptions
 import trio
+from nacl._sodium import ffi as _ffi  # the bindings' own cffi handles: no per-call checks
+from nacl._sodium import lib as _lib
 
 from .cenc import RemoteProtocolError
 from .crypto import NS_SS_INITIATOR, NS_SS_RESPONDER, NS_SS_SEND, KeyPair, hash_batch, key_pair
@@ -48,6 +50,8 @@ MAX_MESSAGE = MAX_FRAME - ABYTES
 DEFAULT_KEEPALIVE = 5.0
 _BOX_MAC = 16
 _BOX_NONCE = 24
+#: Messages up to this size are sealed and opened in buffers kept per stream.
+_SCRATCH = 64 * 1024
 
 
 class SecretStreamError(RemoteProtocolError):
@@ -74,6 +78,9 @@ class SecretStreamCore:
         self._header_received = False
         self._buf = bytearray()
         self._pos = 0
+        self._seal_buf = _ffi.new("unsigned char[]", 3 + _SCRATCH + ABYTES)
+        self._open_buf = _ffi.new("unsigned char[]", _SCRATCH)
+        self._tag_buf = _ffi.new("unsigned char *")
         self._messages: deque[bytes] = deque()
         self._outgoing = bytearray()
         self._send_key = b""
@@ -127,6 +134,25 @@ class SecretStreamCore:
         if self.failed is not None:
             raise self.failed
         buf = self._buf
+        if not buf:
+            # fast path: frames straight out of ``data``, only a partial tail is buffered
+            data = bytes(data)
+            end = len(data)
+            pos = 0
+            try:
+                while end - pos >= 3:
+                    n = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+                    if end - pos - 3 < n:
+                        break
+                    frame = data[pos + 3:pos + 3 + n]
+                    pos += 3 + n
+                    self._incoming(frame)
+            except SecretStreamError as exc:
+                self.failed = exc
+                raise
+            if pos < end:
+                buf += data[pos:]
+            return
         buf += data
         pos = self._pos
         try:
@@ -164,12 +190,14 @@ class SecretStreamCore:
             return
         if len(frame) < ABYTES:
             raise SecretStreamError("Invalid message received")
-        try:
-            plain, _tag = sodium.crypto_secretstream_xchacha20poly1305_pull(self._pull, frame, None)
-        except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError) as exc:
-            raise SecretStreamError("message failed to decrypt") from exc
-        if plain or not self.filter_empty:
-            self._messages.append(bytes(plain))
+        mlen = len(frame) - ABYTES
+        out = self._open_buf if mlen <= _SCRATCH else _ffi.new("unsigned char[]", mlen)
+        rc = _lib.crypto_secretstream_xchacha20poly1305_pull(
+            self._pull.statebuf, out, _ffi.NULL, self._tag_buf, frame, len(frame), _ffi.NULL, 0)
+        if rc != 0:
+            raise SecretStreamError("message failed to decrypt")
+        if mlen or not self.filter_empty:
+            self._messages.append(_ffi.buffer(out, mlen)[:])
 
     def _incoming_handshake(self, frame: bytes) -> None:
         noise = self._noise
@@ -192,9 +220,20 @@ class SecretStreamCore:
             raise RuntimeError("secret stream is not open yet")
         if len(message) > MAX_MESSAGE:
             raise ValueError(f"message of {len(message)} bytes exceeds {MAX_MESSAGE}")
-        c = sodium.crypto_secretstream_xchacha20poly1305_push(self._push, message, None,
-                                                              TAG_MESSAGE)
-        return len(c).to_bytes(3, "little") + c
+        if type(message) is not bytes:
+            message = bytes(message)
+        mlen = len(message)
+        clen = mlen + ABYTES
+        out = (self._seal_buf if mlen <= _SCRATCH
+               else _ffi.new("unsigned char[]", 3 + clen))
+        rc = _lib.crypto_secretstream_xchacha20poly1305_push(
+            self._push.statebuf, out + 3, _ffi.NULL, message, mlen, _ffi.NULL, 0, TAG_MESSAGE)
+        if rc != 0:
+            raise RuntimeError("secretstream push failed")
+        out[0] = clen & 0xFF
+        out[1] = clen >> 8 & 0xFF
+        out[2] = clen >> 16
+        return _ffi.buffer(out, 3 + clen)[:]
 
     # ------------------------------------------------------------------ unordered datagrams
 
