@@ -33,7 +33,7 @@ def test_tether_demo_streams_a_real_answer_and_exits_cleanly(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr[-4000:]
     answer = result.stdout.strip()
-    assert answer.startswith("And God said ")
+    assert answer.startswith("And God said")
     generated = answer[len("And God said") :].split()
     assert len(generated) >= 8, answer
     assert "tokens from kjv-textgen" in result.stderr
