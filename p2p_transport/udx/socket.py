@@ -49,6 +49,10 @@ MAX_QUEUED_MESSAGES = 1024
 MAX_QUEUED_DATAGRAMS = 4096
 #: Datagrams handled per receive batch before yielding to other tasks.
 RECEIVE_BATCH = 256
+#: Longest a pure ACK waits for data to carry it while the process stays busy (seconds). It
+#: normally goes out as soon as no task is runnable, microseconds after the packet arrived;
+#: libudx's tail-loss probe fires after 2 x SRTT + 2 ms at the earliest, its RTO after 1 s.
+ACK_DELAY = 0.0005
 _U32 = struct.Struct("<I")
 
 
@@ -137,7 +141,8 @@ class UdxSocket:
         self._closed = False
         self.malformed_packets = 0
         self._ack_pending: dict[int, UdxStream] = {}
-        self._ack_wakeup = trio.Event()
+        self._ack_since = 0.0
+        self._ack_flusher = _AckFlusher(self)
 
     @classmethod
     @asynccontextmanager
@@ -157,11 +162,13 @@ class UdxSocket:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop)
                 nursery.start_soon(self._timer_loop)
-                nursery.start_soon(self._ack_loop)
+                trio.lowlevel.add_instrument(self._ack_flusher)
                 try:
                     yield self
                 finally:
                     nursery.cancel_scope.cancel()
+                    with contextlib.suppress(KeyError):
+                        trio.lowlevel.remove_instrument(self._ack_flusher)
         finally:
             self._shutdown()
 
@@ -269,25 +276,19 @@ class UdxSocket:
             self._timer_wakeup.set()
 
     def _schedule_ack(self, stream: UdxStream) -> None:
+        if not self._ack_pending:
+            self._ack_since = trio.current_time()
         self._ack_pending[id(stream)] = stream
-        self._ack_wakeup.set()
 
-    async def _ack_loop(self) -> None:
-        # Pure ACKs wait one scheduling round, so a task woken by the same packets can reply
-        # first and carry the ACK in its data packet (halves the packets of a request/response).
-        # Replies written on the receive path itself never get here.
-        while True:
-            await self._ack_wakeup.wait()
-            self._ack_wakeup = trio.Event()
-            if not any(s.core.ack_pending for s in self._ack_pending.values()):
-                self._ack_pending.clear()  # a reply carried them while we were waking
-                continue
-            await trio.lowlevel.checkpoint()
-            pending, self._ack_pending = self._ack_pending, {}
-            now = trio.current_time()
-            for stream in pending.values():
-                if stream.core.ack_pending:
-                    stream._flush(now, ack_now=True)
+    def _flush_acks(self) -> None:
+        # Pure ACKs wait until no task is runnable (or ACK_DELAY passed), so that a task woken
+        # by the same packets can send first and carry the ACK in its data packet (halves the
+        # packets of a request/response, and costs no task switch when it does).
+        pending, self._ack_pending = self._ack_pending, {}
+        now = trio.current_time()
+        for stream in pending.values():
+            if stream.core.ack_pending:
+                stream._flush(now, ack_now=True)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -302,6 +303,22 @@ class UdxSocket:
                 if deadline is not None and deadline <= now:
                     stream.core.handle_timer(now)
                     stream._after_input(now)
+
+
+class _AckFlusher(trio.abc.Instrument):
+    """Sends a socket's owed pure ACKs when the run loop is about to wait for I/O with nothing
+    runnable, or once they waited :data:`ACK_DELAY`."""
+
+    def __init__(self, socket: UdxSocket) -> None:
+        self._socket = socket
+
+    def before_io_wait(self, timeout: float) -> None:
+        sock = self._socket
+        if sock._ack_pending and (
+                timeout > 0  # nothing runnable (a real clock; MockClock's autojump says 0)
+                or trio.current_time() - sock._ack_since >= ACK_DELAY
+                or not trio.lowlevel.current_statistics().tasks_runnable):
+            sock._flush_acks()
 
 
 class UdxStream(trio.abc.HalfCloseableStream):
