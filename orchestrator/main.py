@@ -52,13 +52,17 @@ async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None
     network.handlers.update(collect_handlers(service))
     process.on_stop(network.close)
     try:
-        presence = [topics.presence(r) for r in dict.fromkeys([config.region, *watch_regions])]
+        regions = list(dict.fromkeys([config.region, *watch_regions]))
+        # Topics DiscoverySub looks up again periodically; model topics join it as the
+        # registry lists models.
+        refreshed = [topics.presence(r) for r in regions]
         async with network.running(), trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(discovery.run, refresh=presence))
+            await nursery.start(functools.partial(discovery.run, refresh=refreshed))
             await network.join(topics.control(config.region), server=True, client=False)
             await network.join(topics.registry(config.region), server=False, client=True)
-            for topic in presence:
+            for topic in list(refreshed):
                 await network.join(topic, server=False, client=True)
+            nursery.start_soon(service.follow_model_topics, regions, refreshed)
             process.announce_ready("orchestrator", network.public_key, region=config.region)
             await trio.sleep_forever()
     finally:

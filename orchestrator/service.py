@@ -26,8 +26,8 @@ import trio
 
 from orchestrator.discovery import DiscoverySub
 from orchestrator.scheduler import Placement, Weights, rank
-from tether import blocking, telemetry
-from tether.errors import AlreadyExists, InvalidArgument, Unavailable
+from tether import blocking, telemetry, topics
+from tether.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
 from tether.rpc import RpcError, ServerContext, StatusCode
@@ -49,6 +49,10 @@ DEFAULT_MAX_ATTEMPTS = 3
 REGISTRY_TIMEOUT_S = 10.0
 #: How long a registry resolution is reused (a new 'latest' or policy applies after it).
 RESOLVE_CACHE_S = 5.0
+#: How often the registry is re-read for model topics to discover workers on.
+MODEL_TOPICS_S = 60.0
+#: Tokens charged to a quota for a request that does not say how many it wants.
+QUOTA_DEFAULT_TOKENS = 64
 
 
 class OrchestratorService(services_rpc.OrchestratorServicer):
@@ -79,6 +83,31 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             peer = await wait_for_peer(self.network, self.registry_topic)
             return services_rpc.RegistryStub(peer.rpc)
         raise Unavailable(f"no registry found on {self.registry_topic}")
+
+    async def follow_model_topics(
+        self, regions: list[str], topics_out: list[str], *, every_s: float = MODEL_TOPICS_S
+    ) -> None:
+        """Look up ``tether/models/<model>/<version>/<region>`` for every published model
+        (targeted discovery, spec §3.1), re-reading the registry every ``every_s``; joined
+        names are appended to ``topics_out`` (the list DiscoverySub refreshes)."""
+        joined: set[str] = set()
+        while True:
+            try:
+                registry = await self._registry()
+                listed = await registry.ListModels(
+                    services_pb2.ListModelsRequest(), timeout=REGISTRY_TIMEOUT_S
+                )
+            except (RpcError, Unavailable) as exc:
+                log.info("cannot list models for discovery yet: %s", exc)
+            else:
+                for record in listed.models:
+                    for region in regions:
+                        name = topics.models(record.model.model_id, record.model.version, region)
+                        if name not in joined:
+                            await self.network.join(name, server=False, client=True)
+                            joined.add(name)
+                            topics_out.append(name)
+            await trio.sleep(every_s)
 
     async def resolve(self, request: infer_pb2.Infer.Request) -> registry_pb2.ModelRecord:
         """The registry's answer for (model, version, tenant), cached for a few seconds:
@@ -111,6 +140,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         dispatched.version = record.model.version
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
+        await blocking.run_sync(lambda: self._charge_quota(request))
 
         reservation = await blocking.run_sync(
             lambda: self.store.reserve(cid, retry_token, request.tenant_id)
@@ -148,6 +178,15 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     )
                 )
             raise
+
+    def _charge_quota(self, request: infer_pb2.Infer.Request) -> None:
+        """Take the request's token budget from the tenant's quota, if it has one
+        (RESOURCE_EXHAUSTED, nothing taken, when the period's quota is spent)."""
+        budget = request.params.max_tokens or QUOTA_DEFAULT_TOKENS
+        try:
+            self.store.consume_quota(request.tenant_id, budget)
+        except NotFound:
+            return  # no quota configured: unlimited
 
     async def _dispatch(
         self,

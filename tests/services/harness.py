@@ -246,6 +246,7 @@ async def fleet(
         )
         presence = [topics.presence(r) for r in (region, *watch_regions)]
         await nursery.start(functools.partial(discovery.run, refresh=presence))
+        nursery.start_soon(orchestrator.follow_model_topics, [region, *watch_regions], presence)
         f.discovery = discovery
 
         gateway_net = make_net(KeyPair.generate(), {})

@@ -232,6 +232,24 @@ async def one_trace_spans_gateway_orchestrator_and_worker(open_fleet: OpenFleet)
     assert parent_of("worker.infer") == spans["orchestrator.submit"].context.span_id
 
 
+@scenario
+async def a_tenant_past_its_quota_is_refused_before_dispatch(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
+        engine = ScriptedEngine([(MODEL, "1.0")])
+        await f.add_worker("w1", engine=engine)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        f.store.set_quota("metered", limit_tokens=10, period_ms=3_600_000)
+        gw = await f.gateway()
+        token = f.token("metered")
+        await collect(gw, request(n=6), token)
+        with pytest.raises(RpcError) as info:
+            await collect(gw, request(n=6), token)
+        assert info.value.code == StatusCode.RESOURCE_EXHAUSTED
+        assert "quota" in info.value.message
+        assert engine.started == 1
+        await collect(gw, request(n=4), token)  # what is left still fits
+
+
 @pytest.mark.parametrize("fn", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
 def test_scenario_on_the_local_network(fn: Scenario, tmp_path: Path) -> None:
     async def main() -> None:
