@@ -21,7 +21,6 @@ import trio
 
 from tether import process
 from tether.errors import TetherError
-from tether.rpc import RpcError
 
 SERVICES = {
     "gateway": "gateway.main",
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             return trio.run(_infer, args)
         if args.command == "token":
             return _token(args)
-    except (TetherError, RpcError) as exc:
+    except TetherError as exc:
         print(f"tether {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """Status codes and the RPC exception tree.
 
 ``StatusCode`` mirrors ``tether.v1.StatusCode`` (the gRPC code set) without the
-proto prefix. Every error that crosses a call boundary is an ``RpcError``:
+proto prefix. Every error that crosses a call boundary is an ``RpcError``, which is a
+``tether.errors.TetherError`` like every other error of Tether:
 
 - ``RpcError`` -- a call ended with a non-OK status (from the peer or locally).
 - ``RpcProtocolError(RpcError)`` -- the peer broke the framing or call protocol;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
+from tether.errors import TetherError
 from tether.v1 import status_pb2
 
 
@@ -57,8 +59,10 @@ assert {f"STATUS_CODE_{c.name}": c.value for c in StatusCode} == dict(
 ), "StatusCode drifted from proto/tether/v1/status.proto"
 
 
-class RpcError(Exception):
+class RpcError(TetherError):
     """A call ended with a non-OK status."""
+
+    code: StatusCode
 
     def __init__(
         self,
@@ -66,10 +70,12 @@ class RpcError(Exception):
         message: str = "",
         details: Mapping[str, str] | None = None,
     ) -> None:
-        self.code = StatusCode.coerce(int(code))
-        self.message = message
-        self.details: dict[str, str] = dict(details or {})
-        super().__init__(f"{self.code.name}: {message}" if message else self.code.name)
+        status = StatusCode.coerce(int(code))
+        super().__init__(message, code=status, details=details)
+        self.code = status
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}" if self.message else self.code.name
 
     def to_proto(self) -> status_pb2.Error:
         """The typed ``tether.v1.Error`` for this error."""
