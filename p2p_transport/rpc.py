@@ -125,6 +125,11 @@ def encode_request(req: RpcRequest) -> bytes:
 
 
 def decode_request(payload: bytes) -> RpcRequest:
+    if len(payload) >= 2 and payload[0] < 0xFD and payload[1] < 0xFD:  # small id and method
+        end = 2 + payload[1]
+        if len(payload) >= end:  # (Node decodes invalid UTF-8 with replacements, as Reader)
+            return RpcRequest(payload[0], payload[2:end].decode("utf-8", errors="replace"),
+                              payload[end:])
     try:
         r = Reader(payload)
         return RpcRequest(r.uint(), r.string(), r.raw())
@@ -337,9 +342,9 @@ class RpcChannel:
             result = handler(value)
         except Exception as exc:  # the handler's failure goes back to the caller, by contract
             return self._failed(req, exc)
-        if inspect.isawaitable(result):
-            return result
-        return self._finished(req, result)
+        if result is None or type(result) is bytes or not inspect.isawaitable(result):
+            return self._finished(req, result)
+        return result
 
     def _failed(self, req: RpcRequest, exc: Exception) -> RpcResponse:
         log.debug("handler %s failed", req.method, exc_info=True)

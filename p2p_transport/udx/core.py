@@ -521,8 +521,10 @@ class StreamCore:
         """The next deadline at which :meth:`handle_timer` must run, if any."""
         if self.closed:
             return None if self.released else self._linger_deadline
-        deadlines = [d for d in (self._rto_deadline, self._zwp_deadline) if d is not None]
-        return min(deadlines) if deadlines else None
+        rto, zwp = self._rto_deadline, self._zwp_deadline
+        if rto is None:
+            return zwp
+        return rto if zwp is None or rto <= zwp else zwp
 
     def handle_timer(self, now: float) -> None:
         if self.closed:

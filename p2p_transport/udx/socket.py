@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Protocol
 
 import trio
+import trio.testing
 
 from .core import Closed, MessageReceived, StreamCore, StreamError, StreamReset, StreamTimeout
 from .packet import MAX_DATAGRAM, Packet, PacketError, is_udx
@@ -311,13 +312,16 @@ class _AckFlusher(trio.abc.Instrument):
 
     def __init__(self, socket: UdxSocket) -> None:
         self._socket = socket
+        # under an autojumping MockClock the run loop always polls with timeout 0
+        self._virtual_clock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
 
     def before_io_wait(self, timeout: float) -> None:
         sock = self._socket
         if sock._ack_pending and (
-                timeout > 0  # nothing runnable (a real clock; MockClock's autojump says 0)
+                timeout > 0  # nothing is runnable
                 or trio.current_time() - sock._ack_since >= ACK_DELAY
-                or not trio.lowlevel.current_statistics().tasks_runnable):
+                or (self._virtual_clock
+                    and not trio.lowlevel.current_statistics().tasks_runnable)):
             sock._flush_acks()
 
 
@@ -335,7 +339,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
         self.core = core
         self._firewall = firewall
         self.remote_address: Address | None = None
-        self._changed = trio.Event()
+        self._changed = trio.lowlevel.ParkingLot()  # tasks waiting for any change
         self._local_closed = False
         self._sending = False
         self._receiving = False
@@ -369,8 +373,8 @@ class UdxStream(trio.abc.HalfCloseableStream):
     # ---------------------------------------------------------------- plumbing
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._changed:
+            self._changed.unpark_all()
 
     def _flush(self, now: float, *, ack_now: bool = False) -> None:
         datagrams = self.core.datagrams_to_send(now, ack_now=ack_now)
@@ -388,7 +392,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
             send = self._socket.transport.send
             for d in datagrams:
                 send(d, self.remote_address)
-        while (ev := self.core.next_event()) is not None:
+        while (ev := core.next_event()) is not None:
             if isinstance(ev, MessageReceived):
                 if len(self._messages) < MAX_QUEUED_MESSAGES:
                     self._messages.append(ev.data)
@@ -396,7 +400,8 @@ class UdxStream(trio.abc.HalfCloseableStream):
                     self.dropped_messages += 1
             elif isinstance(ev, Closed):
                 self._flush(now, ack_now=True)  # the final ACK or DESTROY
-        self._wake()
+        if self._changed:
+            self._changed.unpark_all()
         self._socket._stream_changed(self)
         if self._reader is not None and (core.readable_bytes or core.eof_received
                                          or core.closed):
@@ -459,7 +464,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
             self._check_send()
             if self.core.buffered_amount <= HIGH_WATER_MARK:
                 return
-            await self._changed.wait()
+            await self._changed.park()
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:
@@ -555,7 +560,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
                     break
                 if self.core.closed:
                     raise self._broken()
-                await self._changed.wait()
+                await self._changed.park()
                 waited = True
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
@@ -579,7 +584,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
                 raise trio.ClosedResourceError("stream is closed")
             if self.core.closed:
                 raise self._broken() if self.core.error else trio.EndOfChannel()
-            await self._changed.wait()
+            await self._changed.park()
         await trio.lowlevel.checkpoint()
         return self._messages.popleft()
 
@@ -603,7 +608,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
                 self.core.write_end()
                 self._after_input(trio.current_time())
                 while not (self.core.closed or self.core.end_acked):
-                    await self._changed.wait()
+                    await self._changed.park()
             await trio.lowlevel.checkpoint()
         finally:
             self._abort()
