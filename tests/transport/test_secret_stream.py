@@ -16,13 +16,15 @@ from udx_memnet import LinkProfile, MemoryNetwork
 
 from p2p_transport import crypto
 from p2p_transport.noise import HandshakeResult, dht_handshake
+from p2p_transport.protomux import Mux
+from p2p_transport.rpc import RpcChannel
 from p2p_transport.secret_stream import (
     SecretStream,
     SecretStreamCore,
     SecretStreamError,
     open_secret_stream,
 )
-from p2p_transport.udx import UdxSocket
+from p2p_transport.udx import UdxSocket, UdxStream
 
 
 def handshake_pair() -> tuple[HandshakeResult, HandshakeResult]:
@@ -237,4 +239,108 @@ def test_check_two_way_stream_over_udx() -> None:
                     return a, b
                 await trio.testing.check_two_way_stream(maker, None)
             nursery.cancel_scope.cancel()
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_deliver_hands_messages_over_from_the_receive_path() -> None:
+    async def main() -> None:
+        net = MemoryNetwork(14, LinkProfile(loss=0.03, duplicate=0.02, jitter=0.002))
+        async with udx_secret_pair(net, keepalive=None) as (a, b):
+            sent = [os.urandom(i % 200) or b"." for i in range(300)] + [os.urandom(200_000)]
+            got: list[bytes] = []
+            replies: list[bool] = []
+
+            def on_message(msg: bytes) -> None:
+                got.append(msg)
+                # a reply written from the callback goes out without yielding
+                replies.append(b.send_message_nowait(b"ack:" + msg[:4]))
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(b.deliver, on_message)
+                    for m in sent:
+                        await a.send_message(m)
+                    await a.send_eof()
+                    # deliver returns at the peer's end
+                echoed = [await a.receive_message() for _ in range(len(sent))]
+            assert got == sent
+            assert all(replies)
+            assert echoed == [b"ack:" + m[:4] for m in sent]
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_deliver_raises_what_the_callback_raised_and_on_bad_ciphertext() -> None:
+    async def main() -> None:
+        async with udx_secret_pair(MemoryNetwork(15), keepalive=None) as (a, b):
+            def boom(_msg: bytes) -> None:
+                raise ValueError("callback failed")
+
+            await a.send_message(b"one")
+            with pytest.raises(ValueError, match="callback failed"):
+                await b.deliver(boom)
+            # the stream still works for the next consumer
+            await a.send_message(b"two")
+            assert await b.receive_message() == b"two"
+
+        async with udx_secret_pair(MemoryNetwork(16), keepalive=None) as (a, b):
+            frame = bytearray(a.core.encrypt(b"tampered"))
+            frame[-1] ^= 1
+            await a.raw.send_all(bytes(frame))
+            with pytest.raises(trio.BrokenResourceError):
+                await b.deliver(lambda _m: None)
+            assert isinstance(b.raw, UdxStream) and b.raw.core.closed  # destroyed
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_deliver_ends_on_a_local_close() -> None:
+    async def main() -> None:
+        async with udx_secret_pair(MemoryNetwork(17), keepalive=None) as (_a, b):
+            async def close_soon() -> None:
+                await trio.sleep(1)
+                await b.aclose()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(close_soon)
+                with pytest.raises(trio.ClosedResourceError):
+                    await b.deliver(lambda _m: None)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_send_message_nowait_needs_a_push_transport() -> None:
+    async def main() -> None:
+        left, right = trio.testing.memory_stream_pair()
+        hi, _ = handshake_pair()
+        s = SecretStream(left, True, hi, keepalive=None)
+        assert not s.send_message_nowait(b"x")  # a plain trio stream: the caller awaits
+        await right.aclose()
+    trio.run(main)
+
+
+def test_rpc_over_secret_stream_over_udx_answers_on_the_receive_path() -> None:
+    """Over the real stack a sync handler's reply leaves from the packet's receive path and
+    carries the ACK: one packet each way per call, and the caller's next request carries the
+    ACK of the reply."""
+    async def main() -> None:
+        async with (udx_secret_pair(MemoryNetwork(31), keepalive=None) as (a, b),
+                    trio.open_nursery() as nursery):
+            mux_a, mux_b = Mux(a), Mux(b)
+            client, server = RpcChannel(mux_a), RpcChannel(mux_b)
+            server.respond("echo", lambda v: v)
+            client.open()
+            server.open()
+            await nursery.start(mux_a.run)
+            await nursery.start(mux_b.run)
+            await client.opened.wait()
+            assert await client.request("echo", b"warm") == b"warm"
+            await trio.sleep(0.1)
+            ua, ub = a.raw, b.raw
+            assert isinstance(ua, UdxStream) and isinstance(ub, UdxStream)
+            sent_a, sent_b = ua.core.stats.packets_sent, ub.core.stats.packets_sent
+            for i in range(50):
+                assert await client.request("echo", bytes([i]) * 32) == bytes([i]) * 32
+            await trio.sleep(0.1)
+            assert ub.core.stats.packets_sent - sent_b == 50
+            assert ua.core.stats.packets_sent - sent_a <= 51  # one pure ACK at the end
+            nursery.cancel_scope.cancel()
+
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

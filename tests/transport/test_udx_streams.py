@@ -274,3 +274,110 @@ def test_garbage_datagrams_never_break_the_socket() -> None:
                 assert await receive_exactly(d2, 5) == b"fresh"
             nursery.cancel_scope.cancel()
     run(main)
+
+
+def test_reader_callback_gets_bytes_eof_and_blocks_receive_some() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(21)) as (sa, sb):
+            a, b = connect(sa, sb)
+            got: list[bytes | None] = []
+
+            def reader() -> None:
+                while (data := b.receive_nowait()) is not None:
+                    got.append(data)
+                    if not data:
+                        return
+
+            assert b.receive_nowait() is None  # nothing yet
+            b.set_reader(reader)
+            with pytest.raises(trio.BusyResourceError):
+                await b.receive_some()
+            await a.send_all(b"hello")
+            await a.send_all(b" world")
+            await trio.sleep(0.1)
+            assert b"".join(d for d in got if d) == b"hello world"
+            await a.send_eof()
+            await trio.sleep(0.1)
+            assert got[-1] == b""
+            b.set_reader(None)
+            assert await b.receive_some() == b""  # a plain reader works again
+    run(main)
+
+
+def test_reader_callback_sees_a_reset_and_a_local_close() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(22)) as (sa, sb):
+            a, b = connect(sa, sb)
+            errors: list[type[BaseException]] = []
+
+            def reader(stream: UdxStream) -> None:
+                try:
+                    stream.receive_nowait()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    errors.append(type(exc))
+
+            b.set_reader(lambda: reader(b))
+            a.destroy()
+            await trio.sleep(0.1)
+            assert errors == [trio.BrokenResourceError]
+
+            c, _d = connect(sa, sb)
+            c.set_reader(lambda: reader(c))
+            await c.aclose()
+            assert errors[-1] is trio.ClosedResourceError
+    run(main)
+
+
+def test_send_nowait_writes_at_once_and_respects_the_high_water_mark() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(23)) as (sa, sb):
+            a, b = connect(sa, sb)
+            assert a.can_send_nowait()
+            a.send_nowait(b"ping")
+            assert await receive_exactly(b, 4) == b"ping"
+            # a peer that never acknowledges: the buffer fills past the mark
+            lonely = sa.create_stream()
+            lonely.connect(12345, ("10.9.9.9", 9))
+            chunk = bytes(64 * 1024)
+            while lonely.can_send_nowait():
+                lonely.send_nowait(chunk)
+            assert lonely.core.buffered_amount > 1024 * 1024
+            with pytest.raises(trio.WouldBlock):
+                lonely.send_nowait(b"x")
+            lonely.destroy()
+            with pytest.raises(trio.ClosedResourceError):
+                lonely.send_nowait(b"x")
+    run(main)
+
+
+def test_a_pure_ack_waits_for_a_reply_to_carry_it() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(24)) as (sa, sb):
+            a, b = connect(sa, sb)
+            await a.send_all(b"warm-up")
+            assert await receive_exactly(b, 7) == b"warm-up"
+            await trio.sleep(0.1)
+            sent_a, sent_b = a.core.stats.packets_sent, b.core.stats.packets_sent
+            for _ in range(20):
+                await a.send_all(b"ping")
+                assert await receive_exactly(b, 4) == b"ping"
+                await b.send_all(b"pong")  # written in the same round: carries the ACK
+                assert await receive_exactly(a, 4) == b"pong"
+            await trio.sleep(0.1)
+            # one data packet each way per exchange; at most one pure ACK at the very end
+            assert b.core.stats.packets_sent - sent_b == 20
+            assert a.core.stats.packets_sent - sent_a <= 21
+            assert a.core.unacked_packets == 0 and b.core.unacked_packets == 0
+    run(main)
+
+
+def test_a_pure_ack_goes_out_once_nothing_else_runs() -> None:
+    async def main() -> None:
+        async with sockets(MemoryNetwork(25)) as (sa, sb):
+            a, b = connect(sa, sb)
+            await a.send_all(b"data")
+            assert await receive_exactly(b, 4) == b"data"
+            await trio.sleep(0.01)  # nobody replies
+            assert a.core.unacked_packets == 0
+            assert b.core.stats.packets_sent == 1  # the pure ACK
+    run(main)

@@ -419,3 +419,21 @@ def test_fast_paths_match_the_general_codec(value: bytes | None, id_: int, metho
     assert decode_response(wire) == res
     r = Reader(wire)
     assert (r.bitfield(4), r.uint(), r.raw()) == (0, id_, raw)
+
+
+@given(st.binary(max_size=80))
+def test_request_fast_path_decodes_like_the_reader(data: bytes) -> None:
+    from p2p_transport.cenc import DecodeError, Reader
+
+    expected: RpcRequest | None
+    try:
+        r = Reader(data)
+        expected = RpcRequest(r.uint(), r.string(), r.raw())
+    except DecodeError:
+        expected = None
+    try:
+        got: RpcRequest | None = decode_request(data)
+    except RpcProtocolError:
+        got = None
+    assert got == expected
+
