@@ -96,6 +96,15 @@ class RpcResponse:
 _SMALL_UINT = [bytes([i]) for i in range(0xFD)]
 
 
+def _uint(n: int) -> bytes:
+    """compact-encoding ``uint`` for request ids (they grow past one byte quickly)."""
+    if 0 <= n < 0xFD:
+        return _SMALL_UINT[n]
+    if 0 <= n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    return Writer().uint(n).getvalue()
+
+
 def encode_value(value: bytes | None) -> bytes:
     """The default value encoding (``optionalBuffer``)."""
     if not value:
@@ -119,16 +128,24 @@ def decode_value(raw: bytes) -> bytes | None:
 
 def encode_request(req: RpcRequest) -> bytes:
     method = req.method.encode()
-    if req.id < 0xFD and len(method) < 0xFD:
-        return _SMALL_UINT[req.id] + _SMALL_UINT[len(method)] + method + req.value
+    if len(method) < 0xFD:
+        return _uint(req.id) + _SMALL_UINT[len(method)] + method + req.value
     return Writer().uint(req.id).string(req.method).raw(req.value).getvalue()
 
 
 def decode_request(payload: bytes) -> RpcRequest:
-    if len(payload) >= 2 and payload[0] < 0xFD and payload[1] < 0xFD:  # small id and method
-        end = 2 + payload[1]
-        if len(payload) >= end:  # (Node decodes invalid UTF-8 with replacements, as Reader)
-            return RpcRequest(payload[0], payload[2:end].decode("utf-8", errors="replace"),
+    # fast path: a one- or three-byte id and a short method name
+    n = len(payload)
+    if n >= 2 and payload[0] < 0xFD:
+        id_, pos = payload[0], 1
+    elif n >= 4 and payload[0] == 0xFD:
+        id_, pos = payload[1] | payload[2] << 8, 3
+    else:
+        pos = 0
+    if pos and n > pos and payload[pos] < 0xFD:
+        end = pos + 1 + payload[pos]
+        if n >= end:  # (Node decodes invalid UTF-8 with replacements, as Reader does)
+            return RpcRequest(id_, payload[pos + 1:end].decode("utf-8", errors="replace"),
                               payload[end:])
     try:
         r = Reader(payload)
@@ -140,9 +157,7 @@ def decode_request(payload: bytes) -> RpcRequest:
 def encode_response(res: RpcResponse) -> bytes:
     err = res.error
     if err is None:
-        if res.id < 0xFD:
-            return b"\x00" + _SMALL_UINT[res.id] + (res.value or b"")
-        return Writer().uint8(0).uint(res.id).raw(res.value or b"").getvalue()
+        return b"\x00" + _uint(res.id) + (res.value or b"")
     has_cause = err.cause_message is not None
     flags = (_HAS_ERROR | (_HAS_CODE if err.code else 0) | (_HAS_CAUSE if has_cause else 0)
              | (_HAS_CONTEXT if has_cause and err.cause_context else 0))
@@ -157,8 +172,11 @@ def encode_response(res: RpcResponse) -> bytes:
 
 
 def decode_response(payload: bytes) -> RpcResponse:
-    if len(payload) >= 2 and payload[0] == 0 and payload[1] < 0xFD:  # success, small id
-        return RpcResponse(payload[1], payload[2:])
+    if len(payload) >= 2 and payload[0] == 0:  # success with a one- or three-byte id
+        if payload[1] < 0xFD:
+            return RpcResponse(payload[1], payload[2:])
+        if payload[1] == 0xFD and len(payload) >= 4:
+            return RpcResponse(payload[2] | payload[3] << 8, payload[4:])
     try:
         r = Reader(payload)
         flags = r.bitfield(4)

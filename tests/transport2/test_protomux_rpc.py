@@ -421,7 +421,7 @@ def test_fast_paths_match_the_general_codec(value: bytes | None, id_: int, metho
     assert (r.bitfield(4), r.uint(), r.raw()) == (0, id_, raw)
 
 
-@given(st.binary(max_size=80))
+@given(st.binary(max_size=80) | st.binary(max_size=80).map(lambda b: b"\xfd" + b))
 def test_request_fast_path_decodes_like_the_reader(data: bytes) -> None:
     from p2p_transport.cenc import DecodeError, Reader
 
@@ -433,6 +433,25 @@ def test_request_fast_path_decodes_like_the_reader(data: bytes) -> None:
         expected = None
     try:
         got: RpcRequest | None = decode_request(data)
+    except RpcProtocolError:
+        got = None
+    assert got == expected
+
+
+@given(st.binary(max_size=40).map(lambda b: b"\x00" + b)
+       | st.binary(max_size=40).map(lambda b: b"\x00\xfd" + b))
+def test_response_fast_path_decodes_like_the_reader(data: bytes) -> None:
+    from p2p_transport.cenc import DecodeError, Reader
+
+    expected: RpcResponse | None
+    try:
+        r = Reader(data)
+        assert r.bitfield(4) == 0
+        expected = RpcResponse(r.uint(), r.raw())
+    except DecodeError:
+        expected = None
+    try:
+        got: RpcResponse | None = decode_response(data)
     except RpcProtocolError:
         got = None
     assert got == expected
