@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import random
 import socket as stdsocket
@@ -55,6 +56,7 @@ RECEIVE_BATCH = 256
 #: libudx's tail-loss probe fires after 2 x SRTT + 2 ms at the earliest, its RTO after 1 s.
 ACK_DELAY = 0.0005
 _U32 = struct.Struct("<I")
+log = logging.getLogger(__name__)
 
 
 class DatagramTransport(Protocol):
@@ -289,7 +291,10 @@ class UdxSocket:
         now = trio.current_time()
         for stream in pending.values():
             if stream.core.ack_pending:
-                stream._flush(now, ack_now=True)
+                try:
+                    stream._flush(now, ack_now=True)
+                except OSError as exc:  # this runs in the run loop: a failed send is a loss
+                    log.debug("pure ACK not sent: %s", exc)
 
     async def _timer_loop(self) -> None:
         while True:
