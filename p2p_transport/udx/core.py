@@ -39,6 +39,7 @@ Lifecycle (:attr:`StreamCore.state`; :data:`TRANSITIONS` is the full table, chec
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -48,12 +49,16 @@ from .packet import (
     DESTROY,
     END,
     HEARTBEAT,
+    MAGIC,
     MAX_PAYLOAD,
     MAX_SACKS,
     MESSAGE,
+    VERSION,
     Packet,
     seq_diff,
 )
+
+_HEADER = struct.Struct("<BBBBIIII")  # as in .packet: the 20-byte header
 
 __all__ = [
     "TRANSITIONS",
@@ -563,8 +568,10 @@ class StreamCore:
         return self._advertised
 
     def _header(self, kind: int, seq: int, payload: bytes = b"") -> bytes:
+        """A DATA/END packet (never SACK or padding: same bytes as :meth:`Packet.encode`)."""
         assert self.remote_id is not None
-        return Packet(kind, self.remote_id, self._advertise(), seq, self._ack, payload).encode()
+        return _HEADER.pack(MAGIC, VERSION, kind, 0, self.remote_id, self._advertise(), seq,
+                            self._ack) + payload
 
     def _window_open(self, size: int) -> bool:
         if self._pipe >= int(self._cwnd):
