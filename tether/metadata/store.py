@@ -345,6 +345,8 @@ class MetadataStore:
         now = self._clock()
         Q = t.Quota
         with self.session() as s:
+            if s.get(Q, tenant_id) is None:  # most tenants have none: no write at all
+                raise NotFound(f"tenant {tenant_id} has no quota")
             # Roll the period over first, then take with one conditional UPDATE, which is
             # atomic on SQLite and PostgreSQL alike.
             s.exec(update(Q).where(col(Q.tenant_id) == tenant_id,
