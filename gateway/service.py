@@ -14,8 +14,6 @@ import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import trio
-
 from gateway.ratelimit import TokenBuckets
 from tether import blocking, telemetry, topics
 from tether.errors import (
@@ -23,7 +21,6 @@ from tether.errors import (
     PermissionDenied,
     TetherError,
     Unauthenticated,
-    Unavailable,
 )
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
@@ -35,7 +32,8 @@ MAX_PROMPT_CHARS = 16_384
 MAX_TEXTS = 256
 MAX_TENSOR_BYTES = 4 * 1024 * 1024
 MAX_NEW_TOKENS = 1024
-ORCHESTRATOR_WAIT_S = 10.0
+#: How long a request waits to find an orchestrator or registry on its topic.
+PEER_WAIT_S = 10.0
 #: How long a verified tenant token is trusted without asking the Metadata Store again.
 TOKEN_CACHE_S = 10.0
 _VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))?$")
@@ -108,10 +106,8 @@ class GatewayService(services_rpc.GatewayServicer):
         return tenant
 
     async def _orchestrator(self) -> services_rpc.OrchestratorStub:
-        with trio.move_on_after(ORCHESTRATOR_WAIT_S):
-            peer = await wait_for_peer(self.network, self.control_topic)
-            return services_rpc.OrchestratorStub(peer.rpc)
-        raise Unavailable(f"no orchestrator found on {self.control_topic}")
+        peer = await wait_for_peer(self.network, self.control_topic, timeout=PEER_WAIT_S)
+        return services_rpc.OrchestratorStub(peer.rpc)
 
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
@@ -154,9 +150,11 @@ class GatewayService(services_rpc.GatewayServicer):
         self, request: services_pb2.ListModelsRequest, context: ServerContext
     ) -> services_pb2.ListModelsResponse:
         tenant = await self.authenticate(dict(context.metadata))
-        with trio.move_on_after(ORCHESTRATOR_WAIT_S):
-            peer = await wait_for_peer(self.network, topics.registry(self.region))
-            registry = services_rpc.RegistryStub(peer.rpc)
-            return await registry.ListModels(services_pb2.ListModelsRequest(tenant_id=tenant))
-        raise Unavailable("no registry found")
+        topic = topics.registry(self.region)
+        peer = await wait_for_peer(self.network, topic, timeout=PEER_WAIT_S)
+        registry = services_rpc.RegistryStub(peer.rpc)
+        return await registry.ListModels(
+            services_pb2.ListModelsRequest(tenant_id=tenant),
+            timeout=context.remaining_timeout() or PEER_WAIT_S,
+        )
 

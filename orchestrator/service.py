@@ -79,10 +79,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         )
 
     async def _registry(self) -> services_rpc.RegistryStub:
-        with trio.move_on_after(REGISTRY_TIMEOUT_S):
-            peer = await wait_for_peer(self.network, self.registry_topic)
-            return services_rpc.RegistryStub(peer.rpc)
-        raise Unavailable(f"no registry found on {self.registry_topic}")
+        peer = await wait_for_peer(self.network, self.registry_topic, timeout=REGISTRY_TIMEOUT_S)
+        return services_rpc.RegistryStub(peer.rpc)
 
     async def follow_model_topics(
         self, regions: list[str], topics_out: list[str], *, every_s: float = MODEL_TOPICS_S

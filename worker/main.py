@@ -76,8 +76,7 @@ def artifact_replicas(args: argparse.Namespace, config: process.ServiceConfig) -
 async def resolve_models(
     network: SwarmNetwork, region: str, wanted: list[str]
 ) -> list[registry_pb2.ModelRecord]:
-    with trio.fail_after(30):
-        peer = await wait_for_peer(network, topics.registry(region))
+    peer = await wait_for_peer(network, topics.registry(region), timeout=30)
     registry = services_rpc.RegistryStub(peer.rpc)
     if not wanted:
         listed = await registry.ListModels(services_pb2.ListModelsRequest(), timeout=30)

@@ -13,6 +13,7 @@ and ``tether.net.local.LocalNetwork`` (an in-memory test double).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -79,8 +80,15 @@ class Network(Protocol):
         returns a function that unsubscribes it."""
 
 
-async def wait_for_peer(network: Network, topic: str) -> Peer:
-    """The first connected peer found under ``topic`` (waits for one)."""
+async def wait_for_peer(network: Network, topic: str, *, timeout: float = math.inf) -> Peer:
+    """The first connected peer found under ``topic``, waiting up to ``timeout`` seconds
+    (then UNAVAILABLE, naming the topic)."""
+    with trio.move_on_after(timeout):
+        return await _wait_for_peer(network, topic)
+    raise Unavailable(f"nothing reachable on {topic} within {timeout:g} s")
+
+
+async def _wait_for_peer(network: Network, topic: str) -> Peer:
     found: list[Peer] = []
     arrived = trio.Event()
 
