@@ -25,9 +25,9 @@ from collections.abc import AsyncIterator
 import trio
 
 from orchestrator.discovery import DiscoverySub
-from orchestrator.scheduler import Placement, Weights, rank
+from orchestrator.scheduler import Candidate, Placement, Weights, rank
 from tether import blocking, telemetry, topics
-from tether.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from tether.errors import AlreadyExists, InvalidArgument, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
 from tether.rpc import RpcError, ServerContext, StatusCode
@@ -138,28 +138,32 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         dispatched.version = record.model.version
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
-        await blocking.run_sync(lambda: self._charge_quota(request))
-
+        candidates = self._candidates(request, record)
+        first = candidates[0].entry.worker_id
+        # Quota, reservation and job are written in one transaction, before dispatch.
         reservation = await blocking.run_sync(
-            lambda: self.store.reserve(cid, retry_token, request.tenant_id)
+            lambda: self.store.admit_job(
+                cid,
+                retry_token,
+                request.tenant_id,
+                model_id=record.model.model_id,
+                version=record.model.version,
+                worker_id=first,
+                quota_tokens=request.params.max_tokens or QUOTA_DEFAULT_TOKENS,
+            )
         )
         if not reservation.created:
             raise AlreadyExists(
                 f"request {cid} (retry token {retry_token!r}) was already accepted; "
                 "use GetJob for its status or send a new retry token",
             )
-        await blocking.run_sync(
-            lambda: self.store.create_job(
-                cid, request.tenant_id, record.model.model_id, record.model.version
-            )
-        )
         try:
             with telemetry.server_span(
                 "orchestrator.submit",
                 context.metadata,
                 **{"tether.correlation_id": cid, "tether.model": record.model.model_id},
             ):
-                async for chunk in self._dispatch(dispatched, record, context):
+                async for chunk in self._dispatch(dispatched, candidates, context):
                     yield chunk
         except BaseException as exc:
             error = RpcError.from_exception(exc)
@@ -177,21 +181,10 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 )
             raise
 
-    def _charge_quota(self, request: infer_pb2.Infer.Request) -> None:
-        """Take the request's token budget from the tenant's quota, if it has one
-        (RESOURCE_EXHAUSTED, nothing taken, when the period's quota is spent)."""
-        budget = request.params.max_tokens or QUOTA_DEFAULT_TOKENS
-        try:
-            self.store.consume_quota(request.tenant_id, budget)
-        except NotFound:
-            return  # no quota configured: unlimited
-
-    async def _dispatch(
-        self,
-        request: infer_pb2.Infer.Request,
-        record: registry_pb2.ModelRecord,
-        context: ServerContext,
-    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+    def _candidates(
+        self, request: infer_pb2.Infer.Request, record: registry_pb2.ModelRecord
+    ) -> list[Candidate]:
+        """Workers for the request, best first; UNAVAILABLE (nothing reserved) if none."""
         want = Placement(
             request_region=request.region or self.region,
             model=presence_pb2.ModelKey(
@@ -205,19 +198,28 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 f"no healthy worker serves {want.model.model_id} {want.model.version}",
                 details={"model": want.model.model_id, "version": want.model.version},
             )
+        return candidates[: self.max_attempts]
+
+    async def _dispatch(
+        self,
+        request: infer_pb2.Infer.Request,
+        candidates: list[Candidate],
+        context: ServerContext,
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
         cid = request.correlation_id
         last_error: RpcError | None = None
-        for candidate in candidates[: self.max_attempts]:
+        for attempt, candidate in enumerate(candidates):
             worker_id = candidate.entry.worker_id
-            await blocking.run_sync(
-                functools.partial(
-                    self.store.update_job,
-                    cid,
-                    jobs_pb2.JOB_STATE_DISPATCHED,
-                    worker_id=worker_id,
-                    attempt=True,
+            if attempt:  # the first dispatch was recorded with the reservation
+                await blocking.run_sync(
+                    functools.partial(
+                        self.store.update_job,
+                        cid,
+                        jobs_pb2.JOB_STATE_DISPATCHED,
+                        worker_id=worker_id,
+                        attempt=True,
+                    )
                 )
-            )
             stub = services_rpc.WorkerStub(candidate.entry.peer.rpc)
             streamed = False
             try:

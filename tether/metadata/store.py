@@ -342,32 +342,79 @@ class MetadataStore:
         Raises ResourceExhausted (nothing taken) when the quota would be exceeded and NotFound
         when the tenant has no quota. A new period starts when the previous one is over.
         """
-        now = self._clock()
-        Q = t.Quota
         with self.session() as s:
-            if s.get(Q, tenant_id) is None:  # most tenants have none: no write at all
+            left = self._take_quota(s, tenant_id, tokens, self._clock())
+            if left is None:
                 raise NotFound(f"tenant {tenant_id} has no quota")
-            # Roll the period over first, then take with one conditional UPDATE, which is
-            # atomic on SQLite and PostgreSQL alike.
-            s.exec(update(Q).where(col(Q.tenant_id) == tenant_id,
-                                   col(Q.period_start_unix_ms) + col(Q.period_ms) <= now)
-                   .values(period_start_unix_ms=now, used_tokens=0))
-            res = s.exec(update(Q).where(col(Q.tenant_id) == tenant_id,
-                                         col(Q.used_tokens) + tokens <= col(Q.limit_tokens))
-                         .values(used_tokens=col(Q.used_tokens) + tokens))
             s.commit()
-            q = s.get(Q, tenant_id)
-            if q is None:
-                raise NotFound(f"tenant {tenant_id} has no quota")
-            s.refresh(q)
-            if res.rowcount == 0:
-                raise ResourceExhausted(
-                    f"tenant {tenant_id} quota exhausted: {q.used_tokens}/{q.limit_tokens} "
-                    f"tokens used this period, {tokens} more asked",
-                    details={"tenant_id": tenant_id, "limit": str(q.limit_tokens),
-                             "used": str(q.used_tokens),
-                             "resets_unix_ms": str(q.period_start_unix_ms + q.period_ms)})
-            return q.limit_tokens - q.used_tokens
+            return left
+
+    def _take_quota(self, s: Session, tenant_id: str, tokens: int, now: int) -> int | None:
+        """Inside ``s``: take ``tokens`` (ResourceExhausted when they do not fit); the tokens
+        left, or None when the tenant has no quota. The caller commits."""
+        Q = t.Quota
+        if s.get(Q, tenant_id) is None:  # most tenants have none: no write at all
+            return None
+        # Roll the period over first, then take with one conditional UPDATE, which is
+        # atomic on SQLite and PostgreSQL alike.
+        s.exec(update(Q).where(col(Q.tenant_id) == tenant_id,
+                               col(Q.period_start_unix_ms) + col(Q.period_ms) <= now)
+               .values(period_start_unix_ms=now, used_tokens=0))
+        res = s.exec(update(Q).where(col(Q.tenant_id) == tenant_id,
+                                     col(Q.used_tokens) + tokens <= col(Q.limit_tokens))
+                     .values(used_tokens=col(Q.used_tokens) + tokens))
+        q = s.get(Q, tenant_id)
+        assert q is not None
+        s.refresh(q)
+        if res.rowcount == 0:
+            s.rollback()
+            raise ResourceExhausted(
+                f"tenant {tenant_id} quota exhausted: {q.used_tokens}/{q.limit_tokens} "
+                f"tokens used this period, {tokens} more asked",
+                details={"tenant_id": tenant_id, "limit": str(q.limit_tokens),
+                         "used": str(q.used_tokens),
+                         "resets_unix_ms": str(q.period_start_unix_ms + q.period_ms)})
+        return q.limit_tokens - q.used_tokens
+
+    def admit_job(self, correlation_id: str, retry_token: str, tenant_id: str, *,
+                  model_id: str, version: str, worker_id: str, quota_tokens: int,
+                  ttl_ms: int = 60_000) -> ReservationResult:
+        """The orchestrator's strong decisions before dispatch, in ONE transaction: charge
+        the tenant's quota (if it has one), reserve ``(correlation_id, retry_token)``, and
+        record the job as DISPATCHED to ``worker_id``. A repeated reservation changes
+        nothing and returns the first one (``created=False``); a quota that does not fit
+        raises ResourceExhausted with nothing written."""
+        now = self._clock()
+        with self.session() as s:
+            self._take_quota(s, tenant_id, quota_tokens, now)
+            s.add(t.Reservation(correlation_id=correlation_id, retry_token=retry_token,
+                                tenant_id=tenant_id, worker_id=worker_id,
+                                created_unix_ms=now, expires_unix_ms=now + ttl_ms))
+            try:
+                s.flush()
+            except IntegrityError:
+                s.rollback()
+                return self.reserve(correlation_id, retry_token, tenant_id)
+            job = s.get(t.Job, correlation_id)
+            if job is None:
+                job = t.Job(correlation_id=correlation_id, tenant_id=tenant_id,
+                            model_id=model_id, version=version, created_unix_ms=now,
+                            state=jobs_pb2.JOB_STATE_DISPATCHED, updated_unix_ms=now)
+            elif job.tenant_id != tenant_id:
+                s.rollback()
+                raise AlreadyExists(f"job {correlation_id} belongs to another tenant")
+            job.state = jobs_pb2.JOB_STATE_DISPATCHED
+            job.model_id, job.version, job.worker_id = model_id, version, worker_id
+            job.error_code, job.error_message = 0, ""
+            job.attempts = (job.attempts or 0) + 1
+            job.updated_unix_ms = now
+            s.add(job)
+            try:
+                s.commit()
+            except IntegrityError as exc:
+                raise AlreadyExists(f"job {correlation_id} was created concurrently") from exc
+            return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
+                                     now + ttl_ms, True)
 
     # ------------------------------------------------------------------ tokens
 

@@ -1,0 +1,41 @@
+"""admit_job: quota, reservation and job written in one transaction before dispatch,
+on SQLite and PostgreSQL (see conftest)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tether.errors import AlreadyExists, ResourceExhausted
+from tether.metadata import MetadataStore
+from tether.v1 import jobs_pb2
+
+
+def admit(store: MetadataStore, cid: str, retry: str = "r1", tenant: str = "acme", tokens: int = 5):
+    return store.admit_job(
+        cid, retry, tenant, model_id="m", version="1.0", worker_id="w1", quota_tokens=tokens
+    )
+
+
+def test_admission_records_reservation_and_dispatched_job_once(store: MetadataStore) -> None:
+    first = admit(store, "c1")
+    assert first.created
+    job = store.get_job("c1")
+    assert (job.state, job.worker_id, job.attempts) == (jobs_pb2.JOB_STATE_DISPATCHED, "w1", 1)
+    again = admit(store, "c1")
+    assert not again.created
+    assert store.get_job("c1").attempts == 1  # the repeat changed nothing
+    retried = admit(store, "c1", retry="r2")
+    assert retried.created
+    assert store.get_job("c1").attempts == 2
+    with pytest.raises(AlreadyExists):
+        admit(store, "c1", retry="r3", tenant="other")
+
+
+def test_a_quota_that_does_not_fit_writes_nothing(store: MetadataStore) -> None:
+    store.set_quota("metered", limit_tokens=8, period_ms=3_600_000)
+    assert admit(store, "q1", tenant="metered", tokens=5).created
+    with pytest.raises(ResourceExhausted):
+        admit(store, "q2", tenant="metered", tokens=5)
+    # No reservation and no job were left behind by the refused request.
+    assert admit(store, "q2", tenant="metered", tokens=3).created
+    assert store.consume_quota("metered", 0) == 0
