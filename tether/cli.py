@@ -53,9 +53,8 @@ async def _stream_prompt(
                     head = ", ".join(f"{v:+.4f}" for v in values[:6])
                     print(f"[{chunk.payload.embedding.index}] dim={len(values)} [{head}, ...]")
             return 0
-        sys.stdout.write(args.prompt)
-        sys.stdout.flush()
         usage = None
+        echoed = False
         async for chunk in client.generate(
             args.model,
             args.prompt,
@@ -64,6 +63,9 @@ async def _stream_prompt(
             seed=args.seed,
             timeout=args.timeout,
         ):
+            if not echoed:  # the prompt, once the answer starts
+                sys.stdout.write(args.prompt)
+                echoed = True
             if chunk.payload.text:
                 sys.stdout.write(chunk.payload.text)
                 sys.stdout.flush()
@@ -128,12 +130,27 @@ def main(argv: list[str] | None = None) -> int:
             return trio.run(_infer, args)
         if args.command == "token":
             return _token(args)
-    except TetherError as exc:
-        print(f"tether {args.command}: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        error = _tether_error(exc)
+        if error is None:
+            raise
+        print(f"tether {args.command}: {error}", file=sys.stderr)
+        return 1
     return 2
+
+
+def _tether_error(exc: BaseException) -> TetherError | None:
+    """The Tether error inside ``exc`` (trio wraps errors from task groups)."""
+    if isinstance(exc, TetherError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _tether_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 async def _up(args: argparse.Namespace) -> int:
