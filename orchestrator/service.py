@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
 from tether import blocking, telemetry, topics
@@ -66,6 +67,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         registry_topic: str,
         weights: Weights | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        breakers: CircuitBreakers | None = None,
     ) -> None:
         self.network = network
         self.discovery = discovery
@@ -74,6 +76,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.registry_topic = registry_topic
         self.weights = weights or Weights()
         self.max_attempts = max_attempts
+        self.breakers = breakers or CircuitBreakers()
         self._resolved: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
             ttl_s=RESOLVE_CACHE_S, max_entries=4096
         )
@@ -192,11 +195,24 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ),
             gpu_classes=tuple(record.capabilities.gpu_classes),
         )
-        candidates = rank(self.discovery.snapshot(), want, self.weights)
-        if not candidates:
+        ranked = rank(self.discovery.snapshot(), want, self.weights)
+        if not ranked:
             raise Unavailable(
                 f"no healthy worker serves {want.model.model_id} {want.model.version}",
                 details={"model": want.model.model_id, "version": want.model.version},
+            )
+        model = want.model.model_id
+        candidates = [
+            c
+            for c in ranked
+            if self.breakers.state(model, c.entry.presence.region) is not BreakerState.OPEN
+        ]
+        if not candidates:
+            regions = sorted({c.entry.presence.region for c in ranked})
+            raise Unavailable(
+                f"circuit open for {model} in {', '.join(regions)}: its workers failed "
+                f"repeatedly; retry in up to {self.breakers.open_s:g} s",
+                details={"model": model, "breaker": "open"},
             )
         return candidates[: self.max_attempts]
 
@@ -208,8 +224,12 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
         cid = request.correlation_id
         last_error: RpcError | None = None
+        model = request.model_id
         for attempt, candidate in enumerate(candidates):
             worker_id = candidate.entry.worker_id
+            region = candidate.entry.presence.region
+            if not self.breakers.allow(model, region):
+                continue  # half-open and its probe is already out
             if attempt:  # the first dispatch was recorded with the reservation
                 await blocking.run_sync(
                     functools.partial(
@@ -222,6 +242,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 )
             stub = services_rpc.WorkerStub(candidate.entry.peer.rpc)
             streamed = False
+            outcome: StatusCode | None = None
             try:
                 async with stub.Infer(
                     request,
@@ -232,10 +253,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                         streamed = True
                         yield chunk
                         if chunk.done:
+                            outcome = StatusCode.OK
                             await self._finalise(cid, chunk)
                             return
+                outcome = StatusCode.UNAVAILABLE
                 raise Unavailable(f"worker {worker_id} ended the stream without a final chunk")
             except RpcError as exc:
+                outcome = exc.code
                 if streamed or exc.code not in _PLACE_ELSEWHERE:
                     if exc.code == StatusCode.UNAVAILABLE:
                         raise Unavailable(
@@ -245,7 +269,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     raise
                 log.info("worker %s refused %s (%s); trying the next", worker_id, cid, exc)
                 last_error = exc
-        assert last_error is not None
+            finally:
+                if outcome is None:
+                    self.breakers.release(model, region)
+                else:
+                    self.breakers.record(model, region, outcome)
+        if last_error is None:
+            raise Unavailable(f"{model}: every candidate's circuit is being probed; retry soon")
         raise last_error
 
     async def _finalise(self, cid: str, last: infer_pb2.Infer.Chunk) -> None:

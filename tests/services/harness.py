@@ -21,6 +21,7 @@ import trio
 
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
+from orchestrator.breaker import CircuitBreakers
 from orchestrator.discovery import DiscoverySub
 from orchestrator.service import OrchestratorService
 from p2p_transport.cenc import SocketAddress
@@ -53,6 +54,7 @@ class ScriptedEngine:
         self.models = models
         self.step_s = step_s
         self.started = 0
+        self.fail_with: Exception | None = None
         self.running = trio.Event()
         self.gate: trio.Event | None = None
 
@@ -67,6 +69,8 @@ class ScriptedEngine:
     ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
         self.started += 1
         self.running.set()
+        if self.fail_with is not None:
+            raise self.fail_with
         n = request.params.max_tokens or 4
         for i in range(n):
             if self.gate is not None:
@@ -202,6 +206,7 @@ async def fleet(
     watch_regions: tuple[str, ...] = (),
     networks: NetworkFactory | None = None,
     clock_ms: Callable[[], int] = virtual_ms,
+    breaker_open_s: float = 30.0,
 ) -> AsyncIterator[Fleet]:
     """Registry, orchestrator, gateway and a client; workers come with ``add_worker``.
 
@@ -232,6 +237,7 @@ async def fleet(
             store=store,
             region=region,
             registry_topic=topics.registry(region),
+            breakers=CircuitBreakers(failure_threshold=3, open_s=breaker_open_s),
         )
         orch_net.handlers.update(collect_handlers(orchestrator))
         await nursery.start(

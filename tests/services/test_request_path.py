@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking, telemetry
+from tether.errors import Internal
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2, jobs_pb2
 
@@ -248,6 +249,32 @@ async def a_tenant_past_its_quota_is_refused_before_dispatch(open_fleet: OpenFle
         assert "quota" in info.value.message
         assert engine.started == 1
         await collect(gw, request(n=4), token)  # what is left still fits
+
+
+@scenario
+async def a_failing_pool_trips_its_breaker_and_recovers(open_fleet: OpenFleet) -> None:
+    async with open_fleet(breaker_open_s=2.0) as f:
+        engine = ScriptedEngine([(MODEL, "1.0")])
+        engine.fail_with = Internal("engine crashed")
+        await f.add_worker("w1", engine=engine)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        token = f.token("acme")
+        for _ in range(3):
+            with pytest.raises(RpcError) as info:
+                await collect(gw, request(), token)
+            assert info.value.code == StatusCode.INTERNAL
+        # Open: refused at once, the failing pool is not called.
+        with pytest.raises(RpcError) as info:
+            await collect(gw, request(), token)
+        assert info.value.code == StatusCode.UNAVAILABLE
+        assert "circuit open" in info.value.message
+        assert engine.started == 3
+        # After the open period one probe goes through; its success closes the breaker.
+        engine.fail_with = None
+        await trio.sleep(2.5)
+        assert len(await collect(gw, request(), token)) == 4
+        assert len(await collect(gw, request(), token)) == 4
 
 
 @pytest.mark.parametrize("fn", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
