@@ -172,16 +172,16 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             error = RpcError.from_exception(exc)
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
                 error = RpcError(StatusCode.CANCELLED, "client cancelled")
+            cancelled = error.code == StatusCode.CANCELLED
+
+            def record_failure() -> None:
+                state = jobs_pb2.JOB_STATE_CANCELLED if cancelled else jobs_pb2.JOB_STATE_FAILED
+                self.store.update_job(cid, state, error=error.to_proto())
+                if not cancelled:  # a failed job and its request go to the DLQ
+                    self.store.dead_letter(dispatched, error.to_proto())
+
             with trio.CancelScope(shield=True):
-                await blocking.run_sync(
-                    lambda: self.store.update_job(
-                        cid,
-                        jobs_pb2.JOB_STATE_CANCELLED
-                        if error.code == StatusCode.CANCELLED
-                        else jobs_pb2.JOB_STATE_FAILED,
-                        error=error.to_proto(),
-                    )
-                )
+                await blocking.run_sync(record_failure)
             raise
 
     def _candidates(

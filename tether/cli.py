@@ -21,6 +21,7 @@ import trio
 
 from tether import process
 from tether.errors import TetherError
+from tether.metadata.store import MetadataStore, sqlite_url
 
 SERVICES = {
     "gateway": "gateway.main",
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False)
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
     _add_prompt_arguments(p)
+    p = sub.add_parser("dlq", help="list failed jobs kept in the dead-letter queue")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
+    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
     p = sub.add_parser("token", help="issue a tenant token")
     p.add_argument("--tenant", required=True)
     p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
@@ -130,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             return trio.run(_infer, args)
         if args.command == "token":
             return _token(args)
+        if args.command == "dlq":
+            return _dlq(args)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
@@ -200,13 +207,40 @@ async def _infer(args: argparse.Namespace) -> int:
     return await _stream_prompt(bootstrap, args.token, gateway, args)
 
 
-def _token(args: argparse.Namespace) -> int:
-    from tether.metadata.store import MetadataStore, sqlite_url
-
+def _open_store(args: argparse.Namespace) -> MetadataStore:
     url = args.metadata_url or sqlite_url(Path(args.data_dir) / "metadata.db")
     store = MetadataStore(url)
+    store.migrate()
+    return store
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    """One JSON line per dead letter, newest first."""
+    from tether.v1 import infer_pb2, status_pb2
+
+    store = _open_store(args)
     try:
-        store.migrate()
+        for letter in store.dead_letters(limit=args.limit):
+            request = infer_pb2.Infer.Request.FromString(letter.request)
+            print(json.dumps({
+                "correlation_id": letter.correlation_id,
+                "tenant": letter.tenant_id,
+                "model": f"{letter.model_id}@{letter.version}",
+                "worker": letter.worker_id,
+                "attempts": letter.attempts,
+                "error": status_pb2.StatusCode.Name(letter.error_code).removeprefix("STATUS_CODE_"),
+                "message": letter.error_message,
+                "input": request.input.WhichOneof("kind"),
+                "at_unix_ms": letter.created_unix_ms,
+            }))
+    finally:
+        store.close()
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
         print(store.issue_token(args.tenant, label="tether token"))
     finally:
         store.close()

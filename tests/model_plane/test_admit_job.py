@@ -7,7 +7,7 @@ import pytest
 
 from tether.errors import AlreadyExists, ResourceExhausted
 from tether.metadata import MetadataStore
-from tether.v1 import jobs_pb2
+from tether.v1 import infer_pb2, jobs_pb2, status_pb2
 
 
 def admit(store: MetadataStore, cid: str, retry: str = "r1", tenant: str = "acme", tokens: int = 5):
@@ -39,3 +39,17 @@ def test_a_quota_that_does_not_fit_writes_nothing(store: MetadataStore) -> None:
     # No reservation and no job were left behind by the refused request.
     assert admit(store, "q2", tenant="metered", tokens=3).created
     assert store.consume_quota("metered", 0) == 0
+
+
+def test_failed_jobs_wait_in_the_dead_letter_queue(store: MetadataStore) -> None:
+    admit(store, "d1")
+    request = infer_pb2.Infer.Request(
+        correlation_id="d1", retry_token="r1", tenant_id="acme", model_id="m", version="1.0"
+    )
+    request.input.text = "poison"
+    error = status_pb2.Error(code=status_pb2.STATUS_CODE_INTERNAL, message="engine crashed")
+    store.dead_letter(request, error)
+    (letter,) = store.dead_letters()
+    assert (letter.correlation_id, letter.worker_id, letter.attempts) == ("d1", "w1", 1)
+    assert (letter.error_code, letter.error_message) == (13, "engine crashed")
+    assert infer_pb2.Infer.Request.FromString(letter.request) == request

@@ -23,6 +23,7 @@ from tether.metadata import MetadataStore, hash_token
 from tether.v1 import infer_pb2, jobs_pb2, status_pb2
 
 TABLES = {"models", "model_versions", "capabilities", "policies", "artifacts", "jobs",
+          "dead_letters",
           "reservations", "quotas", "tenant_tokens", "usage"}
 
 

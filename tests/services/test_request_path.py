@@ -270,6 +270,12 @@ async def a_failing_pool_trips_its_breaker_and_recovers(open_fleet: OpenFleet) -
         assert info.value.code == StatusCode.UNAVAILABLE
         assert "circuit open" in info.value.message
         assert engine.started == 3
+        # The three failed jobs and their requests wait in the dead-letter queue.
+        letters = f.store.dead_letters()
+        assert [(d.error_code, d.worker_id, d.model_id) for d in letters] == [
+            (StatusCode.INTERNAL, "w1", MODEL)
+        ] * 3
+        assert infer_pb2.Infer.Request.FromString(letters[0].request).input.text == "hello"
         # After the open period one probe goes through; its success closes the breaker.
         engine.fail_with = None
         await trio.sleep(2.5)

@@ -445,6 +445,29 @@ class MetadataStore:
             s.add(row)
             s.commit()
 
+    # ------------------------------------------------------------- dead letters
+
+    def dead_letter(self, request: infer_pb2.Infer.Request, error: status_pb2.Error, *,
+                    worker_id: str = "") -> None:
+        """Keep a failed job's request and error (the DLQ)."""
+        job = self.get_job(request.correlation_id)
+        with self.session() as s:
+            s.add(t.DeadLetter(
+                correlation_id=request.correlation_id,
+                retry_token=request.retry_token,
+                tenant_id=request.tenant_id, model_id=request.model_id,
+                version=request.version, worker_id=worker_id or job.worker_id,
+                request=request.SerializeToString(deterministic=True),
+                error_code=int(error.code), error_message=error.message,
+                attempts=job.attempts, created_unix_ms=self._clock()))
+            s.commit()
+
+    def dead_letters(self, *, limit: int = 100) -> list[t.DeadLetter]:
+        """The newest dead letters first."""
+        with self.session() as s:
+            return list(s.exec(select(t.DeadLetter)
+                               .order_by(col(t.DeadLetter.id).desc()).limit(limit)).all())
+
     # ------------------------------------------------------------------- usage
 
     def record_usage(self, correlation_id: str, usage: infer_pb2.Usage) -> None:

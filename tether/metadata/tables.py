@@ -7,7 +7,7 @@ Models: ``models`` (one row per model id), ``model_versions`` (one per MAJOR.MIN
 serialized ``tether.v1.ModelRecord``), ``capabilities`` and ``policies`` (queryable columns of
 that record), ``artifacts`` (what each version is made of). Requests: ``jobs``,
 ``reservations`` (unique on correlation id + retry token), ``quotas``, ``tenant_tokens``
-(SHA-256 of the token, never the token), ``usage``.
+(SHA-256 of the token, never the token), ``usage``, ``dead_letters`` (failed jobs).
 """
 
 from __future__ import annotations
@@ -132,3 +132,23 @@ class Usage(SQLModel, table=True):
     compute_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     queue_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     recorded_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class DeadLetter(SQLModel, table=True):
+    """A failed job kept for analysis and replay (the spec's Error Queue / DLQ): the
+    request as it was dispatched, the typed error, and where it failed."""
+
+    __tablename__ = "dead_letters"
+
+    id: int | None = Field(default=None, primary_key=True)
+    correlation_id: str = Field(index=True, max_length=128)
+    retry_token: str = Field(max_length=128)
+    tenant_id: str = Field(max_length=128)
+    model_id: str = Field(max_length=128)
+    version: str = Field(max_length=32)
+    worker_id: str = Field(default="", max_length=128)
+    request: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    error_code: int
+    error_message: str = Field(default="")
+    attempts: int = Field(default=0)
+    created_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
