@@ -62,6 +62,7 @@ async def _stream_prompt(
             max_tokens=args.max_tokens,
             temperature=args.temperature,
             seed=args.seed,
+            greedy=args.greedy,
             timeout=args.timeout,
         ):
             if not echoed:  # the prompt, once the answer starts
@@ -87,8 +88,12 @@ def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--embed", action="append", metavar="TEXT", help="embed TEXT instead")
     p.add_argument("--max-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature (default 0: the model's own, 0.8 for kjv-textgen)")
+    p.add_argument("--greedy", action="store_true",
+                   help="always take the likeliest token: the same prompt gives the same answer")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed for a repeatable answer (default 0: a fresh one each time)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
 

@@ -49,12 +49,15 @@ class GatewayClient:
         max_tokens: int = 0,
         temperature: float = 0.0,
         seed: int = 0,
+        greedy: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        """Stream a completion. ``temperature`` 0 is the model's default and ``seed`` 0
+        a fresh seed; ``greedy`` always takes the likeliest token (repeatable)."""
         request = infer_pb2.Infer.Request(model_id=model, version=version)
         request.input.text = prompt
         request.params.max_tokens = max_tokens
-        request.params.temperature = temperature
+        request.params.temperature = GREEDY_TEMPERATURE if greedy else temperature
         request.params.seed = seed
         return self.infer(request, timeout=timeout)
 
@@ -69,6 +72,11 @@ class GatewayClient:
         return await self.stub.ListModels(
             services_pb2.ListModelsRequest(), metadata=self.metadata, timeout=30
         )
+
+
+# A zero temperature on the wire means "the model's default"; workers decode any
+# temperature below 1e-4 greedily, so greedy decoding is asked for with a tiny one.
+GREEDY_TEMPERATURE = 1e-6
 
 
 @asynccontextmanager

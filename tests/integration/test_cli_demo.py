@@ -22,7 +22,8 @@ def test_tether_demo_streams_a_real_answer_and_exits_cleanly(tmp_path: Path) -> 
     result = subprocess.run(
         [
             sys.executable, "-m", "tether.cli", "demo",
-            "--prompt", "And God said", "--max-tokens", "20", "--data-dir", str(tmp_path),
+            "--prompt", "And God said", "--max-tokens", "20", "--greedy",
+            "--data-dir", str(tmp_path),
         ],
         cwd=ROOT,
         env=env,
@@ -34,7 +35,9 @@ def test_tether_demo_streams_a_real_answer_and_exits_cleanly(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr[-4000:]
     answer = result.stdout.strip()
     assert answer.startswith("And God said")
+    # Greedy decoding of the committed model: the same answer every run, and the
+    # model never ends a verse this early, so all 20 tokens come back.
     generated = answer[len("And God said") :].split()
     assert len(generated) >= 8, answer
-    assert "tokens from kjv-textgen" in result.stderr
+    assert "-- 20 tokens from kjv-textgen" in result.stderr
     assert "did not stop" not in result.stderr

@@ -72,16 +72,14 @@ async def tether_network(tmp_path: Path) -> AsyncIterator[Network]:
             nursery.cancel_scope.cancel()
 
 
-async def generate(
-    net: Network, prompt: str, *, max_tokens: int, temperature: float = 0.0
-) -> tuple[str, list]:
+async def generate(net: Network, prompt: str, *, max_tokens: int) -> tuple[str, list]:
     async with connect_gateway(net.bootstrap, net.token, gateway_key=net.gateway_key) as client:
         chunks = []
         for _attempt in range(30):
             try:
                 chunks = [c async for c in client.generate(
-                        "kjv-textgen", prompt, max_tokens=max_tokens, temperature=temperature
-                    )]
+                    "kjv-textgen", prompt, max_tokens=max_tokens, greedy=True
+                )]
                 break
             except RpcError as exc:
                 # The first requests may race the worker's first heartbeat.
@@ -95,9 +93,7 @@ def test_both_shipped_models_stream_through_the_network(tmp_path: Path) -> None:
     async def main() -> None:
         with trio.fail_after(240):
             async with tether_network(tmp_path) as net:
-                text, chunks = await generate(
-                    net, "And God said", max_tokens=12, temperature=0.0
-                )
+                text, chunks = await generate(net, "And God said", max_tokens=12)
                 assert chunks[-1].done
                 assert chunks[-1].usage.output_tokens == 12
                 words = text.split()

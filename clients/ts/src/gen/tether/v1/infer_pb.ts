@@ -204,11 +204,15 @@ export type GenerationParams = Message<"tether.v1.GenerationParams"> & {
   maxTokens: number;
 
   /**
+   * 0 means the model's default; any value below 1e-4 decodes greedily.
+   *
    * @generated from field: float temperature = 2;
    */
   temperature: number;
 
   /**
+   * 0 means a fresh seed per request; any other value makes sampling repeatable.
+   *
    * @generated from field: uint64 seed = 3;
    */
   seed: bigint;
