@@ -11,15 +11,21 @@ request lifecycle (§10) from placement to finalisation.
     (UNAVAILABLE, RESOURCE_EXHAUSTED) hands the request to the next one;
  4. stream the worker's chunks back; finalise the job and record usage.
 
-A worker lost mid-stream ends the request with UNAVAILABLE and the job is
-marked FAILED; resuming it elsewhere needs the retry manager's replay, which
-is not part of this service yet.
+A worker lost mid-stream (UNAVAILABLE, or a stream without its final chunk)
+does not end the request while candidates remain: the next one replays it, the
+replayed chunks the client already has are checked against a digest of what
+was sent and skipped, and the stream goes on from there. Sampling is repeatable
+because a seed is pinned at admission. A replay that differs is not spliced:
+the request ends with UNAVAILABLE, as it does when no candidate is left; such a
+job is marked FAILED and its request goes to the dead-letter queue.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import trio
@@ -28,7 +34,7 @@ from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
 from tether import blocking, telemetry, topics
-from tether.errors import AlreadyExists, InvalidArgument, Unavailable
+from tether.errors import AlreadyExists, InvalidArgument, TetherError, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
 from tether.rpc import RpcError, ServerContext, StatusCode
@@ -139,6 +145,10 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         dispatched = infer_pb2.Infer.Request()
         dispatched.CopyFrom(request)
         dispatched.version = record.model.version
+        if request.input.WhichOneof("kind") == "text" and not request.params.seed:
+            # Pinned, so that a replay on another worker (one lost mid-stream) samples the
+            # same answer and can be spliced onto what the client already has.
+            dispatched.params.seed = secrets.randbits(63) | 1
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
         candidates = self._candidates(request, record)
@@ -225,6 +235,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         cid = request.correlation_id
         last_error: RpcError | None = None
         model = request.model_id
+        resume = _Resume()
         for attempt, candidate in enumerate(candidates):
             worker_id = candidate.entry.worker_id
             region = candidate.entry.presence.region
@@ -241,7 +252,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     )
                 )
             stub = services_rpc.WorkerStub(candidate.entry.peer.rpc)
-            streamed = False
+            replay = resume.replay()
             outcome: StatusCode | None = None
             try:
                 async with stub.Infer(
@@ -250,22 +261,31 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     timeout=context.remaining_timeout(),
                 ) as chunks:
                     async for chunk in chunks:
-                        streamed = True
+                        if not replay.accept(chunk):
+                            continue  # the client has this one already
+                        resume.delivered(chunk)
                         yield chunk
                         if chunk.done:
                             outcome = StatusCode.OK
                             await self._finalise(cid, chunk)
                             return
-                outcome = StatusCode.UNAVAILABLE
-                raise Unavailable(f"worker {worker_id} ended the stream without a final chunk")
+                raise RpcError(
+                    StatusCode.UNAVAILABLE,
+                    f"worker {worker_id} ended the stream without a final chunk",
+                )
+            except _Diverged as exc:  # the worker is fine; the request cannot be spliced
+                what = last_error.message if last_error is not None else "a worker was lost"
+                raise Unavailable(f"{what}; {exc.message}", details=exc.details) from None
             except RpcError as exc:
                 outcome = exc.code
-                if streamed or exc.code not in _PLACE_ELSEWHERE:
-                    if exc.code == StatusCode.UNAVAILABLE:
-                        raise Unavailable(
-                            f"worker {worker_id} was lost mid-stream: {exc.message}",
-                            details={"worker_id": worker_id},
-                        ) from None
+                if resume.count and exc.code == StatusCode.UNAVAILABLE:
+                    # Lost mid-stream: the next candidate replays the request and the
+                    # chunks the client already has are checked and skipped.
+                    lost = resume.lost(worker_id, exc)
+                    log.info("%s; resuming %s at chunk %d elsewhere", lost, cid, resume.count)
+                    last_error = lost
+                    continue
+                if replay.streamed or exc.code not in _PLACE_ELSEWHERE:
                     raise
                 log.info("worker %s refused %s (%s); trying the next", worker_id, cid, exc)
                 last_error = exc
@@ -276,6 +296,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     self.breakers.record(model, region, outcome)
         if last_error is None:
             raise Unavailable(f"{model}: every candidate's circuit is being probed; retry soon")
+        if resume.count:
+            raise resume.unresumed(last_error)
         raise last_error
 
     async def _finalise(self, cid: str, last: infer_pb2.Infer.Chunk) -> None:
@@ -305,3 +327,78 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ]
         )
 
+
+
+class _Resume:
+    """What a client has received of one request, so that another worker can resume it.
+
+    Generation is repeatable (the orchestrator pins a seed when the client did not give
+    one), so a replay on another worker streams the same chunks again; the ones the
+    client already has are compared by digest and skipped. A replay that differs (a
+    different backend computed other numbers) cannot be spliced and ends the request.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._digest = hashlib.blake2b(digest_size=16)
+        self.lost_workers: list[str] = []
+
+    def delivered(self, chunk: infer_pb2.Infer.Chunk) -> None:
+        self.count += 1
+        self._digest.update(_chunk_bytes(chunk))
+
+    def replay(self) -> _Replay:
+        return _Replay(self.count, self._digest.digest())
+
+    def lost(self, worker_id: str, exc: RpcError) -> RpcError:
+        self.lost_workers.append(worker_id)
+        return RpcError(
+            StatusCode.UNAVAILABLE,
+            f"worker {worker_id} was lost mid-stream after {self.count} chunks: {exc.message}",
+            details={"worker_id": worker_id, "delivered": str(self.count)},
+        )
+
+    def unresumed(self, last: RpcError) -> RpcError:
+        details = dict(last.details)
+        details["lost_workers"] = ",".join(self.lost_workers)
+        if last.code == StatusCode.UNAVAILABLE and "was lost mid-stream" in last.message:
+            message = f"{last.message}; no other worker could resume it"
+        else:
+            message = (f"{', '.join(self.lost_workers)} lost mid-stream; resuming failed: "
+                       f"{last.message}")
+        return RpcError(last.code, message, details=details)
+
+
+class _Replay:
+    """One attempt's view: its first ``skip`` chunks must reproduce what was sent."""
+
+    def __init__(self, skip: int, expected: bytes) -> None:
+        self.skip = skip
+        self.streamed = False
+        self._expected = expected
+        self._digest = hashlib.blake2b(digest_size=16)
+        self._seen = 0
+
+    def accept(self, chunk: infer_pb2.Infer.Chunk) -> bool:
+        """False for a replayed chunk the client has; raises if the replay diverged."""
+        self.streamed = True
+        if self._seen >= self.skip:
+            return True
+        self._seen += 1
+        self._digest.update(_chunk_bytes(chunk))
+        # A final chunk here means a shorter answer than the one being sent.
+        if chunk.done or (self._seen == self.skip and self._digest.digest() != self._expected):
+            raise _Diverged(
+                f"its replay on worker {chunk.worker_id} differs from the {self.skip} "
+                "chunks already sent, so it cannot be resumed there",
+                details={"worker_id": chunk.worker_id, "delivered": str(self.skip)},
+            )
+        return False
+
+
+class _Diverged(TetherError):
+    """A replay that does not reproduce the chunks already sent."""
+
+
+def _chunk_bytes(chunk: infer_pb2.Infer.Chunk) -> bytes:
+    return chunk.payload.SerializeToString(deterministic=True) + b"\x00"

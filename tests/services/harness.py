@@ -50,9 +50,13 @@ def virtual_ms() -> int:
 class ScriptedEngine:
     """Test double of the execution engine (see the module docstring)."""
 
-    def __init__(self, models: list[tuple[str, str]], *, step_s: float = 0.1) -> None:
+    def __init__(
+        self, models: list[tuple[str, str]], *, step_s: float = 0.1, word: str = "w"
+    ) -> None:
         self.models = models
         self.step_s = step_s
+        self.word = word
+        self.requests: list[infer_pb2.Infer.Request] = []
         self.started = 0
         self.fail_with: Exception | None = None
         self.running = trio.Event()
@@ -68,6 +72,7 @@ class ScriptedEngine:
         self, request: infer_pb2.Infer.Request
     ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
         self.started += 1
+        self.requests.append(request)
         self.running.set()
         if self.fail_with is not None:
             raise self.fail_with
@@ -84,7 +89,7 @@ class ScriptedEngine:
                     version=request.version,
                     output_tokens=n,
                 )
-            yield infer_pb2.Payload(text=f" w{i}"), usage
+            yield infer_pb2.Payload(text=f" {self.word}{i}"), usage
 
 
 def model_record(publisher: KeyPair, model: str = MODEL, version: str = VERSION):

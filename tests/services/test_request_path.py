@@ -124,6 +124,65 @@ async def a_worker_killed_mid_stream_ends_the_request_clearly(open_fleet: OpenFl
         assert f.store.get_job("job-k").state == jobs_pb2.JOB_STATE_FAILED
 
 
+async def _stream_and_kill_the_server(
+    f: Fleet, req: infer_pb2.Infer.Request, after: int, got: list[infer_pb2.Infer.Chunk]
+) -> None:
+    """Stream ``req`` into ``got``, killing whichever worker serves it after ``after`` chunks."""
+    gw = await f.gateway()
+    with trio.fail_after(60):
+        async with gw.Infer(req, metadata=f.token("acme")) as chunks:
+            async for c in chunks:
+                got.append(c)
+                if len(got) == after:
+                    f.kill_worker(c.worker_id)
+
+
+@scenario
+async def a_worker_lost_mid_stream_is_resumed_on_another(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
+        engines = {w: ScriptedEngine([(MODEL, "1.0")], step_s=0.2) for w in ("w1", "w2")}
+        for worker_id, engine in engines.items():
+            await f.add_worker(worker_id, engine=engine)
+        await f.discovery.wait_for(lambda s: len(s) == 2)
+        got: list[infer_pb2.Infer.Chunk] = []
+        await _stream_and_kill_the_server(f, request(n=12, correlation_id="job-r"), 3, got)
+        # Every chunk exactly once, in order, the last ones from the other worker.
+        assert "".join(c.payload.text for c in got) == "".join(f" w{i}" for i in range(12))
+        assert [c.seq for c in got] == list(range(12))
+        lost, other = got[0].worker_id, got[-1].worker_id
+        assert {c.worker_id for c in got[:3]} == {lost}
+        assert {c.worker_id for c in got[3:]} == {other}
+        assert other != lost and got[-1].done and got[-1].usage.output_tokens == 12
+        # Both attempts ran the same pinned seed: a sampled answer replays identically.
+        seeds = {e.requests[0].params.seed for e in engines.values()}
+        assert len(seeds) == 1 and seeds != {0}
+        job = f.store.get_job("job-r")
+        assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
+        assert job.worker_id == other and job.attempts == 2
+        assert f.store.dead_letters() == []
+
+
+@scenario
+async def a_replay_that_differs_is_not_spliced(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
+        # Two workers that answer differently (say, two backends): neither can finish
+        # what the other started.
+        for worker_id, word in (("w1", "a"), ("w2", "b")):
+            await f.add_worker(worker_id, engine=ScriptedEngine([(MODEL, "1.0")], step_s=0.2,
+                                                                word=word))
+        await f.discovery.wait_for(lambda s: len(s) == 2)
+        got: list[infer_pb2.Infer.Chunk] = []
+        with pytest.raises(RpcError) as info:
+            await _stream_and_kill_the_server(f, request(n=12, correlation_id="job-d"), 3, got)
+        assert info.value.code == StatusCode.UNAVAILABLE
+        assert f"worker {got[0].worker_id} was lost mid-stream after 3 chunks" in info.value.message
+        assert "differs from the 3 chunks already sent" in info.value.message
+        assert len(got) == 3
+        assert f.store.get_job("job-d").state == jobs_pb2.JOB_STATE_FAILED
+        [letter] = f.store.dead_letters()
+        assert letter.error_code == StatusCode.UNAVAILABLE and letter.attempts == 2
+
+
 @scenario
 async def bad_tokens_are_refused(open_fleet: OpenFleet) -> None:
     async with open_fleet() as f:
