@@ -166,7 +166,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             )
             async with connect_gateway(bootstrap, token, gateway_key=gateway_key) as gw:
                 await _wait_ready(gw)
-                direct_net = SwarmNetwork(KeyPair.generate(), {}, bootstrap=bootstrap)
+                # The worker takes work only from known peers: this client is made one.
+                direct_key = KeyPair.generate()
+                direct_key.save_public(data_dir / "keys" / "bench-client.pub")
+                direct_net = SwarmNetwork(direct_key, {}, bootstrap=bootstrap)
                 async with direct_net.running():
                     peer = await direct_net.connect(worker_key)
                     worker = services_rpc.WorkerStub(peer.rpc)

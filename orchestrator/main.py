@@ -43,6 +43,7 @@ async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
     discovery = DiscoverySub(network)
     service = OrchestratorService(
+        callers=config.callers("gateway"),
         network=network,
         discovery=discovery,
         store=store,

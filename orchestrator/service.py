@@ -34,6 +34,7 @@ from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
 from tether import blocking, telemetry, topics
+from tether.callers import CallerPolicy
 from tether.errors import AlreadyExists, InvalidArgument, TetherError, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
@@ -74,8 +75,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         weights: Weights | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         breakers: CircuitBreakers | None = None,
+        callers: CallerPolicy | None = None,
     ) -> None:
         self.network = network
+        #: Who may submit work and read jobs: gateways. None: anyone (embedded use).
+        self.callers = callers or CallerPolicy.anyone()
         self.discovery = discovery
         self.store = store
         self.region = region
@@ -136,6 +140,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     async def Submit(
         self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        self.callers.check(context)
         if not request.correlation_id:
             raise InvalidArgument("correlation_id is required")
         if not request.model_id:
@@ -311,6 +316,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     async def GetJob(
         self, request: services_pb2.GetJobRequest, context: ServerContext
     ) -> jobs_pb2.JobStatus:
+        self.callers.check(context)
         return await blocking.run_sync(
             lambda: self.store.get_job(request.correlation_id)
         )
@@ -318,6 +324,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     async def GetFleet(
         self, request: services_pb2.GetFleetRequest, context: ServerContext
     ) -> services_pb2.GetFleetResponse:
+        self.callers.check(context)
         entries = self.discovery.snapshot()
         return services_pb2.GetFleetResponse(
             workers=[

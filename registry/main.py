@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(config: process.ServiceConfig) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
-    service = RegistryService(Catalog(store))
+    service = RegistryService(Catalog(store), callers=config.callers("publisher"))
     network = SwarmNetwork(
         config.keypair(), collect_handlers(service), bootstrap=config.bootstrap, host=config.host
     )

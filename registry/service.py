@@ -5,22 +5,31 @@ from __future__ import annotations
 
 from registry.catalog import Catalog, check_policy
 from tether import blocking
+from tether.callers import CallerPolicy
 from tether.errors import PermissionDenied
 from tether.rpc import ServerContext
 from tether.v1 import registry_pb2, services_pb2, services_rpc
 
 
 class RegistryService(services_rpc.RegistryServicer):
-    def __init__(self, catalog: Catalog, *, publishers: set[bytes] | None = None) -> None:
+    def __init__(self, catalog: Catalog, *, callers: CallerPolicy | None = None) -> None:
         self.catalog = catalog
-        #: Keys allowed to publish over RPC; None allows any signed record's key.
-        self.publishers = publishers
+        #: Who may publish over RPC: known publishers. None: anyone (embedded use).
+        self.callers = callers or CallerPolicy.anyone()
 
     async def Publish(
         self, request: registry_pb2.ModelRecord, context: ServerContext
     ) -> registry_pb2.ModelRecord:
-        if self.publishers is not None and request.publisher_key not in self.publishers:
-            raise PermissionDenied("publisher key is not allowed to publish to this registry")
+        """Publish a version. Workers trust artifacts signed by a record's
+        ``publisher_key``, so only that key's holder may publish the record: the caller's
+        connection key must be it (and a known publisher)."""
+        self.callers.check(context)
+        if context.peer != request.publisher_key.hex():
+            raise PermissionDenied(
+                "a version is published by its publisher: connect with the key named in "
+                "publisher_key",
+                details={"peer": context.peer, "publisher_key": request.publisher_key.hex()},
+            )
         return await blocking.run_sync(lambda: self.catalog.publish(request))
 
     async def Resolve(

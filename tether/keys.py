@@ -56,6 +56,15 @@ class KeyPair:
         finally:
             os.close(fd)
 
+    def save_public(self, path: str | os.PathLike[str]) -> None:
+        """Write the public key (hex, one line) to ``path``, e.g. ``<name>.pub``; it is
+        not secret: it is how other services on this machine know this one."""
+        p = Path(path)
+        text = self.public_key.hex() + "\n"
+        if not p.exists() or p.read_text() != text:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KeyPair:
         p = Path(path)

@@ -116,6 +116,7 @@ def publish_shipped_models(data_dir: Path) -> list[str]:
     try:
         store.migrate()
         publisher = KeyPair.load_or_generate(data_dir / "keys" / "publisher.key")
+        publisher.save_public(data_dir / "keys" / "publisher.pub")
         replicas = [LocalDirectoryStore(data_dir / "artifacts" / f"r{i}") for i in range(3)]
         artifacts = ArtifactStore(replicas, trusted_keys={publisher.public_key})
         catalog = Catalog(store)

@@ -15,7 +15,12 @@ flag               environment            default
 ``--metadata-url`` ``TETHER_METADATA_URL`` SQLite file in the data dir
 ``--key-file``     ``TETHER_KEY_FILE``    ``<data-dir>/keys/<service>.key``
 ``--host``         ``TETHER_HOST``        ``127.0.0.1``
+``--allow-caller`` ``TETHER_ALLOW_CALLERS`` the keys in ``<data-dir>/keys/*.pub``
 =================  =====================  ===================================
+
+A service writes its public key next to its key file (``<service>.pub``). The
+orchestrator takes work only from known gateways, a worker only from known
+orchestrators: see :mod:`tether.callers`.
 
 A service prints exactly one JSON line on stdout once it is reachable, e.g.
 ``{"service": "gateway", "public_key": "<64 hex>", "region": "local"}``; logs
@@ -39,6 +44,7 @@ import trio
 
 from p2p_transport.cenc import SocketAddress
 from tether import telemetry, topics
+from tether.callers import CallerPolicy, parse_key
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore, sqlite_url
 from tether.net.swarm import parse_address
@@ -56,6 +62,9 @@ class ServiceConfig:
     log_level: str
     #: Serve Prometheus metrics on 127.0.0.1:<port> (None: no endpoint).
     metrics_port: int | None = None
+    #: Peers allowed to call the privileged methods besides the keys folder's (see callers).
+    allow_callers: tuple[bytes, ...] = ()
+    allow_any_caller: bool = False
 
     @classmethod
     def local(
@@ -80,7 +89,24 @@ class ServiceConfig:
         )
 
     def keypair(self) -> KeyPair:
-        return KeyPair.load_or_generate(self.key_file)
+        """This service's key pair (made on first start); its public key is written to
+        ``<key-file>.pub`` so that services sharing the data folder know it."""
+        keypair = KeyPair.load_or_generate(self.key_file)
+        keypair.save_public(self.key_file.with_suffix(".pub"))
+        return keypair
+
+    def callers(self, role: str) -> CallerPolicy:
+        """Who may call this service's privileged methods (``role``: who they should be)."""
+        if self.allow_any_caller:
+            logging.getLogger("tether.callers").warning(
+                "--allow-any-caller: any peer may call the %s's privileged methods", self.service
+            )
+        return CallerPolicy(
+            self.allow_callers,
+            keys_dir=self.data_dir / "keys",
+            allow_any=self.allow_any_caller,
+            role=role,
+        )
 
     def open_store(self) -> MetadataStore:
         store = MetadataStore(self.metadata_url)
@@ -110,6 +136,21 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"))
     parser.add_argument("--log-level", default=env("TETHER_LOG_LEVEL", "INFO"))
     parser.add_argument(
+        "--allow-caller",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="public key (64 hex) of a peer allowed to send this service work: a gateway "
+        "for the orchestrator, an orchestrator for a worker (repeatable; env "
+        "TETHER_ALLOW_CALLERS, comma-separated; the keys in <data-dir>/keys/*.pub always are)",
+    )
+    parser.add_argument(
+        "--allow-any-caller",
+        action="store_true",
+        default=env("TETHER_ALLOW_ANY_CALLER", "") not in ("", "0", "false"),
+        help="take work from any peer (only on a closed network)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=int(env("TETHER_METRICS_PORT", "0")) or None,
@@ -138,7 +179,7 @@ def parse_args(
         if unknown:
             raise SystemExit(f"{service}: unknown settings in {pre.config}: {', '.join(unknown)}")
         for key, value in values.items():
-            if key == "bootstrap" and isinstance(value, str):
+            if key in ("bootstrap", "allow_caller") and isinstance(value, str):
                 values[key] = [value]
         parser.set_defaults(**values)
     return parser.parse_args(argv)
@@ -177,6 +218,16 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         data_dir = Path(caller_dir) / data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     key_file = Path(args.key_file) if args.key_file else data_dir / "keys" / f"{args.service}.key"
+    callers = [
+        k.strip()
+        for item in (args.allow_caller or [os.environ.get("TETHER_ALLOW_CALLERS", "")])
+        for k in item.split(",")
+        if k.strip()
+    ]
+    try:
+        allow_callers = tuple(parse_key(k) for k in callers)
+    except ValueError as exc:
+        raise SystemExit(f"{args.service}: --allow-caller: {exc}") from None
     return ServiceConfig(
         service=args.service,
         region=args.region,
@@ -187,6 +238,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         host=args.host,
         log_level=args.log_level,
         metrics_port=args.metrics_port,
+        allow_callers=allow_callers,
+        allow_any_caller=bool(args.allow_any_caller),
     )
 
 

@@ -122,6 +122,7 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
             ),
             engine,
             keypair,
+            callers=config.callers("orchestrator"),
         )
         network.handlers.update(collect_handlers(service))
         await network.join(topics.presence(config.region), server=True, client=False)

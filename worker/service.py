@@ -20,6 +20,7 @@ from typing import Protocol
 import trio
 
 from tether import signing, telemetry
+from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
 from tether.rpc import ServerContext
@@ -69,8 +70,11 @@ class WorkerService(services_rpc.WorkerServicer):
         keypair: KeyPair,
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        callers: CallerPolicy | None = None,
     ) -> None:
         self.config = config
+        #: Who may send work (``Infer``): orchestrators. None: anyone (embedded use).
+        self.callers = callers or CallerPolicy.anyone()
         self.engine = engine
         self.keypair = keypair
         self.clock_ms = clock_ms
@@ -145,6 +149,7 @@ class WorkerService(services_rpc.WorkerServicer):
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        self.callers.check(context)
         if self.draining:
             raise Unavailable("worker is draining; place the request elsewhere")
         if not request.model_id:

@@ -28,6 +28,7 @@ from p2p_transport.cenc import SocketAddress
 from registry.catalog import Catalog
 from registry.service import RegistryService
 from tether import topics
+from tether.callers import CallerPolicy
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
 from tether.net import Network, dial
@@ -134,6 +135,8 @@ class Fleet:
     store: MetadataStore
     region: str
     nursery: trio.Nursery
+    #: The orchestrator's key: the only peer workers take work from.
+    orchestrator_key: bytes = b""
     workers: dict[str, WorkerService] = field(default_factory=dict)
     worker_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     discovery: DiscoverySub = field(init=False)
@@ -165,6 +168,7 @@ class Fleet:
             engine,
             keypair,
             clock_ms=self.clock_ms,
+            callers=CallerPolicy([self.orchestrator_key], role="orchestrator"),
         )
         net = self.make_net(keypair, collect_handlers(service))
         scope = await self.nursery.start(
@@ -234,9 +238,12 @@ async def fleet(
             _run_node, f.networks, registry_net, [(topics.registry(region), True, False)]
         )
 
-        orch_net = make_net(KeyPair.generate(), {})
+        orch_key, gateway_key = KeyPair.generate(), KeyPair.generate()
+        f.orchestrator_key = orch_key.public_key
+        orch_net = make_net(orch_key, {})
         discovery = DiscoverySub(orch_net, clock_ms=clock_ms)
         orchestrator = OrchestratorService(
+            callers=CallerPolicy([gateway_key.public_key], role="gateway"),
             network=orch_net,
             discovery=discovery,
             store=store,
@@ -260,7 +267,7 @@ async def fleet(
         nursery.start_soon(orchestrator.follow_model_topics, [region, *watch_regions], presence)
         f.discovery = discovery
 
-        gateway_net = make_net(KeyPair.generate(), {})
+        gateway_net = make_net(gateway_key, {})
         gateway = GatewayService(
             network=gateway_net,
             store=store,

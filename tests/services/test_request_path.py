@@ -19,9 +19,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking, telemetry
-from tether.errors import Internal
+from tether.errors import Internal, NotFound
+from tether.net import dial
 from tether.rpc import RpcError, StatusCode
-from tether.v1 import infer_pb2, jobs_pb2
+from tether.v1 import infer_pb2, jobs_pb2, services_pb2, services_rpc
 
 OpenFleet = Callable[..., AbstractAsyncContextManager[Fleet]]
 Scenario = Callable[[OpenFleet], Awaitable[None]]
@@ -192,6 +193,43 @@ async def bad_tokens_are_refused(open_fleet: OpenFleet) -> None:
             with pytest.raises(RpcError) as info:
                 await collect(gw, request(), metadata)
             assert info.value.code == StatusCode.UNAUTHENTICATED
+
+
+@scenario
+async def only_the_gateway_submits_and_only_the_orchestrator_dispatches(
+    open_fleet: OpenFleet,
+) -> None:
+    async with open_fleet() as f:
+        engine = ScriptedEngine([(MODEL, "1.0")])
+        await f.add_worker("w1", engine=engine)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        # A peer that skips the gateway (no token, any tenant it likes) is refused by the
+        # orchestrator, and a peer that skips the orchestrator is refused by the worker.
+        spoofed = request(correlation_id="job-x")
+        spoofed.tenant_id = "acme"
+        with trio.fail_after(30):
+            orchestrator = await dial(f.client_net, f.orchestrator_key)
+            worker = await dial(f.client_net, f.workers["w1"].keypair.public_key)
+        for stub in (
+            services_rpc.OrchestratorStub(orchestrator.rpc).Submit,
+            services_rpc.WorkerStub(worker.rpc).Infer,
+        ):
+            with pytest.raises(RpcError) as info:
+                async with stub(spoofed) as chunks:
+                    [c async for c in chunks]
+            assert info.value.code == StatusCode.PERMISSION_DENIED
+            assert f.client_net.public_key.hex() in info.value.message
+        with pytest.raises(RpcError) as info:
+            await services_rpc.OrchestratorStub(orchestrator.rpc).GetFleet(
+                services_pb2.GetFleetRequest()
+            )
+        assert info.value.code == StatusCode.PERMISSION_DENIED
+        assert engine.started == 0
+        with pytest.raises(NotFound):  # nothing was admitted
+            f.store.get_job("job-x")
+        # The gateway's own path still works.
+        gw = await f.gateway()
+        assert len(await collect(gw, request(), f.token("acme"))) == 4
 
 
 @scenario
