@@ -16,12 +16,16 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from tether import process
 from tether.errors import TetherError
 from tether.metadata.store import MetadataStore, sqlite_url
+
+if TYPE_CHECKING:
+    from tether.v1 import infer_pb2
 
 SERVICES = {
     "gateway": "gateway.main",
@@ -49,10 +53,7 @@ async def _stream_prompt(
     ) as client:
         if args.embed:
             async for chunk in client.embed(args.model, args.embed, timeout=args.timeout):
-                if chunk.payload.HasField("embedding"):
-                    values = chunk.payload.embedding.values
-                    head = ", ".join(f"{v:+.4f}" for v in values[:6])
-                    print(f"[{chunk.payload.embedding.index}] dim={len(values)} [{head}, ...]")
+                _print_payload(chunk.payload)
             return 0
         usage = None
         echoed = False
@@ -114,8 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False)
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
     _add_prompt_arguments(p)
-    p = sub.add_parser("dlq", help="list failed jobs kept in the dead-letter queue")
+    p = sub.add_parser(
+        "dlq",
+        help="list failed jobs kept in the dead-letter queue, or replay one",
+        description="`tether dlq` lists dead letters (newest first, one JSON line each); "
+        "`tether dlq replay ID --bootstrap HOST:PORT` runs one again under a new retry "
+        "token and streams its answer.",
+    )
+    p.add_argument("action", nargs="?", choices=("list", "replay"), default="list")
+    p.add_argument("letter_id", nargs="?", type=int, metavar="ID", help="the letter to replay")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--again", action="store_true", help="replay a letter replayed before")
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
+    p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+    p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
     p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
     p = sub.add_parser("token", help="issue a tenant token")
@@ -140,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             return trio.run(_infer, args)
         if args.command == "token":
             return _token(args)
+        if args.command == "dlq" and args.action == "replay":
+            return trio.run(_dlq_replay, args)
         if args.command == "dlq":
             return _dlq(args)
     except KeyboardInterrupt:
@@ -228,6 +243,7 @@ def _dlq(args: argparse.Namespace) -> int:
         for letter in store.dead_letters(limit=args.limit):
             request = infer_pb2.Infer.Request.FromString(letter.request)
             print(json.dumps({
+                "id": letter.id,
                 "correlation_id": letter.correlation_id,
                 "tenant": letter.tenant_id,
                 "model": f"{letter.model_id}@{letter.version}",
@@ -237,10 +253,50 @@ def _dlq(args: argparse.Namespace) -> int:
                 "message": letter.error_message,
                 "input": request.input.WhichOneof("kind"),
                 "at_unix_ms": letter.created_unix_ms,
+                "replayed_as": letter.replayed_as or None,
             }))
     finally:
         store.close()
     return 0
+
+
+async def _dlq_replay(args: argparse.Namespace) -> int:
+    """Replay one dead letter through an orchestrator; its answer goes to stdout."""
+    from tether import dlq
+
+    if args.letter_id is None:
+        raise SystemExit("tether dlq replay: which letter? pass its id (`tether dlq` lists them)")
+    bootstrap = process.bootstrap_from(args.bootstrap, "tether dlq replay")
+    store = _open_store(args)
+    try:
+        keypair = dlq.operator_keypair(Path(args.data_dir))
+        async with dlq.connect_orchestrator(bootstrap, keypair, region=args.region) as stub:
+            last = None
+            async for chunk in dlq.replay(
+                store, stub, args.letter_id, again=args.again, timeout=args.timeout
+            ):
+                _print_payload(chunk.payload)
+                last = chunk
+        print()
+        usage = last.usage if last is not None else None
+        print(json.dumps({
+            "replayed": args.letter_id,
+            "correlation_id": last.correlation_id if last is not None else "",
+            "output_tokens": usage.output_tokens if usage is not None else 0,
+        }), file=sys.stderr)
+    finally:
+        store.close()
+    return 0
+
+
+def _print_payload(payload: infer_pb2.Payload) -> None:
+    if payload.HasField("embedding"):
+        values = payload.embedding.values
+        head = ", ".join(f"{v:+.4f}" for v in values[:6])
+        print(f"[{payload.embedding.index}] dim={len(values)} [{head}, ...]")
+    elif payload.text:
+        sys.stdout.write(payload.text)
+        sys.stdout.flush()
 
 
 def _token(args: argparse.Namespace) -> int:

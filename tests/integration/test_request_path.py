@@ -8,6 +8,7 @@ published (signed, three replicas); a client streams through the gateway.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,14 +22,17 @@ from orchestrator import main as orchestrator_main
 from p2p_transport.cenc import SocketAddress
 from registry import main as registry_main
 from tests.integration.testnet import node_testnet
-from tether.client import connect_gateway
+from tether.client import GREEDY_TEMPERATURE, connect_gateway
 from tether.keys import KeyPair
 from tether.localnet import issue_token, publish_shipped_models
+from tether.metadata.store import MetadataStore, sqlite_url
 from tether.process import ServiceConfig
 from tether.rpc import RpcError, StatusCode
+from tether.v1 import infer_pb2, status_pb2
 from worker import main as worker_main
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -118,4 +122,38 @@ def test_both_shipped_models_stream_through_the_network(tmp_path: Path) -> None:
                 v = [list(e.values) for e in embeddings]
                 assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2
 
+                # The operator replays a failed job with `tether dlq replay`: a separate
+                # process, known to the orchestrator by the operator.pub it writes.
+                letter_id = await trio.to_thread.run_sync(dead_letter, net.data_dir, 12)
+                replayed = await trio.run_process(
+                    [sys.executable, "-m", "tether.cli", "dlq", "replay", str(letter_id),
+                     "--bootstrap", f"{net.bootstrap[0].host}:{net.bootstrap[0].port}",
+                     "--data-dir", str(net.data_dir)],
+                    capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT,
+                )
+                assert replayed.returncode == 0, replayed.stderr.decode()[-3000:]
+                assert replayed.stdout.decode().strip() == text.strip()  # greedy: the same
+                assert (net.data_dir / "keys" / "operator.pub").exists()
+
     trio.run(main)
+
+
+def dead_letter(data_dir: Path, max_tokens: int) -> int:
+    """A failed greedy 'And God said' job, as the orchestrator leaves one in the DLQ."""
+    store = MetadataStore(sqlite_url(data_dir / "metadata.db"))
+    try:
+        store.admit_job("job-dlq", "first", "acme", model_id="kjv-textgen", version="1.0",
+                        worker_id="worker-1", quota_tokens=max_tokens)
+        request = infer_pb2.Infer.Request(
+            correlation_id="job-dlq", retry_token="first", tenant_id="acme",
+            model_id="kjv-textgen", version="1.0")
+        request.input.text = "And God said"
+        request.params.max_tokens = max_tokens
+        request.params.temperature = GREEDY_TEMPERATURE
+        store.dead_letter(request, status_pb2.Error(
+            code=status_pb2.STATUS_CODE_UNAVAILABLE, message="worker-1 was lost mid-stream"))
+        [letter] = store.dead_letters()
+        assert letter.id is not None
+        return letter.id
+    finally:
+        store.close()

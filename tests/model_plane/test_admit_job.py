@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.errors import AlreadyExists, ResourceExhausted
+from tether.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from tether.metadata import MetadataStore
 from tether.v1 import infer_pb2, jobs_pb2, status_pb2
 
@@ -53,3 +53,18 @@ def test_failed_jobs_wait_in_the_dead_letter_queue(store: MetadataStore) -> None
     assert (letter.correlation_id, letter.worker_id, letter.attempts) == ("d1", "w1", 1)
     assert (letter.error_code, letter.error_message) == (13, "engine crashed")
     assert infer_pb2.Infer.Request.FromString(letter.request) == request
+
+
+def test_a_dead_letter_is_claimed_for_replay_once(store: MetadataStore) -> None:
+    admit(store, "d2")
+    request = infer_pb2.Infer.Request(correlation_id="d2", retry_token="r1", tenant_id="acme")
+    store.dead_letter(request, status_pb2.Error(code=status_pb2.STATUS_CODE_UNAVAILABLE))
+    (letter,) = store.dead_letters()
+    assert (letter.replayed_as, letter.replayed_unix_ms) == ("", None)
+    claimed = store.claim_dead_letter(letter.id, "replay-1")
+    assert claimed.replayed_as == "replay-1" and claimed.replayed_unix_ms is not None
+    with pytest.raises(FailedPrecondition, match="replayed already, as replay-1"):
+        store.claim_dead_letter(letter.id, "replay-2")
+    assert store.claim_dead_letter(letter.id, "replay-3", again=True).replayed_as == "replay-3"
+    with pytest.raises(NotFound):
+        store.claim_dead_letter(letter.id + 100, "replay-4")

@@ -143,11 +143,18 @@ class Fleet:
     networks: list[TestNetwork] = field(default_factory=list)
     gateway_net: TestNetwork = field(init=False)
     client_net: TestNetwork = field(init=False)
+    operator_net: TestNetwork = field(init=False)
 
     async def gateway(self) -> services_rpc.GatewayStub:
         with trio.fail_after(30):
             peer = await dial(self.client_net, self.gateway_net.public_key)
         return services_rpc.GatewayStub(peer.rpc)
+
+    async def orchestrator(self) -> services_rpc.OrchestratorStub:
+        """The orchestrator, as the operator (a known caller) reaches it."""
+        with trio.fail_after(30):
+            peer = await dial(self.operator_net, self.orchestrator_key)
+        return services_rpc.OrchestratorStub(peer.rpc)
 
     def token(self, tenant: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.store.issue_token(tenant)}"}
@@ -238,12 +245,12 @@ async def fleet(
             _run_node, f.networks, registry_net, [(topics.registry(region), True, False)]
         )
 
-        orch_key, gateway_key = KeyPair.generate(), KeyPair.generate()
+        orch_key, gateway_key, operator_key = (KeyPair.generate() for _ in range(3))
         f.orchestrator_key = orch_key.public_key
         orch_net = make_net(orch_key, {})
         discovery = DiscoverySub(orch_net, clock_ms=clock_ms)
         orchestrator = OrchestratorService(
-            callers=CallerPolicy([gateway_key.public_key], role="gateway"),
+            callers=CallerPolicy([gateway_key.public_key, operator_key.public_key], role="gateway"),
             network=orch_net,
             discovery=discovery,
             store=store,
@@ -289,6 +296,9 @@ async def fleet(
         client_net = make_net(KeyPair.generate(), {})
         await nursery.start(_run_node, f.networks, client_net, [])
         f.client_net = client_net
+        operator_net = make_net(operator_key, {})
+        await nursery.start(_run_node, f.networks, operator_net, [])
+        f.operator_net = operator_net
         try:
             yield f
         finally:

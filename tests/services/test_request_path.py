@@ -18,8 +18,8 @@ import trio.testing
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
-from tether import blocking, telemetry
-from tether.errors import Internal, NotFound
+from tether import blocking, dlq, telemetry
+from tether.errors import FailedPrecondition, Internal, NotFound
 from tether.net import dial
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2, jobs_pb2, services_pb2, services_rpc
@@ -378,6 +378,40 @@ async def a_failing_pool_trips_its_breaker_and_recovers(open_fleet: OpenFleet) -
         await trio.sleep(2.5)
         assert len(await collect(gw, request(), token)) == 4
         assert len(await collect(gw, request(), token)) == 4
+
+
+@scenario
+async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
+        engine = ScriptedEngine([(MODEL, "1.0")])
+        engine.fail_with = Internal("engine crashed")
+        await f.add_worker("w1", engine=engine)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        with pytest.raises(RpcError) as info:
+            await collect(gw, request(n=3, correlation_id="job-q"), f.token("acme"))
+        assert info.value.code == StatusCode.INTERNAL
+        [letter] = f.store.dead_letters()
+        letter_id = letter.id
+        assert letter_id is not None
+        engine.fail_with = None
+        orchestrator = await f.orchestrator()
+        chunks = [c async for c in dlq.replay(f.store, orchestrator, letter_id)]
+        assert "".join(c.payload.text for c in chunks) == " w0 w1 w2" and chunks[-1].done
+        job = f.store.get_job("job-q")
+        assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
+        # The replay ran the request as first dispatched (tenant, pinned seed), under a
+        # new retry token recorded on the letter; it runs once unless asked again.
+        first, again = engine.requests
+        assert again.tenant_id == "acme" and again.params.seed == first.params.seed != 0
+        [letter] = f.store.dead_letters()
+        assert again.retry_token == letter.replayed_as
+        assert letter.replayed_as.startswith(f"replay-{letter_id}-")
+        with pytest.raises(FailedPrecondition, match="replayed already"):
+            [c async for c in dlq.replay(f.store, orchestrator, letter_id)]
+        assert len(engine.requests) == 2
+        more = [c async for c in dlq.replay(f.store, orchestrator, letter_id, again=True)]
+        assert len(more) == 3 and f.store.get_job("job-q").attempts == 3
 
 
 @pytest.mark.parametrize("fn", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])

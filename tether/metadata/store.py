@@ -468,6 +468,29 @@ class MetadataStore:
             return list(s.exec(select(t.DeadLetter)
                                .order_by(col(t.DeadLetter.id).desc()).limit(limit)).all())
 
+    def claim_dead_letter(self, letter_id: int, retry_token: str, *,
+                          again: bool = False) -> t.DeadLetter:
+        """Mark a dead letter as replayed under ``retry_token`` and return it. NotFound if
+        there is none; FailedPrecondition if it was replayed already (unless ``again``).
+        One conditional UPDATE: two operators cannot both claim the same letter."""
+        stmt = (update(t.DeadLetter)
+                .where(col(t.DeadLetter.id) == letter_id)
+                .values(replayed_as=retry_token, replayed_unix_ms=self._clock()))
+        if not again:
+            stmt = stmt.where(col(t.DeadLetter.replayed_as) == "")
+        with self.session() as s:
+            claimed = s.exec(stmt).rowcount
+            s.commit()
+            letter = s.get(t.DeadLetter, letter_id)
+        if letter is None:
+            raise NotFound(f"no dead letter {letter_id}; `tether dlq` lists them")
+        if not claimed:
+            raise FailedPrecondition(
+                f"dead letter {letter_id} was replayed already, as {letter.replayed_as}; "
+                "pass --again to replay it once more",
+                details={"replayed_as": letter.replayed_as})
+        return letter
+
     # ------------------------------------------------------------------- usage
 
     def record_usage(self, correlation_id: str, usage: infer_pb2.Usage) -> None:

@@ -152,3 +152,6 @@ class DeadLetter(SQLModel, table=True):
     error_message: str = Field(default="")
     attempts: int = Field(default=0)
     created_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: The retry token it was replayed under (``tether dlq replay``), and when.
+    replayed_as: str = Field(default="", max_length=128)
+    replayed_unix_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
