@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 
 import trio
 
+from orchestrator.breaker import CircuitBreakers
 from orchestrator.discovery import DiscoverySub
 from orchestrator.service import OrchestratorService
 from tether import process, topics
@@ -35,10 +37,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="also discover workers of this region (repeatable)",
     )
+    env = os.environ.get
+    parser.add_argument(
+        "--breaker-failures",
+        type=int,
+        default=int(env("TETHER_BREAKER_FAILURES", "5")),
+        help="consecutive worker failures that open a (model, region) breaker (default 5)",
+    )
+    parser.add_argument(
+        "--breaker-open-s",
+        type=float,
+        default=float(env("TETHER_BREAKER_OPEN_S", "30")),
+        help="seconds a breaker stays open before a probe (default 30)",
+    )
+    parser.add_argument(
+        "--slow-first-chunk-s",
+        type=float,
+        default=float(env("TETHER_SLOW_FIRST_CHUNK_S", "0")) or None,
+        help="also open a breaker when the p95 time to first chunk of its pool is over "
+        "this many seconds (default: off)",
+    )
     return parser
 
 
-async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None:
+async def serve(
+    config: process.ServiceConfig,
+    watch_regions: list[str],
+    breakers: CircuitBreakers | None = None,
+) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
     discovery = DiscoverySub(network)
@@ -49,6 +75,7 @@ async def serve(config: process.ServiceConfig, watch_regions: list[str]) -> None
         store=store,
         region=config.region,
         registry_topic=topics.registry(config.region),
+        breakers=breakers,
     )
     network.handlers.update(collect_handlers(service))
     process.on_stop(network.close)
@@ -74,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "orchestrator")
     config = process.config_from_args(args)
     process.setup_telemetry(config)
-    trio.run(process.run_until_signalled, lambda: serve(config, args.watch_region))
+    breakers = CircuitBreakers(
+        failure_threshold=args.breaker_failures,
+        open_s=args.breaker_open_s,
+        slow_first_chunk_s=args.slow_first_chunk_s,
+    )
+    trio.run(
+        process.run_until_signalled, lambda: serve(config, args.watch_region, breakers)
+    )
     return 0
 
 

@@ -224,9 +224,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         ]
         if not candidates:
             regions = sorted({c.entry.presence.region for c in ranked})
+            why = "; ".join(
+                f"{r}: {self.breakers.reason(model, r) or 'open'}" for r in regions
+            )
             raise Unavailable(
-                f"circuit open for {model} in {', '.join(regions)}: its workers failed "
-                f"repeatedly; retry in up to {self.breakers.open_s:g} s",
+                f"circuit open for {model} ({why}); retry in up to {self.breakers.open_s:g} s",
                 details={"model": model, "breaker": "open"},
             )
         return candidates[: self.max_attempts]
@@ -259,6 +261,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             stub = services_rpc.WorkerStub(candidate.entry.peer.rpc)
             replay = resume.replay()
             outcome: StatusCode | None = None
+            sent_at, first_chunk_s = trio.current_time(), None
             try:
                 async with stub.Infer(
                     request,
@@ -266,6 +269,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     timeout=context.remaining_timeout(),
                 ) as chunks:
                     async for chunk in chunks:
+                        if first_chunk_s is None:
+                            first_chunk_s = trio.current_time() - sent_at
                         if not replay.accept(chunk):
                             continue  # the client has this one already
                         resume.delivered(chunk)
@@ -298,7 +303,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 if outcome is None:
                     self.breakers.release(model, region)
                 else:
-                    self.breakers.record(model, region, outcome)
+                    self.breakers.record(model, region, outcome, first_chunk_s=first_chunk_s)
         if last_error is None:
             raise Unavailable(f"{model}: every candidate's circuit is being probed; retry soon")
         if resume.count:

@@ -61,10 +61,12 @@ def test_a_dead_letter_is_claimed_for_replay_once(store: MetadataStore) -> None:
     store.dead_letter(request, status_pb2.Error(code=status_pb2.STATUS_CODE_UNAVAILABLE))
     (letter,) = store.dead_letters()
     assert (letter.replayed_as, letter.replayed_unix_ms) == ("", None)
-    claimed = store.claim_dead_letter(letter.id, "replay-1")
+    letter_id = letter.id
+    assert letter_id is not None
+    claimed = store.claim_dead_letter(letter_id, "replay-1")
     assert claimed.replayed_as == "replay-1" and claimed.replayed_unix_ms is not None
     with pytest.raises(FailedPrecondition, match="replayed already, as replay-1"):
-        store.claim_dead_letter(letter.id, "replay-2")
-    assert store.claim_dead_letter(letter.id, "replay-3", again=True).replayed_as == "replay-3"
+        store.claim_dead_letter(letter_id, "replay-2")
+    assert store.claim_dead_letter(letter_id, "replay-3", again=True).replayed_as == "replay-3"
     with pytest.raises(NotFound):
-        store.claim_dead_letter(letter.id + 100, "replay-4")
+        store.claim_dead_letter(letter_id + 100, "replay-4")

@@ -223,6 +223,7 @@ async def fleet(
     networks: NetworkFactory | None = None,
     clock_ms: Callable[[], int] = virtual_ms,
     breaker_open_s: float = 30.0,
+    slow_first_chunk_s: float | None = None,
 ) -> AsyncIterator[Fleet]:
     """Registry, orchestrator, gateway and a client; workers come with ``add_worker``.
 
@@ -256,7 +257,13 @@ async def fleet(
             store=store,
             region=region,
             registry_topic=topics.registry(region),
-            breakers=CircuitBreakers(failure_threshold=3, open_s=breaker_open_s),
+            breakers=CircuitBreakers(
+                failure_threshold=3,
+                open_s=breaker_open_s,
+                slow_first_chunk_s=slow_first_chunk_s,
+                latency_window=3,
+                min_samples=3,
+            ),
         )
         orch_net.handlers.update(collect_handlers(orchestrator))
         await nursery.start(

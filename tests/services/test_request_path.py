@@ -381,6 +381,23 @@ async def a_failing_pool_trips_its_breaker_and_recovers(open_fleet: OpenFleet) -
 
 
 @scenario
+async def a_slow_pool_trips_its_breaker_and_requests_go_elsewhere(open_fleet: OpenFleet) -> None:
+    async with open_fleet(watch_regions=("us-east",), slow_first_chunk_s=0.5) as f:
+        await f.add_worker("near", engine=ScriptedEngine([(MODEL, "1.0")], step_s=1.0))
+        await f.add_worker(
+            "far", region="us-east", engine=ScriptedEngine([(MODEL, "1.0")], step_s=0.01)
+        )
+        await f.discovery.wait_for(lambda s: len(s) == 2)
+        gw = await f.gateway()
+        token = f.token("acme")
+        # The score prefers the near pool, until three first chunks over the 0.5 s
+        # budget open its breaker; then the far pool serves.
+        for _ in range(3):
+            assert (await collect(gw, request(n=1), token))[0].worker_id == "near"
+        assert (await collect(gw, request(n=1), token))[0].worker_id == "far"
+
+
+@scenario
 async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet) -> None:
     async with open_fleet() as f:
         engine = ScriptedEngine([(MODEL, "1.0")])
