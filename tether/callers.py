@@ -21,6 +21,7 @@ no setup, like SSH's ``authorized_keys``. ``--allow-any-caller`` turns the check
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -66,6 +67,7 @@ class CallerPolicy:
         self._clock = clock
         self._found: set[bytes] = set()
         self._scanned_at = -RESCAN_S
+        self._seen_listing: frozenset[tuple[str, int, int]] | None = None
 
     @classmethod
     def anyone(cls) -> CallerPolicy:
@@ -75,10 +77,32 @@ class CallerPolicy:
     def allows(self, key: bytes) -> bool:
         if self.allow_any or key in self.keys or key in self._found:
             return True
-        if self.keys_dir is not None and self._clock() - self._scanned_at >= RESCAN_S:
-            self._scanned_at = self._clock()
+        if self.keys_dir is not None and self._stale():
             self._found = set(self._read_keys_dir())
         return key in self._found
+
+    def _stale(self) -> bool:
+        """Should the keys folder be read again? Yes when its ``.pub`` files changed
+        (names, sizes or times, from one ``scandir``), and once a second regardless, so
+        that strangers calling in a loop cost a directory listing each, no reads."""
+        now = self._clock()
+        listing = self._listing()
+        if listing == self._seen_listing and now - self._scanned_at < RESCAN_S:
+            return False
+        self._seen_listing, self._scanned_at = listing, now
+        return True
+
+    def _listing(self) -> frozenset[tuple[str, int, int]]:
+        assert self.keys_dir is not None
+        try:
+            with os.scandir(self.keys_dir) as entries:
+                return frozenset(
+                    (e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                    for e in entries
+                    if e.name.endswith(".pub")
+                )
+        except OSError:
+            return frozenset()
 
     def _read_keys_dir(self) -> Iterable[bytes]:
         assert self.keys_dir is not None

@@ -3,6 +3,7 @@ that services sharing a data folder write for each other."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_given_keys_are_allowed_and_others_refused_with_the_fix_in_the_message()
     CallerPolicy.anyone().check(call_from(stranger))
 
 
-def test_pub_files_in_the_keys_folder_are_read_again_for_a_new_caller(tmp_path: Path) -> None:
+def test_pub_files_in_the_keys_folder_are_read_again_when_it_changes(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     clock = Clock()
     policy = CallerPolicy(keys_dir=keys, role="gateway", clock=clock)
@@ -58,15 +59,26 @@ def test_pub_files_in_the_keys_folder_are_read_again_for_a_new_caller(tmp_path: 
         policy.check(call_from(gateway.public_key))  # the folder does not exist yet
     gateway.save_public(keys / "gateway.pub")
     (keys / "notes.pub").write_text("not a key\n")  # ignored, with a warning
-    # The folder is read at most once a second, however many strangers call.
-    assert not policy.allows(gateway.public_key)
-    clock.now += 1.0
-    assert policy.allows(gateway.public_key)
+    assert policy.allows(gateway.public_key)  # a new file: read at once
     (keys / "gateway.pub").unlink()
-    assert policy.allows(gateway.public_key)  # known until the next read
-    clock.now += 1.0
-    assert not policy.allows(KeyPair.generate().public_key)
+    assert policy.allows(gateway.public_key)  # known until a stranger makes it look again
+    stranger = KeyPair.generate().public_key
+    assert not policy.allows(stranger)
     assert not policy.allows(gateway.public_key)
+    # Strangers calling in a loop do not make it read the files again...
+    calls: list[int] = []
+
+    def read_keys_dir() -> Iterator[bytes]:
+        calls.append(1)
+        return iter(())
+
+    policy._read_keys_dir = read_keys_dir  # type: ignore[method-assign]
+    for _ in range(5):
+        assert not policy.allows(stranger)
+    assert calls == []
+    clock.now += 1.0  # ...but once a second it does, whatever changed
+    assert not policy.allows(stranger)
+    assert calls == [1]
 
 
 def test_parse_key() -> None:
