@@ -88,6 +88,7 @@ def request(tokens: int, i: int) -> infer_pb2.Infer.Request:
     req = infer_pb2.Infer.Request(model_id=MODEL, tenant_id="bench", correlation_id=f"b-{i}")
     req.input.text = PROMPT
     req.params.max_tokens = tokens
+    req.params.min_tokens = tokens  # every path makes exactly `tokens` (as ORT's loop does)
     req.params.temperature = GREEDY_TEMPERATURE  # 0 would mean the model's default
     return req
 
@@ -116,6 +117,8 @@ async def run_path(
         nonlocal produced
         for i in counter:
             total, first, n = await call(request(tokens, i))  # type: ignore[operator]
+            if n != tokens:
+                raise SystemExit(f"a request produced {n} tokens, not {tokens}: not comparable")
             lat.append(total)
             ttft.append(first)
             produced += n

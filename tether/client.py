@@ -47,6 +47,7 @@ class GatewayClient:
         *,
         version: str = "",
         max_tokens: int = 0,
+        min_tokens: int = 0,
         temperature: float = 0.0,
         seed: int = 0,
         greedy: bool = False,
@@ -57,6 +58,7 @@ class GatewayClient:
         request = infer_pb2.Infer.Request(model_id=model, version=version)
         request.input.text = prompt
         request.params.max_tokens = max_tokens
+        request.params.min_tokens = min_tokens
         request.params.temperature = GREEDY_TEMPERATURE if greedy else temperature
         request.params.seed = seed
         return self.infer(request, timeout=timeout)

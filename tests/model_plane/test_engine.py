@@ -111,6 +111,21 @@ async def test_text_generation_streams_words_one_step_at_a_time(env: Env) -> Non
     assert {"the", "and", "of"} & vocab, vocab
 
 
+async def test_min_tokens_holds_the_end_of_text_back(env: Env) -> None:
+    # Verses are short: sampled freely, most of these end before 60 tokens...
+    ended = []
+    for seed in range(1, 6):
+        items, usage = await collect(
+            env, text_request("and he said", max_tokens=60, seed=seed), TEXTGEN)
+        ended.append(usage.output_tokens < 60)
+        # ...and with min_tokens each one is exactly as long as asked.
+        items, usage = await collect(
+            env, text_request("and he said", max_tokens=60, min_tokens=60, seed=seed), TEXTGEN)
+        assert usage.output_tokens == len(items) == 60
+        assert all(not p.text.strip().startswith("<") for p in items)  # no special tokens
+    assert any(ended)
+
+
 async def test_generation_stops_promptly_on_cancel_flag_and_trio_cancel(env: Env) -> None:
     model = await load(env, TEXTGEN)
     flag = CancelFlag()
@@ -141,6 +156,7 @@ async def test_generation_stops_promptly_on_cancel_flag_and_trio_cancel(env: Env
         (text_request("hi", max_tokens=100_000), "over the limit"),
         (text_request("hi", temperature=-1.0), "temperature"),
         (text_request("hi", top_p=1.5), "top_p"),
+        (text_request("hi", max_tokens=8, min_tokens=9), "min_tokens 9 is over max_tokens 8"),
     ],
 )
 async def test_bad_text_requests_are_refused(env: Env, request_, words) -> None:

@@ -60,16 +60,18 @@ class Input(_message.Message):
     def __init__(self, text: _Optional[str] = ..., texts: _Optional[_Union[_tensor_pb2.TextBatch, _Mapping]] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorMap, _Mapping]] = ...) -> None: ...
 
 class GenerationParams(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "seed", "top_p")
+    __slots__ = ("max_tokens", "temperature", "seed", "top_p", "min_tokens")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
+    MIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     seed: int
     top_p: float
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., top_p: _Optional[float] = ...) -> None: ...
+    min_tokens: int
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., top_p: _Optional[float] = ..., min_tokens: _Optional[int] = ...) -> None: ...
 
 class Payload(_message.Message):
     __slots__ = ("text", "embedding", "tensor")

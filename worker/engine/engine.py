@@ -182,12 +182,15 @@ class ExecutionEngine:
             raise InvalidArgument("temperature must be a finite number >= 0")
         if not 0 <= p.top_p <= 1:
             raise InvalidArgument("top_p must be within [0, 1]")
+        if p.min_tokens > max_tokens:
+            raise InvalidArgument(f"min_tokens {p.min_tokens} is over max_tokens {max_tokens}")
         state_spec = next((i for i in m.session.inputs if i.name == "state"), None)
         if state_spec is None or any(d < 0 for d in state_spec.shape):
             raise FailedPrecondition(f"{m.model_id} lacks a fixed-shape 'state' input")
         return {"ids": ids, "max_tokens": max_tokens,
                 "temperature": p.temperature or DEFAULT_TEMPERATURE,
                 "top_p": p.top_p or DEFAULT_TOP_P, "seed": p.seed or None,
+                "min_tokens": p.min_tokens,
                 "state_shape": state_spec.shape}
 
     async def _run_text(self, s: InferenceStream, m: LoadedModel, prep: dict[str, Any],
@@ -199,6 +202,7 @@ class ExecutionEngine:
         state = np.zeros(prep["state_shape"], dtype=np.float32)
         ids = np.asarray([prep["ids"]], dtype=np.int64)
         banned = np.asarray(sorted(tok.special_ids - {tok.eos_id}), dtype=np.int64)
+        banned_early = np.asarray(sorted(tok.special_ids), dtype=np.int64)  # before min_tokens
         # Calls expected to be short run on the event loop: a thread round trip (~0.1 ms)
         # would cost a small model a third of its step. The expectation is the model's last
         # observed time per token, kept apart for prompts and for single-token steps (none
@@ -213,7 +217,8 @@ class ExecutionEngine:
             out = await self._call(s, flag, m.session.run, feeds, inline=inline)
             m.extra[key] = (time.perf_counter() - t0) / width
             state = out["state_out"]
-            token = sample(out["logits"][0], rng, prep["temperature"], prep["top_p"], banned)
+            token = sample(out["logits"][0], rng, prep["temperature"], prep["top_p"],
+                           banned if n >= prep["min_tokens"] else banned_early)
             if token == tok.eos_id:
                 break
             s._usage.output_tokens += 1
