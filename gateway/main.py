@@ -3,7 +3,8 @@
 Serves ``tether.v1.Gateway`` to clients over Hyperswarm under a stable public
 key (its key file) and on the topic ``tether/gateway/<region>``; validates
 tenant tokens from the Metadata Store, rate-limits per tenant and forwards to
-the orchestrator found on ``tether/control/<region>``.
+the orchestrator found on ``tether/control/<region>``. With ``--http-port`` it
+also serves the OpenAI-style HTTP API of ``gateway.openai`` (same checks).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 import trio
 
+from gateway.http import HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from tether import process, topics
@@ -41,10 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("TETHER_BURST", "40")),
         help="token bucket size per tenant",
     )
+    http_port = os.environ.get("TETHER_HTTP_PORT")
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=int(http_port) if http_port else None,
+        help="also serve the OpenAI-style HTTP API on --host:PORT (0: any free port; "
+        "default: no HTTP)",
+    )
     return parser
 
 
-async def serve(config: process.ServiceConfig, rate: float, burst: int) -> None:
+async def serve(
+    config: process.ServiceConfig, rate: float, burst: int, http_port: int | None = None
+) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
     service = GatewayService(
@@ -56,15 +68,22 @@ async def serve(config: process.ServiceConfig, rate: float, burst: int) -> None:
     network.handlers.update(collect_handlers(service))
     process.on_stop(network.close)
     try:
-        async with network.running():
+        async with network.running(), trio.open_nursery() as nursery:
             await network.join(topics.gateway(config.region), server=True, client=False)
             await network.join(topics.control(config.region), server=False, client=True)
             await network.join(topics.registry(config.region), server=False, client=True)
+            extra = {}
+            if http_port is not None:
+                port = await nursery.start(
+                    serve_http, HttpApi(service), config.host, http_port
+                )
+                extra["http"] = f"http://{config.host}:{port}"
             process.announce_ready(
                 "gateway",
                 network.public_key,
                 region=config.region,
                 topic=topics.gateway(config.region),
+                **extra,
             )
             await trio.sleep_forever()
     finally:
@@ -75,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "gateway")
     config = process.config_from_args(args)
     process.setup_telemetry(config)
-    trio.run(process.run_until_signalled, lambda: serve(config, args.rate, args.burst))
+    trio.run(
+        process.run_until_signalled,
+        lambda: serve(config, args.rate, args.burst, args.http_port),
+    )
     return 0
 
 

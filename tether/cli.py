@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
             _add_prompt_arguments(p)
         else:
             p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+            p.add_argument("--http-port", type=int, default=0,
+                           help="the gateway's HTTP API port (default: any free port)")
     p = sub.add_parser("infer", help="send a prompt to a running gateway")
     p.add_argument("--gateway", help="gateway public key (64 hex); default: find by topic")
     p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False)
@@ -184,7 +186,9 @@ async def _up(args: argparse.Namespace) -> int:
     from tether.localnet import local_network
 
     log = logging.getLogger("tether.up")
-    async with local_network(Path(args.data_dir), region=args.region) as net:
+    async with local_network(
+        Path(args.data_dir), region=args.region, http_port=getattr(args, "http_port", 0)
+    ) as net:
         if args.command == "demo":
             print(
                 f"tether demo: network up (models {', '.join(net.published)}); "
@@ -199,6 +203,7 @@ async def _up(args: argparse.Namespace) -> int:
                 {
                     "bootstrap": net.bootstrap_text,
                     "gateway": net.gateway_key,
+                    "http": net.http_url,
                     "token": net.token,
                     "models": net.published,
                 }
@@ -207,9 +212,13 @@ async def _up(args: argparse.Namespace) -> int:
         )
         log.info(
             "tether is up. Try:  tether infer --bootstrap %s --gateway %s --token %s "
-            "--prompt 'In the beginning'",
+            "--prompt 'In the beginning'   or:  curl %s/v1/completions -H "
+            "'authorization: Bearer %s' -d '{\"model\": \"kjv-textgen\", \"prompt\": "
+            "\"In the beginning\", \"stream\": true}'",
             net.bootstrap_text,
             net.gateway_key,
+            net.token,
+            net.http_url,
             net.token,
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

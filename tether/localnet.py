@@ -65,6 +65,14 @@ class LocalNet:
         raise LookupError("no gateway running")
 
     @property
+    def http_url(self) -> str:
+        """The gateway's OpenAI-style HTTP API."""
+        for p in self.processes:
+            if p.name == "gateway":
+                return str(p.ready.get("http", ""))
+        raise LookupError("no gateway running")
+
+    @property
     def bootstrap_text(self) -> str:
         return ",".join(f"{a.host}:{a.port}" for a in self.bootstrap)
 
@@ -159,7 +167,11 @@ async def python_testnet(nodes: int = 3) -> AsyncIterator[list[SocketAddress]]:
 
 
 @asynccontextmanager
-async def local_network(data_dir: Path, *, region: str = "local") -> AsyncIterator[LocalNet]:
+async def local_network(
+    data_dir: Path, *, region: str = "local", http_port: int = 0
+) -> AsyncIterator[LocalNet]:
+    """The whole network as child processes; the gateway also serves HTTP on
+    127.0.0.1:``http_port`` (0: any free port, see ``LocalNet.http_url``)."""
     await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     net = LocalNet(data_dir=data_dir, region=region)
     py = sys.executable
@@ -177,7 +189,12 @@ async def local_network(data_dir: Path, *, region: str = "local") -> AsyncIterat
             await _start(
                 nursery, net, "orchestrator", [py, "-m", "orchestrator.main", *common, *boot]
             )
-            await _start(nursery, net, "gateway", [py, "-m", "gateway.main", *common, *boot])
+            await _start(
+                nursery,
+                net,
+                "gateway",
+                [py, "-m", "gateway.main", *common, *boot, "--http-port", str(http_port)],
+            )
             await _start(
                 nursery,
                 net,

@@ -8,11 +8,15 @@ published (signed, three replicas); a client streams through the gateway.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -63,7 +67,9 @@ async def tether_network(tmp_path: Path) -> AsyncIterator[Network]:
         runs: list[Callable[[], Awaitable[None]]] = [
             lambda: registry_main.serve(config("registry", data_dir, bootstrap)),
             lambda: orchestrator_main.serve(config("orchestrator", data_dir, bootstrap), []),
-            lambda: gateway_main.serve(config("gateway", data_dir, bootstrap), 50.0, 100),
+            lambda: gateway_main.serve(
+                config("gateway", data_dir, bootstrap), 50.0, 100, http_port=0
+            ),
             lambda: worker_main.serve(
                 config("worker", data_dir, bootstrap), worker_args("worker-1")
             ),
@@ -93,7 +99,9 @@ async def generate(net: Network, prompt: str, *, max_tokens: int) -> tuple[str, 
         return "".join(c.payload.text for c in chunks), chunks
 
 
-def test_both_shipped_models_stream_through_the_network(tmp_path: Path) -> None:
+def test_both_shipped_models_stream_through_the_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     async def main() -> None:
         with trio.fail_after(240):
             async with tether_network(tmp_path) as net:
@@ -122,6 +130,31 @@ def test_both_shipped_models_stream_through_the_network(tmp_path: Path) -> None:
                 v = [list(e.values) for e in embeddings]
                 assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2
 
+                # The same through the OpenAI-style HTTP API, on the address the gateway
+                # announced, with a plain HTTP client.
+                [url] = [json.loads(line)["http"] for line in capsys.readouterr().out.splitlines()
+                         if '"http"' in line]
+                ask = {"model": "kjv-textgen", "prompt": "And God said", "max_tokens": 12,
+                       "temperature": 0}
+                status, answer = await trio.to_thread.run_sync(
+                    post, f"{url}/v1/completions", ask, net.token)
+                assert status == 200 and answer["choices"][0]["text"] == text  # greedy: same
+                assert answer["usage"]["completion_tokens"] == 12
+                status, events = await trio.to_thread.run_sync(
+                    post, f"{url}/v1/completions", {**ask, "stream": True}, net.token)
+                assert status == 200 and events[-1] == "[DONE]"
+                pieces = [json.loads(e)["choices"][0]["text"] for e in events[:-1]]
+                assert "".join(pieces) == text and len([p for p in pieces if p]) == 12
+                status, answer = await trio.to_thread.run_sync(
+                    post, f"{url}/v1/embeddings",
+                    {"model": "all-minilm-l6-v2", "input": ["a cat sat"]}, net.token)
+                assert status == 200
+                got = answer["data"][0]["embedding"]
+                assert max(abs(a - b) for a, b in zip(got, v[0], strict=True)) < 1e-6
+                status, answer = await trio.to_thread.run_sync(
+                    post, f"{url}/v1/completions", ask, "tk_wrong")
+                assert status == 401 and answer["error"]["code"] == "UNAUTHENTICATED"
+
                 # The operator replays a failed job with `tether dlq replay`: a separate
                 # process, known to the orchestrator by the operator.pub it writes.
                 letter_id = await trio.to_thread.run_sync(dead_letter, net.data_dir, 12)
@@ -136,6 +169,22 @@ def test_both_shipped_models_stream_through_the_network(tmp_path: Path) -> None:
                 assert (net.data_dir / "keys" / "operator.pub").exists()
 
     trio.run(main)
+
+
+def post(url: str, body: dict, token: str) -> tuple[int, Any]:
+    """POST JSON with urllib (a client that knows nothing of Tether): (status, JSON body,
+    or the ``data:`` payloads of an event stream)."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read().decode()
+            if response.headers["content-type"] == "text/event-stream":
+                return response.status, [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+            return response.status, json.loads(raw)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def dead_letter(data_dir: Path, max_tokens: int) -> int:

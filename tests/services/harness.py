@@ -142,6 +142,7 @@ class Fleet:
     discovery: DiscoverySub = field(init=False)
     networks: list[TestNetwork] = field(default_factory=list)
     gateway_net: TestNetwork = field(init=False)
+    gateway_service: GatewayService = field(init=False)
     client_net: TestNetwork = field(init=False)
     operator_net: TestNetwork = field(init=False)
 
@@ -300,6 +301,7 @@ async def fleet(
             ],
         )
         f.gateway_net = gateway_net
+        f.gateway_service = gateway
         client_net = make_net(KeyPair.generate(), {})
         await nursery.start(_run_node, f.networks, client_net, [])
         f.client_net = client_net
