@@ -4,7 +4,8 @@ Serves ``tether.v1.Gateway`` to clients over Hyperswarm under a stable public
 key (its key file) and on the topic ``tether/gateway/<region>``; validates
 tenant tokens from the Metadata Store, rate-limits per tenant and forwards to
 the orchestrator found on ``tether/control/<region>``. With ``--http-port`` it
-also serves the OpenAI-style HTTP API of ``gateway.openai`` (same checks).
+also serves the OpenAI-style HTTP API of ``gateway.openai``, with ``--grpc-port``
+``tether.v1.Gateway`` over gRPC (``gateway.grpc_edge``); same checks on every edge.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 
 import trio
 
+from gateway.grpc_edge import GrpcEdge
 from gateway.http import HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
@@ -51,11 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve the OpenAI-style HTTP API on --host:PORT (0: any free port; "
         "default: no HTTP)",
     )
+    grpc_port = os.environ.get("TETHER_GRPC_PORT")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=int(grpc_port) if grpc_port else None,
+        help="also serve tether.v1.Gateway over gRPC on --host:PORT (0: any free port; "
+        "default: no gRPC)",
+    )
     return parser
 
 
 async def serve(
-    config: process.ServiceConfig, rate: float, burst: int, http_port: int | None = None
+    config: process.ServiceConfig,
+    rate: float,
+    burst: int,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
@@ -78,6 +92,9 @@ async def serve(
                     serve_http, HttpApi(service), config.host, http_port
                 )
                 extra["http"] = f"http://{config.host}:{port}"
+            if grpc_port is not None:
+                port = await nursery.start(GrpcEdge(service, config.host, grpc_port).run)
+                extra["grpc"] = f"{config.host}:{port}"
             process.announce_ready(
                 "gateway",
                 network.public_key,
@@ -96,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     process.setup_telemetry(config)
     trio.run(
         process.run_until_signalled,
-        lambda: serve(config, args.rate, args.burst, args.http_port),
+        lambda: serve(config, args.rate, args.burst, args.http_port, args.grpc_port),
     )
     return 0
 

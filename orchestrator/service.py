@@ -22,11 +22,12 @@ job is marked FAILED and its request goes to the dead-letter queue.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
 
@@ -181,8 +182,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 context.metadata,
                 **{"tether.correlation_id": cid, "tether.model": record.model.model_id},
             ):
-                async for chunk in self._dispatch(dispatched, candidates, context):
-                    yield chunk
+                async with contextlib.aclosing(
+                    self._dispatch(dispatched, candidates, context)
+                ) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
         except BaseException as exc:
             error = RpcError.from_exception(exc)
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
@@ -238,7 +242,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         request: infer_pb2.Infer.Request,
         candidates: list[Candidate],
         context: ServerContext,
-    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         cid = request.correlation_id
         last_error: RpcError | None = None
         model = request.model_id

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
             p.add_argument("--http-port", type=int, default=0,
                            help="the gateway's HTTP API port (default: any free port)")
+            p.add_argument("--grpc-port", type=int, default=0,
+                           help="the gateway's gRPC port (default: any free port)")
     p = sub.add_parser("infer", help="send a prompt to a running gateway")
     p.add_argument("--gateway", help="gateway public key (64 hex); default: find by topic")
     p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False)
@@ -187,7 +189,10 @@ async def _up(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("tether.up")
     async with local_network(
-        Path(args.data_dir), region=args.region, http_port=getattr(args, "http_port", 0)
+        Path(args.data_dir),
+        region=args.region,
+        http_port=getattr(args, "http_port", 0),
+        grpc_port=getattr(args, "grpc_port", 0),
     ) as net:
         if args.command == "demo":
             print(
@@ -204,6 +209,7 @@ async def _up(args: argparse.Namespace) -> int:
                     "bootstrap": net.bootstrap_text,
                     "gateway": net.gateway_key,
                     "http": net.http_url,
+                    "grpc": net.grpc_address,
                     "token": net.token,
                     "models": net.published,
                 }

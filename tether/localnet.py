@@ -73,6 +73,14 @@ class LocalNet:
         raise LookupError("no gateway running")
 
     @property
+    def grpc_address(self) -> str:
+        """The gateway's gRPC endpoint (HOST:PORT)."""
+        for p in self.processes:
+            if p.name == "gateway":
+                return str(p.ready.get("grpc", ""))
+        raise LookupError("no gateway running")
+
+    @property
     def bootstrap_text(self) -> str:
         return ",".join(f"{a.host}:{a.port}" for a in self.bootstrap)
 
@@ -168,10 +176,10 @@ async def python_testnet(nodes: int = 3) -> AsyncIterator[list[SocketAddress]]:
 
 @asynccontextmanager
 async def local_network(
-    data_dir: Path, *, region: str = "local", http_port: int = 0
+    data_dir: Path, *, region: str = "local", http_port: int = 0, grpc_port: int = 0
 ) -> AsyncIterator[LocalNet]:
-    """The whole network as child processes; the gateway also serves HTTP on
-    127.0.0.1:``http_port`` (0: any free port, see ``LocalNet.http_url``)."""
+    """The whole network as child processes; the gateway also serves HTTP and gRPC on
+    127.0.0.1:``http_port`` and ``grpc_port`` (0: any free port; see ``LocalNet``)."""
     await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     net = LocalNet(data_dir=data_dir, region=region)
     py = sys.executable
@@ -193,7 +201,8 @@ async def local_network(
                 nursery,
                 net,
                 "gateway",
-                [py, "-m", "gateway.main", *common, *boot, "--http-port", str(http_port)],
+                [py, "-m", "gateway.main", *common, *boot, "--http-port", str(http_port),
+                 "--grpc-port", str(grpc_port)],
             )
             await _start(
                 nursery,

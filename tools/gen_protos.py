@@ -6,6 +6,8 @@ Writes, from ``proto/tether/v1/*.proto``:
 - ``tether/v1/*_pb2.py`` and ``*_pb2.pyi``: protobuf message classes (protoc);
 - ``tether/v1/*_rpc.py``: trio client stubs and servicer bases
   (``tools/protoc_gen_tether.py``);
+- ``tether/v1/services_pb2_grpc.py``: gRPC stubs and servicers (grpcio-tools),
+  for the gateway's gRPC edge and any gRPC client;
 - ``clients/ts/src/gen/**/*_pb.ts``: TypeScript messages (``protoc-gen-es``
   from the repository's ``node_modules``; skipped with a warning when Node
   packages are not installed, never in ``--check``).
@@ -69,11 +71,19 @@ def generate(out_root: Path, *, typescript: bool) -> None:
                 "--es_opt=target=ts",
             ]
         subprocess.run([*args, *files], check=True, cwd=ROOT)
+        # gRPC code for the file that declares services only (the others would get
+        # empty modules).
+        subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
+             f"--grpc_python_out={out_root}", *[f for f in files if f.endswith("services.proto")]],
+            check=True, cwd=ROOT,
+        )
 
 
 def generated_files(root: Path) -> set[Path]:
     found = {p.relative_to(root) for p in (root / PY_OUT).glob("*_pb2.py*")}
     found |= {p.relative_to(root) for p in (root / PY_OUT).glob("*_rpc.py")}
+    found |= {p.relative_to(root) for p in (root / PY_OUT).glob("*_pb2_grpc.py")}
     if (root / TS_OUT).exists():
         found |= {p.relative_to(root) for p in (root / TS_OUT).rglob("*.ts")}
     return found

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import trio
 
@@ -32,7 +33,7 @@ from tether.localnet import issue_token, publish_shipped_models
 from tether.metadata.store import MetadataStore, sqlite_url
 from tether.process import ServiceConfig
 from tether.rpc import RpcError, StatusCode
-from tether.v1 import infer_pb2, status_pb2
+from tether.v1 import infer_pb2, services_pb2_grpc, status_pb2
 from worker import main as worker_main
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -68,7 +69,7 @@ async def tether_network(tmp_path: Path) -> AsyncIterator[Network]:
             lambda: registry_main.serve(config("registry", data_dir, bootstrap)),
             lambda: orchestrator_main.serve(config("orchestrator", data_dir, bootstrap), []),
             lambda: gateway_main.serve(
-                config("gateway", data_dir, bootstrap), 50.0, 100, http_port=0
+                config("gateway", data_dir, bootstrap), 50.0, 100, http_port=0, grpc_port=0
             ),
             lambda: worker_main.serve(
                 config("worker", data_dir, bootstrap), worker_args("worker-1")
@@ -132,8 +133,9 @@ def test_both_shipped_models_stream_through_the_network(
 
                 # The same through the OpenAI-style HTTP API, on the address the gateway
                 # announced, with a plain HTTP client.
-                [url] = [json.loads(line)["http"] for line in capsys.readouterr().out.splitlines()
-                         if '"http"' in line]
+                [ready] = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+                           if '"http"' in line]
+                url = ready["http"]
                 ask = {"model": "kjv-textgen", "prompt": "And God said", "max_tokens": 12,
                        "temperature": 0}
                 status, answer = await trio.to_thread.run_sync(
@@ -154,6 +156,11 @@ def test_both_shipped_models_stream_through_the_network(
                 status, answer = await trio.to_thread.run_sync(
                     post, f"{url}/v1/completions", ask, "tk_wrong")
                 assert status == 401 and answer["error"]["code"] == "UNAUTHENTICATED"
+
+                # And over gRPC, with grpcio's generated client.
+                grpc_text = await trio.to_thread.run_sync(
+                    grpc_generate, ready["grpc"], net.token, "And God said", 12)
+                assert grpc_text == text
 
                 # The operator replays a failed job with `tether dlq replay`: a separate
                 # process, known to the orchestrator by the operator.pub it writes.
@@ -185,6 +192,17 @@ def post(url: str, body: dict, token: str) -> tuple[int, Any]:
             return response.status, json.loads(raw)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def grpc_generate(address: str, token: str, prompt: str, max_tokens: int) -> str:
+    request = infer_pb2.Infer.Request(model_id="kjv-textgen")
+    request.input.text = prompt
+    request.params.max_tokens = max_tokens
+    request.params.temperature = GREEDY_TEMPERATURE
+    with grpc.insecure_channel(address) as channel:
+        stub = services_pb2_grpc.GatewayStub(channel)
+        chunks = stub.Infer(request, metadata=[("authorization", f"Bearer {token}")], timeout=60)
+        return "".join(c.payload.text for c in chunks)
 
 
 def dead_letter(data_dir: Path, max_tokens: int) -> int:

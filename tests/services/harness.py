@@ -59,6 +59,7 @@ class ScriptedEngine:
         self.word = word
         self.requests: list[infer_pb2.Infer.Request] = []
         self.started = 0
+        self.steps = 0
         self.fail_with: Exception | None = None
         self.running = trio.Event()
         self.gate: trio.Event | None = None
@@ -90,6 +91,7 @@ class ScriptedEngine:
                     version=request.version,
                     output_tokens=n,
                 )
+            self.steps += 1
             yield infer_pb2.Payload(text=f" {self.word}{i}"), usage
 
 

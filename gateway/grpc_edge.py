@@ -1,0 +1,194 @@
+"""The gateway's gRPC edge: ``tether.v1.Gateway`` (``Infer``, ``ListModels``) served
+with grpcio from the same protos, for clients in any language with a gRPC toolchain
+(spec D10). Calls go through the same ``GatewayService`` as Hyperswarm clients'.
+
+grpcio runs on asyncio, the gateway on trio; each keeps its own thread and loop. The
+gRPC thread hands a call to trio with ``TrioToken.run_sync_soon`` (non-blocking,
+thread-safe), trio runs it in the edge's nursery, and its chunks come back with
+``loop.call_soon_threadsafe`` into an asyncio queue. That queue holds at most one
+answer's chunks (``MAX_NEW_TOKENS`` + 1 for text); a client that goes away cancels
+the trio side, and with it the request upstream.
+
+Status codes are the same numbers in Tether and gRPC; a Tether error's details travel
+as trailing metadata ``tether-detail-<key>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import trio
+
+from gateway.service import GatewayService
+from tether.errors import TetherError
+from tether.rpc import RpcError, ServerContext, StatusCode
+from tether.v1 import infer_pb2, services_pb2, services_pb2_grpc
+
+log = logging.getLogger("tether.gateway.grpc")
+
+#: The longest a call may take when the client sets no deadline.
+DEFAULT_TIMEOUT_S = 300.0
+#: Metadata passed through to the gateway (the token, the trace).
+FORWARDED_METADATA = ("authorization", "traceparent")
+_END = object()
+
+
+def _grpc_code(code: int) -> grpc.StatusCode:
+    name = StatusCode(StatusCode.coerce(code)).name
+    return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
+
+
+def _trailers(exc: TetherError) -> tuple[tuple[str, str], ...]:
+    return tuple((f"tether-detail-{k.lower()}", str(v)) for k, v in sorted(exc.details.items()))
+
+
+@dataclass
+class _Call:
+    """One call's trio side: cancelled when the gRPC client goes away."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class _Servicer(services_pb2_grpc.GatewayServicer):
+    def __init__(self, edge: GrpcEdge) -> None:
+        self.edge = edge
+
+    async def Infer(
+        self, request: infer_pb2.Infer.Request, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        async for item in self.edge.call(
+            context, lambda svc, ctx: svc.Infer(request, ctx), streaming=True
+        ):
+            yield item
+
+    async def ListModels(
+        self, request: services_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> services_pb2.ListModelsResponse:
+        async for item in self.edge.call(
+            context, lambda svc, ctx: _once(svc.ListModels(request, ctx)), streaming=False
+        ):
+            return item
+        raise RuntimeError("ListModels gave no answer")
+
+
+async def _once(awaitable: Any) -> AsyncIterator[Any]:
+    yield await awaitable
+
+
+class GrpcEdge:
+    """Serves ``service`` over gRPC on ``host:port`` while ``run`` runs (in trio)."""
+
+    def __init__(self, service: GatewayService, host: str, port: int) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def call(
+        self,
+        context: grpc.aio.ServicerContext,
+        start: Callable[[GatewayService, ServerContext], AsyncIterator[Any]],
+        *,
+        streaming: bool,
+    ) -> AsyncIterator[Any]:
+        """(asyncio side) Run ``start`` in trio; yield what it yields."""
+        assert self._token is not None and self._nursery is not None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        call = _Call()
+        metadata = {
+            k: v for k, v in (context.invocation_metadata() or ())
+            if k in FORWARDED_METADATA and isinstance(v, str)
+        }
+        remaining = context.time_remaining()
+        timeout = DEFAULT_TIMEOUT_S if remaining is None else max(remaining, 0.0)
+        nursery = self._nursery
+
+        def deliver(item: object) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        async def pump() -> None:
+            with call.scope:
+                ctx = ServerContext(
+                    method="/tether.v1.Gateway/" + ("Infer" if streaming else "ListModels"),
+                    metadata=metadata, deadline=trio.current_time() + timeout,
+                    peer=f"grpc:{context.peer()}",
+                )
+                try:
+                    with trio.fail_after(timeout):
+                        async for item in start(self.service, ctx):
+                            deliver(item)
+                except TetherError as exc:
+                    deliver(exc)
+                except trio.TooSlowError:
+                    deliver(RpcError(StatusCode.DEADLINE_EXCEEDED, "no answer in time"))
+                except Exception as exc:  # a bug: the client gets INTERNAL, the log the rest
+                    log.exception("gRPC call failed")
+                    deliver(RpcError(StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"))
+                deliver(_END)
+
+        self._token.run_sync_soon(nursery.start_soon, pump)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, TetherError):
+                    context.set_trailing_metadata(_trailers(item))
+                    await context.abort(_grpc_code(item.code), item.message)
+                yield item
+        finally:
+            # The answer is complete, failed, or the client left: stop the trio side.
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(call.scope.cancel)
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status`` gets the bound port."""
+        self._token = trio.lowlevel.current_trio_token()
+        bound: list[int] = []
+        ready = threading.Event()
+        stopping: list[Callable[[], object]] = []
+        failure: list[BaseException] = []
+
+        async def serve_grpc() -> None:
+            server = grpc.aio.server()
+            services_pb2_grpc.add_GatewayServicer_to_server(_Servicer(self), server)
+            bound.append(server.add_insecure_port(f"{self.host}:{self.port}"))
+            await server.start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            stopping.append(lambda: loop.call_soon_threadsafe(stop.set))
+            ready.set()
+            await stop.wait()
+            await server.stop(grace=1.0)
+
+        def thread_main() -> None:
+            try:
+                asyncio.run(serve_grpc())
+            except BaseException as exc:  # reported to trio below
+                failure.append(exc)
+                ready.set()
+
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            thread = threading.Thread(target=thread_main, name="tether-grpc", daemon=True)
+            thread.start()
+            await trio.to_thread.run_sync(ready.wait)
+            if failure or not bound or not bound[0]:
+                raise OSError(f"cannot serve gRPC on {self.host}:{self.port}: "
+                              f"{failure[0] if failure else 'port unavailable'}")
+            task_status.started(bound[0])
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    stopping[0]()
+                    await trio.to_thread.run_sync(thread.join)
