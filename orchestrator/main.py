@@ -16,9 +16,11 @@ import sys
 import trio
 
 from orchestrator.breaker import CircuitBreakers
+from orchestrator.control import ControlService
 from orchestrator.discovery import DiscoverySub
 from orchestrator.service import OrchestratorService
 from tether import process, topics
+from tether.callers import CallerPolicy, parse_key
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
 
@@ -57,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also open a breaker when the p95 time to first chunk of its pool is over "
         "this many seconds (default: off)",
     )
+    parser.add_argument(
+        "--allow-operator",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="public key (64 hex) of an operator allowed to send control messages "
+        "(repeatable; the keys in <data-dir>/keys/operator*.pub always are)",
+    )
     return parser
 
 
@@ -64,6 +74,7 @@ async def serve(
     config: process.ServiceConfig,
     watch_regions: list[str],
     breakers: CircuitBreakers | None = None,
+    operators: list[bytes] | None = None,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
@@ -77,7 +88,19 @@ async def serve(
         registry_topic=topics.registry(config.region),
         breakers=breakers,
     )
-    network.handlers.update(collect_handlers(service))
+    control = ControlService(
+        service.rollouts,
+        discovery,
+        region=config.region,
+        operators=CallerPolicy(
+            operators or [],
+            keys_dir=config.data_dir / "keys",
+            pattern="operator*.pub",
+            role="operator",
+            allow_any=config.allow_any_caller,
+        ),
+    )
+    network.handlers.update(collect_handlers(service, control))
     process.on_stop(network.close)
     try:
         regions = list(dict.fromkeys([config.region, *watch_regions]))
@@ -106,8 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         open_s=args.breaker_open_s,
         slow_first_chunk_s=args.slow_first_chunk_s,
     )
+    try:
+        operators = [parse_key(k) for k in args.allow_operator]
+    except ValueError as exc:
+        raise SystemExit(f"orchestrator: --allow-operator: {exc}") from None
     trio.run(
-        process.run_until_signalled, lambda: serve(config, args.watch_region, breakers)
+        process.run_until_signalled,
+        lambda: serve(config, args.watch_region, breakers, operators),
     )
     return 0
 

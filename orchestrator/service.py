@@ -33,6 +33,7 @@ import trio
 
 from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub
+from orchestrator.rollout import Rollouts
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
 from tether import blocking, telemetry, topics
 from tether.callers import CallerPolicy
@@ -77,6 +78,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         breakers: CircuitBreakers | None = None,
         callers: CallerPolicy | None = None,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self.network = network
         #: Who may submit work and read jobs: gateways. None: anyone (embedded use).
@@ -88,6 +90,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.weights = weights or Weights()
         self.max_attempts = max_attempts
         self.breakers = breakers or CircuitBreakers()
+        #: Canary weights and drains, set over the control topic (orchestrator.control).
+        self.rollouts = rollouts or Rollouts()
         self._resolved: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
             ttl_s=RESOLVE_CACHE_S, max_entries=4096
         )
@@ -146,6 +150,34 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             raise InvalidArgument("correlation_id is required")
         if not request.model_id:
             raise InvalidArgument("model_id is required")
+        # A request that names no version follows the model's canary rollout, if any;
+        # its outcome counts against that version's error budget.
+        canary = None if request.version else self.rollouts.choose(
+            request.model_id, request.correlation_id)
+        if canary is not None:
+            pinned = infer_pb2.Infer.Request()
+            pinned.CopyFrom(request)
+            pinned.version = canary
+            request = pinned
+        try:
+            async with contextlib.aclosing(self._submit(request, context)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except TetherError as exc:
+            if canary is not None:
+                self._count(request, StatusCode.coerce(exc.code))
+            raise
+        if canary is not None:
+            self._count(request, StatusCode.OK)
+
+    def _count(self, request: infer_pb2.Infer.Request, code: StatusCode) -> None:
+        halted = self.rollouts.record(request.model_id, request.version, code)
+        if halted:
+            log.warning("error budget spent; the rollout halted a version: %s", halted)
+
+    async def _submit(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         # The registry applies the model's tenant policy while resolving.
         record = await self.resolve(request)
         dispatched = infer_pb2.Infer.Request()
@@ -214,13 +246,21 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ),
             gpu_classes=tuple(record.capabilities.gpu_classes),
         )
-        ranked = rank(self.discovery.snapshot(), want, self.weights)
+        snapshot = self.discovery.snapshot()
+        self.rollouts.forget({e.worker_id for e in snapshot})
+        ranked = rank(snapshot, want, self.weights)
+        if ranked and not any(self.rollouts.placeable(c.entry.worker_id) for c in ranked):
+            raise Unavailable(
+                f"every worker serving {want.model.model_id} {want.model.version} is draining",
+                details={"model": want.model.model_id, "version": want.model.version},
+            )
+        ranked = [c for c in ranked if self.rollouts.placeable(c.entry.worker_id)]
         if not ranked:
             raise Unavailable(
                 f"no healthy worker serves {want.model.model_id} {want.model.version}",
                 details={"model": want.model.model_id, "version": want.model.version},
             )
-        model = want.model.model_id
+        model = f"{want.model.model_id}@{want.model.version}"  # one pool per version
         candidates = [
             c
             for c in ranked
@@ -245,7 +285,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         cid = request.correlation_id
         last_error: RpcError | None = None
-        model = request.model_id
+        model = f"{request.model_id}@{request.version}"  # the breakers' pool key
         resume = _Resume()
         for attempt, candidate in enumerate(candidates):
             worker_id = candidate.entry.worker_id

@@ -20,6 +20,7 @@ no setup, like SSH's ``authorized_keys``. ``--allow-any-caller`` turns the check
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import time
@@ -58,10 +59,13 @@ class CallerPolicy:
         keys_dir: Path | None = None,
         allow_any: bool = False,
         role: str = "peer",
+        pattern: str = "*.pub",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keys = set(keys)
         self.keys_dir = keys_dir
+        #: Which files of ``keys_dir`` count (``operator*.pub``: operators only).
+        self.pattern = pattern
         self.allow_any = allow_any
         self.role = role
         self._clock = clock
@@ -99,7 +103,7 @@ class CallerPolicy:
                 return frozenset(
                     (e.name, e.stat().st_size, e.stat().st_mtime_ns)
                     for e in entries
-                    if e.name.endswith(".pub")
+                    if fnmatch.fnmatchcase(e.name, self.pattern)
                 )
         except OSError:
             return frozenset()
@@ -107,7 +111,7 @@ class CallerPolicy:
     def _read_keys_dir(self) -> Iterable[bytes]:
         assert self.keys_dir is not None
         try:
-            files = sorted(self.keys_dir.glob("*.pub"))
+            files = sorted(self.keys_dir.glob(self.pattern))
         except OSError:
             return
         for path in files:
@@ -126,7 +130,7 @@ class CallerPolicy:
             key = b""
         if key and self.allows(key):
             return
-        where = f" or put its key in {self.keys_dir / '<name>.pub'}" if self.keys_dir else ""
+        where = f" or put its key in {self.keys_dir / self.pattern}" if self.keys_dir else ""
         raise PermissionDenied(
             f"{context.method} is only for known {self.role}s and peer "
             f"{context.peer[:16] or '(unknown)'}... is not one; allow it with "

@@ -99,6 +99,13 @@ def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
 
 
+def _add_operator_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
+    p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"),
+                   help="where the operator key is (keys/operator.key)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
     p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
+    p = sub.add_parser(
+        "rollout",
+        help="split a model's traffic between versions (canary), halted past an error budget",
+        description="Send a canary rollout to the region's orchestrators: requests that name "
+        "no version go to each version in proportion; a version whose error rate passes "
+        "--max-error-rate is halted and its share moves to the others. Weights of 0 end it.",
+    )
+    p.add_argument("model")
+    p.add_argument("weights", nargs="+", metavar="VERSION=PERCENT", help="e.g. 1.0=90 1.1=10")
+    p.add_argument("--max-error-rate", type=float, default=0.05)
+    _add_operator_arguments(p)
+    p = sub.add_parser("drain", help="take workers out of placement (all present when none named)")
+    p.add_argument("workers", nargs="*", metavar="WORKER_ID")
+    _add_operator_arguments(p)
     p = sub.add_parser("token", help="issue a tenant token")
     p.add_argument("--tenant", required=True)
     p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
@@ -155,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return trio.run(_up, args)
         if args.command == "infer":
             return trio.run(_infer, args)
+        if args.command in ("rollout", "drain"):
+            return trio.run(_control, args)
         if args.command == "token":
             return _token(args)
         if args.command == "dlq" and args.action == "replay":
@@ -277,18 +300,20 @@ def _dlq(args: argparse.Namespace) -> int:
 
 async def _dlq_replay(args: argparse.Namespace) -> int:
     """Replay one dead letter through an orchestrator; its answer goes to stdout."""
-    from tether import dlq
+    from tether import operator
+    from tether.v1 import services_rpc
 
     if args.letter_id is None:
         raise SystemExit("tether dlq replay: which letter? pass its id (`tether dlq` lists them)")
     bootstrap = process.bootstrap_from(args.bootstrap, "tether dlq replay")
     store = _open_store(args)
     try:
-        keypair = dlq.operator_keypair(Path(args.data_dir))
-        async with dlq.connect_orchestrator(bootstrap, keypair, region=args.region) as stub:
+        keypair = operator.operator_keypair(Path(args.data_dir))
+        async with operator.connect_orchestrator(bootstrap, keypair, region=args.region) as rpc:
             last = None
-            async for chunk in dlq.replay(
-                store, stub, args.letter_id, again=args.again, timeout=args.timeout
+            async for chunk in operator.replay(
+                store, services_rpc.OrchestratorStub(rpc), args.letter_id, again=args.again,
+                timeout=args.timeout,
             ):
                 _print_payload(chunk.payload)
                 last = chunk
@@ -302,6 +327,28 @@ async def _dlq_replay(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+async def _control(args: argparse.Namespace) -> int:
+    """Send one control message to an orchestrator of the region; print its answer."""
+    from tether import operator
+    from tether.v1 import services_rpc
+
+    bootstrap = process.bootstrap_from(args.bootstrap, f"tether {args.command}")
+    try:
+        if args.command == "rollout":
+            message = operator.rollout_message(
+                args.model, args.weights, max_error_rate=args.max_error_rate, region=args.region
+            )
+        else:
+            message = operator.drain_message(args.workers, region=args.region)
+    except ValueError as exc:
+        raise SystemExit(f"tether {args.command}: {exc}") from None
+    keypair = operator.operator_keypair(Path(args.data_dir))
+    async with operator.connect_orchestrator(bootstrap, keypair, region=args.region) as rpc:
+        ack = await services_rpc.ControlStub(rpc).Apply(message, timeout=30)
+    print(json.dumps({"accepted": ack.accepted, "id": ack.id, "message": ack.message}))
+    return 0 if ack.accepted else 1
 
 
 def _print_payload(payload: infer_pb2.Payload) -> None:

@@ -175,6 +175,29 @@ def test_both_shipped_models_stream_through_the_network(
                 assert replayed.stdout.decode().strip() == text.strip()  # greedy: the same
                 assert (net.data_dir / "keys" / "operator.pub").exists()
 
+                # Control messages from the operator's command line: a rollout, then a
+                # drain that takes the only worker out of placement.
+                boot = f"{net.bootstrap[0].host}:{net.bootstrap[0].port}"
+
+                async def tether(*argv: str) -> tuple[int, str]:
+                    done = await trio.run_process(
+                        [sys.executable, "-m", "tether.cli", *argv, "--bootstrap", boot,
+                         "--data-dir", str(net.data_dir)],
+                        capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT)
+                    return done.returncode, (done.stdout + done.stderr).decode()
+
+                code, out = await tether("rollout", "kjv-textgen", "1.0=100")
+                assert code == 0 and '"accepted": true' in out and "1.0=100%" in out, out
+                code, out = await tether("rollout", "kjv-textgen", "1.0=60", "1.1")
+                assert code == 1 and "'1.1' is not VERSION=PERCENT" in out, out
+                code, out = await tether("drain", "worker-1")
+                assert code == 0 and "draining worker-1" in out, out
+                with pytest.RaisesGroup(
+                    pytest.RaisesExc(RpcError, match="UNAVAILABLE: every worker .* is draining"),
+                    flatten_subgroups=True,
+                ):
+                    await generate(net, "And God said", max_tokens=4)
+
     trio.run(main)
 
 

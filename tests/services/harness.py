@@ -22,7 +22,9 @@ import trio
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from orchestrator.breaker import CircuitBreakers
+from orchestrator.control import ControlService
 from orchestrator.discovery import DiscoverySub
+from orchestrator.rollout import Rollouts
 from orchestrator.service import OrchestratorService
 from p2p_transport.cenc import SocketAddress
 from registry.catalog import Catalog
@@ -159,6 +161,12 @@ class Fleet:
             peer = await dial(self.operator_net, self.orchestrator_key)
         return services_rpc.OrchestratorStub(peer.rpc)
 
+    async def control(self) -> services_rpc.ControlStub:
+        """The orchestrator's control surface, as the operator reaches it."""
+        with trio.fail_after(30):
+            peer = await dial(self.operator_net, self.orchestrator_key)
+        return services_rpc.ControlStub(peer.rpc)
+
     def token(self, tenant: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.store.issue_token(tenant)}"}
 
@@ -260,6 +268,7 @@ async def fleet(
             store=store,
             region=region,
             registry_topic=topics.registry(region),
+            rollouts=Rollouts(min_requests=5),
             breakers=CircuitBreakers(
                 failure_threshold=3,
                 open_s=breaker_open_s,
@@ -268,7 +277,13 @@ async def fleet(
                 min_samples=3,
             ),
         )
-        orch_net.handlers.update(collect_handlers(orchestrator))
+        control = ControlService(
+            orchestrator.rollouts,
+            discovery,
+            region=region,
+            operators=CallerPolicy([operator_key.public_key], role="operator"),
+        )
+        orch_net.handlers.update(collect_handlers(orchestrator, control))
         await nursery.start(
             _run_node,
             f.networks,

@@ -17,12 +17,14 @@ import trio
 import trio.testing
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
-from tether import blocking, dlq, telemetry
+from registry.catalog import Catalog
+from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet, model_record
+from tether import blocking, operator, telemetry
 from tether.errors import FailedPrecondition, Internal, NotFound
+from tether.keys import KeyPair
 from tether.net import dial
 from tether.rpc import RpcError, StatusCode
-from tether.v1 import infer_pb2, jobs_pb2, services_pb2, services_rpc
+from tether.v1 import control_pb2, infer_pb2, jobs_pb2, presence_pb2, services_pb2, services_rpc
 
 OpenFleet = Callable[..., AbstractAsyncContextManager[Fleet]]
 Scenario = Callable[[OpenFleet], Awaitable[None]]
@@ -39,9 +41,12 @@ def scenario(fn: Scenario) -> Scenario:
 
 
 def request(
-    prompt: str = "hello", n: int = 4, correlation_id: str = "", region: str = ""
+    prompt: str = "hello", n: int = 4, correlation_id: str = "", region: str = "",
+    version: str = "",
 ) -> infer_pb2.Infer.Request:
-    req = infer_pb2.Infer.Request(model_id=MODEL, correlation_id=correlation_id, region=region)
+    req = infer_pb2.Infer.Request(
+        model_id=MODEL, correlation_id=correlation_id, region=region, version=version
+    )
     req.input.text = prompt
     req.params.max_tokens = n
     return req
@@ -398,6 +403,52 @@ async def a_slow_pool_trips_its_breaker_and_requests_go_elsewhere(open_fleet: Op
 
 
 @scenario
+async def a_canary_past_its_error_budget_is_halted_and_drains_move_work(
+    open_fleet: OpenFleet,
+) -> None:
+    def publish_canary(catalog: Catalog, publisher: KeyPair) -> None:
+        catalog.publish(model_record(publisher, version="1.1"))
+
+    async with open_fleet(extra=publish_canary) as f:
+        canary = ScriptedEngine([(MODEL, "1.1")], word="c")
+        canary.fail_with = Internal("canary crashed")
+        await f.add_worker("stable", engine=ScriptedEngine([(MODEL, "1.0")]))
+        await f.add_worker("canary", engine=canary)
+        await f.discovery.wait_for(lambda s: len(s) == 2)
+        control = await f.control()
+        split = control_pb2.ControlMessage(id=1, rollout=control_pb2.Rollout(
+            model_id=MODEL, max_error_rate=0.2, weights=[
+                control_pb2.CanaryWeight(model=presence_pb2.ModelKey(model_id=MODEL, version=v),
+                                         weight_bps=5000)
+                for v in ("1.0", "1.1")]))
+        ack = await control.Apply(split)
+        assert ack.accepted and ack.message.startswith(f"rollout {MODEL}: 1.0=50%, 1.1=50%")
+        again = await control.Apply(split)  # the same id again changes nothing
+        assert not again.accepted and "not after 1" in again.message
+        gw = await f.gateway()
+        token = f.token("acme")
+        outcomes: list[object] = []
+        for i in range(30):
+            try:
+                chunks = await collect(gw, request(n=1, correlation_id=f"c-{i}"), token)
+                outcomes.append(chunks[0].worker_id)
+            except RpcError as exc:
+                outcomes.append(exc.code)
+        # The canary's requests failed (then failed fast, its breaker open) until five had
+        # spent its budget; then the stable version took all the traffic.
+        assert StatusCode.INTERNAL in outcomes and "canary" not in outcomes
+        assert outcomes[-10:] == ["stable"] * 10
+        assert 3 <= canary.started <= 5
+        # A drain takes the stable worker out of placement.
+        ack = await control.Apply(control_pb2.ControlMessage(
+            id=2, drain=control_pb2.Drain(worker_ids=["stable"])))
+        assert ack.accepted and ack.message == "draining stable"
+        with pytest.raises(RpcError) as info:
+            await collect(gw, request(n=1, version="1.0"), token)
+        assert info.value.code == StatusCode.UNAVAILABLE and "draining" in info.value.message
+
+
+@scenario
 async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet) -> None:
     async with open_fleet() as f:
         engine = ScriptedEngine([(MODEL, "1.0")])
@@ -413,7 +464,7 @@ async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet
         assert letter_id is not None
         engine.fail_with = None
         orchestrator = await f.orchestrator()
-        chunks = [c async for c in dlq.replay(f.store, orchestrator, letter_id)]
+        chunks = [c async for c in operator.replay(f.store, orchestrator, letter_id)]
         assert "".join(c.payload.text for c in chunks) == " w0 w1 w2" and chunks[-1].done
         job = f.store.get_job("job-q")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
@@ -425,9 +476,9 @@ async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet
         assert again.retry_token == letter.replayed_as
         assert letter.replayed_as.startswith(f"replay-{letter_id}-")
         with pytest.raises(FailedPrecondition, match="replayed already"):
-            [c async for c in dlq.replay(f.store, orchestrator, letter_id)]
+            [c async for c in operator.replay(f.store, orchestrator, letter_id)]
         assert len(engine.requests) == 2
-        more = [c async for c in dlq.replay(f.store, orchestrator, letter_id, again=True)]
+        more = [c async for c in operator.replay(f.store, orchestrator, letter_id, again=True)]
         assert len(more) == 3 and f.store.get_job("job-q").attempts == 3
 
 

@@ -1,5 +1,7 @@
-"""Replaying a dead letter: the operator's way to run a failed job again.
+"""The operator's tools: replaying a dead letter, and control messages (canary
+rollouts, drains) for the orchestrators of a region.
 
+Replaying a dead letter runs a failed job again.
 A job that fails after admission keeps its request, as dispatched (tenant, pinned
 version and seed included), in the Metadata Store's ``dead_letters``. ``replay``
 claims one letter (so it runs once, however many operators try), gives the request a
@@ -8,14 +10,19 @@ orchestrator treats it like any request under a new retry token: the job is
 re-admitted (and charged to the tenant's quota again), and a replay that fails
 becomes a dead letter of its own.
 
-The orchestrator takes ``Submit`` only from known callers (``tether.callers``): the
-operator's key, ``<data-dir>/keys/operator.key``, is known to services sharing that
-data folder through its ``operator.pub``; elsewhere pass it with ``--allow-caller``.
+The orchestrator takes ``Submit`` and control messages only from known callers
+(``tether.callers``): the operator's key, ``<data-dir>/keys/operator.key``, is known
+to services sharing that data folder through its ``operator.pub``; elsewhere pass it
+with ``--allow-caller`` (and ``--allow-operator`` for control messages).
+
+A control message's id is the wall-clock time in milliseconds: later than any message
+this operator sent before, which is what orchestrators require.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +33,8 @@ from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
-from tether.v1 import infer_pb2, services_rpc
+from tether.rpc import RpcConnection
+from tether.v1 import control_pb2, infer_pb2, presence_pb2, services_rpc
 
 
 def operator_keypair(data_dir: Path) -> KeyPair:
@@ -61,6 +69,37 @@ async def replay(
             yield chunk
 
 
+def rollout_message(
+    model_id: str, weights: Sequence[str], *, max_error_rate: float, region: str,
+    now_ms: int | None = None,
+) -> control_pb2.ControlMessage:
+    """A rollout from ``VERSION=PERCENT`` texts (``1.0=90 1.1=10``); ValueError if they
+    are not that (the orchestrator checks that they make 100%)."""
+    msg = control_pb2.ControlMessage(region=region, id=now_ms or time.time_ns() // 1_000_000)
+    msg.rollout.model_id = model_id
+    msg.rollout.max_error_rate = max_error_rate
+    for text in weights:
+        version, sep, percent = text.partition("=")
+        try:
+            bps = round(float(percent) * 100)
+        except ValueError:
+            bps = -1
+        if not sep or not version or not 0 <= bps <= 10_000:
+            raise ValueError(f"{text!r} is not VERSION=PERCENT (e.g. 1.1=10)")
+        msg.rollout.weights.add(
+            model=presence_pb2.ModelKey(model_id=model_id, version=version), weight_bps=bps
+        )
+    return msg
+
+
+def drain_message(
+    worker_ids: Sequence[str], *, region: str, now_ms: int | None = None
+) -> control_pb2.ControlMessage:
+    msg = control_pb2.ControlMessage(region=region, id=now_ms or time.time_ns() // 1_000_000)
+    msg.drain.worker_ids.extend(worker_ids)
+    return msg
+
+
 @asynccontextmanager
 async def connect_orchestrator(
     bootstrap: Sequence[SocketAddress],
@@ -69,11 +108,12 @@ async def connect_orchestrator(
     region: str = "local",
     host: str = "127.0.0.1",
     timeout: float = 30.0,
-) -> AsyncIterator[services_rpc.OrchestratorStub]:
-    """A stub for an orchestrator of ``region``, found on its control topic."""
+) -> AsyncIterator[RpcConnection]:
+    """A connection to an orchestrator of ``region``, found on its control topic (make
+    an ``OrchestratorStub`` or a ``ControlStub`` on it)."""
     network = SwarmNetwork(keypair, {}, bootstrap=bootstrap, host=host)
     async with network.running():
         topic = topics.control(region)
         await network.join(topic, server=False, client=True)
         peer = await wait_for_peer(network, topic, timeout=timeout)
-        yield services_rpc.OrchestratorStub(peer.rpc)
+        yield peer.rpc
