@@ -92,6 +92,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.breakers = breakers or CircuitBreakers()
         #: Canary weights and drains, set over the control topic (orchestrator.control).
         self.rollouts = rollouts or Rollouts()
+        self.usage_metrics = telemetry.UsageMetrics()
         self._resolved: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
             ttl_s=RESOLVE_CACHE_S, max_entries=4096
         )
@@ -361,6 +362,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 self.store.record_usage(cid, last.usage)
 
         await blocking.run_sync(write)
+        if last.HasField("usage"):
+            u = last.usage
+            self.usage_metrics.record(
+                u.tenant_id, f"{u.model_id}@{u.version}", u.input_tokens, u.output_tokens
+            )
 
     async def GetJob(
         self, request: services_pb2.GetJobRequest, context: ServerContext

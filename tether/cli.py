@@ -156,6 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("drain", help="take workers out of placement (all present when none named)")
     p.add_argument("workers", nargs="*", metavar="WORKER_ID")
     _add_operator_arguments(p)
+    p = sub.add_parser(
+        "usage",
+        help="usage per tenant and model version over a period (the billing export)",
+        description="One JSON line per (tenant, model, version): requests, input and output "
+        "tokens and compute time recorded in [--since, --until).",
+    )
+    p.add_argument("--since", default="0", help="unix ms or ISO date/time (UTC); default: all")
+    p.add_argument("--until", default=None, help="unix ms or ISO date/time (UTC); default: now")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
+    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
     p = sub.add_parser("token", help="issue a tenant token")
     p.add_argument("--tenant", required=True)
     p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
@@ -180,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             return trio.run(_control, args)
         if args.command == "token":
             return _token(args)
+        if args.command == "usage":
+            return _usage(args)
         if args.command == "dlq" and args.action == "replay":
             return trio.run(_dlq_replay, args)
         if args.command == "dlq":
@@ -359,6 +372,39 @@ def _print_payload(payload: infer_pb2.Payload) -> None:
     elif payload.text:
         sys.stdout.write(payload.text)
         sys.stdout.flush()
+
+
+def _unix_ms(text: str, flag: str) -> int:
+    """Unix milliseconds from digits or an ISO date/time (UTC unless it says otherwise)."""
+    import datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"tether usage: {flag} {text!r} is neither unix ms nor an ISO "
+                         "date/time (e.g. 2026-11-01 or 2026-11-01T12:00)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    since = _unix_ms(args.since, "--since")
+    until = _unix_ms(args.until, "--until") if args.until else None
+    store = _open_store(args)
+    try:
+        for line in store.usage_report(since_ms=since, until_ms=until, tenant_id=args.tenant):
+            print(json.dumps({
+                "tenant": line.tenant_id, "model": f"{line.model_id}@{line.version}",
+                "requests": line.requests, "input_tokens": line.input_tokens,
+                "output_tokens": line.output_tokens, "compute_ms": line.compute_ms,
+                "since_unix_ms": since, "until_unix_ms": until,
+            }))
+    finally:
+        store.close()
+    return 0
 
 
 def _token(args: argparse.Namespace) -> int:

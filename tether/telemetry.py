@@ -115,6 +115,22 @@ class RequestMetrics:
                 self.first_chunk.record((timer.first - timer.start) * 1000, attrs)
 
 
+class UsageMetrics:
+    """Tokens by tenant, model and direction, as jobs finish: the usage a billing or
+    IAM system can scrape (Prometheus) or receive (OTLP) as it happens."""
+
+    def __init__(self) -> None:
+        meter = otel_metrics.get_meter("tether")
+        self.tokens = meter.create_counter(
+            "tether.tokens", description="Tokens processed, by tenant, model and direction"
+        )
+
+    def record(self, tenant: str, model: str, input_tokens: int, output_tokens: int) -> None:
+        attrs = {"tenant": tenant, "model": model}
+        self.tokens.add(input_tokens, {**attrs, "direction": "input"})
+        self.tokens.add(output_tokens, {**attrs, "direction": "output"})
+
+
 @dataclass
 class RequestTimer:
     start: float

@@ -161,3 +161,31 @@ def test_unreachable_database_is_unavailable_with_the_url_but_no_password() -> N
         s.migrate()
     assert "127.0.0.1" in err.value.message and "s3cret" not in err.value.message
     s.close()
+
+
+def test_usage_report_sums_per_tenant_and_model_version_over_a_period(
+    store: MetadataStore,
+) -> None:
+    clock = store.test_clock  # type: ignore[attr-defined]
+    start = clock()
+
+    def use(cid: str, tenant: str, version: str, tokens: tuple[int, int]) -> None:
+        store.record_usage(cid, infer_pb2.Usage(
+            tenant_id=tenant, model_id="kjv-textgen", version=version, input_tokens=tokens[0],
+            output_tokens=tokens[1], compute_ms=10))
+        clock.advance(100)
+
+    use("a1", "acme", "1.0", (3, 7))
+    use("a2", "acme", "1.0", (1, 1))
+    use("a3", "acme", "1.1", (2, 2))
+    use("g1", "globex", "1.0", (5, 5))
+    report = store.usage_report()
+    assert [(r.tenant_id, r.version, r.requests, r.input_tokens, r.output_tokens, r.compute_ms)
+            for r in report] == [("acme", "1.0", 2, 4, 8, 20), ("acme", "1.1", 1, 2, 2, 10),
+                                 ("globex", "1.0", 1, 5, 5, 10)]
+    # [since, until): the second and third records only.
+    window = store.usage_report(since_ms=start + 100, until_ms=start + 300)
+    assert [(r.tenant_id, r.version, r.requests) for r in window] == [
+        ("acme", "1.0", 1), ("acme", "1.1", 1)]
+    assert [r.tenant_id for r in store.usage_report(tenant_id="globex")] == ["globex"]
+    assert store.usage_report(since_ms=start + 10_000) == []

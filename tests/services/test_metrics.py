@@ -14,10 +14,20 @@ from tests.services.test_request_path import collect, request
 from tether import blocking, telemetry
 from tether.rpc import RpcError
 
+#: One reader for the process: the meter provider is installed once per process, so
+#: every metrics test reads through this one and compares before with after.
+READER = InMemoryMetricReader()
+
+
+def metrics_reader() -> InMemoryMetricReader:
+    telemetry.setup_metrics("tests", readers=[READER])
+    return READER
+
 
 def points(reader: InMemoryMetricReader, name: str) -> list:
     data = reader.get_metrics_data()
-    assert data is not None
+    if data is None:  # nothing recorded yet
+        return []
     return [
         point
         for rm in data.resource_metrics
@@ -28,9 +38,21 @@ def points(reader: InMemoryMetricReader, name: str) -> list:
     ]
 
 
+def gateway_counts(reader: InMemoryMetricReader) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in points(reader, "tether.requests"):
+        if p.attributes["service"] == "gateway" and p.attributes["model"] == MODEL:
+            counts[p.attributes["code"]] = p.value
+    for name in ("tether.request.duration", "tether.request.first_chunk"):
+        for p in points(reader, name):
+            if p.attributes["service"] == "gateway" and p.attributes["model"] == MODEL:
+                counts[name] = p.count
+    return counts
+
+
 def test_gateway_counts_outcomes_and_times_requests(tmp_path: Path) -> None:
-    reader = InMemoryMetricReader()
-    telemetry.setup_metrics("tests", readers=[reader])
+    reader = metrics_reader()
+    before = gateway_counts(reader)
 
     async def main() -> None:
         async with fleet(tmp_path, rate=0.001, burst=2) as f:
@@ -46,18 +68,12 @@ def test_gateway_counts_outcomes_and_times_requests(tmp_path: Path) -> None:
 
     with blocking.inline():
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    by_code = {
-        p.attributes["code"]: p.value
-        for p in points(reader, "tether.requests")
-        if p.attributes["service"] == "gateway" and p.attributes["model"] == MODEL
+    after = gateway_counts(reader)
+    delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert delta == {
+        "OK": 2, "RESOURCE_EXHAUSTED": 1, "UNAUTHENTICATED": 1,
+        "tether.request.duration": 2, "tether.request.first_chunk": 2,
     }
-    assert by_code == {"OK": 2, "RESOURCE_EXHAUSTED": 1, "UNAUTHENTICATED": 1}
-    gateway_points = {
-        name: [p for p in points(reader, name) if p.attributes["service"] == "gateway"]
-        for name in ("tether.request.duration", "tether.request.first_chunk")
-    }
-    (latency,) = gateway_points["tether.request.duration"]
-    assert latency.count == 2
+    (latency,) = [p for p in points(reader, "tether.request.duration")
+                  if p.attributes["service"] == "gateway" and p.attributes["model"] == MODEL]
     assert latency.sum > 0
-    (first,) = gateway_points["tether.request.first_chunk"]
-    assert first.count == 2

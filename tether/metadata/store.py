@@ -28,6 +28,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, func, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, create_engine, select
@@ -50,6 +51,19 @@ TOKEN_BYTES = 32
 
 def now_unix_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    """Usage of one model version by one tenant over a period."""
+
+    tenant_id: str
+    model_id: str
+    version: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    compute_ms: int
 
 
 def hash_token(token: str) -> str:
@@ -501,6 +515,26 @@ class MetadataStore:
                           compute_ms=usage.compute_ms, queue_ms=usage.queue_ms,
                           recorded_unix_ms=self._clock()))
             s.commit()
+
+    def usage_report(self, *, since_ms: int = 0, until_ms: int | None = None,
+                     tenant_id: str | None = None) -> list[UsageLine]:
+        """Usage recorded in ``[since_ms, until_ms)`` summed per (tenant, model, version):
+        the export a billing system takes (``tether usage``)."""
+        u = t.Usage
+        keys = (col(u.tenant_id), col(u.model_id), col(u.version))
+        query = (sa_select(*keys, func.count(), func.sum(col(u.input_tokens)),
+                           func.sum(col(u.output_tokens)), func.sum(col(u.compute_ms)))
+                 .where(col(u.recorded_unix_ms) >= since_ms)
+                 .group_by(*keys)
+                 .order_by(*keys))
+        if until_ms is not None:
+            query = query.where(col(u.recorded_unix_ms) < until_ms)
+        if tenant_id is not None:
+            query = query.where(col(u.tenant_id) == tenant_id)
+        with self.session() as s:
+            rows = s.execute(query).all()
+        return [UsageLine(str(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4] or 0),
+                          int(r[5] or 0), int(r[6] or 0)) for r in rows]
 
     def usage_totals(self, tenant_id: str) -> tuple[int, int]:
         """(input tokens, output tokens) recorded for a tenant."""
