@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import trio
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
@@ -29,7 +30,7 @@ from orchestrator.service import OrchestratorService
 from p2p_transport.cenc import SocketAddress
 from registry.catalog import Catalog
 from registry.service import RegistryService
-from tether import topics
+from tether import telemetry, topics
 from tether.callers import CallerPolicy
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
@@ -335,3 +336,28 @@ async def fleet(
                     await net.close()
             nursery.cancel_scope.cancel()
             store.close()
+
+
+#: One reader for the process: the meter provider is installed once per process, so
+#: every metrics test reads through this one and compares before with after. (It lives
+#: here, not in a test module, so that it is one object however tests are imported.)
+READER = InMemoryMetricReader()
+
+
+def metrics_reader() -> InMemoryMetricReader:
+    telemetry.setup_metrics("tests", readers=[READER])
+    return READER
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list:
+    data = reader.get_metrics_data()
+    if data is None:  # nothing recorded yet
+        return []
+    return [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]

@@ -9,33 +9,10 @@ import trio
 import trio.testing
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from tests.services.harness import MODEL, fleet
+from tests.services.harness import MODEL, fleet, metrics_reader, points
 from tests.services.test_request_path import collect, request
-from tether import blocking, telemetry
+from tether import blocking
 from tether.rpc import RpcError
-
-#: One reader for the process: the meter provider is installed once per process, so
-#: every metrics test reads through this one and compares before with after.
-READER = InMemoryMetricReader()
-
-
-def metrics_reader() -> InMemoryMetricReader:
-    telemetry.setup_metrics("tests", readers=[READER])
-    return READER
-
-
-def points(reader: InMemoryMetricReader, name: str) -> list:
-    data = reader.get_metrics_data()
-    if data is None:  # nothing recorded yet
-        return []
-    return [
-        point
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
 
 
 def gateway_counts(reader: InMemoryMetricReader) -> dict[str, int]:

@@ -11,8 +11,7 @@ import trio
 import trio.testing
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from tests.services.harness import MODEL, fleet
-from tests.services.test_metrics import metrics_reader, points
+from tests.services.harness import MODEL, fleet, metrics_reader, points
 from tests.services.test_request_path import collect, request
 from tether import blocking, cli
 from tether.metadata.store import MetadataStore, sqlite_url
