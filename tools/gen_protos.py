@@ -10,7 +10,9 @@ Writes, from ``proto/tether/v1/*.proto``:
   for the gateway's gRPC edge and any gRPC client;
 - ``clients/ts/src/gen/**/*_pb.ts``: TypeScript messages (``protoc-gen-es``
   from the repository's ``node_modules``; skipped with a warning when Node
-  packages are not installed, never in ``--check``).
+  packages are not installed, never in ``--check``);
+- ``clients/js/src/gen/**/*_pb.js`` and ``.d.ts``: the same messages as
+  JavaScript with type declarations, for the JavaScript client (``clients/js``).
 
 ``--check`` regenerates into a scratch directory and fails, listing the files,
 when the committed output differs: generated code is committed and CI runs this
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 PY_OUT = Path("tether/v1")
 TS_OUT = Path("clients/ts/src/gen")
+JS_OUT = Path("clients/js/src/gen")
 PLUGIN = ROOT / "tools" / "protoc_gen_tether.py"
 PROTOC_GEN_ES = ROOT / "node_modules" / ".bin" / "protoc-gen-es"
 
@@ -65,10 +68,14 @@ def generate(out_root: Path, *, typescript: bool) -> None:
         ]
         if typescript:
             (out_root / TS_OUT).mkdir(parents=True, exist_ok=True)
+            (out_root / JS_OUT).mkdir(parents=True, exist_ok=True)
             args += [
                 f"--plugin=protoc-gen-es={PROTOC_GEN_ES}",
                 f"--es_out={out_root / TS_OUT}",
                 "--es_opt=target=ts",
+                f"--plugin=protoc-gen-esjs={PROTOC_GEN_ES}",
+                f"--esjs_out={out_root / JS_OUT}",
+                "--esjs_opt=target=js+dts,import_extension=js",
             ]
         subprocess.run([*args, *files], check=True, cwd=ROOT)
         # gRPC code for the file that declares services only (the others would get
@@ -86,6 +93,8 @@ def generated_files(root: Path) -> set[Path]:
     found |= {p.relative_to(root) for p in (root / PY_OUT).glob("*_pb2_grpc.py")}
     if (root / TS_OUT).exists():
         found |= {p.relative_to(root) for p in (root / TS_OUT).rglob("*.ts")}
+    if (root / JS_OUT).exists():
+        found |= {p.relative_to(root) for p in (root / JS_OUT).rglob("*_pb.*")}
     return found
 
 
@@ -121,8 +130,9 @@ def main() -> int:
         print("warning: node_modules missing; TypeScript not generated (run npm ci)")
     for stale in generated_files(ROOT):
         os.remove(ROOT / stale)
-    if typescript and (ROOT / TS_OUT).exists():
-        shutil.rmtree(ROOT / TS_OUT)
+    for out in (TS_OUT, JS_OUT):
+        if typescript and (ROOT / out).exists():
+            shutil.rmtree(ROOT / out)
     generate(ROOT, typescript=typescript)
     print(f"generated {len(generated_files(ROOT))} files from {len(proto_files())} protos")
     return 0

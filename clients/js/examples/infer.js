@@ -1,0 +1,48 @@
+#!/usr/bin/env node
+// Stream an answer from a Tether gateway, one JSON line per chunk:
+//
+//   node clients/js/examples/infer.js --bootstrap HOST:PORT --gateway KEY --token TOKEN \
+//        [--model kjv-textgen] [--prompt TEXT] [--max-tokens N] [--greedy] [--embed TEXT ...]
+//        [--list-models]
+//
+// (`tether up` prints the bootstrap, gateway key and a token.) Exits 1 with
+// {"error": CODE, "message": ...} when the call fails.
+import { connectGateway, RpcError } from '../src/client.js'
+
+const args = process.argv.slice(2)
+const opt = (name, fallback = null) => { const i = args.indexOf(name); return i === -1 ? fallback : args[i + 1] }
+const all = (name) => args.flatMap((a, i) => (a === name ? [args[i + 1]] : []))
+const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')
+
+const client = await connectGateway({
+  bootstrap: all('--bootstrap'),
+  gatewayKey: opt('--gateway'),
+  token: opt('--token', process.env.TETHER_TOKEN)
+})
+let code = 0
+try {
+  if (args.includes('--list-models')) {
+    const listed = await client.listModels()
+    out({ models: listed.models.map((r) => `${r.model.modelId}@${r.model.version}`) })
+  } else {
+    const texts = all('--embed')
+    const chunks = texts.length
+      ? client.embed(opt('--model', 'all-minilm-l6-v2'), texts)
+      : client.generate(opt('--model', 'kjv-textgen'), opt('--prompt', 'And God said'), {
+        maxTokens: Number(opt('--max-tokens', '20')), greedy: args.includes('--greedy')
+      })
+    for await (const chunk of chunks) {
+      const kind = chunk.payload?.kind
+      if (kind?.case === 'text') out({ seq: Number(chunk.seq), text: kind.value })
+      if (kind?.case === 'embedding') out({ index: kind.value.index, dim: kind.value.values.length })
+      if (chunk.done) out({ done: true, outputTokens: chunk.usage?.outputTokens ?? 0 })
+    }
+  }
+} catch (err) {
+  if (!(err instanceof RpcError)) throw err
+  out({ error: err.codeName, message: err.message })
+  code = 1
+} finally {
+  await client.close()
+}
+process.exit(code)

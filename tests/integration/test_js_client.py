@@ -1,0 +1,68 @@
+"""The JavaScript client (clients/js) against a Python gateway on a loopback testnet: the
+messages generated from proto/ for JavaScript, Tether's RPC protocol over Node's own
+hyperdht, protomux and secret-stream, streaming, unary calls and typed errors.
+
+The fleet behind the gateway is the service harness with the scripted engine (the real
+models over every edge are in test_request_path.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.integration.testnet import node_testnet
+from tests.services.harness import MODEL, ScriptedEngine, fleet, swarm_networks, wall_ms
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "clients" / "js" / "examples" / "infer.js"
+
+
+async def run_example(*argv: str) -> tuple[int, list[dict]]:
+    node = shutil.which("node")
+    assert node is not None
+    done = await trio.run_process(
+        [node, str(EXAMPLE), *argv], capture_stdout=True, capture_stderr=True, check=False,
+        cwd=str(ROOT),
+    )
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
+    if done.returncode not in (0, 1):
+        print(done.stderr.decode()[-3000:], file=sys.stderr)
+    return done.returncode, lines
+
+
+def test_the_javascript_client_streams_lists_and_gets_typed_errors(tmp_path: Path) -> None:
+    async def main() -> None:
+        with trio.fail_after(120):
+            async with (
+                node_testnet(3) as bootstrap,
+                fleet(tmp_path, networks=swarm_networks(bootstrap), clock_ms=wall_ms) as f,
+            ):
+                await f.add_worker("w1", engine=ScriptedEngine([(MODEL, "1.0")], step_s=0.01))
+                await f.discovery.wait_for(lambda s: len(s) == 1)
+                common = ["--bootstrap", f"{bootstrap[0].host}:{bootstrap[0].port}",
+                          "--gateway", f.gateway_net.public_key.hex()]
+                token = f.store.issue_token("acme")
+                code, lines = await run_example(
+                    *common, "--token", token, "--model", MODEL, "--max-tokens", "5")
+                assert code == 0, lines
+                *chunks, done = lines
+                assert [c["text"] for c in chunks] == [" w0", " w1", " w2", " w3", " w4"]
+                assert [c["seq"] for c in chunks] == [0, 1, 2, 3, 4]
+                assert done == {"done": True, "outputTokens": 5}
+                code, lines = await run_example(*common, "--token", token, "--list-models")
+                assert (code, lines) == (0, [{"models": [f"{MODEL}@1.0"]}])
+                code, lines = await run_example(*common, "--token", "tt_wrong", "--model", MODEL)
+                assert code == 1 and lines[-1]["error"] == "UNAUTHENTICATED"
+                code, lines = await run_example(
+                    *common, "--token", token, "--model", MODEL, "--max-tokens", "100000")
+                assert code == 1 and lines[-1]["error"] == "INVALID_ARGUMENT"
+                assert "max_tokens" in lines[-1]["message"]
+
+    trio.run(main)
