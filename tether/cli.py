@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", nargs="+", metavar="VERSION=PERCENT", help="e.g. 1.0=90 1.1=10")
     p.add_argument("--max-error-rate", type=float, default=0.05)
     _add_operator_arguments(p)
+    p = sub.add_parser("fleet", help="the workers an orchestrator of the region sees (JSON lines)")
+    _add_operator_arguments(p)
     p = sub.add_parser("drain", help="take workers out of placement (all present when none named)")
     p.add_argument("workers", nargs="*", metavar="WORKER_ID")
     _add_operator_arguments(p)
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             return trio.run(_infer, args)
         if args.command in ("rollout", "drain"):
             return trio.run(_control, args)
+        if args.command == "fleet":
+            return trio.run(_fleet, args)
         if args.command == "token":
             return _token(args)
         if args.command == "usage":
@@ -362,6 +366,28 @@ async def _control(args: argparse.Namespace) -> int:
         ack = await services_rpc.ControlStub(rpc).Apply(message, timeout=30)
     print(json.dumps({"accepted": ack.accepted, "id": ack.id, "message": ack.message}))
     return 0 if ack.accepted else 1
+
+
+async def _fleet(args: argparse.Namespace) -> int:
+    """The orchestrator's fleet snapshot: one JSON line per healthy worker."""
+    from tether import operator
+    from tether.v1 import services_pb2, services_rpc
+
+    bootstrap = process.bootstrap_from(args.bootstrap, "tether fleet")
+    keypair = operator.operator_keypair(Path(args.data_dir))
+    async with operator.connect_orchestrator(bootstrap, keypair, region=args.region) as rpc:
+        fleet = await services_rpc.OrchestratorStub(rpc).GetFleet(
+            services_pb2.GetFleetRequest(), timeout=30
+        )
+    for w in sorted(fleet.workers, key=lambda w: (w.region, w.worker_id)):
+        print(json.dumps({
+            "worker": w.worker_id, "region": w.region, "gpu_class": w.gpu_class,
+            "models": [f"{m.model_id}@{m.version}" for m in w.supported],
+            "slots": w.capacity.slots, "in_use": w.capacity.in_use,
+            "queue_depth": w.capacity.queue_depth, "draining": w.draining,
+            "key": w.pub_key.hex(),
+        }))
+    return 0
 
 
 def _print_payload(payload: infer_pb2.Payload) -> None:

@@ -186,6 +186,10 @@ def test_both_shipped_models_stream_through_the_network(
                         capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT)
                     return done.returncode, (done.stdout + done.stderr).decode()
 
+                code, out = await tether("fleet")
+                [worker] = [json.loads(line) for line in out.splitlines() if '"worker"' in line]
+                assert code == 0 and worker["worker"] == "worker-1", out
+                assert "kjv-textgen@1.0" in worker["models"] and worker["slots"] >= 1
                 code, out = await tether("rollout", "kjv-textgen", "1.0=100")
                 assert code == 0 and '"accepted": true' in out and "1.0=100%" in out, out
                 code, out = await tether("rollout", "kjv-textgen", "1.0=60", "1.1")
