@@ -45,22 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("TETHER_BURST", "40")),
         help="token bucket size per tenant",
     )
-    http_port = os.environ.get("TETHER_HTTP_PORT")
-    parser.add_argument(
-        "--http-port",
-        type=int,
-        default=int(http_port) if http_port else None,
-        help="also serve the OpenAI-style HTTP API on --host:PORT (0: any free port; "
-        "default: no HTTP)",
-    )
-    grpc_port = os.environ.get("TETHER_GRPC_PORT")
-    parser.add_argument(
-        "--grpc-port",
-        type=int,
-        default=int(grpc_port) if grpc_port else None,
-        help="also serve tether.v1.Gateway over gRPC on --host:PORT (0: any free port; "
-        "default: no gRPC)",
-    )
+    for edge, env, what in (
+        ("http", "TETHER_HTTP_PORT", "the OpenAI-style HTTP API"),
+        ("grpc", "TETHER_GRPC_PORT", "tether.v1.Gateway over gRPC"),
+    ):
+        port = os.environ.get(env)
+        parser.add_argument(
+            f"--{edge}-port",
+            type=int,
+            default=int(port) if port else None,
+            help=f"also serve {what} on --host:PORT (0: any free port; default: off)",
+        )
     return parser
 
 

@@ -99,6 +99,12 @@ def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
 
 
+def _add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the Metadata Store is: the data folder's SQLite file, or --metadata-url."""
+    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
+    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
+
+
 def _add_operator_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
     p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
@@ -140,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
     p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
     p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
-    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
+    _add_store_arguments(p)
     p = sub.add_parser(
         "rollout",
         help="split a model's traffic between versions (canary), halted past an error budget",
@@ -167,12 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default="0", help="unix ms or ISO date/time (UTC); default: all")
     p.add_argument("--until", default=None, help="unix ms or ISO date/time (UTC); default: now")
     p.add_argument("--tenant", default=None)
-    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
-    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
+    _add_store_arguments(p)
     p = sub.add_parser("token", help="issue a tenant token")
     p.add_argument("--tenant", required=True)
-    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
-    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
+    _add_store_arguments(p)
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} service", add_help=False)
     return parser

@@ -57,28 +57,26 @@ class LocalNet:
     published: list[str] = field(default_factory=list)
     token: str = ""
 
-    @property
-    def gateway_key(self) -> str:
+    def _gateway_ready(self) -> dict[str, Any]:
+        """The gateway's ready line (its key and the addresses of its edges)."""
         for p in self.processes:
             if p.name == "gateway":
-                return str(p.ready["public_key"])
+                return p.ready
         raise LookupError("no gateway running")
+
+    @property
+    def gateway_key(self) -> str:
+        return str(self._gateway_ready()["public_key"])
 
     @property
     def http_url(self) -> str:
         """The gateway's OpenAI-style HTTP API."""
-        for p in self.processes:
-            if p.name == "gateway":
-                return str(p.ready.get("http", ""))
-        raise LookupError("no gateway running")
+        return str(self._gateway_ready().get("http", ""))
 
     @property
     def grpc_address(self) -> str:
         """The gateway's gRPC endpoint (HOST:PORT)."""
-        for p in self.processes:
-            if p.name == "gateway":
-                return str(p.ready.get("grpc", ""))
-        raise LookupError("no gateway running")
+        return str(self._gateway_ready().get("grpc", ""))
 
     @property
     def bootstrap_text(self) -> str:
