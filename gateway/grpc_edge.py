@@ -85,10 +85,19 @@ async def _once(awaitable: Any) -> AsyncIterator[Any]:
 class GrpcEdge:
     """Serves ``service`` over gRPC on ``host:port`` while ``run`` runs (in trio)."""
 
-    def __init__(self, service: GatewayService, host: str, port: int) -> None:
+    def __init__(
+        self,
+        service: GatewayService,
+        host: str,
+        port: int,
+        *,
+        tls: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self.service = service
         self.host = host
         self.port = port
+        #: (PEM private key, PEM certificate chain): serve TLS instead of plaintext.
+        self.tls = tls
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -161,7 +170,12 @@ class GrpcEdge:
         async def serve_grpc() -> None:
             server = grpc.aio.server()
             services_pb2_grpc.add_GatewayServicer_to_server(_Servicer(self), server)
-            bound.append(server.add_insecure_port(f"{self.host}:{self.port}"))
+            address = f"{self.host}:{self.port}"
+            if self.tls is None:
+                bound.append(server.add_insecure_port(address))
+            else:
+                credentials = grpc.ssl_server_credentials([self.tls])
+                bound.append(server.add_secure_port(address, credentials))
             await server.start()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -290,9 +291,12 @@ async def serve_http(
     host: str,
     port: int,
     *,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``host:port`` (0: any free port); the port is given to ``task_status``."""
+    """Listen on ``host:port`` (0: any free port); the port is given to ``task_status``.
+    With ``ssl_context`` every connection is TLS (HTTPS); its handshake counts against
+    ``HEAD_TIMEOUT_S`` like the request head."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     limit = trio.CapacityLimiter(MAX_CONNECTIONS)
 
@@ -302,10 +306,13 @@ async def serve_http(
                 peer = "http:{}:{}".format(*stream.socket.getpeername()[:2])
             except OSError:
                 peer = "http"
+            conn: trio.abc.Stream = stream
+            if ssl_context is not None:
+                conn = trio.SSLStream(stream, ssl_context, server_side=True)
             try:
-                await serve_connection(stream, api, peer)
+                await serve_connection(conn, api, peer)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away; its request was cancelled with it
+                pass  # the client went away (or failed the TLS handshake)
             except Exception:
                 log.exception("HTTP connection from %s failed", peer)
 

@@ -11,8 +11,12 @@ also serves the OpenAI-style HTTP API of ``gateway.openai``, with ``--grpc-port`
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import ssl
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -45,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("TETHER_BURST", "40")),
         help="token bucket size per tenant",
     )
+    parser.add_argument(
+        "--tls-cert",
+        default=os.environ.get("TETHER_TLS_CERT"),
+        metavar="PEM",
+        help="certificate chain for the HTTP and gRPC edges: they serve TLS (with --tls-key)",
+    )
+    parser.add_argument(
+        "--tls-key", default=os.environ.get("TETHER_TLS_KEY"), metavar="PEM",
+        help="private key of --tls-cert",
+    )
     for edge, env, what in (
         ("http", "TETHER_HTTP_PORT", "the OpenAI-style HTTP API"),
         ("grpc", "TETHER_GRPC_PORT", "tether.v1.Gateway over gRPC"),
@@ -59,12 +73,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class Tls:
+    """The edges' certificate chain and private key (PEM files)."""
+
+    cert_file: Path
+    key_file: Path
+
+    @classmethod
+    def load(cls, cert: str | None, key: str | None) -> Tls | None:
+        """From the flags; None without them. Exits with a clear message when only one is
+        given or the pair does not load."""
+        if not cert and not key:
+            return None
+        if not cert or not key:
+            raise SystemExit("gateway: --tls-cert and --tls-key go together")
+        tls = cls(Path(cert), Path(key))
+        try:
+            tls.ssl_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(f"gateway: cannot load the TLS certificate and key: {exc}") from None
+        return tls
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def grpc_pair(self) -> tuple[bytes, bytes]:
+        """(private key, certificate chain), as grpcio takes them."""
+        return self.key_file.read_bytes(), self.cert_file.read_bytes()
+
+
 async def serve(
     config: process.ServiceConfig,
     rate: float,
     burst: int,
+    *,
     http_port: int | None = None,
     grpc_port: int | None = None,
+    tls: Tls | None = None,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
@@ -83,12 +131,16 @@ async def serve(
             await network.join(topics.registry(config.region), server=False, client=True)
             extra = {}
             if http_port is not None:
-                port = await nursery.start(
-                    serve_http, HttpApi(service), config.host, http_port
-                )
-                extra["http"] = f"http://{config.host}:{port}"
+                port = await nursery.start(functools.partial(
+                    serve_http, HttpApi(service), config.host, http_port,
+                    ssl_context=tls.ssl_context() if tls else None,
+                ))
+                extra["http"] = f"{'https' if tls else 'http'}://{config.host}:{port}"
             if grpc_port is not None:
-                port = await nursery.start(GrpcEdge(service, config.host, grpc_port).run)
+                edge = GrpcEdge(
+                    service, config.host, grpc_port, tls=tls.grpc_pair() if tls else None
+                )
+                port = await nursery.start(edge.run)
                 extra["grpc"] = f"{config.host}:{port}"
             process.announce_ready(
                 "gateway",
@@ -106,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "gateway")
     config = process.config_from_args(args)
     process.setup_telemetry(config)
+    tls = Tls.load(args.tls_cert, args.tls_key)
     trio.run(
         process.run_until_signalled,
-        lambda: serve(config, args.rate, args.burst, args.http_port, args.grpc_port),
+        lambda: serve(
+            config, args.rate, args.burst,
+            http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
+        ),
     )
     return 0
 
