@@ -20,7 +20,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -47,13 +46,6 @@ def _grpc_code(code: int) -> grpc.StatusCode:
 
 def _trailers(exc: TetherError) -> tuple[tuple[str, str], ...]:
     return tuple((f"tether-detail-{k.lower()}", str(v)) for k, v in sorted(exc.details.items()))
-
-
-@dataclass
-class _Call:
-    """One call's trio side: cancelled when the gRPC client goes away."""
-
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 class _Servicer(services_pb2_grpc.GatewayServicer):
@@ -112,7 +104,7 @@ class GrpcEdge:
         assert self._token is not None and self._nursery is not None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        call = _Call()
+        call = trio.CancelScope()  # the call's trio side: cancelled when the client leaves
         metadata = {
             k: v for k, v in (context.invocation_metadata() or ())
             if k in FORWARDED_METADATA and isinstance(v, str)
@@ -125,7 +117,7 @@ class GrpcEdge:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         async def pump() -> None:
-            with call.scope:
+            with call:
                 ctx = ServerContext(
                     method="/tether.v1.Gateway/" + ("Infer" if streaming else "ListModels"),
                     metadata=metadata, deadline=trio.current_time() + timeout,
@@ -157,7 +149,7 @@ class GrpcEdge:
         finally:
             # The answer is complete, failed, or the client left: stop the trio side.
             with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(call.scope.cancel)
+                self._token.run_sync_soon(call.cancel)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status`` gets the bound port."""

@@ -17,7 +17,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -319,13 +319,3 @@ async def serve_http(
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
     await trio.serve_listeners(handler, listeners)
-
-
-@contextlib.asynccontextmanager
-async def running_http(api: HttpApi, host: str, port: int) -> AsyncIterator[int]:
-    """``serve_http`` for the duration of a block; yields the port."""
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(serve_http, api, host, port)
-        yield bound
-        nursery.cancel_scope.cancel()
-

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tether.client import GREEDY_TEMPERATURE
 from tether.errors import InvalidArgument, TetherError
 from tether.rpc import StatusCode
 from tether.v1 import infer_pb2, registry_pb2, services_pb2, status_pb2
@@ -132,7 +133,7 @@ def parse_completion(body: bytes) -> Completion:
             raise InvalidArgument("'temperature' must be >= 0")
         # 0 asks for greedy decoding here, as in OpenAI's API; on the wire 0 means "the
         # model's default", and any value below 1e-4 is greedy.
-        p.temperature = max(float(temperature), 1e-6)
+        p.temperature = max(float(temperature), GREEDY_TEMPERATURE)
     if value.get("top_p") is not None:
         p.top_p = float(value["top_p"])
     return Completion(request, bool(value.get("stream")))

@@ -69,13 +69,18 @@ async def replay(
             yield chunk
 
 
+def _message_id(now_ms: int | None) -> int:
+    """Wall-clock milliseconds: later than any id this operator sent before."""
+    return now_ms or time.time_ns() // 1_000_000
+
+
 def rollout_message(
     model_id: str, weights: Sequence[str], *, max_error_rate: float, region: str,
     now_ms: int | None = None,
 ) -> control_pb2.ControlMessage:
     """A rollout from ``VERSION=PERCENT`` texts (``1.0=90 1.1=10``); ValueError if they
     are not that (the orchestrator checks that they make 100%)."""
-    msg = control_pb2.ControlMessage(region=region, id=now_ms or time.time_ns() // 1_000_000)
+    msg = control_pb2.ControlMessage(region=region, id=_message_id(now_ms))
     msg.rollout.model_id = model_id
     msg.rollout.max_error_rate = max_error_rate
     for text in weights:
@@ -95,7 +100,7 @@ def rollout_message(
 def drain_message(
     worker_ids: Sequence[str], *, region: str, now_ms: int | None = None
 ) -> control_pb2.ControlMessage:
-    msg = control_pb2.ControlMessage(region=region, id=now_ms or time.time_ns() // 1_000_000)
+    msg = control_pb2.ControlMessage(region=region, id=_message_id(now_ms))
     msg.drain.worker_ids.extend(worker_ids)
     return msg
 

@@ -7,13 +7,13 @@ from the root ``node_modules``. Every read is bounded by the caller's ``trio.fai
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
+
+from tests import node_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = Path(__file__).resolve().parent / "node"
@@ -24,8 +24,7 @@ def node_script(name: str) -> Path:
 
 
 def require_node() -> None:
-    if shutil.which("node") is None or not (REPO_ROOT / "node_modules" / "udx-native").exists():
-        pytest.skip("node and the pinned node_modules (npm ci) are needed for interop tests")
+    node_env.require_node("udx-native")
 
 
 class NodePeer:

@@ -1,4 +1,4 @@
-"""The interop tests need node and the pinned node_modules; without them they are skipped."""
+"""The interop tests need node and the pinned node_modules (see tests/node_env.py)."""
 
 from __future__ import annotations
 

@@ -8,25 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
+
+from tests import node_env
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
 def require_node() -> str:
-    node = shutil.which("node")
-    if node is None or not (ROOT / "node_modules" / "hyperdht").is_dir():
-        pytest.skip("node and the pinned node_modules are needed for interop tests")
-    return node
+    return node_env.require_node("hyperdht")
 
 
 class LineProcess:

@@ -37,7 +37,7 @@ from tether.metadata.store import MetadataStore
 from tether.net import Network, dial
 from tether.net.local import LocalHub, LocalNetwork
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import Handler, collect_handlers
+from tether.rpc import Handler, RpcConnection, collect_handlers
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2, services_rpc
 from worker.service import WorkerConfig, WorkerService
 
@@ -156,17 +156,18 @@ class Fleet:
             peer = await dial(self.client_net, self.gateway_net.public_key)
         return services_rpc.GatewayStub(peer.rpc)
 
-    async def orchestrator(self) -> services_rpc.OrchestratorStub:
-        """The orchestrator, as the operator (a known caller) reaches it."""
+    async def _as_operator(self) -> RpcConnection:
+        """The operator's (a known caller's) connection to the orchestrator."""
         with trio.fail_after(30):
             peer = await dial(self.operator_net, self.orchestrator_key)
-        return services_rpc.OrchestratorStub(peer.rpc)
+        return peer.rpc
+
+    async def orchestrator(self) -> services_rpc.OrchestratorStub:
+        return services_rpc.OrchestratorStub(await self._as_operator())
 
     async def control(self) -> services_rpc.ControlStub:
-        """The orchestrator's control surface, as the operator reaches it."""
-        with trio.fail_after(30):
-            peer = await dial(self.operator_net, self.orchestrator_key)
-        return services_rpc.ControlStub(peer.rpc)
+        """The orchestrator's control surface."""
+        return services_rpc.ControlStub(await self._as_operator())
 
     def token(self, tenant: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.store.issue_token(tenant)}"}

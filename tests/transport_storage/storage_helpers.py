@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from p2p_transport.cenc import SocketAddress
@@ -20,6 +18,7 @@ from p2p_transport.crypto import hash as blake2b
 from p2p_transport.dht_rpc import node_id
 from p2p_transport.hyperdht.messages import Announce, PeerRecord, encode_announce
 from p2p_transport.hyperdht.persistent import signable
+from tests import node_env
 
 NODE = SocketAddress("127.0.0.1", 49737)
 NODE_ID = node_id(NODE)
@@ -104,12 +103,7 @@ class NodePeer:
 
 
 def require_node() -> str:
-    """The ``node`` executable; skips the test when Node or the pinned packages are missing.
-    Call it before ``trio.run``: a skip raised inside a nursery would arrive as a group."""
-    node = shutil.which("node")
-    if node is None or not (ROOT / "node_modules" / "hyperswarm").is_dir():
-        pytest.skip("node and the pinned node_modules are needed for interop tests")
-    return node
+    return node_env.require_node("hyperswarm")
 
 
 async def spawn_swarm_peer(nursery: trio.Nursery, *args: str,
