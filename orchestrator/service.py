@@ -250,12 +250,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         snapshot = self.discovery.snapshot()
         self.rollouts.forget({e.worker_id for e in snapshot})
         ranked = rank(snapshot, want, self.weights)
-        if ranked and not any(self.rollouts.placeable(c.entry.worker_id) for c in ranked):
+        placeable = [c for c in ranked if self.rollouts.placeable(c.entry.worker_id)]
+        if ranked and not placeable:
             raise Unavailable(
                 f"every worker serving {want.model.model_id} {want.model.version} is draining",
                 details={"model": want.model.model_id, "version": want.model.version},
             )
-        ranked = [c for c in ranked if self.rollouts.placeable(c.entry.worker_id)]
+        ranked = placeable
         if not ranked:
             raise Unavailable(
                 f"no healthy worker serves {want.model.model_id} {want.model.version}",

@@ -26,7 +26,8 @@ def pytest_area(area, deps = [], **kwargs):
     """One pytest_test over every test_*.py under tests/<area>/, if there are any.
 
     Called from tests/BUILD.bazel. Fixtures, helpers and conftest files in the folder travel as
-    data, so tests that read files next to them find them in the runfiles.
+    data, so tests that read files next to them find them in the runfiles, and so do the
+    helpers every area may import from the `tests` package itself (node_env.py).
     """
     tests = native.glob([area + "/**/test_*.py"])
     if not tests:
@@ -37,7 +38,7 @@ def pytest_area(area, deps = [], **kwargs):
         data = native.glob(
             [area + "/**/*"],
             exclude = tests + [area + "/**/__pycache__/**"],
-        ),
+        ) + ["__init__.py", "node_env.py"],
         deps = deps,
         **kwargs
     )
