@@ -4,70 +4,37 @@
 <token>``, checked against the hashed tokens of the Metadata Store), validate
 and normalise the request, take a token from the tenant's bucket, start the
 trace, and forward to an orchestrator found on ``tether/control/<region>``,
-streaming its chunks back unchanged.
+streaming its chunks back.
+
+End-to-end sealing (``tether.sealing``, docs/security.md): for a tenant whose
+policy says so, the gateway asks the orchestrator whom it may place the request
+on (``Place``), seals the input to those workers, submits the sealed request and
+opens the chunks for the client, so orchestrators, relays and the Metadata Store
+see only ciphertext. A request the client sealed itself (after ``Place`` here)
+is forwarded as it is, its chunks too: the gateway does not see its input either.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
+import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from gateway.ratelimit import TokenBuckets
-from tether import blocking, telemetry, topics
-from tether.errors import (
-    InvalidArgument,
-    PermissionDenied,
-    TetherError,
-    Unauthenticated,
-)
+from tether import blocking, sealing, telemetry, topics
+from tether.errors import PermissionDenied, Unauthenticated
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
-from tether.rpc import ServerContext
+from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
+from tether.validation import validate, validate_sealed, validate_target
 
-MAX_PROMPT_CHARS = 16_384
-MAX_TEXTS = 256
-MAX_TENSOR_BYTES = 4 * 1024 * 1024
-MAX_NEW_TOKENS = 1024
 #: How long a request waits to find an orchestrator or registry on its topic.
 PEER_WAIT_S = 10.0
 #: How long a verified tenant token is trusted without asking the Metadata Store again.
 TOKEN_CACHE_S = 10.0
-_VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))?$")
-
-
-def validate(request: infer_pb2.Infer.Request) -> None:
-    """Refuse malformed requests with INVALID_ARGUMENT before any work."""
-    try:
-        topics.model(request.model_id)
-    except TetherError:
-        raise InvalidArgument(
-            f"model_id {request.model_id!r} is not a model name (e.g. 'tiny-stories')"
-        ) from None
-    if request.version and not _VERSION_RE.match(request.version):
-        raise InvalidArgument(f"version {request.version!r} is not MAJOR or MAJOR.MINOR")
-    kind = request.input.WhichOneof("kind")
-    if kind is None:
-        raise InvalidArgument("input is empty: set input.text, input.texts or input.tensors")
-    if kind == "text" and len(request.input.text) > MAX_PROMPT_CHARS:
-        raise InvalidArgument(f"prompt longer than {MAX_PROMPT_CHARS} characters")
-    if kind == "texts":
-        texts = request.input.texts.texts
-        if not texts or len(texts) > MAX_TEXTS:
-            raise InvalidArgument(f"input.texts needs 1 to {MAX_TEXTS} texts")
-        if any(len(t) > MAX_PROMPT_CHARS for t in texts):
-            raise InvalidArgument(f"a text is longer than {MAX_PROMPT_CHARS} characters")
-    if kind == "tensors":
-        size = sum(len(t.data) for t in request.input.tensors.tensors)
-        if size > MAX_TENSOR_BYTES:
-            raise InvalidArgument(f"input tensors exceed {MAX_TENSOR_BYTES} bytes")
-    if request.params.max_tokens > MAX_NEW_TOKENS:
-        raise InvalidArgument(f"params.max_tokens is above {MAX_NEW_TOKENS}")
-    if request.region:
-        topics.region(request.region)
 
 
 def bearer_token(metadata: dict[str, str]) -> str:
@@ -86,6 +53,7 @@ class GatewayService(services_rpc.GatewayServicer):
         store: MetadataStore,
         region: str,
         buckets: TokenBuckets,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.network = network
         self.store = store
@@ -93,6 +61,12 @@ class GatewayService(services_rpc.GatewayServicer):
         self.buckets = buckets
         self.control_topic = topics.control(region)
         self._tokens: TtlCache[str, str] = TtlCache(ttl_s=TOKEN_CACHE_S, max_entries=65_536)
+        #: Whether a tenant's requests are sealed (its policy), cached like its tokens.
+        self._sealed_tenants: TtlCache[str, bool] = TtlCache(
+            ttl_s=TOKEN_CACHE_S, max_entries=65_536
+        )
+        #: Wall-clock milliseconds: when a sealed request was issued (workers check it).
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.metrics = telemetry.RequestMetrics("gateway")
 
     async def authenticate(self, metadata: dict[str, str]) -> str:
@@ -104,6 +78,14 @@ class GatewayService(services_rpc.GatewayServicer):
             tenant = await blocking.run_sync(lambda: self.store.verify_token(token))
             self._tokens.put(token, tenant)
         return tenant
+
+    async def seals_for(self, tenant: str) -> bool:
+        """Whether the tenant's policy asks for end-to-end sealing (cached as tokens are)."""
+        e2e = self._sealed_tenants.get(tenant)
+        if e2e is None:
+            e2e = await blocking.run_sync(lambda: self.store.tenant_e2e(tenant))
+            self._sealed_tenants.put(tenant, e2e)
+        return e2e
 
     async def _orchestrator(self) -> services_rpc.OrchestratorStub:
         peer = await wait_for_peer(self.network, self.control_topic, timeout=PEER_WAIT_S)
@@ -125,7 +107,11 @@ class GatewayService(services_rpc.GatewayServicer):
         tenant = await self.authenticate(metadata)
         if request.tenant_id and request.tenant_id != tenant:
             raise PermissionDenied("tenant_id does not match the tenant of the token")
-        validate(request)
+        client_sealed = request.HasField("sealed")
+        if client_sealed:
+            validate_sealed(request)
+        else:
+            validate(request)
         self.buckets.take(tenant)
         forwarded = infer_pb2.Infer.Request()
         forwarded.CopyFrom(request)
@@ -140,11 +126,83 @@ class GatewayService(services_rpc.GatewayServicer):
             forwarded.trace_id = telemetry.current_trace_id()
             orchestrator = await self._orchestrator()
             out = telemetry.outgoing_metadata({"x-tether-tenant": tenant})
-            async with orchestrator.Submit(
-                forwarded, metadata=out, timeout=context.remaining_timeout()
-            ) as chunks:
+            timeout = context.remaining_timeout()
+            if not client_sealed and await self.seals_for(tenant):
+                chunks = self._sealed(orchestrator, forwarded, out, timeout)
+            else:
+                chunks = self._submit(orchestrator, forwarded, out, timeout)
+            async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
                     yield chunk
+
+    async def _submit(
+        self,
+        orchestrator: services_rpc.OrchestratorStub,
+        request: infer_pb2.Infer.Request,
+        metadata: dict[str, str],
+        timeout: float | None,
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        async with orchestrator.Submit(request, metadata=metadata, timeout=timeout) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _sealed(
+        self,
+        orchestrator: services_rpc.OrchestratorStub,
+        request: infer_pb2.Infer.Request,
+        metadata: dict[str, str],
+        timeout: float | None,
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        """Seal ``request`` to the workers the orchestrator may place it on, submit it,
+        and open its chunks. When every one of them left placement between ``Place``
+        and ``Submit`` (UNAVAILABLE, reason ``reseal``, nothing reserved yet), place
+        and seal once more."""
+        for attempt in range(2):
+            placed = await orchestrator.Place(
+                services_pb2.PlaceRequest(
+                    tenant_id=request.tenant_id,
+                    model_id=request.model_id,
+                    version=request.version,
+                    region=request.region,
+                    correlation_id=request.correlation_id,
+                ),
+                metadata=metadata,
+                timeout=timeout or PEER_WAIT_S,
+            )
+            sealed, key = sealing.seal_request(
+                request, [w.pub_key for w in placed.workers], now_ms=self.clock_ms()
+            )
+            try:
+                async with orchestrator.Submit(sealed, metadata=metadata, timeout=timeout) as cs:
+                    async for chunk in cs:
+                        yield key.open(chunk)
+                return
+            except RpcError as exc:
+                reseal = exc.code == StatusCode.UNAVAILABLE and exc.details.get("reason") == (
+                    sealing.RESEAL
+                )
+                if not reseal or attempt:
+                    raise
+
+    async def Place(
+        self, request: services_pb2.PlaceRequest, context: ServerContext
+    ) -> services_pb2.PlaceResponse:
+        tenant = await self.authenticate(dict(context.metadata))
+        if request.tenant_id and request.tenant_id != tenant:
+            raise PermissionDenied("tenant_id does not match the tenant of the token")
+        validate_target(request.model_id, request.version, request.region)
+        forwarded = services_pb2.PlaceRequest()
+        forwarded.CopyFrom(request)
+        forwarded.tenant_id = tenant
+        forwarded.region = request.region or self.region
+        orchestrator = await self._orchestrator()
+        placed = await orchestrator.Place(
+            forwarded,
+            metadata=telemetry.outgoing_metadata({"x-tether-tenant": tenant}),
+            timeout=context.remaining_timeout() or PEER_WAIT_S,
+        )
+        placed.tenant_id = tenant
+        return placed
 
     async def ListModels(
         self, request: services_pb2.ListModelsRequest, context: ServerContext

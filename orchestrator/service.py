@@ -18,6 +18,13 @@ was sent and skipped, and the stream goes on from there. Sampling is repeatable
 because a seed is pinned at admission. A replay that differs is not spliced:
 the request ends with UNAVAILABLE, as it does when no candidate is left; such a
 job is marked FAILED and its request goes to the dead-letter queue.
+
+``Place`` names the candidates of a request without reserving anything, for a
+requester that seals the input end to end (``tether.sealing``). A sealed
+request is placed only on workers it holds a key slot for; its chunks are
+sealed by the worker deterministically, so a lost worker's stream still resumes
+on another sealed-to candidate. The orchestrator sees, and the Metadata Store
+keeps (jobs, dead letters), only the ciphertext and the clear metadata.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub
 from orchestrator.rollout import Rollouts
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
-from tether import blocking, telemetry, topics
+from tether import blocking, sealing, telemetry, topics
 from tether.callers import CallerPolicy
 from tether.errors import AlreadyExists, InvalidArgument, TetherError, Unavailable
 from tether.metadata.store import MetadataStore
@@ -63,6 +70,9 @@ RESOLVE_CACHE_S = 5.0
 MODEL_TOPICS_S = 60.0
 #: Tokens charged to a quota for a request that does not say how many it wants.
 QUOTA_DEFAULT_TOKENS = 64
+#: Workers ``Place`` names at most: a sealed request gets a key slot for each, so that
+#: it survives reranking between Place and Submit and can resume elsewhere.
+PLACE_MAX = 8
 
 
 class OrchestratorService(services_rpc.OrchestratorServicer):
@@ -153,8 +163,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             raise InvalidArgument("model_id is required")
         # A request that names no version follows the model's canary rollout, if any;
         # its outcome counts against that version's error budget.
-        canary = None if request.version else self.rollouts.choose(
-            request.model_id, request.correlation_id)
+        canary = self._canary(request.model_id, request.version, request.correlation_id)
         if canary is not None:
             pinned = infer_pb2.Infer.Request()
             pinned.CopyFrom(request)
@@ -171,6 +180,35 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         if canary is not None:
             self._count(request, StatusCode.OK)
 
+    def _canary(self, model_id: str, version: str, correlation_id: str) -> str | None:
+        return None if version else self.rollouts.choose(model_id, correlation_id)
+
+    async def Place(
+        self, request: services_pb2.PlaceRequest, context: ServerContext
+    ) -> services_pb2.PlaceResponse:
+        """The candidates ``Submit`` would try for this request now, best first (up to
+        ``PLACE_MAX``), with their identity keys: whom to seal the request to."""
+        self.callers.check(context)
+        if not request.model_id:
+            raise InvalidArgument("model_id is required")
+        target = infer_pb2.Infer.Request(
+            tenant_id=request.tenant_id,
+            model_id=request.model_id,
+            version=self._canary(request.model_id, request.version, request.correlation_id)
+            or request.version,
+            region=request.region,
+        )
+        record = await self.resolve(target)
+        return services_pb2.PlaceResponse(
+            tenant_id=request.tenant_id,
+            workers=[
+                services_pb2.PlacedWorker(
+                    worker_id=c.entry.worker_id, pub_key=c.entry.peer.remote_key
+                )
+                for c in self._candidates(target, record, limit=PLACE_MAX)
+            ],
+        )
+
     def _count(self, request: infer_pb2.Infer.Request, code: StatusCode) -> None:
         halted = self.rollouts.record(request.model_id, request.version, code)
         if halted:
@@ -184,9 +222,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         dispatched = infer_pb2.Infer.Request()
         dispatched.CopyFrom(request)
         dispatched.version = record.model.version
-        if request.input.WhichOneof("kind") == "text" and not request.params.seed:
+        text = request.input.WhichOneof("kind") == "text" or request.HasField("sealed")
+        if text and not request.params.seed:
             # Pinned, so that a replay on another worker (one lost mid-stream) samples the
-            # same answer and can be spliced onto what the client already has.
+            # same answer and can be spliced onto what the client already has. (A sealed
+            # input's kind is unknown here; a seed does nothing to other kinds.)
             dispatched.params.seed = secrets.randbits(63) | 1
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
@@ -237,9 +277,15 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             raise
 
     def _candidates(
-        self, request: infer_pb2.Infer.Request, record: registry_pb2.ModelRecord
+        self,
+        request: infer_pb2.Infer.Request,
+        record: registry_pb2.ModelRecord,
+        *,
+        limit: int | None = None,
     ) -> list[Candidate]:
-        """Workers for the request, best first; UNAVAILABLE (nothing reserved) if none."""
+        """Workers for the request, best first, at most ``limit`` (``max_attempts``);
+        a sealed request only on workers it has a key slot for. UNAVAILABLE (nothing
+        reserved) if none."""
         want = Placement(
             request_region=request.region or self.region,
             model=presence_pb2.ModelKey(
@@ -262,6 +308,15 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 f"no healthy worker serves {want.model.model_id} {want.model.version}",
                 details={"model": want.model.model_id, "version": want.model.version},
             )
+        if request.HasField("sealed"):
+            sealed_to = sealing.sealed_worker_keys(request)
+            ranked = [c for c in ranked if c.entry.peer.remote_key in sealed_to]
+            if not ranked:
+                raise Unavailable(
+                    f"none of the workers request {request.correlation_id} was sealed to can "
+                    "take it now; place it and seal it again",
+                    details={"model": want.model.model_id, "reason": sealing.RESEAL},
+                )
         model = f"{want.model.model_id}@{want.model.version}"  # one pool per version
         candidates = [
             c
@@ -277,7 +332,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 f"circuit open for {model} ({why}); retry in up to {self.breakers.open_s:g} s",
                 details={"model": model, "breaker": "open"},
             )
-        return candidates[: self.max_attempts]
+        return candidates[: limit or self.max_attempts]
 
     async def _dispatch(
         self,
@@ -464,4 +519,7 @@ class _Diverged(TetherError):
 
 
 def _chunk_bytes(chunk: infer_pb2.Infer.Chunk) -> bytes:
-    return chunk.payload.SerializeToString(deterministic=True) + b"\x00"
+    # A sealed chunk is compared as ciphertext: workers seal the same chunk alike.
+    return (
+        chunk.payload.SerializeToString(deterministic=True) + b"\x00" + chunk.sealed_payload
+    )

@@ -4,7 +4,8 @@
     tether demo --prompt TEXT         the same, one prompt streamed, then a clean stop
     tether infer --gateway KEY ...    talk to a running gateway
     tether gateway|orchestrator|registry|worker [...]   run one service
-    tether token --tenant NAME        issue a tenant token (prints it once)
+    tether token --tenant NAME [--e2e]  issue a tenant token (prints it once); --e2e
+                                      seals the tenant's requests end to end
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ async def _stream_prompt(
         bootstrap, token, gateway_key=gateway_key, region=args.region
     ) as client:
         if args.embed:
-            async for chunk in client.embed(args.model, args.embed, timeout=args.timeout):
+            async for chunk in client.embed(
+                args.model, args.embed, timeout=args.timeout, sealed=args.sealed
+            ):
                 _print_payload(chunk.payload)
             return 0
         usage = None
@@ -65,6 +68,7 @@ async def _stream_prompt(
             seed=args.seed,
             greedy=args.greedy,
             timeout=args.timeout,
+            sealed=args.sealed,
         ):
             if not echoed:  # the prompt, once the answer starts
                 sys.stdout.write(args.prompt)
@@ -97,6 +101,9 @@ def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling seed for a repeatable answer (default 0: a fresh one each time)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+    p.add_argument("--sealed", action="store_true",
+                   help="seal the prompt and the answer end to end to the chosen worker: "
+                   "the gateway and orchestrator see only ciphertext")
 
 
 def _add_store_arguments(p: argparse.ArgumentParser) -> None:
@@ -175,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_arguments(p)
     p = sub.add_parser("token", help="issue a tenant token")
     p.add_argument("--tenant", required=True)
+    e2e = p.add_mutually_exclusive_group()
+    e2e.add_argument("--e2e", action="store_true", default=None,
+                     help="seal this tenant's requests end to end from its gateways on "
+                     "(a tenant policy: every token of the tenant)")
+    e2e.add_argument("--no-e2e", dest="e2e", action="store_false",
+                     help="stop sealing this tenant's requests")
     _add_store_arguments(p)
     for name in SERVICES:
         sub.add_parser(name, help=f"run the {name} service", add_help=False)
@@ -439,6 +452,8 @@ def _usage(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
+        if args.e2e is not None:
+            store.set_tenant_e2e(args.tenant, args.e2e)
         print(store.issue_token(args.tenant, label="tether token"))
     finally:
         store.close()

@@ -7,18 +7,25 @@
 The client is a Hyperswarm peer with a throwaway key; it dials the gateway by
 its public key (or finds one on ``tether/gateway/<region>``) and calls the
 generated ``GatewayStub``.
+
+``sealed=True`` seals the input end to end (``tether.sealing``): the client asks
+the gateway's ``Place`` which workers may run the request, seals the input to
+them and opens the chunks itself, so not even the gateway sees the prompt or
+the answer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
 from p2p_transport.cenc import SocketAddress
-from tether import topics
+from tether import sealing, topics
 from tether.errors import Unavailable
 from tether.keys import KeyPair
 from tether.net import dial, wait_for_peer
@@ -29,16 +36,56 @@ log = logging.getLogger("tether.client")
 
 
 class GatewayClient:
-    def __init__(self, stub: services_rpc.GatewayStub, token: str) -> None:
+    def __init__(
+        self,
+        stub: services_rpc.GatewayStub,
+        token: str,
+        *,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
         self.stub = stub
         self.metadata = {"authorization": f"Bearer {token}"}
+        #: Wall-clock milliseconds, for the time a sealed request was issued.
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
 
     async def infer(
-        self, request: infer_pb2.Infer.Request, *, timeout: float | None = None
+        self,
+        request: infer_pb2.Infer.Request,
+        *,
+        timeout: float | None = None,
+        sealed: bool = False,
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        """Stream ``request``'s chunks; ``sealed`` seals it end to end (see above)."""
+        key: sealing.ChunkKey | None = None
+        if sealed:
+            request, key = await self.seal(request, timeout=timeout)
         async with self.stub.Infer(request, metadata=self.metadata, timeout=timeout) as chunks:
             async for chunk in chunks:
-                yield chunk
+                yield chunk if key is None else key.open(chunk)
+
+    async def seal(
+        self, request: infer_pb2.Infer.Request, *, timeout: float | None = None
+    ) -> tuple[infer_pb2.Infer.Request, sealing.ChunkKey]:
+        """``request`` sealed to the workers the gateway's ``Place`` names, and the key
+        that opens its chunks."""
+        correlation_id = request.correlation_id or f"c-{uuid.uuid4().hex}"
+        placed = await self.stub.Place(
+            services_pb2.PlaceRequest(
+                model_id=request.model_id,
+                version=request.version,
+                region=request.region,
+                correlation_id=correlation_id,
+            ),
+            metadata=self.metadata,
+            timeout=timeout or 30,
+        )
+        bound = infer_pb2.Infer.Request()
+        bound.CopyFrom(request)
+        bound.tenant_id = placed.tenant_id
+        bound.correlation_id = correlation_id
+        return sealing.seal_request(
+            bound, [w.pub_key for w in placed.workers], now_ms=self.clock_ms()
+        )
 
     def generate(
         self,
@@ -52,23 +99,34 @@ class GatewayClient:
         seed: int = 0,
         greedy: bool = False,
         timeout: float | None = None,
+        sealed: bool = False,
+        correlation_id: str = "",
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
         """Stream a completion. ``temperature`` 0 is the model's default and ``seed`` 0
-        a fresh seed; ``greedy`` always takes the likeliest token (repeatable)."""
-        request = infer_pb2.Infer.Request(model_id=model, version=version)
+        a fresh seed; ``greedy`` always takes the likeliest token (repeatable);
+        ``sealed`` seals the prompt and the answer end to end."""
+        request = infer_pb2.Infer.Request(
+            model_id=model, version=version, correlation_id=correlation_id
+        )
         request.input.text = prompt
         request.params.max_tokens = max_tokens
         request.params.min_tokens = min_tokens
         request.params.temperature = GREEDY_TEMPERATURE if greedy else temperature
         request.params.seed = seed
-        return self.infer(request, timeout=timeout)
+        return self.infer(request, timeout=timeout, sealed=sealed)
 
     def embed(
-        self, model: str, texts: Sequence[str], *, version: str = "", timeout: float | None = None
+        self,
+        model: str,
+        texts: Sequence[str],
+        *,
+        version: str = "",
+        timeout: float | None = None,
+        sealed: bool = False,
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
         request = infer_pb2.Infer.Request(model_id=model, version=version)
         request.input.texts.texts.extend(texts)
-        return self.infer(request, timeout=timeout)
+        return self.infer(request, timeout=timeout, sealed=sealed)
 
     async def list_models(self) -> services_pb2.ListModelsResponse:
         return await self.stub.ListModels(

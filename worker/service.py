@@ -5,6 +5,9 @@
 - ``GetHealth`` answers a ``Health.Report`` (capacity, gpuClass, model cache).
 - ``WatchPresence`` is the HealthReporter's heartbeat: a signed, nonce-
   protected ``Presence`` now and every interval (5 s) until the caller leaves.
+- A sealed request (``Infer.Request.sealed``, ``tether.sealing``) is opened with
+  the worker's own key, checked for its binding and for replay, and every chunk's
+  payload is sealed back for the requester; seq, done and usage stay clear.
 - ``drain()`` stops new work (UNAVAILABLE, so the orchestrator places it
   elsewhere), lets in-flight jobs finish, and says so in every heartbeat.
 """
@@ -19,11 +22,12 @@ from typing import Protocol
 
 import trio
 
-from tether import signing, telemetry
+from tether import sealing, signing, telemetry
 from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
 from tether.rpc import ServerContext
+from tether.validation import validate
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, services_pb2, services_rpc
 from worker.quota import QuotaGuard
 
@@ -71,6 +75,7 @@ class WorkerService(services_rpc.WorkerServicer):
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
         callers: CallerPolicy | None = None,
+        replays: sealing.ReplayCache | None = None,
     ) -> None:
         self.config = config
         #: Who may send work (``Infer``): orchestrators. None: anyone (embedded use).
@@ -78,6 +83,8 @@ class WorkerService(services_rpc.WorkerServicer):
         self.engine = engine
         self.keypair = keypair
         self.clock_ms = clock_ms
+        #: Opens requests sealed to this worker's key and refuses replays of them.
+        self.opener = sealing.RequestOpener(keypair, replays)
         self.quota = QuotaGuard(
             slots=config.slots, queue_limit=config.queue_limit, per_tenant=config.per_tenant
         )
@@ -172,6 +179,20 @@ class WorkerService(services_rpc.WorkerServicer):
                 self._idle.set()
 
     async def _run(self, request: infer_pb2.Infer.Request) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        chunk_key: sealing.ChunkKey | None = None
+        if request.HasField("sealed"):
+            opened = self.opener.open(request, now_ms=self.clock_ms())
+            request, chunk_key = opened.request, opened.chunks
+            validate(request)  # nobody before this worker could read the input
+        async with contextlib.aclosing(self._generate(request)) as chunks:
+            async for chunk in chunks:
+                if chunk_key is not None:
+                    chunk_key.seal(chunk)
+                yield chunk
+
+    async def _generate(
+        self, request: infer_pb2.Infer.Request
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         seq = 0
         async with (
             self.quota.admit(request.tenant_id),

@@ -24,7 +24,7 @@ from tether.v1 import infer_pb2, jobs_pb2, status_pb2
 
 TABLES = {"models", "model_versions", "capabilities", "policies", "artifacts", "jobs",
           "dead_letters",
-          "reservations", "quotas", "tenant_tokens", "usage"}
+          "reservations", "quotas", "tenant_tokens", "tenant_policies", "usage"}
 
 
 def test_migrated_schema_matches_the_tables(store: MetadataStore) -> None:
@@ -94,6 +94,15 @@ def test_tokens_are_stored_hashed_and_verified(store: MetadataStore) -> None:
     store.revoke_token(token)
     with pytest.raises(Unauthenticated):
         store.verify_token(token)
+
+
+def test_tenant_e2e_policy_defaults_off_and_can_be_set(store: MetadataStore) -> None:
+    assert store.tenant_e2e("acme") is False
+    store.set_tenant_e2e("acme", True)
+    assert store.tenant_e2e("acme") is True
+    assert store.tenant_e2e("other") is False
+    store.set_tenant_e2e("acme", False)
+    assert store.tenant_e2e("acme") is False
 
 
 def test_job_lifecycle_and_usage(store: MetadataStore) -> None:

@@ -307,6 +307,7 @@ async def fleet(
             store=store,
             region=region,
             buckets=TokenBuckets(rate=rate, burst=burst),
+            clock_ms=clock_ms,
         )
         gateway_net.handlers.update(collect_handlers(gateway))
         await nursery.start(

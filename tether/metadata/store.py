@@ -459,6 +459,23 @@ class MetadataStore:
             s.add(row)
             s.commit()
 
+    # ---------------------------------------------------------- tenant policy
+
+    def set_tenant_e2e(self, tenant_id: str, e2e: bool) -> None:
+        """Seal (or stop sealing) the tenant's requests end to end from its gateway on."""
+        with self.session() as s:
+            row = s.get(t.TenantPolicy, tenant_id) or t.TenantPolicy(
+                tenant_id=tenant_id, updated_unix_ms=0)
+            row.e2e, row.updated_unix_ms = e2e, self._clock()
+            s.add(row)
+            s.commit()
+
+    def tenant_e2e(self, tenant_id: str) -> bool:
+        """Whether the tenant's requests are sealed end to end (False by default)."""
+        with self.session() as s:
+            row = s.get(t.TenantPolicy, tenant_id)
+        return bool(row is not None and row.e2e)
+
     # ------------------------------------------------------------- dead letters
 
     def dead_letter(self, request: infer_pb2.Infer.Request, error: status_pb2.Error, *,

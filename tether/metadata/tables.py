@@ -7,7 +7,8 @@ Models: ``models`` (one row per model id), ``model_versions`` (one per MAJOR.MIN
 serialized ``tether.v1.ModelRecord``), ``capabilities`` and ``policies`` (queryable columns of
 that record), ``artifacts`` (what each version is made of). Requests: ``jobs``,
 ``reservations`` (unique on correlation id + retry token), ``quotas``, ``tenant_tokens``
-(SHA-256 of the token, never the token), ``usage``, ``dead_letters`` (failed jobs).
+(SHA-256 of the token, never the token), ``tenant_policies`` (per-tenant flags such as
+end-to-end sealing), ``usage``, ``dead_letters`` (failed jobs).
 """
 
 from __future__ import annotations
@@ -117,6 +118,17 @@ class TenantToken(SQLModel, table=True):
     label: str = Field(default="")
     created_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     revoked: bool = Field(default=False)
+
+
+class TenantPolicy(SQLModel, table=True):
+    """A tenant's policy; a tenant without a row has the defaults (all off)."""
+
+    __tablename__ = "tenant_policies"
+
+    tenant_id: str = Field(primary_key=True, max_length=128)
+    #: Seal the tenant's prompts and answers end to end (``tether.sealing``).
+    e2e: bool = Field(default=False)
+    updated_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class Usage(SQLModel, table=True):

@@ -1,8 +1,9 @@
 from tether.v1 import status_pb2 as _status_pb2
 from tether.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -10,7 +11,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class Infer(_message.Message):
     __slots__ = ()
     class Request(_message.Message):
-        __slots__ = ("tenant_id", "model_id", "version", "input", "correlation_id", "retry_token", "trace_id", "params", "region")
+        __slots__ = ("tenant_id", "model_id", "version", "input", "correlation_id", "retry_token", "trace_id", "params", "region", "sealed")
         TENANT_ID_FIELD_NUMBER: _ClassVar[int]
         MODEL_ID_FIELD_NUMBER: _ClassVar[int]
         VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +21,7 @@ class Infer(_message.Message):
         TRACE_ID_FIELD_NUMBER: _ClassVar[int]
         PARAMS_FIELD_NUMBER: _ClassVar[int]
         REGION_FIELD_NUMBER: _ClassVar[int]
+        SEALED_FIELD_NUMBER: _ClassVar[int]
         tenant_id: str
         model_id: str
         version: str
@@ -29,9 +31,10 @@ class Infer(_message.Message):
         trace_id: str
         params: GenerationParams
         region: str
-        def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., retry_token: _Optional[str] = ..., trace_id: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., region: _Optional[str] = ...) -> None: ...
+        sealed: Sealed
+        def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., retry_token: _Optional[str] = ..., trace_id: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., region: _Optional[str] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
     class Chunk(_message.Message):
-        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id")
+        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id", "sealed_payload")
         CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
         SEQ_FIELD_NUMBER: _ClassVar[int]
         PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +42,7 @@ class Infer(_message.Message):
         USAGE_FIELD_NUMBER: _ClassVar[int]
         ERROR_FIELD_NUMBER: _ClassVar[int]
         WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+        SEALED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
         correlation_id: str
         seq: int
         payload: Payload
@@ -46,8 +50,43 @@ class Infer(_message.Message):
         usage: Usage
         error: _status_pb2.Error
         worker_id: str
-        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ...) -> None: ...
+        sealed_payload: bytes
+        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ..., sealed_payload: _Optional[bytes] = ...) -> None: ...
     def __init__(self) -> None: ...
+
+class Sealed(_message.Message):
+    __slots__ = ("ciphertext", "keys")
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    ciphertext: bytes
+    keys: _containers.RepeatedCompositeFieldContainer[SealedKey]
+    def __init__(self, ciphertext: _Optional[bytes] = ..., keys: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ...) -> None: ...
+
+class SealedKey(_message.Message):
+    __slots__ = ("worker_key", "sealed_key")
+    WORKER_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEALED_KEY_FIELD_NUMBER: _ClassVar[int]
+    worker_key: bytes
+    sealed_key: bytes
+    def __init__(self, worker_key: _Optional[bytes] = ..., sealed_key: _Optional[bytes] = ...) -> None: ...
+
+class SealedInput(_message.Message):
+    __slots__ = ("input", "correlation_id", "tenant_id", "model_id", "worker_keys", "nonce", "issued_at_unix_ms")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_KEYS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    input: Input
+    correlation_id: str
+    tenant_id: str
+    model_id: str
+    worker_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    nonce: bytes
+    issued_at_unix_ms: int
+    def __init__(self, input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., worker_keys: _Optional[_Iterable[bytes]] = ..., nonce: _Optional[bytes] = ..., issued_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Input(_message.Message):
     __slots__ = ("text", "texts", "tensors")

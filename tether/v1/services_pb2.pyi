@@ -63,3 +63,33 @@ class ResolveRequest(_message.Message):
     version: str
     tenant_id: str
     def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class PlaceRequest(_message.Message):
+    __slots__ = ("tenant_id", "model_id", "version", "region", "correlation_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    model_id: str
+    version: str
+    region: str
+    correlation_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., region: _Optional[str] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+
+class PlaceResponse(_message.Message):
+    __slots__ = ("tenant_id", "workers")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    workers: _containers.RepeatedCompositeFieldContainer[PlacedWorker]
+    def __init__(self, tenant_id: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[PlacedWorker, _Mapping]]] = ...) -> None: ...
+
+class PlacedWorker(_message.Message):
+    __slots__ = ("worker_id", "pub_key")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PUB_KEY_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    pub_key: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., pub_key: _Optional[bytes] = ...) -> None: ...

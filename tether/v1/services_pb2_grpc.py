@@ -51,6 +51,11 @@ class GatewayStub:
                 request_serializer=tether_dot_v1_dot_services__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_services__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Place = channel.unary_unary(
+                '/tether.v1.Gateway/Place',
+                request_serializer=tether_dot_v1_dot_services__pb2.PlaceRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_services__pb2.PlaceResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -69,6 +74,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Place(self, request, context):
+        """The workers a sealed request may go to, for a client that seals its own
+        input (docs/security.md); the tenant is the token's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +94,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=tether_dot_v1_dot_services__pb2.ListModelsRequest.FromString,
                     response_serializer=tether_dot_v1_dot_services__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Place': grpc.unary_unary_rpc_method_handler(
+                    servicer.Place,
+                    request_deserializer=tether_dot_v1_dot_services__pb2.PlaceRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_services__pb2.PlaceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -148,6 +166,33 @@ class Gateway:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Place(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.Gateway/Place',
+            tether_dot_v1_dot_services__pb2.PlaceRequest.SerializeToString,
+            tether_dot_v1_dot_services__pb2.PlaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class OrchestratorStub:
     """Orchestrator places requests on workers and streams their chunks back.
@@ -174,6 +219,11 @@ class OrchestratorStub:
                 request_serializer=tether_dot_v1_dot_services__pb2.GetFleetRequest.SerializeToString,
                 response_deserializer=tether_dot_v1_dot_services__pb2.GetFleetResponse.FromString,
                 _registered_method=True)
+        self.Place = channel.unary_unary(
+                '/tether.v1.Orchestrator/Place',
+                request_serializer=tether_dot_v1_dot_services__pb2.PlaceRequest.SerializeToString,
+                response_deserializer=tether_dot_v1_dot_services__pb2.PlaceResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServicer:
@@ -198,6 +248,14 @@ class OrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Place(self, request, context):
+        """The candidate workers for a request, best first, without reserving
+        anything: whom to seal a request's input to (Infer.Request.sealed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +273,11 @@ def add_OrchestratorServicer_to_server(servicer, server):
                     servicer.GetFleet,
                     request_deserializer=tether_dot_v1_dot_services__pb2.GetFleetRequest.FromString,
                     response_serializer=tether_dot_v1_dot_services__pb2.GetFleetResponse.SerializeToString,
+            ),
+            'Place': grpc.unary_unary_rpc_method_handler(
+                    servicer.Place,
+                    request_deserializer=tether_dot_v1_dot_services__pb2.PlaceRequest.FromString,
+                    response_serializer=tether_dot_v1_dot_services__pb2.PlaceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -299,6 +362,33 @@ class Orchestrator:
             '/tether.v1.Orchestrator/GetFleet',
             tether_dot_v1_dot_services__pb2.GetFleetRequest.SerializeToString,
             tether_dot_v1_dot_services__pb2.GetFleetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Place(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.v1.Orchestrator/Place',
+            tether_dot_v1_dot_services__pb2.PlaceRequest.SerializeToString,
+            tether_dot_v1_dot_services__pb2.PlaceResponse.FromString,
             options,
             channel_credentials,
             insecure,

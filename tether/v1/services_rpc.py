@@ -66,6 +66,22 @@ class GatewayStub:
         )
         return decode_response(services_pb2.ListModelsResponse, payload)
 
+    async def Place(
+        self,
+        request: services_pb2.PlaceRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> services_pb2.PlaceResponse:
+        """Unary ``/tether.v1.Gateway/Place``."""
+        payload = await self.connection.unary(
+            "/tether.v1.Gateway/Place",
+            request.SerializeToString(),
+            timeout=timeout,
+            metadata=metadata,
+        )
+        return decode_response(services_pb2.PlaceResponse, payload)
+
 
 class GatewayServicer:
     """Base class for ``tether.v1.Gateway`` implementations."""
@@ -86,10 +102,17 @@ class GatewayServicer:
         """Unary ``/tether.v1.Gateway/ListModels``."""
         raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Gateway/ListModels is not implemented')
 
+    async def Place(
+        self, request: services_pb2.PlaceRequest, context: ServerContext
+    ) -> services_pb2.PlaceResponse:
+        """Unary ``/tether.v1.Gateway/Place``."""
+        raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Gateway/Place is not implemented')
+
 
 GatewayServicer.__rpc_methods__ = {
         "Infer": MethodSpec("Infer", "server_stream", infer_pb2.Infer.Request, infer_pb2.Infer.Chunk),
         "ListModels": MethodSpec("ListModels", "unary", services_pb2.ListModelsRequest, services_pb2.ListModelsResponse),
+        "Place": MethodSpec("Place", "unary", services_pb2.PlaceRequest, services_pb2.PlaceResponse),
 }
 
 
@@ -149,6 +172,22 @@ class OrchestratorStub:
         )
         return decode_response(services_pb2.GetFleetResponse, payload)
 
+    async def Place(
+        self,
+        request: services_pb2.PlaceRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> services_pb2.PlaceResponse:
+        """Unary ``/tether.v1.Orchestrator/Place``."""
+        payload = await self.connection.unary(
+            "/tether.v1.Orchestrator/Place",
+            request.SerializeToString(),
+            timeout=timeout,
+            metadata=metadata,
+        )
+        return decode_response(services_pb2.PlaceResponse, payload)
+
 
 class OrchestratorServicer:
     """Base class for ``tether.v1.Orchestrator`` implementations."""
@@ -175,11 +214,18 @@ class OrchestratorServicer:
         """Unary ``/tether.v1.Orchestrator/GetFleet``."""
         raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Orchestrator/GetFleet is not implemented')
 
+    async def Place(
+        self, request: services_pb2.PlaceRequest, context: ServerContext
+    ) -> services_pb2.PlaceResponse:
+        """Unary ``/tether.v1.Orchestrator/Place``."""
+        raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Orchestrator/Place is not implemented')
+
 
 OrchestratorServicer.__rpc_methods__ = {
         "Submit": MethodSpec("Submit", "server_stream", infer_pb2.Infer.Request, infer_pb2.Infer.Chunk),
         "GetJob": MethodSpec("GetJob", "unary", services_pb2.GetJobRequest, jobs_pb2.JobStatus),
         "GetFleet": MethodSpec("GetFleet", "unary", services_pb2.GetFleetRequest, services_pb2.GetFleetResponse),
+        "Place": MethodSpec("Place", "unary", services_pb2.PlaceRequest, services_pb2.PlaceResponse),
 }
 
 

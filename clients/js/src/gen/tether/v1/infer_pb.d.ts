@@ -85,6 +85,14 @@ export declare type Infer_Request = Message<"tether.v1.Infer.Request"> & {
    * @generated from field: string region = 9;
    */
   region: string;
+
+  /**
+   * End-to-end sealed input (docs/security.md): when set, `input` is empty and
+   * only the workers holding a key slot can read what the request asks.
+   *
+   * @generated from field: tether.v1.Sealed sealed = 20;
+   */
+  sealed?: Sealed | undefined;
 };
 
 /**
@@ -134,6 +142,14 @@ export declare type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
    * @generated from field: string worker_id = 7;
    */
   workerId: string;
+
+  /**
+   * For a sealed request: the payload sealed for the requester (`payload` is
+   * then empty); seq, done, usage and error stay clear for finalising and billing.
+   *
+   * @generated from field: bytes sealed_payload = 20;
+   */
+  sealedPayload: Uint8Array;
 };
 
 /**
@@ -141,6 +157,113 @@ export declare type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
  * Use `create(Infer_ChunkSchema)` to create a new message.
  */
 export declare const Infer_ChunkSchema: GenMessage<Infer_Chunk>;
+
+/**
+ * Sealed is a request's input sealed end to end to the workers that may run it.
+ *
+ * @generated from message tether.v1.Sealed
+ */
+export declare type Sealed = Message<"tether.v1.Sealed"> & {
+  /**
+   * A serialized SealedInput under a fresh 32-byte key: XSalsa20-Poly1305
+   * (libsodium secretbox), its 24-byte nonce first.
+   *
+   * @generated from field: bytes ciphertext = 1;
+   */
+  ciphertext: Uint8Array;
+
+  /**
+   * That key in a sealed box (X25519) for each worker allowed to run the request.
+   *
+   * @generated from field: repeated tether.v1.SealedKey keys = 2;
+   */
+  keys: SealedKey[];
+};
+
+/**
+ * Describes the message tether.v1.Sealed.
+ * Use `create(SealedSchema)` to create a new message.
+ */
+export declare const SealedSchema: GenMessage<Sealed>;
+
+/**
+ * SealedKey is the request key sealed to one worker.
+ *
+ * @generated from message tether.v1.SealedKey
+ */
+export declare type SealedKey = Message<"tether.v1.SealedKey"> & {
+  /**
+   * The worker's Ed25519 identity key (Presence.pub_key); the box is sealed to
+   * its X25519 form.
+   *
+   * @generated from field: bytes worker_key = 1;
+   */
+  workerKey: Uint8Array;
+
+  /**
+   * @generated from field: bytes sealed_key = 2;
+   */
+  sealedKey: Uint8Array;
+};
+
+/**
+ * Describes the message tether.v1.SealedKey.
+ * Use `create(SealedKeySchema)` to create a new message.
+ */
+export declare const SealedKeySchema: GenMessage<SealedKey>;
+
+/**
+ * SealedInput is the plaintext inside Sealed.ciphertext: the input and what it
+ * is bound to, checked by the worker against the clear request.
+ *
+ * @generated from message tether.v1.SealedInput
+ */
+export declare type SealedInput = Message<"tether.v1.SealedInput"> & {
+  /**
+   * @generated from field: tether.v1.Input input = 1;
+   */
+  input?: Input | undefined;
+
+  /**
+   * @generated from field: string correlation_id = 2;
+   */
+  correlationId: string;
+
+  /**
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string model_id = 4;
+   */
+  modelId: string;
+
+  /**
+   * Every worker the key was sealed to.
+   *
+   * @generated from field: repeated bytes worker_keys = 5;
+   */
+  workerKeys: Uint8Array[];
+
+  /**
+   * 16 random bytes: the worker refuses a nonce it has seen (replay).
+   *
+   * @generated from field: bytes nonce = 6;
+   */
+  nonce: Uint8Array;
+
+  /**
+   * @generated from field: uint64 issued_at_unix_ms = 7;
+   */
+  issuedAtUnixMs: bigint;
+};
+
+/**
+ * Describes the message tether.v1.SealedInput.
+ * Use `create(SealedInputSchema)` to create a new message.
+ */
+export declare const SealedInputSchema: GenMessage<SealedInput>;
 
 /**
  * Input is what a model consumes, by task.

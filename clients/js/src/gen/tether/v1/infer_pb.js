@@ -10,7 +10,7 @@ import { file_tether_v1_tensor } from "./tensor_pb.js";
  * Describes the file tether/v1/infer.proto.
  */
 export const file_tether_v1_infer = /*@__PURE__*/
-  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSKdAwoFSW5mZXIa3AEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJGrQBCgVDaHVuaxIWCg5jb3JyZWxhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSIwoHcGF5bG9hZBgDIAEoCzISLnRldGhlci52MS5QYXlsb2FkEgwKBGRvbmUYBCABKAgSHwoFdXNhZ2UYBSABKAsyEC50ZXRoZXIudjEuVXNhZ2USHwoFZXJyb3IYBiABKAsyEC50ZXRoZXIudjEuRXJyb3ISEQoJd29ya2VyX2lkGAcgASgJIm8KBUlucHV0Eg4KBHRleHQYASABKAlIABIlCgV0ZXh0cxgCIAEoCzIULnRldGhlci52MS5UZXh0QmF0Y2hIABInCgd0ZW5zb3JzGAMgASgLMhQudGV0aGVyLnYxLlRlbnNvck1hcEgAQgYKBGtpbmQibAoQR2VuZXJhdGlvblBhcmFtcxISCgptYXhfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEgwKBHNlZWQYAyABKAQSDQoFdG9wX3AYBCABKAISEgoKbWluX3Rva2VucxgFIAEoDSJxCgdQYXlsb2FkEg4KBHRleHQYASABKAlIABIpCgllbWJlZGRpbmcYAiABKAsyFC50ZXRoZXIudjEuRW1iZWRkaW5nSAASIwoGdGVuc29yGAMgASgLMhEudGV0aGVyLnYxLlRlbnNvckgAQgYKBGtpbmQikAEKBVVzYWdlEhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhQKDGlucHV0X3Rva2VucxgEIAEoDRIVCg1vdXRwdXRfdG9rZW5zGAUgASgNEhIKCmNvbXB1dGVfbXMYBiABKAQSEAoIcXVldWVfbXMYByABKARiBnByb3RvMw", [file_tether_v1_status, file_tether_v1_tensor]);
+  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSLYAwoFSW5mZXIa/wEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJEiEKBnNlYWxlZBgUIAEoCzIRLnRldGhlci52MS5TZWFsZWQazAEKBUNodW5rEhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIjCgdwYXlsb2FkGAMgASgLMhIudGV0aGVyLnYxLlBheWxvYWQSDAoEZG9uZRgEIAEoCBIfCgV1c2FnZRgFIAEoCzIQLnRldGhlci52MS5Vc2FnZRIfCgVlcnJvchgGIAEoCzIQLnRldGhlci52MS5FcnJvchIRCgl3b3JrZXJfaWQYByABKAkSFgoOc2VhbGVkX3BheWxvYWQYFCABKAwiQAoGU2VhbGVkEhIKCmNpcGhlcnRleHQYASABKAwSIgoEa2V5cxgCIAMoCzIULnRldGhlci52MS5TZWFsZWRLZXkiMwoJU2VhbGVkS2V5EhIKCndvcmtlcl9rZXkYASABKAwSEgoKc2VhbGVkX2tleRgCIAEoDCKqAQoLU2VhbGVkSW5wdXQSHwoFaW5wdXQYASABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJEhAKCG1vZGVsX2lkGAQgASgJEhMKC3dvcmtlcl9rZXlzGAUgAygMEg0KBW5vbmNlGAYgASgMEhkKEWlzc3VlZF9hdF91bml4X21zGAcgASgEIm8KBUlucHV0Eg4KBHRleHQYASABKAlIABIlCgV0ZXh0cxgCIAEoCzIULnRldGhlci52MS5UZXh0QmF0Y2hIABInCgd0ZW5zb3JzGAMgASgLMhQudGV0aGVyLnYxLlRlbnNvck1hcEgAQgYKBGtpbmQibAoQR2VuZXJhdGlvblBhcmFtcxISCgptYXhfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEgwKBHNlZWQYAyABKAQSDQoFdG9wX3AYBCABKAISEgoKbWluX3Rva2VucxgFIAEoDSJxCgdQYXlsb2FkEg4KBHRleHQYASABKAlIABIpCgllbWJlZGRpbmcYAiABKAsyFC50ZXRoZXIudjEuRW1iZWRkaW5nSAASIwoGdGVuc29yGAMgASgLMhEudGV0aGVyLnYxLlRlbnNvckgAQgYKBGtpbmQikAEKBVVzYWdlEhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhQKDGlucHV0X3Rva2VucxgEIAEoDRIVCg1vdXRwdXRfdG9rZW5zGAUgASgNEhIKCmNvbXB1dGVfbXMYBiABKAQSEAoIcXVldWVfbXMYByABKARiBnByb3RvMw", [file_tether_v1_status, file_tether_v1_tensor]);
 
 /**
  * Describes the message tether.v1.Infer.
@@ -34,30 +34,51 @@ export const Infer_ChunkSchema = /*@__PURE__*/
   messageDesc(file_tether_v1_infer, 0, 1);
 
 /**
+ * Describes the message tether.v1.Sealed.
+ * Use `create(SealedSchema)` to create a new message.
+ */
+export const SealedSchema = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 1);
+
+/**
+ * Describes the message tether.v1.SealedKey.
+ * Use `create(SealedKeySchema)` to create a new message.
+ */
+export const SealedKeySchema = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 2);
+
+/**
+ * Describes the message tether.v1.SealedInput.
+ * Use `create(SealedInputSchema)` to create a new message.
+ */
+export const SealedInputSchema = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 3);
+
+/**
  * Describes the message tether.v1.Input.
  * Use `create(InputSchema)` to create a new message.
  */
 export const InputSchema = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 1);
+  messageDesc(file_tether_v1_infer, 4);
 
 /**
  * Describes the message tether.v1.GenerationParams.
  * Use `create(GenerationParamsSchema)` to create a new message.
  */
 export const GenerationParamsSchema = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 2);
+  messageDesc(file_tether_v1_infer, 5);
 
 /**
  * Describes the message tether.v1.Payload.
  * Use `create(PayloadSchema)` to create a new message.
  */
 export const PayloadSchema = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 3);
+  messageDesc(file_tether_v1_infer, 6);
 
 /**
  * Describes the message tether.v1.Usage.
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 4);
+  messageDesc(file_tether_v1_infer, 7);
 

@@ -162,6 +162,94 @@ export declare type ResolveRequest = Message<"tether.v1.ResolveRequest"> & {
 export declare const ResolveRequestSchema: GenMessage<ResolveRequest>;
 
 /**
+ * @generated from message tether.v1.PlaceRequest
+ */
+export declare type PlaceRequest = Message<"tether.v1.PlaceRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string model_id = 2;
+   */
+  modelId: string;
+
+  /**
+   * @generated from field: string version = 3;
+   */
+  version: string;
+
+  /**
+   * Empty means the gateway's (or orchestrator's) own region.
+   *
+   * @generated from field: string region = 4;
+   */
+  region: string;
+
+  /**
+   * The request's correlation id: a canary rollout picks its version by it.
+   *
+   * @generated from field: string correlation_id = 5;
+   */
+  correlationId: string;
+};
+
+/**
+ * Describes the message tether.v1.PlaceRequest.
+ * Use `create(PlaceRequestSchema)` to create a new message.
+ */
+export declare const PlaceRequestSchema: GenMessage<PlaceRequest>;
+
+/**
+ * @generated from message tether.v1.PlaceResponse
+ */
+export declare type PlaceResponse = Message<"tether.v1.PlaceResponse"> & {
+  /**
+   * The tenant the sealed input must be bound to (the token's, from a gateway).
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: repeated tether.v1.PlacedWorker workers = 2;
+   */
+  workers: PlacedWorker[];
+};
+
+/**
+ * Describes the message tether.v1.PlaceResponse.
+ * Use `create(PlaceResponseSchema)` to create a new message.
+ */
+export declare const PlaceResponseSchema: GenMessage<PlaceResponse>;
+
+/**
+ * PlacedWorker is a worker a sealed request may run on.
+ *
+ * @generated from message tether.v1.PlacedWorker
+ */
+export declare type PlacedWorker = Message<"tether.v1.PlacedWorker"> & {
+  /**
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * Its Ed25519 identity key, as in its signed Presence.
+   *
+   * @generated from field: bytes pub_key = 2;
+   */
+  pubKey: Uint8Array;
+};
+
+/**
+ * Describes the message tether.v1.PlacedWorker.
+ * Use `create(PlacedWorkerSchema)` to create a new message.
+ */
+export declare const PlacedWorkerSchema: GenMessage<PlacedWorker>;
+
+/**
  * Gateway is the edge: clients submit inference and stream the result.
  *
  * @generated from service tether.v1.Gateway
@@ -182,6 +270,17 @@ export declare const Gateway: GenService<{
     methodKind: "unary";
     input: typeof ListModelsRequestSchema;
     output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * The workers a sealed request may go to, for a client that seals its own
+   * input (docs/security.md); the tenant is the token's.
+   *
+   * @generated from rpc tether.v1.Gateway.Place
+   */
+  place: {
+    methodKind: "unary";
+    input: typeof PlaceRequestSchema;
+    output: typeof PlaceResponseSchema;
   },
 }>;
 
@@ -214,6 +313,17 @@ export declare const Orchestrator: GenService<{
     methodKind: "unary";
     input: typeof GetFleetRequestSchema;
     output: typeof GetFleetResponseSchema;
+  },
+  /**
+   * The candidate workers for a request, best first, without reserving
+   * anything: whom to seal a request's input to (Infer.Request.sealed).
+   *
+   * @generated from rpc tether.v1.Orchestrator.Place
+   */
+  place: {
+    methodKind: "unary";
+    input: typeof PlaceRequestSchema;
+    output: typeof PlaceResponseSchema;
   },
 }>;
 

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/infer.proto.
  */
 export const file_tether_v1_infer: GenFile = /*@__PURE__*/
-  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSKdAwoFSW5mZXIa3AEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJGrQBCgVDaHVuaxIWCg5jb3JyZWxhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSIwoHcGF5bG9hZBgDIAEoCzISLnRldGhlci52MS5QYXlsb2FkEgwKBGRvbmUYBCABKAgSHwoFdXNhZ2UYBSABKAsyEC50ZXRoZXIudjEuVXNhZ2USHwoFZXJyb3IYBiABKAsyEC50ZXRoZXIudjEuRXJyb3ISEQoJd29ya2VyX2lkGAcgASgJIm8KBUlucHV0Eg4KBHRleHQYASABKAlIABIlCgV0ZXh0cxgCIAEoCzIULnRldGhlci52MS5UZXh0QmF0Y2hIABInCgd0ZW5zb3JzGAMgASgLMhQudGV0aGVyLnYxLlRlbnNvck1hcEgAQgYKBGtpbmQibAoQR2VuZXJhdGlvblBhcmFtcxISCgptYXhfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEgwKBHNlZWQYAyABKAQSDQoFdG9wX3AYBCABKAISEgoKbWluX3Rva2VucxgFIAEoDSJxCgdQYXlsb2FkEg4KBHRleHQYASABKAlIABIpCgllbWJlZGRpbmcYAiABKAsyFC50ZXRoZXIudjEuRW1iZWRkaW5nSAASIwoGdGVuc29yGAMgASgLMhEudGV0aGVyLnYxLlRlbnNvckgAQgYKBGtpbmQikAEKBVVzYWdlEhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhQKDGlucHV0X3Rva2VucxgEIAEoDRIVCg1vdXRwdXRfdG9rZW5zGAUgASgNEhIKCmNvbXB1dGVfbXMYBiABKAQSEAoIcXVldWVfbXMYByABKARiBnByb3RvMw", [file_tether_v1_status, file_tether_v1_tensor]);
+  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSLYAwoFSW5mZXIa/wEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJEiEKBnNlYWxlZBgUIAEoCzIRLnRldGhlci52MS5TZWFsZWQazAEKBUNodW5rEhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIjCgdwYXlsb2FkGAMgASgLMhIudGV0aGVyLnYxLlBheWxvYWQSDAoEZG9uZRgEIAEoCBIfCgV1c2FnZRgFIAEoCzIQLnRldGhlci52MS5Vc2FnZRIfCgVlcnJvchgGIAEoCzIQLnRldGhlci52MS5FcnJvchIRCgl3b3JrZXJfaWQYByABKAkSFgoOc2VhbGVkX3BheWxvYWQYFCABKAwiQAoGU2VhbGVkEhIKCmNpcGhlcnRleHQYASABKAwSIgoEa2V5cxgCIAMoCzIULnRldGhlci52MS5TZWFsZWRLZXkiMwoJU2VhbGVkS2V5EhIKCndvcmtlcl9rZXkYASABKAwSEgoKc2VhbGVkX2tleRgCIAEoDCKqAQoLU2VhbGVkSW5wdXQSHwoFaW5wdXQYASABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJEhAKCG1vZGVsX2lkGAQgASgJEhMKC3dvcmtlcl9rZXlzGAUgAygMEg0KBW5vbmNlGAYgASgMEhkKEWlzc3VlZF9hdF91bml4X21zGAcgASgEIm8KBUlucHV0Eg4KBHRleHQYASABKAlIABIlCgV0ZXh0cxgCIAEoCzIULnRldGhlci52MS5UZXh0QmF0Y2hIABInCgd0ZW5zb3JzGAMgASgLMhQudGV0aGVyLnYxLlRlbnNvck1hcEgAQgYKBGtpbmQibAoQR2VuZXJhdGlvblBhcmFtcxISCgptYXhfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEgwKBHNlZWQYAyABKAQSDQoFdG9wX3AYBCABKAISEgoKbWluX3Rva2VucxgFIAEoDSJxCgdQYXlsb2FkEg4KBHRleHQYASABKAlIABIpCgllbWJlZGRpbmcYAiABKAsyFC50ZXRoZXIudjEuRW1iZWRkaW5nSAASIwoGdGVuc29yGAMgASgLMhEudGV0aGVyLnYxLlRlbnNvckgAQgYKBGtpbmQikAEKBVVzYWdlEhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhQKDGlucHV0X3Rva2VucxgEIAEoDRIVCg1vdXRwdXRfdG9rZW5zGAUgASgNEhIKCmNvbXB1dGVfbXMYBiABKAQSEAoIcXVldWVfbXMYByABKARiBnByb3RvMw", [file_tether_v1_status, file_tether_v1_tensor]);
 
 /**
  * Infer groups the inference contract of the spec (§2 "RPC Contracts").
@@ -90,6 +90,14 @@ export type Infer_Request = Message<"tether.v1.Infer.Request"> & {
    * @generated from field: string region = 9;
    */
   region: string;
+
+  /**
+   * End-to-end sealed input (docs/security.md): when set, `input` is empty and
+   * only the workers holding a key slot can read what the request asks.
+   *
+   * @generated from field: tether.v1.Sealed sealed = 20;
+   */
+  sealed?: Sealed | undefined;
 };
 
 /**
@@ -140,6 +148,14 @@ export type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
    * @generated from field: string worker_id = 7;
    */
   workerId: string;
+
+  /**
+   * For a sealed request: the payload sealed for the requester (`payload` is
+   * then empty); seq, done, usage and error stay clear for finalising and billing.
+   *
+   * @generated from field: bytes sealed_payload = 20;
+   */
+  sealedPayload: Uint8Array;
 };
 
 /**
@@ -148,6 +164,116 @@ export type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
  */
 export const Infer_ChunkSchema: GenMessage<Infer_Chunk> = /*@__PURE__*/
   messageDesc(file_tether_v1_infer, 0, 1);
+
+/**
+ * Sealed is a request's input sealed end to end to the workers that may run it.
+ *
+ * @generated from message tether.v1.Sealed
+ */
+export type Sealed = Message<"tether.v1.Sealed"> & {
+  /**
+   * A serialized SealedInput under a fresh 32-byte key: XSalsa20-Poly1305
+   * (libsodium secretbox), its 24-byte nonce first.
+   *
+   * @generated from field: bytes ciphertext = 1;
+   */
+  ciphertext: Uint8Array;
+
+  /**
+   * That key in a sealed box (X25519) for each worker allowed to run the request.
+   *
+   * @generated from field: repeated tether.v1.SealedKey keys = 2;
+   */
+  keys: SealedKey[];
+};
+
+/**
+ * Describes the message tether.v1.Sealed.
+ * Use `create(SealedSchema)` to create a new message.
+ */
+export const SealedSchema: GenMessage<Sealed> = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 1);
+
+/**
+ * SealedKey is the request key sealed to one worker.
+ *
+ * @generated from message tether.v1.SealedKey
+ */
+export type SealedKey = Message<"tether.v1.SealedKey"> & {
+  /**
+   * The worker's Ed25519 identity key (Presence.pub_key); the box is sealed to
+   * its X25519 form.
+   *
+   * @generated from field: bytes worker_key = 1;
+   */
+  workerKey: Uint8Array;
+
+  /**
+   * @generated from field: bytes sealed_key = 2;
+   */
+  sealedKey: Uint8Array;
+};
+
+/**
+ * Describes the message tether.v1.SealedKey.
+ * Use `create(SealedKeySchema)` to create a new message.
+ */
+export const SealedKeySchema: GenMessage<SealedKey> = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 2);
+
+/**
+ * SealedInput is the plaintext inside Sealed.ciphertext: the input and what it
+ * is bound to, checked by the worker against the clear request.
+ *
+ * @generated from message tether.v1.SealedInput
+ */
+export type SealedInput = Message<"tether.v1.SealedInput"> & {
+  /**
+   * @generated from field: tether.v1.Input input = 1;
+   */
+  input?: Input | undefined;
+
+  /**
+   * @generated from field: string correlation_id = 2;
+   */
+  correlationId: string;
+
+  /**
+   * @generated from field: string tenant_id = 3;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string model_id = 4;
+   */
+  modelId: string;
+
+  /**
+   * Every worker the key was sealed to.
+   *
+   * @generated from field: repeated bytes worker_keys = 5;
+   */
+  workerKeys: Uint8Array[];
+
+  /**
+   * 16 random bytes: the worker refuses a nonce it has seen (replay).
+   *
+   * @generated from field: bytes nonce = 6;
+   */
+  nonce: Uint8Array;
+
+  /**
+   * @generated from field: uint64 issued_at_unix_ms = 7;
+   */
+  issuedAtUnixMs: bigint;
+};
+
+/**
+ * Describes the message tether.v1.SealedInput.
+ * Use `create(SealedInputSchema)` to create a new message.
+ */
+export const SealedInputSchema: GenMessage<SealedInput> = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 3);
 
 /**
  * Input is what a model consumes, by task.
@@ -190,7 +316,7 @@ export type Input = Message<"tether.v1.Input"> & {
  * Use `create(InputSchema)` to create a new message.
  */
 export const InputSchema: GenMessage<Input> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 1);
+  messageDesc(file_tether_v1_infer, 4);
 
 /**
  * GenerationParams tune text generation; zero values mean model defaults.
@@ -236,7 +362,7 @@ export type GenerationParams = Message<"tether.v1.GenerationParams"> & {
  * Use `create(GenerationParamsSchema)` to create a new message.
  */
 export const GenerationParamsSchema: GenMessage<GenerationParams> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 2);
+  messageDesc(file_tether_v1_infer, 5);
 
 /**
  * Payload is one piece of a streamed result.
@@ -275,7 +401,7 @@ export type Payload = Message<"tether.v1.Payload"> & {
  * Use `create(PayloadSchema)` to create a new message.
  */
 export const PayloadSchema: GenMessage<Payload> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 3);
+  messageDesc(file_tether_v1_infer, 6);
 
 /**
  * Usage is what one request consumed, reported with the last chunk.
@@ -324,5 +450,5 @@ export type Usage = Message<"tether.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 4);
+  messageDesc(file_tether_v1_infer, 7);
 

@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/services.proto.
  */
 export const file_tether_v1_services: GenFile = /*@__PURE__*/
-  fileDesc("Chh0ZXRoZXIvdjEvc2VydmljZXMucHJvdG8SCXRldGhlci52MSImChFMaXN0TW9kZWxzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLnRldGhlci52MS5Nb2RlbFJlY29yZCI8Cg1HZXRKb2JSZXF1ZXN0EhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEhMKC3JldHJ5X3Rva2VuGAIgASgJIiEKD0dldEZsZWV0UmVxdWVzdBIOCgZyZWdpb24YASABKAkiOAoQR2V0RmxlZXRSZXNwb25zZRIkCgd3b3JrZXJzGAEgAygLMhMudGV0aGVyLnYxLlByZXNlbmNlIhIKEEdldEhlYWx0aFJlcXVlc3QiKwoUV2F0Y2hQcmVzZW5jZVJlcXVlc3QSEwoLaW50ZXJ2YWxfbXMYASABKA0iRgoOUmVzb2x2ZVJlcXVlc3QSEAoIbW9kZWxfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkykQEKB0dhdGV3YXkSOwoFSW5mZXISGC50ZXRoZXIudjEuSW5mZXIuUmVxdWVzdBoWLnRldGhlci52MS5JbmZlci5DaHVuazABEkkKCkxpc3RNb2RlbHMSHC50ZXRoZXIudjEuTGlzdE1vZGVsc1JlcXVlc3QaHS50ZXRoZXIudjEuTGlzdE1vZGVsc1Jlc3BvbnNlMssBCgxPcmNoZXN0cmF0b3ISPAoGU3VibWl0EhgudGV0aGVyLnYxLkluZmVyLlJlcXVlc3QaFi50ZXRoZXIudjEuSW5mZXIuQ2h1bmswARI4CgZHZXRKb2ISGC50ZXRoZXIudjEuR2V0Sm9iUmVxdWVzdBoULnRldGhlci52MS5Kb2JTdGF0dXMSQwoIR2V0RmxlZXQSGi50ZXRoZXIudjEuR2V0RmxlZXRSZXF1ZXN0GhsudGV0aGVyLnYxLkdldEZsZWV0UmVzcG9uc2Uy2AEKBldvcmtlchI7CgVJbmZlchIYLnRldGhlci52MS5JbmZlci5SZXF1ZXN0GhYudGV0aGVyLnYxLkluZmVyLkNodW5rMAESQgoJR2V0SGVhbHRoEhsudGV0aGVyLnYxLkdldEhlYWx0aFJlcXVlc3QaGC50ZXRoZXIudjEuSGVhbHRoLlJlcG9ydBJNCg1XYXRjaFByZXNlbmNlEh8udGV0aGVyLnYxLldhdGNoUHJlc2VuY2VSZXF1ZXN0GhkudGV0aGVyLnYxLlNpZ25lZEVudmVsb3BlMAEyzgEKCFJlZ2lzdHJ5EjkKB1B1Ymxpc2gSFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQaFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQSPAoHUmVzb2x2ZRIZLnRldGhlci52MS5SZXNvbHZlUmVxdWVzdBoWLnRldGhlci52MS5Nb2RlbFJlY29yZBJJCgpMaXN0TW9kZWxzEhwudGV0aGVyLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh0udGV0aGVyLnYxLkxpc3RNb2RlbHNSZXNwb25zZTJECgdDb250cm9sEjkKBUFwcGx5EhkudGV0aGVyLnYxLkNvbnRyb2xNZXNzYWdlGhUudGV0aGVyLnYxLkNvbnRyb2xBY2tiBnByb3RvMw", [file_tether_v1_control, file_tether_v1_health, file_tether_v1_infer, file_tether_v1_jobs, file_tether_v1_presence, file_tether_v1_registry]);
+  fileDesc("Chh0ZXRoZXIvdjEvc2VydmljZXMucHJvdG8SCXRldGhlci52MSImChFMaXN0TW9kZWxzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLnRldGhlci52MS5Nb2RlbFJlY29yZCI8Cg1HZXRKb2JSZXF1ZXN0EhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEhMKC3JldHJ5X3Rva2VuGAIgASgJIiEKD0dldEZsZWV0UmVxdWVzdBIOCgZyZWdpb24YASABKAkiOAoQR2V0RmxlZXRSZXNwb25zZRIkCgd3b3JrZXJzGAEgAygLMhMudGV0aGVyLnYxLlByZXNlbmNlIhIKEEdldEhlYWx0aFJlcXVlc3QiKwoUV2F0Y2hQcmVzZW5jZVJlcXVlc3QSEwoLaW50ZXJ2YWxfbXMYASABKA0iRgoOUmVzb2x2ZVJlcXVlc3QSEAoIbW9kZWxfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkibAoMUGxhY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEg4KBnJlZ2lvbhgEIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgFIAEoCSJMCg1QbGFjZVJlc3BvbnNlEhEKCXRlbmFudF9pZBgBIAEoCRIoCgd3b3JrZXJzGAIgAygLMhcudGV0aGVyLnYxLlBsYWNlZFdvcmtlciIyCgxQbGFjZWRXb3JrZXISEQoJd29ya2VyX2lkGAEgASgJEg8KB3B1Yl9rZXkYAiABKAwyzQEKB0dhdGV3YXkSOwoFSW5mZXISGC50ZXRoZXIudjEuSW5mZXIuUmVxdWVzdBoWLnRldGhlci52MS5JbmZlci5DaHVuazABEkkKCkxpc3RNb2RlbHMSHC50ZXRoZXIudjEuTGlzdE1vZGVsc1JlcXVlc3QaHS50ZXRoZXIudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEjoKBVBsYWNlEhcudGV0aGVyLnYxLlBsYWNlUmVxdWVzdBoYLnRldGhlci52MS5QbGFjZVJlc3BvbnNlMocCCgxPcmNoZXN0cmF0b3ISPAoGU3VibWl0EhgudGV0aGVyLnYxLkluZmVyLlJlcXVlc3QaFi50ZXRoZXIudjEuSW5mZXIuQ2h1bmswARI4CgZHZXRKb2ISGC50ZXRoZXIudjEuR2V0Sm9iUmVxdWVzdBoULnRldGhlci52MS5Kb2JTdGF0dXMSQwoIR2V0RmxlZXQSGi50ZXRoZXIudjEuR2V0RmxlZXRSZXF1ZXN0GhsudGV0aGVyLnYxLkdldEZsZWV0UmVzcG9uc2USOgoFUGxhY2USFy50ZXRoZXIudjEuUGxhY2VSZXF1ZXN0GhgudGV0aGVyLnYxLlBsYWNlUmVzcG9uc2Uy2AEKBldvcmtlchI7CgVJbmZlchIYLnRldGhlci52MS5JbmZlci5SZXF1ZXN0GhYudGV0aGVyLnYxLkluZmVyLkNodW5rMAESQgoJR2V0SGVhbHRoEhsudGV0aGVyLnYxLkdldEhlYWx0aFJlcXVlc3QaGC50ZXRoZXIudjEuSGVhbHRoLlJlcG9ydBJNCg1XYXRjaFByZXNlbmNlEh8udGV0aGVyLnYxLldhdGNoUHJlc2VuY2VSZXF1ZXN0GhkudGV0aGVyLnYxLlNpZ25lZEVudmVsb3BlMAEyzgEKCFJlZ2lzdHJ5EjkKB1B1Ymxpc2gSFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQaFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQSPAoHUmVzb2x2ZRIZLnRldGhlci52MS5SZXNvbHZlUmVxdWVzdBoWLnRldGhlci52MS5Nb2RlbFJlY29yZBJJCgpMaXN0TW9kZWxzEhwudGV0aGVyLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh0udGV0aGVyLnYxLkxpc3RNb2RlbHNSZXNwb25zZTJECgdDb250cm9sEjkKBUFwcGx5EhkudGV0aGVyLnYxLkNvbnRyb2xNZXNzYWdlGhUudGV0aGVyLnYxLkNvbnRyb2xBY2tiBnByb3RvMw", [file_tether_v1_control, file_tether_v1_health, file_tether_v1_infer, file_tether_v1_jobs, file_tether_v1_presence, file_tether_v1_registry]);
 
 /**
  * @generated from message tether.v1.ListModelsRequest
@@ -178,6 +178,97 @@ export const ResolveRequestSchema: GenMessage<ResolveRequest> = /*@__PURE__*/
   messageDesc(file_tether_v1_services, 7);
 
 /**
+ * @generated from message tether.v1.PlaceRequest
+ */
+export type PlaceRequest = Message<"tether.v1.PlaceRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string model_id = 2;
+   */
+  modelId: string;
+
+  /**
+   * @generated from field: string version = 3;
+   */
+  version: string;
+
+  /**
+   * Empty means the gateway's (or orchestrator's) own region.
+   *
+   * @generated from field: string region = 4;
+   */
+  region: string;
+
+  /**
+   * The request's correlation id: a canary rollout picks its version by it.
+   *
+   * @generated from field: string correlation_id = 5;
+   */
+  correlationId: string;
+};
+
+/**
+ * Describes the message tether.v1.PlaceRequest.
+ * Use `create(PlaceRequestSchema)` to create a new message.
+ */
+export const PlaceRequestSchema: GenMessage<PlaceRequest> = /*@__PURE__*/
+  messageDesc(file_tether_v1_services, 8);
+
+/**
+ * @generated from message tether.v1.PlaceResponse
+ */
+export type PlaceResponse = Message<"tether.v1.PlaceResponse"> & {
+  /**
+   * The tenant the sealed input must be bound to (the token's, from a gateway).
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: repeated tether.v1.PlacedWorker workers = 2;
+   */
+  workers: PlacedWorker[];
+};
+
+/**
+ * Describes the message tether.v1.PlaceResponse.
+ * Use `create(PlaceResponseSchema)` to create a new message.
+ */
+export const PlaceResponseSchema: GenMessage<PlaceResponse> = /*@__PURE__*/
+  messageDesc(file_tether_v1_services, 9);
+
+/**
+ * PlacedWorker is a worker a sealed request may run on.
+ *
+ * @generated from message tether.v1.PlacedWorker
+ */
+export type PlacedWorker = Message<"tether.v1.PlacedWorker"> & {
+  /**
+   * @generated from field: string worker_id = 1;
+   */
+  workerId: string;
+
+  /**
+   * Its Ed25519 identity key, as in its signed Presence.
+   *
+   * @generated from field: bytes pub_key = 2;
+   */
+  pubKey: Uint8Array;
+};
+
+/**
+ * Describes the message tether.v1.PlacedWorker.
+ * Use `create(PlacedWorkerSchema)` to create a new message.
+ */
+export const PlacedWorkerSchema: GenMessage<PlacedWorker> = /*@__PURE__*/
+  messageDesc(file_tether_v1_services, 10);
+
+/**
  * Gateway is the edge: clients submit inference and stream the result.
  *
  * @generated from service tether.v1.Gateway
@@ -198,6 +289,17 @@ export const Gateway: GenService<{
     methodKind: "unary";
     input: typeof ListModelsRequestSchema;
     output: typeof ListModelsResponseSchema;
+  },
+  /**
+   * The workers a sealed request may go to, for a client that seals its own
+   * input (docs/security.md); the tenant is the token's.
+   *
+   * @generated from rpc tether.v1.Gateway.Place
+   */
+  place: {
+    methodKind: "unary";
+    input: typeof PlaceRequestSchema;
+    output: typeof PlaceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tether_v1_services, 0);
@@ -231,6 +333,17 @@ export const Orchestrator: GenService<{
     methodKind: "unary";
     input: typeof GetFleetRequestSchema;
     output: typeof GetFleetResponseSchema;
+  },
+  /**
+   * The candidate workers for a request, best first, without reserving
+   * anything: whom to seal a request's input to (Infer.Request.sealed).
+   *
+   * @generated from rpc tether.v1.Orchestrator.Place
+   */
+  place: {
+    methodKind: "unary";
+    input: typeof PlaceRequestSchema;
+    output: typeof PlaceResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tether_v1_services, 1);
