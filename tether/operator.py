@@ -29,6 +29,7 @@ from pathlib import Path
 
 from p2p_transport.cenc import SocketAddress
 from tether import blocking, topics
+from tether.errors import FailedPrecondition
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
 from tether.net import wait_for_peer
@@ -56,8 +57,18 @@ async def replay(
     """Claim dead letter ``letter_id`` and stream its request's new run.
 
     NotFound if there is no such letter, FailedPrecondition if it was replayed already
-    (unless ``again``); the run's own errors are the orchestrator's.
+    (unless ``again``) or is sealed end to end; the run's own errors are the
+    orchestrator's.
     """
+    letter = await blocking.run_sync(lambda: store.get_dead_letter(letter_id))
+    if infer_pb2.Infer.Request.FromString(letter.request).HasField("sealed"):
+        # Its input is sealed to workers and its answer to the requester: an operator
+        # can neither read it nor send it again (workers refuse the replay).
+        raise FailedPrecondition(
+            f"dead letter {letter_id} is a sealed request: only its requester can send it "
+            "again, sealed anew",
+            details={"reason": "sealed"},
+        )
     token = f"replay-{letter_id}-{secrets.token_hex(4)}"
     letter = await blocking.run_sync(
         lambda: store.claim_dead_letter(letter_id, token, again=again)

@@ -27,8 +27,8 @@ from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
 from tether.rpc import ServerContext
-from tether.validation import validate
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, services_pb2, services_rpc
+from tether.validation import validate
 from worker.quota import QuotaGuard
 
 DEFAULT_HEARTBEAT_S = 5.0

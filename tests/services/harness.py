@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +147,7 @@ class Fleet:
     discovery: DiscoverySub = field(init=False)
     networks: list[TestNetwork] = field(default_factory=list)
     gateway_net: TestNetwork = field(init=False)
+    orchestrator_net: TestNetwork = field(init=False)
     gateway_service: GatewayService = field(init=False)
     client_net: TestNetwork = field(init=False)
     operator_net: TestNetwork = field(init=False)
@@ -202,6 +203,26 @@ class Fleet:
         self.worker_scopes[worker_id].cancel()
 
 
+def spied(handlers: dict[str, Handler], spies: Mapping[str, list[bytes]]) -> dict[str, Handler]:
+    """``handlers`` with each method named in ``spies`` (e.g. ``/tether.v1.Orchestrator/Submit``)
+    recording the serialized request and every streamed response into its list: what
+    that service sees of the traffic."""
+    out = dict(handlers)
+    for method, seen in spies.items():
+        if method not in out:
+            continue
+        handler = out[method]
+
+        async def recorded(request, context, handler=handler, seen=seen):  # type: ignore[no-untyped-def]
+            seen.append(request.SerializeToString())
+            async for response in handler.func(request, context):
+                seen.append(response.SerializeToString())
+                yield response
+
+        out[method] = Handler(handler.full_name, handler.spec, recorded)
+    return out
+
+
 def _worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
     joins = [(topics.presence(region), True, False), (topics.control(region), False, True)]
     joins += [(topics.models(m, v, region), True, False) for m, v in engine.models]
@@ -237,12 +258,15 @@ async def fleet(
     clock_ms: Callable[[], int] = virtual_ms,
     breaker_open_s: float = 30.0,
     slow_first_chunk_s: float | None = None,
+    spies: Mapping[str, list[bytes]] | None = None,
 ) -> AsyncIterator[Fleet]:
     """Registry, orchestrator, gateway and a client; workers come with ``add_worker``.
 
     ``networks`` defaults to the in-memory double; ``clock_ms`` (signing and store
-    time) defaults to one derived from trio's clock, for the virtual-time tests.
+    time) defaults to one derived from trio's clock, for the virtual-time tests;
+    ``spies`` records what the orchestrator's and gateway's methods see (``spied``).
     """
+    spies = spies or {}
     make_net = networks or local_networks()
     store = MetadataStore.sqlite(tmp_path / "meta.db", clock=clock_ms)
     store.migrate()
@@ -285,7 +309,7 @@ async def fleet(
             region=region,
             operators=CallerPolicy([operator_key.public_key], role="operator"),
         )
-        orch_net.handlers.update(collect_handlers(orchestrator, control))
+        orch_net.handlers.update(spied(collect_handlers(orchestrator, control), spies))
         await nursery.start(
             _run_node,
             f.networks,
@@ -300,6 +324,7 @@ async def fleet(
         await nursery.start(functools.partial(discovery.run, refresh=presence))
         nursery.start_soon(orchestrator.follow_model_topics, [region, *watch_regions], presence)
         f.discovery = discovery
+        f.orchestrator_net = orch_net
 
         gateway_net = make_net(gateway_key, {})
         gateway = GatewayService(
@@ -309,7 +334,7 @@ async def fleet(
             buckets=TokenBuckets(rate=rate, burst=burst),
             clock_ms=clock_ms,
         )
-        gateway_net.handlers.update(collect_handlers(gateway))
+        gateway_net.handlers.update(spied(collect_handlers(gateway), spies))
         await nursery.start(
             _run_node,
             f.networks,

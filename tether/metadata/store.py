@@ -499,6 +499,14 @@ class MetadataStore:
             return list(s.exec(select(t.DeadLetter)
                                .order_by(col(t.DeadLetter.id).desc()).limit(limit)).all())
 
+    def get_dead_letter(self, letter_id: int) -> t.DeadLetter:
+        """One dead letter; NotFound if there is none."""
+        with self.session() as s:
+            letter = s.get(t.DeadLetter, letter_id)
+        if letter is None:
+            raise NotFound(f"no dead letter {letter_id}; `tether dlq` lists them")
+        return letter
+
     def claim_dead_letter(self, letter_id: int, retry_token: str, *,
                           again: bool = False) -> t.DeadLetter:
         """Mark a dead letter as replayed under ``retry_token`` and return it. NotFound if
