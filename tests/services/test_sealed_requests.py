@@ -278,6 +278,63 @@ async def a_tampered_sealed_request_is_refused(open_fleet: OpenFleet) -> None:
         assert worker_engine.started == 0
 
 
+@scenario()
+async def the_gateway_seals_again_when_its_workers_left_before_submit(
+    open_fleet: OpenFleet,
+) -> None:
+    async with open_fleet() as f:
+        f.store.set_tenant_e2e("acme", True)
+        await f.add_worker("w1", engine=engine())
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        real = f.gateway_service._orchestrator
+        places: list[int] = []
+
+        class WorkersLeftAfterPlace:
+            """The orchestrator, except that its first placement names a worker that
+            has left by the time the request is submitted."""
+
+            def __init__(self, stub: services_rpc.OrchestratorStub) -> None:
+                self.stub = stub
+
+            async def Place(self, request, **kw):  # type: ignore[no-untyped-def]
+                placed = await self.stub.Place(request, **kw)
+                places.append(len(placed.workers))
+                if len(places) == 1:
+                    del placed.workers[:]
+                    placed.workers.add(worker_id="gone", pub_key=KeyPair.generate().public_key)
+                return placed
+
+            def Submit(self, *args, **kw):  # type: ignore[no-untyped-def]
+                return self.stub.Submit(*args, **kw)
+
+        async def orchestrator() -> WorkersLeftAfterPlace:
+            return WorkersLeftAfterPlace(await real())
+
+        f.gateway_service._orchestrator = orchestrator  # type: ignore[method-assign,assignment]
+        chunks = await collect(await f.gateway(), request(n=3), f.token("acme"))
+        assert "".join(c.payload.text for c in chunks) == answer(3)
+        assert places == [1, 1]
+
+
+def test_the_http_edge_seals_for_a_sealed_tenant(tmp_path: Path) -> None:
+    from tests.services.test_http_edge import exchange, in_fleet, raw_request
+
+    seen: list[bytes] = []
+
+    async def body(f: Fleet, api) -> None:  # type: ignore[no-untyped-def]
+        f.store.set_tenant_e2e("acme", True)
+        ask = {"model": MODEL, "prompt": PROMPT, "max_tokens": 3}
+        [reply] = await exchange(
+            api, raw_request("POST", "/v1/completions", ask, f.store.issue_token("acme"))
+        )
+        assert reply.status == 200
+        assert reply.json()["choices"][0]["text"] == " w0 w1 w2"
+        assert_never_held(seen, "orchestrator")
+        assert_store_never_held(f)
+
+    in_fleet(tmp_path, body, spies={SUBMIT: seen})
+
+
 @pytest.mark.parametrize("fn", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
 def test_sealed_scenario_on_the_local_network(fn: Scenario, tmp_path: Path) -> None:
     async def main() -> None:
