@@ -342,3 +342,23 @@ def test_sealed_scenario_on_the_local_network(fn: Scenario, tmp_path: Path) -> N
 
     with blocking.inline():
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_tether_token_e2e_sets_the_tenants_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tether import cli
+    from tether.metadata.store import MetadataStore, sqlite_url
+
+    base = ["token", "--tenant", "acme", "--data-dir", str(tmp_path)]
+    assert cli.main([*base, "--e2e"]) == 0
+    token = capsys.readouterr().out.strip()
+    store = MetadataStore(sqlite_url(tmp_path / "metadata.db"))
+    try:
+        assert store.verify_token(token) == "acme" and store.tenant_e2e("acme")
+        assert cli.main(base) == 0  # another token; the policy stays
+        assert store.tenant_e2e("acme")
+        assert cli.main([*base, "--no-e2e"]) == 0
+        assert not store.tenant_e2e("acme")
+    finally:
+        store.close()
