@@ -279,6 +279,21 @@ async def a_tampered_sealed_request_is_refused(open_fleet: OpenFleet) -> None:
 
 
 @scenario()
+async def the_worker_validates_an_input_only_it_could_read(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
+        worker_engine = engine()
+        await f.add_worker("w1", engine=worker_engine)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        client = GatewayClient(await f.gateway(), f.store.issue_token("acme"),
+                               clock_ms=f.clock_ms)
+        with pytest.raises(RpcError) as info:
+            [c async for c in client.generate(MODEL, "x" * 20_000, sealed=True)]
+        assert info.value.code == StatusCode.INVALID_ARGUMENT
+        assert "prompt longer than" in info.value.message
+        assert worker_engine.started == 0
+
+
+@scenario()
 async def the_gateway_seals_again_when_its_workers_left_before_submit(
     open_fleet: OpenFleet,
 ) -> None:
