@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import openai
-from gateway.http import MAX_HEAD_BYTES, HttpApi, Incoming, Responder, serve_connection
+from gateway.http import MAX_HEAD_BYTES, HttpApi, serve_connection
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking
 from tether.errors import Internal, InvalidArgument
@@ -110,22 +110,25 @@ def test_completions_whole_and_streamed_on_one_connection(tmp_path: Path) -> Non
         whole, streamed = await exchange(
             api,
             raw_request("POST", "/v1/completions", ask, token),
-            raw_request("POST", "/v1/completions", {**ask, "stream": True}, token),
+            raw_request("POST", "/v1/completions",
+                        {**ask, "stream": True, "stream_options": {"include_usage": True}}, token),
         )
         assert whole.status == 200 and whole.headers["content-type"] == "application/json"
         answer = whole.json()
         assert answer["object"] == "text_completion" and answer["created"] == 1_800_000_000
         assert answer["model"] == f"{MODEL}@1.0"
-        assert answer["choices"] == [{"index": 0, "text": " w0 w1 w2", "finish_reason": "length"}]
+        assert answer["choices"] == [
+            {"index": 0, "text": " w0 w1 w2", "logprobs": None, "finish_reason": "length"}]
         assert answer["usage"] == {"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3}
         assert streamed.status == 200
         assert streamed.headers["content-type"] == "text/event-stream"
-        *chunks, done = streamed.events()
+        *chunks, usage, done = streamed.events()
         assert done == "[DONE]"
         parsed = [json.loads(c) for c in chunks]
         assert [c["choices"][0]["text"] for c in parsed] == [" w0", " w1", " w2"]
         assert [c["choices"][0]["finish_reason"] for c in parsed] == [None, None, "length"]
-        assert parsed[-1]["usage"]["completion_tokens"] == 3
+        assert json.loads(usage)["choices"] == []
+        assert json.loads(usage)["usage"]["completion_tokens"] == 3
         assert len({c["id"] for c in parsed}) == 1 and parsed[0]["id"] != answer["id"]
 
     in_fleet(tmp_path, body)
@@ -198,7 +201,7 @@ def test_a_failure_before_the_first_chunk_keeps_its_status_when_streaming(tmp_pa
             )
             assert reply.status == 500
             assert reply.json()["error"] == {
-                "message": "engine crashed", "type": "internal", "code": "INTERNAL",
+                "message": "engine crashed", "type": "internal", "param": None, "code": "INTERNAL",
                 "details": {},
             }
 
@@ -206,10 +209,21 @@ def test_a_failure_before_the_first_chunk_keeps_its_status_when_streaming(tmp_pa
 
 
 class Echo:
-    """A stand-in for the routes: answers every request with its method, path and size."""
+    """A stand-in for the routes (an ASGI app): answers every request with its method,
+    path and body size."""
 
-    async def handle(self, incoming: Incoming, respond: Responder) -> None:
-        await respond.json(200, [incoming.method, incoming.path, len(incoming.body)])
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        out = json.dumps([scope["method"], scope["path"], len(body)],
+                         separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
 
 
 def test_bounds_oversized_bodies_heads_and_slow_clients() -> None:
@@ -314,8 +328,8 @@ def test_body_decoders_build_the_request() -> None:
     assert (r.params.max_tokens, r.params.min_tokens, r.params.seed) == (8, 8, 3)
     assert 0 < r.params.temperature < 1e-4  # 0 means greedy here
     embed = openai.parse_embeddings(b'{"model": "all-minilm-l6-v2", "input": "one"}')
-    assert list(embed.input.texts.texts) == ["one"]
+    assert list(embed.request.input.texts.texts) == ["one"]
     with pytest.raises(InvalidArgument, match="'input' must be"):
         openai.parse_embeddings(b'{"model": "m", "input": []}')
-    with pytest.raises(InvalidArgument, match="'max_tokens' must be a whole number"):
+    with pytest.raises(InvalidArgument, match="'max_tokens': Input should be greater than or"):
         openai.parse_completion(b'{"model": "m", "prompt": "p", "max_tokens": -1}')
