@@ -66,7 +66,7 @@ _Count = Annotated[int, Field(ge=0, lt=1 << 31)]
 
 class _Body(BaseModel):
     # strict: "1" is not a number nor 1 a boolean; unknown fields are ignored.
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Body):

@@ -159,7 +159,7 @@ def test_errors_come_back_as_http_statuses_with_typed_bodies(tmp_path: Path) -> 
             (raw_request("POST", "/v1/completions", ok), 401, "UNAUTHENTICATED"),
             (raw_request("POST", "/v1/completions", ok, "tk_nope"), 401, "UNAUTHENTICATED"),
             (raw_request("POST", "/v1/completions", b"{not json", token), 400, "INVALID_ARGUMENT"),
-            (raw_request("POST", "/v1/completions", {**ok, "max_token": 5}, token), 400,
+            (raw_request("POST", "/v1/completions", {**ok, "max_tokens": -5}, token), 400,
              "INVALID_ARGUMENT"),
             (raw_request("POST", "/v1/completions", {**ok, "temperature": "hot"}, token), 400,
              "INVALID_ARGUMENT"),
@@ -180,7 +180,9 @@ def test_errors_come_back_as_http_statuses_with_typed_bodies(tmp_path: Path) -> 
             if code is not None:
                 error = reply.json()["error"]
                 assert error["code"] == code and error["message"]
-        assert "'max_token'" in replies[3].json()["error"]["message"]
+        assert "'max_tokens'" in replies[3].json()["error"]["message"]
+        assert replies[3].json()["error"]["param"] == "max_tokens"
+        assert replies[-1].headers["retry-after"].isdigit()
 
     # Only requests that pass the token and validation take from the bucket: the unknown
     # model and the first good request; the bucket holds 2.
@@ -333,3 +335,31 @@ def test_body_decoders_build_the_request() -> None:
         openai.parse_embeddings(b'{"model": "m", "input": []}')
     with pytest.raises(InvalidArgument, match="'max_tokens': Input should be greater than or"):
         openai.parse_completion(b'{"model": "m", "prompt": "p", "max_tokens": -1}')
+
+
+@FUZZ
+@given(st.lists(st.text("ab ", max_size=5), max_size=8),
+       st.lists(st.text("ab", min_size=1, max_size=3), max_size=3))
+def test_stop_strings_cut_where_they_first_appear_however_the_text_is_split(
+    pieces: list[str], stop: list[str]
+) -> None:
+    scanner = openai.StopScanner(tuple(stop))
+    shown = ""
+    for piece in pieces:
+        shown += scanner.feed(piece)
+        if scanner.stopped:
+            break
+    shown += scanner.flush()
+    text = "".join(pieces)
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    assert shown == (text[: min(cuts)] if cuts else text)
+    assert scanner.stopped == bool(cuts)
+
+
+def test_retry_after_comes_from_the_error_or_defaults_to_one_second() -> None:
+    from tether.errors import ResourceExhausted
+
+    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_s": "2.5"})) == 3
+    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_ms": "1"})) == 1
+    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_ms": "nan"})) == 1
+    assert openai.retry_after_s(ResourceExhausted("x")) == openai.DEFAULT_RETRY_AFTER_S
