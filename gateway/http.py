@@ -215,7 +215,8 @@ class HttpApi:
                 finish = "stop" if stop.stopped else openai.finish_reason(last.usage, max_tokens)
                 name = openai.model_name(last, parsed.model)
                 await out.response(json_response(200, openai.completion(
-                    last.correlation_id, "".join(texts), last.usage, model=name, created=created,
+                    last.correlation_id, "".join(texts), _usage(last, len(texts) - 1),
+                    model=name, created=created,
                     finish=finish)))
                 return
             await self._stream(parsed, chunks, stop, created, out)
@@ -228,8 +229,9 @@ class HttpApi:
         # end); the status line waits for the first chunk, so that a refusal (token, rate
         # limit, no worker) still gets its own HTTP status.
         name, max_tokens = parsed.model, parsed.request.params.max_tokens
-        last = None
+        last, count = None, 0
         async for chunk in chunks:
+            count += 1
             if not out.started:
                 await out.start_events()
             last = chunk
@@ -244,7 +246,8 @@ class HttpApi:
         if not out.started:
             await out.start_events()
         if parsed.include_usage and last is not None:
-            await out.event(openai.usage_chunk(last.correlation_id, last.usage, name, created))
+            await out.event(openai.usage_chunk(last.correlation_id, _usage(last, count), name,
+                                               created))
         await out.event_text("[DONE]")
         await out.end()
 
@@ -262,6 +265,12 @@ class HttpApi:
 
     async def list_models(self, context: ServerContext) -> services_pb2.ListModelsResponse:
         return await self.service.ListModels(services_pb2.ListModelsRequest(), context)
+
+
+def _usage(last: infer_pb2.Infer.Chunk, chunks: int) -> infer_pb2.Usage:
+    """The answer's usage; an answer ended early (a stop string) has none from the
+    worker: then each chunk counts as a token, the prompt as none."""
+    return last.usage if last.HasField("usage") else infer_pb2.Usage(output_tokens=chunks)
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:

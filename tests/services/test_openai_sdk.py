@@ -128,6 +128,7 @@ def test_stop_strings_end_the_answer_and_the_work(tmp_path: Path) -> None:
         whole = client.completions.create(model=MODEL, prompt="x", max_tokens=200,
                                           stop=["w3", "never"])
         assert whole.choices[0].text == " w0 w1 w2 " and whole.choices[0].finish_reason == "stop"
+        assert whole.usage and whole.usage.completion_tokens == 4  # the chunks seen
         streamed = list(client.completions.create(model=MODEL, prompt="x", max_tokens=200,
                                                   stop=" w2", stream=True))
         assert "".join(c.choices[0].text for c in streamed) == " w0 w1"
