@@ -26,6 +26,7 @@ from gateway.http import MAX_HEAD_BYTES, HttpApi, serve_connection
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking
 from tether.errors import Internal, InvalidArgument
+from tether.v1 import jobs_pb2
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -208,6 +209,44 @@ def test_a_failure_before_the_first_chunk_keeps_its_status_when_streaming(tmp_pa
             }
 
     run(main)
+
+
+def test_a_whole_answer_is_cancelled_upstream_when_its_client_leaves(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with fleet(tmp_path) as f:
+            engine = ScriptedEngine([(MODEL, "1.0")])  # 0.1 s a token: 100 s for 1000
+            await f.add_worker("w1", engine=engine)
+            await f.discovery.wait_for(lambda s: len(s) == 1)
+            ask = {"model": MODEL, "prompt": "hi", "max_tokens": 1000}  # not streamed
+            client_end, server_end = trio.testing.memory_stream_pair()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve_connection, server_end, HttpApi(f.gateway_service))
+                await client_end.send_all(raw_request(
+                    "POST", "/v1/completions", ask, f.store.issue_token("acme")))
+                await engine.running.wait()
+                await trio.sleep(1.0)
+                await client_end.aclose()  # the client gives up
+            await trio.sleep(1.0)
+            job = f.store.get_job(engine.requests[0].correlation_id)
+            assert job.state == jobs_pb2.JOB_STATE_CANCELLED, jobs_pb2.JobState.Name(job.state)
+            assert engine.steps < 50  # stopped soon after, not run to its 1000 tokens
+
+    run(main)
+
+
+def test_a_lone_surrogate_is_a_400_not_silence(tmp_path: Path) -> None:
+    async def body(f: Fleet, api: HttpApi) -> None:
+        token = f.store.issue_token("acme")
+        prompt = b'{"model": "%s", "prompt": "a\\ud800b", "max_tokens": 2}' % MODEL.encode()
+        texts = b'{"model": "%s", "input": ["ok", "\\udfff"]}' % MODEL.encode()
+        pair = b'{"model": "%s", "prompt": "\\ud83d\\ude00", "max_tokens": 2}' % MODEL.encode()
+        replies = await exchange(api, raw_request("POST", "/v1/completions", prompt, token),
+                                 raw_request("POST", "/v1/embeddings", texts, token),
+                                 raw_request("POST", "/v1/completions", pair, token))
+        assert [r.status for r in replies] == [400, 400, 200]
+        assert "not valid JSON" in replies[0].json()["error"]["message"]
+
+    in_fleet(tmp_path, body)
 
 
 class Echo:
