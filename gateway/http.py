@@ -465,7 +465,10 @@ class EdgeServer:
     max_connections: int = MAX_CONNECTIONS
     max_per_client: int = MAX_CONNECTIONS_PER_CLIENT
     config: Config = field(default_factory=hypercorn_config)
+    #: Open connections per client address.
     per_client: Counter[str] = field(default_factory=Counter)
+    #: Connections closed at once because their client had too many open.
+    refused: int = 0
 
     def __post_init__(self) -> None:
         self._wrapped = wrap_app(
@@ -518,8 +521,11 @@ class EdgeServer:
                 client = "?"
             if self.per_client[client] >= self.max_per_client:
                 self._slots.release()
-                log.warning("HTTP edge: %s has %d connections open; refusing another",
-                            client, self.per_client[client])
+                self.refused += 1
+                if self.refused & (self.refused - 1) == 0:  # 1, 2, 4, 8...: not a flood
+                    log.warning("HTTP edge: %s has %d connections open; refusing another "
+                                "(%d refused so far)", client, self.per_client[client],
+                                self.refused)
                 stream.socket.close()
                 continue
             self.per_client[client] += 1
