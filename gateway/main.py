@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-key", default=os.environ.get("TETHER_TLS_KEY"), metavar="PEM",
         help="private key of --tls-cert",
     )
+    parser.add_argument(
+        "--tls-client-ca", default=os.environ.get("TETHER_TLS_CLIENT_CA"), metavar="PEM",
+        help="mutual TLS: both edges require a client certificate signed by this CA "
+             "(with --tls-cert)",
+    )
     for edge, env, what in (
         ("http", "TETHER_HTTP_PORT", "the OpenAI-style HTTP API"),
         ("grpc", "TETHER_GRPC_PORT", "tether.v1.Gateway over gRPC"),
@@ -75,34 +80,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Tls:
-    """The edges' certificate chain and private key (PEM files)."""
+    """The edges' certificate chain and private key (PEM files) and, for mutual TLS, the
+    CA that signs the clients' certificates."""
 
     cert_file: Path
     key_file: Path
+    client_ca_file: Path | None = None
 
     @classmethod
-    def load(cls, cert: str | None, key: str | None) -> Tls | None:
-        """From the flags; None without them. Exits with a clear message when only one is
-        given or the pair does not load."""
+    def load(cls, cert: str | None, key: str | None, client_ca: str | None = None) -> Tls | None:
+        """From the flags; None without them. Exits with a clear message when only one of
+        the pair is given, a client CA comes without them, or the files do not load."""
         if not cert and not key:
+            if client_ca:
+                raise SystemExit("gateway: --tls-client-ca needs --tls-cert and --tls-key")
             return None
         if not cert or not key:
             raise SystemExit("gateway: --tls-cert and --tls-key go together")
-        tls = cls(Path(cert), Path(key))
+        tls = cls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
         try:
             tls.ssl_context()
         except (OSError, ssl.SSLError) as exc:
-            raise SystemExit(f"gateway: cannot load the TLS certificate and key: {exc}") from None
+            raise SystemExit(f"gateway: cannot load the TLS certificates and key: {exc}") from None
         return tls
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            context.load_verify_locations(cafile=self.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
         return context
 
     def grpc_pair(self) -> tuple[bytes, bytes]:
         """(private key, certificate chain), as grpcio takes them."""
         return self.key_file.read_bytes(), self.cert_file.read_bytes()
+
+    def grpc_client_ca(self) -> bytes | None:
+        """The client CA (PEM) for grpcio; None: no client certificates asked for."""
+        return self.client_ca_file.read_bytes() if self.client_ca_file else None
 
 
 async def serve(
@@ -138,7 +154,8 @@ async def serve(
                 extra["http"] = f"{'https' if tls else 'http'}://{config.host}:{port}"
             if grpc_port is not None:
                 edge = GrpcEdge(
-                    service, config.host, grpc_port, tls=tls.grpc_pair() if tls else None
+                    service, config.host, grpc_port, tls=tls.grpc_pair() if tls else None,
+                    client_ca=tls.grpc_client_ca() if tls else None,
                 )
                 port = await nursery.start(edge.run)
                 extra["grpc"] = f"{config.host}:{port}"
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "gateway")
     config = process.config_from_args(args)
     process.setup_telemetry(config)
-    tls = Tls.load(args.tls_cert, args.tls_key)
+    tls = Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca)
     trio.run(
         process.run_until_signalled,
         lambda: serve(
