@@ -9,7 +9,7 @@ real socket is in ``tests/integration/test_request_path.py``.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,8 @@ from gateway import openai
 from gateway.http import MAX_HEAD_BYTES, HttpApi, serve_connection
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking
-from tether.errors import Internal, InvalidArgument
-from tether.v1 import jobs_pb2
+from tether.errors import Internal, InvalidArgument, Unauthenticated
+from tether.v1 import infer_pb2, jobs_pb2
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -302,36 +302,64 @@ def test_bounds_oversized_bodies_heads_and_slow_clients() -> None:
     run(main)
 
 
+class Refusing:
+    """Test double of ``GatewayService`` for the fuzz tests, which exercise the edge (HTTP,
+    routing, bodies) and not the service: every call that gets that far is refused."""
+
+    async def Infer(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        if request.params.seed == 7:
+            raise Unauthenticated("refused by the test double")
+        yield infer_pb2.Infer.Chunk(correlation_id="c-1", done=True)
+
+    async def ListModels(self, request: Any, context: Any) -> Any:
+        raise Unauthenticated("refused by the test double")
+
+
+async def serve_bytes(app: Any, parts: list[bytes]) -> bytes:
+    """What the edge answers to ``parts`` sent on one connection, then end of input."""
+    client_end, server_end = trio.testing.memory_stream_pair()
+    received = bytearray()
+
+    async def send() -> None:
+        try:
+            for part in parts:
+                await client_end.send_all(part)
+            await client_end.send_eof()
+        except trio.BrokenResourceError:
+            pass  # the server answered and closed: what is left is not read
+
+    async def receive() -> None:
+        while data := await client_end.receive_some():
+            received.extend(data)
+
+    with trio.fail_after(120):  # (virtual) never a hang: at worst the head timeout
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_connection, server_end, app)
+            nursery.start_soon(send)
+            nursery.start_soon(receive)
+    return bytes(received)
+
+
+def assert_answered_below_500(received: bytes) -> None:
+    """Whatever came back is HTTP responses, and the first is not a server error."""
+    assert not received or received.startswith(b"HTTP/1.1 ")
+    if received:
+        assert int(received[9:12]) < 500, received[:300]
+
+
 @FUZZ
 @given(st.lists(st.binary(max_size=200), max_size=6))
 def test_arbitrary_bytes_get_an_answer_or_a_close_never_a_crash(parts: list[bytes]) -> None:
-    api: Any = Echo()
-
     async def main() -> None:
-        client_end, server_end = trio.testing.memory_stream_pair()
-        received = bytearray()
-
-        async def send() -> None:
-            try:
-                for part in parts:
-                    await client_end.send_all(part)
-                await client_end.send_eof()
-            except trio.BrokenResourceError:
-                pass  # the server answered and closed: what is left is not read
-
-        async def receive() -> None:
-            while data := await client_end.receive_some():
-                received.extend(data)
-
-        with trio.fail_after(120):  # (virtual) never a hang: at worst the head timeout
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve_connection, server_end, api)
-                nursery.start_soon(send)
-                nursery.start_soon(receive)
-        # Whatever came back is HTTP responses (an error says so in its status line).
-        assert not received or received.startswith(b"HTTP/1.1 ")
+        assert_answered_below_500(await serve_bytes(Echo(), parts))
+        assert_answered_below_500(await serve_bytes(HttpApi(Refusing()).app, parts))  # type: ignore[arg-type]
 
     run(main)
+
+
+methods = st.sampled_from(["GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH"])
+paths = st.sampled_from(["/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/x@1",
+                         "/healthz", "/openapi.json", "/", "/v1/models/%ff%00", "/v1/../x"])
 
 
 json_values = st.recursive(
@@ -341,7 +369,27 @@ json_values = st.recursive(
     max_leaves=12,
 )
 fields = st.sampled_from(["model", "prompt", "max_tokens", "min_tokens", "temperature",
-                          "top_p", "seed", "stream", "version", "user", "input", "n"])
+                          "top_p", "seed", "stream", "version", "user", "input", "n", "stop",
+                          "stream_options", "encoding_format"])
+
+
+@FUZZ
+@given(methods, paths | st.text(max_size=20).map(lambda t: "/" + t), st.one_of(
+    st.binary(max_size=120),
+    st.dictionaries(fields, json_values, max_size=6).map(lambda d: json.dumps(d).encode()),
+    st.dictionaries(fields, json_values, max_size=6).map(
+        lambda d: json.dumps({"model": MODEL, "prompt": "p", "input": "i", **d}).encode()),
+))
+def test_any_request_to_the_real_routes_gets_a_4xx_or_an_answer(
+    method: str, path: str, body: bytes
+) -> None:
+    target = "".join(c if 32 < ord(c) < 127 else f"%{ord(c) & 0xFF:02x}" for c in path)
+    raw = raw_request(method, target, body, token="tk_any")
+
+    async def main() -> None:
+        assert_answered_below_500(await serve_bytes(HttpApi(Refusing()).app, [raw]))  # type: ignore[arg-type]
+
+    run(main)
 
 
 @FUZZ
