@@ -475,6 +475,9 @@ class EdgeServer:
             Limits(self.app), self.config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
         self._context = WorkerContext(None)
         self._slots = trio.Semaphore(self.max_connections)
+        self._accepting = trio.CancelScope()
+        self._connections: trio.Nursery | None = None
+        self._stopped = trio.Event()
         if self.ssl_context is not None:
             self.ssl_context.set_alpn_protocols(["h2", "http/1.1"])
 
@@ -486,19 +489,31 @@ class EdgeServer:
                         ConnectionState({}), stream)  # type: ignore[arg-type]
 
     async def serve(self, listeners: list[trio.SocketListener]) -> None:
-        """Accept on ``listeners`` until cancelled; then answers in flight get
-        ``GRACEFUL_S`` to finish and idle connections are closed."""
-        async with trio.open_nursery() as connections:
-            try:
-                async with trio.open_nursery() as accepting:
-                    for listener in listeners:
-                        accepting.start_soon(self._accept, listener, connections)
-            finally:
-                await self._context.terminated.set()
-                connections.cancel_scope.deadline = trio.current_time() + GRACEFUL_S
+        """Accept on ``listeners`` until cancelled (everything stops at once) or until
+        ``drain`` (a graceful stop)."""
+        try:
+            async with trio.open_nursery() as connections:
+                self._connections = connections
+                with self._accepting:
+                    async with trio.open_nursery() as accepting:
+                        for listener in listeners:
+                            accepting.start_soon(self._accept, listener, connections)
                 for listener in listeners:
-                    with trio.CancelScope(shield=True):
-                        await listener.aclose()
+                    await listener.aclose()  # new clients are refused from here on
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            self._stopped.set()
+
+    async def drain(self) -> None:
+        """Stop gracefully: accept no more connections, close idle ones, give answers in
+        flight ``GRACEFUL_S`` to finish (then cancel them); return once all are closed."""
+        self._accepting.cancel()
+        await self._context.terminated.set()  # Hypercorn: close when idle, no keep-alive
+        if self._connections is not None:
+            self._connections.cancel_scope.deadline = trio.current_time() + GRACEFUL_S
+            await self._stopped.wait()
 
     async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
         while True:
@@ -558,13 +573,17 @@ async def serve_http(
     *,
     ssl_context: ssl.SSLContext | None = None,
     max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+    on_stop: Callable[[Callable[[], Awaitable[None]]], object] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (0: any free port); the port is given to ``task_status``.
     With ``ssl_context`` every connection is TLS (HTTPS; mutual TLS when the context
-    requires client certificates)."""
+    requires client certificates). ``on_stop`` registers the graceful stop (``drain``)
+    with the process, e.g. ``tether.process.on_stop``."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = EdgeServer(api.app, ssl_context, max_per_client=max_per_client)
+    if on_stop is not None:
+        on_stop(server.drain)
     task_status.started(listeners[0].socket.getsockname()[1])
     await server.serve(listeners)
 

@@ -149,7 +149,7 @@ async def serve(
             if http_port is not None:
                 port = await nursery.start(functools.partial(
                     serve_http, HttpApi(service), config.host, http_port,
-                    ssl_context=tls.ssl_context() if tls else None,
+                    ssl_context=tls.ssl_context() if tls else None, on_stop=process.on_stop,
                 ))
                 extra["http"] = f"{'https' if tls else 'http'}://{config.host}:{port}"
             if grpc_port is not None:

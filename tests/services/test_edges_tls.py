@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import openai
 import pytest
 import trio
 from cryptography import x509
@@ -78,6 +79,12 @@ def https_get(url: str, token: str, context: ssl.SSLContext | None) -> tuple[int
         return exc.code, json.loads(exc.read())
 
 
+def sdk_models_over_http2(base_url: str, token: str, context: ssl.SSLContext) -> Any:
+    http = openai.DefaultHttpxClient(http2=True, verify=context)
+    with openai.OpenAI(base_url=base_url, api_key=token, http_client=http) as client:
+        return client.models.with_raw_response.list()
+
+
 def grpc_models(
     port: int, token: str, root: bytes | None, client: tuple[Path, Path] | None = None
 ) -> object:
@@ -120,6 +127,11 @@ def test_https_and_grpc_over_tls(tmp_path: Path) -> None:
             with pytest.raises((ConnectionError, urllib.error.URLError)):
                 await trio.to_thread.run_sync(
                     https_get, f"http://127.0.0.1:{http_port}/v1/models", token, None)
+            # The official SDK over HTTP/2 (chosen by ALPN).
+            base = f"https://127.0.0.1:{http_port}/v1"
+            raw = await trio.to_thread.run_sync(sdk_models_over_http2, base, token, trusting)
+            assert raw.http_response.http_version == "HTTP/2"
+            assert [m.id for m in raw.parse().data] == [f"{MODEL}@1.0"]
             got = await trio.to_thread.run_sync(
                 grpc_models, grpc_port, token, cert_file.read_bytes())
             assert got == [MODEL]

@@ -9,8 +9,10 @@ are a stand-in app, since only the edge is under test.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 import trio
 
 from gateway.http import MAX_CONNECTIONS_PER_CLIENT, EdgeServer
@@ -70,3 +72,53 @@ def test_idle_sockets_from_one_address_do_not_starve_another() -> None:
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_graceful_stop_finishes_answers_in_flight_and_refuses_new_clients(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = trio.Event()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        """A stand-in for the routes: the answer starts, then waits for ``release``."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"4")]})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        server = EdgeServer(slow)
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.serve, listeners)
+                idle = await trio.open_tcp_stream("127.0.0.1", port)
+                busy = await trio.open_tcp_stream("127.0.0.1", port)
+                await busy.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+                head = await busy.receive_some()
+                assert head.startswith(b"HTTP/1.1 200")
+                stopped = trio.Event()
+
+                async def drain() -> None:
+                    await server.drain()
+                    stopped.set()
+
+                nursery.start_soon(drain)
+                assert await idle.receive_some() == b""  # an idle connection is closed
+                with pytest.raises(OSError, match="onnect"):  # no one listens any more
+                    await trio.open_tcp_stream("127.0.0.1", port)
+                assert not stopped.is_set()  # the answer in flight holds the stop
+                release.set()
+                body = b""
+                while data := await busy.receive_some():
+                    body += data
+                assert body == b"done"  # finished, then closed (no keep-alive while stopping)
+                await stopped.wait()
+                await idle.aclose()
+                await busy.aclose()
+
+    with caplog.at_level(logging.INFO, logger="tether.gateway.http.access"):
+        trio.run(main)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "tether.gateway.http.access"]
+    assert '"GET /slow 1.1" 200 4' in line  # the access log

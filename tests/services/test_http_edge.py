@@ -152,6 +152,21 @@ def test_models_and_health(tmp_path: Path) -> None:
     in_fleet(tmp_path, body)
 
 
+def test_the_openapi_document_describes_the_routes(tmp_path: Path) -> None:
+    async def body(f: Fleet, api: HttpApi) -> None:
+        [reply] = await exchange(api, raw_request("GET", "/openapi.json"))
+        doc = reply.json()
+        assert reply.status == 200 and doc["openapi"].startswith("3.")
+        assert set(doc["paths"]) == {"/v1/completions", "/v1/embeddings", "/v1/models",
+                                     "/v1/models/{model}"}
+        asked = doc["paths"]["/v1/completions"]["post"]["requestBody"]["content"]
+        assert {"prompt", "stop", "stream_options"} <= set(
+            asked["application/json"]["schema"]["properties"])
+        assert "429" in doc["paths"]["/v1/embeddings"]["post"]["responses"]
+
+    in_fleet(tmp_path, body)
+
+
 def test_errors_come_back_as_http_statuses_with_typed_bodies(tmp_path: Path) -> None:
     async def body(f: Fleet, api: HttpApi) -> None:
         token = f.store.issue_token("acme")
