@@ -4,7 +4,7 @@ Serves ``tether.v1.Gateway`` to clients over Hyperswarm under a stable public
 key (its key file) and on the topic ``tether/gateway/<region>``; validates
 tenant tokens from the Metadata Store, rate-limits per tenant and forwards to
 the orchestrator found on ``tether/control/<region>``. With ``--http-port`` it
-also serves the OpenAI-style HTTP API of ``gateway.openai``, with ``--grpc-port``
+also serves the OpenAI-compatible HTTP API of ``gateway.openai``, with ``--grpc-port``
 ``tether.v1.Gateway`` over gRPC (``gateway.grpc_edge``); same checks on every edge.
 """
 
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
              "(with --tls-cert)",
     )
     for edge, env, what in (
-        ("http", "TETHER_HTTP_PORT", "the OpenAI-style HTTP API"),
+        ("http", "TETHER_HTTP_PORT", "the OpenAI-compatible HTTP API"),
         ("grpc", "TETHER_GRPC_PORT", "tether.v1.Gateway over gRPC"),
     ):
         port = os.environ.get(env)
