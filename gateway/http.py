@@ -80,7 +80,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ROUTES = "POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /v1/models/{id}"
 
 
-def _error(status: int, code: str, message: str) -> dict[str, Any]:
+def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": code.lower(), "param": None, "code": code,
                       "details": {}}}
 
@@ -304,14 +304,14 @@ def build_app(api: HttpApi) -> FastAPI:
         if exc.status_code == 404:
             return error_response(NotFound(f"no route {request.url.path!r}: try {ROUTES}"))
         if exc.status_code == 405:
-            return json_response(405, _error(405, "INVALID_ARGUMENT",
+            return json_response(405, _error("INVALID_ARGUMENT",
                                  f"{request.method} is not allowed on {request.url.path}"))
-        return json_response(exc.status_code, _error(exc.status_code, "INVALID_ARGUMENT",
-                                                     str(exc.detail)))
+        return json_response(exc.status_code, _error("INVALID_ARGUMENT", str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return json_response(400, _error(400, "INVALID_ARGUMENT", str(exc.errors()[:1])))
+        first = exc.errors()[0] if exc.errors() else {}
+        return json_response(400, _error("INVALID_ARGUMENT", f"invalid request: {first}"))
 
     @app.post("/v1/completions", response_model=openai.Completion, responses=_ERRORS,
               openapi_extra=_body_schema(openai.CompletionRequest),
@@ -399,7 +399,7 @@ class Limits:
 
 async def _refuse(send: Send, status: int, message: str) -> None:
     # The unread rest of the request cannot be skipped: the connection closes.
-    body = _dumps(_error(status, "INVALID_ARGUMENT", message))
+    body = _dumps(_error("INVALID_ARGUMENT", message))
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),

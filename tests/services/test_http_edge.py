@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import openai
-from gateway.http import MAX_HEAD_BYTES, HttpApi, serve_connection
+from gateway.http import BODY_TIMEOUT_S, MAX_HEAD_BYTES, HttpApi, serve_connection
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking
 from tether.errors import Internal, InvalidArgument, Unauthenticated
@@ -306,6 +306,18 @@ def test_bounds_oversized_bodies_heads_and_slow_clients() -> None:
         head, rest = out.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 200") and b"content-length: 14" in head  # ["HEAD","/",0]
         assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'["GET","/a",0]')
+        # A body that stops short is a 408 after BODY_TIMEOUT_S.
+        client_end, server_end = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_connection, server_end, api)
+            await client_end.send_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n"
+                                      b"\r\n12345")
+            started = trio.current_time()
+            out = b""
+            while data := await client_end.receive_some():
+                out += data
+            assert out.startswith(b"HTTP/1.1 408")
+            assert trio.current_time() - started >= BODY_TIMEOUT_S
         # A client that never finishes its request is dropped after HEAD_TIMEOUT_S.
         client_end, server_end = trio.testing.memory_stream_pair()
         with trio.fail_after(60):
