@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from gateway.grpc_edge import GrpcEdge
-from gateway.http import HttpApi, serve_http
+from gateway.http import MAX_CONNECTIONS_PER_CLIENT, HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from tether import process, topics
@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-client-ca", default=os.environ.get("TETHER_TLS_CLIENT_CA"), metavar="PEM",
         help="mutual TLS: both edges require a client certificate signed by this CA "
              "(with --tls-cert)",
+    )
+    parser.add_argument(
+        "--http-per-client", type=int, metavar="N",
+        default=int(os.environ.get("TETHER_HTTP_PER_CLIENT", MAX_CONNECTIONS_PER_CLIENT)),
+        help="connections the HTTP edge keeps open per client address; more are closed at "
+             "once (default: %(default)s; raise it behind a proxy or for a load test)",
     )
     for edge, env, what in (
         ("http", "TETHER_HTTP_PORT", "the OpenAI-compatible HTTP API"),
@@ -129,6 +135,7 @@ async def serve(
     http_port: int | None = None,
     grpc_port: int | None = None,
     tls: Tls | None = None,
+    http_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
@@ -150,6 +157,7 @@ async def serve(
                 port = await nursery.start(functools.partial(
                     serve_http, HttpApi(service), config.host, http_port,
                     ssl_context=tls.ssl_context() if tls else None, on_stop=process.on_stop,
+                    max_per_client=http_per_client,
                 ))
                 extra["http"] = f"{'https' if tls else 'http'}://{config.host}:{port}"
             if grpc_port is not None:
@@ -181,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: serve(
             config, args.rate, args.burst,
             http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
+            http_per_client=args.http_per_client,
         ),
     )
     return 0
