@@ -9,6 +9,9 @@ thread-safe), trio runs it in the edge's nursery, and its chunks come back with
 answer's chunks (``MAX_NEW_TOKENS`` + 1 for text); a client that goes away cancels
 the trio side, and with it the request upstream.
 
+With ``tls`` the edge serves TLS only; with ``client_ca`` too, mutual TLS: a client
+must present a certificate signed by that CA.
+
 Status codes are the same numbers in Tether and gRPC; a Tether error's details travel
 as trailing metadata ``tether-detail-<key>``.
 """
@@ -84,12 +87,16 @@ class GrpcEdge:
         port: int,
         *,
         tls: tuple[bytes, bytes] | None = None,
+        client_ca: bytes | None = None,
     ) -> None:
         self.service = service
         self.host = host
         self.port = port
         #: (PEM private key, PEM certificate chain): serve TLS instead of plaintext.
         self.tls = tls
+        #: PEM CA certificates: with ``tls``, every client must present a certificate
+        #: signed by one of them (mutual TLS).
+        self.client_ca = client_ca
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -166,7 +173,9 @@ class GrpcEdge:
             if self.tls is None:
                 bound.append(server.add_insecure_port(address))
             else:
-                credentials = grpc.ssl_server_credentials([self.tls])
+                credentials = grpc.ssl_server_credentials(
+                    [self.tls], root_certificates=self.client_ca,
+                    require_client_auth=self.client_ca is not None)
                 bound.append(server.add_secure_port(address, credentials))
             await server.start()
             stop = asyncio.Event()

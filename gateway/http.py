@@ -1,28 +1,55 @@
-"""The gateway's HTTP edge: ``gateway.openai`` over HTTP/1.1, with h11 as the protocol
-core and trio streams for I/O. Requests go through the same ``GatewayService.Infer``
-as Hyperswarm clients' (token, validation, rate limit, trace), so the two edges
-cannot drift apart.
+"""The gateway's HTTP edge: ``gateway.openai`` as an ASGI app (FastAPI, its OpenAPI
+document at ``/openapi.json``), served by Hypercorn on trio: HTTP/1.1 and HTTP/2 (h2
+over TLS by ALPN, h2c with prior knowledge), TLS and mutual TLS, keep-alive, access
+logs on ``tether.gateway.http.access``. Requests go through the same
+``GatewayService.Infer`` as Hyperswarm clients' (token, validation, rate limit, trace),
+so the edges cannot drift apart.
 
-Bounds, each a named constant: request head ``MAX_HEAD_BYTES``, body
-``openai.MAX_BODY_BYTES`` (413 past it), ``HEAD_TIMEOUT_S`` to send a request head
-and body (then the connection is closed), ``REQUEST_TIMEOUT_S`` for an answer,
-``MAX_CONNECTIONS`` open at once (later ones wait to be accepted). Keep-alive and
-pipelining are h11's; a protocol error from the client gets a 400 and a close.
+Bounds, each a named constant:
+
+* a request head of ``MAX_HEAD_BYTES`` (431 past it), sent within ``HEAD_TIMEOUT_S`` of
+  the connection opening or the last answer (then the connection is closed): a socket
+  left idle holds its slot that long and no longer;
+* a body of ``openai.MAX_BODY_BYTES`` (413), sent within ``BODY_TIMEOUT_S`` (408);
+* ``REQUEST_TIMEOUT_S`` for an answer (504);
+* ``MAX_CONNECTIONS`` open at once (later ones wait in the listen backlog) and
+  ``MAX_CONNECTIONS_PER_CLIENT`` from one address (more are closed at once), so idle
+  sockets from one place cannot crowd out everyone else.
+
+``hypercorn.trio.serve`` accepts every connection it is offered, so the accept loop is
+here (``EdgeServer``) and admits each connection against those limits before handing
+it to Hypercorn's own per-connection server.
+
+An answer runs while its client stays: a client that closes its connection cancels the
+call upstream, whole answers as well as streams, so nothing is computed (or billed)
+for nobody.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
+import functools
 import json
 import logging
+import socket
 import ssl
 import time
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
 
-import h11
 import trio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from hypercorn.config import Config
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
 
 from gateway import openai
 from gateway.service import GatewayService
@@ -31,259 +58,512 @@ from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.v1 import infer_pb2, services_pb2
 
 log = logging.getLogger("tether.gateway.http")
+access_log = logging.getLogger("tether.gateway.http.access")
 
 MAX_HEAD_BYTES = 16 * 1024
-HEAD_TIMEOUT_S = 30.0
+#: To open a connection (TLS included) and send a request head, or the next one.
+HEAD_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 300.0
 MAX_CONNECTIONS = 1024
-RECEIVE_BYTES = 64 * 1024
+#: Per client address: a browser opens 6, a busy service client a few dozen.
+MAX_CONNECTIONS_PER_CLIENT = 64
+#: How long answers in flight may finish after the edge is asked to stop.
+GRACEFUL_S = 5.0
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ROUTES = "POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /v1/models/{id}"
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": code.lower(), "param": None, "code": code,
+                      "details": {}}}
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """One HTTP request as the routes see it."""
+def _dumps(value: object) -> bytes:
+    # ensure_ascii: whatever the text (even a lone surrogate), the bytes are ASCII.
+    return json.dumps(value, separators=(",", ":")).encode()
 
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    peer: str = "http"
+
+def json_response(
+    status: int, value: object, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(_dumps(value), status, headers, media_type="application/json")
+
+
+def error_response(exc: TetherError) -> Response:
+    status, value = openai.error_body(exc)
+    headers = {"retry-after": str(openai.retry_after_s(exc))} if status == 429 else None
+    return json_response(status, value, headers)
+
+
+class _Output:
+    """One answer's ASGI messages: a JSON body, or a stream of server-sent events."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def response(self, response: Response) -> None:
+        self.started = True
+        await response({"type": "http"}, _no_receive, self.send)
+
+    async def start_events(self) -> None:
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+        ]})
+
+    async def event(self, value: object) -> None:
+        await self.event_text(_dumps(value).decode())
+
+    async def event_text(self, text: str) -> None:
+        await self.send({"type": "http.response.body", "body": f"data: {text}\n\n".encode(),
+                         "more_body": True})
+
+    async def end(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def error(self, exc: TetherError) -> None:
+        if not self.started:
+            await self.response(error_response(exc))
+            return
+        await self.event(openai.error_body(exc)[1])  # after the status line
+        await self.end()
+
+
+async def _no_receive() -> Message:
+    raise RuntimeError("a response does not read the request")
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+class _Call(Response):
+    """An answer that runs only while its client stays connected (Starlette runs a
+    response in the request's task, so the call upstream lives in that one task)."""
+
+    def __init__(self, answer: Callable[[_Output], Awaitable[None]]) -> None:
+        super().__init__()
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        out = _Output(send)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    await self.answer(out)
+            except TetherError as exc:
+                await out.error(exc)
+            except trio.TooSlowError:
+                await out.error(RpcError(StatusCode.DEADLINE_EXCEEDED, "no answer in time"))
+            nursery.cancel_scope.cancel()
 
 
 @dataclass
 class HttpApi:
-    """The routes of ``gateway.openai``, served by ``service``."""
+    """The routes of ``gateway.openai``, served by ``service``; ``app`` is the ASGI app."""
 
     service: GatewayService
     wall_clock: Callable[[], float] = time.time
 
-    async def handle(self, incoming: Incoming, respond: Responder) -> None:
-        method, path, body = incoming.method, incoming.path, incoming.body
-        metadata = {
-            k: v for k, v in incoming.headers.items() if k in ("authorization", "traceparent")
-        }
-        context = ServerContext(
-            method=f"{method} {path}", metadata=metadata,
-            deadline=trio.current_time() + REQUEST_TIMEOUT_S, peer=incoming.peer,
-        )
-        route = (method, path.split("?", 1)[0])
-        if route == ("POST", "/v1/completions"):
-            await self._completions(body, context, respond)
-        elif route == ("POST", "/v1/embeddings"):
-            await self._embeddings(body, context, respond)
-        elif route == ("GET", "/v1/models"):
-            listed = await self.service.ListModels(services_pb2.ListModelsRequest(), context)
-            await respond.json(200, openai.models(listed))
-        elif route == ("GET", "/healthz"):
-            await respond.json(200, {"status": "ok"})
-        elif route[1] in ("/v1/completions", "/v1/embeddings", "/v1/models", "/healthz"):
-            raise _MethodNotAllowed(route[0])
-        else:
-            raise NotFound(f"no route {path!r}: try POST /v1/completions, POST "
-                           "/v1/embeddings or GET /v1/models")
+    @functools.cached_property
+    def app(self) -> FastAPI:
+        return build_app(self)
 
-    async def _completions(self, body: bytes, context: ServerContext, respond: Responder) -> None:
-        parsed = openai.parse_completion(body)
+    def context(self, request: Request) -> ServerContext:
+        client = request.client
+        return ServerContext(
+            method=f"{request.method} {request.url.path}",
+            metadata={k: v for k, v in request.headers.items()
+                      if k in ("authorization", "traceparent")},
+            deadline=trio.current_time() + REQUEST_TIMEOUT_S,
+            peer=f"http:{client.host}:{client.port}" if client else "http",
+        )
+
+    def _infer(self, request: infer_pb2.Infer.Request, context: ServerContext) -> Any:
+        return self.service.Infer(request, context)
+
+    async def completions(self, parsed: openai.ParsedCompletion, context: ServerContext,
+                          out: _Output) -> None:
         request = parsed.request
-        name = f"{request.model_id}@{request.version}" if request.version else request.model_id
         created = int(self.wall_clock())
         max_tokens = request.params.max_tokens
-        async with contextlib.aclosing(self._infer(request, context)) as chunks:
+        stop = openai.StopScanner(parsed.stop)
+        chunks = self._infer(request, context)
+        try:
             if not parsed.stream:
-                got = [c async for c in chunks]
-                if not got:
-                    raise RpcError(StatusCode.INTERNAL, "the answer ended without a chunk")
-                name = openai.model_name(got[-1], name)
-                await respond.json(200, openai.completion(got, name, created, max_tokens))
-                return
-            # The status line waits for the first chunk, so that a refusal (token, rate
-            # limit, no worker) still gets its own HTTP status.
-            try:
+                texts: list[str] = []
+                last = None
                 async for chunk in chunks:
-                    if not respond.started:
-                        await respond.start_events()
-                    if chunk.done:
-                        name = openai.model_name(chunk, name)
-                    await respond.event(openai.completion_chunk(chunk, name, created, max_tokens))
-            except TetherError as exc:
-                if not respond.started:
-                    raise
-                await respond.event(openai.error_body(exc)[1])  # after the status line
-                await respond.end()
+                    last = chunk
+                    texts.append(stop.feed(chunk.payload.text))
+                    if stop.stopped:
+                        break
+                if last is None:
+                    raise RpcError(StatusCode.INTERNAL, "the answer ended without a chunk")
+                texts.append(stop.flush())
+                finish = "stop" if stop.stopped else openai.finish_reason(last.usage, max_tokens)
+                name = openai.model_name(last, parsed.model)
+                await out.response(json_response(200, openai.completion(
+                    last.correlation_id, "".join(texts), _usage(last, len(texts) - 1),
+                    model=name, created=created,
+                    finish=finish)))
                 return
-            if not respond.started:
-                await respond.start_events()
-            await respond.event_text("[DONE]")
-            await respond.end()
+            await self._stream(parsed, chunks, stop, created, out)
+        finally:
+            await chunks.aclose()  # (a stop string ends the call upstream here)
 
-    def _infer(
-        self, request: infer_pb2.Infer.Request, context: ServerContext
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
-        return cast(AsyncGenerator[infer_pb2.Infer.Chunk], self.service.Infer(request, context))
+    async def _stream(self, parsed: openai.ParsedCompletion, chunks: Any,
+                      stop: openai.StopScanner, created: int, out: _Output) -> None:
+        # Every chunk names the model as the client did (the version is known only at the
+        # end); the status line waits for the first chunk, so that a refusal (token, rate
+        # limit, no worker) still gets its own HTTP status.
+        name, max_tokens = parsed.model, parsed.request.params.max_tokens
+        last, count = None, 0
+        async for chunk in chunks:
+            count += 1
+            if not out.started:
+                await out.start_events()
+            last = chunk
+            text = stop.feed(chunk.payload.text)
+            if stop.stopped or chunk.done:
+                text += stop.flush()
+                finish = "stop" if stop.stopped else openai.finish_reason(chunk.usage, max_tokens)
+                await out.event(openai.completion_chunk(chunk, text, name, created, finish))
+                break
+            if text:
+                await out.event(openai.completion_chunk(chunk, text, name, created, None))
+        if not out.started:
+            await out.start_events()
+        if parsed.include_usage and last is not None:
+            await out.event(openai.usage_chunk(last.correlation_id, _usage(last, count), name,
+                                               created))
+        await out.event_text("[DONE]")
+        await out.end()
 
-    async def _embeddings(self, body: bytes, context: ServerContext, respond: Responder) -> None:
-        request = openai.parse_embeddings(body)
-        async with contextlib.aclosing(self._infer(request, context)) as chunks:
+    async def embeddings(self, parsed: openai.ParsedEmbeddings, context: ServerContext,
+                         out: _Output) -> None:
+        request = parsed.request
+        chunks = self._infer(request, context)
+        try:
             got: list[infer_pb2.Infer.Chunk] = [c async for c in chunks]
+        finally:
+            await chunks.aclose()
         name = openai.model_name(got[-1], request.model_id) if got else request.model_id
-        await respond.json(200, openai.embeddings(got, name))
+        await out.response(json_response(200, openai.embeddings(
+            got, name, parsed.encoding_format)))
+
+    async def list_models(self, context: ServerContext) -> services_pb2.ListModelsResponse:
+        return await self.service.ListModels(services_pb2.ListModelsRequest(), context)
 
 
-class _MethodNotAllowed(Exception):
-    pass
+def _usage(last: infer_pb2.Infer.Chunk, chunks: int) -> infer_pb2.Usage:
+    """The answer's usage; an answer ended early (a stop string) has none from the
+    worker: then each chunk counts as a token, the prompt as none."""
+    return last.usage if last.HasField("usage") else infer_pb2.Usage(output_tokens=chunks)
 
 
-class Responder:
-    """Writes one response on an h11 connection."""
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the route parses itself (with pydantic's strict JSON parser,
+    which refuses what FastAPI's ``json.loads`` lets through, e.g. a lone surrogate)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
 
-    def __init__(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": openai.ErrorBody, "description": what} for code, what in (
+        (400, "malformed request"), (401, "no or unknown token"), (404, "unknown model"),
+        (429, "rate limited (see Retry-After)"), (503, "no worker available"),
+    )
+}
+
+
+def build_app(api: HttpApi) -> FastAPI:
+    app = FastAPI(
+        title="Tether gateway", version="1", openapi_url="/openapi.json", docs_url=None,
+        redoc_url=None,
+        description="OpenAI-compatible completions, embeddings and models, served by Tether.",
+    )
+
+    @app.exception_handler(TetherError)
+    async def tether_error(request: Request, exc: TetherError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(NotFound(f"no route {request.url.path!r}: try {ROUTES}"))
+        if exc.status_code == 405:
+            return json_response(405, _error("INVALID_ARGUMENT",
+                                 f"{request.method} is not allowed on {request.url.path}"))
+        return json_response(exc.status_code, _error("INVALID_ARGUMENT", str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        return json_response(400, _error("INVALID_ARGUMENT", f"invalid request: {first}"))
+
+    @app.post("/v1/completions", response_model=openai.Completion, responses=_ERRORS,
+              openapi_extra=_body_schema(openai.CompletionRequest),
+              summary="Complete a prompt (stream: server-sent events)")
+    async def completions(request: Request) -> Response:
+        parsed = openai.parse_completion(await request.body())
+        context = api.context(request)
+        return _Call(functools.partial(api.completions, parsed, context))
+
+    @app.post("/v1/embeddings", response_model=openai.EmbeddingList, responses=_ERRORS,
+              openapi_extra=_body_schema(openai.EmbeddingRequest), summary="Embed texts")
+    async def embeddings(request: Request) -> Response:
+        parsed = openai.parse_embeddings(await request.body())
+        context = api.context(request)
+        return _Call(functools.partial(api.embeddings, parsed, context))
+
+    @app.get("/v1/models", response_model=openai.ModelList, responses=_ERRORS,
+             summary="The models this tenant may use")
+    async def models(request: Request) -> Response:
+        return json_response(200, openai.models(await api.list_models(api.context(request))))
+
+    @app.get("/v1/models/{model}", response_model=openai.Model, responses=_ERRORS,
+             summary="One model: name@version, or a name for its newest version")
+    async def model(model: str, request: Request) -> Response:
+        found = openai.find_model(await api.list_models(api.context(request)), model)
+        if found is None:
+            raise NotFound(f"no model {model!r}: GET /v1/models lists them")
+        return json_response(200, found)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return app
+
+
+class Limits:
+    """ASGI middleware: the head and body bounds of the module docstring. The body is
+    read here, whole, before the app sees it; the app then reads it from memory and,
+    after it, the client's disconnect."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # (h11 bounds only a head that arrives in pieces; one read can hold a whole big one.)
+        head = len(scope["raw_path"]) + len(scope["query_string"]) + sum(
+            len(k) + len(v) + 4 for k, v in scope["headers"])
+        if head > MAX_HEAD_BYTES:
+            await _refuse(send, 431, f"the request head is over {MAX_HEAD_BYTES} bytes")
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > openai.MAX_BODY_BYTES:
+            await _refuse(send, 413, f"the body is over {openai.MAX_BODY_BYTES} bytes")
+            return
+        body = bytearray()
+        with trio.move_on_after(BODY_TIMEOUT_S) as timer:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > openai.MAX_BODY_BYTES:
+                    await _refuse(send, 413, f"the body is over {openai.MAX_BODY_BYTES} bytes")
+                    return
+                if not message.get("more_body"):
+                    break
+        if timer.cancelled_caught:
+            await _refuse(send, 408, f"the body took over {BODY_TIMEOUT_S:g} s to arrive")
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    # The unread rest of the request cannot be skipped: the connection closes.
+    body = _dumps(_error("INVALID_ARGUMENT", message))
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def hypercorn_config() -> Config:
+    config = Config()
+    config.h11_max_incomplete_size = MAX_HEAD_BYTES
+    config.h2_max_header_list_size = MAX_HEAD_BYTES
+    config.keep_alive_timeout = HEAD_TIMEOUT_S
+    config.ssl_handshake_timeout = HEAD_TIMEOUT_S
+    config.graceful_timeout = GRACEFUL_S
+    config.include_server_header = False
+    config.accesslog = access_log
+    config.errorlog = log
+    config.access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss "%(a)s"'
+    return config
+
+
+class _MemorySocket:
+    """The addresses Hypercorn asks a connection for, for a stream without a socket
+    (the in-memory streams of tests)."""
+
+    family = socket.AF_INET
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 1)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 0)
+
+
+class _Addressed(trio.abc.HalfCloseableStream):
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.conn = conn
-        self.started = False
-        #: Answering a HEAD request: the headers only.
-        self.head = False
+        self.socket = _MemorySocket()
 
-    async def _send(self, event: Any) -> None:
-        if self.head and isinstance(event, h11.Data):
-            return
-        data = self.conn.send(event)
-        if data:
-            await self.stream.send_all(data)
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
 
-    async def json(
-        self, status: int, value: object, extra: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        body = json.dumps(value, separators=(",", ":")).encode()
-        self.started = True
-        await self._send(h11.Response(status_code=status, headers=[
-            ("content-type", "application/json"), ("content-length", str(len(body))), *extra,
-        ]))
-        await self._send(h11.Data(data=body))
-        await self._send(h11.EndOfMessage())
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
 
-    async def start_events(self) -> None:
-        self.started = True
-        await self._send(h11.Response(status_code=200, headers=[
-            ("content-type", "text/event-stream"), ("cache-control", "no-cache"),
-        ]))
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.stream.receive_some(max_bytes)
 
-    async def event(self, value: object) -> None:
-        await self.event_text(json.dumps(value, separators=(",", ":")))
+    async def send_eof(self) -> None:
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()
 
-    async def event_text(self, text: str) -> None:
-        await self._send(h11.Data(data=f"data: {text}\n\n".encode()))
-
-    async def end(self) -> None:
-        await self._send(h11.EndOfMessage())
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
-async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        if conn.they_are_waiting_for_100_continue:
-            await stream.send_all(conn.send(h11.InformationalResponse(status_code=100,
-                                                                      headers=[])) or b"")
-        conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
+@dataclass
+class EdgeServer:
+    """Serves an ASGI app on trio with Hypercorn, admitting connections by the limits."""
 
+    app: ASGIApp
+    ssl_context: ssl.SSLContext | None = None
+    max_connections: int = MAX_CONNECTIONS
+    max_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    config: Config = field(default_factory=hypercorn_config)
+    #: Open connections per client address.
+    per_client: Counter[str] = field(default_factory=Counter)
+    #: Connections closed at once because their client had too many open.
+    refused: int = 0
 
-async def _read_request(
-    stream: trio.abc.Stream, conn: h11.Connection
-) -> tuple[h11.Request, bytes] | None:
-    """The next request and its body; None when the client closed the connection."""
-    event = await _next_event(stream, conn)
-    if isinstance(event, h11.ConnectionClosed):
-        return None
-    if not isinstance(event, h11.Request):
-        raise h11.RemoteProtocolError(f"expected a request, got {type(event).__name__}")
-    # (h11 bounds only a head that arrives in pieces; one read can hold a whole big one.)
-    head = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-    if head > MAX_HEAD_BYTES:
-        raise h11.RemoteProtocolError(
-            f"the request head is over {MAX_HEAD_BYTES} bytes", error_status_hint=431
-        )
-    body = bytearray()
-    while True:
-        part = await _next_event(stream, conn)
-        if isinstance(part, h11.Data):
-            body += part.data
-            if len(body) > openai.MAX_BODY_BYTES:
-                raise _BodyTooLarge
-        elif isinstance(part, h11.EndOfMessage):
-            return event, bytes(body)
-        else:
-            raise h11.RemoteProtocolError("the connection closed inside a request")
+    def __post_init__(self) -> None:
+        self._wrapped = wrap_app(
+            Limits(self.app), self.config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+        self._context = WorkerContext(None)
+        self._slots = trio.Semaphore(self.max_connections)
+        self._accepting = trio.CancelScope()
+        self._connections: trio.Nursery | None = None
+        self._stopped = trio.Event()
+        if self.ssl_context is not None:
+            self.ssl_context.set_alpn_protocols(["h2", "http/1.1"])
 
+    async def serve_connection(self, stream: trio.abc.Stream) -> None:
+        """Serve HTTP on one connection until either side closes it; closes it."""
+        if not hasattr(stream, "socket") and not hasattr(stream, "transport_stream"):
+            stream = _Addressed(stream)
+        await TCPServer(self._wrapped, self.config, self._context,
+                        ConnectionState({}), stream)  # type: ignore[arg-type]
 
-async def serve_connection(stream: trio.abc.Stream, api: HttpApi, peer: str = "http") -> None:
-    """Serve HTTP/1.1 requests on ``stream`` until either side closes it; closes it."""
-    async with stream:
-        await _serve(stream, api, peer)
-
-
-async def _serve(stream: trio.abc.Stream, api: HttpApi, peer: str) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-    while True:
-        respond = Responder(stream, conn)
+    async def serve(self, listeners: list[trio.SocketListener]) -> None:
+        """Accept on ``listeners`` until cancelled (everything stops at once) or until
+        ``drain`` (a graceful stop)."""
         try:
-            with trio.fail_after(HEAD_TIMEOUT_S):
-                got = await _read_request(stream, conn)
-        except (h11.RemoteProtocolError, _BodyTooLarge) as exc:
-            too_large = isinstance(exc, _BodyTooLarge)
-            status = 413 if too_large else getattr(exc, "error_status_hint", 400)
-            message = (f"the body is over {openai.MAX_BODY_BYTES} bytes" if too_large
-                       else f"malformed HTTP request: {exc}")
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with contextlib.suppress(h11.LocalProtocolError, trio.BrokenResourceError):
-                    await respond.json(status, {"error": {
-                        "message": message, "type": "invalid_argument",
-                        "code": "INVALID_ARGUMENT", "details": {}}},
-                        (("connection", "close"),))
-            return
-        except trio.TooSlowError:
-            return
-        if got is None:
-            return
-        request, body = got
-        respond.head = request.method == b"HEAD"
-        await _answer(api, respond, Incoming(
-            method=request.method.decode("ascii", "replace"),
-            path=request.target.decode("ascii", "replace"),
-            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers},
-            body=body,
-            peer=peer,
-        ))
-        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-            return
+            async with trio.open_nursery() as connections:
+                self._connections = connections
+                with self._accepting:
+                    async with trio.open_nursery() as accepting:
+                        for listener in listeners:
+                            accepting.start_soon(self._accept, listener, connections)
+                for listener in listeners:
+                    await listener.aclose()  # new clients are refused from here on
+        finally:
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            self._stopped.set()
+
+    async def drain(self) -> None:
+        """Stop gracefully: accept no more connections, close idle ones, give answers in
+        flight ``GRACEFUL_S`` to finish (then cancel them); return once all are closed."""
+        self._accepting.cancel()
+        await self._context.terminated.set()  # Hypercorn: close when idle, no keep-alive
+        if self._connections is not None:
+            self._connections.cancel_scope.deadline = trio.current_time() + GRACEFUL_S
+            await self._stopped.wait()
+
+    async def _accept(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                self._slots.release()
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                    raise
+                log.error("HTTP edge cannot accept (%s); waiting", exc)
+                await trio.sleep(0.1)
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            try:
+                client = str(stream.socket.getpeername()[0])
+            except OSError:
+                client = "?"
+            if self.per_client[client] >= self.max_per_client:
+                self._slots.release()
+                self.refused += 1
+                if self.refused & (self.refused - 1) == 0:  # 1, 2, 4, 8...: not a flood
+                    log.warning("HTTP edge: %s has %d connections open; refusing another "
+                                "(%d refused so far)", client, self.per_client[client],
+                                self.refused)
+                stream.socket.close()
+                continue
+            self.per_client[client] += 1
+            connections.start_soon(self._connection, stream, client)
+
+    async def _connection(self, stream: trio.SocketStream, client: str) -> None:
         try:
-            conn.start_next_cycle()
-        except h11.LocalProtocolError:
-            return
-
-
-async def _answer(api: HttpApi, respond: Responder, incoming: Incoming) -> None:
-    try:
-        await api.handle(incoming, respond)
-    except _MethodNotAllowed:
-        await respond.json(405, {"error": {
-            "message": f"{incoming.method} is not allowed on {incoming.path}",
-                                           "type": "invalid_argument", "code": "INVALID_ARGUMENT",
-                                           "details": {}}})
-    except TetherError as exc:
-        if respond.started:
-            raise
-        status, value = openai.error_body(exc)
-        await respond.json(status, value)
-    except trio.TooSlowError:
-        if not respond.started:
-            await respond.json(504, {"error": {"message": "no answer in time",
-                                               "type": "deadline_exceeded",
-                                               "code": "DEADLINE_EXCEEDED", "details": {}}})
+            conn: trio.abc.Stream = stream
+            if self.ssl_context is not None:
+                conn = trio.SSLStream(stream, self.ssl_context, server_side=True,
+                                      https_compatible=True)
+            await self.serve_connection(conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass  # the client went away (or failed the TLS handshake)
+        except Exception:
+            log.exception("HTTP connection from %s failed", client)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()  # (Hypercorn's own close is skipped when cancelled)
+            self.per_client[client] -= 1
+            if not self.per_client[client]:
+                del self.per_client[client]
+            self._slots.release()
 
 
 async def serve_http(
@@ -292,30 +572,22 @@ async def serve_http(
     port: int,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+    on_stop: Callable[[Callable[[], Awaitable[None]]], object] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``host:port`` (0: any free port); the port is given to ``task_status``.
-    With ``ssl_context`` every connection is TLS (HTTPS); its handshake counts against
-    ``HEAD_TIMEOUT_S`` like the request head."""
+    With ``ssl_context`` every connection is TLS (HTTPS; mutual TLS when the context
+    requires client certificates). ``on_stop`` registers the graceful stop (``drain``)
+    with the process, e.g. ``tether.process.on_stop``."""
     listeners = await trio.open_tcp_listeners(port, host=host)
-    limit = trio.CapacityLimiter(MAX_CONNECTIONS)
+    server = EdgeServer(api.app, ssl_context, max_per_client=max_per_client)
+    if on_stop is not None:
+        on_stop(server.drain)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await server.serve(listeners)
 
-    async def handler(stream: trio.SocketStream) -> None:
-        async with limit, stream:
-            try:
-                peer = "http:{}:{}".format(*stream.socket.getpeername()[:2])
-            except OSError:
-                peer = "http"
-            conn: trio.abc.Stream = stream
-            if ssl_context is not None:
-                conn = trio.SSLStream(stream, ssl_context, server_side=True)
-            try:
-                await serve_connection(conn, api, peer)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away (or failed the TLS handshake)
-            except Exception:
-                log.exception("HTTP connection from %s failed", peer)
 
-    bound = listeners[0].socket.getsockname()[1]
-    task_status.started(bound)
-    await trio.serve_listeners(handler, listeners)
+async def serve_connection(stream: trio.abc.Stream, app: ASGIApp | HttpApi) -> None:
+    """Serve HTTP on one stream (any ``trio.abc.Stream``) with the edge's bounds."""
+    await EdgeServer(app.app if isinstance(app, HttpApi) else app).serve_connection(stream)

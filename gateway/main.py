@@ -4,7 +4,7 @@ Serves ``tether.v1.Gateway`` to clients over Hyperswarm under a stable public
 key (its key file) and on the topic ``tether/gateway/<region>``; validates
 tenant tokens from the Metadata Store, rate-limits per tenant and forwards to
 the orchestrator found on ``tether/control/<region>``. With ``--http-port`` it
-also serves the OpenAI-style HTTP API of ``gateway.openai``, with ``--grpc-port``
+also serves the OpenAI-compatible HTTP API of ``gateway.openai``, with ``--grpc-port``
 ``tether.v1.Gateway`` over gRPC (``gateway.grpc_edge``); same checks on every edge.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from gateway.grpc_edge import GrpcEdge
-from gateway.http import HttpApi, serve_http
+from gateway.http import MAX_CONNECTIONS_PER_CLIENT, HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from tether import process, topics
@@ -59,8 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-key", default=os.environ.get("TETHER_TLS_KEY"), metavar="PEM",
         help="private key of --tls-cert",
     )
+    parser.add_argument(
+        "--tls-client-ca", default=os.environ.get("TETHER_TLS_CLIENT_CA"), metavar="PEM",
+        help="mutual TLS: both edges require a client certificate signed by this CA "
+             "(with --tls-cert)",
+    )
+    parser.add_argument(
+        "--http-per-client", type=int, metavar="N",
+        default=int(os.environ.get("TETHER_HTTP_PER_CLIENT", MAX_CONNECTIONS_PER_CLIENT)),
+        help="connections the HTTP edge keeps open per client address; more are closed at "
+             "once (default: %(default)s; raise it behind a proxy or for a load test)",
+    )
     for edge, env, what in (
-        ("http", "TETHER_HTTP_PORT", "the OpenAI-style HTTP API"),
+        ("http", "TETHER_HTTP_PORT", "the OpenAI-compatible HTTP API"),
         ("grpc", "TETHER_GRPC_PORT", "tether.v1.Gateway over gRPC"),
     ):
         port = os.environ.get(env)
@@ -75,34 +86,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Tls:
-    """The edges' certificate chain and private key (PEM files)."""
+    """The edges' certificate chain and private key (PEM files) and, for mutual TLS, the
+    CA that signs the clients' certificates."""
 
     cert_file: Path
     key_file: Path
+    client_ca_file: Path | None = None
 
     @classmethod
-    def load(cls, cert: str | None, key: str | None) -> Tls | None:
-        """From the flags; None without them. Exits with a clear message when only one is
-        given or the pair does not load."""
+    def load(cls, cert: str | None, key: str | None, client_ca: str | None = None) -> Tls | None:
+        """From the flags; None without them. Exits with a clear message when only one of
+        the pair is given, a client CA comes without them, or the files do not load."""
         if not cert and not key:
+            if client_ca:
+                raise SystemExit("gateway: --tls-client-ca needs --tls-cert and --tls-key")
             return None
         if not cert or not key:
             raise SystemExit("gateway: --tls-cert and --tls-key go together")
-        tls = cls(Path(cert), Path(key))
+        tls = cls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
         try:
             tls.ssl_context()
         except (OSError, ssl.SSLError) as exc:
-            raise SystemExit(f"gateway: cannot load the TLS certificate and key: {exc}") from None
+            raise SystemExit(f"gateway: cannot load the TLS certificates and key: {exc}") from None
         return tls
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            context.load_verify_locations(cafile=self.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
         return context
 
     def grpc_pair(self) -> tuple[bytes, bytes]:
         """(private key, certificate chain), as grpcio takes them."""
         return self.key_file.read_bytes(), self.cert_file.read_bytes()
+
+    def grpc_client_ca(self) -> bytes | None:
+        """The client CA (PEM) for grpcio; None: no client certificates asked for."""
+        return self.client_ca_file.read_bytes() if self.client_ca_file else None
 
 
 async def serve(
@@ -113,6 +135,7 @@ async def serve(
     http_port: int | None = None,
     grpc_port: int | None = None,
     tls: Tls | None = None,
+    http_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
@@ -133,12 +156,14 @@ async def serve(
             if http_port is not None:
                 port = await nursery.start(functools.partial(
                     serve_http, HttpApi(service), config.host, http_port,
-                    ssl_context=tls.ssl_context() if tls else None,
+                    ssl_context=tls.ssl_context() if tls else None, on_stop=process.on_stop,
+                    max_per_client=http_per_client,
                 ))
                 extra["http"] = f"{'https' if tls else 'http'}://{config.host}:{port}"
             if grpc_port is not None:
                 edge = GrpcEdge(
-                    service, config.host, grpc_port, tls=tls.grpc_pair() if tls else None
+                    service, config.host, grpc_port, tls=tls.grpc_pair() if tls else None,
+                    client_ca=tls.grpc_client_ca() if tls else None,
                 )
                 port = await nursery.start(edge.run)
                 extra["grpc"] = f"{config.host}:{port}"
@@ -158,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "gateway")
     config = process.config_from_args(args)
     process.setup_telemetry(config)
-    tls = Tls.load(args.tls_cert, args.tls_key)
+    tls = Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca)
     trio.run(
         process.run_until_signalled,
         lambda: serve(
             config, args.rate, args.burst,
             http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
+            http_per_client=args.http_per_client,
         ),
     )
     return 0

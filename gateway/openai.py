@@ -1,27 +1,37 @@
-"""The OpenAI-style HTTP API of the gateway, without the HTTP: JSON bodies in,
+"""The OpenAI-compatible HTTP API of the gateway, without the HTTP: JSON bodies in,
 ``Infer.Request`` out; ``Infer.Chunk`` in, JSON objects out. No I/O here, so every
 function is tested (and fuzzed) on its own; ``gateway.http`` carries it over HTTP.
 
+The request and response shapes are pydantic models that mirror OpenAI's schema (the
+subset Tether serves); ``gateway.http`` publishes them in its OpenAPI document.
+
 Routes (spec D10: for clients that cannot speak Hyperswarm RPC):
 
-* ``POST /v1/completions``: ``{"model", "prompt", "max_tokens", "min_tokens",
-  "temperature", "top_p", "seed", "stream", "version", "user"}``. ``model`` may carry
-  a version as ``name@1.0``. ``stream: true`` answers with server-sent events,
-  one ``text_completion`` object per chunk, then ``data: [DONE]``.
-* ``POST /v1/embeddings``: ``{"model", "input": str | [str], "user"}``.
-* ``GET /v1/models``.
+* ``POST /v1/completions``: ``model`` (may carry a version as ``name@1.0``), ``prompt``
+  (a string, or a list of one), ``max_tokens``, ``min_tokens``, ``temperature``,
+  ``top_p``, ``seed``, ``stop`` (up to 4 strings), ``n`` (1 only), ``stream`` and
+  ``stream_options.include_usage``, ``version``, ``user``. ``stream: true`` answers with
+  server-sent events, one ``text_completion`` object per chunk, then ``data: [DONE]``.
+* ``POST /v1/embeddings``: ``model``, ``input`` (a string or a list of strings),
+  ``encoding_format`` (``float`` or ``base64``: little-endian float32), ``user``.
+* ``GET /v1/models`` and ``GET /v1/models/{id}``.
 
-Unknown fields are refused (a misspelt ``max_token`` would otherwise be silently
-ignored); ``user`` is accepted and ignored. Errors are ``{"error": {"message",
-"type", "code", "details"}}`` with the HTTP status of their Tether status code.
+Fields this API does not know are ignored, as OpenAI-compatible servers do (the SDKs
+send new ones); a known field of the wrong type or range is refused. Errors are
+``{"error": {"message", "type", "param", "code", "details"}}`` with the HTTP status of
+their Tether status code.
 """
 
 from __future__ import annotations
 
-import json
+import base64
 import math
+import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
 
 from tether.client import GREEDY_TEMPERATURE
 from tether.errors import InvalidArgument, TetherError
@@ -30,6 +40,10 @@ from tether.v1 import infer_pb2, registry_pb2, services_pb2, status_pb2
 
 #: The largest request body read, in bytes: 16 Ki-character prompts fit many times over.
 MAX_BODY_BYTES = 1 << 20
+#: OpenAI's own bound on stop strings.
+MAX_STOP_STRINGS = 4
+#: The Retry-After of a 429 whose error says nothing more precise.
+DEFAULT_RETRY_AFTER_S = 1
 
 HTTP_STATUS = {
     StatusCode.INVALID_ARGUMENT: 400,
@@ -47,24 +61,126 @@ HTTP_STATUS = {
     StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
-_Fields = dict[str, tuple[type, ...]]
-_COMPLETION_FIELDS: _Fields = {
-    "model": (str,), "prompt": (str,), "max_tokens": (int,), "min_tokens": (int,),
-    "temperature": (float,), "top_p": (float,), "seed": (int,), "stream": (bool,),
-    "version": (str,), "user": (str,),
-}
-_EMBEDDING_FIELDS: _Fields = {"model": (str,), "input": (str, list), "version": (str,),
-                              "user": (str,)}
-_WANT = {(str,): "a string", (int,): "a whole number >= 0", (float,): "a finite number",
-         (bool,): "true or false", (str, list): "a string or a list of strings"}
+_Count = Annotated[int, Field(ge=0, lt=1 << 31)]
+
+
+class _Body(BaseModel):
+    # strict: "1" is not a number nor 1 a boolean; unknown fields are ignored.
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class CompletionRequest(_Body):
+    """The body of ``POST /v1/completions``."""
+
+    model: str = Field(min_length=1, examples=["kjv-textgen"],
+                       description="a model name, optionally with @VERSION")
+    prompt: str | list[str] = Field(description="the text to continue (or a list of one)")
+    max_tokens: _Count | None = None
+    min_tokens: _Count | None = Field(None, description="Tether: generate at least this many")
+    temperature: float | None = Field(None, ge=0, description="0: greedy decoding")
+    top_p: float | None = None
+    seed: _Count | None = None
+    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP_STRINGS} strings")
+    n: int = Field(1, ge=1, description="1 only: one completion per request")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    version: str | None = None
+    user: str | None = None
+
+
+class EmbeddingRequest(_Body):
+    """The body of ``POST /v1/embeddings``."""
+
+    model: str = Field(min_length=1, examples=["all-minilm-l6-v2"])
+    input: str | list[str] = Field(description="a text or a non-empty list of texts")
+    encoding_format: Literal["float", "base64"] = "float"
+    version: str | None = None
+    user: str | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class Completion(BaseModel):
+    """A whole answer, and each streamed chunk of one (whose ``choices`` may be empty:
+    the usage chunk of ``stream_options.include_usage``)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 float32 (LE)")
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class Model(BaseModel):
+    id: str = Field(examples=["kjv-textgen@1.0"])
+    object: Literal["model"] = "model"
+    created: int = Field(description="when the version was published (Unix seconds)")
+    owned_by: str
+    task: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str
+    details: dict[str, str] = {}
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
 
 
 @dataclass(frozen=True)
-class Completion:
-    """A parsed ``/v1/completions`` body."""
+class ParsedCompletion:
+    """A ``/v1/completions`` body as Tether sees it."""
 
     request: infer_pb2.Infer.Request
     stream: bool
+    include_usage: bool = False
+    stop: tuple[str, ...] = ()
+    #: The model as the client named it: every streamed chunk carries this one name.
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedEmbeddings:
+    request: infer_pb2.Infer.Request
+    encoding_format: str = "float"
 
 
 def error_body(exc: TetherError) -> tuple[int, dict[str, Any]]:
@@ -73,135 +189,211 @@ def error_body(exc: TetherError) -> tuple[int, dict[str, Any]]:
     name = status_pb2.StatusCode.Name(int(code)).removeprefix("STATUS_CODE_")
     status = HTTP_STATUS.get(code, 500)
     return status, {"error": {
-        "message": exc.message, "type": name.lower(), "code": name,
-        "details": dict(exc.details),
+        "message": exc.message, "type": name.lower(), "param": exc.details.get("field"),
+        "code": name, "details": dict(exc.details),
     }}
 
 
-def _object(body: bytes, fields: _Fields) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidArgument(f"the body is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument("the body must be a JSON object")
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise InvalidArgument(f"unknown field {unknown[0]!r}; known: {', '.join(sorted(fields))}")
-    for name, kinds in fields.items():
-        if name not in value or value[name] is None:
+def retry_after_s(exc: TetherError) -> int:
+    """Whole seconds a refused client should wait: from the error's ``retry_after_s`` or
+    ``retry_after_ms`` detail, else ``DEFAULT_RETRY_AFTER_S``."""
+    for key, scale in (("retry_after_s", 1.0), ("retry_after_ms", 1000.0)):
+        try:
+            value = float(exc.details[key]) / scale
+        except (KeyError, ValueError):
             continue
-        item = value[name]
-        ok = isinstance(item, kinds)
-        if kinds == (float,):
-            ok = isinstance(item, (int, float)) and not isinstance(item, bool)
-            ok = ok and math.isfinite(item)
-        elif kinds == (int,):
-            ok = isinstance(item, int) and not isinstance(item, bool) and item >= 0
-        if not ok:
-            raise InvalidArgument(f"{name!r} must be {_WANT[kinds]}", details={"field": name})
-    if not isinstance(value.get("model"), str) or not value["model"]:
-        raise InvalidArgument("'model' is required, e.g. \"kjv-textgen\"")
-    return value
+        if math.isfinite(value) and value >= 0:
+            return max(1, math.ceil(value))
+    return DEFAULT_RETRY_AFTER_S
 
 
-def _model(value: dict[str, Any], request: infer_pb2.Infer.Request) -> None:
-    model, _, version = str(value["model"]).partition("@")
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _parse(kind: type[_M], body: bytes) -> _M:
+    try:
+        return kind.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            # (A lone surrogate such as "\ud800" lands here: it cannot be UTF-8.)
+            raise InvalidArgument(f"the body is not valid JSON: {first['msg']}") from None
+        if first["type"] == "model_type":
+            raise InvalidArgument("the body must be a JSON object") from None
+        field = str(first["loc"][0]) if first["loc"] else ""
+        if first["type"] == "missing":
+            raise InvalidArgument(f"{field!r} is required", details={"field": field}) from None
+        where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("str", "list[")))
+        raise InvalidArgument(f"{where!r}: {first['msg']}", details={"field": field}) from None
+
+
+def _model(name: str, version: str | None, request: infer_pb2.Infer.Request) -> None:
+    model, _, at_version = name.partition("@")
     request.model_id = model
-    request.version = value.get("version") or version
+    request.version = version or at_version
 
 
-def parse_completion(body: bytes) -> Completion:
+def _one_prompt(prompt: str | list[str]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) != 1:
+        raise InvalidArgument(
+            f"'prompt' is a list of {len(prompt)}: send one prompt per request",
+            details={"field": "prompt"},
+        )
+    return prompt[0]
+
+
+def parse_completion(body: bytes) -> ParsedCompletion:
     """A ``/v1/completions`` body as an Infer.Request; InvalidArgument when malformed."""
-    value = _object(body, _COMPLETION_FIELDS)
+    value = _parse(CompletionRequest, body)
+    if value.n != 1:
+        raise InvalidArgument(f"'n' is {value.n}: one completion per request (n=1)",
+                              details={"field": "n"})
+    stop = (value.stop,) if isinstance(value.stop, str) else tuple(value.stop or ())
+    if len(stop) > MAX_STOP_STRINGS or not all(stop):
+        raise InvalidArgument(f"'stop' takes 1 to {MAX_STOP_STRINGS} non-empty strings",
+                              details={"field": "stop"})
     request = infer_pb2.Infer.Request()
-    _model(value, request)
-    if not isinstance(value.get("prompt"), str):
-        raise InvalidArgument("'prompt' is required: the text to continue")
-    request.input.text = value["prompt"]
+    _model(value.model, value.version, request)
+    request.input.text = _one_prompt(value.prompt)
     p = request.params
-    limit = 1 << 31
-    for name in ("max_tokens", "min_tokens", "seed"):
-        if (value.get(name) or 0) >= limit:
-            raise InvalidArgument(f"{name!r} is too large")
-    p.max_tokens = value.get("max_tokens") or 0
-    p.min_tokens = value.get("min_tokens") or 0
-    p.seed = value.get("seed") or 0
-    temperature = value.get("temperature")
-    if temperature is not None:
-        if temperature < 0:
-            raise InvalidArgument("'temperature' must be >= 0")
+    p.max_tokens = value.max_tokens or 0
+    p.min_tokens = value.min_tokens or 0
+    p.seed = value.seed or 0
+    if value.temperature is not None:
         # 0 asks for greedy decoding here, as in OpenAI's API; on the wire 0 means "the
         # model's default", and any value below 1e-4 is greedy.
-        p.temperature = max(float(temperature), GREEDY_TEMPERATURE)
-    if value.get("top_p") is not None:
-        p.top_p = float(value["top_p"])
-    return Completion(request, bool(value.get("stream")))
+        p.temperature = max(value.temperature, GREEDY_TEMPERATURE)
+    if value.top_p is not None:
+        p.top_p = value.top_p
+    options = value.stream_options
+    return ParsedCompletion(
+        request, value.stream, include_usage=bool(options and options.include_usage),
+        stop=stop, model=value.model,
+    )
 
 
-def parse_embeddings(body: bytes) -> infer_pb2.Infer.Request:
+def parse_embeddings(body: bytes) -> ParsedEmbeddings:
     """A ``/v1/embeddings`` body as an Infer.Request; InvalidArgument when malformed."""
-    value = _object(body, _EMBEDDING_FIELDS)
+    value = _parse(EmbeddingRequest, body)
     request = infer_pb2.Infer.Request()
-    _model(value, request)
-    texts = value.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise InvalidArgument("'input' must be a string or a non-empty list of strings")
+    _model(value.model, value.version, request)
+    texts = [value.input] if isinstance(value.input, str) else value.input
+    if not texts:
+        raise InvalidArgument("'input' must be a string or a non-empty list of strings",
+                              details={"field": "input"})
     request.input.texts.texts.extend(texts)
-    return request
+    return ParsedEmbeddings(request, value.encoding_format)
+
+
+class StopScanner:
+    """Cuts generated text at the first stop string, across chunk boundaries: what may
+    still become a stop string is held back until the next piece decides it."""
+
+    def __init__(self, stop: tuple[str, ...]) -> None:
+        self.stop = stop
+        self.held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """The text that is safe to show now; sets ``stopped`` at a stop string."""
+        if not self.stop or self.stopped:
+            return "" if self.stopped else text
+        self.held += text
+        hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self.held = self.held[: min(hits)], ""
+            return out
+        keep = max((_overlap(self.held, s) for s in self.stop), default=0)
+        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep:]
+        return out
+
+    def flush(self) -> str:
+        """What was held back, at the end of the answer."""
+        out, self.held = self.held, ""
+        return out
+
+
+def _overlap(text: str, stop: str) -> int:
+    """The length of the longest end of ``text`` that begins ``stop``."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
 
 
 def completion_chunk(
-    chunk: infer_pb2.Infer.Chunk, model: str, created: int, max_tokens: int
+    chunk: infer_pb2.Infer.Chunk, text: str, model: str, created: int, finish: str | None
 ) -> dict[str, Any]:
-    """One streamed ``text_completion`` object; the last carries finish_reason and usage."""
-    choice: dict[str, Any] = {"index": 0, "text": chunk.payload.text, "finish_reason": None}
-    out: dict[str, Any] = {
-        "id": chunk.correlation_id, "object": "text_completion", "created": created,
-        "model": model, "choices": [choice],
-    }
-    if chunk.done:
-        choice["finish_reason"] = finish_reason(chunk.usage, max_tokens)
-        out["usage"] = usage(chunk.usage)
-    return out
+    """One streamed ``text_completion`` object."""
+    return Completion(
+        id=chunk.correlation_id, created=created, model=model,
+        choices=[CompletionChoice(text=text, finish_reason=finish)],  # type: ignore[arg-type]
+    ).model_dump(mode="json", exclude={"usage"})
+
+
+def usage_chunk(
+    correlation_id: str, u: infer_pb2.Usage, model: str, created: int
+) -> dict[str, Any]:
+    """The last streamed object with ``stream_options.include_usage``: usage, no choices."""
+    return Completion(id=correlation_id, created=created, model=model, choices=[],
+                      usage=usage(u)).model_dump(mode="json")
 
 
 def completion(
-    chunks: list[infer_pb2.Infer.Chunk], model: str, created: int, max_tokens: int
+    correlation_id: str, text: str, u: infer_pb2.Usage, *, model: str, created: int, finish: str
 ) -> dict[str, Any]:
     """The whole answer as one ``text_completion`` object."""
-    last = chunks[-1]
-    return {
-        "id": last.correlation_id, "object": "text_completion", "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0, "text": "".join(c.payload.text for c in chunks),
-            "finish_reason": finish_reason(last.usage, max_tokens),
-        }],
-        "usage": usage(last.usage),
-    }
+    return Completion(
+        id=correlation_id, created=created, model=model,
+        choices=[CompletionChoice(text=text, finish_reason=finish)],  # type: ignore[arg-type]
+        usage=usage(u),
+    ).model_dump(mode="json")
 
 
-def embeddings(chunks: list[infer_pb2.Infer.Chunk], model: str) -> dict[str, Any]:
+def _base64_floats(values: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
+
+
+def embeddings(
+    chunks: list[infer_pb2.Infer.Chunk], model: str, encoding_format: str = "float"
+) -> dict[str, Any]:
     data = [
-        {"object": "embedding", "index": c.payload.embedding.index,
-         "embedding": list(c.payload.embedding.values)}
+        Embedding(index=c.payload.embedding.index, embedding=(
+            _base64_floats(list(c.payload.embedding.values)) if encoding_format == "base64"
+            else list(c.payload.embedding.values)))
         for c in chunks if c.payload.HasField("embedding")
     ]
     last = chunks[-1].usage if chunks else infer_pb2.Usage()
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": last.input_tokens, "total_tokens": last.input_tokens}}
+    return EmbeddingList(data=data, model=model, usage=Usage(
+        prompt_tokens=last.input_tokens, total_tokens=last.input_tokens,
+    )).model_dump(mode="json")
+
+
+def _model_entry(r: registry_pb2.ModelRecord) -> Model:
+    return Model(
+        id=f"{r.model.model_id}@{r.model.version}", created=r.created_unix_ms // 1000,
+        owned_by=r.publisher_key.hex()[:16],
+        task=registry_pb2.Task.Name(r.capabilities.task).removeprefix("TASK_").lower(),
+    )
 
 
 def models(listed: services_pb2.ListModelsResponse) -> dict[str, Any]:
-    return {"object": "list", "data": [
-        {"id": f"{r.model.model_id}@{r.model.version}", "object": "model",
-         "owned_by": r.publisher_key.hex()[:16],
-         "task": registry_pb2.Task.Name(r.capabilities.task).removeprefix("TASK_").lower()}
-        for r in listed.models
-    ]}
+    return ModelList(data=[_model_entry(r) for r in listed.models]).model_dump(mode="json")
+
+
+def find_model(listed: services_pb2.ListModelsResponse, name: str) -> dict[str, Any] | None:
+    """``name`` (``id@version``, or ``id`` for its newest version) among ``listed``."""
+    model_id, _, version = name.partition("@")
+    found = [r for r in listed.models if r.model.model_id == model_id
+             and (not version or r.model.version == version)]
+    if not found:
+        return None
+    newest = max(found, key=lambda r: tuple(int(p) for p in r.model.version.split(".")
+                                             if p.isdigit()))
+    return _model_entry(newest).model_dump(mode="json")
 
 
 def model_name(chunk: infer_pb2.Infer.Chunk, fallback: str) -> str:
@@ -213,6 +405,6 @@ def finish_reason(u: infer_pb2.Usage, max_tokens: int) -> str:
     return "length" if max_tokens and u.output_tokens >= max_tokens else "stop"
 
 
-def usage(u: infer_pb2.Usage) -> dict[str, int]:
-    return {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
-            "total_tokens": u.input_tokens + u.output_tokens}
+def usage(u: infer_pb2.Usage) -> Usage:
+    return Usage(prompt_tokens=u.input_tokens, completion_tokens=u.output_tokens,
+                 total_tokens=u.input_tokens + u.output_tokens)

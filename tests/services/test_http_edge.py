@@ -9,7 +9,7 @@ real socket is in ``tests/integration/test_request_path.py``.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import openai
-from gateway.http import MAX_HEAD_BYTES, HttpApi, Incoming, Responder, serve_connection
+from gateway.http import BODY_TIMEOUT_S, MAX_HEAD_BYTES, HttpApi, serve_connection
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking
-from tether.errors import Internal, InvalidArgument
+from tether.errors import Internal, InvalidArgument, Unauthenticated
+from tether.v1 import infer_pb2, jobs_pb2
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -110,22 +111,25 @@ def test_completions_whole_and_streamed_on_one_connection(tmp_path: Path) -> Non
         whole, streamed = await exchange(
             api,
             raw_request("POST", "/v1/completions", ask, token),
-            raw_request("POST", "/v1/completions", {**ask, "stream": True}, token),
+            raw_request("POST", "/v1/completions",
+                        {**ask, "stream": True, "stream_options": {"include_usage": True}}, token),
         )
         assert whole.status == 200 and whole.headers["content-type"] == "application/json"
         answer = whole.json()
         assert answer["object"] == "text_completion" and answer["created"] == 1_800_000_000
         assert answer["model"] == f"{MODEL}@1.0"
-        assert answer["choices"] == [{"index": 0, "text": " w0 w1 w2", "finish_reason": "length"}]
+        assert answer["choices"] == [
+            {"index": 0, "text": " w0 w1 w2", "logprobs": None, "finish_reason": "length"}]
         assert answer["usage"] == {"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3}
         assert streamed.status == 200
         assert streamed.headers["content-type"] == "text/event-stream"
-        *chunks, done = streamed.events()
+        *chunks, usage, done = streamed.events()
         assert done == "[DONE]"
         parsed = [json.loads(c) for c in chunks]
         assert [c["choices"][0]["text"] for c in parsed] == [" w0", " w1", " w2"]
         assert [c["choices"][0]["finish_reason"] for c in parsed] == [None, None, "length"]
-        assert parsed[-1]["usage"]["completion_tokens"] == 3
+        assert json.loads(usage)["choices"] == []
+        assert json.loads(usage)["usage"]["completion_tokens"] == 3
         assert len({c["id"] for c in parsed}) == 1 and parsed[0]["id"] != answer["id"]
 
     in_fleet(tmp_path, body)
@@ -148,6 +152,21 @@ def test_models_and_health(tmp_path: Path) -> None:
     in_fleet(tmp_path, body)
 
 
+def test_the_openapi_document_describes_the_routes(tmp_path: Path) -> None:
+    async def body(f: Fleet, api: HttpApi) -> None:
+        [reply] = await exchange(api, raw_request("GET", "/openapi.json"))
+        doc = reply.json()
+        assert reply.status == 200 and doc["openapi"].startswith("3.")
+        assert set(doc["paths"]) == {"/v1/completions", "/v1/embeddings", "/v1/models",
+                                     "/v1/models/{model}"}
+        asked = doc["paths"]["/v1/completions"]["post"]["requestBody"]["content"]
+        assert {"prompt", "stop", "stream_options"} <= set(
+            asked["application/json"]["schema"]["properties"])
+        assert "429" in doc["paths"]["/v1/embeddings"]["post"]["responses"]
+
+    in_fleet(tmp_path, body)
+
+
 def test_errors_come_back_as_http_statuses_with_typed_bodies(tmp_path: Path) -> None:
     async def body(f: Fleet, api: HttpApi) -> None:
         token = f.store.issue_token("acme")
@@ -156,7 +175,7 @@ def test_errors_come_back_as_http_statuses_with_typed_bodies(tmp_path: Path) -> 
             (raw_request("POST", "/v1/completions", ok), 401, "UNAUTHENTICATED"),
             (raw_request("POST", "/v1/completions", ok, "tk_nope"), 401, "UNAUTHENTICATED"),
             (raw_request("POST", "/v1/completions", b"{not json", token), 400, "INVALID_ARGUMENT"),
-            (raw_request("POST", "/v1/completions", {**ok, "max_token": 5}, token), 400,
+            (raw_request("POST", "/v1/completions", {**ok, "max_tokens": -5}, token), 400,
              "INVALID_ARGUMENT"),
             (raw_request("POST", "/v1/completions", {**ok, "temperature": "hot"}, token), 400,
              "INVALID_ARGUMENT"),
@@ -177,7 +196,9 @@ def test_errors_come_back_as_http_statuses_with_typed_bodies(tmp_path: Path) -> 
             if code is not None:
                 error = reply.json()["error"]
                 assert error["code"] == code and error["message"]
-        assert "'max_token'" in replies[3].json()["error"]["message"]
+        assert "'max_tokens'" in replies[3].json()["error"]["message"]
+        assert replies[3].json()["error"]["param"] == "max_tokens"
+        assert replies[-1].headers["retry-after"].isdigit()
 
     # Only requests that pass the token and validation take from the bucket: the unknown
     # model and the first good request; the bucket holds 2.
@@ -198,18 +219,67 @@ def test_a_failure_before_the_first_chunk_keeps_its_status_when_streaming(tmp_pa
             )
             assert reply.status == 500
             assert reply.json()["error"] == {
-                "message": "engine crashed", "type": "internal", "code": "INTERNAL",
+                "message": "engine crashed", "type": "internal", "param": None, "code": "INTERNAL",
                 "details": {},
             }
 
     run(main)
 
 
-class Echo:
-    """A stand-in for the routes: answers every request with its method, path and size."""
+def test_a_whole_answer_is_cancelled_upstream_when_its_client_leaves(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with fleet(tmp_path) as f:
+            engine = ScriptedEngine([(MODEL, "1.0")])  # 0.1 s a token: 100 s for 1000
+            await f.add_worker("w1", engine=engine)
+            await f.discovery.wait_for(lambda s: len(s) == 1)
+            ask = {"model": MODEL, "prompt": "hi", "max_tokens": 1000}  # not streamed
+            client_end, server_end = trio.testing.memory_stream_pair()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve_connection, server_end, HttpApi(f.gateway_service))
+                await client_end.send_all(raw_request(
+                    "POST", "/v1/completions", ask, f.store.issue_token("acme")))
+                await engine.running.wait()
+                await trio.sleep(1.0)
+                await client_end.aclose()  # the client gives up
+            await trio.sleep(1.0)
+            job = f.store.get_job(engine.requests[0].correlation_id)
+            assert job.state == jobs_pb2.JOB_STATE_CANCELLED, jobs_pb2.JobState.Name(job.state)
+            assert engine.steps < 50  # stopped soon after, not run to its 1000 tokens
 
-    async def handle(self, incoming: Incoming, respond: Responder) -> None:
-        await respond.json(200, [incoming.method, incoming.path, len(incoming.body)])
+    run(main)
+
+
+def test_a_lone_surrogate_is_a_400_not_silence(tmp_path: Path) -> None:
+    async def body(f: Fleet, api: HttpApi) -> None:
+        token = f.store.issue_token("acme")
+        prompt = b'{"model": "%s", "prompt": "a\\ud800b", "max_tokens": 2}' % MODEL.encode()
+        texts = b'{"model": "%s", "input": ["ok", "\\udfff"]}' % MODEL.encode()
+        pair = b'{"model": "%s", "prompt": "\\ud83d\\ude00", "max_tokens": 2}' % MODEL.encode()
+        replies = await exchange(api, raw_request("POST", "/v1/completions", prompt, token),
+                                 raw_request("POST", "/v1/embeddings", texts, token),
+                                 raw_request("POST", "/v1/completions", pair, token))
+        assert [r.status for r in replies] == [400, 400, 200]
+        assert "not valid JSON" in replies[0].json()["error"]["message"]
+
+    in_fleet(tmp_path, body)
+
+
+class Echo:
+    """A stand-in for the routes (an ASGI app): answers every request with its method,
+    path and body size."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        out = json.dumps([scope["method"], scope["path"], len(body)],
+                         separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
 
 
 def test_bounds_oversized_bodies_heads_and_slow_clients() -> None:
@@ -236,6 +306,18 @@ def test_bounds_oversized_bodies_heads_and_slow_clients() -> None:
         head, rest = out.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 200") and b"content-length: 14" in head  # ["HEAD","/",0]
         assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b'["GET","/a",0]')
+        # A body that stops short is a 408 after BODY_TIMEOUT_S.
+        client_end, server_end = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_connection, server_end, api)
+            await client_end.send_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n"
+                                      b"\r\n12345")
+            started = trio.current_time()
+            out = b""
+            while data := await client_end.receive_some():
+                out += data
+            assert out.startswith(b"HTTP/1.1 408")
+            assert trio.current_time() - started >= BODY_TIMEOUT_S
         # A client that never finishes its request is dropped after HEAD_TIMEOUT_S.
         client_end, server_end = trio.testing.memory_stream_pair()
         with trio.fail_after(60):
@@ -247,36 +329,64 @@ def test_bounds_oversized_bodies_heads_and_slow_clients() -> None:
     run(main)
 
 
+class Refusing:
+    """Test double of ``GatewayService`` for the fuzz tests, which exercise the edge (HTTP,
+    routing, bodies) and not the service: every call that gets that far is refused."""
+
+    async def Infer(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        if request.params.seed == 7:
+            raise Unauthenticated("refused by the test double")
+        yield infer_pb2.Infer.Chunk(correlation_id="c-1", done=True)
+
+    async def ListModels(self, request: Any, context: Any) -> Any:
+        raise Unauthenticated("refused by the test double")
+
+
+async def serve_bytes(app: Any, parts: list[bytes]) -> bytes:
+    """What the edge answers to ``parts`` sent on one connection, then end of input."""
+    client_end, server_end = trio.testing.memory_stream_pair()
+    received = bytearray()
+
+    async def send() -> None:
+        try:
+            for part in parts:
+                await client_end.send_all(part)
+            await client_end.send_eof()
+        except trio.BrokenResourceError:
+            pass  # the server answered and closed: what is left is not read
+
+    async def receive() -> None:
+        while data := await client_end.receive_some():
+            received.extend(data)
+
+    with trio.fail_after(120):  # (virtual) never a hang: at worst the head timeout
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_connection, server_end, app)
+            nursery.start_soon(send)
+            nursery.start_soon(receive)
+    return bytes(received)
+
+
+def assert_answered_below_500(received: bytes) -> None:
+    """Whatever came back is HTTP responses, and the first is not a server error."""
+    assert not received or received.startswith(b"HTTP/1.1 ")
+    if received:
+        assert int(received[9:12]) < 500, received[:300]
+
+
 @FUZZ
 @given(st.lists(st.binary(max_size=200), max_size=6))
 def test_arbitrary_bytes_get_an_answer_or_a_close_never_a_crash(parts: list[bytes]) -> None:
-    api: Any = Echo()
-
     async def main() -> None:
-        client_end, server_end = trio.testing.memory_stream_pair()
-        received = bytearray()
-
-        async def send() -> None:
-            try:
-                for part in parts:
-                    await client_end.send_all(part)
-                await client_end.send_eof()
-            except trio.BrokenResourceError:
-                pass  # the server answered and closed: what is left is not read
-
-        async def receive() -> None:
-            while data := await client_end.receive_some():
-                received.extend(data)
-
-        with trio.fail_after(120):  # (virtual) never a hang: at worst the head timeout
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(serve_connection, server_end, api)
-                nursery.start_soon(send)
-                nursery.start_soon(receive)
-        # Whatever came back is HTTP responses (an error says so in its status line).
-        assert not received or received.startswith(b"HTTP/1.1 ")
+        assert_answered_below_500(await serve_bytes(Echo(), parts))
+        assert_answered_below_500(await serve_bytes(HttpApi(Refusing()).app, parts))  # type: ignore[arg-type]
 
     run(main)
+
+
+methods = st.sampled_from(["GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH"])
+paths = st.sampled_from(["/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/x@1",
+                         "/healthz", "/openapi.json", "/", "/v1/models/%ff%00", "/v1/../x"])
 
 
 json_values = st.recursive(
@@ -286,7 +396,27 @@ json_values = st.recursive(
     max_leaves=12,
 )
 fields = st.sampled_from(["model", "prompt", "max_tokens", "min_tokens", "temperature",
-                          "top_p", "seed", "stream", "version", "user", "input", "n"])
+                          "top_p", "seed", "stream", "version", "user", "input", "n", "stop",
+                          "stream_options", "encoding_format"])
+
+
+@FUZZ
+@given(methods, paths | st.text(max_size=20).map(lambda t: "/" + t), st.one_of(
+    st.binary(max_size=120),
+    st.dictionaries(fields, json_values, max_size=6).map(lambda d: json.dumps(d).encode()),
+    st.dictionaries(fields, json_values, max_size=6).map(
+        lambda d: json.dumps({"model": MODEL, "prompt": "p", "input": "i", **d}).encode()),
+))
+def test_any_request_to_the_real_routes_gets_a_4xx_or_an_answer(
+    method: str, path: str, body: bytes
+) -> None:
+    target = "".join(c if 32 < ord(c) < 127 else f"%{ord(c) & 0xFF:02x}" for c in path)
+    raw = raw_request(method, target, body, token="tk_any")
+
+    async def main() -> None:
+        assert_answered_below_500(await serve_bytes(HttpApi(Refusing()).app, [raw]))  # type: ignore[arg-type]
+
+    run(main)
 
 
 @FUZZ
@@ -314,8 +444,36 @@ def test_body_decoders_build_the_request() -> None:
     assert (r.params.max_tokens, r.params.min_tokens, r.params.seed) == (8, 8, 3)
     assert 0 < r.params.temperature < 1e-4  # 0 means greedy here
     embed = openai.parse_embeddings(b'{"model": "all-minilm-l6-v2", "input": "one"}')
-    assert list(embed.input.texts.texts) == ["one"]
+    assert list(embed.request.input.texts.texts) == ["one"]
     with pytest.raises(InvalidArgument, match="'input' must be"):
         openai.parse_embeddings(b'{"model": "m", "input": []}')
-    with pytest.raises(InvalidArgument, match="'max_tokens' must be a whole number"):
+    with pytest.raises(InvalidArgument, match="'max_tokens': Input should be greater than or"):
         openai.parse_completion(b'{"model": "m", "prompt": "p", "max_tokens": -1}')
+
+
+@FUZZ
+@given(st.lists(st.text("ab ", max_size=5), max_size=8),
+       st.lists(st.text("ab", min_size=1, max_size=3), max_size=3))
+def test_stop_strings_cut_where_they_first_appear_however_the_text_is_split(
+    pieces: list[str], stop: list[str]
+) -> None:
+    scanner = openai.StopScanner(tuple(stop))
+    shown = ""
+    for piece in pieces:
+        shown += scanner.feed(piece)
+        if scanner.stopped:
+            break
+    shown += scanner.flush()
+    text = "".join(pieces)
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    assert shown == (text[: min(cuts)] if cuts else text)
+    assert scanner.stopped == bool(cuts)
+
+
+def test_retry_after_comes_from_the_error_or_defaults_to_one_second() -> None:
+    from tether.errors import ResourceExhausted
+
+    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_s": "2.5"})) == 3
+    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_ms": "1"})) == 1
+    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_ms": "nan"})) == 1
+    assert openai.retry_after_s(ResourceExhausted("x")) == openai.DEFAULT_RETRY_AFTER_S
