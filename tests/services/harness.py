@@ -213,7 +213,7 @@ def spied(handlers: dict[str, Handler], spies: Mapping[str, list[bytes]]) -> dic
             continue
         handler = out[method]
 
-        async def recorded(request, context, handler=handler, seen=seen):  # type: ignore[no-untyped-def]
+        async def recorded(request, context, handler=handler, seen=seen):
             seen.append(request.SerializeToString())
             async for response in handler.func(request, context):
                 seen.append(response.SerializeToString())

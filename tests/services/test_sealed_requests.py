@@ -311,7 +311,7 @@ async def the_gateway_seals_again_when_its_workers_left_before_submit(
             def __init__(self, stub: services_rpc.OrchestratorStub) -> None:
                 self.stub = stub
 
-            async def Place(self, request, **kw):  # type: ignore[no-untyped-def]
+            async def Place(self, request, **kw):
                 placed = await self.stub.Place(request, **kw)
                 places.append(len(placed.workers))
                 if len(places) == 1:
@@ -319,7 +319,7 @@ async def the_gateway_seals_again_when_its_workers_left_before_submit(
                     placed.workers.add(worker_id="gone", pub_key=KeyPair.generate().public_key)
                 return placed
 
-            def Submit(self, *args, **kw):  # type: ignore[no-untyped-def]
+            def Submit(self, *args, **kw):
                 return self.stub.Submit(*args, **kw)
 
         async def orchestrator() -> WorkersLeftAfterPlace:
@@ -336,7 +336,7 @@ def test_the_http_edge_seals_for_a_sealed_tenant(tmp_path: Path) -> None:
 
     seen: list[bytes] = []
 
-    async def body(f: Fleet, api) -> None:  # type: ignore[no-untyped-def]
+    async def body(f: Fleet, api) -> None:
         f.store.set_tenant_e2e("acme", True)
         ask = {"model": MODEL, "prompt": PROMPT, "max_tokens": 3}
         [reply] = await exchange(
