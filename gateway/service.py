@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from gateway.ratelimit import TokenBuckets
-from tether import blocking, telemetry, topics
+from tether import blocking, limits, telemetry, topics
 from tether.errors import (
     InvalidArgument,
     PermissionDenied,
@@ -28,10 +28,6 @@ from tether.rpc import ServerContext
 from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 
-MAX_PROMPT_CHARS = 16_384
-MAX_TEXTS = 256
-MAX_TENSOR_BYTES = 4 * 1024 * 1024
-MAX_NEW_TOKENS = 1024
 #: How long a request waits to find an orchestrator or registry on its topic.
 PEER_WAIT_S = 10.0
 #: How long a verified tenant token is trusted without asking the Metadata Store again.
@@ -49,23 +45,7 @@ def validate(request: infer_pb2.Infer.Request) -> None:
         ) from None
     if request.version and not _VERSION_RE.match(request.version):
         raise InvalidArgument(f"version {request.version!r} is not MAJOR or MAJOR.MINOR")
-    kind = request.input.WhichOneof("kind")
-    if kind is None:
-        raise InvalidArgument("input is empty: set input.text, input.texts or input.tensors")
-    if kind == "text" and len(request.input.text) > MAX_PROMPT_CHARS:
-        raise InvalidArgument(f"prompt longer than {MAX_PROMPT_CHARS} characters")
-    if kind == "texts":
-        texts = request.input.texts.texts
-        if not texts or len(texts) > MAX_TEXTS:
-            raise InvalidArgument(f"input.texts needs 1 to {MAX_TEXTS} texts")
-        if any(len(t) > MAX_PROMPT_CHARS for t in texts):
-            raise InvalidArgument(f"a text is longer than {MAX_PROMPT_CHARS} characters")
-    if kind == "tensors":
-        size = sum(len(t.data) for t in request.input.tensors.tensors)
-        if size > MAX_TENSOR_BYTES:
-            raise InvalidArgument(f"input tensors exceed {MAX_TENSOR_BYTES} bytes")
-    if request.params.max_tokens > MAX_NEW_TOKENS:
-        raise InvalidArgument(f"params.max_tokens is above {MAX_NEW_TOKENS}")
+    limits.check_shape(request)
     if request.region:
         topics.region(request.region)
 

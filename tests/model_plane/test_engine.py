@@ -17,6 +17,7 @@ from model_plane_support import MODELS_DIR, CountingBackend, tensor_model_bytes
 
 from registry.catalog import Catalog
 from registry.publish import ModelPackage, publish_package
+from tether import limits
 from tether.artifacts import ArtifactStore, LocalDirectoryStore, sha256_hex
 from tether.errors import Cancelled, InvalidArgument, NotFound
 from tether.keys import KeyPair
@@ -360,3 +361,18 @@ async def test_inline_generation_gives_other_tasks_turns(env: Env, monkeypatch) 
         done = True
     assert len(ticks_at_payload) >= 3
     assert ticks_at_payload[-1] > ticks_at_payload[0]
+
+
+async def test_the_engine_and_the_gateway_share_one_token_limit(env: Env) -> None:
+    from gateway.service import validate
+
+    model = await load(env, TEXTGEN)
+    ok = text_request("hi", max_tokens=limits.MAX_NEW_TOKENS)
+    ok.model_id = TEXTGEN
+    validate(ok)
+    await env.engine.stream(ok, model=model).aclose()
+    over = text_request("hi", max_tokens=limits.MAX_NEW_TOKENS + 1)
+    with pytest.raises(InvalidArgument, match="over the limit"):
+        validate(over)
+    with pytest.raises(InvalidArgument, match="over the limit"):
+        env.engine.stream(over, model=model)
