@@ -43,7 +43,7 @@ def validate(request: infer_pb2.Infer.Request) -> None:
         raise InvalidArgument(
             f"model_id {request.model_id!r} is not a model name (e.g. 'tiny-stories')"
         ) from None
-    if request.version and not _VERSION_RE.match(request.version):
+    if request.version and not _VERSION_RE.fullmatch(request.version):
         raise InvalidArgument(f"version {request.version!r} is not MAJOR or MAJOR.MINOR")
     limits.check_shape(request)
     if request.region:

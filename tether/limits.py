@@ -28,7 +28,7 @@ DEFAULT_MAX_TOKENS = 64
 DEFAULT_MAX_INPUT = 256
 #: Client-chosen correlation ids and retry tokens: printable, no spaces, at most 128
 #: characters (the metadata store's column width).
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 #: The input kind each task takes, and how to ask for it.
 _TASK_INPUT = {
@@ -43,9 +43,9 @@ _WORD_RE = re.compile(r"\S*[A-Za-z]\S*")
 
 def check_client_id(kind: str, value: str) -> None:
     """A correlation id or retry token chosen by the client (empty: Tether picks one)."""
-    if value and not CLIENT_ID_RE.match(value):
+    if value and not CLIENT_ID_RE.fullmatch(value):
         raise InvalidArgument(
-            f"{kind} {value[:40]!r} must be 1 to 128 letters, digits or '._:-', "
+            f"{kind} {value[:40]!r} must be 1 to 128 letters, digits or '_.:-', "
             "starting with a letter or digit",
             details={"field": kind.replace(" ", "_")},
         )
