@@ -166,14 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("gateway"):
         args, config, tls = configure(argv)
     process.setup_telemetry(config)
-    trio.run(
-        process.run_until_signalled,
-        lambda: serve(
-            config, args.rate, args.burst,
-            http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
-        ),
-    )
-    return 0
+    return process.run_service("gateway", lambda: serve(
+        config, args.rate, args.burst,
+        http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
+    ))
 
 
 if __name__ == "__main__":

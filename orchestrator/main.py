@@ -143,11 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         open_s=args.breaker_open_s,
         slow_first_chunk_s=args.slow_first_chunk_s or None,
     )
-    trio.run(
-        process.run_until_signalled,
-        lambda: serve(config, args.watch_region, breakers, operators),
+    return process.run_service(
+        "orchestrator", lambda: serve(config, args.watch_region, breakers, operators)
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("registry"):
         _, config = configure(argv)
     process.setup_telemetry(config)
-    trio.run(process.run_until_signalled, lambda: serve(config))
-    return 0
+    return process.run_service("registry", lambda: serve(config))
 
 
 if __name__ == "__main__":

@@ -213,24 +213,12 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
-        error = _tether_error(exc)
+        error = process.find_error(exc, TetherError)
         if error is None:
             raise
         print(f"tether {args.command}: {error}", file=sys.stderr)
         return 1
     return 2
-
-
-def _tether_error(exc: BaseException) -> TetherError | None:
-    """The Tether error inside ``exc`` (trio wraps errors from task groups)."""
-    if isinstance(exc, TetherError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _tether_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 async def _up(args: argparse.Namespace) -> int:

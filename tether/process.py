@@ -60,6 +60,7 @@ from tether.errors import TetherError
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore, sqlite_url
 from tether.net.swarm import parse_address
+from tether.v1 import status_pb2
 
 #: The exit status of a process refused for its configuration (as argparse uses).
 EXIT_CONFIG = 2
@@ -89,18 +90,23 @@ def exit_on_config_error(service: str) -> Iterator[None]:
     except ConfigError as exc:
         _refuse(service, exc)
     except BaseExceptionGroup as group:
-        found = _config_error(group)
+        found = find_error(group, ConfigError)
         if found is None:
             raise
         _refuse(service, found)
 
 
-def _config_error(exc: BaseException) -> ConfigError | None:
-    if isinstance(exc, ConfigError):
+E = TypeVar("E", bound=BaseException)
+
+
+def find_error(exc: BaseException, kind: type[E]) -> E | None:
+    """``exc`` if it is a ``kind``, else the first ``kind`` inside it (trio wraps errors
+    from task groups)."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            if (found := _config_error(inner)) is not None:
+            if (found := find_error(inner, kind)) is not None:
                 return found
     return None
 
@@ -482,6 +488,26 @@ def on_stop(hook: Callable[[], Awaitable[None]]) -> None:
     """Run ``hook`` when a signal asks the process to stop, before anything is cancelled
     (a worker drains, a network unannounces itself while it can still talk)."""
     _STOP_HOOKS.append(hook)
+
+
+def run_service(service: str, body: Callable[[], Awaitable[None]]) -> int:
+    """Run a service until a signal stops it; 0. A Tether error that stops it (a model
+    no replica serves a verified copy of, a registry that refuses) is one line on stderr,
+    ``tether <service>: <message>``, and 1; its traceback is logged at DEBUG. A bug
+    (INTERNAL, UNKNOWN, or not a Tether error) keeps its traceback."""
+    try:
+        trio.run(run_until_signalled, body)
+    except BaseException as exc:
+        error = find_error(exc, TetherError)
+        if error is None or error.code in _BUGS:
+            raise
+        logging.getLogger("tether").debug("%s stopped", service, exc_info=exc)
+        print(f"tether {service}: {error.message}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+_BUGS = {status_pb2.STATUS_CODE_INTERNAL, status_pb2.STATUS_CODE_UNKNOWN}
 
 
 async def run_until_signalled(body: Callable[[], Awaitable[None]]) -> None:

@@ -20,6 +20,7 @@ import trio
 
 from tether import process, topics
 from tether.artifacts import ArtifactStore, blob_store_from_spec
+from tether.errors import FailedPrecondition
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
@@ -106,7 +107,7 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
         await network.join(topics.registry(config.region), server=False, client=True)
         records = await resolve_models(network, config.region, args.model)
         if not records:
-            raise SystemExit("worker: the registry lists no models to serve; publish one first")
+            raise FailedPrecondition("the registry lists no models to serve; publish one first")
         # Artifacts must be signed by the key that published each record.
         artifacts = ArtifactStore(
             [blob_store_from_spec(s, create_bucket=False) for s in artifact_replicas(args, config)],
@@ -164,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("worker"):
         args, config = configure(argv)
     process.setup_telemetry(config)
-    trio.run(process.run_until_signalled, lambda: serve(config, args))
-    return 0
+    return process.run_service("worker", lambda: serve(config, args))
 
 
 if __name__ == "__main__":
