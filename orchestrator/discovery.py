@@ -54,7 +54,9 @@ class InFlight:
 
     A heartbeat reports a worker's load when it was sent; what was dispatched since is
     not in it, and what finished since is still in it. :meth:`unreported` is the
-    correction placement adds to the reported load until the next heartbeat.
+    correction placement adds to the reported load until the next heartbeat. The open
+    dispatches are a floor on the load whatever the report says: one still on its way
+    to the worker when the heartbeat left counts too.
     """
 
     def __init__(self) -> None:
@@ -78,9 +80,11 @@ class InFlight:
         else:
             self._at_beat.pop(worker_id, None)
 
-    def unreported(self, worker_id: str) -> int:
-        """Dispatches started since the last heartbeat less those ended since."""
-        return self._open.get(worker_id, 0) - self._at_beat.get(worker_id, 0)
+    def unreported(self, worker_id: str, reported: int = 0) -> int:
+        """What to add to the ``reported`` load: dispatches started since the last
+        heartbeat less those ended since, and at least enough to count every open one."""
+        open_now = self._open.get(worker_id, 0)
+        return max(open_now - self._at_beat.get(worker_id, 0), open_now - reported)
 
 
 class DiscoverySub:

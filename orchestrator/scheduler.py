@@ -14,10 +14,10 @@ placement is deterministic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.discovery import WorkerEntry
+from orchestrator.discovery import InFlight, WorkerEntry
 from tether.v1 import presence_pb2
 
 
@@ -104,12 +104,12 @@ def rank(
     entries: Sequence[WorkerEntry],
     want: Placement,
     w: Weights = _DEFAULT_WEIGHTS,
-    unreported: Callable[[str], int] = lambda _worker_id: 0,
+    in_flight: InFlight | None = None,
 ) -> list[Candidate]:
-    """Candidates best first, full ones last."""
+    """Candidates best first, full ones last; ``in_flight`` corrects each reported load."""
     scored = []
     for e in entries:
-        extra = unreported(e.worker_id)
+        extra = 0 if in_flight is None else in_flight.unreported(e.worker_id, busy(e.presence))
         s = score(e.presence, want, w, extra)
         if s is not None:
             scored.append(Candidate(e, s, is_full(e.presence, extra)))

@@ -42,7 +42,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import trio
 
 from orchestrator.breaker import BreakerState, CircuitBreakers
-from orchestrator.discovery import DiscoverySub
+from orchestrator.discovery import DiscoverySub, InFlight
 from orchestrator.rollout import Rollouts
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
 from tether import blocking, limits, telemetry, topics
@@ -202,6 +202,31 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         # The registry applies the model's tenant policy while resolving.
         record = await self.resolve(request)
         limits.check_for_model(request, record)  # a client error is never admitted
+        candidates = self._candidates(request, record)
+        first = candidates[0].entry.worker_id
+        # Counted against the worker from placement on, so that requests placed at the
+        # same moment (none dispatched yet) see each other.
+        placed = _Placed(self.discovery.in_flight, first)
+        try:
+            async with contextlib.aclosing(
+                self._admit_and_run(request, record, candidates, placed, context)
+            ) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            placed.release()
+
+    async def _admit_and_run(
+        self,
+        request: infer_pb2.Infer.Request,
+        record: registry_pb2.ModelRecord,
+        candidates: list[Candidate],
+        placed: _Placed,
+        context: ServerContext,
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        """Admit the request (quota, reservation, job), dispatch it, and record how it
+        ended: a failure after admission is dead-lettered, unless it was the client's
+        error or shedding and nothing was sent (then the admission is undone)."""
         dispatched = infer_pb2.Infer.Request()
         dispatched.CopyFrom(request)
         dispatched.version = record.model.version
@@ -211,8 +236,6 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             dispatched.params.seed = secrets.randbits(63) | 1
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
-        candidates = self._candidates(request, record)
-        first = candidates[0].entry.worker_id
         quota_tokens = limits.max_tokens(request.params)
         # Quota, reservation and job are written in one transaction, before dispatch.
         reservation = await blocking.run_sync(
@@ -222,7 +245,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 request.tenant_id,
                 model_id=record.model.model_id,
                 version=record.model.version,
-                worker_id=first,
+                worker_id=candidates[0].entry.worker_id,
                 quota_tokens=quota_tokens,
             )
         )
@@ -239,7 +262,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 **{"tether.correlation_id": cid, "tether.model": record.model.model_id},
             ):
                 async with contextlib.aclosing(
-                    self._dispatch(dispatched, candidates, context)
+                    self._dispatch(dispatched, candidates, placed, context)
                 ) as chunks:
                     async for chunk in chunks:
                         delivered = True
@@ -282,7 +305,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         )
         snapshot = self.discovery.snapshot()
         self.rollouts.forget({e.worker_id for e in snapshot})
-        ranked = rank(snapshot, want, self.weights, self.discovery.in_flight.unreported)
+        ranked = rank(snapshot, want, self.weights, self.discovery.in_flight)
         placeable = [c for c in ranked if self.rollouts.placeable(c.entry.worker_id)]
         if ranked and not placeable:
             raise Unavailable(
@@ -324,6 +347,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self,
         request: infer_pb2.Infer.Request,
         candidates: list[Candidate],
+        placed: _Placed,
         context: ServerContext,
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         cid = request.correlation_id
@@ -350,7 +374,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             replay = resume.replay()
             outcome: StatusCode | None = None
             sent_at, first_chunk_s = trio.current_time(), None
-            self.discovery.in_flight.started(worker_id)
+            placed.move(worker_id)
             try:
                 async with stub.Infer(
                     request,
@@ -391,7 +415,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 if exc.code == StatusCode.RESOURCE_EXHAUSTED:
                     shed = exc
             finally:
-                self.discovery.in_flight.ended(worker_id)
+                placed.release()  # this attempt no longer loads the worker
                 if outcome is None:
                     self.breakers.release(model, region)
                 else:
@@ -443,6 +467,27 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ]
         )
 
+
+
+class _Placed:
+    """Where one request counts in ``InFlight``: from placement until its attempt on
+    that worker ends (then on the next candidate, if it moves)."""
+
+    def __init__(self, in_flight: InFlight, worker_id: str) -> None:
+        self._in_flight = in_flight
+        self.worker_id: str | None = worker_id
+        in_flight.started(worker_id)
+
+    def move(self, worker_id: str) -> None:
+        if worker_id != self.worker_id:
+            self.release()
+            self._in_flight.started(worker_id)
+            self.worker_id = worker_id
+
+    def release(self) -> None:
+        if self.worker_id is not None:
+            self._in_flight.ended(self.worker_id)
+            self.worker_id = None
 
 
 class _Resume:
