@@ -11,16 +11,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 import trio
 import trio.testing
 
+from gateway.grpc_edge import GrpcEdge
 from orchestrator.discovery import InFlight
-from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
+from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet, wall_ms
 from tether import blocking
 from tether.errors import RETRY_AFTER_MS, InvalidArgument, NotFound, retry_after_s
 from tether.rpc import RpcError, StatusCode
-from tether.v1 import infer_pb2, jobs_pb2, tensor_pb2
+from tether.v1 import infer_pb2, jobs_pb2, services_pb2_grpc, tensor_pb2
 
 
 def run(body: Callable[[Fleet], Awaitable[None]], tmp_path: Path) -> None:
@@ -236,3 +238,40 @@ def test_an_engine_refusal_after_admission_is_not_dead_lettered(tmp_path: Path) 
 
     run(body, tmp_path)
 
+
+
+def test_a_grpc_client_gets_the_retry_hint_in_trailers(tmp_path: Path) -> None:
+    """The gRPC edge sends an error's details as ``tether-detail-*`` trailers: a shed
+    request carries its retry hint there (real clock: gRPC runs its own threads)."""
+
+    def call(port: int, token: str) -> tuple[grpc.StatusCode, dict[str, str]]:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = services_pb2_grpc.GatewayStub(channel)
+            try:
+                list(stub.Infer(request(n=2), metadata=[("authorization", f"Bearer {token}")],
+                                timeout=30))
+            except grpc.RpcError as exc:
+                return exc.code(), dict(exc.trailing_metadata() or ())
+        raise AssertionError("not shed")
+
+    async def main() -> None:
+        async with fleet(tmp_path, clock_ms=wall_ms) as f:
+            engine = ScriptedEngine([(MODEL, "1.0")])
+            engine.gate = trio.Event()
+            await f.add_worker("w1", engine=engine, slots=1, queue_limit=0)
+            await f.discovery.wait_for(lambda s: len(s) == 1)
+            token = f.store.issue_token("acme")
+            gw = await f.gateway()
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(GrpcEdge(f.gateway_service, "127.0.0.1", 0).run)
+                async with trio.open_nursery() as busy:
+                    busy.start_soon(collect, gw, request("busy"), f.token("acme"))
+                    await engine.running.wait()
+                    code, trailers = await trio.to_thread.run_sync(call, port, token)
+                    engine.gate.set()
+                nursery.cancel_scope.cancel()
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert trailers[f"tether-detail-{RETRY_AFTER_MS}"] == "1000"
+
+    with blocking.inline():
+        trio.run(main)
