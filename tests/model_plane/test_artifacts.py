@@ -184,10 +184,12 @@ def test_each_failing_replica_is_logged_by_name(local_artifacts, publisher, capl
 
 
 def test_a_service_stopped_by_bad_replicas_says_so_in_one_line(
-    local_artifacts, publisher, capsys
+    local_artifacts, publisher, capsys, monkeypatch
 ) -> None:
     """No replica holds a good copy: the worker stops with one line naming each replica's
     fault and status 1, not a traceback through its task groups."""
+    # A handler an earlier test's setup_logging left writes to a stream gone since.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     digest = publish(local_artifacts, publisher)
     for r in local_artifacts.replicas:
         r.put(digest, DATA[:-1] + b"X")
