@@ -35,18 +35,19 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether gateway", description=DESCRIPTION)
+    parser = process.ArgumentParser(prog="tether gateway", description=DESCRIPTION)
     process.add_common_arguments(parser, "gateway")
+    rate, burst = process.positive(), process.whole(1)
     parser.add_argument(
         "--rate",
-        type=float,
-        default=float(os.environ.get("TETHER_RATE", "20")),
+        type=rate,
+        default=process.env_value("TETHER_RATE", "20", rate),
         help="requests per second per tenant (token bucket refill)",
     )
     parser.add_argument(
         "--burst",
-        type=int,
-        default=int(os.environ.get("TETHER_BURST", "40")),
+        type=burst,
+        default=process.env_value("TETHER_BURST", "40", burst),
         help="token bucket size per tenant",
     )
     parser.add_argument(
@@ -74,11 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("http", "TETHER_HTTP_PORT", "the OpenAI-compatible HTTP API"),
         ("grpc", "TETHER_GRPC_PORT", "tether.v1.Gateway over gRPC"),
     ):
-        port = os.environ.get(env)
         parser.add_argument(
             f"--{edge}-port",
-            type=int,
-            default=int(port) if port else None,
+            type=process.port,
+            default=process.env_value(env, "", lambda text: process.port(text) if text else None),
             help=f"also serve {what} on --host:PORT (0: any free port; default: off)",
         )
     return parser
@@ -99,15 +99,15 @@ class Tls:
         the pair is given, a client CA comes without them, or the files do not load."""
         if not cert and not key:
             if client_ca:
-                raise SystemExit("gateway: --tls-client-ca needs --tls-cert and --tls-key")
+                raise process.ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
             return None
         if not cert or not key:
-            raise SystemExit("gateway: --tls-cert and --tls-key go together")
+            raise process.ConfigError("--tls-cert and --tls-key go together")
         tls = cls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
         try:
             tls.ssl_context()
         except (OSError, ssl.SSLError) as exc:
-            raise SystemExit(f"gateway: cannot load the TLS certificates and key: {exc}") from None
+            raise process.ConfigError(f"cannot load the TLS certificates and key: {exc}") from None
         return tls
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -179,20 +179,23 @@ async def serve(
         store.close()
 
 
+def configure(
+    argv: list[str] | None,
+) -> tuple[argparse.Namespace, process.ServiceConfig, Tls | None]:
+    """The gateway's checked settings (ConfigError for the first that is wrong)."""
+    args, config = process.configure(build_parser(), argv, "gateway", store=True)
+    return args, config, Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = process.parse_args(build_parser(), argv, "gateway")
-    config = process.config_from_args(args)
+    with process.exit_on_config_error("gateway"):
+        args, config, tls = configure(argv)
     process.setup_telemetry(config)
-    tls = Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca)
-    trio.run(
-        process.run_until_signalled,
-        lambda: serve(
-            config, args.rate, args.burst,
-            http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
-            http_per_client=args.http_per_client,
-        ),
-    )
-    return 0
+    return process.run_service("gateway", lambda: serve(
+        config, args.rate, args.burst,
+        http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
+        http_per_client=args.http_per_client,
+    ))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ class TokenBuckets:
             raise ResourceExhausted(
                 f"rate limit for tenant {tenant_id!r}: {rate:g} requests/s, burst {self.burst}; "
                 f"retry in {wait:.2f} s",
-                details={"tenant": tenant_id, "retry_after_ms": str(int(wait * 1000) + 1)},
+                details={"tenant": tenant_id},
+                retry_after_s=wait,
             )
         bucket.tokens -= 1.0
 

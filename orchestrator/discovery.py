@@ -8,6 +8,9 @@ else is counted in ``rejected`` and dropped. A worker that has not sent a
 valid heartbeat for ``expiry_s`` (15 s: three missed 5 s beats) leaves the
 snapshot even while its connection stays open. Peers that are not workers
 answer UNIMPLEMENTED and are left alone.
+
+``in_flight`` counts the orchestrator's own dispatches per worker between
+heartbeats, so that placement sees a worker fill up before its next report.
 """
 
 from __future__ import annotations
@@ -46,6 +49,44 @@ class WorkerEntry:
         return self.presence.worker_id
 
 
+class InFlight:
+    """This orchestrator's dispatches per worker, against the last heartbeat.
+
+    A heartbeat reports a worker's load when it was sent; what was dispatched since is
+    not in it, and what finished since is still in it. :meth:`unreported` is the
+    correction placement adds to the reported load until the next heartbeat. The open
+    dispatches are a floor on the load whatever the report says: one still on its way
+    to the worker when the heartbeat left counts too.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+        self._at_beat: dict[str, int] = {}
+
+    def started(self, worker_id: str) -> None:
+        self._open[worker_id] = self._open.get(worker_id, 0) + 1
+
+    def ended(self, worker_id: str) -> None:
+        left = self._open.get(worker_id, 0) - 1
+        if left > 0:
+            self._open[worker_id] = left
+        else:
+            self._open.pop(worker_id, None)
+
+    def heartbeat(self, worker_id: str) -> None:
+        """A heartbeat arrived: it counts the dispatches open now."""
+        if worker_id in self._open:
+            self._at_beat[worker_id] = self._open[worker_id]
+        else:
+            self._at_beat.pop(worker_id, None)
+
+    def unreported(self, worker_id: str, reported: int = 0) -> int:
+        """What to add to the ``reported`` load: dispatches started since the last
+        heartbeat less those ended since, and at least enough to count every open one."""
+        open_now = self._open.get(worker_id, 0)
+        return max(open_now - self._at_beat.get(worker_id, 0), open_now - reported)
+
+
 class DiscoverySub:
     def __init__(
         self,
@@ -66,6 +107,7 @@ class DiscoverySub:
         self.rejected = 0
         self._entries: dict[bytes, WorkerEntry] = {}
         self._changed = trio.Event()
+        self.in_flight = InFlight()
 
     async def run(
         self,
@@ -127,4 +169,5 @@ class DiscoverySub:
             log.warning("rejected presence from %s: %s", peer.key_hex[:12], exc)
             return
         self._entries[peer.remote_key] = WorkerEntry(presence, peer, trio.current_time())
+        self.in_flight.heartbeat(presence.worker_id)
         self._changed.set()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 
 import trio
@@ -31,7 +30,7 @@ DESCRIPTION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether orchestrator", description=DESCRIPTION)
+    parser = process.ArgumentParser(prog="tether orchestrator", description=DESCRIPTION)
     process.add_common_arguments(parser, "orchestrator")
     parser.add_argument(
         "--watch-region",
@@ -39,23 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="also discover workers of this region (repeatable)",
     )
-    env = os.environ.get
+    failures, seconds, off_or_seconds = process.whole(1), process.positive(), process.positive(
+        zero=True)
     parser.add_argument(
         "--breaker-failures",
-        type=int,
-        default=int(env("TETHER_BREAKER_FAILURES", "5")),
+        type=failures,
+        default=process.env_value("TETHER_BREAKER_FAILURES", "5", failures),
         help="consecutive worker failures that open a (model, region) breaker (default 5)",
     )
     parser.add_argument(
         "--breaker-open-s",
-        type=float,
-        default=float(env("TETHER_BREAKER_OPEN_S", "30")),
+        type=seconds,
+        default=process.env_value("TETHER_BREAKER_OPEN_S", "30", seconds),
         help="seconds a breaker stays open before a probe (default 30)",
     )
     parser.add_argument(
         "--slow-first-chunk-s",
-        type=float,
-        default=float(env("TETHER_SLOW_FIRST_CHUNK_S", "0")) or None,
+        type=off_or_seconds,
+        default=process.env_value("TETHER_SLOW_FIRST_CHUNK_S", "0", off_or_seconds),
         help="also open a breaker when the p95 time to first chunk of its pool is over "
         "this many seconds (default: off)",
     )
@@ -120,24 +120,32 @@ async def serve(
         store.close()
 
 
+def configure(
+    argv: list[str] | None,
+) -> tuple[argparse.Namespace, process.ServiceConfig, list[bytes]]:
+    """The orchestrator's checked settings and operator keys (ConfigError if wrong)."""
+    args, config = process.configure(build_parser(), argv, "orchestrator", store=True)
+    for region in args.watch_region:
+        process.region(region)
+    try:
+        operators = [parse_key(k) for k in args.allow_operator]
+    except ValueError as exc:
+        raise process.ConfigError(f"--allow-operator: {exc}") from None
+    return args, config, operators
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = process.parse_args(build_parser(), argv, "orchestrator")
-    config = process.config_from_args(args)
+    with process.exit_on_config_error("orchestrator"):
+        args, config, operators = configure(argv)
     process.setup_telemetry(config)
     breakers = CircuitBreakers(
         failure_threshold=args.breaker_failures,
         open_s=args.breaker_open_s,
-        slow_first_chunk_s=args.slow_first_chunk_s,
+        slow_first_chunk_s=args.slow_first_chunk_s or None,
     )
-    try:
-        operators = [parse_key(k) for k in args.allow_operator]
-    except ValueError as exc:
-        raise SystemExit(f"orchestrator: --allow-operator: {exc}") from None
-    trio.run(
-        process.run_until_signalled,
-        lambda: serve(config, args.watch_region, breakers, operators),
+    return process.run_service(
+        "orchestrator", lambda: serve(config, args.watch_region, breakers, operators)
     )
-    return 0
 
 
 if __name__ == "__main__":

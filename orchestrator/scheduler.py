@@ -4,10 +4,12 @@
             + inverse queue depth + warm-cache bonus
 
 Model match is a gate, not a term that can be outweighed: a worker that does
-not serve the requested version, is draining, or has no room (every slot busy
-and its queue at its limit) is not a candidate. The remaining terms are each
-in [0, 1] and weighted by ``Weights``; ties break by worker id so placement is
-deterministic.
+not serve the requested version or is draining is not a candidate. A worker
+with no room (every slot busy and its queue at its limit, counting what this
+orchestrator dispatched since its last heartbeat) is a candidate marked
+``full``: a pool that is all full is overloaded, not missing. The remaining
+terms are each in [0, 1] and weighted by ``Weights``; ties break by worker id so
+placement is deterministic.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.discovery import WorkerEntry
+from orchestrator.discovery import InFlight, WorkerEntry
 from tether.v1 import presence_pb2
 
 
@@ -40,6 +42,8 @@ class Placement:
 class Candidate:
     entry: WorkerEntry
     score: float
+    #: Every slot busy and the queue at its limit: the worker would shed the request.
+    full: bool = False
 
 
 def region_proximity(a: str, b: str) -> float:
@@ -54,8 +58,20 @@ def region_proximity(a: str, b: str) -> float:
 _DEFAULT_WEIGHTS = Weights()
 
 
+def busy(p: presence_pb2.Presence, unreported: int = 0) -> int:
+    """Requests running or queued on the worker: its last report plus ``unreported``
+    (what this orchestrator dispatched to it since, less what ended since)."""
+    cap = p.capacity
+    return max(0, cap.in_use + cap.queue_depth + unreported)
+
+
+def is_full(p: presence_pb2.Presence, unreported: int = 0) -> bool:
+    cap = p.capacity
+    return bool(cap.slots) and busy(p, unreported) >= cap.slots + cap.queue_limit
+
+
 def score(
-    p: presence_pb2.Presence, want: Placement, w: Weights = _DEFAULT_WEIGHTS
+    p: presence_pb2.Presence, want: Placement, w: Weights = _DEFAULT_WEIGHTS, unreported: int = 0
 ) -> float | None:
     if p.draining:
         return None
@@ -64,13 +80,13 @@ def score(
     ):
         return None
     cap = p.capacity
-    if cap.slots and cap.in_use >= cap.slots and cap.queue_depth >= cap.queue_limit:
-        return None
     if want.gpu_classes:
         gpu = 1.0 if p.gpu_class in want.gpu_classes else 0.0
     else:
         gpu = 0.5
-    load = cap.queue_depth + (cap.in_use / cap.slots if cap.slots else 0.0)
+    n = busy(p, unreported)
+    running = min(n, cap.slots) if cap.slots else 0
+    load = (n - running) + (running / cap.slots if cap.slots else 0.0)
     warm = any(
         c.model_id == want.model.model_id and c.version == want.model.version
         for c in p.health.model_cache
@@ -85,10 +101,16 @@ def score(
 
 
 def rank(
-    entries: Sequence[WorkerEntry], want: Placement, w: Weights = _DEFAULT_WEIGHTS
+    entries: Sequence[WorkerEntry],
+    want: Placement,
+    w: Weights = _DEFAULT_WEIGHTS,
+    in_flight: InFlight | None = None,
 ) -> list[Candidate]:
-    """Candidates best first."""
-    scored = [
-        Candidate(e, s) for e in entries if (s := score(e.presence, want, w)) is not None
-    ]
-    return sorted(scored, key=lambda c: (-c.score, c.entry.worker_id))
+    """Candidates best first, full ones last; ``in_flight`` corrects each reported load."""
+    scored = []
+    for e in entries:
+        extra = 0 if in_flight is None else in_flight.unreported(e.worker_id, busy(e.presence))
+        s = score(e.presence, want, w, extra)
+        if s is not None:
+            scored.append(Candidate(e, s, is_full(e.presence, extra)))
+    return sorted(scored, key=lambda c: (c.full, -c.score, c.entry.worker_id))

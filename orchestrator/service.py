@@ -2,7 +2,9 @@
 request lifecycle (§10) from placement to finalisation.
 
 ``Submit``:
- 1. resolve the model version through the Registry (RPC) and check its policy;
+ 1. resolve the model version through the Registry (RPC) and check its policy, and
+    the request against the model's limits (``tether.limits``): a client error is
+    refused here, before anything is charged or reserved;
  2. reserve ``(correlationId, retryToken)`` in the Metadata Store *before*
     dispatch: a repeat of an accepted request is refused (ALREADY_EXISTS)
     instead of running twice;
@@ -25,6 +27,14 @@ request is placed only on workers it holds a key slot for; its chunks are
 sealed by the worker deterministically, so a lost worker's stream still resumes
 on another sealed-to candidate. The orchestrator sees, and the Metadata Store
 keeps (jobs, dead letters), only the ciphertext and the clear metadata.
+
+Overload is not failure: when every worker serving the model is full (by its last
+heartbeat plus what this orchestrator dispatched to it since), or every candidate
+sheds the request, the answer is RESOURCE_EXHAUSTED with a retry hint
+(``retry_after_ms``), never UNAVAILABLE while workers are alive. A request shed,
+or refused by a worker as the client's error (INVALID_ARGUMENT), before it produced
+anything is un-admitted: its quota is given back, its reservation freed, and it is
+not dead-lettered.
 """
 
 from __future__ import annotations
@@ -39,12 +49,18 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import trio
 
 from orchestrator.breaker import BreakerState, CircuitBreakers
-from orchestrator.discovery import DiscoverySub
+from orchestrator.discovery import DiscoverySub, InFlight
 from orchestrator.rollout import Rollouts
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
-from tether import blocking, sealing, telemetry, topics
+from tether import blocking, limits, sealing, telemetry, topics
 from tether.callers import CallerPolicy
-from tether.errors import AlreadyExists, InvalidArgument, TetherError, Unavailable
+from tether.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    ResourceExhausted,
+    TetherError,
+    Unavailable,
+)
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
 from tether.rpc import RpcError, ServerContext, StatusCode
@@ -68,11 +84,14 @@ REGISTRY_TIMEOUT_S = 10.0
 RESOLVE_CACHE_S = 5.0
 #: How often the registry is re-read for model topics to discover workers on.
 MODEL_TOPICS_S = 60.0
-#: Tokens charged to a quota for a request that does not say how many it wants.
-QUOTA_DEFAULT_TOKENS = 64
 #: Workers ``Place`` names at most: a sealed request gets a key slot for each, so that
 #: it survives reranking between Place and Submit and can resume elsewhere.
 PLACE_MAX = 8
+#: When a shed request is worth retrying: a slot frees whenever any request ends.
+SHED_RETRY_AFTER_S = 1.0
+#: Worker refusals that end a request which produced nothing without dead-lettering it:
+#: the client's own error, or shedding (the request may be retried as it is).
+_UNADMIT = {StatusCode.INVALID_ARGUMENT, StatusCode.RESOURCE_EXHAUSTED}
 
 
 class OrchestratorService(services_rpc.OrchestratorServicer):
@@ -159,6 +178,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.callers.check(context)
         if not request.correlation_id:
             raise InvalidArgument("correlation_id is required")
+        limits.check_client_id("correlation id", request.correlation_id)
         if not request.model_id:
             raise InvalidArgument("model_id is required")
         # A request that names no version follows the model's canary rollout, if any;
@@ -220,6 +240,32 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         # The registry applies the model's tenant policy while resolving.
         record = await self.resolve(request)
+        limits.check_for_model(request, record)  # a client error is never admitted
+        candidates = self._candidates(request, record)
+        first = candidates[0].entry.worker_id
+        # Counted against the worker from placement on, so that requests placed at the
+        # same moment (none dispatched yet) see each other.
+        placed = _Placed(self.discovery.in_flight, first)
+        try:
+            async with contextlib.aclosing(
+                self._admit_and_run(request, record, candidates, placed, context)
+            ) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            placed.release()
+
+    async def _admit_and_run(
+        self,
+        request: infer_pb2.Infer.Request,
+        record: registry_pb2.ModelRecord,
+        candidates: list[Candidate],
+        placed: _Placed,
+        context: ServerContext,
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        """Admit the request (quota, reservation, job), dispatch it, and record how it
+        ended: a failure after admission is dead-lettered, unless it was the client's
+        error or shedding and nothing was sent (then the admission is undone)."""
         dispatched = infer_pb2.Infer.Request()
         dispatched.CopyFrom(request)
         dispatched.version = record.model.version
@@ -231,8 +277,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             dispatched.params.seed = secrets.randbits(63) | 1
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
-        candidates = self._candidates(request, record)
-        first = candidates[0].entry.worker_id
+        quota_tokens = limits.max_tokens(request.params)
         # Quota, reservation and job are written in one transaction, before dispatch.
         reservation = await blocking.run_sync(
             lambda: self.store.admit_job(
@@ -241,8 +286,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 request.tenant_id,
                 model_id=record.model.model_id,
                 version=record.model.version,
-                worker_id=first,
-                quota_tokens=request.params.max_tokens or QUOTA_DEFAULT_TOKENS,
+                worker_id=candidates[0].entry.worker_id,
+                quota_tokens=quota_tokens,
             )
         )
         if not reservation.created:
@@ -250,6 +295,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 f"request {cid} (retry token {retry_token!r}) was already accepted; "
                 "use GetJob for its status or send a new retry token",
             )
+        delivered = False
         try:
             with telemetry.server_span(
                 "orchestrator.submit",
@@ -257,15 +303,25 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 **{"tether.correlation_id": cid, "tether.model": record.model.model_id},
             ):
                 async with contextlib.aclosing(
-                    self._dispatch(dispatched, candidates, context)
+                    self._dispatch(dispatched, candidates, placed, context)
                 ) as chunks:
                     async for chunk in chunks:
+                        delivered = True
                         yield chunk
         except BaseException as exc:
             error = RpcError.from_exception(exc)
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
                 error = RpcError(StatusCode.CANCELLED, "client cancelled")
             cancelled = error.code == StatusCode.CANCELLED
+            if not delivered and error.code in _UNADMIT:
+
+                def unadmit() -> None:
+                    self.store.unadmit_job(cid, retry_token, request.tenant_id,
+                                           quota_tokens=quota_tokens, error=error.to_proto())
+
+                with trio.CancelScope(shield=True):
+                    await blocking.run_sync(unadmit)
+                raise
 
             def record_failure() -> None:
                 state = jobs_pb2.JOB_STATE_CANCELLED if cancelled else jobs_pb2.JOB_STATE_FAILED
@@ -296,7 +352,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         )
         snapshot = self.discovery.snapshot()
         self.rollouts.forget({e.worker_id for e in snapshot})
-        ranked = rank(snapshot, want, self.weights)
+        ranked = rank(snapshot, want, self.weights, self.discovery.in_flight)
         placeable = [c for c in ranked if self.rollouts.placeable(c.entry.worker_id)]
         if ranked and not placeable:
             raise Unavailable(
@@ -333,18 +389,28 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 f"circuit open for {model} ({why}); retry in up to {self.breakers.open_s:g} s",
                 details={"model": model, "breaker": "open"},
             )
-        return candidates[: limit or self.max_attempts]
+        room = [c for c in candidates if not c.full]
+        if not room:
+            raise ResourceExhausted(
+                f"every worker serving {model} is at capacity ({len(candidates)} full); "
+                f"retry in {SHED_RETRY_AFTER_S:g} s",
+                details={"model": model, "workers": str(len(candidates))},
+                retry_after_s=SHED_RETRY_AFTER_S,
+            )
+        return room[: limit or self.max_attempts]
 
     async def _dispatch(
         self,
         request: infer_pb2.Infer.Request,
         candidates: list[Candidate],
+        placed: _Placed,
         context: ServerContext,
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         cid = request.correlation_id
         last_error: RpcError | None = None
         model = f"{request.model_id}@{request.version}"  # the breakers' pool key
         resume = _Resume()
+        shed: RpcError | None = None  # a candidate's RESOURCE_EXHAUSTED
         for attempt, candidate in enumerate(candidates):
             worker_id = candidate.entry.worker_id
             region = candidate.entry.presence.region
@@ -364,6 +430,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             replay = resume.replay()
             outcome: StatusCode | None = None
             sent_at, first_chunk_s = trio.current_time(), None
+            placed.move(worker_id)
             try:
                 async with stub.Infer(
                     request,
@@ -401,7 +468,10 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     raise
                 log.info("worker %s refused %s (%s); trying the next", worker_id, cid, exc)
                 last_error = exc
+                if exc.code == StatusCode.RESOURCE_EXHAUSTED:
+                    shed = exc
             finally:
+                placed.release()  # this attempt no longer loads the worker
                 if outcome is None:
                     self.breakers.release(model, region)
                 else:
@@ -410,6 +480,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             raise Unavailable(f"{model}: every candidate's circuit is being probed; retry soon")
         if resume.count:
             raise resume.unresumed(last_error)
+        if shed is not None:  # workers are alive, only busy: overload, not outage
+            raise ResourceExhausted(
+                f"{model}: every worker tried is at capacity ({shed.message}); "
+                f"retry in {SHED_RETRY_AFTER_S:g} s",
+                details=shed.details,
+                retry_after_s=SHED_RETRY_AFTER_S,
+            )
         raise last_error
 
     async def _finalise(self, cid: str, last: infer_pb2.Infer.Chunk) -> None:
@@ -446,6 +523,27 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ]
         )
 
+
+
+class _Placed:
+    """Where one request counts in ``InFlight``: from placement until its attempt on
+    that worker ends (then on the next candidate, if it moves)."""
+
+    def __init__(self, in_flight: InFlight, worker_id: str) -> None:
+        self._in_flight = in_flight
+        self.worker_id: str | None = worker_id
+        in_flight.started(worker_id)
+
+    def move(self, worker_id: str) -> None:
+        if worker_id != self.worker_id:
+            self.release()
+            self._in_flight.started(worker_id)
+            self.worker_id = worker_id
+
+    def release(self) -> None:
+        if self.worker_id is not None:
+            self._in_flight.ended(self.worker_id)
+            self.worker_id = None
 
 
 class _Resume:

@@ -21,7 +21,7 @@ DESCRIPTION = "Tether Model Registry: catalog of models, versions, capabilities 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether registry", description=DESCRIPTION)
+    parser = process.ArgumentParser(prog="tether registry", description=DESCRIPTION)
     process.add_common_arguments(parser, "registry")
     return parser
 
@@ -42,11 +42,16 @@ async def serve(config: process.ServiceConfig) -> None:
         store.close()
 
 
+def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.ServiceConfig]:
+    """The registry's checked settings (ConfigError for the first that is wrong)."""
+    return process.configure(build_parser(), argv, "registry", store=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    config = process.config_from_args(process.parse_args(build_parser(), argv, "registry"))
+    with process.exit_on_config_error("registry"):
+        _, config = configure(argv)
     process.setup_telemetry(config)
-    trio.run(process.run_until_signalled, lambda: serve(config))
-    return 0
+    return process.run_service("registry", lambda: serve(config))
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def _add_operator_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description=__doc__.split("\n\n")[0])
+    parser = process.ArgumentParser(prog="tether", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "demo"):
         p = sub.add_parser(name, help="run a whole local network" + (
@@ -198,8 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SERVICES:
         return _service_main(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
-    process.setup_logging(args.command, os.environ.get("TETHER_LOG_LEVEL", "INFO"))
+    with process.exit_on_config_error(argv[0] if argv and not argv[0].startswith("-") else ""):
+        args = build_parser().parse_args(argv)
+    with process.exit_on_config_error(args.command):
+        process.setup_logging(args.command, os.environ.get("TETHER_LOG_LEVEL", "INFO"))
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command in ("up", "demo"):
             return trio.run(_up, args)
@@ -220,24 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
-        error = _tether_error(exc)
+        error = process.find_error(exc, TetherError)
         if error is None:
             raise
         print(f"tether {args.command}: {error}", file=sys.stderr)
         return 1
     return 2
-
-
-def _tether_error(exc: BaseException) -> TetherError | None:
-    """The Tether error inside ``exc`` (trio wraps errors from task groups)."""
-    if isinstance(exc, TetherError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _tether_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 async def _up(args: argparse.Namespace) -> int:
@@ -291,9 +285,9 @@ async def _up(args: argparse.Namespace) -> int:
 
 
 async def _infer(args: argparse.Namespace) -> int:
-    bootstrap = process.bootstrap_from(args.bootstrap, "tether infer")
+    bootstrap = process.bootstrap_from(args.bootstrap)
     if not args.token:
-        raise SystemExit("tether infer: pass --token (or set TETHER_TOKEN)")
+        raise process.ConfigError("pass --token (or set TETHER_TOKEN)")
     gateway = bytes.fromhex(args.gateway) if args.gateway else None
     return await _stream_prompt(bootstrap, args.token, gateway, args)
 
@@ -337,8 +331,8 @@ async def _dlq_replay(args: argparse.Namespace) -> int:
     from tether.v1 import services_rpc
 
     if args.letter_id is None:
-        raise SystemExit("tether dlq replay: which letter? pass its id (`tether dlq` lists them)")
-    bootstrap = process.bootstrap_from(args.bootstrap, "tether dlq replay")
+        raise process.ConfigError("which letter? pass its id (`tether dlq` lists them)")
+    bootstrap = process.bootstrap_from(args.bootstrap)
     store = _open_store(args)
     try:
         keypair = operator.operator_keypair(Path(args.data_dir))
@@ -367,7 +361,7 @@ async def _control(args: argparse.Namespace) -> int:
     from tether import operator
     from tether.v1 import services_rpc
 
-    bootstrap = process.bootstrap_from(args.bootstrap, f"tether {args.command}")
+    bootstrap = process.bootstrap_from(args.bootstrap)
     try:
         if args.command == "rollout":
             message = operator.rollout_message(
@@ -376,7 +370,7 @@ async def _control(args: argparse.Namespace) -> int:
         else:
             message = operator.drain_message(args.workers, region=args.region)
     except ValueError as exc:
-        raise SystemExit(f"tether {args.command}: {exc}") from None
+        raise process.ConfigError(str(exc)) from None
     keypair = operator.operator_keypair(Path(args.data_dir))
     async with operator.connect_orchestrator(bootstrap, keypair, region=args.region) as rpc:
         ack = await services_rpc.ControlStub(rpc).Apply(message, timeout=30)
@@ -389,7 +383,7 @@ async def _fleet(args: argparse.Namespace) -> int:
     from tether import operator
     from tether.v1 import services_pb2, services_rpc
 
-    bootstrap = process.bootstrap_from(args.bootstrap, "tether fleet")
+    bootstrap = process.bootstrap_from(args.bootstrap)
     keypair = operator.operator_keypair(Path(args.data_dir))
     async with operator.connect_orchestrator(bootstrap, keypair, region=args.region) as rpc:
         fleet = await services_rpc.OrchestratorStub(rpc).GetFleet(
@@ -425,8 +419,8 @@ def _unix_ms(text: str, flag: str) -> int:
     try:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise SystemExit(f"tether usage: {flag} {text!r} is neither unix ms nor an ISO "
-                         "date/time (e.g. 2026-11-01 or 2026-11-01T12:00)") from None
+        raise process.ConfigError(f"{flag} {text!r} is neither unix ms nor an ISO "
+                                  "date/time (e.g. 2026-11-01 or 2026-11-01T12:00)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
     return int(when.timestamp() * 1000)

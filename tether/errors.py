@@ -8,6 +8,7 @@ libraries it uses into this tree at its boundary; :meth:`TetherError.to_proto` t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from tether.v1 import status_pb2
@@ -74,10 +75,36 @@ class Unauthenticated(TetherError):
     default_code = status_pb2.STATUS_CODE_UNAUTHENTICATED
 
 
+#: The details key of a retry hint (milliseconds); the edges send it as ``Retry-After``.
+RETRY_AFTER_MS = "retry_after_ms"
+
+
 class ResourceExhausted(TetherError):
-    """A quota, a queue or a cache budget is full."""
+    """A quota, a queue or a cache budget is full; ``retry_after_s`` hints when to retry."""
 
     default_code = status_pb2.STATUS_CODE_RESOURCE_EXHAUSTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        details: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        if retry_after_s is not None:
+            self.details[RETRY_AFTER_MS] = str(max(1, math.ceil(retry_after_s * 1000)))
+
+
+def retry_after_s(details: Mapping[str, str]) -> int | None:
+    """Whole seconds (at least 1) for a ``Retry-After`` header, from an error's retry
+    hint; None when it has none."""
+    try:
+        ms = int(details[RETRY_AFTER_MS])
+    except (KeyError, ValueError):
+        return None
+    return max(1, math.ceil(ms / 1000))
 
 
 class FailedPrecondition(TetherError):

@@ -10,6 +10,7 @@ everything (SIGTERM, then SIGKILL after a grace period) on exit.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import trio
 from p2p_transport.cenc import SocketAddress
 from registry.catalog import Catalog
 from registry.publish import REPO_ROOT, ModelPackage, publish_package
+from tether import process
 from tether.artifacts import ArtifactStore, LocalDirectoryStore
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore, sqlite_url
@@ -172,42 +174,56 @@ async def python_testnet(nodes: int = 3) -> AsyncIterator[list[SocketAddress]]:
             nursery.cancel_scope.cancel()
 
 
+def service_args(
+    data_dir: Path, region: str, bootstrap: str, *, http_port: int = 0, grpc_port: int = 0
+) -> dict[str, list[str]]:
+    """Each service's module and arguments, in start order."""
+    common = ["--region", region, "--data-dir", str(data_dir), "--bootstrap", bootstrap]
+    return {
+        "registry.main": common,
+        "orchestrator.main": common,
+        "gateway.main": [*common, "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+        "worker.main": [*common, "--worker-id", "worker-1"],
+    }
+
+
+def check_config(data_dir: Path, *, region: str, http_port: int = 0, grpc_port: int = 0) -> None:
+    """Check everything ``local_network`` would start with (region, data dir, metadata
+    store, each service's settings and ``TETHER_*`` values) before anything is published
+    or started; a ``process.ConfigError`` for the first thing that is wrong."""
+    process.region(region)
+    process.data_dir_from(str(data_dir))
+    process.check_store(sqlite_url(data_dir / "metadata.db"))
+    placeholder = "127.0.0.1:1"  # the DHT's address is known only once it runs
+    argv = service_args(data_dir, region, placeholder, http_port=http_port, grpc_port=grpc_port)
+    for module, args in argv.items():
+        importlib.import_module(module).configure(args)
+
+
 @asynccontextmanager
 async def local_network(
     data_dir: Path, *, region: str = "local", http_port: int = 0, grpc_port: int = 0
 ) -> AsyncIterator[LocalNet]:
     """The whole network as child processes; the gateway also serves HTTP and gRPC on
     127.0.0.1:``http_port`` and ``grpc_port`` (0: any free port; see ``LocalNet``)."""
-    await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    await trio.to_thread.run_sync(
+        partial(check_config, data_dir, region=region, http_port=http_port,
+                          grpc_port=grpc_port)
+    )
     net = LocalNet(data_dir=data_dir, region=region)
     py = sys.executable
-    common = ["--region", region, "--data-dir", str(data_dir)]
     async with trio.open_nursery() as nursery:
         try:
             dht = await _start(
                 nursery, net, "dht", [py, "-m", "p2p_transport", "testnet", "--host", "127.0.0.1"]
             )
             net.bootstrap = [parse_address(b) for b in dht.ready["bootstrap"]]
-            boot = ["--bootstrap", net.bootstrap_text]
             net.published = await trio.to_thread.run_sync(publish_shipped_models, data_dir)
             net.token = await trio.to_thread.run_sync(issue_token, data_dir, DEMO_TENANT)
-            await _start(nursery, net, "registry", [py, "-m", "registry.main", *common, *boot])
-            await _start(
-                nursery, net, "orchestrator", [py, "-m", "orchestrator.main", *common, *boot]
-            )
-            await _start(
-                nursery,
-                net,
-                "gateway",
-                [py, "-m", "gateway.main", *common, *boot, "--http-port", str(http_port),
-                 "--grpc-port", str(grpc_port)],
-            )
-            await _start(
-                nursery,
-                net,
-                "worker",
-                [py, "-m", "worker.main", *common, *boot, "--worker-id", "worker-1"],
-            )
+            services = service_args(data_dir, region, net.bootstrap_text,
+                                    http_port=http_port, grpc_port=grpc_port)
+            for module, args in services.items():
+                await _start(nursery, net, module.split(".")[0], [py, "-m", module, *args])
             yield net
         finally:
             with trio.CancelScope(shield=True):

@@ -22,6 +22,12 @@ A service writes its public key next to its key file (``<service>.pub``). The
 orchestrator takes work only from known gateways, a worker only from known
 orchestrators: see :mod:`tether.callers`.
 
+Invalid configuration (a malformed or out-of-range flag, setting or ``TETHER_*``
+value, an unknown log level, a data dir that is not a writable directory, a metadata
+store that does not open) raises :class:`ConfigError`; under
+:func:`exit_on_config_error` the process prints one line,
+``tether <service>: <what is wrong>``, on stderr and exits with status 2.
+
 A service prints exactly one JSON line on stdout once it is reachable, e.g.
 ``{"service": "gateway", "public_key": "<64 hex>", "region": "local"}``; logs
 go to stderr with the trace id of the current request.
@@ -32,22 +38,192 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
+import tempfile
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import trio
+from sqlalchemy.exc import DatabaseError
 
 from p2p_transport.cenc import SocketAddress
 from tether import telemetry, topics
 from tether.callers import CallerPolicy, parse_key
+from tether.errors import TetherError
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore, sqlite_url
 from tether.net.swarm import parse_address
+from tether.v1 import status_pb2
+
+#: The exit status of a process refused for its configuration (as argparse uses).
+EXIT_CONFIG = 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+T = TypeVar("T")
+
+
+class ConfigError(SystemExit):
+    """Invalid configuration: one line for the operator, exit status 2.
+
+    A ``SystemExit`` so that nothing on the way up mistakes it for a failure to report
+    with a traceback; :func:`exit_on_config_error` prints it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = EXIT_CONFIG
+
+
+@contextmanager
+def exit_on_config_error(service: str) -> Iterator[None]:
+    """Turn a :class:`ConfigError` raised inside (also one a task group wrapped) into
+    ``tether <service>: <message>`` on stderr and exit status 2 (``service`` may be a
+    ``tether`` subcommand, or empty)."""
+    try:
+        yield
+    except ConfigError as exc:
+        _refuse(service, exc)
+    except BaseExceptionGroup as group:
+        found = find_error(group, ConfigError)
+        if found is None:
+            raise
+        _refuse(service, found)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def find_error(exc: BaseException, kind: type[E]) -> E | None:
+    """``exc`` if it is a ``kind``, else the first ``kind`` inside it (trio wraps errors
+    from task groups)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := find_error(inner, kind)) is not None:
+                return found
+    return None
+
+
+def _refuse(service: str, exc: ConfigError) -> NoReturn:
+    print(f"tether {service}: {exc.message}" if service else f"tether: {exc.message}",
+          file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_CONFIG) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage error as a :class:`ConfigError` (one line, status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see --help)")
+
+
+def whole(minimum: int) -> Callable[[str], int]:
+    """A flag type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {minimum}")
+        return value
+
+    parse.checks_config = True  # type: ignore[attr-defined]
+    return parse
+
+
+def positive(*, zero: bool = False) -> Callable[[str], float]:
+    """A flag type: a finite number > 0 (>= 0 with ``zero``, where 0 means off)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            wanted = "0 (off) or a positive number" if zero else "a positive number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+
+    parse.checks_config = True  # type: ignore[attr-defined]
+    return parse
+
+
+def port(text: str) -> int:
+    """A flag type: a TCP port, 0 to 65535."""
+    value = whole(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
+    return value
+
+
+port.checks_config = True  # type: ignore[attr-defined]
+
+
+def env_value(name: str, default: str, parse: Callable[[str], T]) -> T:
+    """``parse`` of the environment variable ``name`` (else of ``default``); a bad value
+    is a :class:`ConfigError` that names the variable."""
+    raw = os.environ.get(name, default)
+    try:
+        return parse(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+
+
+def log_level(text: str) -> str:
+    level = str(text).strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log level {text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def data_dir_from(text: str) -> Path:
+    """The data folder, made if missing; a :class:`ConfigError` unless it is a
+    writable directory."""
+    data_dir = Path(text)
+    # `bazel run` starts the program in its runfiles; relative paths mean the caller's folder.
+    caller_dir = os.environ.get("BUILD_WORKING_DIRECTORY")
+    if caller_dir and not data_dir.is_absolute():
+        data_dir = Path(caller_dir) / data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(f"data dir {data_dir} is not a directory")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"data dir {data_dir} is not a writable directory: "
+                          f"{exc.strerror or exc}") from None
+    return data_dir
+
+
+def check_store(url: str) -> None:
+    """Open the metadata store and read from it; a store that does not open (a corrupt
+    SQLite file, a database that refuses) is a :class:`ConfigError`. Nothing is written:
+    the service migrates the schema when it starts."""
+    try:
+        store = MetadataStore(url)
+    except Exception as exc:  # SQLAlchemy raises several types for a malformed URL
+        raise ConfigError(f"metadata URL is not usable: {exc}") from None
+    probe = "SELECT count(*) FROM sqlite_master" if url.startswith("sqlite") else "SELECT 1"
+    try:
+        with store.engine.connect() as connection:
+            connection.exec_driver_sql(probe)
+    except DatabaseError as exc:
+        raise ConfigError(
+            f"cannot open the metadata store {store.engine.url.render_as_string()}: "
+            f"{getattr(exc, 'orig', None) or exc}"
+        ) from None
+    finally:
+        store.close()
 
 
 @dataclass
@@ -134,7 +310,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument("--metadata-url", default=env("TETHER_METADATA_URL"))
     parser.add_argument("--key-file", default=env("TETHER_KEY_FILE"))
     parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"))
-    parser.add_argument("--log-level", default=env("TETHER_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", default=env("TETHER_LOG_LEVEL", "INFO"),
+                        help=f"one of {', '.join(LOG_LEVELS)}")
     parser.add_argument(
         "--allow-caller",
         action="append",
@@ -152,9 +329,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
-        default=int(env("TETHER_METRICS_PORT", "0")) or None,
-        help="serve Prometheus metrics on 127.0.0.1:PORT",
+        type=port,
+        default=env_value("TETHER_METRICS_PORT", "0", port),
+        help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)",
     )
     parser.set_defaults(service=service)
 
@@ -169,7 +346,7 @@ def parse_args(
             with open(pre.config, "rb") as f:
                 settings = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SystemExit(f"{service}: cannot read config file {pre.config}: {exc}") from None
+            raise ConfigError(f"cannot read config file {pre.config}: {exc}") from None
         section = settings.pop(service, {})
         merged = {k: v for k, v in settings.items() if not isinstance(v, dict)}
         merged.update(section if isinstance(section, dict) else {})
@@ -177,17 +354,35 @@ def parse_args(
         values = {key.replace("-", "_"): value for key, value in merged.items()}
         unknown = sorted(k for k in values if k not in known)
         if unknown:
-            raise SystemExit(f"{service}: unknown settings in {pre.config}: {', '.join(unknown)}")
+            raise ConfigError(f"unknown settings in {pre.config}: {', '.join(unknown)}")
         for key, value in values.items():
             if key in ("bootstrap", "allow_caller") and isinstance(value, str):
                 values[key] = [value]
         parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _recheck(parser, args)
+    return args
 
 
-def bootstrap_from(flags: list[str] | None, command: str) -> list[SocketAddress]:
+def _recheck(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """argparse checks the type of strings only; a config file's numbers go through
+    the same flag types here."""
+    for action in parser._actions:
+        value: Any = getattr(args, action.dest, None)
+        check = action.type
+        if not callable(check) or not getattr(check, "checks_config", False):
+            continue
+        if value is None or isinstance(value, str | bool | list):
+            continue  # checked by argparse already, or not a number setting
+        try:
+            check(str(value))
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{action.option_strings[0]}: {exc}") from None
+
+
+def bootstrap_from(flags: list[str] | None) -> list[SocketAddress]:
     """``--bootstrap`` flags (each may hold several, comma-separated), else the
-    ``TETHER_BOOTSTRAP`` environment variable; exits with a clear message if none."""
+    ``TETHER_BOOTSTRAP`` environment variable; a ConfigError if none."""
     texts = [
         b.strip()
         for item in (flags or [os.environ.get("TETHER_BOOTSTRAP", "")])
@@ -195,28 +390,30 @@ def bootstrap_from(flags: list[str] | None, command: str) -> list[SocketAddress]
         if b.strip()
     ]
     if not texts:
-        raise SystemExit(
-            f"{command}: no DHT bootstrap node; pass --bootstrap HOST:PORT "
+        raise ConfigError(
+            "no DHT bootstrap node; pass --bootstrap HOST:PORT "
             "(or set TETHER_BOOTSTRAP), e.g. the one `tether up` prints"
         )
     try:
         return [parse_address(b) for b in texts]
     except ValueError as exc:
-        raise SystemExit(f"{command}: {exc}") from None
+        raise ConfigError(f"--bootstrap: {exc}") from None
+
+
+def region(text: str) -> str:
+    """A region slug; a ConfigError otherwise (topics raise TopicError, not ValueError)."""
+    try:
+        return topics.region(text)
+    except TetherError as exc:
+        raise ConfigError(f"--region: {exc.message}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
-    bootstrap = bootstrap_from(args.bootstrap, args.service)
-    try:
-        topics.region(args.region)
-    except ValueError as exc:
-        raise SystemExit(f"{args.service}: {exc}") from None
-    data_dir = Path(args.data_dir)
-    # `bazel run` starts the program in its runfiles; relative paths mean the caller's folder.
-    caller_dir = os.environ.get("BUILD_WORKING_DIRECTORY")
-    if caller_dir and not data_dir.is_absolute():
-        data_dir = Path(caller_dir) / data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Check the parsed settings (ConfigError for the first that is wrong)."""
+    bootstrap = bootstrap_from(args.bootstrap)
+    region(args.region)
+    level = log_level(args.log_level)
+    data_dir = data_dir_from(args.data_dir)
     key_file = Path(args.key_file) if args.key_file else data_dir / "keys" / f"{args.service}.key"
     callers = [
         k.strip()
@@ -227,7 +424,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     try:
         allow_callers = tuple(parse_key(k) for k in callers)
     except ValueError as exc:
-        raise SystemExit(f"{args.service}: --allow-caller: {exc}") from None
+        raise ConfigError(f"--allow-caller: {exc}") from None
     return ServiceConfig(
         service=args.service,
         region=args.region,
@@ -236,11 +433,23 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         metadata_url=args.metadata_url or sqlite_url(data_dir / "metadata.db"),
         key_file=key_file,
         host=args.host,
-        log_level=args.log_level,
-        metrics_port=args.metrics_port,
+        log_level=level,
+        metrics_port=args.metrics_port or None,
         allow_callers=allow_callers,
         allow_any_caller=bool(args.allow_any_caller),
     )
+
+
+def configure(
+    parser: argparse.ArgumentParser, argv: list[str] | None, service: str, *, store: bool
+) -> tuple[argparse.Namespace, ServiceConfig]:
+    """Parse and check a service's settings, and (``store``) that its metadata store
+    opens: everything a service checks before it starts anything."""
+    args = parse_args(parser, argv, service)
+    config = config_from_args(args)
+    if store:
+        check_store(config.metadata_url)
+    return args, config
 
 
 def setup_telemetry(config: ServiceConfig) -> None:
@@ -259,7 +468,7 @@ def setup_logging(service: str, level: str) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(log_level(level))
     telemetry.setup(f"tether-{service}")
 
 
@@ -279,6 +488,26 @@ def on_stop(hook: Callable[[], Awaitable[None]]) -> None:
     """Run ``hook`` when a signal asks the process to stop, before anything is cancelled
     (a worker drains, a network unannounces itself while it can still talk)."""
     _STOP_HOOKS.append(hook)
+
+
+def run_service(service: str, body: Callable[[], Awaitable[None]]) -> int:
+    """Run a service until a signal stops it; 0. A Tether error that stops it (a model
+    no replica serves a verified copy of, a registry that refuses) is one line on stderr,
+    ``tether <service>: <message>``, and 1; its traceback is logged at DEBUG. A bug
+    (INTERNAL, UNKNOWN, or not a Tether error) keeps its traceback."""
+    try:
+        trio.run(run_until_signalled, body)
+    except BaseException as exc:
+        error = find_error(exc, TetherError)
+        if error is None or error.code in _BUGS:
+            raise
+        logging.getLogger("tether").debug("%s stopped", service, exc_info=exc)
+        print(f"tether {service}: {error.message}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+_BUGS = {status_pb2.STATUS_CODE_INTERNAL, status_pb2.STATUS_CODE_UNKNOWN}
 
 
 async def run_until_signalled(body: Callable[[], Awaitable[None]]) -> None:

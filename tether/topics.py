@@ -37,7 +37,7 @@ class TopicError(InvalidArgument):
 
 
 def _check(kind: str, value: str, pattern: re.Pattern[str], example: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise TopicError(
             f"invalid {kind} {value!r}: expected something like {example!r}",
             details={kind: str(value)},

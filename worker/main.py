@@ -20,6 +20,7 @@ import trio
 
 from tether import process, topics
 from tether.artifacts import ArtifactStore, blob_store_from_spec
+from tether.errors import FailedPrecondition
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
@@ -38,7 +39,7 @@ log = logging.getLogger("tether.worker")
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="tether worker", description=DESCRIPTION)
+    parser = process.ArgumentParser(prog="tether worker", description=DESCRIPTION)
     process.add_common_arguments(parser, "worker")
     parser.add_argument("--worker-id", default=env("TETHER_WORKER_ID"))
     parser.add_argument(
@@ -56,10 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="artifact replica: a directory or s3://KEY:SECRET@HOST:PORT/BUCKET "
         "(repeatable; env TETHER_ARTIFACTS, comma-separated; default <data-dir>/artifacts/r0..r2)",
     )
-    parser.add_argument("--slots", type=int, default=int(env("TETHER_SLOTS", "2")))
-    parser.add_argument("--queue-limit", type=int, default=int(env("TETHER_QUEUE_LIMIT", "16")))
+    one, none = process.whole(1), process.whole(0)
     parser.add_argument(
-        "--cache-mb", type=int, default=int(env("TETHER_CACHE_MB", "2048")),
+        "--slots", type=one, default=process.env_value("TETHER_SLOTS", "2", one)
+    )
+    parser.add_argument(
+        "--queue-limit", type=none, default=process.env_value("TETHER_QUEUE_LIMIT", "16", none)
+    )
+    parser.add_argument(
+        "--cache-mb", type=one, default=process.env_value("TETHER_CACHE_MB", "2048", one),
         help="model cache budget (RAM on CPU, VRAM on GPU)",
     )
     parser.add_argument("--cpu", action="store_true", help="use ONNX Runtime even on a GPU")
@@ -101,7 +107,7 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
         await network.join(topics.registry(config.region), server=False, client=True)
         records = await resolve_models(network, config.region, args.model)
         if not records:
-            raise SystemExit("worker: the registry lists no models to serve; publish one first")
+            raise FailedPrecondition("the registry lists no models to serve; publish one first")
         # Artifacts must be signed by the key that published each record.
         artifacts = ArtifactStore(
             [blob_store_from_spec(s, create_bucket=False) for s in artifact_replicas(args, config)],
@@ -150,12 +156,16 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
         await trio.sleep_forever()
 
 
+def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.ServiceConfig]:
+    """The worker's checked settings (ConfigError for the first that is wrong)."""
+    return process.configure(build_parser(), argv, "worker", store=False)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = process.parse_args(build_parser(), argv, "worker")
-    config = process.config_from_args(args)
+    with process.exit_on_config_error("worker"):
+        args, config = configure(argv)
     process.setup_telemetry(config)
-    trio.run(process.run_until_signalled, lambda: serve(config, args))
-    return 0
+    return process.run_service("worker", lambda: serve(config, args))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import trio
 
-from tether import sealing, signing, telemetry
+from tether import limits, sealing, signing, telemetry
 from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
@@ -64,6 +64,16 @@ class WorkerConfig:
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def finish_reason(
+    request: infer_pb2.Infer.Request, usage: infer_pb2.Usage
+) -> infer_pb2.FinishReason:
+    """Why a text generation ended: its token limit (the request's or the default) was
+    reached, or the model stopped. The engine generates until one of the two."""
+    if usage.output_tokens >= limits.max_tokens(request.params):
+        return infer_pb2.FINISH_REASON_LENGTH
+    return infer_pb2.FINISH_REASON_STOP
 
 
 class WorkerService(services_rpc.WorkerServicer):
@@ -209,6 +219,8 @@ class WorkerService(services_rpc.WorkerServicer):
             if last is None:
                 last = self._chunk(request, seq, None)
             last.done = True
+            if request.input.WhichOneof("kind") == "text":
+                last.finish_reason = finish_reason(request, last.usage)
             yield last
 
     def _chunk(

@@ -193,7 +193,7 @@ def test_both_shipped_models_stream_through_the_network(
                 code, out = await tether("rollout", "kjv-textgen", "1.0=100")
                 assert code == 0 and '"accepted": true' in out and "1.0=100%" in out, out
                 code, out = await tether("rollout", "kjv-textgen", "1.0=60", "1.1")
-                assert code == 1 and "'1.1' is not VERSION=PERCENT" in out, out
+                assert code == 2 and "'1.1' is not VERSION=PERCENT" in out, out  # usage: status 2
                 code, out = await tether("drain", "worker-1")
                 assert code == 0 and "draining worker-1" in out, out
                 with pytest.RaisesGroup(

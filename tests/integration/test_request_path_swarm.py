@@ -13,6 +13,8 @@ import trio
 
 from tests.integration.testnet import node_testnet
 from tests.services.harness import fleet, swarm_networks, wall_ms
+from tests.services.test_overload import SCENARIOS as OVERLOAD
+from tests.services.test_overload import Scenario as OverloadScenario
 from tests.services.test_request_path import SCENARIOS, Scenario
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -28,5 +30,17 @@ def test_scenario_on_hyperswarm(fn: Scenario, tmp_path: Path) -> None:
                         fleet, tmp_path, networks=swarm_networks(bootstrap), clock_ms=wall_ms
                     )
                 )
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize("fn", OVERLOAD, ids=[f.__name__ for f in OVERLOAD])
+def test_overload_scenario_on_hyperswarm(fn: OverloadScenario, tmp_path: Path) -> None:
+    async def main() -> None:
+        with trio.fail_after(100):
+            async with node_testnet(3) as bootstrap, fleet(
+                tmp_path, networks=swarm_networks(bootstrap), clock_ms=wall_ms
+            ) as f:
+                await fn(f)
 
     trio.run(main)

@@ -70,3 +70,24 @@ def test_a_dead_letter_is_claimed_for_replay_once(store: MetadataStore) -> None:
     assert store.claim_dead_letter(letter_id, "replay-3", again=True).replayed_as == "replay-3"
     with pytest.raises(NotFound):
         store.claim_dead_letter(letter_id + 100, "replay-4")
+
+
+def test_unadmitting_gives_the_quota_back_and_frees_the_ids(store: MetadataStore) -> None:
+    """A request refused after admission for the client's error or by shedding: its quota
+    is refunded (not below zero, not into a later period), its ids may be used again, the
+    job is FAILED with the error, and nothing is dead-lettered."""
+    store.set_quota("metered", limit_tokens=10, period_ms=3_600_000)
+    assert admit(store, "u1", tenant="metered", tokens=6).created
+    shed = status_pb2.Error(code=status_pb2.STATUS_CODE_RESOURCE_EXHAUSTED, message="full")
+    store.unadmit_job("u1", "r1", "metered", quota_tokens=6, error=shed)
+    job = store.get_job("u1")
+    assert (job.state, job.error.code) == (jobs_pb2.JOB_STATE_FAILED, shed.code)
+    assert store.consume_quota("metered", 0) == 10
+    assert store.dead_letters() == []
+    assert admit(store, "u1", tenant="metered", tokens=6).created  # same ids, admitted again
+    assert store.get_job("u1").state == jobs_pb2.JOB_STATE_DISPATCHED
+    # A new period began since admission: the refund is not taken from it.
+    store.test_clock.advance(3_600_001)  # type: ignore[attr-defined]
+    assert store.consume_quota("metered", 4) == 6
+    store.unadmit_job("u1", "r1", "metered", quota_tokens=6, error=shed)
+    assert store.consume_quota("metered", 0) == 6

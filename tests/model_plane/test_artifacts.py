@@ -5,18 +5,22 @@ crash on garbage manifests (fuzzed)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tether import process
 from tether.artifacts import ArtifactStore, LocalDirectoryStore, open_manifest, sha256_hex
 from tether.artifacts.manifest import make_manifest, sign_manifest
 from tether.artifacts.replicated import MANIFEST_SUFFIX
 from tether.errors import (
     DataLoss,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -163,3 +167,47 @@ def test_fuzz_mutated_real_manifest(pos: int, noise: bytes) -> None:
     except TetherError:
         return
     assert got.digest == m.digest and got.size_bytes == len(DATA)
+
+
+def test_each_failing_replica_is_logged_by_name(local_artifacts, publisher, caplog) -> None:
+    digest = publish(local_artifacts, publisher)
+    r0, r1, _ = local_artifacts.replicas
+    r0._path(digest).unlink()
+    r1.put(digest, DATA[:-1] + b"X")
+    with caplog.at_level(logging.INFO, logger="tether.artifacts"):
+        assert local_artifacts.fetch(digest).replica == "r2"
+    by_level = {(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records}
+    assert by_level == {
+        ("INFO", f"artifact {digest} on replica r0 is not available"),
+        ("WARNING", f"artifact {digest} on replica r1 failed verification"),
+    }
+
+
+def test_a_service_stopped_by_bad_replicas_says_so_in_one_line(
+    local_artifacts, publisher, capsys, monkeypatch
+) -> None:
+    """No replica holds a good copy: the worker stops with one line naming each replica's
+    fault and status 1, not a traceback through its task groups."""
+    # A handler an earlier test's setup_logging left writes to a stream gone since.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    digest = publish(local_artifacts, publisher)
+    for r in local_artifacts.replicas:
+        r.put(digest, DATA[:-1] + b"X")
+
+    async def worker() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            local_artifacts.fetch(digest)
+
+    assert process.run_service("worker", worker) == 1
+    err = capsys.readouterr().err  # may also hold the per-replica log lines
+    [line] = [x for x in err.splitlines() if x.startswith("tether worker:")]
+    assert "Traceback" not in err
+    assert line.startswith(f"tether worker: no replica serves a verified copy of {digest} (r0: ")
+    assert "r1: " in line and "r2: " in line
+
+    async def bug() -> None:
+        raise Internal("a bug keeps its traceback")
+
+    with pytest.raises(BaseExceptionGroup):
+        process.run_service("worker", bug)

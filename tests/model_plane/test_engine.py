@@ -17,10 +17,12 @@ from model_plane_support import MODELS_DIR, CountingBackend, tensor_model_bytes
 
 from registry.catalog import Catalog
 from registry.publish import ModelPackage, publish_package
+from tether import limits
 from tether.artifacts import ArtifactStore, LocalDirectoryStore, sha256_hex
 from tether.errors import Cancelled, InvalidArgument, NotFound
 from tether.keys import KeyPair
 from tether.metadata import MetadataStore
+from tether.rpc import ServerContext
 from tether.v1 import infer_pb2, tensor_pb2
 from worker.engine import CancelFlag, ExecutionEngine, OnnxRuntimeBackend
 from worker.engine.backends import IOSpec
@@ -29,6 +31,7 @@ from worker.engine.lora import read_adapter, write_adapter
 from worker.engine.runtime import WorkerEngine
 from worker.engine.tokenizers import load_tokenizer
 from worker.loader import ModelLoader
+from worker.service import WorkerConfig, WorkerService
 
 REF = json.loads((MODELS_DIR / "all-minilm-l6-v2" / "reference_embeddings.json").read_text())
 TEXTGEN = "kjv-textgen"
@@ -360,3 +363,48 @@ async def test_inline_generation_gives_other_tasks_turns(env: Env, monkeypatch) 
         done = True
     assert len(ticks_at_payload) >= 3
     assert ticks_at_payload[-1] > ticks_at_payload[0]
+
+
+async def test_the_final_chunk_says_whether_generation_hit_its_token_limit(env: Env) -> None:
+    """finish_reason LENGTH when the request's max_tokens, or the default limit when it
+    names none, ended the answer; STOP when the model ended it."""
+    record = env.catalog.resolve(TEXTGEN, "", tenant_id="acme")
+    worker = WorkerService(WorkerConfig(worker_id="w1", region="local"),
+                           WorkerEngine(env.loader, [record], engine=env.engine),
+                           KeyPair.generate())
+
+    async def final(request: infer_pb2.Infer.Request) -> infer_pb2.Infer.Chunk:
+        chunks = [c async for c in worker.Infer(request, ServerContext("Infer", {}))]
+        assert chunks[-1].done
+        return chunks[-1]
+
+    # No max_tokens: the default limit, reached (min_tokens holds the end back).
+    last = await final(text_request("and he said", min_tokens=limits.DEFAULT_MAX_TOKENS,
+                                    seed=1))
+    assert last.usage.output_tokens == limits.DEFAULT_MAX_TOKENS
+    assert last.finish_reason == infer_pb2.FINISH_REASON_LENGTH
+    last = await final(text_request("and he said", max_tokens=5, seed=1))
+    assert (last.usage.output_tokens, last.finish_reason) == (5, infer_pb2.FINISH_REASON_LENGTH)
+    # A verse that ends on its own (sampled freely, most end well before 60 tokens).
+    for seed in range(1, 20):
+        last = await final(text_request("and he said", max_tokens=60, seed=seed))
+        if last.usage.output_tokens < 60:
+            assert last.finish_reason == infer_pb2.FINISH_REASON_STOP
+            break
+    else:
+        pytest.fail("no seed ended before 60 tokens")
+
+
+async def test_the_engine_and_the_gateway_share_one_token_limit(env: Env) -> None:
+    from gateway.service import validate
+
+    model = await load(env, TEXTGEN)
+    ok = text_request("hi", max_tokens=limits.MAX_NEW_TOKENS)
+    ok.model_id = TEXTGEN
+    validate(ok)
+    await env.engine.stream(ok, model=model).aclose()
+    over = text_request("hi", max_tokens=limits.MAX_NEW_TOKENS + 1)
+    with pytest.raises(InvalidArgument, match="over the limit"):
+        validate(over)
+    with pytest.raises(InvalidArgument, match="over the limit"):
+        env.engine.stream(over, model=model)

@@ -5,11 +5,13 @@ least ``write_quorum`` replicas (default: all of them, N >= 3) hold both. Fetchi
 replicas in order; a replica that is unreachable, lacks the artifact, or serves bytes that fail
 verification is skipped, and the next one is asked. Only bytes whose signed manifest verifies
 against a trusted publisher key and whose size and SHA-256 match that manifest are returned.
-When no replica can serve a verified copy the error says what each replica did wrong.
+Each replica that fails is logged with its name (a failed verification as a warning); when no
+replica can serve a verified copy the one error says what each replica did wrong.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,8 @@ from tether.errors import (
 from tether.keys import KeyPair
 from tether.metadata.store import now_unix_ms
 from tether.v1 import registry_pb2
+
+log = logging.getLogger("tether.artifacts")
 
 MANIFEST_SUFFIX = ".manifest"
 MIN_REPLICAS = 3
@@ -97,6 +101,12 @@ class ArtifactStore:
                 check_artifact(data, manifest)
             except TetherError as exc:
                 errors.append((replica.name, exc))
+                # A copy that fails verification is worth an operator's look; a missing
+                # or unreachable one is ordinary failover.
+                bad = isinstance(exc, DataLoss | PermissionDenied)
+                log.log(logging.WARNING if bad else logging.INFO,
+                        "artifact %s on replica %s %s: %s", digest, replica.name,
+                        "failed verification" if bad else "is not available", exc.message)
                 continue
             return VerifiedArtifact(data, manifest, replica.name)
         raise _combine(digest, errors)

@@ -27,7 +27,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, func, update
+from sqlalchemy import case, event, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -429,6 +429,34 @@ class MetadataStore:
                 raise AlreadyExists(f"job {correlation_id} was created concurrently") from exc
             return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
                                      now + ttl_ms, True)
+
+    def unadmit_job(self, correlation_id: str, retry_token: str, tenant_id: str, *,
+                    quota_tokens: int, error: status_pb2.Error) -> None:
+        """Undo :meth:`admit_job` for a request refused before it produced anything (a
+        client error, or every worker shedding it), in one transaction: the quota it was
+        charged is given back (if its period has not rolled over since), the reservation
+        is freed so the client may retry under the same ids, and the job is FAILED with
+        ``error``. Such a request is no dead letter."""
+        R, Q = t.Reservation, t.Quota
+        with self.session() as s:
+            reservation = s.exec(select(R).where(
+                R.correlation_id == correlation_id, R.retry_token == retry_token,
+                R.tenant_id == tenant_id)).first()
+            if reservation is not None:
+                s.exec(update(Q).where(
+                    col(Q.tenant_id) == tenant_id,
+                    col(Q.period_start_unix_ms) <= reservation.created_unix_ms,
+                ).values(used_tokens=case(
+                    (col(Q.used_tokens) > quota_tokens, col(Q.used_tokens) - quota_tokens),
+                    else_=0)))
+                s.delete(reservation)
+            job = s.get(t.Job, correlation_id)
+            if job is not None:
+                job.state = jobs_pb2.JOB_STATE_FAILED
+                job.error_code, job.error_message = error.code, error.message
+                job.updated_unix_ms = self._clock()
+                s.add(job)
+            s.commit()
 
     # ------------------------------------------------------------------ tokens
 

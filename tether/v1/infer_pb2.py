@@ -26,31 +26,33 @@ from tether.v1 import status_pb2 as tether_dot_v1_dot_status__pb2
 from tether.v1 import tensor_pb2 as tether_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tether/v1/infer.proto\x12\ttether.v1\x1a\x16tether/v1/status.proto\x1a\x16tether/v1/tensor.proto\"\xd8\x03\n\x05Infer\x1a\xff\x01\n\x07Request\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1f\n\x05input\x18\x04 \x01(\x0b\x32\x10.tether.v1.Input\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x13\n\x0bretry_token\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12+\n\x06params\x18\x08 \x01(\x0b\x32\x1b.tether.v1.GenerationParams\x12\x0e\n\x06region\x18\t \x01(\t\x12!\n\x06sealed\x18\x14 \x01(\x0b\x32\x11.tether.v1.Sealed\x1a\xcc\x01\n\x05\x43hunk\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12#\n\x07payload\x18\x03 \x01(\x0b\x32\x12.tether.v1.Payload\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tether.v1.Usage\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.tether.v1.Error\x12\x11\n\tworker_id\x18\x07 \x01(\t\x12\x16\n\x0esealed_payload\x18\x14 \x01(\x0c\"@\n\x06Sealed\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\x12\"\n\x04keys\x18\x02 \x03(\x0b\x32\x14.tether.v1.SealedKey\"3\n\tSealedKey\x12\x12\n\nworker_key\x18\x01 \x01(\x0c\x12\x12\n\nsealed_key\x18\x02 \x01(\x0c\"\xaa\x01\n\x0bSealedInput\x12\x1f\n\x05input\x18\x01 \x01(\x0b\x32\x10.tether.v1.Input\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0bworker_keys\x18\x05 \x03(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x19\n\x11issued_at_unix_ms\x18\x07 \x01(\x04\"o\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x05texts\x18\x02 \x01(\x0b\x32\x14.tether.v1.TextBatchH\x00\x12\'\n\x07tensors\x18\x03 \x01(\x0b\x32\x14.tether.v1.TensorMapH\x00\x42\x06\n\x04kind\"l\n\x10GenerationParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x12\n\nmin_tokens\x18\x05 \x01(\r\"q\n\x07Payload\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\tembedding\x18\x02 \x01(\x0b\x32\x14.tether.v1.EmbeddingH\x00\x12#\n\x06tensor\x18\x03 \x01(\x0b\x32\x11.tether.v1.TensorH\x00\x42\x06\n\x04kind\"\x90\x01\n\x05Usage\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\x12\x12\n\ncompute_ms\x18\x06 \x01(\x04\x12\x10\n\x08queue_ms\x18\x07 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tether/v1/infer.proto\x12\ttether.v1\x1a\x16tether/v1/status.proto\x1a\x16tether/v1/tensor.proto\"\x88\x04\n\x05Infer\x1a\xff\x01\n\x07Request\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1f\n\x05input\x18\x04 \x01(\x0b\x32\x10.tether.v1.Input\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x13\n\x0bretry_token\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12+\n\x06params\x18\x08 \x01(\x0b\x32\x1b.tether.v1.GenerationParams\x12\x0e\n\x06region\x18\t \x01(\t\x12!\n\x06sealed\x18\x14 \x01(\x0b\x32\x11.tether.v1.Sealed\x1a\xfc\x01\n\x05\x43hunk\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12#\n\x07payload\x18\x03 \x01(\x0b\x32\x12.tether.v1.Payload\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tether.v1.Usage\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.tether.v1.Error\x12\x11\n\tworker_id\x18\x07 \x01(\t\x12\x16\n\x0esealed_payload\x18\x14 \x01(\x0c\x12.\n\rfinish_reason\x18\x0c \x01(\x0e\x32\x17.tether.v1.FinishReason\"@\n\x06Sealed\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\x12\"\n\x04keys\x18\x02 \x03(\x0b\x32\x14.tether.v1.SealedKey\"3\n\tSealedKey\x12\x12\n\nworker_key\x18\x01 \x01(\x0c\x12\x12\n\nsealed_key\x18\x02 \x01(\x0c\"\xaa\x01\n\x0bSealedInput\x12\x1f\n\x05input\x18\x01 \x01(\x0b\x32\x10.tether.v1.Input\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0bworker_keys\x18\x05 \x03(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x19\n\x11issued_at_unix_ms\x18\x07 \x01(\x04\"o\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x05texts\x18\x02 \x01(\x0b\x32\x14.tether.v1.TextBatchH\x00\x12\'\n\x07tensors\x18\x03 \x01(\x0b\x32\x14.tether.v1.TensorMapH\x00\x42\x06\n\x04kind\"l\n\x10GenerationParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x12\n\nmin_tokens\x18\x05 \x01(\r\"q\n\x07Payload\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\tembedding\x18\x02 \x01(\x0b\x32\x14.tether.v1.EmbeddingH\x00\x12#\n\x06tensor\x18\x03 \x01(\x0b\x32\x11.tether.v1.TensorH\x00\x42\x06\n\x04kind\"\x90\x01\n\x05Usage\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\x12\x12\n\ncompute_ms\x18\x06 \x01(\x04\x12\x10\n\x08queue_ms\x18\x07 \x01(\x04*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tether.v1.infer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FINISHREASON']._serialized_start=1384
+  _globals['_FINISHREASON']._serialized_end=1479
   _globals['_INFER']._serialized_start=85
-  _globals['_INFER']._serialized_end=557
+  _globals['_INFER']._serialized_end=605
   _globals['_INFER_REQUEST']._serialized_start=95
   _globals['_INFER_REQUEST']._serialized_end=350
   _globals['_INFER_CHUNK']._serialized_start=353
-  _globals['_INFER_CHUNK']._serialized_end=557
-  _globals['_SEALED']._serialized_start=559
-  _globals['_SEALED']._serialized_end=623
-  _globals['_SEALEDKEY']._serialized_start=625
-  _globals['_SEALEDKEY']._serialized_end=676
-  _globals['_SEALEDINPUT']._serialized_start=679
-  _globals['_SEALEDINPUT']._serialized_end=849
-  _globals['_INPUT']._serialized_start=851
-  _globals['_INPUT']._serialized_end=962
-  _globals['_GENERATIONPARAMS']._serialized_start=964
-  _globals['_GENERATIONPARAMS']._serialized_end=1072
-  _globals['_PAYLOAD']._serialized_start=1074
-  _globals['_PAYLOAD']._serialized_end=1187
-  _globals['_USAGE']._serialized_start=1190
-  _globals['_USAGE']._serialized_end=1334
+  _globals['_INFER_CHUNK']._serialized_end=605
+  _globals['_SEALED']._serialized_start=607
+  _globals['_SEALED']._serialized_end=671
+  _globals['_SEALEDKEY']._serialized_start=673
+  _globals['_SEALEDKEY']._serialized_end=724
+  _globals['_SEALEDINPUT']._serialized_start=727
+  _globals['_SEALEDINPUT']._serialized_end=897
+  _globals['_INPUT']._serialized_start=899
+  _globals['_INPUT']._serialized_end=1010
+  _globals['_GENERATIONPARAMS']._serialized_start=1012
+  _globals['_GENERATIONPARAMS']._serialized_end=1120
+  _globals['_PAYLOAD']._serialized_start=1122
+  _globals['_PAYLOAD']._serialized_end=1235
+  _globals['_USAGE']._serialized_start=1238
+  _globals['_USAGE']._serialized_end=1382
 # @@protoc_insertion_point(module_scope)

@@ -1,12 +1,22 @@
 from tether.v1 import status_pb2 as _status_pb2
 from tether.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_LENGTH: FinishReason
 
 class Infer(_message.Message):
     __slots__ = ()
@@ -34,7 +44,7 @@ class Infer(_message.Message):
         sealed: Sealed
         def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., retry_token: _Optional[str] = ..., trace_id: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., region: _Optional[str] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
     class Chunk(_message.Message):
-        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id", "sealed_payload")
+        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id", "sealed_payload", "finish_reason")
         CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
         SEQ_FIELD_NUMBER: _ClassVar[int]
         PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +53,7 @@ class Infer(_message.Message):
         ERROR_FIELD_NUMBER: _ClassVar[int]
         WORKER_ID_FIELD_NUMBER: _ClassVar[int]
         SEALED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+        FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
         correlation_id: str
         seq: int
         payload: Payload
@@ -51,7 +62,8 @@ class Infer(_message.Message):
         error: _status_pb2.Error
         worker_id: str
         sealed_payload: bytes
-        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ..., sealed_payload: _Optional[bytes] = ...) -> None: ...
+        finish_reason: FinishReason
+        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ..., sealed_payload: _Optional[bytes] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
     def __init__(self) -> None: ...
 
 class Sealed(_message.Message):

@@ -30,14 +30,13 @@ from typing import Any
 import numpy as np
 import trio
 
+from tether import limits
 from tether.errors import Cancelled, FailedPrecondition, InvalidArgument
 from tether.v1 import infer_pb2, registry_pb2, tensor_pb2
 from worker.engine.backends import DTYPES, IOSpec, data_type_of
 from worker.engine.tokenizers import WordPieceTokenizer, WordTokenizer
 from worker.loader import LoadedModel, ModelLoader
 
-DEFAULT_MAX_TOKENS = 64
-MAX_NEW_TOKENS = 512  # bound on one request's generation; longer asks are refused
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 # Generation steps expected to take less than this run on the event loop rather than in a
@@ -48,8 +47,6 @@ INLINE_STEP_S = 0.002
 YIELD_EVERY_S = 0.01
 TOP_K_CANDIDATES = 256  # partial sort before nucleus sampling (see sample())
 EMBEDDING_BATCH = 16  # texts per runtime call: bounds the time between cancellation checks
-MAX_EMBEDDING_TEXTS = 256
-DEFAULT_MAX_INPUT = 256
 
 
 class CancelFlag:
@@ -98,10 +95,8 @@ class InferenceStream:
 
 
 class ExecutionEngine:
-    def __init__(self, loader: ModelLoader, *, max_new_tokens: int = MAX_NEW_TOKENS,
-                 inline_step_s: float = INLINE_STEP_S) -> None:
+    def __init__(self, loader: ModelLoader, *, inline_step_s: float = INLINE_STEP_S) -> None:
         self.loader = loader
-        self.max_new_tokens = max_new_tokens
         self.inline_step_s = inline_step_s
 
     async def load(self, record: registry_pb2.ModelRecord) -> LoadedModel:
@@ -169,21 +164,12 @@ class ExecutionEngine:
         if not isinstance(tok, WordTokenizer):
             raise FailedPrecondition(f"{m.model_id} has no word tokenizer")
         ids = [tok.eos_id, *tok.encode(req.input.text)]
-        limit = m.record.capabilities.max_input_length or DEFAULT_MAX_INPUT
+        limit = m.record.capabilities.max_input_length or limits.DEFAULT_MAX_INPUT
         if len(ids) - 1 > limit:
             raise InvalidArgument(f"prompt is {len(ids) - 1} tokens, {m.model_id} takes at most "
                                   f"{limit}", details={"limit": str(limit)})
         p = req.params
-        max_tokens = p.max_tokens or DEFAULT_MAX_TOKENS
-        if max_tokens > self.max_new_tokens:
-            raise InvalidArgument(f"max_tokens {max_tokens} is over the limit of "
-                                  f"{self.max_new_tokens}")
-        if p.temperature < 0 or not math.isfinite(p.temperature):
-            raise InvalidArgument("temperature must be a finite number >= 0")
-        if not 0 <= p.top_p <= 1:
-            raise InvalidArgument("top_p must be within [0, 1]")
-        if p.min_tokens > max_tokens:
-            raise InvalidArgument(f"min_tokens {p.min_tokens} is over max_tokens {max_tokens}")
+        max_tokens = limits.check_generation(p)
         state_spec = next((i for i in m.session.inputs if i.name == "state"), None)
         if state_spec is None or any(d < 0 for d in state_spec.shape):
             raise FailedPrecondition(f"{m.model_id} lacks a fixed-shape 'state' input")
@@ -235,13 +221,13 @@ class ExecutionEngine:
         texts = list(req.input.texts.texts)
         if not texts:
             raise InvalidArgument("input.texts is empty")
-        if len(texts) > MAX_EMBEDDING_TEXTS:
+        if len(texts) > limits.MAX_TEXTS:
             raise InvalidArgument(f"{len(texts)} texts in one request; at most "
-                                  f"{MAX_EMBEDDING_TEXTS}")
+                                  f"{limits.MAX_TEXTS}")
         tok = m.tokenizer
         if not isinstance(tok, WordPieceTokenizer):
             raise FailedPrecondition(f"{m.model_id} has no WordPiece tokenizer")
-        limit = m.record.capabilities.max_input_length or DEFAULT_MAX_INPUT
+        limit = m.record.capabilities.max_input_length or limits.DEFAULT_MAX_INPUT
         encoded = [tok.encode(t) for t in texts]
         for i, e in enumerate(encoded):
             if len(e) > limit:

@@ -2,7 +2,7 @@
 // @generated from file tether/v1/infer.proto (package tether.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Error } from "./status_pb.js";
 import type { Embedding, Tensor, TensorMap, TextBatch } from "./tensor_pb.js";
@@ -150,6 +150,13 @@ export declare type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
    * @generated from field: bytes sealed_payload = 20;
    */
   sealedPayload: Uint8Array;
+
+  /**
+   * Why generation ended; set on the final chunk of a text-generation stream.
+   *
+   * @generated from field: tether.v1.FinishReason finish_reason = 12;
+   */
+  finishReason: FinishReason;
 };
 
 /**
@@ -437,4 +444,35 @@ export declare type Usage = Message<"tether.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export declare const UsageSchema: GenMessage<Usage>;
+
+/**
+ * FinishReason says why a text-generation stream ended.
+ *
+ * @generated from enum tether.v1.FinishReason
+ */
+export enum FinishReason {
+  /**
+   * @generated from enum value: FINISH_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model ended its answer (end-of-text).
+   *
+   * @generated from enum value: FINISH_REASON_STOP = 1;
+   */
+  STOP = 1,
+
+  /**
+   * The request's token limit (max_tokens, or the default limit) was reached.
+   *
+   * @generated from enum value: FINISH_REASON_LENGTH = 2;
+   */
+  LENGTH = 2,
+}
+
+/**
+ * Describes the enum tether.v1.FinishReason.
+ */
+export declare const FinishReasonSchema: GenEnum<FinishReason>;
 

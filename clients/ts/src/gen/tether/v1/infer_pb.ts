@@ -2,8 +2,8 @@
 // @generated from file tether/v1/infer.proto (package tether.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Error } from "./status_pb";
 import { file_tether_v1_status } from "./status_pb";
 import type { Embedding, Tensor, TensorMap, TextBatch } from "./tensor_pb";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/infer.proto.
  */
 export const file_tether_v1_infer: GenFile = /*@__PURE__*/
-  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSLYAwoFSW5mZXIa/wEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJEiEKBnNlYWxlZBgUIAEoCzIRLnRldGhlci52MS5TZWFsZWQazAEKBUNodW5rEhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIjCgdwYXlsb2FkGAMgASgLMhIudGV0aGVyLnYxLlBheWxvYWQSDAoEZG9uZRgEIAEoCBIfCgV1c2FnZRgFIAEoCzIQLnRldGhlci52MS5Vc2FnZRIfCgVlcnJvchgGIAEoCzIQLnRldGhlci52MS5FcnJvchIRCgl3b3JrZXJfaWQYByABKAkSFgoOc2VhbGVkX3BheWxvYWQYFCABKAwiQAoGU2VhbGVkEhIKCmNpcGhlcnRleHQYASABKAwSIgoEa2V5cxgCIAMoCzIULnRldGhlci52MS5TZWFsZWRLZXkiMwoJU2VhbGVkS2V5EhIKCndvcmtlcl9rZXkYASABKAwSEgoKc2VhbGVkX2tleRgCIAEoDCKqAQoLU2VhbGVkSW5wdXQSHwoFaW5wdXQYASABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJEhAKCG1vZGVsX2lkGAQgASgJEhMKC3dvcmtlcl9rZXlzGAUgAygMEg0KBW5vbmNlGAYgASgMEhkKEWlzc3VlZF9hdF91bml4X21zGAcgASgEIm8KBUlucHV0Eg4KBHRleHQYASABKAlIABIlCgV0ZXh0cxgCIAEoCzIULnRldGhlci52MS5UZXh0QmF0Y2hIABInCgd0ZW5zb3JzGAMgASgLMhQudGV0aGVyLnYxLlRlbnNvck1hcEgAQgYKBGtpbmQibAoQR2VuZXJhdGlvblBhcmFtcxISCgptYXhfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEgwKBHNlZWQYAyABKAQSDQoFdG9wX3AYBCABKAISEgoKbWluX3Rva2VucxgFIAEoDSJxCgdQYXlsb2FkEg4KBHRleHQYASABKAlIABIpCgllbWJlZGRpbmcYAiABKAsyFC50ZXRoZXIudjEuRW1iZWRkaW5nSAASIwoGdGVuc29yGAMgASgLMhEudGV0aGVyLnYxLlRlbnNvckgAQgYKBGtpbmQikAEKBVVzYWdlEhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhQKDGlucHV0X3Rva2VucxgEIAEoDRIVCg1vdXRwdXRfdG9rZW5zGAUgASgNEhIKCmNvbXB1dGVfbXMYBiABKAQSEAoIcXVldWVfbXMYByABKARiBnByb3RvMw", [file_tether_v1_status, file_tether_v1_tensor]);
+  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSKIBAoFSW5mZXIa/wEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJEiEKBnNlYWxlZBgUIAEoCzIRLnRldGhlci52MS5TZWFsZWQa/AEKBUNodW5rEhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIjCgdwYXlsb2FkGAMgASgLMhIudGV0aGVyLnYxLlBheWxvYWQSDAoEZG9uZRgEIAEoCBIfCgV1c2FnZRgFIAEoCzIQLnRldGhlci52MS5Vc2FnZRIfCgVlcnJvchgGIAEoCzIQLnRldGhlci52MS5FcnJvchIRCgl3b3JrZXJfaWQYByABKAkSFgoOc2VhbGVkX3BheWxvYWQYFCABKAwSLgoNZmluaXNoX3JlYXNvbhgMIAEoDjIXLnRldGhlci52MS5GaW5pc2hSZWFzb24iQAoGU2VhbGVkEhIKCmNpcGhlcnRleHQYASABKAwSIgoEa2V5cxgCIAMoCzIULnRldGhlci52MS5TZWFsZWRLZXkiMwoJU2VhbGVkS2V5EhIKCndvcmtlcl9rZXkYASABKAwSEgoKc2VhbGVkX2tleRgCIAEoDCKqAQoLU2VhbGVkSW5wdXQSHwoFaW5wdXQYASABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJEhAKCG1vZGVsX2lkGAQgASgJEhMKC3dvcmtlcl9rZXlzGAUgAygMEg0KBW5vbmNlGAYgASgMEhkKEWlzc3VlZF9hdF91bml4X21zGAcgASgEIm8KBUlucHV0Eg4KBHRleHQYASABKAlIABIlCgV0ZXh0cxgCIAEoCzIULnRldGhlci52MS5UZXh0QmF0Y2hIABInCgd0ZW5zb3JzGAMgASgLMhQudGV0aGVyLnYxLlRlbnNvck1hcEgAQgYKBGtpbmQibAoQR2VuZXJhdGlvblBhcmFtcxISCgptYXhfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEgwKBHNlZWQYAyABKAQSDQoFdG9wX3AYBCABKAISEgoKbWluX3Rva2VucxgFIAEoDSJxCgdQYXlsb2FkEg4KBHRleHQYASABKAlIABIpCgllbWJlZGRpbmcYAiABKAsyFC50ZXRoZXIudjEuRW1iZWRkaW5nSAASIwoGdGVuc29yGAMgASgLMhEudGV0aGVyLnYxLlRlbnNvckgAQgYKBGtpbmQikAEKBVVzYWdlEhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhQKDGlucHV0X3Rva2VucxgEIAEoDRIVCg1vdXRwdXRfdG9rZW5zGAUgASgNEhIKCmNvbXB1dGVfbXMYBiABKAQSEAoIcXVldWVfbXMYByABKAQqXwoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACYgZwcm90bzM", [file_tether_v1_status, file_tether_v1_tensor]);
 
 /**
  * Infer groups the inference contract of the spec (§2 "RPC Contracts").
@@ -156,6 +156,13 @@ export type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
    * @generated from field: bytes sealed_payload = 20;
    */
   sealedPayload: Uint8Array;
+
+  /**
+   * Why generation ended; set on the final chunk of a text-generation stream.
+   *
+   * @generated from field: tether.v1.FinishReason finish_reason = 12;
+   */
+  finishReason: FinishReason;
 };
 
 /**
@@ -451,4 +458,36 @@ export type Usage = Message<"tether.v1.Usage"> & {
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
   messageDesc(file_tether_v1_infer, 7);
+
+/**
+ * FinishReason says why a text-generation stream ended.
+ *
+ * @generated from enum tether.v1.FinishReason
+ */
+export enum FinishReason {
+  /**
+   * @generated from enum value: FINISH_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model ended its answer (end-of-text).
+   *
+   * @generated from enum value: FINISH_REASON_STOP = 1;
+   */
+  STOP = 1,
+
+  /**
+   * The request's token limit (max_tokens, or the default limit) was reached.
+   *
+   * @generated from enum value: FINISH_REASON_LENGTH = 2;
+   */
+  LENGTH = 2,
+}
+
+/**
+ * Describes the enum tether.v1.FinishReason.
+ */
+export const FinishReasonSchema: GenEnum<FinishReason> = /*@__PURE__*/
+  enumDesc(file_tether_v1_infer, 0);
 
