@@ -26,9 +26,16 @@ from tether.metadata.store import now_unix_ms
 from tether.v1 import health_pb2, registry_pb2
 from worker.engine.backends import Backend, Session
 from worker.engine.lora import merge_adapters
-from worker.engine.tokenizers import WordPieceTokenizer, WordTokenizer, load_tokenizer
+from worker.engine.tokenizers import (
+    HFTokenizer,
+    WordPieceTokenizer,
+    WordTokenizer,
+    load_tokenizer,
+)
 
 ADAPTER_PREFIX = "adapter:"
+# Small JSON files of a Hugging Face export that the engine reads beside the graph.
+CONFIG_ROLES = ("config", "generation_config", "tokenizer_config")
 
 
 @dataclass
@@ -36,9 +43,10 @@ class LoadedModel:
     record: registry_pb2.ModelRecord
     digest: str  # of the model artifact, or of model + adapters when adapters are merged
     session: Session
-    tokenizer: WordTokenizer | WordPieceTokenizer | None
+    tokenizer: WordTokenizer | WordPieceTokenizer | HFTokenizer | None
     size_bytes: int
     engine: str
+    files: dict[str, bytes] = field(default_factory=dict)  # CONFIG_ROLES present, by role
     pinned: bool = False
     last_used_unix_ms: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -108,11 +116,14 @@ class ModelLoader:
             tok_blob = self.artifacts.fetch(tok_ref.digest).data
             tokenizer = load_tokenizer(tok_blob)
             size += len(tok_blob)
+        files = {a.role: self.artifacts.fetch(a.digest).data for a in record.artifacts
+                 if a.role in CONFIG_ROLES}
+        size += sum(len(b) for b in files.values())
         session = self.backend.load(graph, digest=key)
         pinned = (record.model.model_id, record.model.version) in self._pins
         return LoadedModel(record=record, digest=key, session=session, tokenizer=tokenizer,
                            size_bytes=size, engine=self.backend.name, pinned=pinned,
-                           last_used_unix_ms=self._clock())
+                           last_used_unix_ms=self._clock(), files=files)
 
     def _check_fits(self, size: int, digest: str) -> None:
         pinned = sum(m.size_bytes for m in self._cache.values() if m.pinned)
