@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
@@ -62,7 +63,7 @@ def build_decoder(*, layers: int = 2, heads: int = 4, head_dim: int = 8, vocab: 
     def weight(name: str, shape: tuple[int, ...], scale: float) -> str:
         return const(name, (rng.standard_normal(shape) * scale).astype(np.float32))
 
-    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
@@ -146,8 +147,8 @@ def build_decoder(*, layers: int = 2, heads: int = 4, head_dim: int = 8, vocab: 
     h = node("LayerNormalization", [x, ones, zeros], "ln_f", axis=-1)
     node("MatMul", [h, weight("lm_head", (hidden, vocab), 2 * w_scale)], "logits")
 
-    kv_shape = ["batch", heads, "past_sequence", head_dim]
-    present_shape = ["batch", heads, "total_sequence", head_dim]
+    kv_shape: list[str | int] = ["batch", heads, "past_sequence", head_dim]
+    present_shape: list[str | int] = ["batch", heads, "total_sequence", head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
                                             ["batch", "total_sequence"])]

@@ -64,11 +64,20 @@ class LoadedModel:
         return self.record.capabilities.task
 
 
-def cache_key(record: registry_pb2.ModelRecord) -> str:
+def graph_key(record: registry_pb2.ModelRecord) -> str:
     """Model digest, plus adapter digests when the record declares adapters."""
     parts = [a.digest for a in record.artifacts if a.role == "model"]
     parts += sorted(a.digest for a in record.artifacts if a.role.startswith(ADAPTER_PREFIX))
     return "+".join(parts)
+
+
+def cache_key(record: registry_pb2.ModelRecord) -> str:
+    """The graph key, plus the tokenizer's and config files' digests: two versions that share
+    a graph but not their tokenizer or generation defaults are different models."""
+    side = sorted(a.digest for a in record.artifacts
+                  if a.role == "tokenizer" or a.role in CONFIG_ROLES)
+    key = graph_key(record)
+    return "+".join([key, *side]) if key else ""
 
 
 class ModelLoader:
@@ -119,7 +128,7 @@ class ModelLoader:
         files = {a.role: self.artifacts.fetch(a.digest).data for a in record.artifacts
                  if a.role in CONFIG_ROLES}
         size += sum(len(b) for b in files.values())
-        session = self.backend.load(graph, digest=key)
+        session = self.backend.load(graph, digest=graph_key(record))
         pinned = (record.model.model_id, record.model.version) in self._pins
         return LoadedModel(record=record, digest=key, session=session, tokenizer=tokenizer,
                            size_bytes=size, engine=self.backend.name, pinned=pinned,
