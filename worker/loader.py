@@ -50,6 +50,7 @@ class LoadedModel:
     pinned: bool = False
     last_used_unix_ms: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)  # derived graphs, by name
 
     @property
     def model_id(self) -> str:
@@ -133,6 +134,22 @@ class ModelLoader:
         return LoadedModel(record=record, digest=key, session=session, tokenizer=tokenizer,
                            size_bytes=size, engine=self.backend.name, pinned=pinned,
                            last_used_unix_ms=self._clock(), files=files)
+
+    def derive(self, m: LoadedModel, name: str, transform: Callable[[bytes], bytes]) -> Session:
+        """A second session for ``m`` from a graph derived from its own (e.g. a batched step
+        graph), made once: the artifact is fetched (and verified) again, so the loaded model
+        keeps no copy of its bytes. Synchronous: call it from a worker thread."""
+        found = m.sessions.get(name)
+        if found is not None:
+            return found
+        model_ref = next(a for a in m.record.artifacts if a.role == "model")
+        adapters = [self.artifacts.fetch(a.digest).data for a in m.record.artifacts
+                    if a.role.startswith(ADAPTER_PREFIX)]
+        graph = transform(merge_adapters(self.artifacts.fetch(model_ref.digest).data, adapters))
+        session = self.backend.load(graph, digest=f"{graph_key(m.record)}-{name}")
+        m.sessions[name] = session
+        m.size_bytes += len(graph)
+        return session
 
     def _check_fits(self, size: int, digest: str) -> None:
         pinned = sum(m.size_bytes for m in self._cache.values() if m.pinned)

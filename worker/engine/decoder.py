@@ -269,13 +269,19 @@ class DecodeSequence:
         self._stop = StopFilter(stops)
         self._eos = np.asarray(sorted(model.eos_ids), dtype=np.int64)
         self._none = np.zeros(0, dtype=np.int64)
+        self.prompt_tokens = len(prompt)
         self.generated = 0
         self.finish_reason = ""  # "stop" or "length" once done
         self.pieces: list[str] = []  # text ready to send, taken by the consumer
+        self.compute_s = 0.0  # this sequence's share of the runtime calls it rode
 
     @property
     def done(self) -> bool:
         return bool(self.finish_reason)
+
+    @property
+    def prefilled(self) -> bool:
+        return int(self.cache[0].shape[2]) > 0
 
     @property
     def cache_bytes(self) -> int:

@@ -34,17 +34,32 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+import weakref
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import trio
 
-from tether.errors import Cancelled, FailedPrecondition, InvalidArgument
+from tether.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    TetherError,
+)
 from tether.v1 import infer_pb2, registry_pb2, tensor_pb2
 from worker.engine.backends import DTYPES, IOSpec, data_type_of
+from worker.engine.batching import BatchCapacity, Batcher
 from worker.engine.chat import render_chat
 from worker.engine.decoder import DecoderModel, DecodeSequence, decode_step, is_decoder
+from worker.engine.gru import (
+    BATCHED_STEP,
+    GruSequence,
+    batched_step_graph,
+    gru_decode,
+    gru_prefill,
+)
 from worker.engine.sampling import SamplingParams, sample
 from worker.engine.tokenizers import HFTokenizer, WordPieceTokenizer, WordTokenizer
 from worker.loader import LoadedModel, ModelLoader
@@ -57,6 +72,8 @@ MAX_NEW_TOKENS = 512  # bound on one request's generation; longer asks are refus
 # Sampling defaults of the GRU contract (a decoder's come from its generation_config.json).
 GRU_DEFAULTS = {"temperature": 0.8, "top_p": 0.95}
 LEGACY_GREEDY_BELOW = 1e-4  # GenerationParams.temperature below this decodes greedily
+DEFAULT_MAX_BATCH = 8  # sequences of one model stepped together
+DEFAULT_KV_BUDGET_BYTES = 1 << 30  # KV caches of every running sequence, all models
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 # Generation steps expected to take less than this run on the event loop rather than in a
@@ -117,10 +134,12 @@ class InferenceStream:
 
 class ExecutionEngine:
     def __init__(self, loader: ModelLoader, *, max_new_tokens: int = MAX_NEW_TOKENS,
-                 inline_step_s: float = INLINE_STEP_S) -> None:
+                 inline_step_s: float = INLINE_STEP_S, max_batch: int = DEFAULT_MAX_BATCH,
+                 kv_budget_bytes: int = DEFAULT_KV_BUDGET_BYTES) -> None:
         self.loader = loader
         self.max_new_tokens = max_new_tokens
         self.inline_step_s = inline_step_s
+        self.capacity = BatchCapacity(max_batch=max_batch, kv_budget_bytes=kv_budget_bytes)
 
     async def load(self, record: registry_pb2.ModelRecord) -> LoadedModel:
         return await self.loader.load(record)
@@ -135,12 +154,11 @@ class ExecutionEngine:
                                 version=m.version)
         task = m.task
         run: Callable[..., AsyncGenerator[infer_pb2.Payload, None]]
-        if task == registry_pb2.TASK_TEXT_GENERATION and self.decoder_of(m) is not None:
-            prepared: Any = self._prepare_decoder(request, m)
-            run = self._run_decoder
-        elif task == registry_pb2.TASK_TEXT_GENERATION:
-            prepared = self._prepare_text(request, m)
-            run = self._run_text
+        if task == registry_pb2.TASK_TEXT_GENERATION:
+            prepared: Any = (self._prepare_decoder(request, m) if self.decoder_of(m) is not None
+                             else self._prepare_text(request, m))
+            self._check_fits(m, prepared)
+            run = self._run_batched
         elif task == registry_pb2.TASK_EMBEDDING:
             prepared = self._prepare_embedding(request, m)
             run = self._run_embedding
@@ -232,22 +250,7 @@ class ExecutionEngine:
         return DecodeSequence(d, ids, params, max_tokens=max_tokens,
                               min_tokens=req.params.min_tokens, stops=check_stops(req.params))
 
-    async def _run_decoder(self, s: InferenceStream, m: LoadedModel, seq: DecodeSequence,
-                           flag: CancelFlag) -> AsyncGenerator[infer_pb2.Payload, None]:
-        s.usage.input_tokens = len(seq.history)
-        while not seq.done:
-            width = len(seq.pending)
-            key = "step_s" if width == 1 else "prompt_s_per_token"
-            per_token = m.extra.get(key)
-            inline = per_token is not None and per_token * width < self.inline_step_s
-            t0 = time.perf_counter()
-            await self._call(s, flag, decode_step, m.session, [seq], inline=inline)
-            m.extra[key] = (time.perf_counter() - t0) / width
-            s._usage.output_tokens = seq.generated
-            while seq.pieces:
-                yield infer_pb2.Payload(text=seq.pieces.pop(0))
-
-    def _prepare_text(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> dict[str, Any]:
+    def _prepare_text(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> GruSequence:
         if req.input.WhichOneof("kind") != "text":
             raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt); "
                                   "it has no chat template")
@@ -263,47 +266,91 @@ class ExecutionEngine:
         state_spec = next((i for i in m.session.inputs if i.name == "state"), None)
         if state_spec is None or any(d < 0 for d in state_spec.shape):
             raise FailedPrecondition(f"{m.model_id} lacks a fixed-shape 'state' input")
-        return {"ids": ids, "max_tokens": max_tokens, "params": params,
-                "min_tokens": p.min_tokens, "state_shape": state_spec.shape}
+        return GruSequence(tok, ids, params, state_shape=state_spec.shape,
+                           max_tokens=max_tokens, min_tokens=p.min_tokens)
 
-    async def _run_text(self, s: InferenceStream, m: LoadedModel, prep: dict[str, Any],
-                        flag: CancelFlag) -> AsyncGenerator[infer_pb2.Payload, None]:
-        tok = m.tokenizer
-        assert isinstance(tok, WordTokenizer)
-        params: SamplingParams = prep["params"]
-        rng = np.random.default_rng(params.seed)
-        history = list(prep["ids"])
-        s.usage.input_tokens = len(prep["ids"]) - 1
-        state = np.zeros(prep["state_shape"], dtype=np.float32)
-        ids = np.asarray([prep["ids"]], dtype=np.int64)
-        banned = np.asarray(sorted(tok.special_ids - {tok.eos_id}), dtype=np.int64)
-        banned_early = np.asarray(sorted(tok.special_ids), dtype=np.int64)  # before min_tokens
-        # Calls expected to be short run on the event loop: a thread round trip (~0.1 ms)
+    # ------------------------------------------------------ continuous batching
+
+    def batcher_of(self, m: LoadedModel) -> Batcher:
+        """The model's batcher (made on first use): decoder or GRU steps."""
+        # Per engine and model: two engines over one loader keep their own limits.
+        batchers = m.extra.setdefault("batchers", weakref.WeakKeyDictionary())
+        b = batchers.get(self)
+        if b is None:
+            session = m.session
+            if self.decoder_of(m) is not None:
+                b = Batcher(lambda q: decode_step(session, [q]),
+                            lambda qs: decode_step(session, qs), self.capacity)
+            else:
+                b = Batcher(lambda q: gru_prefill(session, q),
+                            lambda qs: self._gru_decode(m, qs), self.capacity)
+            batchers[self] = b
+        return b
+
+    def _gru_decode(self, m: LoadedModel, seqs: Sequence[GruSequence]) -> None:
+        """One token for each GRU sequence: alone through the shipped graph, several through
+        the derived batched-step graph (per sequence when it cannot be made)."""
+        batched = m.extra.get(BATCHED_STEP)
+        if len(seqs) > 1 and batched is None:
+            try:
+                batched = self.loader.derive(m, BATCHED_STEP, batched_step_graph)
+            except TetherError:
+                batched = False
+            m.extra[BATCHED_STEP] = batched
+        if len(seqs) == 1 or not batched:
+            for q in seqs:
+                gru_prefill(m.session, q)
+        else:
+            gru_decode(batched, seqs)
+
+    async def _run_batched(self, s: InferenceStream, m: LoadedModel,
+                           seq: DecodeSequence | GruSequence,
+                           flag: CancelFlag) -> AsyncGenerator[infer_pb2.Payload, None]:
+        s.usage.input_tokens = seq.prompt_tokens
+
+        # Steps expected to be short run on the event loop: a thread round trip (~0.1 ms)
         # would cost a small model a third of its step. The expectation is the model's last
         # observed time per token, kept apart for prompts and for single-token steps (none
         # yet: a thread), times the tokens fed in.
-        for n in range(prep["max_tokens"]):
-            feeds = {"input_ids": ids, "state": state}
-            width = int(ids.shape[1])
-            key = "step_s" if width == 1 else "prompt_s_per_token"
+        async def call(run_step: Callable[[list[Any], list[Any]], None], joining: list[Any],
+                       running: list[Any]) -> None:
+            width = sum(len(q.pending) for q in joining) + len(running)
+            key = "prompt_s_per_token" if joining else "step_s"
             per_token = m.extra.get(key)
             inline = per_token is not None and per_token * width < self.inline_step_s
             t0 = time.perf_counter()
-            out = await self._call(s, flag, m.session.run, feeds, inline=inline)
+            await self._call(s, flag, run_step, joining, running, inline=inline)
             m.extra[key] = (time.perf_counter() - t0) / width
-            state = out["state_out"]
-            token = sample(out["logits"][0], rng, params.temperature, params.top_p,
-                           banned if n >= prep["min_tokens"] else banned_early,
-                           top_k=params.top_k, repetition_penalty=params.repetition_penalty,
-                           history=history)
-            if token == tok.eos_id:
-                break
-            history.append(token)
-            s._usage.output_tokens += 1
-            # The first word of an answer to a prompt continues it: it takes a space too.
-            first = n == 0 and len(prep["ids"]) <= 1
-            yield infer_pb2.Payload(text=tok.decode_piece(token, first=first))
-            ids = np.asarray([[token]], dtype=np.int64)
+
+        pieces = self.batcher_of(m).generate(seq, self.kv_bytes(m, seq), call,
+                                             lambda: flag.cancelled)
+        try:
+            async for piece in pieces:
+                s._usage.output_tokens = seq.generated
+                s.compute_s = seq.compute_s
+                yield infer_pb2.Payload(text=piece)
+        finally:
+            await pieces.aclose()
+            s._usage.output_tokens = seq.generated
+            s.compute_s = seq.compute_s
+
+    def kv_bytes(self, m: LoadedModel, seq: DecodeSequence | GruSequence) -> int:
+        """What ``seq`` reserves of the KV budget: its whole cache at max_tokens."""
+        if isinstance(seq, GruSequence):
+            return int(seq.state.nbytes)
+        layout = seq.model.layout
+        per_token = 2 * layout.layers * layout.kv_heads * layout.head_dim * \
+            layout.kv_dtype.itemsize
+        return per_token * (seq.prompt_tokens + seq.max_tokens)
+
+    def _check_fits(self, m: LoadedModel, seq: DecodeSequence | GruSequence) -> None:
+        need = self.kv_bytes(m, seq)
+        if need > self.capacity.kv_budget_bytes:
+            raise ResourceExhausted(
+                f"the prompt and max_tokens need {need} bytes of KV cache; this worker's "
+                f"budget is {self.capacity.kv_budget_bytes}",
+                details={"kv_bytes": str(need),
+                         "budget_bytes": str(self.capacity.kv_budget_bytes)})
 
     # -------------------------------------------------------------- embedding
 
