@@ -573,3 +573,37 @@ async def test_the_heartbeat_reports_batch_capacity_in_sequences(env: Env) -> No
     assert cap.active_sequences == 1 and 0 < cap.kv_cache_used_bytes <= 1 << 20
     await stream.aclose()
     assert service.health_report().capacity.active_sequences == 0
+
+
+async def test_a_failed_step_fails_every_sequence_in_it(env: Env) -> None:
+    engine = batch_engine(env)
+    model = await env.load("dec-b")
+    session = model.session
+    results: list[BaseException | None] = [None, None]
+    real_run = session.run
+    calls = 0
+
+    def run(feeds):
+        nonlocal calls
+        calls += 1
+        if feeds["input_ids"].shape[0] > 1:  # the first batched step
+            raise RuntimeError("runtime failure")
+        return real_run(feeds)
+
+    async def one(i: int, prompt: str) -> None:
+        try:
+            async for _ in engine.stream(request("dec-b", prompt, max_tokens=20, min_tokens=20,
+                                                 temperature_value=0), model=model):
+                pass
+        except RuntimeError as exc:
+            results[i] = exc
+
+    session.run = run
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, 0, PROMPTS[0])
+            nursery.start_soon(one, 1, PROMPTS[1])
+    finally:
+        del session.run
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert engine.batcher_of(model).active == [] and engine.capacity.sequences == 0

@@ -89,6 +89,8 @@ class Batcher:
             while True:
                 while seq.pieces:
                     yield seq.pieces.pop(0)
+                if seq.error is not None:
+                    raise seq.error
                 if seq.done:
                     return
                 if cancelled():
@@ -128,9 +130,15 @@ class Batcher:
             self.largest_batch = max(self.largest_batch, len(running))
             try:
                 await call(self._run_step, joining, running)
+            except Exception as exc:
+                # The runtime failed this step: every sequence in it fails with the error,
+                # each in its own stream, and leaves (a retry would most likely fail again).
+                for q in (*joining, *running):
+                    q.error = exc
+                raise
             finally:
                 # Finished sequences leave now, their text kept for their consumers.
-                for q in [q for q in self.active if q.done]:
+                for q in [q for q in self.active if q.done or q.error is not None]:
                     self._leave(q)
             self.steps += 1
             return True

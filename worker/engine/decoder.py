@@ -273,6 +273,7 @@ class DecodeSequence:
         self.generated = 0
         self.finish_reason = ""  # "stop" or "length" once done
         self.pieces: list[str] = []  # text ready to send, taken by the consumer
+        self.error: Exception | None = None  # the runtime failed a step this sequence was in
         self.compute_s = 0.0  # this sequence's share of the runtime calls it rode
 
     @property

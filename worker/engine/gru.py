@@ -93,6 +93,7 @@ class GruSequence:
         self.generated = 0
         self.finish_reason = ""
         self.pieces: list[str] = []
+        self.error: Exception | None = None  # the runtime failed a step this sequence was in
         self.compute_s = 0.0
 
     @property

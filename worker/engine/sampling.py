@@ -44,6 +44,8 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top
     likeliest tokens first (a partial sort); only when they hold less than ``top_p`` of the
     mass is the whole vocabulary sorted. Either way the result is exact nucleus sampling.
     """
+    if temperature == 0 and not banned.size and (repetition_penalty == 1.0 or not len(history)):
+        return int(np.argmax(logits))  # plain greedy: no copy of a large vocabulary
     z = logits.astype(np.float64)  # a copy: edited in place below
     if repetition_penalty != 1.0 and len(history):
         seen = np.unique(np.asarray(history, dtype=np.int64))
