@@ -607,3 +607,18 @@ async def test_a_failed_step_fails_every_sequence_in_it(env: Env) -> None:
         del session.run
     assert all(isinstance(r, RuntimeError) for r in results)
     assert engine.batcher_of(model).active == [] and engine.capacity.sequences == 0
+
+
+def test_text_streams_piece_by_piece_without_broken_characters(env: Env) -> None:
+    from worker.engine.tokenizers import HFTokenizer
+
+    tok = HFTokenizer((env.tmp / "dec-a" / "tokenizer.json").read_text())
+    text = " zwölf Boxkämpfer — 日本語 und 🙂 over the lazy dog, " * 4
+    ids = tok.encode(text)
+    prompt = tok.encode("In the beginning")
+    stream = tok.stream(prompt)
+    pieces = [stream.push(i) for i in ids]
+    pieces.append(stream.flush())
+    assert "".join(pieces) == text == tok.decode(ids)
+    assert not any("\ufffd" in p for p in pieces)
+    assert sum(1 for p in pieces if p == "") > 3  # multi-byte characters were held back

@@ -115,29 +115,30 @@ class TextStream:
         self._tok = tokenizer
         self._ids = list(prompt_ids[-self.CONTEXT:])
         self._read = len(self._ids)  # ids from here on are not emitted yet
+        self._before = tokenizer.decode(self._ids)  # the text of ids[:read]
 
     def push(self, token: int) -> str:
         """The text that ``token`` completes ("" while a character is incomplete)."""
         self._ids.append(token)
-        piece = self._pending()
+        after = self._tok.decode(self._ids)
+        piece = after[len(self._before):] if len(after) > len(self._before) else ""
         if not piece or piece.endswith("\ufffd"):
             return ""
         self._read = len(self._ids)
+        self._before = after
         if len(self._ids) > 4 * self.CONTEXT:  # keep the decoded window short
             self._ids = self._ids[-self.CONTEXT:]
             self._read = len(self._ids)
+            self._before = self._tok.decode(self._ids)
         return piece
 
     def flush(self) -> str:
         """Whatever is held back, at the end of generation."""
-        piece = self._pending()
-        self._read = len(self._ids)
-        return piece
-
-    def _pending(self) -> str:
-        before = self._tok.decode(self._ids[: self._read])
         after = self._tok.decode(self._ids)
-        return after[len(before):] if len(after) > len(before) else ""
+        piece = after[len(self._before):] if len(after) > len(self._before) else ""
+        self._read = len(self._ids)
+        self._before = after
+        return piece
 
 
 def load_tokenizer(blob: bytes) -> WordTokenizer | WordPieceTokenizer | HFTokenizer:
