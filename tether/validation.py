@@ -14,6 +14,10 @@ MAX_PROMPT_CHARS = 16_384
 MAX_TEXTS = 256
 MAX_TENSOR_BYTES = 4 * 1024 * 1024
 MAX_NEW_TOKENS = 1024
+MAX_MESSAGES = 256
+MAX_ROLE_CHARS = 64
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 #: A sealed input: the largest clear one plus room for the binding and the seal.
 MAX_SEALED_BYTES = MAX_TENSOR_BYTES + 64 * 1024
 _VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))?$")
@@ -38,9 +42,19 @@ def validate(request: infer_pb2.Infer.Request) -> None:
     validate_target(request.model_id, request.version, request.region)
     kind = request.input.WhichOneof("kind")
     if kind is None:
-        raise InvalidArgument("input is empty: set input.text, input.texts or input.tensors")
+        raise InvalidArgument(
+            "input is empty: set input.text, input.messages, input.texts or input.tensors")
     if kind == "text" and len(request.input.text) > MAX_PROMPT_CHARS:
         raise InvalidArgument(f"prompt longer than {MAX_PROMPT_CHARS} characters")
+    if kind == "messages":
+        messages = request.input.messages.messages
+        if not 1 <= len(messages) <= MAX_MESSAGES:
+            raise InvalidArgument(f"input.messages needs 1 to {MAX_MESSAGES} messages")
+        if any(not m.role or len(m.role) > MAX_ROLE_CHARS for m in messages):
+            raise InvalidArgument(f"every message needs a role of 1 to {MAX_ROLE_CHARS} "
+                                  "characters")
+        if sum(len(m.content) for m in messages) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(f"the messages are longer than {MAX_PROMPT_CHARS} characters")
     if kind == "texts":
         texts = request.input.texts.texts
         if not texts or len(texts) > MAX_TEXTS:
@@ -51,8 +65,16 @@ def validate(request: infer_pb2.Infer.Request) -> None:
         size = sum(len(t.data) for t in request.input.tensors.tensors)
         if size > MAX_TENSOR_BYTES:
             raise InvalidArgument(f"input tensors exceed {MAX_TENSOR_BYTES} bytes")
-    if request.params.max_tokens > MAX_NEW_TOKENS:
+    validate_params(request.params)
+
+
+def validate_params(params: infer_pb2.GenerationParams) -> None:
+    if params.max_tokens > MAX_NEW_TOKENS:
         raise InvalidArgument(f"params.max_tokens is above {MAX_NEW_TOKENS}")
+    if len(params.stop) > MAX_STOP_STRINGS or any(
+            not 1 <= len(s) <= MAX_STOP_CHARS for s in params.stop):
+        raise InvalidArgument(f"params.stop takes up to {MAX_STOP_STRINGS} strings of 1 to "
+                              f"{MAX_STOP_CHARS} characters")
 
 
 def validate_sealed(request: infer_pb2.Infer.Request) -> None:
@@ -67,5 +89,4 @@ def validate_sealed(request: infer_pb2.Infer.Request) -> None:
         raise InvalidArgument(f"sealed input exceeds {MAX_SEALED_BYTES} bytes")
     if not 1 <= len(request.sealed.keys) <= MAX_KEY_SLOTS:
         raise InvalidArgument(f"a sealed request has 1 to {MAX_KEY_SLOTS} key slots")
-    if request.params.max_tokens > MAX_NEW_TOKENS:
-        raise InvalidArgument(f"params.max_tokens is above {MAX_NEW_TOKENS}")
+    validate_params(request.params)
