@@ -5,7 +5,10 @@ The worker service calls :meth:`ExecutionEngine.stream`, which returns an
 once it is exhausted. The runtime is called one step at a time: in a worker thread
 (``trio.to_thread``) when a step may be long, on the event loop when the model's measured step
 time says it is short (see ``INLINE_STEP_S``). Between two steps the stream checks trio's
-cancellation and its :class:`CancelFlag`, so cancellation is prompt either way.
+cancellation and its :class:`CancelFlag`, so cancellation is prompt either way. Text
+generation requests of one model share their steps (continuous batching,
+:mod:`worker.engine.batching`), within ``max_batch`` sequences per model and the engine's
+KV-cache budget (``capacity``, reported in the worker's heartbeat).
 
 Tasks and the model contracts they rely on (see ``worker/models/README.md``):
 
@@ -18,8 +21,9 @@ Tasks and the model contracts they rely on (see ``worker/models/README.md``):
   - the GRU contract — inputs ``input_ids`` [1, T] int64, ``state``; outputs ``logits``
     [1, V], ``state_out`` — with a word tokenizer.
 
-  The prompt is one call, then one call per generated token (KV cache or state carried
-  over); text is streamed as soon as it is sampled. Sampling is in
+  A sequence's prompt is one call, then each step advances every sequence of the batch by
+  one token in one call (KV cache or state carried over); text is streamed as soon as it is
+  sampled. Sampling is in
   :mod:`worker.engine.sampling`: greedy (temperature 0), temperature, top-k, top-p,
   repetition penalty, stop strings, and a per-request seed.
 * embedding — inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids`` if declared)
