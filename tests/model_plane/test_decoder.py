@@ -622,3 +622,79 @@ def test_text_streams_piece_by_piece_without_broken_characters(env: Env) -> None
     assert "".join(pieces) == text == tok.decode(ids)
     assert not any("\ufffd" in p for p in pieces)
     assert sum(1 for p in pieces if p == "") > 3  # multi-byte characters were held back
+
+
+class StubSession:
+    """Test double: a session that only declares inputs and outputs (never run)."""
+
+    def __init__(self, inputs, outputs) -> None:
+        from worker.engine.backends import IOSpec
+
+        self.inputs = [IOSpec(n, d, s) for n, d, s in inputs]
+        self.outputs = [IOSpec(n, d, s) for n, d, s in outputs]
+
+
+def stub_decoder(layers: int, shape, *, extra=(), dtype=1, present=True) -> StubSession:
+    ins = [("input_ids", 7, (-1, -1)), *extra]
+    outs = [("logits", 1, (-1, -1, 50))]
+    for i in range(layers):
+        for kind in ("key", "value"):
+            ins.append((f"past_key_values.{i}.{kind}", dtype, shape))
+            if present:
+                outs.append((f"present.{i}.{kind}", dtype, shape))
+    return StubSession(ins, outs)
+
+
+def test_layout_edge_cases() -> None:
+    from worker.engine.decoder import batch_feeds
+
+    # Heads and head size left symbolic by the export: config.json says (grouped-query KV).
+    layout = decoder_layout(stub_decoder(2, (-1, -1, -1, -1)),
+                            {"num_attention_heads": 8, "num_key_value_heads": 2,
+                             "hidden_size": 64})
+    assert (layout.layers, layout.kv_heads, layout.head_dim) == (2, 2, 8)
+    with pytest.raises(FailedPrecondition):
+        decoder_layout(stub_decoder(2, (-1, -1, -1, -1)), {})
+    with pytest.raises(FailedPrecondition):  # past without present
+        decoder_layout(stub_decoder(1, (-1, 2, -1, 4), present=False))
+    with pytest.raises(FailedPrecondition):
+        decoder_layout(StubSession([("input_ids", 7, (-1, -1))], [("logits", 1, (-1, 5))]))
+    # A merged decoder (use_cache_branch) is told whether the cache is used.
+    merged = decoder_layout(stub_decoder(1, (-1, 2, -1, 4), extra=[
+        ("attention_mask", 7, (-1, -1)), ("use_cache_branch", 9, (1,))]))
+    assert merged.use_cache_branch and not merged.position_ids
+    first = batch_feeds(merged, [[5, 6]], [merged.empty_cache()], 0)
+    assert first["use_cache_branch"].tolist() == [False]
+    later = batch_feeds(merged, [[7]], [[np.zeros((1, 2, 2, 4), np.float32)] * 2], 0)
+    assert later["use_cache_branch"].tolist() == [True]
+    # Two sequences at different positions, left-padded and masked.
+    pos = decoder_layout(stub_decoder(1, (-1, 2, -1, 4), extra=[
+        ("attention_mask", 7, (-1, -1)), ("position_ids", 7, (-1, -1))]))
+    feeds = batch_feeds(pos, [[9], [8]], [[np.ones((1, 2, 3, 4), np.float32)] * 2,
+                                          [np.ones((1, 2, 1, 4), np.float32)] * 2], 0)
+    assert feeds["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert feeds["position_ids"].tolist() == [[3], [1]]
+    assert feeds["past_key_values.0.key"][1, :, :2].sum() == 0
+
+
+def test_generation_files_are_read_as_transformers_writes_them(env: Env) -> None:
+    from worker.engine.decoder import DecoderModel
+    from worker.engine.tokenizers import HFTokenizer
+
+    folder = env.tmp / "dec-a"
+    tok = HFTokenizer((folder / "tokenizer.json").read_text())
+    session = stub_decoder(1, (-1, 2, -1, 4))
+    files = {"tokenizer_config": json.dumps({
+        "eos_token": {"content": "<|im_end|>", "special": True}, "bos_token": None,
+        "chat_template": [{"name": "default", "template": "{{ messages[0]['content'] }}"},
+                          {"name": "tool_use", "template": "x"}]}).encode()}
+    d = DecoderModel.from_files(session, tok, files)
+    assert d.eos_ids == {tok.token_to_id("<|im_end|>")}  # no generation_config: the token
+    assert d.chat_template == "{{ messages[0]['content'] }}" and d.bos_token == ""
+    assert d.sampling_defaults() == {"temperature": 0.0, "repetition_penalty": 1.0}
+    files["generation_config"] = json.dumps({"do_sample": True, "temperature": 0.6,
+                                             "top_p": 0.9, "eos_token_id": 3}).encode()
+    d = DecoderModel.from_files(session, tok, files)
+    assert d.eos_ids == {3} and d.sampling_defaults()["temperature"] == 0.6
+    with pytest.raises(InvalidArgument):
+        DecoderModel.from_files(session, tok, {"config": b"not json"})

@@ -282,9 +282,13 @@ class ExecutionEngine:
         b = batchers.get(self)
         if b is None:
             session = m.session
-            if self.decoder_of(m) is not None:
+            decoder = self.decoder_of(m)
+            if decoder is not None and decoder.layout.attention_mask:
                 b = Batcher(lambda q: decode_step(session, [q]),
                             lambda qs: decode_step(session, qs), self.capacity)
+            elif decoder is not None:  # padding cannot be masked: one call per sequence
+                b = Batcher(lambda q: decode_step(session, [q]),
+                            lambda qs: [decode_step(session, [q]) for q in qs], self.capacity)
             else:
                 b = Batcher(lambda q: gru_prefill(session, q),
                             lambda qs: self._gru_decode(m, qs), self.capacity)
