@@ -328,3 +328,9 @@ def decode_step(session: Session, seqs: Sequence[DecodeSequence]) -> None:
     for seq, cache, row in zip(seqs, split_presents(layout, out, new_ids, caches), logits,
                                strict=True):
         seq.advance(row, cache)
+
+
+def decode_each(session: Session, seqs: Sequence[DecodeSequence]) -> None:
+    """One call per sequence: for graphs whose padding cannot be masked (no attention_mask)."""
+    for seq in seqs:
+        decode_step(session, [seq])

@@ -56,7 +56,13 @@ from tether.v1 import infer_pb2, registry_pb2, tensor_pb2
 from worker.engine.backends import DTYPES, IOSpec, data_type_of
 from worker.engine.batching import BatchCapacity, Batcher
 from worker.engine.chat import render_chat
-from worker.engine.decoder import DecoderModel, DecodeSequence, decode_step, is_decoder
+from worker.engine.decoder import (
+    DecoderModel,
+    DecodeSequence,
+    decode_each,
+    decode_step,
+    is_decoder,
+)
 from worker.engine.gru import (
     BATCHED_STEP,
     GruSequence,
@@ -288,7 +294,7 @@ class ExecutionEngine:
                             lambda qs: decode_step(session, qs), self.capacity)
             elif decoder is not None:  # padding cannot be masked: one call per sequence
                 b = Batcher(lambda q: decode_step(session, [q]),
-                            lambda qs: [decode_step(session, [q]) for q in qs], self.capacity)
+                            lambda qs: decode_each(session, qs), self.capacity)
             else:
                 b = Batcher(lambda q: gru_prefill(session, q),
                             lambda qs: self._gru_decode(m, qs), self.capacity)
