@@ -1,14 +1,19 @@
 """Worker engine overhead against calling ONNX Runtime directly, and time to first token.
 
-For each shipped model the same ONNX Runtime session runs the same input two ways:
+For each shipped model, and a random-weight decoder in the Hugging Face Optimum layout
+(``tools/tiny_decoder.py``: 4 layers, 8 heads of 32, fp16 KV cache), the same ONNX Runtime
+session runs the same input two ways:
 
 * direct — a plain loop of ``session.run`` calls (text generation: the prompt, then one call
-  per token with the same sampling; embedding: one call per batch);
+  per token with the same sampling, the decoder's KV cache fed back by name; embedding: one
+  call per batch);
 * engine — ``ExecutionEngine.stream`` under trio, which adds input checks, a worker-thread hop
   per runtime call, cancellation checks and protobuf payloads.
 
 The ratio engine/direct (median over rounds of the per-round ratio) is the overhead; the
-goal is <= 1.05. It is given for wall time and for process CPU time (``time.process_time``,
+goal is <= 1.05. Continuous batching: 8 concurrent decoder streams, tokens per second with
+batches of up to 8 against the same engine limited to batches of 1.
+The overhead is given for wall time and for process CPU time (``time.process_time``,
 all threads), which a busy shared machine disturbs less. Time to first token is measured from
 the stream's creation to its first payload. The last line printed is JSON with every figure.
 
@@ -38,9 +43,11 @@ from tether.artifacts import ArtifactStore, LocalDirectoryStore  # noqa: E402
 from tether.keys import KeyPair  # noqa: E402
 from tether.metadata import MetadataStore  # noqa: E402
 from tether.v1 import infer_pb2, tensor_pb2  # noqa: E402
+from tools.tiny_decoder import write_model_folder  # noqa: E402
 from worker.engine import ExecutionEngine, OnnxRuntimeBackend  # noqa: E402
+from worker.engine.backends import DTYPES  # noqa: E402
 from worker.engine.engine import embedding_feeds, sample  # noqa: E402
-from worker.engine.tokenizers import WordPieceTokenizer, WordTokenizer  # noqa: E402
+from worker.engine.tokenizers import HFTokenizer, WordPieceTokenizer, WordTokenizer  # noqa: E402
 from worker.loader import LoadedModel, ModelLoader  # noqa: E402
 
 PROMPT = "and the lord spake unto moses, saying"
@@ -93,6 +100,73 @@ async def engine_text(engine: ExecutionEngine, model: LoadedModel, tokens: int,
     return time.perf_counter() - t0, stream.first_payload_s, n
 
 
+def direct_decoder(model: LoadedModel, tokens: int) -> tuple[float, float, int]:
+    """Greedy decoding with the end of text banned, by plain session.run calls."""
+    tok = model.tokenizer
+    assert isinstance(tok, HFTokenizer)
+    eos = json.loads(model.files["generation_config"])["eos_token_id"]
+    inputs = {i.name: i for i in model.session.inputs}
+    t0 = time.perf_counter()
+    past = {n: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=DTYPES[i.dtype])
+            for n, i in inputs.items() if n.startswith("past_key_values.")}
+    ids = tok.encode(PROMPT)
+    prompt, seen, first, out = list(ids), 0, 0.0, []
+    for n in range(tokens):
+        feeds = {"input_ids": np.array([ids], dtype=np.int64),
+                 "attention_mask": np.ones((1, seen + len(ids)), dtype=np.int64), **past}
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(seen, seen + len(ids), dtype=np.int64)[None]
+        result = model.session.run(feeds)
+        logits = result["logits"][0, -1].astype(np.float64)
+        logits[eos] = -np.inf
+        token = int(np.argmax(logits))
+        out.append(token)
+        tok.decode(prompt[-6:] + out[-6:])  # what streaming text costs, roughly
+        if n == 0:
+            first = time.perf_counter() - t0
+        seen += len(ids)
+        ids = [token]
+        past = {k: result[k.replace("past_key_values.", "present.")] for k in past}
+    return time.perf_counter() - t0, first, len(out)
+
+
+async def engine_decoder(engine: ExecutionEngine, model: LoadedModel,
+                         tokens: int) -> tuple[float, float, int]:
+    t0 = time.perf_counter()
+    req = infer_pb2.Infer.Request(model_id=model.model_id, input=infer_pb2.Input(text=PROMPT),
+                                  params=infer_pb2.GenerationParams(
+                                      max_tokens=tokens, min_tokens=tokens,
+                                      temperature_value=0.0))
+    stream = engine.stream(req, model=model)
+    async for _ in stream:
+        pass
+    assert stream.first_payload_s is not None
+    return time.perf_counter() - t0, stream.first_payload_s, stream.usage.output_tokens
+
+
+async def batched_decoder(loader: ModelLoader, model: LoadedModel, tokens: int, streams: int,
+                          max_batch: int) -> float:
+    """Tokens per second of ``streams`` concurrent greedy streams, batches of ``max_batch``."""
+    engine = ExecutionEngine(loader, max_batch=max_batch, inline_step_s=0.0)
+    total = 0
+
+    async def one(i: int) -> None:
+        nonlocal total
+        stream = engine.stream(infer_pb2.Infer.Request(
+            model_id=model.model_id, input=infer_pb2.Input(text=f"{PROMPT} {i}"),
+            params=infer_pb2.GenerationParams(max_tokens=tokens, min_tokens=tokens,
+                                              temperature_value=0.0)), model=model)
+        async for _ in stream:
+            pass
+        total += stream.usage.output_tokens
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(streams):
+            nursery.start_soon(one, i)
+    return total / (time.perf_counter() - t0)
+
+
 def direct_embed(model: LoadedModel) -> float:
     tok = model.tokenizer
     assert isinstance(tok, WordPieceTokenizer)
@@ -127,11 +201,15 @@ async def run(args: argparse.Namespace) -> dict:
         for name in ("kjv-textgen", "all-minilm-l6-v2"):
             publish_package(ModelPackage.load(REPO / "worker" / "models" / name), catalog,
                             artifacts, kp)
+        decoder_dir = write_model_folder(tmp / "bench-decoder", model_id="bench-decoder",
+                                         layers=4, heads=8, head_dim=32, kv_dtype="float16")
+        publish_package(ModelPackage.load(decoder_dir), catalog, artifacts, kp)
         backend = OnnxRuntimeBackend(intra_op_threads=args.threads)
         loader = ModelLoader(artifacts, backend, budget_bytes=1 << 30)
         engine = ExecutionEngine(loader)
         text_model = await loader.load(catalog.resolve("kjv-textgen"))
         emb_model = await loader.load(catalog.resolve("all-minilm-l6-v2"))
+        dec_model = await loader.load(catalog.resolve("bench-decoder"))
         store.close()
 
     d_tot, d_first, e_tot, e_first, d_emb, e_emb = [], [], [], [], [], []
@@ -162,6 +240,29 @@ async def run(args: argparse.Namespace) -> dict:
             e_cpu.append(ec / max(et[2], 1))
             d_first.append(dt[1])
             e_first.append(et[1])
+    dec_d, dec_e, dec_dc, dec_ec, dec_df, dec_ef = [], [], [], [], [], []
+    for i in range(args.repeats + 2):
+        c0 = time.process_time()
+        if i % 2 == 0:
+            et = await engine_decoder(engine, dec_model, args.tokens)
+            c1 = time.process_time()
+            dt = direct_decoder(dec_model, args.tokens)
+            c2 = time.process_time()
+            ec, dc = c1 - c0, c2 - c1
+        else:
+            dt = direct_decoder(dec_model, args.tokens)
+            c1 = time.process_time()
+            et = await engine_decoder(engine, dec_model, args.tokens)
+            c2 = time.process_time()
+            dc, ec = c1 - c0, c2 - c1
+        assert dt[2] == et[2] == args.tokens, "both paths must generate every token"
+        if i >= 2:
+            dec_d.append(dt[0] / dt[2])
+            dec_e.append(et[0] / et[2])
+            dec_dc.append(dc / dt[2])
+            dec_ec.append(ec / et[2])
+            dec_df.append(dt[1])
+            dec_ef.append(et[1])
     for i in range(args.repeats + 2):
         c0 = time.process_time()
         if i % 2 == 0:
@@ -181,6 +282,10 @@ async def run(args: argparse.Namespace) -> dict:
             e_emb.append(ee)
             d_emb_cpu.append(dc)
             e_emb_cpu.append(ec)
+    batched, serial = [], []
+    for _ in range(max(3, args.repeats // 3)):
+        batched.append(await batched_decoder(loader, dec_model, args.tokens, 8, 8))
+        serial.append(await batched_decoder(loader, dec_model, args.tokens, 8, 1))
     med = statistics.median
     return {
         "bench": "engine_overhead",
@@ -194,6 +299,15 @@ async def run(args: argparse.Namespace) -> dict:
         "textgen_cpu_overhead_ratio": paired(e_cpu, d_cpu),
         "ttft_ms_direct": round(med(d_first) * 1e3, 3),
         "ttft_ms_engine": round(med(e_first) * 1e3, 3),
+        "decoder_ms_per_token_direct": round(med(dec_d) * 1e3, 4),
+        "decoder_ms_per_token_engine": round(med(dec_e) * 1e3, 4),
+        "decoder_overhead_ratio": paired(dec_e, dec_d),
+        "decoder_cpu_overhead_ratio": paired(dec_ec, dec_dc),
+        "decoder_ttft_ms_direct": round(med(dec_df) * 1e3, 3),
+        "decoder_ttft_ms_engine": round(med(dec_ef) * 1e3, 3),
+        "decoder_8_streams_tokens_per_s_batched": round(med(batched), 1),
+        "decoder_8_streams_tokens_per_s_batch_of_1": round(med(serial), 1),
+        "decoder_batching_speedup": round(med(batched) / med(serial), 3),
         "embedding_ms_32_texts_direct": round(med(d_emb) * 1e3, 3),
         "embedding_ms_32_texts_engine": round(med(e_emb) * 1e3, 3),
         "embedding_overhead_ratio": paired(e_emb, d_emb),

@@ -269,7 +269,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         dispatched = infer_pb2.Infer.Request()
         dispatched.CopyFrom(request)
         dispatched.version = record.model.version
-        text = request.input.WhichOneof("kind") == "text" or request.HasField("sealed")
+        text = (request.input.WhichOneof("kind") in ("text", "messages")
+                or request.HasField("sealed"))
         if text and not request.params.seed:
             # Pinned, so that a replay on another worker (one lost mid-stream) samples the
             # same answer and can be spliced onto what the client already has. (A sealed

@@ -1,8 +1,13 @@
 """Publishing a model: sign and replicate its artifacts, then register the version.
 
 A model on disk is a folder with a ``model.json``: id, version, task, input/output schema,
-limits, placement needs, policy, and which files are the ``model``, ``tokenizer`` and
-``adapter:<name>`` artifacts. ``files_dir`` may point elsewhere, relative to the repository,
+limits, placement needs, policy, and which files are the ``model``, ``tokenizer``,
+``config``, ``generation_config``, ``tokenizer_config`` and ``adapter:<name>`` artifacts.
+A Hugging Face Optimum ONNX export of a decoder-only model (``model.onnx``, ``config.json``,
+``tokenizer.json`` and optionally ``generation_config.json`` and ``tokenizer_config.json``)
+publishes unchanged without a ``model.json``: :meth:`ModelPackage.from_export` names its
+files, and the id comes from the caller (default: the folder's name).
+``files_dir`` may point elsewhere, relative to the repository,
 for files built rather than committed, and ``sha256`` pins what such a build must produce.
 :func:`publish_package` uploads each file through the :class:`tether.artifacts.ArtifactStore`
 (signed manifest, N replicas) and stores the resulting ``tether.v1.ModelRecord`` with the
@@ -35,6 +40,12 @@ DTYPES = {
     "bool": tensor_pb2.DATA_TYPE_BOOL,
 }
 FORMATS = {"model": "onnx", "tokenizer": "tokenizer"}
+# Files of an Optimum export, by artifact role (the first graph name found is the model).
+EXPORT_GRAPHS = ("model.onnx", "decoder_model_merged.onnx")
+EXPORT_FILES = {"tokenizer": "tokenizer.json", "config": "config.json",
+                "generation_config": "generation_config.json",
+                "tokenizer_config": "tokenizer_config.json"}
+EXPORT_VERSION = "1.0"
 
 
 @dataclass
@@ -57,12 +68,42 @@ class ModelPackage:
     rate_limit_rps: float = 0.0
 
     @classmethod
-    def load(cls, folder: str | Path, *, version: str | None = None) -> ModelPackage:
+    def from_export(cls, folder: str | Path, *, model_id: str | None = None,
+                    version: str | None = None) -> ModelPackage:
+        """A Hugging Face Optimum export of a decoder-only model, files as they are."""
+        folder = Path(folder)
+        graph = next((folder / g for g in EXPORT_GRAPHS if (folder / g).is_file()), None)
+        if graph is None or not (folder / "config.json").is_file():
+            raise NotFound(f"{folder} has no model.json, and is not an ONNX export (config.json "
+                           f"and one of {', '.join(EXPORT_GRAPHS)})")
+        if (graph.parent / (graph.name + "_data")).exists():
+            raise InvalidArgument(f"{graph} keeps its weights in an external data file; "
+                                  "re-export it as one file")
+        files = {"model": graph}
+        files.update({role: folder / name for role, name in EXPORT_FILES.items()
+                      if (folder / name).is_file()})
+        if "tokenizer" not in files:
+            raise NotFound(f"{folder} has no tokenizer.json")
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"{folder}/config.json is not JSON: {exc}") from exc
+        name = model_id or folder.resolve().name.lower()
+        return cls(model_id=check_model_id(name),
+                   version=str(Version.parse(version or EXPORT_VERSION)),
+                   task=registry_pb2.TASK_TEXT_GENERATION, files=files,
+                   description=str(config.get("_name_or_path") or config.get("model_type", "")),
+                   max_input_length=int(config.get("max_position_embeddings", 0)))
+
+    @classmethod
+    def load(cls, folder: str | Path, *, version: str | None = None,
+             model_id: str | None = None) -> ModelPackage:
+        """The package in ``folder``: its model.json, else an Optimum export as it is."""
         folder = Path(folder)
         try:
             spec = json.loads((folder / "model.json").read_text())
-        except FileNotFoundError as exc:
-            raise NotFound(f"{folder} has no model.json") from exc
+        except FileNotFoundError:
+            return cls.from_export(folder, model_id=model_id, version=version)
         except json.JSONDecodeError as exc:
             raise InvalidArgument(f"{folder}/model.json is not JSON: {exc}") from exc
         files_dir = REPO_ROOT / spec["files_dir"] if "files_dir" in spec else folder
@@ -80,7 +121,7 @@ class ModelPackage:
             raise InvalidArgument(f"task must be one of {sorted(TASKS)}")
         degrade = spec.get("degrade_to")
         return cls(
-            model_id=check_model_id(spec["model_id"]),
+            model_id=check_model_id(model_id or spec["model_id"]),
             version=str(Version.parse(version or spec["version"])),
             task=TASKS[spec["task"]], files=files, description=spec.get("description", ""),
             max_input_length=int(spec.get("max_input_length", 0)),

@@ -20,6 +20,12 @@ MAX_PROMPT_CHARS = 16_384
 MAX_TEXTS = 256
 #: Bytes of input tensors in one request.
 MAX_TENSOR_BYTES = 4 * 1024 * 1024
+#: Messages in one conversation, and the length of one message's role.
+MAX_MESSAGES = 256
+MAX_ROLE_CHARS = 64
+#: Stop strings one request may give, and the length of each.
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 #: Tokens one request may generate.
 MAX_NEW_TOKENS = 1024
 #: Tokens generated when a request does not say (``params.max_tokens`` 0).
@@ -32,7 +38,7 @@ CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 #: The input kind each task takes, and how to ask for it.
 _TASK_INPUT = {
-    registry_pb2.TASK_TEXT_GENERATION: ("text", "input.text (a prompt)"),
+    registry_pb2.TASK_TEXT_GENERATION: ("text", "input.text (a prompt) or input.messages"),
     registry_pb2.TASK_EMBEDDING: ("texts", "input.texts"),
     registry_pb2.TASK_TENSOR: ("tensors", "input.tensors"),
 }
@@ -72,7 +78,28 @@ def check_generation(params: infer_pb2.GenerationParams) -> int:
     if params.min_tokens > limit:
         raise InvalidArgument(f"min_tokens {params.min_tokens} is over max_tokens {limit}",
                               details={"field": "min_tokens"})
+    check_stops(params)
     return limit
+
+
+def check_stops(params: infer_pb2.GenerationParams) -> None:
+    if len(params.stop) > MAX_STOP_STRINGS:
+        raise InvalidArgument(f"{len(params.stop)} stop strings; at most {MAX_STOP_STRINGS}",
+                              details={"field": "stop"})
+    for i, stop in enumerate(params.stop):
+        if not 1 <= len(stop) <= MAX_STOP_CHARS:
+            raise InvalidArgument(f"stop string {i} must be 1 to {MAX_STOP_CHARS} characters",
+                                  details={"field": "stop", "index": str(i)})
+
+
+def check_messages(messages: infer_pb2.ChatMessages) -> None:
+    items = messages.messages
+    if not 1 <= len(items) <= MAX_MESSAGES:
+        raise InvalidArgument(f"input.messages needs 1 to {MAX_MESSAGES} messages")
+    if any(not m.role or len(m.role) > MAX_ROLE_CHARS for m in items):
+        raise InvalidArgument(f"every message needs a role of 1 to {MAX_ROLE_CHARS} characters")
+    if sum(len(m.content) for m in items) > MAX_PROMPT_CHARS:
+        raise InvalidArgument(f"the messages are longer than {MAX_PROMPT_CHARS} characters")
 
 
 def check_shape(request: infer_pb2.Infer.Request) -> None:
@@ -81,9 +108,12 @@ def check_shape(request: infer_pb2.Infer.Request) -> None:
     check_client_id("retry token", request.retry_token)
     kind = request.input.WhichOneof("kind")
     if kind is None:
-        raise InvalidArgument("input is empty: set input.text, input.texts or input.tensors")
+        raise InvalidArgument(
+            "input is empty: set input.text, input.messages, input.texts or input.tensors")
     if kind == "text" and len(request.input.text) > MAX_PROMPT_CHARS:
         raise InvalidArgument(f"prompt longer than {MAX_PROMPT_CHARS} characters")
+    if kind == "messages":
+        check_messages(request.input.messages)
     if kind == "texts":
         texts = request.input.texts.texts
         if not texts or len(texts) > MAX_TEXTS:
@@ -114,13 +144,16 @@ def check_for_model(request: infer_pb2.Infer.Request, record: registry_pb2.Model
     name = f"{record.model.model_id} {record.model.version}"
     wanted = _TASK_INPUT.get(caps.task)
     kind = request.input.WhichOneof("kind")
-    if wanted is not None and kind != wanted[0]:
+    chat = kind == "messages" and wanted is not None and wanted[0] == "text"
+    if wanted is not None and kind != wanted[0] and not chat:
         task = registry_pb2.Task.Name(caps.task).removeprefix("TASK_").lower()
         raise InvalidArgument(f"{name} is a {task} model: send {wanted[1]}",
                               details={"field": "input", "task": task})
     limit = caps.max_input_length or DEFAULT_MAX_INPUT
     if kind == "text":
         texts = [request.input.text]
+    elif kind == "messages":
+        texts = [m.content for m in request.input.messages.messages]
     elif kind == "texts":
         texts = list(request.input.texts.texts)
     else:

@@ -7,7 +7,11 @@
 A replica is a local directory or an S3 bucket, ``s3://ACCESS:SECRET@HOST:PORT/BUCKET``
 (plain HTTP; ``s3s://`` for HTTPS). At least ``--min-replicas`` (default 3) are required and
 every one must take the write unless ``--write-quorum`` says fewer. The publisher key is created
-(mode 0600) if the file does not exist. ``--db`` takes any SQLAlchemy URL, e.g.
+(mode 0600) if the file does not exist. A folder without ``model.json`` that is a Hugging Face
+Optimum ONNX export of a decoder-only model (``model.onnx``, ``config.json``, ``tokenizer.json``,
+``generation_config.json``, ``tokenizer_config.json``) is published unchanged, as text
+generation, under ``--model-id`` (default: the folder's name) and ``--version`` (default 1.0).
+``--db`` takes any SQLAlchemy URL, e.g.
 ``postgresql+psycopg://user@127.0.0.1:5432/tether``. Prints the stored ModelRecord as JSON.
 """
 
@@ -33,7 +37,8 @@ from tether.metadata import MetadataStore  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("model_dir", type=Path, help="folder with model.json")
+    p.add_argument("model_dir", type=Path, help="folder with model.json, or an Optimum export")
+    p.add_argument("--model-id", default=None, help="id of an export without model.json")
     p.add_argument("--db", default=f"sqlite:///{REPO / 'var' / 'tether.db'}")
     p.add_argument("--key", type=Path, default=REPO / "var" / "keys" / "publisher.key")
     p.add_argument("--replica", action="append", default=[], help="directory or s3:// URL")
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                                   write_quorum=args.write_quorum, min_replicas=args.min_replicas)
         store = MetadataStore(args.db)
         store.migrate()
-        pkg = ModelPackage.load(args.model_dir, version=args.version)
+        pkg = ModelPackage.load(args.model_dir, version=args.version, model_id=args.model_id)
         record = publish_package(pkg, Catalog(store), artifacts, publisher)
         store.close()
     except TetherError as exc:

@@ -26,9 +26,16 @@ from tether.metadata.store import now_unix_ms
 from tether.v1 import health_pb2, registry_pb2
 from worker.engine.backends import Backend, Session
 from worker.engine.lora import merge_adapters
-from worker.engine.tokenizers import WordPieceTokenizer, WordTokenizer, load_tokenizer
+from worker.engine.tokenizers import (
+    HFTokenizer,
+    WordPieceTokenizer,
+    WordTokenizer,
+    load_tokenizer,
+)
 
 ADAPTER_PREFIX = "adapter:"
+# Small JSON files of a Hugging Face export that the engine reads beside the graph.
+CONFIG_ROLES = ("config", "generation_config", "tokenizer_config")
 
 
 @dataclass
@@ -36,12 +43,14 @@ class LoadedModel:
     record: registry_pb2.ModelRecord
     digest: str  # of the model artifact, or of model + adapters when adapters are merged
     session: Session
-    tokenizer: WordTokenizer | WordPieceTokenizer | None
+    tokenizer: WordTokenizer | WordPieceTokenizer | HFTokenizer | None
     size_bytes: int
     engine: str
+    files: dict[str, bytes] = field(default_factory=dict)  # CONFIG_ROLES present, by role
     pinned: bool = False
     last_used_unix_ms: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)  # derived graphs, by name
 
     @property
     def model_id(self) -> str:
@@ -56,11 +65,20 @@ class LoadedModel:
         return self.record.capabilities.task
 
 
-def cache_key(record: registry_pb2.ModelRecord) -> str:
+def graph_key(record: registry_pb2.ModelRecord) -> str:
     """Model digest, plus adapter digests when the record declares adapters."""
     parts = [a.digest for a in record.artifacts if a.role == "model"]
     parts += sorted(a.digest for a in record.artifacts if a.role.startswith(ADAPTER_PREFIX))
     return "+".join(parts)
+
+
+def cache_key(record: registry_pb2.ModelRecord) -> str:
+    """The graph key, plus the tokenizer's and config files' digests: two versions that share
+    a graph but not their tokenizer or generation defaults are different models."""
+    side = sorted(a.digest for a in record.artifacts
+                  if a.role == "tokenizer" or a.role in CONFIG_ROLES)
+    key = graph_key(record)
+    return "+".join([key, *side]) if key else ""
 
 
 class ModelLoader:
@@ -108,11 +126,30 @@ class ModelLoader:
             tok_blob = self.artifacts.fetch(tok_ref.digest).data
             tokenizer = load_tokenizer(tok_blob)
             size += len(tok_blob)
-        session = self.backend.load(graph, digest=key)
+        files = {a.role: self.artifacts.fetch(a.digest).data for a in record.artifacts
+                 if a.role in CONFIG_ROLES}
+        size += sum(len(b) for b in files.values())
+        session = self.backend.load(graph, digest=graph_key(record))
         pinned = (record.model.model_id, record.model.version) in self._pins
         return LoadedModel(record=record, digest=key, session=session, tokenizer=tokenizer,
                            size_bytes=size, engine=self.backend.name, pinned=pinned,
-                           last_used_unix_ms=self._clock())
+                           last_used_unix_ms=self._clock(), files=files)
+
+    def derive(self, m: LoadedModel, name: str, transform: Callable[[bytes], bytes]) -> Session:
+        """A second session for ``m`` from a graph derived from its own (e.g. a batched step
+        graph), made once: the artifact is fetched (and verified) again, so the loaded model
+        keeps no copy of its bytes. Synchronous: call it from a worker thread."""
+        found = m.sessions.get(name)
+        if found is not None:
+            return found
+        model_ref = next(a for a in m.record.artifacts if a.role == "model")
+        adapters = [self.artifacts.fetch(a.digest).data for a in m.record.artifacts
+                    if a.role.startswith(ADAPTER_PREFIX)]
+        graph = transform(merge_adapters(self.artifacts.fetch(model_ref.digest).data, adapters))
+        session = self.backend.load(graph, digest=f"{graph_key(m.record)}-{name}")
+        m.sessions[name] = session
+        m.size_bytes += len(graph)
+        return session
 
     def _check_fits(self, size: int, digest: str) -> None:
         pinned = sum(m.size_bytes for m in self._cache.values() if m.pinned)

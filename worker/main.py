@@ -26,6 +26,7 @@ from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
 from tether.v1 import registry_pb2, services_pb2, services_rpc
 from worker.engine.detect import select_backend
+from worker.engine.engine import ExecutionEngine
 from worker.engine.runtime import WorkerEngine
 from worker.loader import ModelLoader
 from worker.service import WorkerConfig, WorkerService
@@ -59,7 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     one, none = process.whole(1), process.whole(0)
     parser.add_argument(
-        "--slots", type=one, default=process.env_value("TETHER_SLOTS", "2", one)
+        "--max-batch", type=one, default=process.env_value("TETHER_MAX_BATCH", "8", one),
+        help="text generation: sequences of one model stepped together (continuous batching)",
+    )
+    parser.add_argument(
+        "--kv-cache-mb", type=one, default=process.env_value("TETHER_KV_CACHE_MB", "1024", one),
+        help="KV-cache memory all running sequences may hold (reported in heartbeats)",
+    )
+    parser.add_argument(
+        "--slots", type=one,
+        default=process.env_value("TETHER_SLOTS", "", lambda t: one(t) if t else None),
+        help="requests run at once (default: --max-batch: with continuous batching the "
+        "capacity the scheduler sees is in sequences)",
     )
     parser.add_argument(
         "--queue-limit", type=none, default=process.env_value("TETHER_QUEUE_LIMIT", "16", none)
@@ -114,7 +126,8 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
             trusted_keys={r.publisher_key for r in records},
         )
         loader = ModelLoader(artifacts, backend, budget_bytes=args.cache_mb * 1024 * 1024)
-        engine = WorkerEngine(loader, records)
+        engine = WorkerEngine(loader, records, engine=ExecutionEngine(
+            loader, max_batch=args.max_batch, kv_budget_bytes=args.kv_cache_mb * 1024 * 1024))
         await engine.warm()
         service = WorkerService(
             WorkerConfig(
@@ -123,7 +136,7 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
                 gpu_class=caps.gpu_class,
                 vram_gb=caps.vram_gb,
                 accelerators=list(caps.accelerators),
-                slots=args.slots,
+                slots=args.slots or args.max_batch,
                 queue_limit=args.queue_limit,
             ),
             engine,

@@ -48,6 +48,9 @@ class Engine(Protocol):
     ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
         """Run a request, yielding payload pieces; usage comes with the last."""
 
+    # Optional: ``batch_capacity(capacity)`` fills the continuous-batching fields of
+    # ``Capacity`` (max batch size, active sequences, KV-cache budget and use).
+
 
 @dataclass
 class WorkerConfig:
@@ -118,6 +121,9 @@ class WorkerService(services_rpc.WorkerServicer):
         report.capacity.in_use = stats.in_use
         report.capacity.queue_depth = stats.queue_depth
         report.capacity.queue_limit = stats.queue_limit
+        batching = getattr(self.engine, "batch_capacity", None)
+        if batching is not None:  # an engine that batches says how (Engine.batch_capacity)
+            batching(report.capacity)
         report.model_cache.extend(self.engine.cache_manifest())
         return report
 

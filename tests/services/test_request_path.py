@@ -144,6 +144,25 @@ async def _stream_and_kill_the_server(
 
 
 @scenario
+async def a_conversation_runs_as_text_generation_with_a_pinned_seed(
+    open_fleet: OpenFleet,
+) -> None:
+    async with open_fleet() as f:
+        engine = ScriptedEngine([(MODEL, "1.0")])
+        await f.add_worker("w1", engine=engine)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        req = infer_pb2.Infer.Request(model_id=MODEL, correlation_id="job-chat")
+        req.input.messages.messages.add(role="user", content="hello")
+        req.params.max_tokens = 3
+        chunks = await collect(gw, req, f.token("acme"))
+        assert chunks[-1].done and chunks[-1].usage.output_tokens == 3
+        # Pinned like a prompt's, so a replay elsewhere samples the same answer.
+        (ran,) = engine.requests
+        assert ran.input.messages.messages[0].content == "hello" and ran.params.seed != 0
+
+
+@scenario
 async def a_worker_lost_mid_stream_is_resumed_on_another(open_fleet: OpenFleet) -> None:
     async with open_fleet() as f:
         engines = {w: ScriptedEngine([(MODEL, "1.0")], step_s=0.2) for w in ("w1", "w2")}
@@ -249,6 +268,15 @@ async def invalid_requests_are_refused_before_any_work(open_fleet: OpenFleet) ->
             request(n=5000),
             request(prompt="x" * 20000),
             infer_pb2.Infer.Request(model_id="Bad Model!", input=infer_pb2.Input(text="x")),
+            infer_pb2.Infer.Request(model_id=MODEL, input=infer_pb2.Input(
+                messages=infer_pb2.ChatMessages(messages=[
+                    infer_pb2.ChatMessage(role="user", content="x" * 20000)]))),
+            infer_pb2.Infer.Request(model_id=MODEL, input=infer_pb2.Input(
+                messages=infer_pb2.ChatMessages(messages=[infer_pb2.ChatMessage(content="x")]))),
+            infer_pb2.Infer.Request(model_id=MODEL, input=infer_pb2.Input(
+                messages=infer_pb2.ChatMessages())),
+            infer_pb2.Infer.Request(model_id=MODEL, input=infer_pb2.Input(text="x"),
+                                    params=infer_pb2.GenerationParams(stop=["s"] * 17)),
         ]
         for req in bad:
             with pytest.raises(RpcError) as info:

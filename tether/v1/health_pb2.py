@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tether/v1/health.proto\x12\ttether.v1\"S\n\x08\x43\x61pacity\x12\r\n\x05slots\x18\x01 \x01(\r\x12\x0e\n\x06in_use\x18\x02 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\r\x12\x13\n\x0bqueue_limit\x18\x04 \x01(\r\"\x8f\x01\n\x0b\x43\x61\x63hedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x19\n\x11last_used_unix_ms\x18\x07 \x01(\x04\"\x9f\x01\n\x06Health\x1a\x94\x01\n\x06Report\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x13.tether.v1.Capacity\x12\x11\n\tgpu_class\x18\x03 \x01(\t\x12+\n\x0bmodel_cache\x18\x04 \x03(\x0b\x32\x16.tether.v1.CachedModel\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tether/v1/health.proto\x12\ttether.v1\"\xc1\x01\n\x08\x43\x61pacity\x12\r\n\x05slots\x18\x01 \x01(\r\x12\x0e\n\x06in_use\x18\x02 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\r\x12\x13\n\x0bqueue_limit\x18\x04 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x0e \x01(\r\x12\x18\n\x10\x61\x63tive_sequences\x18\x0f \x01(\r\x12\x1d\n\x15kv_cache_budget_bytes\x18\x10 \x01(\x04\x12\x1b\n\x13kv_cache_used_bytes\x18\x11 \x01(\x04\"\x8f\x01\n\x0b\x43\x61\x63hedModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x19\n\x11last_used_unix_ms\x18\x07 \x01(\x04\"\x9f\x01\n\x06Health\x1a\x94\x01\n\x06Report\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12%\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\x13.tether.v1.Capacity\x12\x11\n\tgpu_class\x18\x03 \x01(\t\x12+\n\x0bmodel_cache\x18\x04 \x03(\x0b\x32\x16.tether.v1.CachedModel\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tether.v1.health_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPACITY']._serialized_start=37
-  _globals['_CAPACITY']._serialized_end=120
-  _globals['_CACHEDMODEL']._serialized_start=123
-  _globals['_CACHEDMODEL']._serialized_end=266
-  _globals['_HEALTH']._serialized_start=269
-  _globals['_HEALTH']._serialized_end=428
-  _globals['_HEALTH_REPORT']._serialized_start=280
-  _globals['_HEALTH_REPORT']._serialized_end=428
+  _globals['_CAPACITY']._serialized_start=38
+  _globals['_CAPACITY']._serialized_end=231
+  _globals['_CACHEDMODEL']._serialized_start=234
+  _globals['_CACHEDMODEL']._serialized_end=377
+  _globals['_HEALTH']._serialized_start=380
+  _globals['_HEALTH']._serialized_end=539
+  _globals['_HEALTH_REPORT']._serialized_start=391
+  _globals['_HEALTH_REPORT']._serialized_end=539
 # @@protoc_insertion_point(module_scope)

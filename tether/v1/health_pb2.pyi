@@ -7,16 +7,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Capacity(_message.Message):
-    __slots__ = ("slots", "in_use", "queue_depth", "queue_limit")
+    __slots__ = ("slots", "in_use", "queue_depth", "queue_limit", "max_batch_size", "active_sequences", "kv_cache_budget_bytes", "kv_cache_used_bytes")
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     IN_USE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     slots: int
     in_use: int
     queue_depth: int
     queue_limit: int
-    def __init__(self, slots: _Optional[int] = ..., in_use: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ...) -> None: ...
+    max_batch_size: int
+    active_sequences: int
+    kv_cache_budget_bytes: int
+    kv_cache_used_bytes: int
+    def __init__(self, slots: _Optional[int] = ..., in_use: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., active_sequences: _Optional[int] = ..., kv_cache_budget_bytes: _Optional[int] = ..., kv_cache_used_bytes: _Optional[int] = ...) -> None: ...
 
 class CachedModel(_message.Message):
     __slots__ = ("model_id", "version", "digest", "size_bytes", "pinned", "engine", "last_used_unix_ms")

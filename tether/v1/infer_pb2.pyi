@@ -101,28 +101,52 @@ class SealedInput(_message.Message):
     def __init__(self, input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., worker_keys: _Optional[_Iterable[bytes]] = ..., nonce: _Optional[bytes] = ..., issued_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Input(_message.Message):
-    __slots__ = ("text", "texts", "tensors")
+    __slots__ = ("text", "texts", "tensors", "messages")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     text: str
     texts: _tensor_pb2.TextBatch
     tensors: _tensor_pb2.TensorMap
-    def __init__(self, text: _Optional[str] = ..., texts: _Optional[_Union[_tensor_pb2.TextBatch, _Mapping]] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorMap, _Mapping]] = ...) -> None: ...
+    messages: ChatMessages
+    def __init__(self, text: _Optional[str] = ..., texts: _Optional[_Union[_tensor_pb2.TextBatch, _Mapping]] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorMap, _Mapping]] = ..., messages: _Optional[_Union[ChatMessages, _Mapping]] = ...) -> None: ...
+
+class ChatMessages(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerationParams(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "seed", "top_p", "min_tokens")
+    __slots__ = ("max_tokens", "temperature", "seed", "top_p", "min_tokens", "temperature_value", "top_k", "repetition_penalty", "stop")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     MIN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     seed: int
     top_p: float
     min_tokens: int
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., top_p: _Optional[float] = ..., min_tokens: _Optional[int] = ...) -> None: ...
+    temperature_value: float
+    top_k: int
+    repetition_penalty: float
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., top_p: _Optional[float] = ..., min_tokens: _Optional[int] = ..., temperature_value: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Payload(_message.Message):
     __slots__ = ("text", "embedding", "tensor")

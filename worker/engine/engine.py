@@ -5,13 +5,27 @@ The worker service calls :meth:`ExecutionEngine.stream`, which returns an
 once it is exhausted. The runtime is called one step at a time: in a worker thread
 (``trio.to_thread``) when a step may be long, on the event loop when the model's measured step
 time says it is short (see ``INLINE_STEP_S``). Between two steps the stream checks trio's
-cancellation and its :class:`CancelFlag`, so cancellation is prompt either way.
+cancellation and its :class:`CancelFlag`, so cancellation is prompt either way. Text
+generation requests of one model share their steps (continuous batching,
+:mod:`worker.engine.batching`), within ``max_batch`` sequences per model and the engine's
+KV-cache budget (``capacity``, reported in the worker's heartbeat).
 
 Tasks and the model contracts they rely on (see ``worker/models/README.md``):
 
-* text generation — inputs ``input_ids`` [1, T] int64, ``state``; outputs ``logits`` [1, V],
-  ``state_out``. The prompt is one call, then one call per generated token; each token is
-  streamed as soon as it is sampled.
+* text generation, two contracts told apart by the graph's inputs:
+
+  - decoder-only language models in the Hugging Face Optimum export layout (inputs
+    ``past_key_values.<i>.key|value``; see :mod:`worker.engine.decoder`), with the folder's
+    ``tokenizer.json``, ``generation_config.json`` and ``tokenizer_config.json`` (its chat
+    template renders ``input.messages``, see :mod:`worker.engine.chat`);
+  - the GRU contract — inputs ``input_ids`` [1, T] int64, ``state``; outputs ``logits``
+    [1, V], ``state_out`` — with a word tokenizer.
+
+  A sequence's prompt is one call, then each step advances every sequence of the batch by
+  one token in one call (KV cache or state carried over); text is streamed as soon as it is
+  sampled. Sampling is in
+  :mod:`worker.engine.sampling`: greedy (temperature 0), temperature, top-k, top-p,
+  repetition penalty, stop strings, and a per-request seed.
 * embedding — inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids`` if declared)
   [B, S] int64; first output [B, D] float32. One payload per input text.
 * tensor — named tensors checked against the session's inputs (name, type, shape, byte
@@ -24,28 +38,57 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+import weakref
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import trio
 
 from tether import limits
-from tether.errors import Cancelled, FailedPrecondition, InvalidArgument
+from tether.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    TetherError,
+)
 from tether.v1 import infer_pb2, registry_pb2, tensor_pb2
 from worker.engine.backends import DTYPES, IOSpec, data_type_of
-from worker.engine.tokenizers import WordPieceTokenizer, WordTokenizer
+from worker.engine.batching import BatchCapacity, Batcher
+from worker.engine.chat import render_chat
+from worker.engine.decoder import (
+    DecoderModel,
+    DecodeSequence,
+    decode_each,
+    decode_step,
+    is_decoder,
+)
+from worker.engine.gru import (
+    BATCHED_STEP,
+    GruSequence,
+    batched_step_graph,
+    gru_decode,
+    gru_prefill,
+)
+from worker.engine.sampling import SamplingParams, sample
+from worker.engine.tokenizers import HFTokenizer, WordPieceTokenizer, WordTokenizer
 from worker.loader import LoadedModel, ModelLoader
 
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_P = 0.95
+__all__ = ["CancelFlag", "ExecutionEngine", "InferenceStream", "embedding_feeds", "sample",
+           "sampling_params", "tensors_to_feeds"]
+
+# Sampling defaults of the GRU contract (a decoder's come from its generation_config.json).
+GRU_DEFAULTS = {"temperature": 0.8, "top_p": 0.95}
+LEGACY_GREEDY_BELOW = 1e-4  # GenerationParams.temperature below this decodes greedily
+DEFAULT_MAX_BATCH = 8  # sequences of one model stepped together
+DEFAULT_KV_BUDGET_BYTES = 1 << 30  # KV caches of every running sequence, all models
 # Generation steps expected to take less than this run on the event loop rather than in a
 # thread: small models skip a thread round trip (~0.1 ms). A stream running inline gives the
 # scheduler a turn at least every YIELD_EVERY_S, so the loop stalls for at most that plus one
 # step; consumers that send each payload over the network yield more often anyway.
 INLINE_STEP_S = 0.002
 YIELD_EVERY_S = 0.01
-TOP_K_CANDIDATES = 256  # partial sort before nucleus sampling (see sample())
 EMBEDDING_BATCH = 16  # texts per runtime call: bounds the time between cancellation checks
 
 
@@ -95,9 +138,12 @@ class InferenceStream:
 
 
 class ExecutionEngine:
-    def __init__(self, loader: ModelLoader, *, inline_step_s: float = INLINE_STEP_S) -> None:
+    def __init__(self, loader: ModelLoader, *, inline_step_s: float = INLINE_STEP_S,
+                 max_batch: int = DEFAULT_MAX_BATCH,
+                 kv_budget_bytes: int = DEFAULT_KV_BUDGET_BYTES) -> None:
         self.loader = loader
         self.inline_step_s = inline_step_s
+        self.capacity = BatchCapacity(max_batch=max_batch, kv_budget_bytes=kv_budget_bytes)
 
     async def load(self, record: registry_pb2.ModelRecord) -> LoadedModel:
         return await self.loader.load(record)
@@ -113,8 +159,10 @@ class ExecutionEngine:
         task = m.task
         run: Callable[..., AsyncGenerator[infer_pb2.Payload, None]]
         if task == registry_pb2.TASK_TEXT_GENERATION:
-            prepared: Any = self._prepare_text(request, m)
-            run = self._run_text
+            prepared: Any = (self._prepare_decoder(request, m) if self.decoder_of(m) is not None
+                             else self._prepare_text(request, m))
+            self._check_fits(m, prepared)
+            run = self._run_batched
         elif task == registry_pb2.TASK_EMBEDDING:
             prepared = self._prepare_embedding(request, m)
             run = self._run_embedding
@@ -157,61 +205,154 @@ class ExecutionEngine:
 
     # ------------------------------------------------------- text generation
 
-    def _prepare_text(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> dict[str, Any]:
+    @staticmethod
+    def decoder_of(m: LoadedModel) -> DecoderModel | None:
+        """The model's decoder view when its graph is in the decoder layout (else None)."""
+        if "decoder" not in m.extra:
+            decoder = None
+            if is_decoder(m.session):
+                if not isinstance(m.tokenizer, HFTokenizer):
+                    raise FailedPrecondition(f"{m.model_id} is a decoder without a Hugging "
+                                             "Face tokenizer.json artifact")
+                decoder = DecoderModel.from_files(m.session, m.tokenizer, m.files)
+            m.extra["decoder"] = decoder
+        return m.extra["decoder"]
+
+    def _check_lengths(self, m: LoadedModel, prompt_tokens: int,
+                       p: infer_pb2.GenerationParams) -> int:
+        """The request's max_tokens, after checking the prompt and length limits."""
+        limit = m.record.capabilities.max_input_length or limits.DEFAULT_MAX_INPUT
+        if prompt_tokens > limit:
+            raise InvalidArgument(f"prompt is {prompt_tokens} tokens, {m.model_id} takes at "
+                                  f"most {limit}", details={"limit": str(limit)})
+        return limits.check_generation(p)
+
+    def _prepare_decoder(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> DecodeSequence:
+        d = self.decoder_of(m)
+        assert d is not None
+        kind = req.input.WhichOneof("kind")
+        if kind == "text":
+            ids = d.tokenizer.encode(req.input.text)
+        elif kind == "messages":
+            prompt = render_chat(d.chat_template,
+                                 [(msg.role, msg.content) for msg in req.input.messages.messages],
+                                 bos_token=d.bos_token, eos_token=d.eos_token)
+            ids = d.tokenizer.encode(prompt, add_special_tokens=False)
+        else:
+            raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt) "
+                                  "or input.messages (a conversation)")
+        if not ids:
+            raise InvalidArgument("the prompt is empty")
+        max_tokens = self._check_lengths(m, len(ids), req.params)
+        params = sampling_params(req.params, d.sampling_defaults())
+        return DecodeSequence(d, ids, params, max_tokens=max_tokens,
+                              min_tokens=req.params.min_tokens, stops=check_stops(req.params))
+
+    def _prepare_text(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> GruSequence:
         if req.input.WhichOneof("kind") != "text":
-            raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt)")
+            raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt); "
+                                  "it has no chat template")
         tok = m.tokenizer
         if not isinstance(tok, WordTokenizer):
             raise FailedPrecondition(f"{m.model_id} has no word tokenizer")
         ids = [tok.eos_id, *tok.encode(req.input.text)]
-        limit = m.record.capabilities.max_input_length or limits.DEFAULT_MAX_INPUT
-        if len(ids) - 1 > limit:
-            raise InvalidArgument(f"prompt is {len(ids) - 1} tokens, {m.model_id} takes at most "
-                                  f"{limit}", details={"limit": str(limit)})
         p = req.params
-        max_tokens = limits.check_generation(p)
+        max_tokens = self._check_lengths(m, len(ids) - 1, p)
+        params = sampling_params(p, GRU_DEFAULTS)
+        if p.stop:
+            raise InvalidArgument(f"{m.model_id} does not take stop strings")
         state_spec = next((i for i in m.session.inputs if i.name == "state"), None)
         if state_spec is None or any(d < 0 for d in state_spec.shape):
             raise FailedPrecondition(f"{m.model_id} lacks a fixed-shape 'state' input")
-        return {"ids": ids, "max_tokens": max_tokens,
-                "temperature": p.temperature or DEFAULT_TEMPERATURE,
-                "top_p": p.top_p or DEFAULT_TOP_P, "seed": p.seed or None,
-                "min_tokens": p.min_tokens,
-                "state_shape": state_spec.shape}
+        return GruSequence(tok, ids, params, state_shape=state_spec.shape,
+                           max_tokens=max_tokens, min_tokens=p.min_tokens)
 
-    async def _run_text(self, s: InferenceStream, m: LoadedModel, prep: dict[str, Any],
-                        flag: CancelFlag) -> AsyncGenerator[infer_pb2.Payload, None]:
-        tok = m.tokenizer
-        assert isinstance(tok, WordTokenizer)
-        rng = np.random.default_rng(prep["seed"])
-        s.usage.input_tokens = len(prep["ids"]) - 1
-        state = np.zeros(prep["state_shape"], dtype=np.float32)
-        ids = np.asarray([prep["ids"]], dtype=np.int64)
-        banned = np.asarray(sorted(tok.special_ids - {tok.eos_id}), dtype=np.int64)
-        banned_early = np.asarray(sorted(tok.special_ids), dtype=np.int64)  # before min_tokens
-        # Calls expected to be short run on the event loop: a thread round trip (~0.1 ms)
+    # ------------------------------------------------------ continuous batching
+
+    def batcher_of(self, m: LoadedModel) -> Batcher:
+        """The model's batcher (made on first use): decoder or GRU steps."""
+        # Per engine and model: two engines over one loader keep their own limits.
+        batchers = m.extra.setdefault("batchers", weakref.WeakKeyDictionary())
+        b = batchers.get(self)
+        if b is None:
+            session = m.session
+            decoder = self.decoder_of(m)
+            if decoder is not None and decoder.layout.attention_mask:
+                b = Batcher(lambda q: decode_step(session, [q]),
+                            lambda qs: decode_step(session, qs), self.capacity)
+            elif decoder is not None:  # padding cannot be masked: one call per sequence
+                b = Batcher(lambda q: decode_step(session, [q]),
+                            lambda qs: decode_each(session, qs), self.capacity)
+            else:
+                b = Batcher(lambda q: gru_prefill(session, q),
+                            lambda qs: self._gru_decode(m, qs), self.capacity)
+            batchers[self] = b
+        return b
+
+    def _gru_decode(self, m: LoadedModel, seqs: Sequence[GruSequence]) -> None:
+        """One token for each GRU sequence: alone through the shipped graph, several through
+        the derived batched-step graph (per sequence when it cannot be made)."""
+        batched = m.extra.get(BATCHED_STEP)
+        if len(seqs) > 1 and batched is None:
+            try:
+                batched = self.loader.derive(m, BATCHED_STEP, batched_step_graph)
+            except TetherError:
+                batched = False
+            m.extra[BATCHED_STEP] = batched
+        if len(seqs) == 1 or not batched:
+            for q in seqs:
+                gru_prefill(m.session, q)
+        else:
+            gru_decode(batched, seqs)
+
+    async def _run_batched(self, s: InferenceStream, m: LoadedModel,
+                           seq: DecodeSequence | GruSequence,
+                           flag: CancelFlag) -> AsyncGenerator[infer_pb2.Payload, None]:
+        s.usage.input_tokens = seq.prompt_tokens
+
+        # Steps expected to be short run on the event loop: a thread round trip (~0.1 ms)
         # would cost a small model a third of its step. The expectation is the model's last
         # observed time per token, kept apart for prompts and for single-token steps (none
         # yet: a thread), times the tokens fed in.
-        for n in range(prep["max_tokens"]):
-            feeds = {"input_ids": ids, "state": state}
-            width = int(ids.shape[1])
-            key = "step_s" if width == 1 else "prompt_s_per_token"
+        async def call(run_step: Callable[[list[Any], list[Any]], None], joining: list[Any],
+                       running: list[Any]) -> None:
+            width = sum(len(q.pending) for q in joining) + len(running)
+            key = "prompt_s_per_token" if joining else "step_s"
             per_token = m.extra.get(key)
             inline = per_token is not None and per_token * width < self.inline_step_s
             t0 = time.perf_counter()
-            out = await self._call(s, flag, m.session.run, feeds, inline=inline)
+            await self._call(s, flag, run_step, joining, running, inline=inline)
             m.extra[key] = (time.perf_counter() - t0) / width
-            state = out["state_out"]
-            token = sample(out["logits"][0], rng, prep["temperature"], prep["top_p"],
-                           banned if n >= prep["min_tokens"] else banned_early)
-            if token == tok.eos_id:
-                break
-            s._usage.output_tokens += 1
-            # The first word of an answer to a prompt continues it: it takes a space too.
-            first = n == 0 and len(prep["ids"]) <= 1
-            yield infer_pb2.Payload(text=tok.decode_piece(token, first=first))
-            ids = np.asarray([[token]], dtype=np.int64)
+
+        pieces = self.batcher_of(m).generate(seq, self.kv_bytes(m, seq), call,
+                                             lambda: flag.cancelled)
+        try:
+            async for piece in pieces:
+                s._usage.output_tokens = seq.generated
+                s.compute_s = seq.compute_s
+                yield infer_pb2.Payload(text=piece)
+        finally:
+            await pieces.aclose()
+            s._usage.output_tokens = seq.generated
+            s.compute_s = seq.compute_s
+
+    def kv_bytes(self, m: LoadedModel, seq: DecodeSequence | GruSequence) -> int:
+        """What ``seq`` reserves of the KV budget: its whole cache at max_tokens."""
+        if isinstance(seq, GruSequence):
+            return int(seq.state.nbytes)
+        layout = seq.model.layout
+        per_token = 2 * layout.layers * layout.kv_heads * layout.head_dim * \
+            layout.kv_dtype.itemsize
+        return per_token * (seq.prompt_tokens + seq.max_tokens)
+
+    def _check_fits(self, m: LoadedModel, seq: DecodeSequence | GruSequence) -> None:
+        need = self.kv_bytes(m, seq)
+        if need > self.capacity.kv_budget_bytes:
+            raise ResourceExhausted(
+                f"the prompt and max_tokens need {need} bytes of KV cache; this worker's "
+                f"budget is {self.capacity.kv_budget_bytes}",
+                details={"kv_bytes": str(need),
+                         "budget_bytes": str(self.capacity.kv_budget_bytes)})
 
     # -------------------------------------------------------------- embedding
 
@@ -279,34 +420,36 @@ def embedding_feeds(batch: list[list[int]], names: set[str]) -> dict[str, np.nda
     return feeds
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_p: float,
-           banned: np.ndarray) -> int:
-    """Temperature + nucleus (top-p) sampling; temperature below 1e-4 is greedy.
+def sampling_params(p: infer_pb2.GenerationParams,
+                    defaults: Mapping[str, Any]) -> SamplingParams:
+    """A request's sampling, its unset fields taken from ``defaults`` (the model's).
 
-    The nucleus is looked for among the TOP_K_CANDIDATES likeliest tokens first (a partial
-    sort); only when they hold less than ``top_p`` of the mass is the whole vocabulary sorted.
-    Either way the result is exact nucleus sampling.
+    ``temperature_value`` (with presence) wins; else the legacy ``temperature``: 0 means the
+    default and below LEGACY_GREEDY_BELOW greedy. Temperature 0 is greedy decoding.
     """
-    z = logits.astype(np.float64)
-    if banned.size:
-        z = z.copy()
-        z[banned] = -np.inf
-    if temperature < 1e-4:
-        return int(np.argmax(z))
-    z = z / temperature
-    z -= z.max()
-    p = np.exp(z)
-    p /= p.sum()
-    k = min(TOP_K_CANDIDATES, p.size)
-    head = np.argpartition(-p, k - 1)[:k] if k < p.size else np.arange(p.size)
-    order = head[np.argsort(-p[head])]
-    cum = np.cumsum(p[order])
-    if cum[-1] < top_p and k < p.size:
-        order = np.argsort(-p)
-        cum = np.cumsum(p[order])
-    keep = order[: int(np.searchsorted(cum, top_p)) + 1]
-    q = p[keep] / p[keep].sum()
-    return int(keep[rng.choice(len(keep), p=q)])
+    if p.HasField("temperature_value"):
+        temperature = p.temperature_value
+    elif p.temperature:
+        temperature = 0.0 if 0 <= p.temperature < LEGACY_GREEDY_BELOW else p.temperature
+    else:
+        temperature = float(defaults.get("temperature", 0.0))
+    if temperature < 0 or not math.isfinite(temperature):
+        raise InvalidArgument("temperature must be a finite number >= 0")
+    if not 0 <= p.top_p <= 1:
+        raise InvalidArgument("top_p must be within [0, 1]")
+    penalty = (p.repetition_penalty if p.HasField("repetition_penalty")
+               else float(defaults.get("repetition_penalty", 1.0)))
+    if penalty <= 0 or not math.isfinite(penalty):
+        raise InvalidArgument("repetition_penalty must be a finite number > 0")
+    return SamplingParams(temperature=float(temperature),
+                          top_p=float(p.top_p or defaults.get("top_p", 1.0)),
+                          top_k=int(p.top_k or defaults.get("top_k", 0)),
+                          repetition_penalty=float(penalty), seed=p.seed or None)
+
+
+def check_stops(p: infer_pb2.GenerationParams) -> list[str]:
+    limits.check_stops(p)
+    return list(p.stop)
 
 
 def tensors_to_feeds(tmap: tensor_pb2.TensorMap, specs: list[IOSpec],

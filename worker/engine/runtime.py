@@ -21,7 +21,12 @@ from tether.errors import InvalidArgument, NotFound
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2
 from worker.engine.backends import ONNXRUNTIME_CPU
 from worker.engine.detect import Capabilities, select_backend
-from worker.engine.engine import CancelFlag, ExecutionEngine
+from worker.engine.engine import (
+    DEFAULT_KV_BUDGET_BYTES,
+    DEFAULT_MAX_BATCH,
+    CancelFlag,
+    ExecutionEngine,
+)
 from worker.loader import ModelLoader
 
 
@@ -53,6 +58,14 @@ class WorkerEngine:
 
     def cache_manifest(self) -> list[health_pb2.CachedModel]:
         return self.loader.manifest()
+
+    def batch_capacity(self, capacity: health_pb2.Capacity) -> None:
+        """Fill the continuous-batching fields of a heartbeat's capacity."""
+        c = self.engine.capacity
+        capacity.max_batch_size = c.max_batch
+        capacity.active_sequences = c.sequences
+        capacity.kv_cache_budget_bytes = c.kv_budget_bytes
+        capacity.kv_cache_used_bytes = c.kv_used_bytes
 
     def resolve(self, model_id: str, version: str) -> registry_pb2.ModelRecord:
         served = sorted((v for m, v in self._records if m == model_id), key=_version_key)
@@ -90,8 +103,10 @@ class WorkerEngine:
 
 def create_worker_engine(artifacts: ArtifactStore, records: Iterable[registry_pb2.ModelRecord],
                          *, cache_dir: str | os.PathLike[str], ram_budget_bytes: int,
-                         prefer_cpu: bool = False,
-                         vram_fraction: float = 0.8) -> tuple[WorkerEngine, Capabilities]:
+                         prefer_cpu: bool = False, vram_fraction: float = 0.8,
+                         max_batch: int = DEFAULT_MAX_BATCH,
+                         kv_budget_bytes: int = DEFAULT_KV_BUDGET_BYTES,
+                         ) -> tuple[WorkerEngine, Capabilities]:
     """The engine this machine should run: TensorRT when a GPU and TensorRT are present
     (cache budget: ``vram_fraction`` of the GPU's memory), else ONNX Runtime on CPU (budget:
     ``ram_budget_bytes``). Also returns what detection found, for presence announcements."""
@@ -100,4 +115,5 @@ def create_worker_engine(artifacts: ArtifactStore, records: Iterable[registry_pb
     if backend.name != ONNXRUNTIME_CPU and caps.vram_gb:
         budget = int(caps.vram_gb * (1 << 30) * vram_fraction)
     loader = ModelLoader(artifacts, backend, budget_bytes=budget)
-    return WorkerEngine(loader, records), caps
+    engine = ExecutionEngine(loader, max_batch=max_batch, kv_budget_bytes=kv_budget_bytes)
+    return WorkerEngine(loader, records, engine=engine), caps

@@ -4,6 +4,9 @@
   ``{"kind": "word", "pattern": ..., "vocab": [...]}`` by ``tools/train_textgen.py``.
 * :class:`WordPieceTokenizer` — BERT WordPiece from a Hugging Face ``tokenizer.json`` (the file
   the MiniLM package ships), run by the ``tokenizers`` library so ids match the model's own.
+* :class:`HFTokenizer` — any other Hugging Face ``tokenizer.json`` (byte-level BPE, Unigram,
+  ...), for decoder-only language models, also run by the ``tokenizers`` library; its
+  :class:`TextStream` turns generated ids into text piece by piece.
 
 :func:`load_tokenizer` picks one from the artifact bytes.
 """
@@ -71,7 +74,74 @@ class WordPieceTokenizer:
         return ids, mask
 
 
-def load_tokenizer(blob: bytes) -> WordTokenizer | WordPieceTokenizer:
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` for text generation."""
+
+    def __init__(self, tokenizer_json: str) -> None:
+        self._tok = Tokenizer.from_str(tokenizer_json)
+        self._tok.no_truncation()
+        self._tok.no_padding()
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids, skip_special_tokens=True))
+
+    def token_to_id(self, token: str) -> int | None:
+        found = self._tok.token_to_id(token)
+        return int(found) if found is not None else None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    def stream(self, prompt_ids: list[int]) -> TextStream:
+        return TextStream(self, prompt_ids)
+
+
+class TextStream:
+    """Generated ids to text, a piece at a time.
+
+    Decoding a token alone loses what depends on its neighbours (a byte-level BPE character
+    split across tokens, a SentencePiece leading space), so each new piece is the difference
+    between decoding a short window of context with and without the new tokens. A piece that
+    ends in an incomplete UTF-8 character is held back until the character is complete.
+    """
+
+    CONTEXT = 6  # ids of context decoded before the new ones
+
+    def __init__(self, tokenizer: HFTokenizer, prompt_ids: list[int]) -> None:
+        self._tok = tokenizer
+        self._ids = list(prompt_ids[-self.CONTEXT:])
+        self._read = len(self._ids)  # ids from here on are not emitted yet
+        self._before = tokenizer.decode(self._ids)  # the text of ids[:read]
+
+    def push(self, token: int) -> str:
+        """The text that ``token`` completes ("" while a character is incomplete)."""
+        self._ids.append(token)
+        after = self._tok.decode(self._ids)
+        piece = after[len(self._before):] if len(after) > len(self._before) else ""
+        if not piece or piece.endswith("\ufffd"):
+            return ""
+        self._read = len(self._ids)
+        self._before = after
+        if len(self._ids) > 4 * self.CONTEXT:  # keep the decoded window short
+            self._ids = self._ids[-self.CONTEXT:]
+            self._read = len(self._ids)
+            self._before = self._tok.decode(self._ids)
+        return piece
+
+    def flush(self) -> str:
+        """Whatever is held back, at the end of generation."""
+        after = self._tok.decode(self._ids)
+        piece = after[len(self._before):] if len(after) > len(self._before) else ""
+        self._read = len(self._ids)
+        self._before = after
+        return piece
+
+
+def load_tokenizer(blob: bytes) -> WordTokenizer | WordPieceTokenizer | HFTokenizer:
     try:
         spec = json.loads(blob)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -87,4 +157,10 @@ def load_tokenizer(blob: bytes) -> WordTokenizer | WordPieceTokenizer:
             return WordPieceTokenizer(blob.decode())
         except Exception as exc:  # the tokenizers library raises bare Exception on bad JSON
             raise InvalidArgument(f"WordPiece tokenizer artifact is malformed: {exc}") from exc
-    raise InvalidArgument("tokenizer artifact is neither a word vocabulary nor WordPiece")
+    if isinstance(model, dict) and isinstance(spec.get("added_tokens", []), list):
+        try:
+            return HFTokenizer(blob.decode())
+        except Exception as exc:  # the tokenizers library raises bare Exception on bad JSON
+            raise InvalidArgument(f"tokenizer.json artifact is malformed: {exc}") from exc
+    raise InvalidArgument("tokenizer artifact is neither a word vocabulary nor a Hugging Face "
+                          "tokenizer.json")

@@ -43,6 +43,34 @@ export declare type Capacity = Message<"tether.v1.Capacity"> & {
    * @generated from field: uint32 queue_limit = 4;
    */
   queueLimit: number;
+
+  /**
+   * Continuous batching (text generation): at most this many sequences of one
+   * model step together; 0 when the worker does not batch.
+   *
+   * @generated from field: uint32 max_batch_size = 14;
+   */
+  maxBatchSize: number;
+
+  /**
+   * Sequences in a batch now, all models together.
+   *
+   * @generated from field: uint32 active_sequences = 15;
+   */
+  activeSequences: number;
+
+  /**
+   * KV-cache memory the batches may hold, and hold now: a sequence reserves
+   * its prompt plus max_tokens worth when it joins and gives it back on leaving.
+   *
+   * @generated from field: uint64 kv_cache_budget_bytes = 16;
+   */
+  kvCacheBudgetBytes: bigint;
+
+  /**
+   * @generated from field: uint64 kv_cache_used_bytes = 17;
+   */
+  kvCacheUsedBytes: bigint;
 };
 
 /**

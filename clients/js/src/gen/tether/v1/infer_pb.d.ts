@@ -305,6 +305,15 @@ export declare type Input = Message<"tether.v1.Input"> & {
      */
     value: TensorMap;
     case: "tensors";
+  } | {
+    /**
+     * Text generation from a conversation: the worker renders the messages with
+     * the model's own chat template (tokenizer_config.json) into the prompt.
+     *
+     * @generated from field: tether.v1.ChatMessages messages = 13;
+     */
+    value: ChatMessages;
+    case: "messages";
   } | { case: undefined; value?: undefined };
 };
 
@@ -313,6 +322,49 @@ export declare type Input = Message<"tether.v1.Input"> & {
  * Use `create(InputSchema)` to create a new message.
  */
 export declare const InputSchema: GenMessage<Input>;
+
+/**
+ * ChatMessages is a conversation, oldest message first.
+ *
+ * @generated from message tether.v1.ChatMessages
+ */
+export declare type ChatMessages = Message<"tether.v1.ChatMessages"> & {
+  /**
+   * @generated from field: repeated tether.v1.ChatMessage messages = 1;
+   */
+  messages: ChatMessage[];
+};
+
+/**
+ * Describes the message tether.v1.ChatMessages.
+ * Use `create(ChatMessagesSchema)` to create a new message.
+ */
+export declare const ChatMessagesSchema: GenMessage<ChatMessages>;
+
+/**
+ * ChatMessage is one turn of a conversation.
+ *
+ * @generated from message tether.v1.ChatMessage
+ */
+export declare type ChatMessage = Message<"tether.v1.ChatMessage"> & {
+  /**
+   * "system", "user", "assistant", or any role the model's template knows.
+   *
+   * @generated from field: string role = 1;
+   */
+  role: string;
+
+  /**
+   * @generated from field: string content = 2;
+   */
+  content: string;
+};
+
+/**
+ * Describes the message tether.v1.ChatMessage.
+ * Use `create(ChatMessageSchema)` to create a new message.
+ */
+export declare const ChatMessageSchema: GenMessage<ChatMessage>;
 
 /**
  * GenerationParams tune text generation; zero values mean model defaults.
@@ -326,7 +378,9 @@ export declare type GenerationParams = Message<"tether.v1.GenerationParams"> & {
   maxTokens: number;
 
   /**
-   * 0 means the model's default; any value below 1e-4 decodes greedily.
+   * Legacy form of temperature_value, without presence: 0 means the model's
+   * default and any value below 1e-4 decodes greedily. Ignored when
+   * temperature_value is set.
    *
    * @generated from field: float temperature = 2;
    */
@@ -351,6 +405,38 @@ export declare type GenerationParams = Message<"tether.v1.GenerationParams"> & {
    * @generated from field: uint32 min_tokens = 5;
    */
   minTokens: number;
+
+  /**
+   * The sampling temperature, with presence: unset means the model's default
+   * (generation_config.json), 0 means greedy decoding, as in OpenAI-style APIs.
+   *
+   * @generated from field: optional float temperature_value = 15;
+   */
+  temperatureValue?: number | undefined;
+
+  /**
+   * Sample only among the k likeliest tokens; 0 means the model's default
+   * (none unless generation_config.json sets top_k).
+   *
+   * @generated from field: uint32 top_k = 16;
+   */
+  topK: number;
+
+  /**
+   * Divides positive (multiplies negative) logits of tokens already in the
+   * sequence, prompt included; unset means the model's default, 1 means off.
+   *
+   * @generated from field: optional float repetition_penalty = 17;
+   */
+  repetitionPenalty?: number | undefined;
+
+  /**
+   * Generation ends where any of these strings appears; it is not part of the
+   * output.
+   *
+   * @generated from field: repeated string stop = 18;
+   */
+  stop: string[];
 };
 
 /**

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/health.proto.
  */
 export const file_tether_v1_health: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0ZXRoZXIvdjEvaGVhbHRoLnByb3RvEgl0ZXRoZXIudjEiUwoIQ2FwYWNpdHkSDQoFc2xvdHMYASABKA0SDgoGaW5fdXNlGAIgASgNEhMKC3F1ZXVlX2RlcHRoGAMgASgNEhMKC3F1ZXVlX2xpbWl0GAQgASgNIo8BCgtDYWNoZWRNb2RlbBIQCghtb2RlbF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEg4KBmRpZ2VzdBgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgEEg4KBnBpbm5lZBgFIAEoCBIOCgZlbmdpbmUYBiABKAkSGQoRbGFzdF91c2VkX3VuaXhfbXMYByABKAQinwEKBkhlYWx0aBqUAQoGUmVwb3J0EhEKCXdvcmtlcl9pZBgBIAEoCRIlCghjYXBhY2l0eRgCIAEoCzITLnRldGhlci52MS5DYXBhY2l0eRIRCglncHVfY2xhc3MYAyABKAkSKwoLbW9kZWxfY2FjaGUYBCADKAsyFi50ZXRoZXIudjEuQ2FjaGVkTW9kZWwSEAoIZHJhaW5pbmcYBSABKAhiBnByb3RvMw");
+  fileDesc("ChZ0ZXRoZXIvdjEvaGVhbHRoLnByb3RvEgl0ZXRoZXIudjEiwQEKCENhcGFjaXR5Eg0KBXNsb3RzGAEgASgNEg4KBmluX3VzZRgCIAEoDRITCgtxdWV1ZV9kZXB0aBgDIAEoDRITCgtxdWV1ZV9saW1pdBgEIAEoDRIWCg5tYXhfYmF0Y2hfc2l6ZRgOIAEoDRIYChBhY3RpdmVfc2VxdWVuY2VzGA8gASgNEh0KFWt2X2NhY2hlX2J1ZGdldF9ieXRlcxgQIAEoBBIbChNrdl9jYWNoZV91c2VkX2J5dGVzGBEgASgEIo8BCgtDYWNoZWRNb2RlbBIQCghtb2RlbF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEg4KBmRpZ2VzdBgDIAEoCRISCgpzaXplX2J5dGVzGAQgASgEEg4KBnBpbm5lZBgFIAEoCBIOCgZlbmdpbmUYBiABKAkSGQoRbGFzdF91c2VkX3VuaXhfbXMYByABKAQinwEKBkhlYWx0aBqUAQoGUmVwb3J0EhEKCXdvcmtlcl9pZBgBIAEoCRIlCghjYXBhY2l0eRgCIAEoCzITLnRldGhlci52MS5DYXBhY2l0eRIRCglncHVfY2xhc3MYAyABKAkSKwoLbW9kZWxfY2FjaGUYBCADKAsyFi50ZXRoZXIudjEuQ2FjaGVkTW9kZWwSEAoIZHJhaW5pbmcYBSABKAhiBnByb3RvMw");
 
 /**
  * Capacity is a worker's concurrent-execution budget right now.
@@ -45,6 +45,34 @@ export type Capacity = Message<"tether.v1.Capacity"> & {
    * @generated from field: uint32 queue_limit = 4;
    */
   queueLimit: number;
+
+  /**
+   * Continuous batching (text generation): at most this many sequences of one
+   * model step together; 0 when the worker does not batch.
+   *
+   * @generated from field: uint32 max_batch_size = 14;
+   */
+  maxBatchSize: number;
+
+  /**
+   * Sequences in a batch now, all models together.
+   *
+   * @generated from field: uint32 active_sequences = 15;
+   */
+  activeSequences: number;
+
+  /**
+   * KV-cache memory the batches may hold, and hold now: a sequence reserves
+   * its prompt plus max_tokens worth when it joins and gives it back on leaving.
+   *
+   * @generated from field: uint64 kv_cache_budget_bytes = 16;
+   */
+  kvCacheBudgetBytes: bigint;
+
+  /**
+   * @generated from field: uint64 kv_cache_used_bytes = 17;
+   */
+  kvCacheUsedBytes: bigint;
 };
 
 /**

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/infer.proto.
  */
 export const file_tether_v1_infer: GenFile = /*@__PURE__*/
-  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSKIBAoFSW5mZXIa/wEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJEiEKBnNlYWxlZBgUIAEoCzIRLnRldGhlci52MS5TZWFsZWQa/AEKBUNodW5rEhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIjCgdwYXlsb2FkGAMgASgLMhIudGV0aGVyLnYxLlBheWxvYWQSDAoEZG9uZRgEIAEoCBIfCgV1c2FnZRgFIAEoCzIQLnRldGhlci52MS5Vc2FnZRIfCgVlcnJvchgGIAEoCzIQLnRldGhlci52MS5FcnJvchIRCgl3b3JrZXJfaWQYByABKAkSFgoOc2VhbGVkX3BheWxvYWQYFCABKAwSLgoNZmluaXNoX3JlYXNvbhgMIAEoDjIXLnRldGhlci52MS5GaW5pc2hSZWFzb24iQAoGU2VhbGVkEhIKCmNpcGhlcnRleHQYASABKAwSIgoEa2V5cxgCIAMoCzIULnRldGhlci52MS5TZWFsZWRLZXkiMwoJU2VhbGVkS2V5EhIKCndvcmtlcl9rZXkYASABKAwSEgoKc2VhbGVkX2tleRgCIAEoDCKqAQoLU2VhbGVkSW5wdXQSHwoFaW5wdXQYASABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJEhAKCG1vZGVsX2lkGAQgASgJEhMKC3dvcmtlcl9rZXlzGAUgAygMEg0KBW5vbmNlGAYgASgMEhkKEWlzc3VlZF9hdF91bml4X21zGAcgASgEIm8KBUlucHV0Eg4KBHRleHQYASABKAlIABIlCgV0ZXh0cxgCIAEoCzIULnRldGhlci52MS5UZXh0QmF0Y2hIABInCgd0ZW5zb3JzGAMgASgLMhQudGV0aGVyLnYxLlRlbnNvck1hcEgAQgYKBGtpbmQibAoQR2VuZXJhdGlvblBhcmFtcxISCgptYXhfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEgwKBHNlZWQYAyABKAQSDQoFdG9wX3AYBCABKAISEgoKbWluX3Rva2VucxgFIAEoDSJxCgdQYXlsb2FkEg4KBHRleHQYASABKAlIABIpCgllbWJlZGRpbmcYAiABKAsyFC50ZXRoZXIudjEuRW1iZWRkaW5nSAASIwoGdGVuc29yGAMgASgLMhEudGV0aGVyLnYxLlRlbnNvckgAQgYKBGtpbmQikAEKBVVzYWdlEhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEhQKDGlucHV0X3Rva2VucxgEIAEoDRIVCg1vdXRwdXRfdG9rZW5zGAUgASgNEhIKCmNvbXB1dGVfbXMYBiABKAQSEAoIcXVldWVfbXMYByABKAQqXwoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACYgZwcm90bzM", [file_tether_v1_status, file_tether_v1_tensor]);
+  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSKIBAoFSW5mZXIa/wEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJEiEKBnNlYWxlZBgUIAEoCzIRLnRldGhlci52MS5TZWFsZWQa/AEKBUNodW5rEhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIjCgdwYXlsb2FkGAMgASgLMhIudGV0aGVyLnYxLlBheWxvYWQSDAoEZG9uZRgEIAEoCBIfCgV1c2FnZRgFIAEoCzIQLnRldGhlci52MS5Vc2FnZRIfCgVlcnJvchgGIAEoCzIQLnRldGhlci52MS5FcnJvchIRCgl3b3JrZXJfaWQYByABKAkSFgoOc2VhbGVkX3BheWxvYWQYFCABKAwSLgoNZmluaXNoX3JlYXNvbhgMIAEoDjIXLnRldGhlci52MS5GaW5pc2hSZWFzb24iQAoGU2VhbGVkEhIKCmNpcGhlcnRleHQYASABKAwSIgoEa2V5cxgCIAMoCzIULnRldGhlci52MS5TZWFsZWRLZXkiMwoJU2VhbGVkS2V5EhIKCndvcmtlcl9rZXkYASABKAwSEgoKc2VhbGVkX2tleRgCIAEoDCKqAQoLU2VhbGVkSW5wdXQSHwoFaW5wdXQYASABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJEhAKCG1vZGVsX2lkGAQgASgJEhMKC3dvcmtlcl9rZXlzGAUgAygMEg0KBW5vbmNlGAYgASgMEhkKEWlzc3VlZF9hdF91bml4X21zGAcgASgEIpwBCgVJbnB1dBIOCgR0ZXh0GAEgASgJSAASJQoFdGV4dHMYAiABKAsyFC50ZXRoZXIudjEuVGV4dEJhdGNoSAASJwoHdGVuc29ycxgDIAEoCzIULnRldGhlci52MS5UZW5zb3JNYXBIABIrCghtZXNzYWdlcxgNIAEoCzIXLnRldGhlci52MS5DaGF0TWVzc2FnZXNIAEIGCgRraW5kIjgKDENoYXRNZXNzYWdlcxIoCghtZXNzYWdlcxgBIAMoCzIWLnRldGhlci52MS5DaGF0TWVzc2FnZSIsCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAki9wEKEEdlbmVyYXRpb25QYXJhbXMSEgoKbWF4X3Rva2VucxgBIAEoDRITCgt0ZW1wZXJhdHVyZRgCIAEoAhIMCgRzZWVkGAMgASgEEg0KBXRvcF9wGAQgASgCEhIKCm1pbl90b2tlbnMYBSABKA0SHgoRdGVtcGVyYXR1cmVfdmFsdWUYDyABKAJIAIgBARINCgV0b3BfaxgQIAEoDRIfChJyZXBldGl0aW9uX3BlbmFsdHkYESABKAJIAYgBARIMCgRzdG9wGBIgAygJQhQKEl90ZW1wZXJhdHVyZV92YWx1ZUIVChNfcmVwZXRpdGlvbl9wZW5hbHR5InEKB1BheWxvYWQSDgoEdGV4dBgBIAEoCUgAEikKCWVtYmVkZGluZxgCIAEoCzIULnRldGhlci52MS5FbWJlZGRpbmdIABIjCgZ0ZW5zb3IYAyABKAsyES50ZXRoZXIudjEuVGVuc29ySABCBgoEa2luZCKQAQoFVXNhZ2USEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSFAoMaW5wdXRfdG9rZW5zGAQgASgNEhUKDW91dHB1dF90b2tlbnMYBSABKA0SEgoKY29tcHV0ZV9tcxgGIAEoBBIQCghxdWV1ZV9tcxgHIAEoBCpfCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAJiBnByb3RvMw", [file_tether_v1_status, file_tether_v1_tensor]);
 
 /**
  * Infer groups the inference contract of the spec (§2 "RPC Contracts").
@@ -315,6 +315,15 @@ export type Input = Message<"tether.v1.Input"> & {
      */
     value: TensorMap;
     case: "tensors";
+  } | {
+    /**
+     * Text generation from a conversation: the worker renders the messages with
+     * the model's own chat template (tokenizer_config.json) into the prompt.
+     *
+     * @generated from field: tether.v1.ChatMessages messages = 13;
+     */
+    value: ChatMessages;
+    case: "messages";
   } | { case: undefined; value?: undefined };
 };
 
@@ -324,6 +333,51 @@ export type Input = Message<"tether.v1.Input"> & {
  */
 export const InputSchema: GenMessage<Input> = /*@__PURE__*/
   messageDesc(file_tether_v1_infer, 4);
+
+/**
+ * ChatMessages is a conversation, oldest message first.
+ *
+ * @generated from message tether.v1.ChatMessages
+ */
+export type ChatMessages = Message<"tether.v1.ChatMessages"> & {
+  /**
+   * @generated from field: repeated tether.v1.ChatMessage messages = 1;
+   */
+  messages: ChatMessage[];
+};
+
+/**
+ * Describes the message tether.v1.ChatMessages.
+ * Use `create(ChatMessagesSchema)` to create a new message.
+ */
+export const ChatMessagesSchema: GenMessage<ChatMessages> = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 5);
+
+/**
+ * ChatMessage is one turn of a conversation.
+ *
+ * @generated from message tether.v1.ChatMessage
+ */
+export type ChatMessage = Message<"tether.v1.ChatMessage"> & {
+  /**
+   * "system", "user", "assistant", or any role the model's template knows.
+   *
+   * @generated from field: string role = 1;
+   */
+  role: string;
+
+  /**
+   * @generated from field: string content = 2;
+   */
+  content: string;
+};
+
+/**
+ * Describes the message tether.v1.ChatMessage.
+ * Use `create(ChatMessageSchema)` to create a new message.
+ */
+export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 6);
 
 /**
  * GenerationParams tune text generation; zero values mean model defaults.
@@ -337,7 +391,9 @@ export type GenerationParams = Message<"tether.v1.GenerationParams"> & {
   maxTokens: number;
 
   /**
-   * 0 means the model's default; any value below 1e-4 decodes greedily.
+   * Legacy form of temperature_value, without presence: 0 means the model's
+   * default and any value below 1e-4 decodes greedily. Ignored when
+   * temperature_value is set.
    *
    * @generated from field: float temperature = 2;
    */
@@ -362,6 +418,38 @@ export type GenerationParams = Message<"tether.v1.GenerationParams"> & {
    * @generated from field: uint32 min_tokens = 5;
    */
   minTokens: number;
+
+  /**
+   * The sampling temperature, with presence: unset means the model's default
+   * (generation_config.json), 0 means greedy decoding, as in OpenAI-style APIs.
+   *
+   * @generated from field: optional float temperature_value = 15;
+   */
+  temperatureValue?: number | undefined;
+
+  /**
+   * Sample only among the k likeliest tokens; 0 means the model's default
+   * (none unless generation_config.json sets top_k).
+   *
+   * @generated from field: uint32 top_k = 16;
+   */
+  topK: number;
+
+  /**
+   * Divides positive (multiplies negative) logits of tokens already in the
+   * sequence, prompt included; unset means the model's default, 1 means off.
+   *
+   * @generated from field: optional float repetition_penalty = 17;
+   */
+  repetitionPenalty?: number | undefined;
+
+  /**
+   * Generation ends where any of these strings appears; it is not part of the
+   * output.
+   *
+   * @generated from field: repeated string stop = 18;
+   */
+  stop: string[];
 };
 
 /**
@@ -369,7 +457,7 @@ export type GenerationParams = Message<"tether.v1.GenerationParams"> & {
  * Use `create(GenerationParamsSchema)` to create a new message.
  */
 export const GenerationParamsSchema: GenMessage<GenerationParams> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 5);
+  messageDesc(file_tether_v1_infer, 7);
 
 /**
  * Payload is one piece of a streamed result.
@@ -408,7 +496,7 @@ export type Payload = Message<"tether.v1.Payload"> & {
  * Use `create(PayloadSchema)` to create a new message.
  */
 export const PayloadSchema: GenMessage<Payload> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 6);
+  messageDesc(file_tether_v1_infer, 8);
 
 /**
  * Usage is what one request consumed, reported with the last chunk.
@@ -457,7 +545,7 @@ export type Usage = Message<"tether.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 7);
+  messageDesc(file_tether_v1_infer, 9);
 
 /**
  * FinishReason says why a text-generation stream ended.

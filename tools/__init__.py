@@ -1,0 +1,1 @@
+"""Tether's developer tools: code generation, model builders, publishing, test helpers."""
