@@ -8,6 +8,7 @@ The scenarios run here on the in-memory network in virtual time, and in
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -21,6 +22,7 @@ from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking
 from tether.admission import Admissions, worker_keys_dir
 from tether.keys import KeyPair
+from tether.metadata.store import MetadataStore
 from tether.metadata.tables import AdmittedWorker
 from tether.v1 import infer_pb2, services_pb2
 
@@ -201,3 +203,34 @@ def test_a_store_that_cannot_be_read_keeps_the_last_list() -> None:
 
     trio.run(main)
 
+
+def test_tether_admit_revoke_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tether import cli
+
+    data = ["--data-dir", str(tmp_path)]
+    a, b, local = (KeyPair.generate() for _ in range(3))
+    a.save_public(tmp_path / "a.pub")
+    local.save_public(worker_keys_dir(tmp_path) / "worker-1.pub")
+    assert cli.main(["admit", a.public_key.hex(), "--name", "gpu-a", *data]) == 0
+    assert cli.main(["admit", str(tmp_path / "a.pub"), *data]) == 0  # a .pub file works too
+    assert cli.main(["revoke", b.public_key.hex(), *data]) == 0
+    capsys.readouterr()
+    assert cli.main(["admit", "--list", *data]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    listed = {line["key"]: line for line in lines}
+    assert listed[a.public_key.hex()]["admitted"] and listed[a.public_key.hex()]["name"] == "gpu-a"
+    assert not listed[b.public_key.hex()]["admitted"]
+    assert listed[local.public_key.hex()] == {
+        "key": local.public_key.hex(), "name": "worker-1", "admitted": True, "by": "data folder"
+    }
+    # Malformed keys: one clear line, exit status 2, nothing written.
+    for bad in ("abc", "zz" * 32, str(tmp_path / "missing.pub"), ""):
+        assert cli.main(["admit", bad, *data]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tether admit: ") and "\n" not in err
+    assert cli.main(["revoke", "abc", *data]) == 2
+    assert "not a public key (64 hex characters)" in capsys.readouterr().err
+    assert cli.main(["admit", *data]) == 2  # neither a key nor --list
+    store = MetadataStore.sqlite(tmp_path / "metadata.db")
+    assert len(store.worker_admissions()) == 2
+    store.close()
