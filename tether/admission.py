@@ -13,6 +13,12 @@ presence proves who a worker is, not that it may see tenants' prompts. A worker 
    convenience that keeps ``tether up`` and one shared data folder working with no
    setup; a worker with a data folder of its own is not admitted by it.
 
+Each worker has a key of its own: without ``--key-file`` a worker claims
+``<data-dir>/keys/workers/<worker-id>.key``, or, without ``--worker-id``, the first
+``worker-<n>.key`` no running worker holds (a lock file beside the key says so), so
+two workers on one data folder never share a key, and a restarted worker gets its
+key back. A key another running worker holds is refused with a clear error.
+
 Orchestrators read the table again every ``RELOAD_S`` (5 s, one heartbeat period):
 a revocation applies within one heartbeat period, an admission by the next heartbeat
 after that. A store that cannot be read keeps the last list (and says so in the log).
@@ -20,12 +26,18 @@ after that. A store that cannot be read keeps the last list (and says so in the 
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tether import blocking
 from tether.callers import CallerPolicy
+from tether.errors import FailedPrecondition, InvalidArgument
+from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
 from tether.metadata.tables import AdmittedWorker
 
@@ -33,11 +45,79 @@ log = logging.getLogger("tether.admission")
 
 #: How often the admitted keys are read again: one worker heartbeat period.
 RELOAD_S = 5.0
+#: How many ``worker-<n>`` keys a data folder offers workers that name none.
+MAX_WORKER_SLOTS = 256
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def worker_keys_dir(data_dir: Path) -> Path:
     """Where workers sharing ``data_dir`` keep their keys (``<name>.key``, ``<name>.pub``)."""
     return data_dir / "keys" / "workers"
+
+
+@dataclass
+class WorkerKey:
+    """A worker's own key pair, held (locked) while the worker runs."""
+
+    keypair: KeyPair
+    path: Path
+    #: The open lock file; closing it (or the process ending) frees the key.
+    lock_fd: int
+
+    def release(self) -> None:
+        os.close(self.lock_fd)
+
+
+def _lock(key_path: Path) -> int | None:
+    """Lock ``<key>.lock`` for this process; None if another process holds it."""
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def claim_worker_key(
+    data_dir: Path, *, worker_id: str | None = None, key_file: Path | None = None
+) -> WorkerKey:
+    """This worker's key (see the module doc); its ``.pub`` is written beside it.
+
+    FailedPrecondition when another running worker holds the key asked for,
+    InvalidArgument when ``worker_id`` cannot name a key file.
+    """
+    if key_file is None and worker_id is not None and not _KEY_NAME.fullmatch(worker_id):
+        raise InvalidArgument(
+            f"--worker-id {worker_id!r} cannot name a key file: use letters, digits, "
+            "'.', '_' and '-' (or pass --key-file)"
+        )
+    if key_file is not None or worker_id is not None:
+        path = key_file or worker_keys_dir(data_dir) / f"{worker_id}.key"
+        fd = _lock(path)
+        if fd is None:
+            raise FailedPrecondition(
+                f"key file {path} is in use by another running worker; two workers must "
+                "not share a key: give this one another --worker-id or --key-file",
+                details={"path": str(path)},
+            )
+    else:
+        for n in range(1, MAX_WORKER_SLOTS + 1):
+            path = worker_keys_dir(data_dir) / f"worker-{n}.key"
+            if (fd := _lock(path)) is not None:
+                break
+        else:
+            raise FailedPrecondition(
+                f"{MAX_WORKER_SLOTS} workers already run on {data_dir}; pass --worker-id"
+            )
+    try:
+        keypair = KeyPair.load_or_generate(path)
+        keypair.save_public(path.with_suffix(".pub"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return WorkerKey(keypair, path, fd)
 
 
 class Admissions:

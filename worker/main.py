@@ -6,6 +6,11 @@ Runtime otherwise), serves ``tether.v1.Worker`` over Hyperswarm RPC, and
 announces itself on ``tether/presence/<region>`` and on
 ``tether/models/<model>/<version>/<region>`` with signed heartbeats every 5 s.
 SIGINT/SIGTERM drain it: no new work, in-flight requests finish.
+
+Each worker has its own key (``tether.admission.claim_worker_key``): by default
+``<data-dir>/keys/workers/<worker-id>.key``, or the first free ``worker-<n>.key``.
+Orchestrators place work on it only once it is admitted (``tether admit``, or by
+sharing the orchestrator's data folder).
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import argparse
 import logging
 import os
 import sys
-import uuid
+from pathlib import Path
 
 import trio
 
 from tether import process, topics
+from tether.admission import claim_worker_key
 from tether.artifacts import ArtifactStore, blob_store_from_spec
+from tether.errors import TetherError
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
@@ -40,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(prog="tether worker", description=DESCRIPTION)
     process.add_common_arguments(parser, "worker")
-    parser.add_argument("--worker-id", default=env("TETHER_WORKER_ID"))
+    parser.add_argument(
+        "--worker-id",
+        default=env("TETHER_WORKER_ID"),
+        help="this worker's name in the fleet; its key is <data-dir>/keys/workers/<id>.key "
+        "(default: worker-<key prefix>, with the first free keys/workers/worker-<n>.key)",
+    )
     parser.add_argument(
         "--model",
         action="append",
@@ -94,7 +106,7 @@ async def resolve_models(
 
 async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None:
     keypair = config.keypair()
-    worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}-{uuid.uuid4().hex[:4]}"
+    worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}"
     backend, caps = select_backend(config.data_dir / "engines", prefer_cpu=args.cpu)
     network = SwarmNetwork(keypair, {}, bootstrap=config.bootstrap, host=config.host)
     async with network.running():
@@ -150,9 +162,23 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
         await trio.sleep_forever()
 
 
+def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> process.ServiceConfig:
+    """Hold this worker's own key for the life of the process (see the module doc)."""
+    try:
+        claimed = claim_worker_key(
+            config.data_dir,
+            worker_id=args.worker_id,
+            key_file=Path(args.key_file) if args.key_file else None,
+        )
+    except TetherError as exc:
+        raise SystemExit(f"worker: {exc.message}") from None
+    config.key_file = claimed.path
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "worker")
-    config = process.config_from_args(args)
+    config = claim_key(process.config_from_args(args), args)
     process.setup_telemetry(config)
     trio.run(process.run_until_signalled, lambda: serve(config, args))
     return 0

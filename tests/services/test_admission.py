@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -19,12 +22,14 @@ import trio
 import trio.testing
 
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
-from tether import blocking
-from tether.admission import Admissions, worker_keys_dir
+from tether import blocking, process
+from tether.admission import Admissions, claim_worker_key, worker_keys_dir
+from tether.errors import FailedPrecondition, InvalidArgument
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
 from tether.metadata.tables import AdmittedWorker
 from tether.v1 import infer_pb2, services_pb2
+from worker import main as worker_main
 
 OpenFleet = Callable[..., AbstractAsyncContextManager[Fleet]]
 Scenario = Callable[[OpenFleet], Awaitable[None]]
@@ -234,3 +239,88 @@ def test_tether_admit_revoke_and_list(tmp_path: Path, capsys: pytest.CaptureFixt
     store = MetadataStore.sqlite(tmp_path / "metadata.db")
     assert len(store.worker_admissions()) == 2
     store.close()
+
+
+def test_two_workers_on_one_data_folder_get_their_own_keys(tmp_path: Path) -> None:
+    first = claim_worker_key(tmp_path)
+    second = claim_worker_key(tmp_path)
+    assert (first.path.name, second.path.name) == ("worker-1.key", "worker-2.key")
+    assert first.keypair.public_key != second.keypair.public_key
+    assert (worker_keys_dir(tmp_path) / "worker-2.pub").read_text().strip() == (
+        second.keypair.public_key.hex()
+    )
+    with pytest.raises(FailedPrecondition, match="in use by another running worker"):
+        claim_worker_key(tmp_path, worker_id="worker-1")
+    with pytest.raises(FailedPrecondition, match="in use by another running worker"):
+        claim_worker_key(tmp_path, key_file=second.path)
+    first.release()
+    again = claim_worker_key(tmp_path)  # a restarted worker gets its key back
+    assert again.path == first.path and again.keypair.public_key == first.keypair.public_key
+    named = claim_worker_key(tmp_path, worker_id="gpu-a")
+    assert named.path == worker_keys_dir(tmp_path) / "gpu-a.key"
+    for bad in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(InvalidArgument, match="cannot name a key file"):
+            claim_worker_key(tmp_path, worker_id=bad)
+    for claim in (second, again, named):
+        claim.release()
+
+
+def test_worker_processes_on_one_data_folder_get_their_own_keys_and_are_admitted_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's own start-up path (flags, key claim), one worker in another process:
+    the lock is what keeps them apart. The orchestrator of that data folder admits both;
+    a worker with a data folder of its own is admitted by nobody."""
+    for name in ("TETHER_KEY_FILE", "TETHER_WORKER_ID"):
+        monkeypatch.delenv(name, raising=False)
+    shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_KEY, str(shared)],
+        stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout is not None
+        other_key = holder.stdout.readline().strip()  # it holds worker-1 now
+        assert len(other_key) == 64
+        ours = worker_main.claim_key(worker_config(shared), worker_main.build_parser()
+                                     .parse_args(worker_flags(shared)))
+        assert ours.key_file == worker_keys_dir(shared) / "worker-2.key"
+        assert ours.keypair().public_key.hex() != other_key
+        stranger = worker_main.claim_key(worker_config(elsewhere), worker_main.build_parser()
+                                         .parse_args(worker_flags(elsewhere)))
+        store = MetadataStore.sqlite(tmp_path / "meta.db")
+        store.migrate()
+        admissions = Admissions.from_store(store, shared)
+
+        async def main() -> None:
+            with blocking.inline():
+                await admissions.reload()
+
+        trio.run(main)
+        assert admissions.admits(bytes.fromhex(other_key))
+        assert admissions.admits(ours.keypair().public_key)
+        assert not admissions.admits(stranger.keypair().public_key)
+        store.close()
+    finally:
+        holder.communicate("", timeout=30)
+
+
+HOLD_A_KEY = """
+import sys
+from pathlib import Path
+from tether.admission import claim_worker_key
+claimed = claim_worker_key(Path(sys.argv[1]))
+print(claimed.keypair.public_key.hex(), flush=True)
+sys.stdin.read()
+"""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def worker_flags(data_dir: Path) -> list[str]:
+    return ["--bootstrap", "127.0.0.1:1", "--data-dir", str(data_dir)]
+
+
+def worker_config(data_dir: Path) -> process.ServiceConfig:
+    args = worker_main.build_parser().parse_args(worker_flags(data_dir))
+    return process.config_from_args(args)
