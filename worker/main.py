@@ -24,9 +24,10 @@ from pathlib import Path
 import trio
 
 from tether import process, topics
-from tether.admission import claim_worker_key
+from tether.admission import WorkerKey, claim_worker_key
 from tether.artifacts import ArtifactStore, blob_store_from_spec
 from tether.errors import TetherError
+from tether.keys import KeyPair
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
@@ -104,8 +105,31 @@ async def resolve_models(
     return records
 
 
+def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> WorkerKey:
+    """This worker's own key, held until released (see the module doc); ``--key-file``
+    when given, else one in ``<data-dir>/keys/workers/``."""
+    try:
+        return claim_worker_key(
+            config.data_dir,
+            worker_id=args.worker_id,
+            key_file=Path(args.key_file) if args.key_file else None,
+        )
+    except TetherError as exc:
+        raise SystemExit(f"worker: {exc.message}") from None
+
+
 async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None:
-    keypair = config.keypair()
+    claimed = claim_key(config, args)
+    config.key_file = claimed.path
+    try:
+        await _serve(config, args, claimed.keypair)
+    finally:
+        claimed.release()
+
+
+async def _serve(
+    config: process.ServiceConfig, args: argparse.Namespace, keypair: KeyPair
+) -> None:
     worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}"
     backend, caps = select_backend(config.data_dir / "engines", prefer_cpu=args.cpu)
     network = SwarmNetwork(keypair, {}, bootstrap=config.bootstrap, host=config.host)
@@ -162,23 +186,9 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
         await trio.sleep_forever()
 
 
-def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> process.ServiceConfig:
-    """Hold this worker's own key for the life of the process (see the module doc)."""
-    try:
-        claimed = claim_worker_key(
-            config.data_dir,
-            worker_id=args.worker_id,
-            key_file=Path(args.key_file) if args.key_file else None,
-        )
-    except TetherError as exc:
-        raise SystemExit(f"worker: {exc.message}") from None
-    config.key_file = claimed.path
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     args = process.parse_args(build_parser(), argv, "worker")
-    config = claim_key(process.config_from_args(args), args)
+    config = process.config_from_args(args)
     process.setup_telemetry(config)
     trio.run(process.run_until_signalled, lambda: serve(config, args))
     return 0

@@ -285,8 +285,8 @@ def test_worker_processes_on_one_data_folder_get_their_own_keys_and_are_admitted
         assert len(other_key) == 64
         ours = worker_main.claim_key(worker_config(shared), worker_main.build_parser()
                                      .parse_args(worker_flags(shared)))
-        assert ours.key_file == worker_keys_dir(shared) / "worker-2.key"
-        assert ours.keypair().public_key.hex() != other_key
+        assert ours.path == worker_keys_dir(shared) / "worker-2.key"
+        assert ours.keypair.public_key.hex() != other_key
         stranger = worker_main.claim_key(worker_config(elsewhere), worker_main.build_parser()
                                          .parse_args(worker_flags(elsewhere)))
         store = MetadataStore.sqlite(tmp_path / "meta.db")
@@ -299,9 +299,11 @@ def test_worker_processes_on_one_data_folder_get_their_own_keys_and_are_admitted
 
         trio.run(main)
         assert admissions.admits(bytes.fromhex(other_key))
-        assert admissions.admits(ours.keypair().public_key)
-        assert not admissions.admits(stranger.keypair().public_key)
+        assert admissions.admits(ours.keypair.public_key)
+        assert not admissions.admits(stranger.keypair.public_key)
         store.close()
+        ours.release()
+        stranger.release()
     finally:
         holder.communicate("", timeout=30)
 
