@@ -1,5 +1,9 @@
 """The registry's RPC surface (``tether.v1.Registry``), a thin shell over the
-``Catalog``: publish, resolve (version rules and tenant policy) and list."""
+``Catalog``: publish, resolve (version rules and tenant policy) and list.
+
+Publishing is for a record's own publisher; resolving and listing for known services
+and admitted workers (``readers``): records carry policies that name tenants, so the
+catalog is not public (see ``tether.callers``)."""
 
 from __future__ import annotations
 
@@ -12,10 +16,18 @@ from tether.v1 import registry_pb2, services_pb2, services_rpc
 
 
 class RegistryService(services_rpc.RegistryServicer):
-    def __init__(self, catalog: Catalog, *, callers: CallerPolicy | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        callers: CallerPolicy | None = None,
+        readers: CallerPolicy | None = None,
+    ) -> None:
         self.catalog = catalog
         #: Who may publish over RPC: known publishers. None: anyone (embedded use).
         self.callers = callers or CallerPolicy.anyone()
+        #: Who may resolve and list: known services, admitted workers. None: anyone.
+        self.readers = readers or CallerPolicy.anyone()
 
     async def Publish(
         self, request: registry_pb2.ModelRecord, context: ServerContext
@@ -35,6 +47,7 @@ class RegistryService(services_rpc.RegistryServicer):
     async def Resolve(
         self, request: services_pb2.ResolveRequest, context: ServerContext
     ) -> registry_pb2.ModelRecord:
+        self.readers.check(context)
         return await blocking.run_sync(
             lambda: self.catalog.resolve(
                 request.model_id, request.version, request.tenant_id or None
@@ -44,6 +57,8 @@ class RegistryService(services_rpc.RegistryServicer):
     async def ListModels(
         self, request: services_pb2.ListModelsRequest, context: ServerContext
     ) -> services_pb2.ListModelsResponse:
+        self.readers.check(context)
+
         def collect() -> list[registry_pb2.ModelRecord]:
             records = []
             for model_id in self.catalog.store.model_ids():

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import trio
+
 from tether import blocking
 from tether.callers import CallerPolicy
 from tether.errors import FailedPrecondition, InvalidArgument
@@ -149,6 +151,13 @@ class Admissions:
         if key in self._revoked:
             return False
         return key in self._admitted or (self._folder is not None and self._folder.allows(key))
+
+    async def follow(self) -> None:
+        """Read the table again every ``reload_s``, forever (for services that only ask
+        ``admits``; the orchestrator's discovery also evicts, see ``DiscoverySub``)."""
+        while True:
+            await trio.sleep(self.reload_s)
+            await self.reload()
 
     async def reload(self) -> None:
         """Read the table again; on failure keep the last list."""

@@ -5,6 +5,8 @@
 - ``GetHealth`` answers a ``Health.Report`` (capacity, gpuClass, model cache).
 - ``WatchPresence`` is the HealthReporter's heartbeat: a signed, nonce-
   protected ``Presence`` now and every interval (5 s) until the caller leaves.
+- Every method answers known orchestrators only (``callers``): the worker's load,
+  models and health are the fleet's layout, not public.
 - ``drain()`` stops new work (UNAVAILABLE, so the orchestrator places it
   elsewhere), lets in-flight jobs finish, and says so in every heartbeat.
 """
@@ -73,7 +75,7 @@ class WorkerService(services_rpc.WorkerServicer):
         callers: CallerPolicy | None = None,
     ) -> None:
         self.config = config
-        #: Who may send work (``Infer``): orchestrators. None: anyone (embedded use).
+        #: Who may call (work, health, presence): orchestrators. None: anyone (embedded).
         self.callers = callers or CallerPolicy.anyone()
         self.engine = engine
         self.keypair = keypair
@@ -124,11 +126,13 @@ class WorkerService(services_rpc.WorkerServicer):
     async def GetHealth(
         self, request: services_pb2.GetHealthRequest, context: ServerContext
     ) -> health_pb2.Health.Report:
+        self.callers.check(context)
         return self.health_report()
 
     async def WatchPresence(
         self, request: services_pb2.WatchPresenceRequest, context: ServerContext
     ) -> AsyncIterator[presence_pb2.SignedEnvelope]:
+        self.callers.check(context)
         interval = request.interval_ms / 1000 if request.interval_ms else self.config.heartbeat_s
         interval = max(interval, 0.05)
         while True:
