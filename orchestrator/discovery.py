@@ -7,7 +7,9 @@ very key the connection authenticated, fresh, and never seen before; anything
 else is counted in ``rejected`` and dropped. Presence from a key that is not
 admitted (``tether.admission``) is ignored before anything else and counted in
 ``rejected_unadmitted``, with one log line per key, not per heartbeat: the worker
-gets no work. The admitted keys are read again every heartbeat period; a worker
+gets no work. The admitted keys are read again every heartbeat period (and for a
+key not admitted, at most once a second, so an admission applies from the worker's
+next heartbeat); a worker
 whose key was revoked then leaves the snapshot and its connection is closed, so
 requests it is streaming move to the next worker (the orchestrator's resumption)
 rather than take any more of its answer. A worker that has not sent a
@@ -135,6 +137,8 @@ class DiscoverySub:
         try:
             async with stub.WatchPresence(request) as envelopes:
                 async for env in envelopes:
+                    # A key admitted since the last read counts from this heartbeat on.
+                    await self.admissions.admits_now(peer.remote_key)
                     self._accept(peer, env)
         except RpcError as exc:
             if exc.code != StatusCode.UNIMPLEMENTED:

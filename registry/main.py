@@ -42,7 +42,8 @@ async def serve(config: process.ServiceConfig) -> None:
         hint=" (a worker: admit it with `tether admit KEY`)",
     )
     service = RegistryService(
-        Catalog(store), callers=config.callers("publisher"), readers=readers
+        Catalog(store), callers=config.callers("publisher"), readers=readers,
+        admissions=admissions,
     )
     network = SwarmNetwork(
         config.keypair(), collect_handlers(service), bootstrap=config.bootstrap, host=config.host

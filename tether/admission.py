@@ -19,15 +19,18 @@ Each worker has a key of its own: without ``--key-file`` a worker claims
 two workers on one data folder never share a key, and a restarted worker gets its
 key back. A key another running worker holds is refused with a clear error.
 
-Orchestrators read the table again every ``RELOAD_S`` (5 s, one heartbeat period):
-a revocation applies within one heartbeat period, an admission by the next heartbeat
-after that. A store that cannot be read keeps the last list (and says so in the log).
+Orchestrators and the registry read the table again every ``RELOAD_S`` (5 s, one
+heartbeat period), so a revocation applies within one heartbeat period; a key not
+admitted makes them read it again at once (at most once a second), so an admission
+applies from the worker's next heartbeat, or its next registry call. A store that
+cannot be read keeps the last list (and says so in the log).
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -47,6 +50,9 @@ log = logging.getLogger("tether.admission")
 
 #: How often the admitted keys are read again: one worker heartbeat period.
 RELOAD_S = 5.0
+#: A key not admitted may make the table be read again, at most this often (a worker
+#: asks the registry once at start, right after ``tether admit``).
+MISS_RELOAD_S = 1.0
 #: How many ``worker-<n>`` keys a data folder offers workers that name none.
 MAX_WORKER_SLOTS = 256
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -140,6 +146,7 @@ class Admissions:
         )
         self._admitted: frozenset[bytes] = frozenset()
         self._revoked: frozenset[bytes] = frozenset()
+        self._loaded_at = -math.inf
 
     @classmethod
     def from_store(cls, store: MetadataStore, data_dir: Path | None = None) -> Admissions:
@@ -159,8 +166,17 @@ class Admissions:
             await trio.sleep(self.reload_s)
             await self.reload()
 
+    async def admits_now(self, key: bytes) -> bool:
+        """``admits``, reading the table again first when the key is not admitted and
+        the last read is over ``MISS_RELOAD_S`` old (strangers cost one read a second)."""
+        if self.admits(key) or trio.current_time() - self._loaded_at < MISS_RELOAD_S:
+            return self.admits(key)
+        await self.reload()
+        return self.admits(key)
+
     async def reload(self) -> None:
         """Read the table again; on failure keep the last list."""
+        self._loaded_at = trio.current_time()
         try:
             rows = await blocking.run_sync(lambda: list(self._load()))
         except Exception as exc:  # the store is down: keep placing on the keys we know

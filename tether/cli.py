@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "admit",
         help="admit a worker key: orchestrators place work only on admitted workers",
         description="Admit a worker's public key in the Metadata Store; orchestrators "
-        "sharing the store place work on it from its next heartbeat (within 10 s). "
+        "sharing the store place work on it from its next heartbeat (within 5 s). "
         "Workers started with this data folder are admitted with no setup, unless "
         "revoked. --list prints every admitted or revoked key, one JSON line each.",
     )

@@ -30,7 +30,7 @@ from tether.errors import TetherError
 from tether.keys import KeyPair
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import collect_handlers
+from tether.rpc import RpcError, StatusCode, collect_handlers
 from tether.v1 import registry_pb2, services_pb2, services_rpc
 from worker.engine.detect import select_backend
 from worker.engine.runtime import WorkerEngine
@@ -135,7 +135,15 @@ async def _serve(
     network = SwarmNetwork(keypair, {}, bootstrap=config.bootstrap, host=config.host)
     async with network.running():
         await network.join(topics.registry(config.region), server=False, client=True)
-        records = await resolve_models(network, config.region, args.model)
+        try:
+            records = await resolve_models(network, config.region, args.model)
+        except RpcError as exc:
+            if exc.code != StatusCode.PERMISSION_DENIED:
+                raise
+            raise SystemExit(
+                f"worker: the registry does not know this worker ({exc.message}); an "
+                f"operator admits it with: tether admit {keypair.public_key.hex()}"
+            ) from None
         if not records:
             raise SystemExit("worker: the registry lists no models to serve; publish one first")
         # Artifacts must be signed by the key that published each record.

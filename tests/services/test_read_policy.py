@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from registry.catalog import Catalog
 from registry.service import RegistryService
@@ -86,7 +87,7 @@ def test_the_catalog_is_for_known_services_and_admitted_workers_only(tmp_path: P
     catalog = Catalog(store)
     catalog.publish(model_record(KeyPair.generate()))
     admissions = Admissions.from_store(store)
-    registry = RegistryService(catalog, readers=CallerPolicy(
+    registry = RegistryService(catalog, admissions=admissions, readers=CallerPolicy(
         [service.public_key], role="service", also=admissions.admits,
     ))
     hub = LocalHub()
@@ -114,12 +115,13 @@ def test_the_catalog_is_for_known_services_and_admitted_workers_only(tmp_path: P
             await as_peer(hub, service, registry_key.public_key, reads)
             await as_peer(hub, worker, registry_key.public_key, refused)
             store.admit_worker(worker.public_key)
-            await admissions.reload()
+            await trio.sleep(1)
+            # Admitted a moment ago: the list is read again for it (at most once a second).
             await as_peer(hub, worker, registry_key.public_key, reads)
             store.revoke_worker(worker.public_key)
-            await admissions.reload()
+            await admissions.reload()  # every heartbeat period (Admissions.follow)
             await as_peer(hub, worker, registry_key.public_key, refused)
 
     with blocking.inline():
-        trio.run(main)
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     store.close()
