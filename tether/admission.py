@@ -78,8 +78,12 @@ class WorkerKey:
 
 def _lock(key_path: Path) -> int | None:
     """Lock ``<key>.lock`` for this process; None if another process holds it."""
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock = key_path.with_suffix(".lock")
+    try:
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot lock the worker key: {exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
