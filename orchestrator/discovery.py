@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
+from opentelemetry import metrics as otel_metrics
 
 from tether.admission import Admissions
 from tether.errors import TetherError
@@ -79,6 +80,11 @@ class DiscoverySub:
         self.rejected = 0
         #: Presence envelopes ignored because their key is not admitted.
         self.rejected_unadmitted = 0
+        #: Both, for operators (Prometheus/OTLP), by reason.
+        self._rejections = otel_metrics.get_meter("tether").create_counter(
+            "tether.presence.rejected",
+            description="Worker presence ignored, by reason (unadmitted, invalid)",
+        )
         self._logged_unadmitted: set[bytes] = set()
         self._entries: dict[bytes, WorkerEntry] = {}
         self._changed = trio.Event()
@@ -152,6 +158,7 @@ class DiscoverySub:
     def _accept(self, peer: Peer, env: presence_pb2.SignedEnvelope) -> None:
         if not self.admissions.admits(peer.remote_key):
             self.rejected_unadmitted += 1
+            self._rejections.add(1, {"reason": "unadmitted"})
             if peer.remote_key not in self._logged_unadmitted:
                 if len(self._logged_unadmitted) >= _LOGGED_KEYS:
                     self._logged_unadmitted.clear()
@@ -170,6 +177,7 @@ class DiscoverySub:
             )
         except TetherError as exc:
             self.rejected += 1
+            self._rejections.add(1, {"reason": "invalid"})
             log.warning("rejected presence from %s: %s", peer.key_hex[:12], exc)
             return
         self._entries[peer.remote_key] = WorkerEntry(presence, peer, trio.current_time())

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
+from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet, metrics_reader, points
 from tether import blocking, process
 from tether.admission import Admissions, claim_worker_key, worker_keys_dir
 from tether.errors import FailedPrecondition, InvalidArgument
@@ -146,12 +147,16 @@ def test_scenario_on_the_local_network(fn: Scenario, tmp_path: Path) -> None:
 def test_unadmitted_presence_is_logged_once_per_key_not_per_heartbeat(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    reader = metrics_reader()
+    before = rejected_metric(reader)
+
     async def main() -> None:
         with blocking.inline():
             async with fleet(tmp_path) as f:
                 a = await f.add_worker("a", admitted=False)
                 await f.add_worker("b", admitted=False)
                 await until(lambda: f.discovery.rejected_unadmitted >= 6, timeout=60)
+                assert rejected_metric(reader) - before == f.discovery.rejected_unadmitted
                 lines = [r.getMessage() for r in caplog.records if "unadmitted" in r.getMessage()]
                 assert len(lines) == 2
                 assert any(a.keypair.public_key.hex() in line for line in lines)
@@ -159,6 +164,13 @@ def test_unadmitted_presence_is_logged_once_per_key_not_per_heartbeat(
 
     caplog.set_level(logging.WARNING, logger="tether.orchestrator.discovery")
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def rejected_metric(reader: InMemoryMetricReader) -> int:
+    return sum(
+        p.value for p in points(reader, "tether.presence.rejected")
+        if p.attributes.get("reason") == "unadmitted"
+    )
 
 
 def row(key: bytes, *, revoked: bool = False) -> AdmittedWorker:
