@@ -7,12 +7,12 @@ very key the connection authenticated, fresh, and never seen before; anything
 else is counted in ``rejected`` and dropped. Presence from a key that is not
 admitted (``tether.admission``) is ignored before anything else and counted in
 ``rejected_unadmitted``, with one log line per key, not per heartbeat: the worker
-gets no work. The admitted keys are read again every heartbeat period (and for a
-key not admitted, at most once a second, so an admission applies from the worker's
-next heartbeat); a worker
-whose key was revoked then leaves the snapshot and its connection is closed, so
-requests it is streaming move to the next worker (the orchestrator's resumption)
-rather than take any more of its answer. A worker that has not sent a
+gets no work. The admitted keys are read again every heartbeat period, and at once
+(at most once a second) for a key not admitted, so an admission applies from the
+worker's next heartbeat. A worker whose key was revoked leaves the snapshot at the
+next read and its connection is closed, so requests it is streaming move to the
+next worker (the orchestrator's resumption) rather than take any more of its
+answer. A worker that has not sent a
 valid heartbeat for ``expiry_s`` (15 s: three missed 5 s beats) leaves the
 snapshot even while its connection stays open. Peers that are not workers
 answer UNIMPLEMENTED and are left alone.
