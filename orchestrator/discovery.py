@@ -4,7 +4,15 @@ For every peer it meets (workers found on ``tether/presence/<region>`` and
 ``tether/models/...`` topics), it opens ``Worker.WatchPresence`` and keeps the
 latest verified ``Presence``. An envelope counts only if it is signed by the
 very key the connection authenticated, fresh, and never seen before; anything
-else is counted in ``rejected`` and dropped. A worker that has not sent a
+else is counted in ``rejected`` and dropped. Presence from a key that is not
+admitted (``tether.admission``) is ignored before anything else and counted in
+``rejected_unadmitted``, with one log line per key, not per heartbeat: the worker
+gets no work. The admitted keys are read again every heartbeat period, and at once
+(at most once a second) for a key not admitted, so an admission applies from the
+worker's next heartbeat. A worker whose key was revoked leaves the snapshot at the
+next read and its connection is closed, so requests it is streaming move to the
+next worker (the orchestrator's resumption) rather than take any more of its
+answer. A worker that has not sent a
 valid heartbeat for ``expiry_s`` (15 s: three missed 5 s beats) leaves the
 snapshot even while its connection stays open. Peers that are not workers
 answer UNIMPLEMENTED and are left alone.
@@ -21,7 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
+from opentelemetry import metrics as otel_metrics
 
+from tether.admission import Admissions
 from tether.errors import TetherError
 from tether.net import Network, Peer
 from tether.rpc import RpcError, StatusCode
@@ -35,6 +45,8 @@ DEFAULT_HEARTBEAT_MS = 5000
 #: How often the presence topics are looked up again (Hyperswarm alone refreshes every
 #: 10 min; an orchestrator wants new workers sooner than that).
 DEFAULT_REFRESH_S = 10.0
+#: At most this many unadmitted keys are remembered as already logged.
+_LOGGED_KEYS = 4096
 
 
 @dataclass
@@ -92,6 +104,7 @@ class DiscoverySub:
         self,
         network: Network,
         *,
+        admissions: Admissions,
         expiry_s: float = DEFAULT_EXPIRY_S,
         heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
@@ -104,7 +117,16 @@ class DiscoverySub:
         self.heartbeat_ms = heartbeat_ms
         self.clock_ms = clock_ms
         self.verifier = verifier or EnvelopeVerifier(max_age_ms=int(expiry_s * 1000))
+        self.admissions = admissions
         self.rejected = 0
+        #: Presence envelopes ignored because their key is not admitted.
+        self.rejected_unadmitted = 0
+        #: Both, for operators (Prometheus/OTLP), by reason.
+        self._rejections = otel_metrics.get_meter("tether").create_counter(
+            "tether.presence.rejected",
+            description="Worker presence ignored, by reason (unadmitted, invalid)",
+        )
+        self._logged_unadmitted: set[bytes] = set()
         self._entries: dict[bytes, WorkerEntry] = {}
         self._changed = trio.Event()
         self.in_flight = InFlight()
@@ -117,8 +139,10 @@ class DiscoverySub:
     ) -> None:
         """Watch every peer; look the ``refresh`` topics up again every ``refresh_s``
         (workers that announce later, e.g. in another region, are found then)."""
+        await self.admissions.reload()
         async with trio.open_nursery() as nursery:
             self.network.on_peer(lambda peer: nursery.start_soon(self._watch, peer))
+            nursery.start_soon(self._follow_admissions)
             task_status.started()
             while True:
                 await trio.sleep(self.refresh_s)
@@ -140,12 +164,29 @@ class DiscoverySub:
             with trio.move_on_after(1.0):
                 await self._changed.wait()
 
+    async def _follow_admissions(self) -> None:
+        """Read the admitted keys again every heartbeat period; revoked workers leave."""
+        while True:
+            await trio.sleep(self.admissions.reload_s)
+            await self.admissions.reload()
+            for key, entry in list(self._entries.items()):
+                if not self.admissions.admits(key):
+                    del self._entries[key]
+                    self._changed.set()
+                    log.warning(
+                        "worker %s (%s) is no longer admitted: out of placement, "
+                        "connection closed", entry.worker_id, entry.peer.key_hex,
+                    )
+                    await entry.peer.rpc.aclose()
+
     async def _watch(self, peer: Peer) -> None:
         stub = services_rpc.WorkerStub(peer.rpc)
         request = services_pb2.WatchPresenceRequest(interval_ms=self.heartbeat_ms)
         try:
             async with stub.WatchPresence(request) as envelopes:
                 async for env in envelopes:
+                    # A key admitted since the last read counts from this heartbeat on.
+                    await self.admissions.admits_now(peer.remote_key)
                     self._accept(peer, env)
         except RpcError as exc:
             if exc.code != StatusCode.UNIMPLEMENTED:
@@ -157,6 +198,18 @@ class DiscoverySub:
                 self._changed.set()
 
     def _accept(self, peer: Peer, env: presence_pb2.SignedEnvelope) -> None:
+        if not self.admissions.admits(peer.remote_key):
+            self.rejected_unadmitted += 1
+            self._rejections.add(1, {"reason": "unadmitted"})
+            if peer.remote_key not in self._logged_unadmitted:
+                if len(self._logged_unadmitted) >= _LOGGED_KEYS:
+                    self._logged_unadmitted.clear()
+                self._logged_unadmitted.add(peer.remote_key)
+                log.warning(
+                    "ignoring presence from unadmitted worker key %s; an operator admits "
+                    "it with: tether admit %s", peer.key_hex, peer.key_hex,
+                )
+            return
         try:
             presence = self.verifier.verify(
                 env,
@@ -166,6 +219,7 @@ class DiscoverySub:
             )
         except TetherError as exc:
             self.rejected += 1
+            self._rejections.add(1, {"reason": "invalid"})
             log.warning("rejected presence from %s: %s", peer.key_hex[:12], exc)
             return
         self._entries[peer.remote_key] = WorkerEntry(presence, peer, trio.current_time())

@@ -3,7 +3,9 @@
 Serves ``tether.v1.Orchestrator`` on ``tether/control/<region>``; discovers
 workers on ``tether/presence/<region>`` (and ``--watch-region`` regions),
 finds the registry on ``tether/registry/<region>``, and keeps jobs and
-reservations in the Metadata Store.
+reservations in the Metadata Store. Only admitted workers get work
+(``tether.admission``: the store's ``tether admit`` list, and the worker keys of
+its own data folder).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from orchestrator.control import ControlService
 from orchestrator.discovery import DiscoverySub
 from orchestrator.service import OrchestratorService
 from tether import process, topics
+from tether.admission import Admissions
 from tether.callers import CallerPolicy, parse_key
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
@@ -78,7 +81,7 @@ async def serve(
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
-    discovery = DiscoverySub(network)
+    discovery = DiscoverySub(network, admissions=Admissions.from_store(store, config.data_dir))
     service = OrchestratorService(
         callers=config.callers("gateway"),
         network=network,

@@ -1,7 +1,8 @@
 """The Tether Model Registry service (`bazel run //registry`, `tether registry`).
 
 Serves ``tether.v1.Registry`` over Hyperswarm RPC on ``tether/registry/<region>``,
-backed by the Metadata Store (models, versions, capabilities, policies).
+backed by the Metadata Store (models, versions, capabilities, policies). It answers
+known services (its data folder's keys, ``--allow-caller``) and admitted workers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import trio
 from registry.catalog import Catalog
 from registry.service import RegistryService
 from tether import process, topics
+from tether.admission import Admissions
+from tether.callers import CallerPolicy
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
 
@@ -28,13 +31,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(config: process.ServiceConfig) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
-    service = RegistryService(Catalog(store), callers=config.callers("publisher"))
+    admissions = Admissions.from_store(store, config.data_dir)
+    await admissions.reload()
+    readers = CallerPolicy(
+        config.allow_callers,
+        keys_dir=config.data_dir / "keys",
+        allow_any=config.allow_any_caller,
+        role="service",
+        also=admissions.admits,
+        hint=" (a worker: admit it with `tether admit KEY`)",
+    )
+    service = RegistryService(
+        Catalog(store), callers=config.callers("publisher"), readers=readers,
+        admissions=admissions,
+    )
     network = SwarmNetwork(
         config.keypair(), collect_handlers(service), bootstrap=config.bootstrap, host=config.host
     )
     process.on_stop(network.close)
     try:
-        async with network.running():
+        async with network.running(), trio.open_nursery() as nursery:
+            nursery.start_soon(admissions.follow)
             await network.join(topics.registry(config.region), server=True, client=False)
             process.announce_ready("registry", network.public_key, region=config.region)
             await trio.sleep_forever()

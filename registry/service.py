@@ -1,21 +1,48 @@
 """The registry's RPC surface (``tether.v1.Registry``), a thin shell over the
-``Catalog``: publish, resolve (version rules and tenant policy) and list."""
+``Catalog``: publish, resolve (version rules and tenant policy) and list.
+
+Publishing is for a record's own publisher; resolving and listing for known services
+and admitted workers (``readers``): records carry policies that name tenants, so the
+catalog is not public (see ``tether.callers``)."""
 
 from __future__ import annotations
 
 from registry.catalog import Catalog, check_policy
 from tether import blocking
-from tether.callers import CallerPolicy
+from tether.admission import Admissions
+from tether.callers import CallerPolicy, parse_key
 from tether.errors import PermissionDenied
 from tether.rpc import ServerContext
 from tether.v1 import registry_pb2, services_pb2, services_rpc
 
 
 class RegistryService(services_rpc.RegistryServicer):
-    def __init__(self, catalog: Catalog, *, callers: CallerPolicy | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        callers: CallerPolicy | None = None,
+        readers: CallerPolicy | None = None,
+        admissions: Admissions | None = None,
+    ) -> None:
         self.catalog = catalog
         #: Who may publish over RPC: known publishers. None: anyone (embedded use).
         self.callers = callers or CallerPolicy.anyone()
+        #: Who may resolve and list: known services, admitted workers. None: anyone.
+        self.readers = readers or CallerPolicy.anyone()
+        #: The admitted workers, read again for a key not (yet) admitted.
+        self.admissions = admissions
+
+    async def _check_reader(self, context: ServerContext) -> None:
+        if self.admissions is not None:
+            try:
+                key = parse_key(context.peer)
+            except ValueError:
+                key = b""
+            if key and not self.readers.allows(key):
+                # A worker admitted a moment ago asks once, at its start: read the list again.
+                await self.admissions.admits_now(key)
+        self.readers.check(context)
 
     async def Publish(
         self, request: registry_pb2.ModelRecord, context: ServerContext
@@ -35,6 +62,7 @@ class RegistryService(services_rpc.RegistryServicer):
     async def Resolve(
         self, request: services_pb2.ResolveRequest, context: ServerContext
     ) -> registry_pb2.ModelRecord:
+        await self._check_reader(context)
         return await blocking.run_sync(
             lambda: self.catalog.resolve(
                 request.model_id, request.version, request.tenant_id or None
@@ -44,6 +72,8 @@ class RegistryService(services_rpc.RegistryServicer):
     async def ListModels(
         self, request: services_pb2.ListModelsRequest, context: ServerContext
     ) -> services_pb2.ListModelsResponse:
+        await self._check_reader(context)
+
         def collect() -> list[registry_pb2.ModelRecord]:
             records = []
             for model_id in self.catalog.store.model_ids():

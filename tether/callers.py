@@ -8,7 +8,11 @@ any tenant it likes. So:
 
 * ``Orchestrator.Submit``, ``GetJob`` and ``GetFleet`` accept only known gateways
   (and operators);
-* ``Worker.Infer`` accepts only known orchestrators.
+* ``Worker.Infer`` accepts only known orchestrators, and so do ``Worker.GetHealth``
+  and ``Worker.WatchPresence`` (a worker's load, models and health are the fleet's
+  layout, not public);
+* ``Registry.Resolve`` and ``ListModels`` answer only known services and admitted
+  workers (``tether.admission``): records carry policies that name tenants.
 
 A peer is known when its public key was given with ``--allow-caller`` (repeatable;
 ``TETHER_ALLOW_CALLERS``, comma-separated) or when a ``*.pub`` file holding it (64 hex)
@@ -60,9 +64,14 @@ class CallerPolicy:
         allow_any: bool = False,
         role: str = "peer",
         pattern: str = "*.pub",
+        also: Callable[[bytes], bool] | None = None,
+        hint: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keys = set(keys)
+        #: Other keys that count (e.g. admitted workers), and how to make one count.
+        self.also = also
+        self.hint = hint
         self.keys_dir = keys_dir
         #: Which files of ``keys_dir`` count (``operator*.pub``: operators only).
         self.pattern = pattern
@@ -80,6 +89,8 @@ class CallerPolicy:
 
     def allows(self, key: bytes) -> bool:
         if self.allow_any or key in self.keys or key in self._found:
+            return True
+        if self.also is not None and self.also(key):
             return True
         if self.keys_dir is not None and self._stale():
             self._found = set(self._read_keys_dir())
@@ -134,6 +145,6 @@ class CallerPolicy:
         raise PermissionDenied(
             f"{context.method} is only for known {self.role}s and peer "
             f"{context.peer[:16] or '(unknown)'}... is not one; allow it with "
-            f"--allow-caller {context.peer or 'KEY'}{where}",
+            f"--allow-caller {context.peer or 'KEY'}{where}{self.hint}",
             details={"peer": context.peer, "method": context.method},
         )

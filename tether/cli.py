@@ -6,6 +6,7 @@
     tether gateway|orchestrator|registry|worker [...]   run one service
     tether token --tenant NAME [--e2e]  issue a tenant token (prints it once); --e2e
                                       seals the tenant's requests end to end
+    tether admit KEY | tether revoke KEY | tether admit --list   which worker keys get work
 """
 
 from __future__ import annotations
@@ -180,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="unix ms or ISO date/time (UTC); default: now")
     p.add_argument("--tenant", default=None)
     _add_store_arguments(p)
+    p = sub.add_parser(
+        "admit",
+        help="admit a worker key: orchestrators place work only on admitted workers",
+        description="Admit a worker's public key in the Metadata Store; orchestrators "
+        "sharing the store place work on it from its next heartbeat (within 5 s). "
+        "Workers started with this data folder are admitted with no setup, unless "
+        "revoked. --list prints every admitted or revoked key, one JSON line each.",
+    )
+    p.add_argument("key", nargs="?", metavar="KEY",
+                   help="the worker's public key (64 hex), or its .pub file")
+    p.add_argument("--name", default="", help="a name to remember the worker by")
+    p.add_argument("--list", action="store_true", help="list admitted and revoked keys")
+    _add_store_arguments(p)
+    p = sub.add_parser(
+        "revoke",
+        help="revoke a worker key: out of placement within one heartbeat (5 s)",
+        description="Revoke a worker's public key in the Metadata Store: orchestrators "
+        "take it out of placement within one heartbeat period (5 s) and close its "
+        "connection, so requests it was streaming move to other workers. A revocation "
+        "also overrides the data folder's own worker keys.",
+    )
+    p.add_argument("key", metavar="KEY", help="the worker's public key (64 hex), or its .pub file")
+    _add_store_arguments(p)
     p = sub.add_parser("token", help="issue a tenant token")
     p.add_argument("--tenant", required=True)
     e2e = p.add_mutually_exclusive_group()
@@ -217,6 +241,8 @@ def _run(args: argparse.Namespace) -> int:
             return trio.run(_fleet, args)
         if args.command == "token":
             return _token(args)
+        if args.command in ("admit", "revoke"):
+            return _admission(args)
         if args.command == "usage":
             return _usage(args)
         if args.command == "dlq" and args.action == "replay":
@@ -440,6 +466,72 @@ def _usage(args: argparse.Namespace) -> int:
             }))
     finally:
         store.close()
+    return 0
+
+
+def _worker_key(text: str) -> bytes:
+    """A worker key from 64 hex characters or a ``.pub`` file holding them."""
+    from tether.callers import parse_key
+
+    path = Path(text)
+    if not text.strip() or len(text) == 64 or not path.is_file():
+        return parse_key(text)
+    try:
+        return parse_key(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{text}: {exc}") from None
+
+
+def _admission(args: argparse.Namespace) -> int:
+    """tether admit KEY / tether admit --list / tether revoke KEY (see their help)."""
+    from tether.admission import worker_keys_dir
+
+    if args.command == "admit" and args.list:
+        return _admissions_list(args, worker_keys_dir(Path(args.data_dir)))
+    if not args.key:
+        print("tether admit: which key? pass a worker's public key (64 hex) or "
+              "--list", file=sys.stderr)
+        return 2
+    try:
+        key = _worker_key(args.key)
+    except ValueError as exc:
+        print(f"tether {args.command}: {exc}", file=sys.stderr)
+        return 2
+    store = _open_store(args)
+    try:
+        if args.command == "admit":
+            row = store.admit_worker(key, name=args.name)
+        else:
+            row = store.revoke_worker(key)
+    finally:
+        store.close()
+    print(json.dumps({"key": row.public_key, "name": row.name,
+                      "admitted": not row.revoked}))
+    return 0
+
+
+def _admissions_list(args: argparse.Namespace, keys_dir: Path) -> int:
+    """One JSON line per key: the store's, then the data folder's not in the store."""
+    from tether.callers import parse_key
+
+    store = _open_store(args)
+    try:
+        rows = store.worker_admissions()
+    finally:
+        store.close()
+    listed = {r.public_key for r in rows}
+    for r in rows:
+        print(json.dumps({"key": r.public_key, "name": r.name, "admitted": not r.revoked,
+                          "by": "store", "at_unix_ms": r.revoked_unix_ms
+                          if r.revoked else r.admitted_unix_ms}))
+    for path in sorted(keys_dir.glob("*.pub")) if keys_dir.is_dir() else []:
+        try:
+            key = parse_key(path.read_text()).hex()
+        except (OSError, ValueError):
+            continue
+        if key not in listed:
+            print(json.dumps({"key": key, "name": path.stem, "admitted": True,
+                              "by": "data folder"}))
     return 0
 
 

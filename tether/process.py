@@ -13,12 +13,14 @@ flag               environment            default
                                           separated in the environment)
 ``--data-dir``     ``TETHER_DATA_DIR``    ``var/tether``
 ``--metadata-url`` ``TETHER_METADATA_URL`` SQLite file in the data dir
-``--key-file``     ``TETHER_KEY_FILE``    ``<data-dir>/keys/<service>.key``
+``--key-file``     ``TETHER_KEY_FILE``    ``<data-dir>/keys/<service>.key`` (a
+                                          worker's: ``keys/workers/<id>.key``)
 ``--host``         ``TETHER_HOST``        ``127.0.0.1``
 ``--allow-caller`` ``TETHER_ALLOW_CALLERS`` the keys in ``<data-dir>/keys/*.pub``
 =================  =====================  ===================================
 
-A service writes its public key next to its key file (``<service>.pub``). The
+A service writes its public key next to its key file (``<service>.pub``); each
+worker has a key of its own (:func:`tether.admission.claim_worker_key`). The
 orchestrator takes work only from known gateways, a worker only from known
 orchestrators: see :mod:`tether.callers`.
 

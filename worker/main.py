@@ -6,6 +6,11 @@ Runtime otherwise), serves ``tether.v1.Worker`` over Hyperswarm RPC, and
 announces itself on ``tether/presence/<region>`` and on
 ``tether/models/<model>/<version>/<region>`` with signed heartbeats every 5 s.
 SIGINT/SIGTERM drain it: no new work, in-flight requests finish.
+
+Each worker has its own key (``tether.admission.claim_worker_key``): by default
+``<data-dir>/keys/workers/<worker-id>.key``, or the first free ``worker-<n>.key``.
+Orchestrators place work on it only once it is admitted (``tether admit``, or by
+sharing the orchestrator's data folder).
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ import argparse
 import logging
 import os
 import sys
-import uuid
+from pathlib import Path
 
 import trio
 
 from tether import process, topics
+from tether.admission import WorkerKey, claim_worker_key
 from tether.artifacts import ArtifactStore, blob_store_from_spec
-from tether.errors import FailedPrecondition
+from tether.errors import FailedPrecondition, TetherError
+from tether.keys import KeyPair
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import collect_handlers
+from tether.rpc import RpcError, StatusCode, collect_handlers
 from tether.v1 import registry_pb2, services_pb2, services_rpc
 from worker.engine.detect import select_backend
 from worker.engine.engine import ExecutionEngine
@@ -42,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = process.ArgumentParser(prog="tether worker", description=DESCRIPTION)
     process.add_common_arguments(parser, "worker")
-    parser.add_argument("--worker-id", default=env("TETHER_WORKER_ID"))
+    parser.add_argument(
+        "--worker-id",
+        default=env("TETHER_WORKER_ID"),
+        help="this worker's name in the fleet; its key is <data-dir>/keys/workers/<id>.key "
+        "(default: worker-<key prefix>, with the first free keys/workers/worker-<n>.key)",
+    )
     parser.add_argument(
         "--model",
         action="append",
@@ -110,14 +122,45 @@ async def resolve_models(
     return records
 
 
+def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> WorkerKey:
+    """This worker's own key, held until released (see the module doc); ``--key-file``
+    when given, else one in ``<data-dir>/keys/workers/``."""
+    try:
+        return claim_worker_key(
+            config.data_dir,
+            worker_id=args.worker_id,
+            key_file=Path(args.key_file) if args.key_file else None,
+        )
+    except TetherError as exc:
+        raise SystemExit(f"worker: {exc.message}") from None
+
+
 async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None:
-    keypair = config.keypair()
-    worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}-{uuid.uuid4().hex[:4]}"
+    claimed = claim_key(config, args)
+    config.key_file = claimed.path
+    try:
+        await _serve(config, args, claimed.keypair)
+    finally:
+        claimed.release()
+
+
+async def _serve(
+    config: process.ServiceConfig, args: argparse.Namespace, keypair: KeyPair
+) -> None:
+    worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}"
     backend, caps = select_backend(config.data_dir / "engines", prefer_cpu=args.cpu)
     network = SwarmNetwork(keypair, {}, bootstrap=config.bootstrap, host=config.host)
     async with network.running():
         await network.join(topics.registry(config.region), server=False, client=True)
-        records = await resolve_models(network, config.region, args.model)
+        try:
+            records = await resolve_models(network, config.region, args.model)
+        except RpcError as exc:
+            if exc.code != StatusCode.PERMISSION_DENIED:
+                raise
+            raise SystemExit(
+                f"worker: the registry does not know this worker ({exc.message}); an "
+                f"operator admits it with: tether admit {keypair.public_key.hex()}"
+            ) from None
         if not records:
             raise FailedPrecondition("the registry lists no models to serve; publish one first")
         # Artifacts must be signed by the key that published each record.

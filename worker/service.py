@@ -8,6 +8,8 @@
 - A sealed request (``Infer.Request.sealed``, ``tether.sealing``) is opened with
   the worker's own key, checked for its binding and for replay, and every chunk's
   payload is sealed back for the requester; seq, done and usage stay clear.
+- Every method answers known orchestrators only (``callers``): the worker's load,
+  models and health are the fleet's layout, not public.
 - ``drain()`` stops new work (UNAVAILABLE, so the orchestrator places it
   elsewhere), lets in-flight jobs finish, and says so in every heartbeat.
 """
@@ -91,7 +93,7 @@ class WorkerService(services_rpc.WorkerServicer):
         replays: sealing.ReplayCache | None = None,
     ) -> None:
         self.config = config
-        #: Who may send work (``Infer``): orchestrators. None: anyone (embedded use).
+        #: Who may call (work, health, presence): orchestrators. None: anyone (embedded).
         self.callers = callers or CallerPolicy.anyone()
         self.engine = engine
         self.keypair = keypair
@@ -147,11 +149,13 @@ class WorkerService(services_rpc.WorkerServicer):
     async def GetHealth(
         self, request: services_pb2.GetHealthRequest, context: ServerContext
     ) -> health_pb2.Health.Report:
+        self.callers.check(context)
         return self.health_report()
 
     async def WatchPresence(
         self, request: services_pb2.WatchPresenceRequest, context: ServerContext
     ) -> AsyncIterator[presence_pb2.SignedEnvelope]:
+        self.callers.check(context)
         interval = request.interval_ms / 1000 if request.interval_ms else self.config.heartbeat_s
         interval = max(interval, 0.05)
         while True:

@@ -24,7 +24,8 @@ from tether.v1 import infer_pb2, jobs_pb2, status_pb2
 
 TABLES = {"models", "model_versions", "capabilities", "policies", "artifacts", "jobs",
           "dead_letters",
-          "reservations", "quotas", "tenant_tokens", "tenant_policies", "usage"}
+          "reservations", "quotas", "tenant_tokens", "tenant_policies", "usage",
+          "admitted_workers"}
 
 
 def test_migrated_schema_matches_the_tables(store: MetadataStore) -> None:
@@ -198,3 +199,20 @@ def test_usage_report_sums_per_tenant_and_model_version_over_a_period(
         ("acme", "1.0", 1), ("acme", "1.1", 1)]
     assert [r.tenant_id for r in store.usage_report(tenant_id="globex")] == ["globex"]
     assert store.usage_report(since_ms=start + 10_000) == []
+
+
+def test_worker_admissions_are_kept_and_a_revocation_is_remembered(
+    store: MetadataStore,
+) -> None:
+    a, b = bytes(range(32)), bytes(range(1, 33))
+    assert store.worker_admissions() == []
+    row = store.admit_worker(a, name="gpu-1")
+    assert (row.public_key, row.name, row.revoked) == (a.hex(), "gpu-1", False)
+    store.admit_worker(a)  # a repeat keeps the name
+    revoked = store.revoke_worker(b)  # never admitted: kept as revoked all the same
+    assert revoked.revoked and revoked.revoked_unix_ms is not None
+    store.revoke_worker(a)
+    rows = {r.public_key: r for r in store.worker_admissions()}
+    assert rows[a.hex()].name == "gpu-1" and rows[a.hex()].revoked and rows[b.hex()].revoked
+    store.admit_worker(a)  # admitted again
+    assert not {r.public_key: r for r in store.worker_admissions()}[a.hex()].revoked

@@ -31,6 +31,7 @@ from p2p_transport.cenc import SocketAddress
 from registry.catalog import Catalog
 from registry.service import RegistryService
 from tether import telemetry, topics
+from tether.admission import Admissions
 from tether.callers import CallerPolicy
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
@@ -179,11 +180,18 @@ class Fleet:
         *,
         region: str | None = None,
         engine: ScriptedEngine | None = None,
+        admitted: bool = True,
+        keypair: KeyPair | None = None,
         **config: object,
     ) -> WorkerService:
+        """Start a worker; its key is admitted (``tether admit``) unless ``admitted`` is
+        False, in which case it is a stranger with a fresh key."""
         region = region or self.region
         engine = engine or ScriptedEngine([(MODEL, VERSION)])
-        keypair = KeyPair.generate()
+        keypair = keypair or KeyPair.generate()
+        if admitted:
+            self.store.admit_worker(keypair.public_key, name=worker_id)
+            await self.discovery.admissions.reload()
         service = WorkerService(
             WorkerConfig(worker_id=worker_id, region=region, **config),  # type: ignore[arg-type]
             engine,
@@ -286,7 +294,9 @@ async def fleet(
         orch_key, gateway_key, operator_key = (KeyPair.generate() for _ in range(3))
         f.orchestrator_key = orch_key.public_key
         orch_net = make_net(orch_key, {})
-        discovery = DiscoverySub(orch_net, clock_ms=clock_ms)
+        discovery = DiscoverySub(
+            orch_net, admissions=Admissions.from_store(store), clock_ms=clock_ms
+        )
         orchestrator = OrchestratorService(
             callers=CallerPolicy([gateway_key.public_key, operator_key.public_key], role="gateway"),
             network=orch_net,

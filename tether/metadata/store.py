@@ -558,6 +558,46 @@ class MetadataStore:
                 details={"replayed_as": letter.replayed_as})
         return letter
 
+    # ------------------------------------------------------------- admissions
+
+    def admit_worker(self, public_key: bytes, name: str = "") -> t.AdmittedWorker:
+        """Admit a worker key (again, if it was revoked); a repeat only renames it."""
+        return self._set_admission(public_key, name=name, revoked=False)
+
+    def revoke_worker(self, public_key: bytes) -> t.AdmittedWorker:
+        """Revoke a worker key. Known or not, the key is kept as revoked, so that it also
+        overrides an admission by the data folder (``tether.admission``)."""
+        return self._set_admission(public_key, name=None, revoked=True)
+
+    def _set_admission(self, public_key: bytes, *, name: str | None,
+                       revoked: bool) -> t.AdmittedWorker:
+        key, now = public_key.hex(), self._clock()
+        for attempt in range(2):  # two operators at once: the loser sees the row
+            try:
+                with self.session() as s:
+                    row = s.get(t.AdmittedWorker, key)
+                    if row is None:
+                        row = t.AdmittedWorker(public_key=key, admitted_unix_ms=now)
+                    if name is not None:
+                        row.name = name or row.name
+                    if revoked and not row.revoked:
+                        row.revoked, row.revoked_unix_ms = True, now
+                    elif not revoked and row.revoked:
+                        row.revoked, row.revoked_unix_ms, row.admitted_unix_ms = False, None, now
+                    s.add(row)
+                    s.commit()
+                    return row
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def worker_admissions(self) -> list[t.AdmittedWorker]:
+        """Every admitted or revoked worker key, by key."""
+        with self.session() as s:
+            return list(s.exec(select(t.AdmittedWorker).order_by(
+                col(t.AdmittedWorker.public_key))).all())
+
     # ------------------------------------------------------------------- usage
 
     def record_usage(self, correlation_id: str, usage: infer_pb2.Usage) -> None:

@@ -8,7 +8,8 @@ serialized ``tether.v1.ModelRecord``), ``capabilities`` and ``policies`` (querya
 that record), ``artifacts`` (what each version is made of). Requests: ``jobs``,
 ``reservations`` (unique on correlation id + retry token), ``quotas``, ``tenant_tokens``
 (SHA-256 of the token, never the token), ``tenant_policies`` (per-tenant flags such as
-end-to-end sealing), ``usage``, ``dead_letters`` (failed jobs).
+end-to-end sealing), ``usage``, ``dead_letters`` (failed jobs). Fleet:
+``admitted_workers`` (worker keys an operator admitted or revoked).
 """
 
 from __future__ import annotations
@@ -167,3 +168,18 @@ class DeadLetter(SQLModel, table=True):
     #: The retry token it was replayed under (``tether dlq replay``), and when.
     replayed_as: str = Field(default="", max_length=128)
     replayed_unix_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+
+
+class AdmittedWorker(SQLModel, table=True):
+    """A worker key an operator admitted (``tether admit``) or revoked (``tether revoke``):
+    orchestrators place work only on admitted keys (see ``tether.admission``)."""
+
+    __tablename__ = "admitted_workers"
+
+    #: The worker's Ed25519 public key, 64 hex characters.
+    public_key: str = Field(primary_key=True, max_length=64)
+    name: str = Field(default="", max_length=128)
+    admitted_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: A revoked key stays here so that it also overrides the data folder's worker keys.
+    revoked: bool = Field(default=False)
+    revoked_unix_ms: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
