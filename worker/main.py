@@ -18,7 +18,7 @@ import uuid
 
 import trio
 
-from tether import process, topics
+from tether import health, process, topics
 from tether.artifacts import ArtifactStore, blob_store_from_spec
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
@@ -123,6 +123,7 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
             engine,
             keypair,
             callers=config.callers("orchestrator"),
+            readiness=health.PROCESS,
         )
         network.handlers.update(collect_handlers(service))
         await network.join(topics.presence(config.region), server=True, client=False)
