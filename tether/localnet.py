@@ -6,6 +6,11 @@ replicas, registered in the SQLite metadata store), then the registry,
 orchestrator, gateway and one CPU worker, each as its own ``tether <service>``
 process; it waits for each one's ready line, issues a tenant token, and stops
 everything (SIGTERM, then SIGKILL after a grace period) on exit.
+
+With ``Metrics`` each service serves Prometheus metrics and its probes on a port of its
+own (consecutive from a base port, or any free ones), named in ``LocalNet.metrics``. The
+children never inherit ``TETHER_METRICS_PORT``/``TETHER_METRICS_HOST``: one port for
+every process could only be bound by the first.
 """
 
 from __future__ import annotations
@@ -39,6 +44,23 @@ SHIPPED_MODELS = [REPO_ROOT / "worker" / "models" / n for n in ("kjv-textgen", "
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
 DEMO_TENANT = "demo"
+#: The services of a local network, in start order (each with its metrics port, base+i).
+SERVICES = ("registry", "orchestrator", "gateway", "worker")
+#: What a child process never inherits from ``tether up``'s environment (given as flags).
+NOT_INHERITED = ("TETHER_METRICS_PORT", "TETHER_METRICS_HOST")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Metrics and probes for every service: on ``host``, ports ``base``, ``base+1``, ...
+    in ``SERVICES`` order (``base`` 0: any free port for each)."""
+
+    host: str = "127.0.0.1"
+    base: int = 0
+
+    def flags(self, service: str) -> list[str]:
+        port = self.base + SERVICES.index(service) if self.base else 0
+        return ["--metrics-host", self.host, "--metrics-port", str(port)]
 
 
 @dataclass
@@ -79,12 +101,17 @@ class LocalNet:
         return str(self._gateway_ready().get("grpc", ""))
 
     @property
+    def metrics(self) -> dict[str, str]:
+        """Each service's metrics and probes (``http://HOST:PORT``), when it serves them."""
+        return {p.name: str(p.ready["metrics"]) for p in self.processes if "metrics" in p.ready}
+
+    @property
     def bootstrap_text(self) -> str:
         return ",".join(f"{a.host}:{a.port}" for a in self.bootstrap)
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -174,10 +201,16 @@ async def python_testnet(nodes: int = 3) -> AsyncIterator[list[SocketAddress]]:
 
 @asynccontextmanager
 async def local_network(
-    data_dir: Path, *, region: str = "local", http_port: int = 0, grpc_port: int = 0
+    data_dir: Path,
+    *,
+    region: str = "local",
+    http_port: int = 0,
+    grpc_port: int = 0,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[LocalNet]:
     """The whole network as child processes; the gateway also serves HTTP and gRPC on
-    127.0.0.1:``http_port`` and ``grpc_port`` (0: any free port; see ``LocalNet``)."""
+    127.0.0.1:``http_port`` and ``grpc_port`` (0: any free port; see ``LocalNet``);
+    with ``metrics``, every service its metrics and probes."""
     await trio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     net = LocalNet(data_dir=data_dir, region=region)
     py = sys.executable
@@ -191,23 +224,14 @@ async def local_network(
             boot = ["--bootstrap", net.bootstrap_text]
             net.published = await trio.to_thread.run_sync(publish_shipped_models, data_dir)
             net.token = await trio.to_thread.run_sync(issue_token, data_dir, DEMO_TENANT)
-            await _start(nursery, net, "registry", [py, "-m", "registry.main", *common, *boot])
-            await _start(
-                nursery, net, "orchestrator", [py, "-m", "orchestrator.main", *common, *boot]
-            )
-            await _start(
-                nursery,
-                net,
-                "gateway",
-                [py, "-m", "gateway.main", *common, *boot, "--http-port", str(http_port),
-                 "--grpc-port", str(grpc_port)],
-            )
-            await _start(
-                nursery,
-                net,
-                "worker",
-                [py, "-m", "worker.main", *common, *boot, "--worker-id", "worker-1"],
-            )
+            extra = {
+                "gateway": ["--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+                "worker": ["--worker-id", "worker-1"],
+            }
+            for name in SERVICES:
+                flags = [*common, *boot, *extra.get(name, []),
+                         *(metrics.flags(name) if metrics else [])]
+                await _start(nursery, net, name, [py, "-m", f"{name}.main", *flags])
             yield net
         finally:
             with trio.CancelScope(shield=True):

@@ -162,7 +162,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=_port(port, "TETHER_METRICS_PORT", service) if port else None,
+        default=port_from_env(port, "TETHER_METRICS_PORT", service) if port else None,
         help="serve Prometheus metrics and the /healthz and /readyz probes on "
         "--metrics-host:PORT (0: any free port; default: off)",
     )
@@ -175,7 +175,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.set_defaults(service=service)
 
 
-def _port(text: str, name: str, service: str) -> int:
+def port_from_env(text: str, name: str, service: str) -> int:
+    """``text`` (the value of the environment variable ``name``) as a port number, or a
+    clear exit."""
     try:
         port = int(text)
     except ValueError:
