@@ -29,6 +29,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.ops.test_grafana import panel_queries
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus"
 SERVICES = ("registry", "orchestrator", "gateway", "worker")
@@ -44,7 +46,8 @@ def tool(name: str) -> str:
 def test_rules_pass_promtool_check_and_their_unit_tests() -> None:
     promtool = tool("promtool")
     for argv in (["check", "rules", "tether-rules.yml"],
-                 ["test", "rules", "tether-rules.test.yml"]):
+                 ["test", "rules", "tether-rules.test.yml"],
+                 ["check", "config", "prometheus.yml"]):
         done = subprocess.run([promtool, *argv], cwd=RULES, capture_output=True, text=True,
                               timeout=120, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -236,6 +239,9 @@ def test_a_real_prometheus_scrapes_tether_and_records_the_slis(
         latency = wait_for("a latency quantile", lambda: value(
             'tether:request_duration_ms:p95_5m{service="gateway", model="kjv-textgen"}'))
         assert latency > 0
+        # Every query of the Grafana dashboard runs, and finds its series.
+        for expr in panel_queries():
+            assert wait_for(f"an answer to {expr}", lambda expr=expr: query(expr)), expr
     finally:
         stop(server, signal.SIGTERM)
         assert server.stderr is not None
