@@ -159,7 +159,7 @@ class GatewayService(services_rpc.GatewayServicer):
         with self.metrics.measure(label) as timer:
             async with contextlib.aclosing(self._infer(request, context)) as chunks:
                 async for chunk in chunks:
-                    timer.chunk()
+                    timer.chunk(done=chunk.done)
                     yield chunk
 
     async def _infer(

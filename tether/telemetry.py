@@ -154,18 +154,23 @@ class RequestMetrics:
 
     @contextmanager
     def measure(self, model: str) -> Iterator[RequestTimer]:
+        """Time one request; ``model`` is its label (bounded: ``ModelLabels``). An answer
+        whose last chunk went out (``timer.done``) is OK even if the caller closes the
+        stream before its end (the HTTP edge does, once it has the last chunk)."""
         timer = RequestTimer(time.perf_counter())
         code = "OK"
         try:
             yield timer
         except BaseException as exc:
-            code = _status_name(exc)
+            if timer.end is None:
+                code = _status_name(exc)
             raise
         finally:
             attrs = {"service": self.service, "model": model}
             self.requests.add(1, {**attrs, "code": code})
             if code == "OK":
-                self.duration.record((time.perf_counter() - timer.start) * 1000, attrs)
+                end = timer.end if timer.end is not None else time.perf_counter()
+                self.duration.record((end - timer.start) * 1000, attrs)
             if timer.first is not None:
                 self.first_chunk.record((timer.first - timer.start) * 1000, attrs)
 
@@ -203,10 +208,15 @@ class UsageMetrics:
 class RequestTimer:
     start: float
     first: float | None = None
+    #: When the last chunk (``done``) went out.
+    end: float | None = None
 
-    def chunk(self) -> None:
+    def chunk(self, done: bool = False) -> None:
+        now = time.perf_counter()
         if self.first is None:
-            self.first = time.perf_counter()
+            self.first = now
+        if done:
+            self.end = now
 
 
 def _status_name(exc: BaseException) -> str:

@@ -118,3 +118,31 @@ def test_named_caches_count_hits_misses_and_stale_entries() -> None:
     after = counts()
     assert {k: v - before.get(k, 0) for k, v in after.items()} == {
         "miss": 1, "hit": 2, "stale": 1}
+
+
+def test_a_streamed_http_answer_counts_as_ok_not_cancelled(tmp_path: Path) -> None:
+    """The HTTP edge closes the stream once it has the last chunk: a whole answer, OK
+    (it was counted CANCELLED, every streamed completion a failure)."""
+    from gateway.http import HttpApi
+    from tests.services.test_http_edge import exchange, raw_request
+
+    reader = metrics_reader()
+    before = gateway_counts(reader)
+
+    async def main() -> None:
+        async with fleet(tmp_path) as f:
+            await f.add_worker("w1")
+            await f.discovery.wait_for(lambda s: len(s) == 1)
+            token = f.store.issue_token("acme")
+            ask = {"model": MODEL, "prompt": "hello", "max_tokens": 3}
+            replies = await exchange(
+                HttpApi(f.gateway_service),
+                raw_request("POST", "/v1/completions", {**ask, "stream": True}, token),
+                raw_request("POST", "/v1/completions", ask, token))
+            assert [r.status for r in replies] == [200, 200]
+
+    with blocking.inline():
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    after = gateway_counts(reader)
+    delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert delta == {"OK": 2, "tether.request.duration": 2, "tether.request.first_chunk": 2}
