@@ -85,7 +85,7 @@ def wait_ready(url: str, timeout: float = 60.0) -> None:
 def call(http_url: str, token: str, tier: str, i: int, tokens: int) -> Sample:
     """One request; the times as the client sees them."""
     parts = urllib.parse.urlsplit(http_url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
     prompt = PROMPTS[i % len(PROMPTS)]
     if tier == "cpu-textgen":
         path, body = "/v1/completions", {"model": TIERS[tier], "prompt": prompt,
