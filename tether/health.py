@@ -15,6 +15,7 @@ answers) and ``GET /readyz`` (200 ready, 503 not, with the failing checks as JSO
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -134,7 +135,9 @@ def serve_metrics(host: str, port: int, readiness: Readiness) -> WSGIServer:
     daemon thread; the server's ``server_port`` is the bound port."""
     from prometheus_client import make_wsgi_app
 
-    server = make_server(host, port, probe_app(readiness, make_wsgi_app()),
-                         _ThreadingWSGIServer, handler_class=_QuietHandler)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # IPv4 or IPv6
+    server_class = type("MetricsServer", (_ThreadingWSGIServer,), {"address_family": family})
+    server: WSGIServer = make_server(host, port, probe_app(readiness, make_wsgi_app()),
+                         server_class, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="tether-metrics", daemon=True).start()
     return server
