@@ -116,7 +116,7 @@ def metrics_url() -> str | None:
     if _metrics_server is None:
         return None
     host = str(_metrics_server.server_address[0])
-    return f"http://{host}:{_metrics_server.server_port}"
+    return f"http://{f'[{host}]' if ':' in host else host}:{_metrics_server.server_port}"
 
 
 class ModelLabels:

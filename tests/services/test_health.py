@@ -6,6 +6,8 @@ metrics port, the gateway's readiness checks, and a draining worker turning not-
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -194,3 +196,28 @@ def test_a_bad_metrics_port_is_a_clear_error(text: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("TETHER_METRICS_PORT", text)
     with pytest.raises(SystemExit, match="TETHER_METRICS_PORT"):
         build_parser()
+
+
+def test_a_stop_signal_turns_the_process_not_ready_before_its_stop_hooks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tether import process
+
+    readiness = Readiness({health.STARTED: "the service is starting"})
+    monkeypatch.setattr(health, "PROCESS", readiness)
+    monkeypatch.setattr(process, "_STOP_HOOKS", [])
+    seen: list[dict[str, str]] = []
+
+    async def hook() -> None:  # e.g. the worker's drain, the HTTP edge's graceful stop
+        seen.append(readiness.failing())
+
+    async def body() -> None:
+        process.on_stop(hook)
+        process.announce_ready("test", b"\x00" * 32)
+        assert readiness.ready
+        await trio.testing.wait_all_tasks_blocked()  # the signal watcher is listening
+        os.kill(os.getpid(), signal.SIGTERM)
+        await trio.sleep_forever()
+
+    trio.run(process.run_until_signalled, body)
+    assert seen == [{"draining": "the service is draining"}]
