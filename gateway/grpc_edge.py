@@ -189,34 +189,35 @@ class GrpcEdge:
                 (GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
             loop = asyncio.get_running_loop()
 
-            async def report(ready: bool) -> None:
-                status = (health_pb2.HealthCheckResponse.SERVING if ready
-                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+            async def report() -> None:
+                # Each name gets readiness as it is now: reports that interleave still
+                # leave the last state behind.
                 for name in HEALTH_NAMES:
-                    await health_servicer.set(name, status)
-
-            await report(self.readiness.ready)
+                    await health_servicer.set(name, (
+                        health_pb2.HealthCheckResponse.SERVING if self.readiness.ready
+                        else health_pb2.HealthCheckResponse.NOT_SERVING))
 
             def changed(ready: bool) -> None:  # (in the thread that changed readiness)
-                asyncio.run_coroutine_threadsafe(report(ready), loop)
+                asyncio.run_coroutine_threadsafe(report(), loop)
 
             unsubscribe = self.readiness.subscribe(changed)
-            address = f"{self.host}:{self.port}"
-            if self.tls is None:
-                bound.append(server.add_insecure_port(address))
-            else:
-                credentials = grpc.ssl_server_credentials(
-                    [self.tls], root_certificates=self.client_ca,
-                    require_client_auth=self.client_ca is not None)
-                bound.append(server.add_secure_port(address, credentials))
-            await server.start()
-            stop = asyncio.Event()
-            stopping.append(lambda: loop.call_soon_threadsafe(stop.set))
-            ready.set()
             try:
+                await report()
+                address = f"{self.host}:{self.port}"
+                if self.tls is None:
+                    bound.append(server.add_insecure_port(address))
+                else:
+                    credentials = grpc.ssl_server_credentials(
+                        [self.tls], root_certificates=self.client_ca,
+                        require_client_auth=self.client_ca is not None)
+                    bound.append(server.add_secure_port(address, credentials))
+                await server.start()
+                stop = asyncio.Event()
+                stopping.append(lambda: loop.call_soon_threadsafe(stop.set))
+                ready.set()
                 await stop.wait()
             finally:
-                unsubscribe()
+                unsubscribe()  # (before this loop closes)
             await health_servicer.enter_graceful_shutdown()  # Watchers hear NOT_SERVING
             await server.stop(grace=1.0)
 
