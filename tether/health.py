@@ -7,9 +7,9 @@ the service printed its ready line and ``draining`` once it was asked to stop
 (``tether.process``), so a draining worker turns not-ready. Listeners hear every change
 (the gRPC edge's ``grpc.health.v1.Health`` follows it).
 
-``serve_metrics`` serves Prometheus metrics and the two probes on one small HTTP server,
-beside nothing else: ``GET /metrics``, ``GET /healthz`` (alive: 200 while the process
-answers) and ``GET /readyz`` (200 ready, 503 not, with the failing checks as JSON).
+``serve_metrics`` serves Prometheus metrics and the two probes on one small HTTP server
+(a service's ``--metrics-port``): ``GET /metrics``, ``GET /healthz`` (alive: 200 while
+the process answers) and ``GET /readyz`` (200 ready, 503 not, the failing checks as JSON).
 """
 
 from __future__ import annotations
