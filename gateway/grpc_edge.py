@@ -9,6 +9,11 @@ thread-safe), trio runs it in the edge's nursery, and its chunks come back with
 answer's chunks (``MAX_NEW_TOKENS`` + 1 for text); a client that goes away cancels
 the trio side, and with it the request upstream.
 
+Beside it the edge serves the standard ``grpc.health.v1.Health`` (``Check`` and
+``Watch``, for the whole server ``""`` and for ``tether.v1.Gateway``: ``SERVING`` while
+the gateway's readiness holds, ``NOT_SERVING`` while it does not or once it drains) and
+server reflection, so Kubernetes' gRPC probes and grpcurl work as they are.
+
 With ``tls`` the edge serves TLS only; with ``client_ca`` too, mutual TLS: a client
 must present a certificate signed by that CA.
 
@@ -27,9 +32,12 @@ from typing import Any
 
 import grpc
 import trio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from gateway.service import GatewayService
 from tether.errors import TetherError
+from tether.health import Readiness
 from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.v1 import infer_pb2, services_pb2, services_pb2_grpc
 
@@ -39,6 +47,9 @@ log = logging.getLogger("tether.gateway.grpc")
 DEFAULT_TIMEOUT_S = 300.0
 #: Metadata passed through to the gateway (the token, the trace).
 FORWARDED_METADATA = ("authorization", "traceparent")
+GATEWAY_SERVICE = services_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+#: The names ``grpc.health.v1.Health`` answers for: the whole server and the gateway.
+HEALTH_NAMES = (health.OVERALL_HEALTH, GATEWAY_SERVICE)
 _END = object()
 
 
@@ -88,8 +99,11 @@ class GrpcEdge:
         *,
         tls: tuple[bytes, bytes] | None = None,
         client_ca: bytes | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         self.service = service
+        #: What ``grpc.health.v1.Health`` reports (default: the gateway service's).
+        self.readiness = readiness or service.readiness
         self.host = host
         self.port = port
         #: (PEM private key, PEM certificate chain): serve TLS instead of plaintext.
@@ -169,20 +183,42 @@ class GrpcEdge:
         async def serve_grpc() -> None:
             server = grpc.aio.server()
             services_pb2_grpc.add_GatewayServicer_to_server(_Servicer(self), server)
-            address = f"{self.host}:{self.port}"
-            if self.tls is None:
-                bound.append(server.add_insecure_port(address))
-            else:
-                credentials = grpc.ssl_server_credentials(
-                    [self.tls], root_certificates=self.client_ca,
-                    require_client_auth=self.client_ca is not None)
-                bound.append(server.add_secure_port(address, credentials))
-            await server.start()
-            stop = asyncio.Event()
+            health_servicer = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(
+                (GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
             loop = asyncio.get_running_loop()
-            stopping.append(lambda: loop.call_soon_threadsafe(stop.set))
-            ready.set()
-            await stop.wait()
+
+            async def report() -> None:
+                # Each name gets readiness as it is now: reports that interleave still
+                # leave the last state behind.
+                for name in HEALTH_NAMES:
+                    await health_servicer.set(name, (
+                        health_pb2.HealthCheckResponse.SERVING if self.readiness.ready
+                        else health_pb2.HealthCheckResponse.NOT_SERVING))
+
+            def changed(ready: bool) -> None:  # (in the thread that changed readiness)
+                asyncio.run_coroutine_threadsafe(report(), loop)
+
+            unsubscribe = self.readiness.subscribe(changed)
+            try:
+                await report()
+                address = f"{self.host}:{self.port}"
+                if self.tls is None:
+                    bound.append(server.add_insecure_port(address))
+                else:
+                    credentials = grpc.ssl_server_credentials(
+                        [self.tls], root_certificates=self.client_ca,
+                        require_client_auth=self.client_ca is not None)
+                    bound.append(server.add_secure_port(address, credentials))
+                await server.start()
+                stop = asyncio.Event()
+                stopping.append(lambda: loop.call_soon_threadsafe(stop.set))
+                ready.set()
+                await stop.wait()
+            finally:
+                unsubscribe()  # (before this loop closes)
+            await health_servicer.enter_graceful_shutdown()  # Watchers hear NOT_SERVING
             await server.stop(grace=1.0)
 
         def thread_main() -> None:

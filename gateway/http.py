@@ -1,9 +1,10 @@
 """The gateway's HTTP edge: ``gateway.openai`` as an ASGI app (FastAPI, its OpenAPI
 document at ``/openapi.json``), served by Hypercorn on trio: HTTP/1.1 and HTTP/2 (h2
 over TLS by ALPN, h2c with prior knowledge), TLS and mutual TLS, keep-alive, access
-logs on ``tether.gateway.http.access``. Requests go through the same
-``GatewayService.Infer`` as Hyperswarm clients' (token, validation, rate limit, trace),
-so the edges cannot drift apart.
+logs on ``tether.gateway.http.access``; probes at ``GET /healthz`` (alive) and
+``GET /readyz`` (200 while the gateway's readiness holds, else 503 naming what fails).
+Requests go through the same ``GatewayService.Infer`` as Hyperswarm clients' (token,
+validation, rate limit, trace), so the edges cannot drift apart.
 
 Bounds, each a named constant:
 
@@ -77,7 +78,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ROUTES = "POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /v1/models/{id}"
+ROUTES = ("POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /v1/models/{id}, "
+          "GET /healthz, GET /readyz")
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -344,6 +346,13 @@ def build_app(api: HttpApi) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        # The gateway's last readiness check (GatewayService.check_ready, every few
+        # seconds): probes cost no lookup and no store read of their own.
+        report = api.service.readiness.report()
+        return JSONResponse(report, 503 if report["failing"] else 200)
 
     return app
 

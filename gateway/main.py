@@ -6,6 +6,9 @@ tenant tokens from the Metadata Store, rate-limits per tenant and forwards to
 the orchestrator found on ``tether/control/<region>``. With ``--http-port`` it
 also serves the OpenAI-compatible HTTP API of ``gateway.openai``, with ``--grpc-port``
 ``tether.v1.Gateway`` over gRPC (``gateway.grpc_edge``); same checks on every edge.
+Readiness (an orchestrator and a registry reachable, the token store readable) is
+checked every few seconds and answered by ``/readyz`` on the HTTP edge and the metrics
+port, and by ``grpc.health.v1.Health`` on the gRPC edge.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from gateway.grpc_edge import GrpcEdge
 from gateway.http import MAX_CONNECTIONS_PER_CLIENT, HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
-from tether import process, topics
+from tether import health, process, topics
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
 
@@ -144,6 +147,7 @@ async def serve(
         store=store,
         region=config.region,
         buckets=TokenBuckets(rate=rate, burst=burst),
+        readiness=health.PROCESS,
     )
     network.handlers.update(collect_handlers(service))
     process.on_stop(network.close)
@@ -152,6 +156,7 @@ async def serve(
             await network.join(topics.gateway(config.region), server=True, client=False)
             await network.join(topics.control(config.region), server=False, client=True)
             await network.join(topics.registry(config.region), server=False, client=True)
+            nursery.start_soon(service.watch_readiness)
             extra = {}
             if http_port is not None:
                 port = await nursery.start(functools.partial(

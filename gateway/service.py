@@ -17,13 +17,17 @@ is forwarded as it is, its chunks too: the gateway does not see its input either
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
+import trio
+
 from gateway.ratelimit import TokenBuckets
-from tether import blocking, sealing, telemetry, topics
-from tether.errors import PermissionDenied, Unauthenticated
+from tether import blocking, health, sealing, telemetry, topics
+from tether.errors import PermissionDenied, Unauthenticated, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, wait_for_peer
 from tether.rpc import RpcError, ServerContext, StatusCode
@@ -31,10 +35,19 @@ from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 from tether.validation import validate, validate_sealed, validate_target
 
+log = logging.getLogger("tether.gateway")
+
 #: How long a request waits to find an orchestrator or registry on its topic.
 PEER_WAIT_S = 10.0
 #: How long a verified tenant token is trusted without asking the Metadata Store again.
 TOKEN_CACHE_S = 10.0
+#: How often the catalog's model names (the metrics' model labels) are read again.
+MODEL_LABELS_S = 10.0
+#: How often readiness is checked (``check_ready``), and the longest one check waits.
+READY_CHECK_S = 5.0
+READY_PROBE_S = 2.0
+#: A token nobody holds: verifying it shows the token store is readable.
+PROBE_TOKEN = "tt_readiness_probe"
 
 
 def bearer_token(metadata: dict[str, str]) -> str:
@@ -54,20 +67,68 @@ class GatewayService(services_rpc.GatewayServicer):
         region: str,
         buckets: TokenBuckets,
         clock_ms: Callable[[], int] | None = None,
+        readiness: health.Readiness | None = None,
     ) -> None:
         self.network = network
         self.store = store
         self.region = region
         self.buckets = buckets
         self.control_topic = topics.control(region)
-        self._tokens: TtlCache[str, str] = TtlCache(ttl_s=TOKEN_CACHE_S, max_entries=65_536)
+        self._tokens: TtlCache[str, str] = TtlCache(
+            ttl_s=TOKEN_CACHE_S, max_entries=65_536, name="gateway_tokens"
+        )
         #: Whether a tenant's requests are sealed (its policy), cached like its tokens.
         self._sealed_tenants: TtlCache[str, bool] = TtlCache(
-            ttl_s=TOKEN_CACHE_S, max_entries=65_536
+            ttl_s=TOKEN_CACHE_S, max_entries=65_536, name="gateway_tenant_policy"
         )
         #: Wall-clock milliseconds: when a sealed request was issued (workers check it).
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.metrics = telemetry.RequestMetrics("gateway")
+        #: Model labels of the metrics: the catalog's models, else "other".
+        self.model_labels = telemetry.ModelLabels()
+        self._labels_read_at = -math.inf
+        #: What probes are told (``check_ready`` keeps it current).
+        self.readiness = readiness or health.Readiness()
+
+    async def model_label(self, model: str) -> str:
+        """``model`` as a metrics label: itself when the catalog has it, else ``other``.
+        The catalog's names are read at most every ``MODEL_LABELS_S``, whatever names
+        requests make up."""
+        if trio.current_time() - self._labels_read_at >= MODEL_LABELS_S:
+            self._labels_read_at = trio.current_time()
+            try:
+                self.model_labels.update(await blocking.run_sync(self.store.model_ids))
+            except Exception as exc:  # labels only: the request goes on
+                log.warning("cannot read the model names for metrics labels: %s", exc)
+        return self.model_labels.label(model)
+
+    async def check_ready(self) -> bool:
+        """Probe what serving needs (an orchestrator and a registry reachable, found as
+        requests find them; the token store readable), record each in ``readiness``."""
+        for check, topic in (("orchestrator", self.control_topic),
+                             ("registry", topics.registry(self.region))):
+            try:
+                await wait_for_peer(self.network, topic, timeout=READY_PROBE_S)
+            except Unavailable as exc:
+                self.readiness.set(check, False, exc.message)
+            else:
+                self.readiness.set(check, True)
+        try:
+            await blocking.run_sync(lambda: self.store.verify_token(PROBE_TOKEN))
+        except Unauthenticated:
+            self.readiness.set("token_store", True)
+        except Exception as exc:
+            self.readiness.set("token_store", False,
+                               f"cannot read the token store: {type(exc).__name__}: {exc}")
+        else:  # somebody holds the probe token: the store answers all the same
+            self.readiness.set("token_store", True)
+        return self.readiness.ready
+
+    async def watch_readiness(self, every_s: float = READY_CHECK_S) -> None:
+        """``check_ready`` now and every ``every_s`` (probes read its last answer)."""
+        while True:
+            await self.check_ready()
+            await trio.sleep(every_s)
 
     async def authenticate(self, metadata: dict[str, str]) -> str:
         """The tenant of the request's token. A verified token is trusted for
@@ -94,10 +155,11 @@ class GatewayService(services_rpc.GatewayServicer):
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
-        with self.metrics.measure(request.model_id) as timer:
+        label = await self.model_label(request.model_id)
+        with self.metrics.measure(label) as timer:
             async with contextlib.aclosing(self._infer(request, context)) as chunks:
                 async for chunk in chunks:
-                    timer.chunk()
+                    timer.chunk(done=chunk.done)
                     yield chunk
 
     async def _infer(

@@ -123,7 +123,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.rollouts = rollouts or Rollouts()
         self.usage_metrics = telemetry.UsageMetrics()
         self._resolved: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
-            ttl_s=RESOLVE_CACHE_S, max_entries=4096
+            ttl_s=RESOLVE_CACHE_S, max_entries=4096, name="orchestrator_resolution"
         )
 
     async def _registry(self) -> services_rpc.RegistryStub:

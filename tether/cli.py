@@ -1,6 +1,7 @@
 """The ``tether`` command.
 
-    tether up                         a whole local network; runs until Ctrl-C
+    tether up [--metrics]             a whole local network; runs until Ctrl-C (--metrics:
+                                      each service its own metrics and probes port)
     tether demo --prompt TEXT         the same, one prompt streamed, then a clean stop
     tether infer --gateway KEY ...    talk to a running gateway
     tether gateway|orchestrator|registry|worker [...]   run one service
@@ -135,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the gateway's HTTP API port (default: any free port)")
             p.add_argument("--grpc-port", type=int, default=0,
                            help="the gateway's gRPC port (default: any free port)")
+            base = os.environ.get("TETHER_METRICS_PORT", "").strip()
+            p.add_argument("--metrics", action="store_true", default=bool(base),
+                           help="every service serves Prometheus metrics and /healthz, "
+                           "/readyz on a port of its own (printed as \"metrics\"); on "
+                           "with TETHER_METRICS_PORT set")
+            p.add_argument("--metrics-port", type=process.port, metavar="BASE",
+                           default=process.env_value("TETHER_METRICS_PORT", "0", process.port),
+                           help="with --metrics: ports BASE, BASE+1, ... for the registry, "
+                           "orchestrator, gateway and worker (env TETHER_METRICS_PORT; "
+                           "default 0: any free ports)")
+            p.add_argument("--metrics-host",
+                           default=os.environ.get("TETHER_METRICS_HOST", "127.0.0.1"),
+                           help="with --metrics: the address they bind (default: %(default)s)")
     p = sub.add_parser("infer", help="send a prompt to a running gateway")
     p.add_argument("--gateway", help="gateway public key (64 hex); default: find by topic")
     p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False)
@@ -261,14 +275,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from tether.localnet import local_network
+    from tether.localnet import Metrics, local_network
 
     log = logging.getLogger("tether.up")
+    metrics = (Metrics(args.metrics_host, args.metrics_port)
+               if getattr(args, "metrics", False) else None)
     async with local_network(
         Path(args.data_dir),
         region=args.region,
         http_port=getattr(args, "http_port", 0),
         grpc_port=getattr(args, "grpc_port", 0),
+        metrics=metrics,
     ) as net:
         if args.command == "demo":
             print(
@@ -288,6 +305,7 @@ async def _up(args: argparse.Namespace) -> int:
                     "grpc": net.grpc_address,
                     "token": net.token,
                     "models": net.published,
+                    **({"metrics": net.metrics} if metrics else {}),
                 }
             ),
             flush=True,

@@ -6,6 +6,11 @@ replicas, registered in the SQLite metadata store), then the registry,
 orchestrator, gateway and one CPU worker, each as its own ``tether <service>``
 process; it waits for each one's ready line, issues a tenant token, and stops
 everything (SIGTERM, then SIGKILL after a grace period) on exit.
+
+With ``Metrics`` each service serves Prometheus metrics and its probes on a port of its
+own (consecutive from a base port, or any free ones), named in ``LocalNet.metrics``. The
+children never inherit ``TETHER_METRICS_PORT``/``TETHER_METRICS_HOST``: one port for
+every process could only be bound by the first.
 """
 
 from __future__ import annotations
@@ -41,6 +46,23 @@ SHIPPED_MODELS = [REPO_ROOT / "worker" / "models" / n for n in ("kjv-textgen", "
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
 DEMO_TENANT = "demo"
+#: The services of a local network, in start order (each with its metrics port, base+i).
+SERVICES = ("registry", "orchestrator", "gateway", "worker")
+#: What a child process never inherits from ``tether up``'s environment (given as flags).
+NOT_INHERITED = ("TETHER_METRICS_PORT", "TETHER_METRICS_HOST")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Metrics and probes for every service: on ``host``, ports ``base``, ``base+1``, ...
+    in ``SERVICES`` order (``base`` 0: any free port for each)."""
+
+    host: str = "127.0.0.1"
+    base: int = 0
+
+    def flags(self, service: str) -> list[str]:
+        port = self.base + SERVICES.index(service) if self.base else 0
+        return ["--metrics-host", self.host, "--metrics-port", str(port)]
 
 
 @dataclass
@@ -81,12 +103,17 @@ class LocalNet:
         return str(self._gateway_ready().get("grpc", ""))
 
     @property
+    def metrics(self) -> dict[str, str]:
+        """Each service's metrics and probes (``http://HOST:PORT``), when it serves them."""
+        return {p.name: str(p.ready["metrics"]) for p in self.processes if "metrics" in p.ready}
+
+    @property
     def bootstrap_text(self) -> str:
         return ",".join(f"{a.host}:{a.port}" for a in self.bootstrap)
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -175,19 +202,25 @@ async def python_testnet(nodes: int = 3) -> AsyncIterator[list[SocketAddress]]:
 
 
 def service_args(
-    data_dir: Path, region: str, bootstrap: str, *, http_port: int = 0, grpc_port: int = 0
+    data_dir: Path, region: str, bootstrap: str, *, http_port: int = 0, grpc_port: int = 0,
+    metrics: Metrics | None = None,
 ) -> dict[str, list[str]]:
     """Each service's module and arguments, in start order."""
     common = ["--region", region, "--data-dir", str(data_dir), "--bootstrap", bootstrap]
+    extra = {
+        "gateway": ["--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+        "worker": ["--worker-id", "worker-1"],
+    }
     return {
-        "registry.main": common,
-        "orchestrator.main": common,
-        "gateway.main": [*common, "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
-        "worker.main": [*common, "--worker-id", "worker-1"],
+        f"{name}.main": [*common, *extra.get(name, []), *(metrics.flags(name) if metrics else [])]
+        for name in SERVICES
     }
 
 
-def check_config(data_dir: Path, *, region: str, http_port: int = 0, grpc_port: int = 0) -> None:
+def check_config(
+    data_dir: Path, *, region: str, http_port: int = 0, grpc_port: int = 0,
+    metrics: Metrics | None = None,
+) -> None:
     """Check everything ``local_network`` would start with (region, data dir, metadata
     store, each service's settings and ``TETHER_*`` values) before anything is published
     or started; a ``process.ConfigError`` for the first thing that is wrong."""
@@ -195,20 +228,27 @@ def check_config(data_dir: Path, *, region: str, http_port: int = 0, grpc_port: 
     process.data_dir_from(str(data_dir))
     process.check_store(sqlite_url(data_dir / "metadata.db"))
     placeholder = "127.0.0.1:1"  # the DHT's address is known only once it runs
-    argv = service_args(data_dir, region, placeholder, http_port=http_port, grpc_port=grpc_port)
+    argv = service_args(data_dir, region, placeholder, http_port=http_port,
+                        grpc_port=grpc_port, metrics=metrics)
     for module, args in argv.items():
         importlib.import_module(module).configure(args)
 
 
 @asynccontextmanager
 async def local_network(
-    data_dir: Path, *, region: str = "local", http_port: int = 0, grpc_port: int = 0
+    data_dir: Path,
+    *,
+    region: str = "local",
+    http_port: int = 0,
+    grpc_port: int = 0,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[LocalNet]:
     """The whole network as child processes; the gateway also serves HTTP and gRPC on
-    127.0.0.1:``http_port`` and ``grpc_port`` (0: any free port; see ``LocalNet``)."""
+    127.0.0.1:``http_port`` and ``grpc_port`` (0: any free port; see ``LocalNet``);
+    with ``metrics``, every service its metrics and probes."""
     await trio.to_thread.run_sync(
         partial(check_config, data_dir, region=region, http_port=http_port,
-                          grpc_port=grpc_port)
+                grpc_port=grpc_port, metrics=metrics)
     )
     net = LocalNet(data_dir=data_dir, region=region)
     py = sys.executable
@@ -221,7 +261,7 @@ async def local_network(
             net.published = await trio.to_thread.run_sync(publish_shipped_models, data_dir)
             net.token = await trio.to_thread.run_sync(issue_token, data_dir, DEMO_TENANT)
             services = service_args(data_dir, region, net.bootstrap_text,
-                                    http_port=http_port, grpc_port=grpc_port)
+                                    http_port=http_port, grpc_port=grpc_port, metrics=metrics)
             for module, args in services.items():
                 await _start(nursery, net, module.split(".")[0], [py, "-m", module, *args])
             yield net

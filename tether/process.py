@@ -17,10 +17,15 @@ flag               environment            default
                                           worker's: ``keys/workers/<id>.key``)
 ``--host``         ``TETHER_HOST``        ``127.0.0.1``
 ``--allow-caller`` ``TETHER_ALLOW_CALLERS`` the keys in ``<data-dir>/keys/*.pub``
+``--metrics-port`` ``TETHER_METRICS_PORT`` off (0: any free port)
+``--metrics-host`` ``TETHER_METRICS_HOST`` ``127.0.0.1``
 =================  =====================  ===================================
 
 A service writes its public key next to its key file (``<service>.pub``); each
-worker has a key of its own (:func:`tether.admission.claim_worker_key`). The
+worker has a key of its own (:func:`tether.admission.claim_worker_key`). With a metrics
+port the service serves Prometheus metrics and its probes there (``/metrics``,
+``/healthz``, ``/readyz``; see ``tether.health``), and its ready line says where
+(``"metrics": "http://HOST:PORT"``). The
 orchestrator takes work only from known gateways, a worker only from known
 orchestrators: see :mod:`tether.callers`.
 
@@ -56,7 +61,7 @@ import trio
 from sqlalchemy.exc import DatabaseError
 
 from p2p_transport.cenc import SocketAddress
-from tether import telemetry, topics
+from tether import health, telemetry, topics
 from tether.callers import CallerPolicy, parse_key
 from tether.errors import TetherError
 from tether.keys import KeyPair
@@ -238,8 +243,10 @@ class ServiceConfig:
     key_file: Path
     host: str
     log_level: str
-    #: Serve Prometheus metrics on 127.0.0.1:<port> (None: no endpoint).
+    #: Serve Prometheus metrics and probes on metrics_host:<port> (None: no endpoint;
+    #: 0: any free port).
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     #: Peers allowed to call the privileged methods besides the keys folder's (see callers).
     allow_callers: tuple[bytes, ...] = ()
     allow_any_caller: bool = False
@@ -332,8 +339,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument(
         "--metrics-port",
         type=port,
-        default=env_value("TETHER_METRICS_PORT", "0", port),
-        help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)",
+        default=env_value("TETHER_METRICS_PORT", "", lambda t: port(t) if t.strip() else None),
+        help="serve Prometheus metrics and the /healthz and /readyz probes on "
+        "--metrics-host:PORT (0: any free port; default: off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=env("TETHER_METRICS_HOST", "127.0.0.1"),
+        help="the address metrics and probes bind (default: %(default)s; 0.0.0.0: every "
+        "interface, e.g. for a scraper in another container)",
     )
     parser.set_defaults(service=service)
 
@@ -436,7 +450,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         key_file=key_file,
         host=args.host,
         log_level=level,
-        metrics_port=args.metrics_port or None,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         allow_callers=allow_callers,
         allow_any_caller=bool(args.allow_any_caller),
     )
@@ -455,9 +470,13 @@ def configure(
 
 
 def setup_telemetry(config: ServiceConfig) -> None:
-    """Logs with trace ids, traces, and metrics (Prometheus when ``metrics_port``)."""
+    """Logs with trace ids, traces, and metrics (Prometheus and probes when
+    ``metrics_port``)."""
     setup_logging(config.service, config.log_level)
-    telemetry.setup_metrics(config.service, prometheus_port=config.metrics_port)
+    telemetry.setup_metrics(
+        config.service, prometheus_port=config.metrics_port,
+        prometheus_host=config.metrics_host,
+    )
 
 
 def setup_logging(service: str, level: str) -> None:
@@ -475,8 +494,13 @@ def setup_logging(service: str, level: str) -> None:
 
 
 def announce_ready(service: str, public_key: bytes, **extra: object) -> None:
-    """The one stdout line saying the service is reachable."""
+    """The one stdout line saying the service is reachable (and where its metrics and
+    probes are, when it serves them); the process is ready from here on."""
     line = {"service": service, "public_key": public_key.hex(), **extra}
+    metrics = telemetry.metrics_url()
+    if metrics is not None:
+        line["metrics"] = metrics
+    health.PROCESS.set(health.STARTED, True)
     print(json.dumps(line), flush=True)
 
 
@@ -520,6 +544,7 @@ async def run_until_signalled(body: Callable[[], Awaitable[None]]) -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     logging.getLogger("tether").info("stopping on signal")
+                    health.PROCESS.drain()  # probes say not-ready while it stops
                     with trio.move_on_after(STOP_TIMEOUT_S):
                         for hook in reversed(_STOP_HOOKS):
                             await hook()

@@ -2,7 +2,10 @@
 W3C ``traceparent`` carried in RPC metadata across every hop, structured
 logs that name the trace, and the spec's SLI metrics (request latency and
 time to first chunk by model, outcomes by status code, throttling), exported
-for Prometheus (``TETHER_METRICS_PORT``) and OTLP (``OTEL_EXPORTER_OTLP_ENDPOINT``).
+for Prometheus (``--metrics-port``, beside the health probes of ``tether.health``) and
+OTLP (``OTEL_EXPORTER_OTLP_ENDPOINT``). A metric's label values are bounded: a model
+label is one of the catalog's models or ``other`` (``ModelLabels``), so made-up model
+names cannot grow the series without end.
 
 ``setup(service)`` installs the provider (with an OTLP/HTTP exporter when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else spans stay in-process unless an
@@ -19,21 +22,35 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from tether import health
 from tether.rpc.status import StatusCode
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _configured: TracerProvider | None = None
 _meters: MeterProvider | None = None
+_metrics_server: WSGIServer | None = None
+#: Request latency buckets (ms): a small model answers in milliseconds, a long
+#: generation in minutes; the SLO thresholds (docs/slo.md) are among the bounds.
+LATENCY_BUCKETS = ExplicitBucketHistogramAggregation((
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000,
+))
+#: The label of every value outside a bounded set (``ModelLabels``).
+OTHER = "other"
 
 
 def setup(service: str, *, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -53,19 +70,32 @@ def setup(service: str, *, exporter: SpanExporter | None = None) -> TracerProvid
 
 
 def setup_metrics(
-    service: str, *, readers: list[MetricReader] | None = None, prometheus_port: int | None = None
+    service: str,
+    *,
+    readers: list[MetricReader] | None = None,
+    prometheus_port: int | None = None,
+    prometheus_host: str = "127.0.0.1",
+    readiness: health.Readiness = health.PROCESS,
 ) -> MeterProvider:
-    """Install the process's meter provider (once): Prometheus on ``prometheus_port``
-    (127.0.0.1), OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, plus ``readers``."""
-    global _meters
+    """Install the process's meter provider (once): Prometheus and the health probes on
+    ``prometheus_host:prometheus_port`` (0: any free port; see ``metrics_url``), OTLP
+    when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, plus ``readers``. A port that cannot
+    be bound is a ``SystemExit`` naming it."""
+    global _meters, _metrics_server
     if _meters is not None:
         return _meters
     all_readers: list[MetricReader] = list(readers or [])
     if prometheus_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import start_http_server
 
-        start_http_server(prometheus_port, addr="127.0.0.1")
+        try:
+            _metrics_server = health.serve_metrics(prometheus_host, prometheus_port, readiness)
+        except OSError as exc:
+            raise SystemExit(
+                f"{service}: cannot serve metrics on {prometheus_host}:{prometheus_port}: "
+                f"{exc.strerror or exc} (each service needs its own --metrics-port; "
+                "`tether up --metrics` gives each one its own)"
+            ) from None
         all_readers.append(PrometheusMetricReader())
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -74,10 +104,35 @@ def setup_metrics(
         all_readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     _meters = MeterProvider(
         metric_readers=all_readers,
+        views=[View(instrument_name="tether.request.*", aggregation=LATENCY_BUCKETS)],
         resource=Resource.create({"service.name": f"tether-{service}"}),
     )
     otel_metrics.set_meter_provider(_meters)
     return _meters
+
+
+def metrics_url() -> str | None:
+    """Where this process serves metrics and probes (``http://HOST:PORT``), if it does."""
+    if _metrics_server is None:
+        return None
+    host = str(_metrics_server.server_address[0])
+    return f"http://{f'[{host}]' if ':' in host else host}:{_metrics_server.server_port}"
+
+
+class ModelLabels:
+    """Bounds a model label: a known model's name, else ``OTHER``. Known: the catalog's
+    models (``update``), at most ``max_models`` of them."""
+
+    def __init__(self, known: list[str] | None = None, *, max_models: int = 1000) -> None:
+        self.max_models = max_models
+        self._known: frozenset[str] = frozenset()
+        self.update(known or [])
+
+    def update(self, models: list[str]) -> None:
+        self._known = frozenset(sorted(models)[: self.max_models])
+
+    def label(self, model: str) -> str:
+        return model if model in self._known else OTHER
 
 
 class RequestMetrics:
@@ -99,20 +154,38 @@ class RequestMetrics:
 
     @contextmanager
     def measure(self, model: str) -> Iterator[RequestTimer]:
+        """Time one request; ``model`` is its label (bounded: ``ModelLabels``). An answer
+        whose last chunk went out (``timer.done``) is OK even if the caller closes the
+        stream before its end (the HTTP edge does, once it has the last chunk)."""
         timer = RequestTimer(time.perf_counter())
         code = "OK"
         try:
             yield timer
         except BaseException as exc:
-            code = _status_name(exc)
+            if timer.end is None:
+                code = _status_name(exc)
             raise
         finally:
             attrs = {"service": self.service, "model": model}
             self.requests.add(1, {**attrs, "code": code})
             if code == "OK":
-                self.duration.record((time.perf_counter() - timer.start) * 1000, attrs)
+                end = timer.end if timer.end is not None else time.perf_counter()
+                self.duration.record((end - timer.start) * 1000, attrs)
             if timer.first is not None:
                 self.first_chunk.record((timer.first - timer.start) * 1000, attrs)
+
+
+_cache_lookups: otel_metrics.Counter | None = None
+
+
+def cache_lookups() -> otel_metrics.Counter:
+    """``tether.cache.lookups`` by ``cache`` and ``result`` (see ``tether.ttlcache``)."""
+    global _cache_lookups
+    if _cache_lookups is None:
+        _cache_lookups = otel_metrics.get_meter("tether").create_counter(
+            "tether.cache.lookups", description="Cache lookups by cache and result "
+            "(hit, miss, stale)")
+    return _cache_lookups
 
 
 class UsageMetrics:
@@ -135,10 +208,15 @@ class UsageMetrics:
 class RequestTimer:
     start: float
     first: float | None = None
+    #: When the last chunk (``done``) went out.
+    end: float | None = None
 
-    def chunk(self) -> None:
+    def chunk(self, done: bool = False) -> None:
+        now = time.perf_counter()
         if self.first is None:
-            self.first = time.perf_counter()
+            self.first = now
+        if done:
+            self.end = now
 
 
 def _status_name(exc: BaseException) -> str:

@@ -3,6 +3,8 @@
 #   bazel-bootstrap  Bazel 4.2.3, used offline for `bazel build //...` and `bazel test //...`
 #   postgresql       the metadata store's server for the `postgres` tests
 #   a Java runtime   runs the PlantUML jar that renders docs/diagrams/
+#   prometheus       `promtool` checks and unit-tests deploy/prometheus/ and the server
+#                    scrapes a running network in tests/ops/
 # Idempotent and quiet: packages already present are skipped, and `apt-get update` runs once,
 # only when something has to be installed.
 set -euo pipefail
@@ -16,6 +18,7 @@ have_pkg() {
 have_pkg bazel-bootstrap || missing+=(bazel-bootstrap)
 have_pkg postgresql || missing+=(postgresql)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from tether import process, topics
+from tether import health, process, topics
 from tether.admission import WorkerKey, claim_worker_key
 from tether.artifacts import ArtifactStore, blob_store_from_spec
 from tether.errors import FailedPrecondition, TetherError
@@ -185,6 +185,7 @@ async def _serve(
             engine,
             keypair,
             callers=config.callers("orchestrator"),
+            readiness=health.PROCESS,
         )
         network.handlers.update(collect_handlers(service))
         await network.join(topics.presence(config.region), server=True, client=False)

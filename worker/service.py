@@ -11,7 +11,8 @@
 - Every method answers known orchestrators only (``callers``): the worker's load,
   models and health are the fleet's layout, not public.
 - ``drain()`` stops new work (UNAVAILABLE, so the orchestrator places it
-  elsewhere), lets in-flight jobs finish, and says so in every heartbeat.
+  elsewhere), lets in-flight jobs finish, and says so in every heartbeat and to
+  probes (its ``readiness`` turns not-ready: ``/readyz`` answers 503).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Protocol
 
 import trio
 
-from tether import limits, sealing, signing, telemetry
+from tether import health, limits, sealing, signing, telemetry
 from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
@@ -91,8 +92,11 @@ class WorkerService(services_rpc.WorkerServicer):
         clock_ms: Callable[[], int] = wall_clock_ms,
         callers: CallerPolicy | None = None,
         replays: sealing.ReplayCache | None = None,
+        readiness: health.Readiness | None = None,
     ) -> None:
         self.config = config
+        #: What probes are told: not ready once draining.
+        self.readiness = readiness or health.Readiness()
         #: Who may call (work, health, presence): orchestrators. None: anyone (embedded).
         self.callers = callers or CallerPolicy.anyone()
         self.engine = engine
@@ -248,6 +252,7 @@ class WorkerService(services_rpc.WorkerServicer):
     async def drain(self, grace_s: float = 30.0) -> bool:
         """Take no new work and wait for in-flight jobs; True if all finished."""
         self.draining = True
+        self.readiness.drain()
         with trio.move_on_after(grace_s):
             await self._idle.wait()
             return True
