@@ -356,8 +356,8 @@ class MetadataStore:
         """``(correlation id, owner)`` of running jobs whose owner is not ``me`` and has no
         live lease: their orchestrator died, and ``me`` may take them over."""
         J, L = t.Job, t.OrchestratorLease
-        live = sa_select(L.owner).where(col(L.expires_unix_ms) > self._clock())
-        query = (sa_select(J.correlation_id, J.owner)
+        live = sa_select(col(L.owner)).where(col(L.expires_unix_ms) > self._clock())
+        query = (sa_select(col(J.correlation_id), col(J.owner))
                  .where(col(J.state).in_(ACTIVE_JOB_STATES), col(J.owner) != "",
                         col(J.owner) != me, col(J.owner).not_in(live))
                  .limit(limit))
