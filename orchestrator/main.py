@@ -3,7 +3,10 @@
 Serves ``tether.v1.Orchestrator`` on ``tether/control/<region>``; discovers
 workers on ``tether/presence/<region>`` (and ``--watch-region`` regions),
 finds the registry on ``tether/registry/<region>``, and keeps jobs and
-reservations in the Metadata Store.
+reservations in the Metadata Store, under a lease that says it is alive.
+SIGINT/SIGTERM drain it: it leaves the control topic and refuses new requests,
+lets those in flight finish for up to ``--drain-timeout-s``, and fails the rest
+naming itself as the cause.
 """
 
 from __future__ import annotations
@@ -60,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         "this many seconds (default: off)",
     )
     parser.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=float(env("TETHER_DRAIN_TIMEOUT_S", "30")),
+        help="on SIGTERM, how long requests in flight may run on before they are failed "
+        "(default 30)",
+    )
+    parser.add_argument(
         "--allow-operator",
         action="append",
         default=[],
@@ -75,6 +85,7 @@ async def serve(
     watch_regions: list[str],
     breakers: CircuitBreakers | None = None,
     operators: list[bytes] | None = None,
+    drain_timeout_s: float = 30.0,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
@@ -102,6 +113,12 @@ async def serve(
     )
     network.handlers.update(collect_handlers(service, control))
     process.on_stop(network.close)
+
+    async def drain() -> None:  # hooks run newest first: this one before the close
+        await network.leave(topics.control(config.region))
+        await service.drain(drain_timeout_s)
+
+    process.on_stop(drain)
     try:
         regions = list(dict.fromkeys([config.region, *watch_regions]))
         # Topics DiscoverySub looks up again periodically; model topics join it as the
@@ -109,6 +126,8 @@ async def serve(
         refreshed = [topics.presence(r) for r in regions]
         async with network.running(), trio.open_nursery() as nursery:
             await nursery.start(functools.partial(discovery.run, refresh=refreshed))
+            # Jobs a previous run of this orchestrator left are failed before it serves.
+            await nursery.start(service.keep_lease)
             await network.join(topics.control(config.region), server=True, client=False)
             await network.join(topics.registry(config.region), server=False, client=True)
             for topic in list(refreshed):
@@ -134,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         raise SystemExit(f"orchestrator: --allow-operator: {exc}") from None
     trio.run(
-        process.run_until_signalled,
-        lambda: serve(config, args.watch_region, breakers, operators),
+        functools.partial(
+            process.run_until_signalled,
+            lambda: serve(config, args.watch_region, breakers, operators, args.drain_timeout_s),
+            stop_timeout_s=args.drain_timeout_s + process.STOP_TIMEOUT_S,
+        )
     )
     return 0
 

@@ -281,15 +281,18 @@ def on_stop(hook: Callable[[], Awaitable[None]]) -> None:
     _STOP_HOOKS.append(hook)
 
 
-async def run_until_signalled(body: Callable[[], Awaitable[None]]) -> None:
-    """Run ``body``; SIGINT/SIGTERM run the stop hooks, then cancel it."""
+async def run_until_signalled(
+    body: Callable[[], Awaitable[None]], *, stop_timeout_s: float = STOP_TIMEOUT_S
+) -> None:
+    """Run ``body``; SIGINT/SIGTERM run the stop hooks (for up to ``stop_timeout_s``),
+    then cancel it."""
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     logging.getLogger("tether").info("stopping on signal")
-                    with trio.move_on_after(STOP_TIMEOUT_S):
+                    with trio.move_on_after(stop_timeout_s):
                         for hook in reversed(_STOP_HOOKS):
                             await hook()
                     nursery.cancel_scope.cancel()
