@@ -3,17 +3,32 @@
 ``Infer``: authenticate the tenant token (metadata ``authorization: Bearer
 <token>``, checked against the hashed tokens of the Metadata Store), validate
 and normalise the request, take a token from the tenant's bucket, start the
-trace, and forward to an orchestrator found on ``tether/control/<region>``,
-streaming its chunks back unchanged.
+trace, and forward to an orchestrator found on ``tether/control/<region>``
+(the least loaded of those it knows, ``gateway.orchestrators``), streaming its
+chunks back unchanged.
+
+An orchestrator that fails does not end the request. One that refuses it
+because it is draining is skipped at once. One lost mid-stream (its connection
+closed, or a stream quiet for ``STALL_S`` whose orchestrator does not answer a
+probe within ``PROBE_S``) is avoided, and the same request (same correlation id
+and retry token; the gateway pins a sampling seed when the client gave none) is
+sent to another orchestrator, naming the lost one so that the new one takes the
+job over at once; the chunks the client already has are checked by digest and
+skipped (``tether.resume``), as the orchestrator does for a lost worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import secrets
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 
+import trio
+
+from gateway.orchestrators import Orchestrators
 from gateway.ratelimit import TokenBuckets
 from tether import blocking, telemetry, topics
 from tether.errors import (
@@ -21,10 +36,12 @@ from tether.errors import (
     PermissionDenied,
     TetherError,
     Unauthenticated,
+    Unavailable,
 )
 from tether.metadata.store import MetadataStore
-from tether.net import Network, wait_for_peer
-from tether.rpc import ServerContext
+from tether.net import Network, Peer, is_closed, wait_for_peer
+from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
+from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 
@@ -36,6 +53,15 @@ MAX_NEW_TOKENS = 1024
 PEER_WAIT_S = 10.0
 #: How long a verified tenant token is trusted without asking the Metadata Store again.
 TOKEN_CACHE_S = 10.0
+#: Orchestrators one request may be sent to (the first, then others that resume it).
+MAX_ORCHESTRATORS = 3
+#: A stream quiet this long has its orchestrator probed (GetJob), which must answer
+#: within PROBE_S or is taken for lost: a killed process closes no connection, and the
+#: transport alone would notice only after its timeouts (about 11 s).
+STALL_S = 3.0
+PROBE_S = 2.0
+
+log = logging.getLogger("tether.gateway")
 _VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))?$")
 
 
@@ -92,6 +118,7 @@ class GatewayService(services_rpc.GatewayServicer):
         self.region = region
         self.buckets = buckets
         self.control_topic = topics.control(region)
+        self.orchestrators = Orchestrators(network, self.control_topic)
         self._tokens: TtlCache[str, str] = TtlCache(ttl_s=TOKEN_CACHE_S, max_entries=65_536)
         self.metrics = telemetry.RequestMetrics("gateway")
 
@@ -104,10 +131,6 @@ class GatewayService(services_rpc.GatewayServicer):
             tenant = await blocking.run_sync(lambda: self.store.verify_token(token))
             self._tokens.put(token, tenant)
         return tenant
-
-    async def _orchestrator(self) -> services_rpc.OrchestratorStub:
-        peer = await wait_for_peer(self.network, self.control_topic, timeout=PEER_WAIT_S)
-        return services_rpc.OrchestratorStub(peer.rpc)
 
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
@@ -132,19 +155,125 @@ class GatewayService(services_rpc.GatewayServicer):
         forwarded.tenant_id = tenant
         forwarded.correlation_id = request.correlation_id or f"c-{uuid.uuid4().hex}"
         forwarded.region = request.region or self.region
+        if forwarded.input.WhichOneof("kind") == "text" and not forwarded.params.seed:
+            # Pinned here, so that another orchestrator resuming the request samples the
+            # same answer and it can be spliced onto what the client has.
+            forwarded.params.seed = secrets.randbits(63) | 1
         with telemetry.server_span(
             "gateway.infer",
             metadata,
             **{"tether.tenant": tenant, "tether.model": request.model_id},
         ):
             forwarded.trace_id = telemetry.current_trace_id()
-            orchestrator = await self._orchestrator()
             out = telemetry.outgoing_metadata({"x-tether-tenant": tenant})
-            async with orchestrator.Submit(
-                forwarded, metadata=out, timeout=context.remaining_timeout()
+            async with contextlib.aclosing(
+                self._forward(forwarded, out, context)
             ) as chunks:
                 async for chunk in chunks:
                     yield chunk
+
+    async def _forward(
+        self, request: infer_pb2.Infer.Request, metadata: dict[str, str], context: ServerContext
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        """Stream ``request`` from an orchestrator, resuming it through another when one is
+        lost or draining (see the module docstring)."""
+        resume = Resume()
+        tried: set[bytes] = set()
+        last_error: RpcError | None = None
+        for _ in range(MAX_ORCHESTRATORS):
+            try:
+                peer = await self.orchestrators.pick(exclude=tried, timeout=PEER_WAIT_S)
+            except Unavailable:
+                if last_error is None:
+                    raise
+                break
+            tried.add(peer.remote_key)
+            replay = resume.replay()
+            try:
+                with self.orchestrators.using(peer):
+                    async with contextlib.aclosing(
+                        self._submit(peer, request, metadata, context)
+                    ) as chunks:
+                        async for chunk in chunks:
+                            if not replay.accept(chunk):
+                                continue  # the client has this one already
+                            resume.delivered(chunk)
+                            yield chunk
+                return
+            except Diverged as exc:
+                what = last_error.message if last_error is not None else "an orchestrator was lost"
+                raise Unavailable(f"{what}; {exc.message}", details=exc.details) from None
+            except RpcError as exc:
+                name = f"orchestrator {peer.key_hex[:16]}"
+                if exc.code == StatusCode.UNAVAILABLE and exc.details.get("draining"):
+                    self.orchestrators.avoid(peer)  # it admitted nothing: go elsewhere
+                    log.info("%s is draining; sending %s elsewhere", name,
+                             request.correlation_id)
+                    last_error = exc
+                    continue
+                if exc.code != StatusCode.UNAVAILABLE or not (
+                    is_closed(peer) or exc.details.get("probe") == "unanswered"
+                ):
+                    raise
+                self.orchestrators.avoid(peer)
+                # Lost: another orchestrator takes the job over (named so that it need
+                # not wait for the lost one's lease to run out) and replays it.
+                metadata = {**metadata, LOST_ORCHESTRATOR: peer.key_hex}
+                last_error = resume.lost(name, exc)
+                log.info("%s; resuming %s at chunk %d elsewhere", last_error.message,
+                         request.correlation_id, resume.count)
+        assert last_error is not None
+        if resume.count:
+            raise resume.unresumed(last_error)
+        raise last_error
+
+    async def _submit(
+        self,
+        peer: Peer,
+        request: infer_pb2.Infer.Request,
+        metadata: dict[str, str],
+        context: ServerContext,
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        """One orchestrator's stream of the request; a stream quiet for ``STALL_S`` has
+        the orchestrator probed, and one that does not answer is closed as lost."""
+        stub = services_rpc.OrchestratorStub(peer.rpc)
+        async with stub.Submit(
+            request, metadata=metadata, timeout=context.remaining_timeout()
+        ) as chunks:
+            stream = chunks.__aiter__()
+            while True:
+                with trio.move_on_after(STALL_S) as quiet:
+                    try:
+                        chunk = await stream.__anext__()
+                    except StopAsyncIteration:
+                        return
+                if quiet.cancelled_caught:
+                    await self._probe(peer, request.correlation_id)
+                    continue
+                yield chunk
+
+    async def _probe(self, peer: Peer, correlation_id: str) -> None:
+        """Is the orchestrator of a quiet stream alive? It answers GetJob within PROBE_S,
+        or its connection is closed (every stream on it fails over) and the stream ends
+        with UNAVAILABLE marked as an unanswered probe."""
+        stub = services_rpc.OrchestratorStub(peer.rpc)
+        try:
+            await stub.GetJob(
+                services_pb2.GetJobRequest(correlation_id=correlation_id), timeout=PROBE_S
+            )
+            return
+        except RpcError as exc:
+            if exc.code not in (StatusCode.DEADLINE_EXCEEDED, StatusCode.UNAVAILABLE):
+                return  # it answered (e.g. NOT_FOUND before admission): alive
+            reason = exc.message
+        log.warning("orchestrator %s did not answer a probe within %g s (%s); dropping it",
+                    peer.key_hex[:16], PROBE_S, reason)
+        await peer.rpc.aclose()
+        raise RpcError(
+            StatusCode.UNAVAILABLE,
+            f"it did not answer within {PROBE_S:g} s after {STALL_S:g} s without a chunk",
+            details={"probe": "unanswered"},
+        )
 
     async def ListModels(
         self, request: services_pb2.ListModelsRequest, context: ServerContext

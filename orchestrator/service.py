@@ -52,7 +52,7 @@ from tether.callers import CallerPolicy
 from tether.errors import AlreadyExists, InvalidArgument, TetherError, Unavailable
 from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
 from tether.net import Network, wait_for_peer
-from tether.resume import Diverged, Resume
+from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
 from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
 from tether.v1 import (
@@ -80,9 +80,6 @@ QUOTA_DEFAULT_TOKENS = 64
 #: peer takes the jobs of a dead orchestrator over within about LEASE_S + LEASE_RENEW_S.
 LEASE_S = 15.0
 LEASE_RENEW_S = 5.0
-#: Metadata a gateway sends with a retry after it lost the orchestrator running the
-#: request (that one's public key, hex): the job may be taken over at once.
-LOST_ORCHESTRATOR = "x-tether-lost-orchestrator"
 #: How long, after a drain ran out, the requests it cancelled have to record their end.
 DRAIN_RECORD_S = 5.0
 

@@ -18,6 +18,10 @@ from tether.errors import TetherError
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2
 
+#: Metadata a gateway sends with a request it resubmits after losing the orchestrator
+#: that ran it (that one's public key, hex): the job may be taken over at once.
+LOST_ORCHESTRATOR = "x-tether-lost-orchestrator"
+
 
 class Diverged(TetherError):
     """A replay that does not reproduce the chunks already sent."""

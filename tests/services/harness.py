@@ -231,6 +231,18 @@ class Fleet:
         o.service.halt()
         o.scope.cancel()
 
+    def freeze_orchestrator(self, key: bytes) -> None:
+        """What SIGKILL looks like from the other end of a UDP transport: nothing the
+        orchestrator would send arrives any more, yet no connection closes."""
+        o = self.orchestrators.pop(key)
+        o.service.halt()
+
+        async def lost(_message: bytes) -> None:
+            await trio.sleep_forever()
+
+        for peer in o.net.peers():
+            peer.rpc.stream.send_message = lost  # type: ignore[method-assign,assignment]
+
     def token(self, tenant: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.store.issue_token(tenant)}"}
 

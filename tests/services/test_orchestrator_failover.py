@@ -14,10 +14,12 @@ import pytest
 import trio
 import trio.testing
 
-from orchestrator.service import LEASE_RENEW_S, LEASE_S, LOST_ORCHESTRATOR
+from gateway.service import PROBE_S, STALL_S
+from orchestrator.service import LEASE_RENEW_S, LEASE_S
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
-from tether import blocking
-from tether.net import dial
+from tether import blocking, topics
+from tether.net import dial, peers_on
+from tether.resume import LOST_ORCHESTRATOR
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2, jobs_pb2, services_rpc
 
@@ -222,5 +224,108 @@ def test_a_drain_finishes_what_it_can_and_names_itself_for_the_rest(tmp_path: Pa
             assert letter.correlation_id == "long" and letter.error_message.startswith(cause)
             assert f.store.get_job("short").state == jobs_pb2.JOB_STATE_SUCCEEDED
             assert not f.store.owner_alive(o.key.hex())
+
+    run(main, tmp_path)
+
+
+async def two_orchestrators_and_a_gateway(f: Fleet) -> tuple[ScriptedEngine, list[bytes]]:
+    engine = ScriptedEngine([(MODEL, "1.0")], step_s=0.2)
+    await f.add_worker("w1", engine=engine, slots=8)
+    for o in f.orchestrators.values():
+        await o.discovery.wait_for(lambda s: len(s) == 1)
+    with trio.fail_after(30):
+        while len(peers_on(f.gateway_net, topics.control(f.region))) < 2:
+            await f.gateway_net.refresh(topics.control(f.region))
+    return engine, list(f.orchestrators)
+
+
+def owner_of(f: Fleet, cid: str) -> bytes:
+    return bytes.fromhex(f.store.job_record(cid).owner)
+
+
+def test_the_gateway_spreads_requests_over_its_orchestrators(tmp_path: Path) -> None:
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=2) as f:
+            _, keys = await two_orchestrators_and_a_gateway(f)
+            gw = await f.gateway()
+            token = f.token(TENANT)
+            for i in range(4):
+                req = request(f"s-{i}", n=2)
+                async with gw.Infer(req, metadata=token) as cs:
+                    assert len([c async for c in cs]) == 2
+            owners = [owner_of(f, f"s-{i}") for i in range(4)]
+            assert sorted(owners) == sorted(keys * 2)
+
+    run(main, tmp_path)
+
+
+async def stream_through_gateway(f: Fleet, req, got: list, on_chunk) -> None:
+    gw = await f.gateway()
+    with trio.fail_after(60):
+        async with gw.Infer(req, metadata=f.token(TENANT)) as cs:
+            async for c in cs:
+                got.append(c)
+                on_chunk(len(got))
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_a_stream_whose_orchestrator_dies_continues_through_another(
+    tmp_path: Path, how: str
+) -> None:
+    """Killed: its connections close. Frozen: they stay open but nothing arrives (SIGKILL
+    over UDP); a probe of the quiet stream finds it out in STALL_S + PROBE_S."""
+
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=2) as f:
+            engine, _ = await two_orchestrators_and_a_gateway(f)
+            got: list[infer_pb2.Infer.Chunk] = []
+            died_at: list[float] = []
+
+            def kill_after_three(n: int) -> None:
+                if n == 3:
+                    died_at.append(trio.current_time())
+                    dead = owner_of(f, "d-1")
+                    if how == "killed":
+                        f.kill_orchestrator(dead)
+                    else:
+                        f.freeze_orchestrator(dead)
+
+            await stream_through_gateway(f, request("d-1", n=12), got, kill_after_three)
+            # Every chunk exactly once, in order; the replay ran the gateway's pinned seed.
+            assert [c.payload.text for c in got] == [f" w{i}" for i in range(12)]
+            assert got[-1].done and got[-1].usage.output_tokens == 12
+            seeds = {r.params.seed for r in engine.requests}
+            assert len(engine.requests) == 2 and len(seeds) == 1 and seeds != {0}
+            [alive] = f.orchestrators
+            job = f.store.get_job("d-1")
+            assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
+            assert owner_of(f, "d-1") == alive
+            assert f.store.dead_letters() == []
+            # The pause the client saw: at once when the connection closed, else the
+            # probe's bound; the whole replay of 12 chunks is 2.4 s.
+            pause = {"killed": 0.0, "frozen": STALL_S + PROBE_S}[how]
+            assert trio.current_time() - died_at[0] <= pause + 12 * 0.2 + 1
+            # A new request goes to the live orchestrator at once.
+            asked_at = trio.current_time()
+            await stream_through_gateway(f, request("d-2", n=1), [], lambda n: None)
+            assert trio.current_time() - asked_at <= 0.2 + 0.5
+            assert owner_of(f, "d-2") == alive
+
+    run(main, tmp_path)
+
+
+def test_a_draining_orchestrator_sends_new_requests_elsewhere_at_once(tmp_path: Path) -> None:
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=2) as f:
+            await two_orchestrators_and_a_gateway(f)
+            a, b = f.orchestrators.values()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.service.drain, 30.0)
+                await trio.sleep(0.1)
+                for i in range(3):
+                    asked_at = trio.current_time()
+                    await stream_through_gateway(f, request(f"n-{i}", n=1), [], lambda n: None)
+                    assert trio.current_time() - asked_at <= 0.2 + 0.5
+                    assert owner_of(f, f"n-{i}") == b.key
 
     run(main, tmp_path)
