@@ -9,8 +9,8 @@ chunks back unchanged.
 
 An orchestrator that fails does not end the request. One that refuses it
 because it is draining is skipped at once. One lost mid-stream (its connection
-closed, or a stream quiet for ``STALL_S`` whose orchestrator does not answer a
-probe within ``PROBE_S``) is avoided, and the same request (same correlation id
+closed, or closed by the gateway when it stopped answering probes, see
+``Orchestrators.watch``) is avoided, and the same request (same correlation id
 and retry token; the gateway pins a sampling seed when the client gave none) is
 sent to another orchestrator, naming the lost one so that the new one takes the
 job over at once; the chunks the client already has are checked by digest and
@@ -25,8 +25,6 @@ import re
 import secrets
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-
-import trio
 
 from gateway.orchestrators import Orchestrators
 from gateway.ratelimit import TokenBuckets
@@ -53,13 +51,10 @@ MAX_NEW_TOKENS = 1024
 PEER_WAIT_S = 10.0
 #: How long a verified tenant token is trusted without asking the Metadata Store again.
 TOKEN_CACHE_S = 10.0
-#: Orchestrators one request may be sent to (the first, then others that resume it).
+#: Orchestrators one request may be sent to (the first, then others that resume it),
+#: and how long a request that lost its orchestrator waits for another to appear.
 MAX_ORCHESTRATORS = 3
-#: A stream quiet this long has its orchestrator probed (GetJob), which must answer
-#: within PROBE_S or is taken for lost: a killed process closes no connection, and the
-#: transport alone would notice only after its timeouts (about 11 s).
-STALL_S = 3.0
-PROBE_S = 2.0
+RESUME_WAIT_S = 2.0
 
 log = logging.getLogger("tether.gateway")
 _VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))?$")
@@ -182,7 +177,9 @@ class GatewayService(services_rpc.GatewayServicer):
         last_error: RpcError | None = None
         for _ in range(MAX_ORCHESTRATORS):
             try:
-                peer = await self.orchestrators.pick(exclude=tried, timeout=PEER_WAIT_S)
+                peer = await self.orchestrators.pick(
+                    exclude=tried, timeout=RESUME_WAIT_S if tried else PEER_WAIT_S
+                )
             except Unavailable:
                 if last_error is None:
                     raise
@@ -211,9 +208,7 @@ class GatewayService(services_rpc.GatewayServicer):
                              request.correlation_id)
                     last_error = exc
                     continue
-                if exc.code != StatusCode.UNAVAILABLE or not (
-                    is_closed(peer) or exc.details.get("probe") == "unanswered"
-                ):
+                if exc.code != StatusCode.UNAVAILABLE or not is_closed(peer):
                     raise
                 self.orchestrators.avoid(peer)
                 # Lost: another orchestrator takes the job over (named so that it need
@@ -234,46 +229,13 @@ class GatewayService(services_rpc.GatewayServicer):
         metadata: dict[str, str],
         context: ServerContext,
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
-        """One orchestrator's stream of the request; a stream quiet for ``STALL_S`` has
-        the orchestrator probed, and one that does not answer is closed as lost."""
         stub = services_rpc.OrchestratorStub(peer.rpc)
         async with stub.Submit(
             request, metadata=metadata, timeout=context.remaining_timeout()
         ) as chunks:
-            stream = chunks.__aiter__()
-            while True:
-                with trio.move_on_after(STALL_S) as quiet:
-                    try:
-                        chunk = await stream.__anext__()
-                    except StopAsyncIteration:
-                        return
-                if quiet.cancelled_caught:
-                    await self._probe(peer, request.correlation_id)
-                    continue
+            async for chunk in chunks:
+                self.orchestrators.heard(peer)
                 yield chunk
-
-    async def _probe(self, peer: Peer, correlation_id: str) -> None:
-        """Is the orchestrator of a quiet stream alive? It answers GetJob within PROBE_S,
-        or its connection is closed (every stream on it fails over) and the stream ends
-        with UNAVAILABLE marked as an unanswered probe."""
-        stub = services_rpc.OrchestratorStub(peer.rpc)
-        try:
-            await stub.GetJob(
-                services_pb2.GetJobRequest(correlation_id=correlation_id), timeout=PROBE_S
-            )
-            return
-        except RpcError as exc:
-            if exc.code not in (StatusCode.DEADLINE_EXCEEDED, StatusCode.UNAVAILABLE):
-                return  # it answered (e.g. NOT_FOUND before admission): alive
-            reason = exc.message
-        log.warning("orchestrator %s did not answer a probe within %g s (%s); dropping it",
-                    peer.key_hex[:16], PROBE_S, reason)
-        await peer.rpc.aclose()
-        raise RpcError(
-            StatusCode.UNAVAILABLE,
-            f"it did not answer within {PROBE_S:g} s after {STALL_S:g} s without a chunk",
-            details={"probe": "unanswered"},
-        )
 
     async def ListModels(
         self, request: services_pb2.ListModelsRequest, context: ServerContext

@@ -392,6 +392,7 @@ async def fleet(
                 (topics.registry(region), False, True),
             ],
         )
+        nursery.start_soon(gateway.orchestrators.watch)
         f.gateway_net = gateway_net
         f.gateway_service = gateway
         client_net = make_net(KeyPair.generate(), {})

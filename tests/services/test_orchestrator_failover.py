@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.service import PROBE_S, STALL_S
+from gateway.orchestrators import HEARTBEAT_S, PROBE_S
 from orchestrator.service import LEASE_RENEW_S, LEASE_S
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet
 from tether import blocking, topics
@@ -273,7 +273,7 @@ def test_a_stream_whose_orchestrator_dies_continues_through_another(
     tmp_path: Path, how: str
 ) -> None:
     """Killed: its connections close. Frozen: they stay open but nothing arrives (SIGKILL
-    over UDP); a probe of the quiet stream finds it out in STALL_S + PROBE_S."""
+    over UDP); the gateway's probes find it out within HEARTBEAT_S + PROBE_S."""
 
     async def main(tmp_path: Path) -> None:
         async with fleet(tmp_path, orchestrators=2) as f:
@@ -303,7 +303,7 @@ def test_a_stream_whose_orchestrator_dies_continues_through_another(
             assert f.store.dead_letters() == []
             # The pause the client saw: at once when the connection closed, else the
             # probe's bound; the whole replay of 12 chunks is 2.4 s.
-            pause = {"killed": 0.0, "frozen": STALL_S + PROBE_S}[how]
+            pause = {"killed": 0.0, "frozen": HEARTBEAT_S + PROBE_S}[how]
             assert trio.current_time() - died_at[0] <= pause + 12 * 0.2 + 1
             # A new request goes to the live orchestrator at once.
             asked_at = trio.current_time()
@@ -327,5 +327,25 @@ def test_a_draining_orchestrator_sends_new_requests_elsewhere_at_once(tmp_path: 
                     await stream_through_gateway(f, request(f"n-{i}", n=1), [], lambda n: None)
                     assert trio.current_time() - asked_at <= 0.2 + 0.5
                     assert owner_of(f, f"n-{i}") == b.key
+
+    run(main, tmp_path)
+
+
+def test_new_requests_stop_going_to_an_orchestrator_that_stopped_answering(
+    tmp_path: Path,
+) -> None:
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=2) as f:
+            await two_orchestrators_and_a_gateway(f)
+            a, b = f.orchestrators.values()
+            await trio.sleep(5 * HEARTBEAT_S)  # idle, and answering probes: kept
+            assert len(peers_on(f.gateway_net, topics.control(f.region))) == 2
+            f.freeze_orchestrator(a.key)  # no request in flight to notice it
+            await trio.sleep(HEARTBEAT_S + PROBE_S + 0.1)
+            for i in range(4):
+                asked_at = trio.current_time()
+                await stream_through_gateway(f, request(f"f-{i}", n=1), [], lambda n: None)
+                assert trio.current_time() - asked_at <= 0.2 + 0.5
+                assert owner_of(f, f"f-{i}") == b.key
 
     run(main, tmp_path)
