@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 
 import trio
@@ -46,7 +47,13 @@ class Orchestrators:
         #: Connections to send nothing new to (their orchestrator is draining).
         self._avoid: set[Peer] = set()
         self._heard_at: dict[Peer, float] = {}
+        #: Why the gateway dropped a connection (its orchestrator stopped answering).
+        self._dropped: weakref.WeakKeyDictionary[Peer, str] = weakref.WeakKeyDictionary()
         self._turn = 0
+
+    def why_dropped(self, peer: Peer) -> str | None:
+        """Why this gateway closed the connection to ``peer``, if it did."""
+        return self._dropped.get(peer)
 
     def avoid(self, peer: Peer) -> None:
         """Send nothing new over this connection (its orchestrator is draining or lost);
@@ -119,6 +126,7 @@ class Orchestrators:
             log.warning("orchestrator %s did not answer within %g s (%s); dropping it",
                         peer.key_hex[:16], PROBE_S, exc.message)
             self.avoid(peer)
+            self._dropped[peer] = f"it did not answer a probe within {PROBE_S:g} s"
             await peer.rpc.aclose()
             return
         self.heard(peer)

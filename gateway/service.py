@@ -202,6 +202,15 @@ class GatewayService(services_rpc.GatewayServicer):
                 raise Unavailable(f"{what}; {exc.message}", details=exc.details) from None
             except RpcError as exc:
                 name = f"orchestrator {peer.key_hex[:16]}"
+                if last_error is not None and exc.code == StatusCode.ALREADY_EXISTS and (
+                    exc.details.get("state") == "JOB_STATE_FAILED"
+                ):
+                    # The lost orchestrator failed the job before it went (a drain that
+                    # ran out): that failure is the request's true outcome.
+                    raise RpcError(
+                        StatusCode.coerce(int(exc.details.get("error_code") or 14)),
+                        exc.details.get("error_message") or exc.message,
+                    ) from None
                 if exc.code == StatusCode.UNAVAILABLE and exc.details.get("draining"):
                     self.orchestrators.avoid(peer)  # it admitted nothing: go elsewhere
                     log.info("%s is draining; sending %s elsewhere", name,
@@ -214,7 +223,8 @@ class GatewayService(services_rpc.GatewayServicer):
                 # Lost: another orchestrator takes the job over (named so that it need
                 # not wait for the lost one's lease to run out) and replays it.
                 metadata = {**metadata, LOST_ORCHESTRATOR: peer.key_hex}
-                last_error = resume.lost(name, exc)
+                why = self.orchestrators.why_dropped(peer)
+                last_error = resume.lost(name, exc if why is None else RpcError(exc.code, why))
                 log.info("%s; resuming %s at chunk %d elsewhere", last_error.message,
                          request.correlation_id, resume.count)
         assert last_error is not None

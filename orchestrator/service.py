@@ -378,7 +378,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             raise AlreadyExists(
                 f"request {cid} (retry token {retry_token!r}) already ran: {outcome}; "
                 "send a new retry token to run it again",
-                details={"state": state, "error_code": str(job.error_code)},
+                details={"state": state, "error_code": str(job.error_code),
+                         "error_message": job.error_message},
             )
         lost = context.metadata.get(LOST_ORCHESTRATOR, "")
         owner = job.owner

@@ -47,9 +47,10 @@ class Resume:
         """The error that ``server`` (e.g. ``"worker w1"``) was lost mid-stream."""
         self.lost_servers.append(server)
         kind, _, name = server.partition(" ")
+        when = f"mid-stream after {self.count} chunks" if self.count else "before its first chunk"
         return RpcError(
             StatusCode.UNAVAILABLE,
-            f"{server} was lost mid-stream after {self.count} chunks: {exc.message}",
+            f"{server} was lost {when}: {exc.message}",
             details={f"{kind}_id": name, "delivered": str(self.count)},
         )
 
@@ -57,7 +58,7 @@ class Resume:
         """The request's end when no other server could resume it."""
         details = dict(last.details)
         details["lost"] = ",".join(self.lost_servers)
-        if last.code == StatusCode.UNAVAILABLE and "was lost mid-stream" in last.message:
+        if last.code == StatusCode.UNAVAILABLE and " was lost " in last.message:
             kind = self.lost_servers[-1].partition(" ")[0] if self.lost_servers else "server"
             message = f"{last.message}; no other {kind} could resume it"
         else:

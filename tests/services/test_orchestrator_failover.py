@@ -349,3 +349,29 @@ def test_new_requests_stop_going_to_an_orchestrator_that_stopped_answering(
                 assert owner_of(f, f"f-{i}") == b.key
 
     run(main, tmp_path)
+
+
+def test_through_the_gateway_a_drain_that_runs_out_blames_the_orchestrator(
+    tmp_path: Path,
+) -> None:
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=2) as f:
+            await two_orchestrators_and_a_gateway(f)
+            got: list = []
+            drained: list[bytes] = []
+
+            def drain_after_three(n: int) -> None:
+                if n == 3:
+                    key = owner_of(f, "t-1")
+                    drained.append(key)
+                    f.nursery.start_soon(f.orchestrators[key].service.drain, 1.0)
+
+            with pytest.raises(RpcError) as info:
+                await stream_through_gateway(f, request("t-1", n=50), got, drain_after_three)
+            cause = f"orchestrator {drained[0].hex()[:16]} stopped before the job finished"
+            assert info.value.code == StatusCode.UNAVAILABLE
+            assert info.value.message.startswith(cause) and "worker" not in info.value.message
+            [letter] = f.store.dead_letters()
+            assert letter.error_message.startswith(cause)
+
+    run(main, tmp_path)
