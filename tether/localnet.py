@@ -192,8 +192,11 @@ async def local_network(
             net.published = await trio.to_thread.run_sync(publish_shipped_models, data_dir)
             net.token = await trio.to_thread.run_sync(issue_token, data_dir, DEMO_TENANT)
             await _start(nursery, net, "registry", [py, "-m", "registry.main", *common, *boot])
+            # Its drain ends before the stop's grace period does.
+            drain = ["--drain-timeout-s", str(STOP_GRACE_S - 5)]
             await _start(
-                nursery, net, "orchestrator", [py, "-m", "orchestrator.main", *common, *boot]
+                nursery, net, "orchestrator",
+                [py, "-m", "orchestrator.main", *common, *boot, *drain],
             )
             await _start(
                 nursery,
