@@ -42,6 +42,7 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub
@@ -118,8 +119,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         #: This orchestrator's name on the jobs it owns: its public key, hex.
         self.owner = network.public_key.hex()
         self.draining = False
-        #: The requests being served, by correlation id: a drain that runs out cancels them.
-        self._running: dict[str, trio.CancelScope] = {}
+        #: The requests being served: a drain that runs out cancels them.
+        self._running: set[trio.CancelScope] = set()
         self._running_changed = trio.Event()
         #: Why the requests still running were cancelled (set when a drain runs out).
         self._stop_error: RpcError | None = None
@@ -154,10 +155,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         task_status.started()
         while True:
             await trio.sleep(every_s)
-            await blocking.run_sync(lambda: self.store.renew_lease(self.owner, ttl_ms))
-            orphans = await blocking.run_sync(lambda: self.store.orphaned_jobs(self.owner))
-            for cid, owner in orphans:
-                await self._fail_abandoned(cid, owner, "its lease ran out")
+            try:
+                await blocking.run_sync(lambda: self.store.renew_lease(self.owner, ttl_ms))
+                orphans = await blocking.run_sync(lambda: self.store.orphaned_jobs(self.owner))
+                for cid, owner in orphans:
+                    await self._fail_abandoned(cid, owner, "its lease ran out")
+            except (TetherError, SQLAlchemyError) as exc:  # the store is away: next time
+                log.warning("cannot renew the lease or take jobs over: %s", exc)
 
     async def _fail_abandoned(self, cid: str, owner: str, why: str) -> None:
         error = RpcError(
@@ -180,7 +184,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             self._stop_error = self._stopped(f"it was stopped and its {timeout_s:g} s drain "
                                              "ran out")
             log.warning("drain ran out; failing %d requests", len(self._running))
-            for scope in list(self._running.values()):
+            for scope in list(self._running):
                 scope.cancel()
             with trio.move_on_after(DRAIN_RECORD_S):
                 await self._wait_idle()
@@ -264,27 +268,23 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             pinned.CopyFrom(request)
             pinned.version = canary
             request = pinned
-        cid = request.correlation_id
         scope = trio.CancelScope()
         try:
             with scope:
-                if cid in self._running:
-                    raise AlreadyExists(f"request {cid} is already running here")
-                self._running[cid] = scope
+                self._running.add(scope)
                 async with contextlib.aclosing(self._submit(request, context)) as chunks:
                     async for chunk in chunks:
                         yield chunk
             if scope.cancelled_caught and self._stop_error is not None:
                 raise self._stop_error
-        except (TetherError, RpcError) as exc:
+        except TetherError as exc:
             if canary is not None:
                 self._count(request, StatusCode.coerce(exc.code))
             raise
         finally:
-            if self._running.get(cid) is scope:
-                del self._running[cid]
-                self._running_changed.set()
-                self._running_changed = trio.Event()
+            self._running.discard(scope)
+            self._running_changed.set()
+            self._running_changed = trio.Event()
         if canary is not None:
             self._count(request, StatusCode.OK)
 
