@@ -23,8 +23,10 @@ figures before a change). The last line printed is JSON with every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -95,6 +97,7 @@ class Net:
     services: dict[str, Service] = field(default_factory=dict)
     token: str = ""
     bootstrap: list = field(default_factory=list)
+    logs: list = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ, PYTHONPATH=str(self.tree), PYTHONUNBUFFERED="1")
@@ -103,6 +106,7 @@ class Net:
 
     async def start(self, service: Service) -> Service:
         log = open(self.data_dir / f"{service.name}.log", "ab")  # noqa: ASYNC230, SIM115
+        self.logs.append(log)
         service.process = await self.nursery.start(partial(
             trio.run_process, service.argv, stdout=subprocess.PIPE, stderr=log,
             stdin=subprocess.DEVNULL, cwd=str(self.tree), env=self.env(), check=False))
@@ -128,9 +132,8 @@ class Net:
                 "cancelled": rows.get(6, 0), "dead_letters": letters}
 
 
-async def open_net(tree: Path, data_dir: Path, nursery: trio.Nursery, orchestrators: int,
-                   drain_s: float | None) -> Net:
-    net = Net(tree, data_dir, nursery)
+async def open_net(net: Net, orchestrators: int, drain_s: float | None) -> None:
+    data_dir, tree = net.data_dir, net.tree
     py = sys.executable
     done = await trio.run_process([py, "-c", _PUBLISH, str(data_dir)], capture_stdout=True,
                                   cwd=str(tree), env=net.env())
@@ -151,7 +154,6 @@ async def open_net(tree: Path, data_dir: Path, nursery: trio.Nursery, orchestrat
     await net.start(Service("worker", [py, "-m", "worker.main", *common, "--worker-id", "w1",
                                        "--model", MODEL, "--slots", "40",
                                        "--queue-limit", "64", "--cpu"]))
-    return net
 
 
 def request(cid: str, tokens: int) -> infer_pb2.Infer.Request:
@@ -188,16 +190,26 @@ async def run_scenario(scenario: str, tree: Path, tokens: int, after: int,
                        drain_s: float | None) -> dict[str, Any]:
     orchestrators = 1 if scenario == "kill" else 2
     with tempfile.TemporaryDirectory(prefix="tether-failover-") as tmp:
-        data_dir = Path(tmp)
-        async with trio.open_nursery() as nursery:
-            net = await open_net(tree, data_dir, nursery, orchestrators, drain_s)
-            try:
-                return await _measure(net, scenario, tokens, after)
-            finally:
-                for s in reversed(list(net.services.values())):
-                    if s.process is not None and s.process.returncode is None:
-                        s.process.kill()
-                nursery.cancel_scope.cancel()
+        logs: list = []
+        try:
+            async with trio.open_nursery() as nursery:
+                net = Net(tree, Path(tmp), nursery, logs=logs)
+                try:
+                    await open_net(net, orchestrators, drain_s)
+                    return await _measure(net, scenario, tokens, after)
+                finally:
+                    for s in reversed(list(net.services.values())):
+                        if s.process is not None and s.process.returncode is None:
+                            s.process.kill()
+                    nursery.cancel_scope.cancel()
+        finally:
+            for log in logs:
+                log.close()
+            keep = os.environ.get("TETHER_BENCH_LOGS")  # a folder to keep the logs in
+            if keep:
+                shutil.copytree(tmp, keep, dirs_exist_ok=True,
+                                ignore=lambda _d, names: [n for n in names
+                                                          if not n.endswith(".log")])
 
 
 async def _measure(net: Net, scenario: str, tokens: int, after: int) -> dict[str, Any]:
@@ -240,8 +252,9 @@ async def _measure(net: Net, scenario: str, tokens: int, after: int) -> dict[str
             await trio.sleep(0.5)
             asked = time.monotonic()
             try:
-                async for _ in client.infer(request(f"{scenario}-next", 4)):
-                    break
+                async with contextlib.aclosing(client.infer(request(f"{scenario}-next", 4))) as cs:
+                    async for _ in cs:
+                        break
                 figures["next_request"] = {"ok": True, "s": round(time.monotonic() - asked, 2)}
             except RpcError as exc:
                 figures["next_request"] = {"ok": False, "s": round(time.monotonic() - asked, 2),
