@@ -3,8 +3,10 @@ which ones are dead.
 
 Every peer found on ``tether/control/<region>`` is an orchestrator. A request
 goes to the one with the fewest requests in flight from this gateway (ties in
-turn), so work spreads over all of them. A connection whose orchestrator refused
-work because it is draining is avoided; a closed one is skipped.
+turn), so work spreads over all of them; one whose streams have all been quiet
+for ``QUIET_S`` comes last (it may have just died). A connection whose
+orchestrator refused work because it is draining is avoided; a closed one is
+skipped.
 
 A process killed with SIGKILL closes nothing: over UDP its connections look open
 until the transport's timeouts (about 11 s). So ``watch`` probes, every
@@ -32,6 +34,9 @@ log = logging.getLogger("tether.gateway")
 #: How often orchestrators not heard from are probed, and how long a probe may take.
 HEARTBEAT_S = 1.0
 PROBE_S = 2.0
+#: An orchestrator with requests in flight and nothing heard from it for this long is
+#: picked only when no other is usable, until a probe answers.
+QUIET_S = 1.0
 
 
 class Orchestrators:
@@ -83,7 +88,14 @@ class Orchestrators:
         self._turn += 1
         shift = self._turn % len(usable)
         rotated = usable[shift:] + usable[:shift]
-        return min(rotated, key=lambda p: self._in_flight.get(p.remote_key, 0))
+        now = self._clock()
+
+        def rank(peer: Peer) -> tuple[bool, int]:
+            busy = self._in_flight.get(peer.remote_key, 0)
+            quiet = now - self._heard_at.get(peer, now) >= QUIET_S
+            return (bool(busy) and quiet, busy)
+
+        return min(rotated, key=rank)
 
     @contextlib.contextmanager
     def using(self, peer: Peer) -> Iterator[None]:

@@ -375,3 +375,40 @@ def test_through_the_gateway_a_drain_that_runs_out_blames_the_orchestrator(
             assert letter.error_message.startswith(cause)
 
     run(main, tmp_path)
+
+
+def test_a_new_request_passes_over_an_orchestrator_whose_streams_went_quiet(
+    tmp_path: Path,
+) -> None:
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=2) as f:
+            await two_orchestrators_and_a_gateway(f)
+            # Three long streams: two on one orchestrator, one on the other.
+            placed: dict[bytes, int] = {}
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    got: list = []
+                    ready = trio.Event()
+
+                    def first_chunk(n: int, ready: trio.Event = ready) -> None:
+                        if n == 1:
+                            ready.set()
+
+                    nursery.start_soon(stream_through_gateway, f, request(f"q-{i}", n=40),
+                                       got, first_chunk)
+                    await ready.wait()
+                    owner = owner_of(f, f"q-{i}")
+                    placed[owner] = placed.get(owner, 0) + 1
+                await trio.sleep(0.5)
+                busiest = max(placed, key=lambda k: placed[k])
+                quiet = min(placed, key=lambda k: placed[k])
+                assert sorted(placed.values()) == [1, 2]
+                # The less loaded one, which would take the next request, stops answering.
+                f.freeze_orchestrator(quiet)
+                await trio.sleep(1.1)  # its stream is quiet; no probe has failed yet
+                asked_at = trio.current_time()
+                await stream_through_gateway(f, request("q-new", n=1), [], lambda n: None)
+                assert trio.current_time() - asked_at <= 0.2 + 0.5
+                assert owner_of(f, "q-new") == busiest
+
+    run(main, tmp_path)
