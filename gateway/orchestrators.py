@@ -36,7 +36,7 @@ HEARTBEAT_S = 1.0
 PROBE_S = 2.0
 #: An orchestrator with requests in flight and nothing heard from it for this long is
 #: picked only when no other is usable, until a probe answers.
-QUIET_S = 1.0
+QUIET_S = 0.5
 
 
 class Orchestrators:
