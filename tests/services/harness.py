@@ -1,5 +1,5 @@
-"""Wiring for service tests: a registry, an orchestrator, a gateway and N
-workers on one network, with a real SQLite metadata store.
+"""Wiring for service tests: a registry, one or more orchestrators, a gateway
+and N workers on one network, with a real SQLite metadata store.
 
 ``ScriptedEngine`` is a test double of the execution engine: it streams
 numbered text pieces with a virtual-time delay so placement, shedding and
