@@ -285,16 +285,26 @@ async def run_until_signalled(
     body: Callable[[], Awaitable[None]], *, stop_timeout_s: float = STOP_TIMEOUT_S
 ) -> None:
     """Run ``body``; SIGINT/SIGTERM run the stop hooks (for up to ``stop_timeout_s``),
-    then cancel it."""
+    then cancel it. A second signal while the hooks run (a drain) stops at once."""
+    log = logging.getLogger("tether")
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
-                    logging.getLogger("tether").info("stopping on signal")
-                    with trio.move_on_after(stop_timeout_s):
-                        for hook in reversed(_STOP_HOOKS):
-                            await hook()
+                    log.info("stopping on signal (another one stops at once)")
+                    async with trio.open_nursery() as stopping:
+
+                        async def run_hooks() -> None:
+                            with trio.move_on_after(stop_timeout_s):
+                                for hook in reversed(_STOP_HOOKS):
+                                    await hook()
+                            stopping.cancel_scope.cancel()
+
+                        stopping.start_soon(run_hooks)
+                        async for _ in signals:
+                            log.warning("second signal: stopping now")
+                            stopping.cancel_scope.cancel()
                     nursery.cancel_scope.cancel()
                     return
 
