@@ -178,8 +178,12 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         then fail the rest naming this orchestrator as the cause, and end the lease."""
         self.draining = True
         log.info("draining: %d requests in flight, up to %g s", len(self._running), timeout_s)
-        with trio.move_on_after(timeout_s):
-            await self._wait_idle()
+        try:
+            with trio.move_on_after(timeout_s):
+                await self._wait_idle()
+        except trio.Cancelled:  # stopped at once (a second signal): the same cause
+            self._stop_error = self._stopped("it was stopped before its drain ended")
+            raise
         if self._running:
             self._stop_error = self._stopped(f"it was stopped and its {timeout_s:g} s drain "
                                              "ran out")

@@ -412,3 +412,29 @@ def test_a_new_request_passes_over_an_orchestrator_whose_streams_went_quiet(
                 assert owner_of(f, "q-new") == busiest
 
     run(main, tmp_path)
+
+
+def test_a_drain_cut_short_still_names_the_orchestrator(tmp_path: Path) -> None:
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path) as f:
+            await f.add_worker("w1", engine=ScriptedEngine([(MODEL, "1.0")], step_s=1.0))
+            await f.discovery.wait_for(lambda s: len(s) == 1)
+            o = f.orchestrators[f.orchestrator_key]
+            async def cut_off() -> None:
+                with pytest.raises(RpcError):
+                    await submit_to(f, o.key, request("cut", n=100))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cut_off)
+                await trio.sleep(2.5)
+                with trio.move_on_after(1.0):  # a second signal cuts the drain short
+                    await o.service.drain(30.0)
+                o.scope.cancel()  # and the process stops
+            job = f.store.get_job("cut")
+            assert job.state == jobs_pb2.JOB_STATE_FAILED
+            assert job.error.message == (
+                f"orchestrator {o.key.hex()[:16]} stopped before the job finished "
+                "(it was stopped before its drain ended)")
+            assert len(f.store.dead_letters()) == 1
+
+    run(main, tmp_path)
