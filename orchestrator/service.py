@@ -374,7 +374,12 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         cid = dispatched.correlation_id
         job = await blocking.run_sync(lambda: self.store.job_record(cid))
         state = jobs_pb2.JobState.Name(job.state)
-        if job.state not in ACTIVE_JOB_STATES:
+        lost = context.metadata.get(LOST_ORCHESTRATOR, "")
+        # A gateway that dropped an orchestrator it thought dead (it stopped answering)
+        # may find the job CANCELLED by that one as the connection went: not the
+        # client's doing, so it is taken over like a running job.
+        left = job.state == jobs_pb2.JOB_STATE_CANCELLED and lost and job.owner == lost
+        if job.state not in ACTIVE_JOB_STATES and not left:
             outcome = state.removeprefix("JOB_STATE_")
             if job.error_code:
                 code = StatusCode.coerce(job.error_code).name
@@ -385,14 +390,14 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 details={"state": state, "error_code": str(job.error_code),
                          "error_message": job.error_message},
             )
-        lost = context.metadata.get(LOST_ORCHESTRATOR, "")
         owner = job.owner
         dead = owner != self.owner and (
             owner == lost
             or not await blocking.run_sync(lambda: self.store.owner_alive(owner))
         )
         if not dead or not await blocking.run_sync(
-            lambda: self.store.claim_job(cid, self.owner, from_owner=owner)
+            lambda: self.store.claim_job(cid, self.owner, from_owner=owner,
+                                         cancelled_too=bool(left))
         ):
             raise AlreadyExists(
                 f"request {cid} (retry token {retry_token!r}) was already accepted and is "

@@ -438,3 +438,29 @@ def test_a_drain_cut_short_still_names_the_orchestrator(tmp_path: Path) -> None:
             assert len(f.store.dead_letters()) == 1
 
     run(main, tmp_path)
+
+
+def test_a_job_cancelled_as_a_gateway_dropped_its_orchestrator_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    """A gateway that drops an orchestrator which stopped answering (but lives on) makes
+    it see its caller's connection close, and it marks the job CANCELLED: the gateway's
+    resubmission naming it still takes the job over. Without that name it is an outcome."""
+
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=2) as f:
+            await f.add_worker("w1")
+            a, b = f.orchestrators.values()
+            await b.discovery.wait_for(lambda s: len(s) == 1)
+            req = request("c-1", n=3)
+            f.store.admit_job("c-1", "first", TENANT, model_id=MODEL, version="1.0",
+                              worker_id="w1", quota_tokens=3, owner=a.key.hex(), request=req)
+            f.store.update_job("c-1", jobs_pb2.JOB_STATE_CANCELLED, owner=a.key.hex())
+            with pytest.raises(RpcError, match="already ran: CANCELLED"):
+                await submit_to(f, b.key, req)
+            chunks = await submit_to(f, b.key, req, {LOST_ORCHESTRATOR: a.key.hex()})
+            assert chunks[-1].done
+            job = f.store.get_job("c-1")
+            assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
+
+    run(main, tmp_path)

@@ -364,15 +364,20 @@ class MetadataStore:
         with self.session() as s:
             return [(str(cid), str(owner)) for cid, owner in s.execute(query).all()]
 
-    def claim_job(self, correlation_id: str, owner: str, *, from_owner: str) -> bool:
+    def claim_job(self, correlation_id: str, owner: str, *, from_owner: str,
+                  cancelled_too: bool = False) -> bool:
         """Take a running job over from ``from_owner`` (one conditional UPDATE, so two
-        orchestrators cannot both take it): it is DISPATCHED again, one attempt more."""
+        orchestrators cannot both take it): it is DISPATCHED again, one attempt more.
+        ``cancelled_too``: also one ``from_owner`` marked CANCELLED (it saw its caller's
+        connection drop, which the caller did to leave it, not to cancel)."""
         J = t.Job
+        states = (*ACTIVE_JOB_STATES, *([jobs_pb2.JOB_STATE_CANCELLED] if cancelled_too else []))
         stmt = (update(J).where(col(J.correlation_id) == correlation_id,
                                 col(J.owner) == from_owner,
-                                col(J.state).in_(ACTIVE_JOB_STATES))
+                                col(J.state).in_(states))
                 .values(owner=owner, state=jobs_pb2.JOB_STATE_DISPATCHED,
-                        attempts=col(J.attempts) + 1, updated_unix_ms=self._clock()))
+                        attempts=col(J.attempts) + 1, updated_unix_ms=self._clock(),
+                        error_code=0, error_message=""))
         with self.session() as s:
             claimed = s.exec(stmt).rowcount
             s.commit()
