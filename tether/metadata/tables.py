@@ -76,7 +76,7 @@ class Job(SQLModel, table=True):
     tenant_id: str = Field(index=True, max_length=128)
     model_id: str = Field(max_length=128)
     version: str = Field(max_length=32)
-    state: int
+    state: int = Field(index=True)
     worker_id: str = Field(default="", max_length=128)
     attempts: int = Field(default=0)
     error_code: int = Field(default=0)

@@ -1,5 +1,5 @@
 """jobs know their orchestrator: the owner's key, the request as dispatched and the quota it
-charged; orchestrator leases say which owners are alive
+charged (jobs indexed by owner and state); orchestrator leases say which owners are alive
 
 Revision ID: 0004_job_owner
 Revises: 0003
@@ -26,6 +26,8 @@ def upgrade() -> None:
             sa.Column("quota_tokens", sa.BigInteger(), nullable=False, server_default="0")
         )
         batch_op.create_index(batch_op.f("ix_jobs_owner"), ["owner"], unique=False)
+        # Orchestrators look for running jobs of dead owners every few seconds.
+        batch_op.create_index(batch_op.f("ix_jobs_state"), ["state"], unique=False)
     op.create_table(
         "orchestrator_leases",
         sa.Column("owner", sa.String(length=64), nullable=False),
@@ -37,6 +39,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("orchestrator_leases")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_jobs_state"))
         batch_op.drop_index(batch_op.f("ix_jobs_owner"))
         batch_op.drop_column("quota_tokens")
         batch_op.drop_column("request")
