@@ -207,9 +207,9 @@ class GatewayService(services_rpc.GatewayServicer):
                 ):
                     # The lost orchestrator failed the job before it went (a drain that
                     # ran out): that failure is the request's true outcome.
+                    code = int(exc.details.get("error_code") or StatusCode.UNAVAILABLE)
                     raise RpcError(
-                        StatusCode.coerce(int(exc.details.get("error_code") or 14)),
-                        exc.details.get("error_message") or exc.message,
+                        StatusCode.coerce(code), exc.details.get("error_message") or exc.message
                     ) from None
                 if exc.code == StatusCode.UNAVAILABLE and exc.details.get("draining"):
                     self.orchestrators.avoid(peer)  # it admitted nothing: go elsewhere
