@@ -21,7 +21,7 @@ from tether import blocking, topics
 from tether.net import dial, peers_on
 from tether.resume import LOST_ORCHESTRATOR
 from tether.rpc import RpcError, StatusCode
-from tether.v1 import infer_pb2, jobs_pb2, services_rpc
+from tether.v1 import infer_pb2, jobs_pb2, services_rpc, status_pb2
 
 TENANT = "acme"
 
@@ -462,5 +462,32 @@ def test_a_job_cancelled_as_a_gateway_dropped_its_orchestrator_is_taken_over(
             assert chunks[-1].done
             job = f.store.get_job("c-1")
             assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
+
+    run(main, tmp_path)
+
+
+def test_a_lost_orchestrator_that_failed_the_job_first_passes_that_failure_on(
+    tmp_path: Path,
+) -> None:
+    """A drain that ran out fails its jobs, then the process exits, and its last
+    trailers may be lost with the connection: the gateway's resubmission then finds the
+    job FAILED and gives the client that failure, not ALREADY_EXISTS."""
+
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=2) as f:
+            await two_orchestrators_and_a_gateway(f)
+            cause = status_pb2.Error(code=status_pb2.STATUS_CODE_UNAVAILABLE,
+                                     message="orchestrator x stopped before the job finished")
+
+            def fail_then_die(n: int) -> None:
+                if n == 3:
+                    owner = owner_of(f, "g-1")
+                    assert f.store.fail_job("g-1", cause, owner=owner.hex())
+                    f.kill_orchestrator(owner)
+
+            with pytest.raises(RpcError) as info:
+                await stream_through_gateway(f, request("g-1", n=20), [], fail_then_die)
+            assert info.value.code == StatusCode.UNAVAILABLE
+            assert info.value.message == cause.message
 
     run(main, tmp_path)
