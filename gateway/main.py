@@ -157,6 +157,7 @@ async def serve(
             await network.join(topics.control(config.region), server=False, client=True)
             await network.join(topics.registry(config.region), server=False, client=True)
             nursery.start_soon(service.watch_readiness)
+            nursery.start_soon(service.orchestrators.watch)  # finds dead orchestrators
             extra = {}
             if http_port is not None:
                 port = await nursery.start(functools.partial(

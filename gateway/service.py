@@ -3,8 +3,18 @@
 ``Infer``: authenticate the tenant token (metadata ``authorization: Bearer
 <token>``, checked against the hashed tokens of the Metadata Store), validate
 and normalise the request, take a token from the tenant's bucket, start the
-trace, and forward to an orchestrator found on ``tether/control/<region>``,
-streaming its chunks back.
+trace, and forward to an orchestrator found on ``tether/control/<region>``
+(the least loaded of those it knows, ``gateway.orchestrators``), streaming its
+chunks back.
+
+An orchestrator that fails does not end the request. One that refuses it
+because it is draining is skipped at once. One lost mid-stream (its connection
+closed, or closed by the gateway when it stopped answering probes, see
+``Orchestrators.watch``) is avoided, and the same request (same correlation id
+and retry token; the gateway pins a sampling seed when the client gave none) is
+sent to another orchestrator, naming the lost one so that the new one takes the
+job over at once; the chunks the client already has are checked by digest and
+skipped (``tether.resume``), as the orchestrator does for a lost worker.
 
 End-to-end sealing (``tether.sealing``, docs/security.md): for a tenant whose
 policy says so, the gateway asks the orchestrator whom it may place the request
@@ -19,17 +29,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import trio
 
+from gateway.orchestrators import Orchestrators
 from gateway.ratelimit import TokenBuckets
 from tether import blocking, health, sealing, telemetry, topics
 from tether.errors import PermissionDenied, Unauthenticated, Unavailable
 from tether.metadata.store import MetadataStore
-from tether.net import Network, wait_for_peer
+from tether.net import Network, Peer, is_closed, wait_for_peer
+from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
 from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
@@ -48,6 +61,12 @@ READY_CHECK_S = 5.0
 READY_PROBE_S = 2.0
 #: A token nobody holds: verifying it shows the token store is readable.
 PROBE_TOKEN = "tt_readiness_probe"
+#: Orchestrators one request may be sent to (the first, then others that resume it),
+#: and how long a request that lost its orchestrator waits for another to appear.
+MAX_ORCHESTRATORS = 3
+RESUME_WAIT_S = 2.0
+
+log = logging.getLogger("tether.gateway")
 
 
 def bearer_token(metadata: dict[str, str]) -> str:
@@ -74,6 +93,7 @@ class GatewayService(services_rpc.GatewayServicer):
         self.region = region
         self.buckets = buckets
         self.control_topic = topics.control(region)
+        self.orchestrators = Orchestrators(network, self.control_topic)
         self._tokens: TtlCache[str, str] = TtlCache(
             ttl_s=TOKEN_CACHE_S, max_entries=65_536, name="gateway_tokens"
         )
@@ -148,10 +168,6 @@ class GatewayService(services_rpc.GatewayServicer):
             self._sealed_tenants.put(tenant, e2e)
         return e2e
 
-    async def _orchestrator(self) -> services_rpc.OrchestratorStub:
-        peer = await wait_for_peer(self.network, self.control_topic, timeout=PEER_WAIT_S)
-        return services_rpc.OrchestratorStub(peer.rpc)
-
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
@@ -180,24 +196,120 @@ class GatewayService(services_rpc.GatewayServicer):
         forwarded.tenant_id = tenant
         forwarded.correlation_id = request.correlation_id or f"c-{uuid.uuid4().hex}"
         forwarded.region = request.region or self.region
+        generates = forwarded.input.WhichOneof("kind") in ("text", "messages")
+        if (generates or client_sealed) and not forwarded.params.seed:
+            # Pinned here, so that another orchestrator resuming the request samples the
+            # same answer and it can be spliced onto what the client has.
+            forwarded.params.seed = secrets.randbits(63) | 1
         with telemetry.server_span(
             "gateway.infer",
             metadata,
             **{"tether.tenant": tenant, "tether.model": request.model_id},
         ):
             forwarded.trace_id = telemetry.current_trace_id()
-            orchestrator = await self._orchestrator()
             out = telemetry.outgoing_metadata({"x-tether-tenant": tenant})
-            timeout = context.remaining_timeout()
-            if not client_sealed and await self.seals_for(tenant):
-                chunks = self._sealed(orchestrator, forwarded, out, timeout)
-            else:
-                chunks = self._submit(orchestrator, forwarded, out, timeout)
-            async with contextlib.aclosing(chunks):
+            seal = not client_sealed and await self.seals_for(tenant)
+            async with contextlib.aclosing(
+                self._forward(forwarded, out, context, seal=seal)
+            ) as chunks:
                 async for chunk in chunks:
                     yield chunk
 
+    async def _forward(
+        self,
+        request: infer_pb2.Infer.Request,
+        metadata: dict[str, str],
+        context: ServerContext,
+        *,
+        seal: bool = False,
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        """Stream ``request`` from an orchestrator, resuming it through another when one is
+        lost or draining (see the module docstring)."""
+        resume = Resume()
+        tried: set[bytes] = set()
+        last_error: RpcError | None = None
+        for _ in range(MAX_ORCHESTRATORS):
+            try:
+                peer = await self.orchestrators.pick(
+                    exclude=tried, timeout=RESUME_WAIT_S if tried else PEER_WAIT_S
+                )
+            except Unavailable:
+                if last_error is None:
+                    raise
+                break
+            tried.add(peer.remote_key)
+            replay = resume.replay()
+            try:
+                with self.orchestrators.using(peer):
+                    async with contextlib.aclosing(
+                        self._submit(peer, request, metadata, context, seal=seal)
+                    ) as chunks:
+                        async for chunk in chunks:
+                            if not replay.accept(chunk):
+                                continue  # the client has this one already
+                            resume.delivered(chunk)
+                            yield chunk
+                return
+            except Diverged as exc:
+                what = last_error.message if last_error is not None else "an orchestrator was lost"
+                raise Unavailable(f"{what}; {exc.message}", details=exc.details) from None
+            except RpcError as exc:
+                name = f"orchestrator {peer.key_hex[:16]}"
+                if last_error is not None and exc.code == StatusCode.ALREADY_EXISTS and (
+                    exc.details.get("state") == "JOB_STATE_FAILED"
+                ):
+                    # The lost orchestrator failed the job before it went (a drain that
+                    # ran out): that failure is the request's true outcome.
+                    code = int(exc.details.get("error_code") or StatusCode.UNAVAILABLE)
+                    raise RpcError(
+                        StatusCode.coerce(code), exc.details.get("error_message") or exc.message
+                    ) from None
+                if exc.code == StatusCode.UNAVAILABLE and exc.details.get("draining"):
+                    self.orchestrators.avoid(peer)  # it admitted nothing: go elsewhere
+                    log.info("%s is draining; sending %s elsewhere", name,
+                             request.correlation_id)
+                    last_error = exc
+                    continue
+                if exc.code != StatusCode.UNAVAILABLE or not is_closed(peer):
+                    raise
+                self.orchestrators.avoid(peer)
+                # Lost: another orchestrator takes the job over (named so that it need
+                # not wait for the lost one's lease to run out) and replays it.
+                metadata = {**metadata, LOST_ORCHESTRATOR: peer.key_hex}
+                why = self.orchestrators.why_dropped(peer)
+                last_error = resume.lost(name, exc if why is None else RpcError(exc.code, why))
+                log.info("%s; resuming %s at chunk %d elsewhere", last_error.message,
+                         request.correlation_id, resume.count)
+        assert last_error is not None
+        if resume.count:
+            raise resume.unresumed(last_error)
+        raise last_error
+
+    def _stub(self, peer: Peer) -> services_rpc.OrchestratorStub:
+        return services_rpc.OrchestratorStub(peer.rpc)
+
     async def _submit(
+        self,
+        peer: Peer,
+        request: infer_pb2.Infer.Request,
+        metadata: dict[str, str],
+        context: ServerContext,
+        *,
+        seal: bool,
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+        """One orchestrator's stream of ``request``, sealed end to end first if ``seal``."""
+        stub = self._stub(peer)
+        timeout = context.remaining_timeout()
+        if seal:
+            chunks = self._sealed(stub, request, metadata, timeout)
+        else:
+            chunks = self._plain(stub, request, metadata, timeout)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                self.orchestrators.heard(peer)
+                yield chunk
+
+    async def _plain(
         self,
         orchestrator: services_rpc.OrchestratorStub,
         request: infer_pb2.Infer.Request,
@@ -257,7 +369,7 @@ class GatewayService(services_rpc.GatewayServicer):
         forwarded.CopyFrom(request)
         forwarded.tenant_id = tenant
         forwarded.region = request.region or self.region
-        orchestrator = await self._orchestrator()
+        orchestrator = self._stub(await self.orchestrators.pick(exclude=set(), timeout=PEER_WAIT_S))
         placed = await orchestrator.Place(
             forwarded,
             metadata=telemetry.outgoing_metadata({"x-tether-tenant": tenant}),

@@ -3,9 +3,11 @@
 Serves ``tether.v1.Orchestrator`` on ``tether/control/<region>``; discovers
 workers on ``tether/presence/<region>`` (and ``--watch-region`` regions),
 finds the registry on ``tether/registry/<region>``, and keeps jobs and
-reservations in the Metadata Store. Only admitted workers get work
-(``tether.admission``: the store's ``tether admit`` list, and the worker keys of
-its own data folder).
+reservations in the Metadata Store, under a lease that says it is alive. Only
+admitted workers get work (``tether.admission``: the store's ``tether admit`` list,
+and the worker keys of its own data folder). SIGINT/SIGTERM drain it: it leaves the
+control topic and refuses new requests, lets those in flight finish for up to
+``--drain-timeout-s``, and fails the rest naming itself as the cause.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "this many seconds (default: off)",
     )
     parser.add_argument(
+        "--drain-timeout-s",
+        type=off_or_seconds,
+        default=process.env_value("TETHER_DRAIN_TIMEOUT_S", "30", off_or_seconds),
+        help="on SIGTERM, how long requests in flight may run on before they are failed "
+        "(default 30)",
+    )
+    parser.add_argument(
         "--allow-operator",
         action="append",
         default=[],
@@ -78,6 +87,7 @@ async def serve(
     watch_regions: list[str],
     breakers: CircuitBreakers | None = None,
     operators: list[bytes] | None = None,
+    drain_timeout_s: float = 30.0,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
@@ -105,6 +115,12 @@ async def serve(
     )
     network.handlers.update(collect_handlers(service, control))
     process.on_stop(network.close)
+
+    async def drain() -> None:  # hooks run newest first: this one before the close
+        await network.leave(topics.control(config.region))
+        await service.drain(drain_timeout_s)
+
+    process.on_stop(drain)
     try:
         regions = list(dict.fromkeys([config.region, *watch_regions]))
         # Topics DiscoverySub looks up again periodically; model topics join it as the
@@ -112,6 +128,8 @@ async def serve(
         refreshed = [topics.presence(r) for r in regions]
         async with network.running(), trio.open_nursery() as nursery:
             await nursery.start(functools.partial(discovery.run, refresh=refreshed))
+            # Jobs a previous run of this orchestrator left are failed before it serves.
+            await nursery.start(service.keep_lease)
             await network.join(topics.control(config.region), server=True, client=False)
             await network.join(topics.registry(config.region), server=False, client=True)
             for topic in list(refreshed):
@@ -147,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         slow_first_chunk_s=args.slow_first_chunk_s or None,
     )
     return process.run_service(
-        "orchestrator", lambda: serve(config, args.watch_region, breakers, operators)
+        "orchestrator",
+        lambda: serve(config, args.watch_region, breakers, operators, args.drain_timeout_s),
+        stop_timeout_s=args.drain_timeout_s + process.STOP_TIMEOUT_S,
     )
 
 

@@ -16,7 +16,7 @@ request lifecycle (§10) from placement to finalisation.
 A worker lost mid-stream (UNAVAILABLE, or a stream without its final chunk)
 does not end the request while candidates remain: the next one replays it, the
 replayed chunks the client already has are checked against a digest of what
-was sent and skipped, and the stream goes on from there. Sampling is repeatable
+was sent and skipped (``tether.resume``), and the stream goes on from there. Sampling is repeatable
 because a seed is pinned at admission. A replay that differs is not spliced:
 the request ends with UNAVAILABLE, as it does when no candidate is left; such a
 job is marked FAILED and its request goes to the dead-letter queue.
@@ -35,18 +35,30 @@ sheds the request, the answer is RESOURCE_EXHAUSTED with a retry hint
 or refused by a worker as the client's error (INVALID_ARGUMENT), before it produced
 anything is un-admitted: its quota is given back, its reservation freed, and it is
 not dead-lettered.
+
+Orchestrators fail too. Every job records its owner (this orchestrator's public
+key) and the request as dispatched; the owner renews a lease in the store
+(``keep_lease``). On start an orchestrator fails what a previous run of it left
+running; a peer fails the jobs of an owner whose lease ran out. Either way the
+cause names the orchestrator, the request is dead-lettered and its quota given
+back. A retry with the same ``(correlation id, retry token)`` gets the outcome
+of a finished job, and reattaches to a job whose owner is dead (its lease ran
+out, or the gateway says it lost that orchestrator): the job is claimed and run
+again from its stored request, and the gateway splices the replay onto what its
+client has. ``drain`` (SIGTERM) refuses new work, lets in-flight requests finish
+within a bound, and fails the rest naming this orchestrator as the cause.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub, InFlight
@@ -61,8 +73,9 @@ from tether.errors import (
     TetherError,
     Unavailable,
 )
-from tether.metadata.store import MetadataStore
+from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
 from tether.net import Network, wait_for_peer
+from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
 from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
 from tether.v1 import (
@@ -92,6 +105,12 @@ SHED_RETRY_AFTER_S = 1.0
 #: Worker refusals that end a request which produced nothing without dead-lettering it:
 #: the client's own error, or shedding (the request may be retried as it is).
 _UNADMIT = {StatusCode.INVALID_ARGUMENT, StatusCode.RESOURCE_EXHAUSTED}
+#: How long an orchestrator's lease on its jobs lasts, and how often it renews it: a
+#: peer takes the jobs of a dead orchestrator over within about LEASE_S + LEASE_RENEW_S.
+LEASE_S = 15.0
+LEASE_RENEW_S = 5.0
+#: How long, after a drain ran out, the requests it cancelled have to record their end.
+DRAIN_RECORD_S = 5.0
 
 
 class OrchestratorService(services_rpc.OrchestratorServicer):
@@ -125,6 +144,93 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self._resolved: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
             ttl_s=RESOLVE_CACHE_S, max_entries=4096, name="orchestrator_resolution"
         )
+        #: This orchestrator's name on the jobs it owns: its public key, hex.
+        self.owner = network.public_key.hex()
+        self.draining = False
+        #: The requests being served: a drain that runs out cancels them.
+        self._running: set[trio.CancelScope] = set()
+        self._running_changed = trio.Event()
+        #: Why the requests still running were cancelled (set when a drain runs out).
+        self._stop_error: RpcError | None = None
+        self._halted = False
+
+    def _stopped(self, why: str) -> RpcError:
+        """The cause of a job this orchestrator did not finish: itself, not a worker."""
+        return RpcError(
+            StatusCode.UNAVAILABLE,
+            f"orchestrator {self.owner[:16]} stopped before the job finished ({why})",
+            details={"orchestrator": self.owner},
+        )
+
+    # -------------------------------------------------------------- ownership
+
+    async def keep_lease(
+        self, *, every_s: float = LEASE_RENEW_S, lease_s: float = LEASE_S,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hold this orchestrator's lease on its jobs, renewing it every ``every_s``.
+
+        First, jobs it owns that are still running were left by a previous run of it (a
+        crash): their clients are gone, so they are failed, naming this orchestrator.
+        Then, at each renewal, jobs of an owner whose lease ran out (a dead peer) are
+        failed likewise; the store's conditional writes let only one peer take each.
+        """
+        ttl_ms = int(lease_s * 1000)
+        await blocking.run_sync(lambda: self.store.renew_lease(self.owner, ttl_ms))
+        left = await blocking.run_sync(lambda: self.store.owned_jobs(self.owner))
+        for cid in left:
+            await self._fail_abandoned(cid, self.owner, "found running when it started again")
+        task_status.started()
+        while True:
+            await trio.sleep(every_s)
+            try:
+                await blocking.run_sync(lambda: self.store.renew_lease(self.owner, ttl_ms))
+                orphans = await blocking.run_sync(lambda: self.store.orphaned_jobs(self.owner))
+                for cid, owner in orphans:
+                    await self._fail_abandoned(cid, owner, "its lease ran out")
+            except (TetherError, SQLAlchemyError) as exc:  # the store is away: next time
+                log.warning("cannot renew the lease or take jobs over: %s", exc)
+
+    async def _fail_abandoned(self, cid: str, owner: str, why: str) -> None:
+        error = RpcError(
+            StatusCode.UNAVAILABLE,
+            f"orchestrator {owner[:16]} stopped before the job finished ({why})",
+            details={"orchestrator": owner},
+        ).to_proto()
+        if await blocking.run_sync(lambda: self.store.fail_job(cid, error, owner=owner)):
+            log.warning("job %s failed: %s; dead-lettered", cid, error.message)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop gracefully (SIGTERM): refuse new requests at once (UNAVAILABLE, so a
+        gateway sends them elsewhere), let those in flight finish for up to ``timeout_s``,
+        then fail the rest naming this orchestrator as the cause, and end the lease."""
+        self.draining = True
+        log.info("draining: %d requests in flight, up to %g s", len(self._running), timeout_s)
+        try:
+            with trio.move_on_after(timeout_s):
+                await self._wait_idle()
+        except trio.Cancelled:  # stopped at once (a second signal): the same cause
+            self._stop_error = self._stopped("it was stopped before its drain ended")
+            raise
+        if self._running:
+            self._stop_error = self._stopped(f"it was stopped and its {timeout_s:g} s drain "
+                                             "ran out")
+            log.warning("drain ran out; failing %d requests", len(self._running))
+            for scope in list(self._running):
+                scope.cancel()
+            with trio.move_on_after(DRAIN_RECORD_S):
+                await self._wait_idle()
+        await blocking.run_sync(lambda: self.store.end_lease(self.owner))
+
+    async def _wait_idle(self) -> None:
+        while self._running:
+            await self._running_changed.wait()
+
+    def halt(self) -> None:
+        """Record nothing more, as a process killed with SIGKILL does: its jobs stay
+        running in the store for its restart or a peer to take over. (Tests stand a
+        killed process in for this; a real one just dies.)"""
+        self._halted = True
 
     async def _registry(self) -> services_rpc.RegistryStub:
         peer = await wait_for_peer(self.network, self.registry_topic, timeout=REGISTRY_TIMEOUT_S)
@@ -176,6 +282,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
         self.callers.check(context)
+        if self.draining:
+            raise Unavailable(
+                f"orchestrator {self.owner[:16]} is draining; send the request to another",
+                details={"orchestrator": self.owner, "draining": "true"},
+            )
         if not request.correlation_id:
             raise InvalidArgument("correlation_id is required")
         limits.check_client_id("correlation id", request.correlation_id)
@@ -189,15 +300,24 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             pinned.CopyFrom(request)
             pinned.version = canary
             request = pinned
+        scope = trio.CancelScope()
         try:
-            async with contextlib.aclosing(self._submit(request, context)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+            with scope:
+                self._running.add(scope)
+                async with contextlib.aclosing(self._submit(request, context)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            if scope.cancelled_caught and self._stop_error is not None:
+                raise self._stop_error
         except TetherError as exc:
             # A sealed request to re-place says nothing about the version.
             if canary is not None and exc.details.get("reason") != sealing.RESEAL:
                 self._count(request, StatusCode.coerce(exc.code))
             raise
+        finally:
+            self._running.discard(scope)
+            self._running_changed.set()
+            self._running_changed = trio.Event()
         if canary is not None:
             self._count(request, StatusCode.OK)
 
@@ -289,12 +409,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 version=record.model.version,
                 worker_id=candidates[0].entry.worker_id,
                 quota_tokens=quota_tokens,
+                owner=self.owner,
+                request=dispatched,
             )
         )
         if not reservation.created:
-            raise AlreadyExists(
-                f"request {cid} (retry token {retry_token!r}) was already accepted; "
-                "use GetJob for its status or send a new retry token",
+            dispatched = await self._reattach(
+                dispatched, retry_token, candidates[0].entry.worker_id, context
             )
         delivered = False
         try:
@@ -312,7 +433,9 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         except BaseException as exc:
             error = RpcError.from_exception(exc)
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
-                error = RpcError(StatusCode.CANCELLED, "client cancelled")
+                # Cancelled by the client, or by a drain that ran out (then this
+                # orchestrator is the cause).
+                error = self._stop_error or RpcError(StatusCode.CANCELLED, "client cancelled")
             cancelled = error.code == StatusCode.CANCELLED
             if not delivered and error.code in _UNADMIT:
 
@@ -325,14 +448,71 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 raise
 
             def record_failure() -> None:
-                state = jobs_pb2.JOB_STATE_CANCELLED if cancelled else jobs_pb2.JOB_STATE_FAILED
-                self.store.update_job(cid, state, error=error.to_proto())
-                if not cancelled:  # a failed job and its request go to the DLQ
-                    self.store.dead_letter(dispatched, error.to_proto())
+                if cancelled:
+                    self.store.update_job(cid, jobs_pb2.JOB_STATE_CANCELLED,
+                                          error=error.to_proto(), owner=self.owner)
+                else:  # a failed job and its request go to the DLQ, its quota comes back
+                    self.store.fail_job(cid, error.to_proto(), owner=self.owner,
+                                        request=dispatched)
 
-            with trio.CancelScope(shield=True):
-                await blocking.run_sync(record_failure)
+            if not self._halted:
+                with trio.CancelScope(shield=True):
+                    await blocking.run_sync(record_failure)
             raise
+
+    async def _reattach(
+        self,
+        dispatched: infer_pb2.Infer.Request,
+        retry_token: str,
+        worker_id: str,
+        context: ServerContext,
+    ) -> infer_pb2.Infer.Request:
+        """A repeat of an accepted ``(correlation id, retry token)``: the outcome of a
+        finished job (ALREADY_EXISTS naming it); for a job whose orchestrator is dead, the
+        job claimed by this one and its stored request, to run again."""
+        cid = dispatched.correlation_id
+        job = await blocking.run_sync(lambda: self.store.job_record(cid))
+        state = jobs_pb2.JobState.Name(job.state)
+        lost = context.metadata.get(LOST_ORCHESTRATOR, "")
+        # A gateway that dropped an orchestrator it thought dead (it stopped answering)
+        # may find the job CANCELLED by that one as the connection went: not the
+        # client's doing, so it is taken over like a running job.
+        left = job.state == jobs_pb2.JOB_STATE_CANCELLED and lost and job.owner == lost
+        if job.state not in ACTIVE_JOB_STATES and not left:
+            outcome = state.removeprefix("JOB_STATE_")
+            if job.error_code:
+                code = StatusCode.coerce(job.error_code).name
+                outcome += f" ({code}: {job.error_message})"
+            raise AlreadyExists(
+                f"request {cid} (retry token {retry_token!r}) already ran: {outcome}; "
+                "send a new retry token to run it again",
+                details={"state": state, "error_code": str(job.error_code),
+                         "error_message": job.error_message},
+            )
+        owner = job.owner
+        dead = owner != self.owner and (
+            owner == lost
+            or not await blocking.run_sync(lambda: self.store.owner_alive(owner))
+        )
+        if not dead or not await blocking.run_sync(
+            lambda: self.store.claim_job(cid, self.owner, from_owner=owner,
+                                         cancelled_too=bool(left))
+        ):
+            raise AlreadyExists(
+                f"request {cid} (retry token {retry_token!r}) was already accepted and is "
+                "running; use GetJob for its status or send a new retry token",
+                details={"state": state},
+            )
+        log.info("took %s over from orchestrator %s, which was lost", cid, owner[:16])
+        await blocking.run_sync(functools.partial(
+            self.store.update_job, cid, jobs_pb2.JOB_STATE_DISPATCHED, worker_id=worker_id,
+            owner=self.owner))
+        if job.request and not dispatched.HasField("sealed"):
+            # (A sealed request is sealed anew by its requester, to a key it still holds.)
+            stored = infer_pb2.Infer.Request.FromString(job.request)
+            stored.trace_id = dispatched.trace_id
+            return stored
+        return dispatched
 
     def _candidates(
         self,
@@ -410,7 +590,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         cid = request.correlation_id
         last_error: RpcError | None = None
         model = f"{request.model_id}@{request.version}"  # the breakers' pool key
-        resume = _Resume()
+        resume = Resume()
         shed: RpcError | None = None  # a candidate's RESOURCE_EXHAUSTED
         for attempt, candidate in enumerate(candidates):
             worker_id = candidate.entry.worker_id
@@ -425,6 +605,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                         jobs_pb2.JOB_STATE_DISPATCHED,
                         worker_id=worker_id,
                         attempt=True,
+                        owner=self.owner,
                     )
                 )
             stub = services_rpc.WorkerStub(candidate.entry.peer.rpc)
@@ -447,13 +628,14 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                         yield chunk
                         if chunk.done:
                             outcome = StatusCode.OK
-                            await self._finalise(cid, chunk)
+                            if not self._halted:
+                                await self._finalise(cid, chunk)
                             return
                 raise RpcError(
                     StatusCode.UNAVAILABLE,
                     f"worker {worker_id} ended the stream without a final chunk",
                 )
-            except _Diverged as exc:  # the worker is fine; the request cannot be spliced
+            except Diverged as exc:  # the worker is fine; the request cannot be spliced
                 what = last_error.message if last_error is not None else "a worker was lost"
                 raise Unavailable(f"{what}; {exc.message}", details=exc.details) from None
             except RpcError as exc:
@@ -461,7 +643,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 if resume.count and exc.code == StatusCode.UNAVAILABLE:
                     # Lost mid-stream: the next candidate replays the request and the
                     # chunks the client already has are checked and skipped.
-                    lost = resume.lost(worker_id, exc)
+                    lost = resume.lost(f"worker {worker_id}", exc)
                     log.info("%s; resuming %s at chunk %d elsewhere", lost, cid, resume.count)
                     last_error = lost
                     continue
@@ -492,7 +674,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
 
     async def _finalise(self, cid: str, last: infer_pb2.Infer.Chunk) -> None:
         def write() -> None:
-            self.store.update_job(cid, jobs_pb2.JOB_STATE_SUCCEEDED)
+            self.store.update_job(cid, jobs_pb2.JOB_STATE_SUCCEEDED, owner=self.owner)
             if last.HasField("usage"):
                 self.store.record_usage(cid, last.usage)
 
@@ -545,81 +727,3 @@ class _Placed:
         if self.worker_id is not None:
             self._in_flight.ended(self.worker_id)
             self.worker_id = None
-
-
-class _Resume:
-    """What a client has received of one request, so that another worker can resume it.
-
-    Generation is repeatable (the orchestrator pins a seed when the client did not give
-    one), so a replay on another worker streams the same chunks again; the ones the
-    client already has are compared by digest and skipped. A replay that differs (a
-    different backend computed other numbers) cannot be spliced and ends the request.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._digest = hashlib.blake2b(digest_size=16)
-        self.lost_workers: list[str] = []
-
-    def delivered(self, chunk: infer_pb2.Infer.Chunk) -> None:
-        self.count += 1
-        self._digest.update(_chunk_bytes(chunk))
-
-    def replay(self) -> _Replay:
-        return _Replay(self.count, self._digest.digest())
-
-    def lost(self, worker_id: str, exc: RpcError) -> RpcError:
-        self.lost_workers.append(worker_id)
-        return RpcError(
-            StatusCode.UNAVAILABLE,
-            f"worker {worker_id} was lost mid-stream after {self.count} chunks: {exc.message}",
-            details={"worker_id": worker_id, "delivered": str(self.count)},
-        )
-
-    def unresumed(self, last: RpcError) -> RpcError:
-        details = dict(last.details)
-        details["lost_workers"] = ",".join(self.lost_workers)
-        if last.code == StatusCode.UNAVAILABLE and "was lost mid-stream" in last.message:
-            message = f"{last.message}; no other worker could resume it"
-        else:
-            message = (f"{', '.join(self.lost_workers)} lost mid-stream; resuming failed: "
-                       f"{last.message}")
-        return RpcError(last.code, message, details=details)
-
-
-class _Replay:
-    """One attempt's view: its first ``skip`` chunks must reproduce what was sent."""
-
-    def __init__(self, skip: int, expected: bytes) -> None:
-        self.skip = skip
-        self.streamed = False
-        self._expected = expected
-        self._digest = hashlib.blake2b(digest_size=16)
-        self._seen = 0
-
-    def accept(self, chunk: infer_pb2.Infer.Chunk) -> bool:
-        """False for a replayed chunk the client has; raises if the replay diverged."""
-        self.streamed = True
-        if self._seen >= self.skip:
-            return True
-        self._seen += 1
-        self._digest.update(_chunk_bytes(chunk))
-        # A final chunk here means a shorter answer than the one being sent.
-        if chunk.done or (self._seen == self.skip and self._digest.digest() != self._expected):
-            raise _Diverged(
-                f"its replay on worker {chunk.worker_id} differs from the {self.skip} "
-                "chunks already sent, so it cannot be resumed there",
-                details={"worker_id": chunk.worker_id, "delivered": str(self.skip)},
-            )
-        return False
-
-
-class _Diverged(TetherError):
-    """A replay that does not reproduce the chunks already sent."""
-
-
-def _chunk_bytes(chunk: infer_pb2.Infer.Chunk) -> bytes:
-    # A sealed chunk is compared as ciphertext: workers seal the same chunk alike.
-    return (
-        chunk.payload.SerializeToString(deterministic=True) + b"\x00" + chunk.sealed_payload
-    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -54,7 +54,7 @@ class GatewayClient:
         *,
         timeout: float | None = None,
         sealed: bool = False,
-    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         """Stream ``request``'s chunks; ``sealed`` seals it end to end (see above)."""
         key: sealing.ChunkKey | None = None
         if sealed:

@@ -210,6 +210,8 @@ def service_args(
     extra = {
         "gateway": ["--http-port", str(http_port), "--grpc-port", str(grpc_port)],
         "worker": ["--worker-id", "worker-1"],
+        # Its drain ends before the stop's grace period does.
+        "orchestrator": ["--drain-timeout-s", str(STOP_GRACE_S - 5)],
     }
     return {
         f"{name}.main": [*common, *extra.get(name, []), *(metrics.flags(name) if metrics else [])]

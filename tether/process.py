@@ -54,6 +54,7 @@ import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -516,13 +517,15 @@ def on_stop(hook: Callable[[], Awaitable[None]]) -> None:
     _STOP_HOOKS.append(hook)
 
 
-def run_service(service: str, body: Callable[[], Awaitable[None]]) -> int:
+def run_service(
+    service: str, body: Callable[[], Awaitable[None]], *, stop_timeout_s: float = STOP_TIMEOUT_S
+) -> int:
     """Run a service until a signal stops it; 0. A Tether error that stops it (a model
     no replica serves a verified copy of, a registry that refuses) is one line on stderr,
     ``tether <service>: <message>``, and 1; its traceback is logged at DEBUG. A bug
     (INTERNAL, UNKNOWN, or not a Tether error) keeps its traceback."""
     try:
-        trio.run(run_until_signalled, body)
+        trio.run(partial(run_until_signalled, body, stop_timeout_s=stop_timeout_s))
     except BaseException as exc:
         error = find_error(exc, TetherError)
         if error is None or error.code in _BUGS:
@@ -536,18 +539,31 @@ def run_service(service: str, body: Callable[[], Awaitable[None]]) -> int:
 _BUGS = {status_pb2.STATUS_CODE_INTERNAL, status_pb2.STATUS_CODE_UNKNOWN}
 
 
-async def run_until_signalled(body: Callable[[], Awaitable[None]]) -> None:
-    """Run ``body``; SIGINT/SIGTERM run the stop hooks, then cancel it."""
+async def run_until_signalled(
+    body: Callable[[], Awaitable[None]], *, stop_timeout_s: float = STOP_TIMEOUT_S
+) -> None:
+    """Run ``body``; SIGINT/SIGTERM run the stop hooks (for up to ``stop_timeout_s``),
+    then cancel it. A second signal while the hooks run (a drain) stops at once."""
+    log = logging.getLogger("tether")
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
-                    logging.getLogger("tether").info("stopping on signal")
+                    log.info("stopping on signal (another one stops at once)")
                     health.PROCESS.drain()  # probes say not-ready while it stops
-                    with trio.move_on_after(STOP_TIMEOUT_S):
-                        for hook in reversed(_STOP_HOOKS):
-                            await hook()
+                    async with trio.open_nursery() as stopping:
+
+                        async def run_hooks() -> None:
+                            with trio.move_on_after(stop_timeout_s):
+                                for hook in reversed(_STOP_HOOKS):
+                                    await hook()
+                            stopping.cancel_scope.cancel()
+
+                        stopping.start_soon(run_hooks)
+                        async for _ in signals:
+                            log.warning("second signal: stopping now")
+                            stopping.cancel_scope.cancel()
                     nursery.cancel_scope.cancel()
                     return
 

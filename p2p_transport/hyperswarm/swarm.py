@@ -46,6 +46,8 @@ REFRESH_INTERVAL = 600.0
 REFRESH_JITTER = 120.0
 MIN_CONNECTION_TIME = 15.0
 MAX_ATTEMPTS = 3
+#: A peer below this priority is not prioritised (npm's NORMAL_PRIORITY).
+NORMAL_PRIORITY = 2
 BACKOFF_S, BACKOFF_M, BACKOFF_L, BACKOFF_X = 1.0, 5.0, 15.0, 600.0
 BACKOFF_X_JITTER = 120.0
 BACKOFF_JITTER = 0.5
@@ -86,6 +88,14 @@ class PeerInfo:
         if self.attempts > MAX_ATTEMPTS:
             return 0
         return {0: 2, 1: 4, 2: 3, 3: 1}[self.attempts]
+
+    def found_again(self) -> None:
+        """A lookup found this peer again: one no longer prioritised (its retries ran out)
+        starts over, as npm's ``_handlePeer`` resets it. A process restarted under the
+        same key, at a new address, is reached again this way."""
+        if self.priority() < NORMAL_PRIORITY:
+            self.attempts = 0
+            self.proven = False
 
 
 class SwarmConnection:
@@ -361,9 +371,10 @@ class Hyperswarm:
         if peer is None:
             return
         peer.topics.add(topic)
-        if record.public_key in self._all or peer.queued or peer.banned:
+        if record.public_key in self._all:
             return
-        if peer.attempts > MAX_ATTEMPTS:
+        peer.found_again()
+        if peer.queued or peer.banned:
             return
         peer.queued = True
         self._queue.append(peer)

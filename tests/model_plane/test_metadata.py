@@ -23,7 +23,7 @@ from tether.metadata import MetadataStore, hash_token
 from tether.v1 import infer_pb2, jobs_pb2, status_pb2
 
 TABLES = {"models", "model_versions", "capabilities", "policies", "artifacts", "jobs",
-          "dead_letters",
+          "dead_letters", "orchestrator_leases",
           "reservations", "quotas", "tenant_tokens", "tenant_policies", "usage",
           "admitted_workers"}
 
@@ -160,6 +160,53 @@ def test_concurrent_reservations_and_quota_are_atomic(store: MetadataStore) -> N
         th.join()
     assert sorted(created) == [False] * 7 + [True]
     assert sum(taken) == 100
+
+
+def test_a_dead_orchestrators_jobs_are_taken_over_once_and_failed_with_their_quota_back(
+    store: MetadataStore,
+) -> None:
+    """Jobs record their orchestrator; when its lease runs out another finds them, exactly
+    one claim wins, and failing one dead-letters its stored request, gives back the quota
+    it charged and ends its reservation, in one transaction."""
+    clock = store.test_clock  # type: ignore[attr-defined]
+    store.set_quota("acme", limit_tokens=100, period_ms=3_600_000)
+    for cid in ("j1", "j2"):
+        req = infer_pb2.Infer.Request(correlation_id=cid, tenant_id="acme", model_id="m",
+                                      version="1.0", retry_token="t")
+        req.params.seed = 7
+        store.admit_job(cid, "t", "acme", model_id="m", version="1.0", worker_id="w1",
+                        quota_tokens=30, owner="dead", request=req)
+    assert store.consume_quota("acme", 0) == 40
+    store.renew_lease("dead", ttl_ms=1000)
+    store.renew_lease("live", ttl_ms=10_000)
+    assert sorted(store.owned_jobs("dead")) == ["j1", "j2"]
+    assert store.orphaned_jobs("live") == []  # its owner's lease still runs
+    clock.advance(1000)
+    assert not store.owner_alive("dead") and store.owner_alive("live")
+    assert sorted(store.orphaned_jobs("live")) == [("j1", "dead"), ("j2", "dead")]
+    assert store.orphaned_jobs("dead") == []  # an owner's own jobs are never orphans to it
+    # Two orchestrators race for j1: one wins; the loser's conditional write is refused.
+    assert store.claim_job("j1", "live", from_owner="dead")
+    assert not store.claim_job("j1", "other", from_owner="dead")
+    assert store.job_record("j1").owner == "live"
+    assert store.job_record("j1").attempts == 2
+    assert not store.update_job("j1", jobs_pb2.JOB_STATE_CANCELLED, owner="dead")
+    assert store.update_job("j1", jobs_pb2.JOB_STATE_SUCCEEDED, owner="live")
+    cause = status_pb2.Error(code=status_pb2.STATUS_CODE_UNAVAILABLE,
+                             message="orchestrator dead stopped before the job finished")
+    assert store.fail_job("j2", cause, owner="dead")
+    assert not store.fail_job("j2", cause, owner="dead")  # once
+    assert not store.fail_job("j1", cause, owner="live")  # it finished
+    job = store.get_job("j2")
+    assert job.state == jobs_pb2.JOB_STATE_FAILED and "stopped before" in job.error.message
+    [letter] = store.dead_letters()
+    assert letter.correlation_id == "j2" and letter.worker_id == "w1"
+    assert infer_pb2.Infer.Request.FromString(letter.request).params.seed == 7
+    assert store.consume_quota("acme", 0) == 70  # j2's 30 tokens are back
+    assert store.reserve("j2", "t", "acme").expires_unix_ms == clock()
+    assert store.orphaned_jobs("live") == [] and store.owned_jobs("dead") == []
+    store.end_lease("live")
+    assert not store.owner_alive("live")
 
 
 def test_unreachable_database_is_unavailable_with_the_url_but_no_password() -> None:

@@ -1,5 +1,5 @@
-"""Wiring for service tests: a registry, an orchestrator, a gateway and N
-workers on one network, with a real SQLite metadata store.
+"""Wiring for service tests: a registry, one or more orchestrators, a gateway
+and N workers on one network, with a real SQLite metadata store.
 
 ``ScriptedEngine`` is a test double of the execution engine: it streams
 numbered text pieces with a virtual-time delay so placement, shedding and
@@ -135,14 +135,37 @@ def wall_ms() -> int:
 
 
 @dataclass
+class Orchestrator:
+    """One orchestrator of the fleet: its service, network and what stops it."""
+
+    keypair: KeyPair
+    service: OrchestratorService
+    net: TestNetwork
+    discovery: DiscoverySub
+    scope: trio.CancelScope
+
+    @property
+    def key(self) -> bytes:
+        return self.keypair.public_key
+
+
+@dataclass
 class Fleet:
     make_net: NetworkFactory
     clock_ms: Callable[[], int]
     store: MetadataStore
     region: str
     nursery: trio.Nursery
-    #: The orchestrator's key: the only peer workers take work from.
+    watch_regions: tuple[str, ...] = ()
+    breakers: Callable[[], CircuitBreakers] = CircuitBreakers
+    #: The first orchestrator's key (the one operator tests talk to).
     orchestrator_key: bytes = b""
+    #: Orchestrators by key; workers take work from these only.
+    orchestrators: dict[bytes, Orchestrator] = field(default_factory=dict)
+    worker_callers: CallerPolicy = field(
+        default_factory=lambda: CallerPolicy(role="orchestrator"))
+    gateway_key: KeyPair = field(default_factory=KeyPair.generate)
+    operator_key: KeyPair = field(default_factory=KeyPair.generate)
     workers: dict[str, WorkerService] = field(default_factory=dict)
     worker_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
     discovery: DiscoverySub = field(init=False)
@@ -152,6 +175,8 @@ class Fleet:
     gateway_service: GatewayService = field(init=False)
     client_net: TestNetwork = field(init=False)
     operator_net: TestNetwork = field(init=False)
+    #: What the orchestrators' and the gateway's methods see (``spied``), by method.
+    spies: Mapping[str, list[bytes]] = field(default_factory=dict)
 
     async def gateway(self) -> services_rpc.GatewayStub:
         with trio.fail_after(30):
@@ -170,6 +195,59 @@ class Fleet:
     async def control(self) -> services_rpc.ControlStub:
         """The orchestrator's control surface."""
         return services_rpc.ControlStub(await self._as_operator())
+
+    async def add_orchestrator(self, keypair: KeyPair | None = None) -> Orchestrator:
+        """Start an orchestrator (another, or ``keypair``'s again after it was killed)."""
+        keypair = keypair or KeyPair.generate()
+        self.worker_callers.keys.add(keypair.public_key)
+        net = self.make_net(keypair, {})
+        discovery = DiscoverySub(
+            net, admissions=Admissions.from_store(self.store), clock_ms=self.clock_ms
+        )
+        service = OrchestratorService(
+            callers=CallerPolicy(
+                [self.gateway_key.public_key, self.operator_key.public_key], role="gateway"),
+            network=net,
+            discovery=discovery,
+            store=self.store,
+            region=self.region,
+            registry_topic=topics.registry(self.region),
+            rollouts=Rollouts(min_requests=5),
+            breakers=self.breakers(),
+        )
+        control = ControlService(
+            service.rollouts,
+            discovery,
+            region=self.region,
+            operators=CallerPolicy([self.operator_key.public_key], role="operator"),
+        )
+        net.handlers.update(spied(collect_handlers(service, control), self.spies))
+        regions = (self.region, *self.watch_regions)
+        scope = await self.nursery.start(
+            _run_orchestrator, self.networks, net, service, discovery, regions
+        )
+        o = Orchestrator(keypair, service, net, discovery, scope)
+        self.orchestrators[keypair.public_key] = o
+        return o
+
+    def kill_orchestrator(self, key: bytes) -> None:
+        """What SIGKILL does to an orchestrator: it records nothing more and its
+        connections drop."""
+        o = self.orchestrators.pop(key)
+        o.service.halt()
+        o.scope.cancel()
+
+    def freeze_orchestrator(self, key: bytes) -> None:
+        """What SIGKILL looks like from the other end of a UDP transport: nothing the
+        orchestrator would send arrives any more, yet no connection closes."""
+        o = self.orchestrators.pop(key)
+        o.service.halt()
+
+        async def lost(_message: bytes) -> None:
+            await trio.sleep_forever()
+
+        for peer in o.net.peers():
+            peer.rpc.stream.send_message = lost  # type: ignore[method-assign,assignment]
 
     def token(self, tenant: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.store.issue_token(tenant)}"}
@@ -197,7 +275,7 @@ class Fleet:
             engine,
             keypair,
             clock_ms=self.clock_ms,
-            callers=CallerPolicy([self.orchestrator_key], role="orchestrator"),
+            callers=self.worker_callers,
         )
         net = self.make_net(keypair, collect_handlers(service))
         scope = await self.nursery.start(
@@ -237,6 +315,30 @@ def _worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool,
     return joins
 
 
+async def _run_orchestrator(
+    networks: list[TestNetwork],
+    net: TestNetwork,
+    service: OrchestratorService,
+    discovery: DiscoverySub,
+    regions: tuple[str, ...],
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope],
+) -> None:
+    presence = [topics.presence(r) for r in regions]
+    joins = [
+        (topics.registry(regions[0]), False, True),
+        (topics.control(regions[0]), True, False),
+        *[(t, False, True) for t in presence],
+    ]
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_run_node, networks, net, joins)
+            await nursery.start(functools.partial(discovery.run, refresh=presence))
+            await nursery.start(service.keep_lease)
+            nursery.start_soon(service.follow_model_topics, list(regions), presence)
+            task_status.started(scope)
+
+
 async def _run_node(
     networks: list[TestNetwork],
     net: TestNetwork,
@@ -267,8 +369,9 @@ async def fleet(
     breaker_open_s: float = 30.0,
     slow_first_chunk_s: float | None = None,
     spies: Mapping[str, list[bytes]] | None = None,
+    orchestrators: int = 1,
 ) -> AsyncIterator[Fleet]:
-    """Registry, orchestrator, gateway and a client; workers come with ``add_worker``.
+    """Registry, orchestrators, gateway and a client; workers come with ``add_worker``.
 
     ``networks`` defaults to the in-memory double; ``clock_ms`` (signing and store
     time) defaults to one derived from trio's clock, for the virtual-time tests;
@@ -284,57 +387,29 @@ async def fleet(
     if extra is not None:
         extra(catalog, publisher)
     async with trio.open_nursery() as nursery:
-        f = Fleet(make_net, clock_ms, store, region, nursery)
+        f = Fleet(make_net, clock_ms, store, region, nursery, spies=spies)
         registry_service = RegistryService(catalog)
         registry_net = make_net(KeyPair.generate(), collect_handlers(registry_service))
         await nursery.start(
             _run_node, f.networks, registry_net, [(topics.registry(region), True, False)]
         )
 
-        orch_key, gateway_key, operator_key = (KeyPair.generate() for _ in range(3))
-        f.orchestrator_key = orch_key.public_key
-        orch_net = make_net(orch_key, {})
-        discovery = DiscoverySub(
-            orch_net, admissions=Admissions.from_store(store), clock_ms=clock_ms
+        f.watch_regions = watch_regions
+        f.breakers = functools.partial(
+            CircuitBreakers,
+            failure_threshold=3,
+            open_s=breaker_open_s,
+            slow_first_chunk_s=slow_first_chunk_s,
+            latency_window=3,
+            min_samples=3,
         )
-        orchestrator = OrchestratorService(
-            callers=CallerPolicy([gateway_key.public_key, operator_key.public_key], role="gateway"),
-            network=orch_net,
-            discovery=discovery,
-            store=store,
-            region=region,
-            registry_topic=topics.registry(region),
-            rollouts=Rollouts(min_requests=5),
-            breakers=CircuitBreakers(
-                failure_threshold=3,
-                open_s=breaker_open_s,
-                slow_first_chunk_s=slow_first_chunk_s,
-                latency_window=3,
-                min_samples=3,
-            ),
-        )
-        control = ControlService(
-            orchestrator.rollouts,
-            discovery,
-            region=region,
-            operators=CallerPolicy([operator_key.public_key], role="operator"),
-        )
-        orch_net.handlers.update(spied(collect_handlers(orchestrator, control), spies))
-        await nursery.start(
-            _run_node,
-            f.networks,
-            orch_net,
-            [
-                (topics.registry(region), False, True),
-                (topics.control(region), True, False),
-                *[(topics.presence(r), False, True) for r in (region, *watch_regions)],
-            ],
-        )
-        presence = [topics.presence(r) for r in (region, *watch_regions)]
-        await nursery.start(functools.partial(discovery.run, refresh=presence))
-        nursery.start_soon(orchestrator.follow_model_topics, [region, *watch_regions], presence)
-        f.discovery = discovery
-        f.orchestrator_net = orch_net
+        first = await f.add_orchestrator()
+        for _ in range(orchestrators - 1):
+            await f.add_orchestrator()
+        f.orchestrator_key = first.key
+        f.discovery = first.discovery
+        f.orchestrator_net = first.net
+        gateway_key, operator_key = f.gateway_key, f.operator_key
 
         gateway_net = make_net(gateway_key, {})
         gateway = GatewayService(
@@ -355,6 +430,7 @@ async def fleet(
                 (topics.registry(region), False, True),
             ],
         )
+        nursery.start_soon(gateway.orchestrators.watch)
         f.gateway_net = gateway_net
         f.gateway_service = gateway
         client_net = make_net(KeyPair.generate(), {})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
+import trio
 
 from tether import process
 from worker import main as worker_main
@@ -57,3 +60,33 @@ def test_bad_config_files_are_refused_with_a_clear_message(
         process.config_from_args(
             process.parse_args(worker_main.build_parser(), ["--data-dir", str(tmp_path)], "worker")
         )
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
+    signals: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One SIGTERM lets a stop hook (say, an orchestrator's drain) finish; a second one
+    cuts it short. (Real signals, so real time: well under a second.)"""
+    ran: list[str] = []
+    monkeypatch.setattr(process, "_STOP_HOOKS", [])
+
+    async def drain() -> None:
+        ran.append("drain started")
+        await trio.sleep(0.5 if signals == 1 else 60)
+        ran.append("drain finished")
+
+    async def body() -> None:
+        process.on_stop(drain)
+        await trio.sleep(0.05)
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGTERM)
+            await trio.sleep(0.05)
+        await trio.sleep_forever()
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            await process.run_until_signalled(body, stop_timeout_s=120)
+
+    trio.run(main)
+    assert ran == (["drain started", "drain finished"] if signals == 1 else ["drain started"])

@@ -25,7 +25,7 @@ from tether import blocking, operator, sealing
 from tether.client import GatewayClient
 from tether.errors import FailedPrecondition, Internal
 from tether.keys import KeyPair
-from tether.net import dial
+from tether.net import Peer, dial
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2, jobs_pb2, services_rpc
 
@@ -301,7 +301,7 @@ async def the_gateway_seals_again_when_its_workers_left_before_submit(
         f.store.set_tenant_e2e("acme", True)
         await f.add_worker("w1", engine=engine())
         await f.discovery.wait_for(lambda s: len(s) == 1)
-        real = f.gateway_service._orchestrator
+        real = f.gateway_service._stub
         places: list[int] = []
 
         class WorkersLeftAfterPlace:
@@ -322,10 +322,10 @@ async def the_gateway_seals_again_when_its_workers_left_before_submit(
             def Submit(self, *args, **kw):
                 return self.stub.Submit(*args, **kw)
 
-        async def orchestrator() -> WorkersLeftAfterPlace:
-            return WorkersLeftAfterPlace(await real())
+        def stub(peer: Peer) -> WorkersLeftAfterPlace:
+            return WorkersLeftAfterPlace(real(peer))
 
-        f.gateway_service._orchestrator = orchestrator  # type: ignore[method-assign,assignment]
+        f.gateway_service._stub = stub  # type: ignore[method-assign,assignment]
         chunks = await collect(await f.gateway(), request(n=3), f.token("acme"))
         assert "".join(c.payload.text for c in chunks) == answer(3)
         assert places == [1, 1]

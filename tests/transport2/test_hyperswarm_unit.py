@@ -40,3 +40,16 @@ def test_priorities() -> None:
         p.attempts = attempts
         got.append(p.priority())
     assert got == [2, 4, 3, 1, 0]
+
+
+def test_a_peer_found_again_after_its_retries_ran_out_starts_over() -> None:
+    """As npm's _handlePeer: a peer no longer prioritised is reset when a lookup finds it
+    again (a process restarted under the same key); one still being retried is not."""
+    p = PeerInfo(b"k" * 32, proven=True)
+    for attempts in (4, 3):
+        p.attempts = attempts
+        p.found_again()
+        assert p.attempts == 0 and not p.proven and p.priority() == 2
+    p.attempts, p.proven = 2, True
+    p.found_again()
+    assert p.attempts == 2 and p.proven

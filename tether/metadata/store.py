@@ -45,6 +45,10 @@ from tether.metadata import tables as t
 from tether.v1 import infer_pb2, jobs_pb2, registry_pb2, status_pb2
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: States in which an orchestrator is still running a job (so it has a live owner or is
+#: taken over by another orchestrator).
+ACTIVE_JOB_STATES = (jobs_pb2.JOB_STATE_RESERVED, jobs_pb2.JOB_STATE_DISPATCHED,
+                     jobs_pb2.JOB_STATE_STREAMING)
 TOKEN_PREFIX = "tt_"
 TOKEN_BYTES = 32
 
@@ -284,11 +288,16 @@ class MetadataStore:
         return self.get_job(correlation_id)
 
     def update_job(self, correlation_id: str, state: int, *, worker_id: str | None = None,
-                   error: status_pb2.Error | None = None, attempt: bool = False) -> None:
+                   error: status_pb2.Error | None = None, attempt: bool = False,
+                   owner: str | None = None) -> bool:
+        """Move a job to ``state``. With ``owner``, only while that orchestrator still owns
+        it: False (nothing written) when another took it over."""
         with self.session() as s:
             job = s.get(t.Job, correlation_id)
             if job is None:
                 raise NotFound(f"no job {correlation_id}")
+            if owner is not None and job.owner != owner:
+                return False
             job.state = state
             job.updated_unix_ms = self._clock()
             if worker_id is not None:
@@ -299,6 +308,119 @@ class MetadataStore:
                 job.error_code, job.error_message = error.code, error.message
             s.add(job)
             s.commit()
+        return True
+
+    def job_record(self, correlation_id: str) -> t.Job:
+        """The job's row (owner, dispatched request and charged quota included)."""
+        with self.session() as s:
+            job = s.get(t.Job, correlation_id)
+        if job is None:
+            raise NotFound(f"no job {correlation_id}")
+        return job
+
+    # ---------------------------------------------------- orchestrator ownership
+
+    def renew_lease(self, owner: str, ttl_ms: int) -> None:
+        """Say that orchestrator ``owner`` is alive for ``ttl_ms`` more milliseconds."""
+        expires = self._clock() + ttl_ms
+        with self.session() as s:
+            lease = s.get(t.OrchestratorLease, owner)
+            if lease is None:
+                lease = t.OrchestratorLease(owner=owner, expires_unix_ms=expires)
+            lease.expires_unix_ms = expires
+            s.add(lease)
+            try:
+                s.commit()
+            except IntegrityError:  # two renewals of a new lease at once: either is right
+                s.rollback()
+
+    def end_lease(self, owner: str) -> None:
+        """``owner`` is stopping: anything it still owns may be taken over at once."""
+        with self.session() as s:
+            s.exec(update(t.OrchestratorLease).where(col(t.OrchestratorLease.owner) == owner)
+                   .values(expires_unix_ms=0))
+            s.commit()
+
+    def owner_alive(self, owner: str) -> bool:
+        with self.session() as s:
+            lease = s.get(t.OrchestratorLease, owner)
+        return lease is not None and lease.expires_unix_ms > self._clock()
+
+    def owned_jobs(self, owner: str) -> list[str]:
+        """Correlation ids of the jobs ``owner`` is still running."""
+        with self.session() as s:
+            return list(s.exec(select(t.Job.correlation_id).where(
+                t.Job.owner == owner, col(t.Job.state).in_(ACTIVE_JOB_STATES))).all())
+
+    def orphaned_jobs(self, me: str, *, limit: int = 256) -> list[tuple[str, str]]:
+        """``(correlation id, owner)`` of running jobs whose owner is not ``me`` and has no
+        live lease: their orchestrator died, and ``me`` may take them over."""
+        J, L = t.Job, t.OrchestratorLease
+        live = sa_select(col(L.owner)).where(col(L.expires_unix_ms) > self._clock())
+        query = (sa_select(col(J.correlation_id), col(J.owner))
+                 .where(col(J.state).in_(ACTIVE_JOB_STATES), col(J.owner) != "",
+                        col(J.owner) != me, col(J.owner).not_in(live))
+                 .limit(limit))
+        with self.session() as s:
+            return [(str(cid), str(owner)) for cid, owner in s.execute(query).all()]
+
+    def claim_job(self, correlation_id: str, owner: str, *, from_owner: str,
+                  cancelled_too: bool = False) -> bool:
+        """Take a running job over from ``from_owner`` (one conditional UPDATE, so two
+        orchestrators cannot both take it): it is DISPATCHED again, one attempt more.
+        ``cancelled_too``: also one ``from_owner`` marked CANCELLED (it saw its caller's
+        connection drop, which the caller did to leave it, not to cancel)."""
+        J = t.Job
+        states = (*ACTIVE_JOB_STATES, *([jobs_pb2.JOB_STATE_CANCELLED] if cancelled_too else []))
+        stmt = (update(J).where(col(J.correlation_id) == correlation_id,
+                                col(J.owner) == from_owner,
+                                col(J.state).in_(states))
+                .values(owner=owner, state=jobs_pb2.JOB_STATE_DISPATCHED,
+                        attempts=col(J.attempts) + 1, updated_unix_ms=self._clock(),
+                        error_code=0, error_message=""))
+        with self.session() as s:
+            claimed = s.exec(stmt).rowcount
+            s.commit()
+        return bool(claimed)
+
+    def fail_job(self, correlation_id: str, error: status_pb2.Error, *, owner: str,
+                 request: infer_pb2.Infer.Request | None = None, worker_id: str = "") -> bool:
+        """A running job of ``owner`` failed, in ONE transaction: it is marked FAILED with
+        ``error``, its request (``request``, else the one stored at admission) goes to the
+        dead-letter queue, the quota it charged is given back and its reservations end.
+        False, with nothing written, when the job is not running under ``owner`` (another
+        orchestrator took it over, or it already finished)."""
+        J = t.Job
+        now = self._clock()
+        with self.session() as s:
+            failed = s.exec(update(J).where(col(J.correlation_id) == correlation_id,
+                                            col(J.owner) == owner,
+                                            col(J.state).in_(ACTIVE_JOB_STATES))
+                            .values(state=jobs_pb2.JOB_STATE_FAILED, error_code=int(error.code),
+                                    error_message=error.message, updated_unix_ms=now)).rowcount
+            if not failed:
+                s.rollback()
+                return False
+            job = s.get(J, correlation_id)
+            assert job is not None
+            if request is None:
+                request = infer_pb2.Infer.Request(
+                    correlation_id=correlation_id, tenant_id=job.tenant_id,
+                    model_id=job.model_id, version=job.version)
+                if job.request:
+                    request.ParseFromString(job.request)
+            s.add(self._dead_letter_row(request, error, worker_id or job.worker_id,
+                                        job.attempts))
+            if job.quota_tokens:
+                Q = t.Quota
+                s.exec(update(Q).where(col(Q.tenant_id) == job.tenant_id).values(
+                    used_tokens=case((col(Q.used_tokens) > job.quota_tokens,
+                                      col(Q.used_tokens) - job.quota_tokens), else_=0)))
+            R = t.Reservation
+            s.exec(update(R).where(col(R.correlation_id) == correlation_id,
+                                   col(R.expires_unix_ms) > now).values(expires_unix_ms=now))
+            s.commit()
+        return True
 
     def get_job(self, correlation_id: str) -> jobs_pb2.JobStatus:
         with self.session() as s:
@@ -392,15 +514,17 @@ class MetadataStore:
 
     def admit_job(self, correlation_id: str, retry_token: str, tenant_id: str, *,
                   model_id: str, version: str, worker_id: str, quota_tokens: int,
-                  ttl_ms: int = 60_000) -> ReservationResult:
+                  ttl_ms: int = 60_000, owner: str = "",
+                  request: infer_pb2.Infer.Request | None = None) -> ReservationResult:
         """The orchestrator's strong decisions before dispatch, in ONE transaction: charge
         the tenant's quota (if it has one), reserve ``(correlation_id, retry_token)``, and
-        record the job as DISPATCHED to ``worker_id``. A repeated reservation changes
+        record the job as DISPATCHED to ``worker_id``, owned by orchestrator ``owner``
+        with the ``request`` as dispatched. A repeated reservation changes
         nothing and returns the first one (``created=False``); a quota that does not fit
         raises ResourceExhausted with nothing written."""
         now = self._clock()
         with self.session() as s:
-            self._take_quota(s, tenant_id, quota_tokens, now)
+            charged = self._take_quota(s, tenant_id, quota_tokens, now) is not None
             s.add(t.Reservation(correlation_id=correlation_id, retry_token=retry_token,
                                 tenant_id=tenant_id, worker_id=worker_id,
                                 created_unix_ms=now, expires_unix_ms=now + ttl_ms))
@@ -422,6 +546,10 @@ class MetadataStore:
             job.error_code, job.error_message = 0, ""
             job.attempts = (job.attempts or 0) + 1
             job.updated_unix_ms = now
+            job.owner = owner
+            job.request = None if request is None else request.SerializeToString(
+                deterministic=True)
+            job.quota_tokens = quota_tokens if charged else 0
             s.add(job)
             try:
                 s.commit()
@@ -511,15 +639,19 @@ class MetadataStore:
         """Keep a failed job's request and error (the DLQ)."""
         job = self.get_job(request.correlation_id)
         with self.session() as s:
-            s.add(t.DeadLetter(
-                correlation_id=request.correlation_id,
-                retry_token=request.retry_token,
-                tenant_id=request.tenant_id, model_id=request.model_id,
-                version=request.version, worker_id=worker_id or job.worker_id,
-                request=request.SerializeToString(deterministic=True),
-                error_code=int(error.code), error_message=error.message,
-                attempts=job.attempts, created_unix_ms=self._clock()))
+            s.add(self._dead_letter_row(request, error, worker_id or job.worker_id,
+                                        job.attempts))
             s.commit()
+
+    def _dead_letter_row(self, request: infer_pb2.Infer.Request, error: status_pb2.Error,
+                         worker_id: str, attempts: int) -> t.DeadLetter:
+        return t.DeadLetter(
+            correlation_id=request.correlation_id, retry_token=request.retry_token,
+            tenant_id=request.tenant_id, model_id=request.model_id,
+            version=request.version, worker_id=worker_id,
+            request=request.SerializeToString(deterministic=True),
+            error_code=int(error.code), error_message=error.message,
+            attempts=attempts, created_unix_ms=self._clock())
 
     def dead_letters(self, *, limit: int = 100) -> list[t.DeadLetter]:
         """The newest dead letters first."""

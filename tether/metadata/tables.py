@@ -5,7 +5,8 @@ the same tables for queries. A test checks that the migrated schema and these ta
 
 Models: ``models`` (one row per model id), ``model_versions`` (one per MAJOR.MINOR, with the
 serialized ``tether.v1.ModelRecord``), ``capabilities`` and ``policies`` (queryable columns of
-that record), ``artifacts`` (what each version is made of). Requests: ``jobs``,
+that record), ``artifacts`` (what each version is made of). Requests: ``jobs`` (each with
+its owning orchestrator), ``orchestrator_leases`` (which owners are alive),
 ``reservations`` (unique on correlation id + retry token), ``quotas``, ``tenant_tokens``
 (SHA-256 of the token, never the token), ``tenant_policies`` (per-tenant flags such as
 end-to-end sealing), ``usage``, ``dead_letters`` (failed jobs). Fleet:
@@ -77,13 +78,30 @@ class Job(SQLModel, table=True):
     tenant_id: str = Field(index=True, max_length=128)
     model_id: str = Field(max_length=128)
     version: str = Field(max_length=32)
-    state: int
+    state: int = Field(index=True)
     worker_id: str = Field(default="", max_length=128)
     attempts: int = Field(default=0)
     error_code: int = Field(default=0)
     error_message: str = Field(default="")
     created_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    #: The orchestrator running it (public key, hex); another takes it over when its
+    #: lease (``orchestrator_leases``) runs out.
+    owner: str = Field(default="", index=True, max_length=64)
+    #: The request as dispatched (seed pinned), to run it again or dead-letter it.
+    request: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    #: Quota tokens charged at admission (given back if the job fails).
+    quota_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+class OrchestratorLease(SQLModel, table=True):
+    """An orchestrator is alive while it renews its lease; the jobs of an owner whose
+    lease ran out are taken over by another."""
+
+    __tablename__ = "orchestrator_leases"
+
+    owner: str = Field(primary_key=True, max_length=64)
+    expires_unix_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class Reservation(SQLModel, table=True):

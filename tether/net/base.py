@@ -80,20 +80,35 @@ class Network(Protocol):
         returns a function that unsubscribes it."""
 
 
-async def wait_for_peer(network: Network, topic: str, *, timeout: float = math.inf) -> Peer:
-    """The first connected peer found under ``topic``, waiting up to ``timeout`` seconds
-    (then UNAVAILABLE, naming the topic)."""
+async def wait_for_peer(
+    network: Network,
+    topic: str,
+    *,
+    timeout: float = math.inf,
+    accept: Callable[[Peer], bool] | None = None,
+) -> Peer:
+    """The first connected peer found under ``topic`` (and ``accept``-ed, if given),
+    waiting up to ``timeout`` seconds (then UNAVAILABLE, naming the topic)."""
     with trio.move_on_after(timeout):
-        return await _wait_for_peer(network, topic)
+        return await _wait_for_peer(network, topic, accept or (lambda _peer: True))
     raise Unavailable(f"nothing reachable on {topic} within {timeout:g} s")
 
 
-async def _wait_for_peer(network: Network, topic: str) -> Peer:
+def peers_on(network: Network, topic: str) -> list[Peer]:
+    """The open connections to peers found under ``topic``, now."""
+    return [p for p in network.peers() if topic in p.topics and not is_closed(p)]
+
+
+def is_closed(peer: Peer) -> bool:
+    return peer.closed.is_set() or peer.rpc.closed
+
+
+async def _wait_for_peer(network: Network, topic: str, accept: Callable[[Peer], bool]) -> Peer:
     found: list[Peer] = []
     arrived = trio.Event()
 
     def check(peer: Peer) -> None:
-        if topic in peer.topics and not peer.closed.is_set():
+        if topic in peer.topics and not is_closed(peer) and accept(peer):
             found.append(peer)
             arrived.set()
 

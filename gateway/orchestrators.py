@@ -1,0 +1,144 @@
+"""The orchestrators a gateway sends work to, which one takes the next request, and
+which ones are dead.
+
+Every peer found on ``tether/control/<region>`` is an orchestrator. A request
+goes to the one with the fewest requests in flight from this gateway (ties in
+turn), so work spreads over all of them; one whose streams have all been quiet
+for ``QUIET_S`` comes last (it may have just died). A connection whose
+orchestrator refused work because it is draining is avoided; a closed one is
+skipped.
+
+A process killed with SIGKILL closes nothing: over UDP its connections look open
+until the transport's timeouts (about 11 s). So ``watch`` probes, every
+``HEARTBEAT_S``, each orchestrator not heard from in that time (a cheap
+``GetJob``); one that does not answer within ``PROBE_S`` has its connection
+closed, which ends every stream on it at once (the gateway resumes them
+elsewhere) and keeps new requests away from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable, Iterator
+
+import trio
+
+from tether.net import Network, Peer, is_closed, peers_on, wait_for_peer
+from tether.rpc import RpcError, StatusCode
+from tether.v1 import services_pb2, services_rpc
+
+log = logging.getLogger("tether.gateway")
+
+#: How often orchestrators not heard from are probed, and how long a probe may take.
+HEARTBEAT_S = 1.0
+PROBE_S = 2.0
+#: An orchestrator with requests in flight and nothing heard from it for this long is
+#: picked only when no other is usable, until a probe answers.
+QUIET_S = 0.5
+
+
+class Orchestrators:
+    """Picks orchestrators for requests and finds dead ones (see the module docstring)."""
+
+    def __init__(
+        self, network: Network, topic: str, *, clock: Callable[[], float] = trio.current_time
+    ) -> None:
+        self.network = network
+        self.topic = topic
+        self._clock = clock
+        self._in_flight: dict[bytes, int] = {}
+        #: Connections to send nothing new to (their orchestrator is draining).
+        self._avoid: set[Peer] = set()
+        self._heard_at: dict[Peer, float] = {}
+        #: Why the gateway dropped a connection (its orchestrator stopped answering).
+        self._dropped: weakref.WeakKeyDictionary[Peer, str] = weakref.WeakKeyDictionary()
+        self._turn = 0
+
+    def why_dropped(self, peer: Peer) -> str | None:
+        """Why this gateway closed the connection to ``peer``, if it did."""
+        return self._dropped.get(peer)
+
+    def avoid(self, peer: Peer) -> None:
+        """Send nothing new over this connection (its orchestrator is draining or lost);
+        a new connection to the same key (a restart) is used again."""
+        self._avoid = {p for p in self._avoid if not is_closed(p)}
+        self._avoid.add(peer)
+
+    def heard(self, peer: Peer) -> None:
+        """``peer`` just sent something: it is alive."""
+        self._heard_at[peer] = self._clock()
+
+    def _usable(self, peer: Peer, exclude: set[bytes]) -> bool:
+        return peer.remote_key not in exclude and peer not in self._avoid
+
+    async def pick(self, *, exclude: set[bytes], timeout: float) -> Peer:
+        """The orchestrator for the next request: the least loaded usable one, else the
+        first to appear within ``timeout`` (then UNAVAILABLE)."""
+        usable = sorted(
+            (p for p in peers_on(self.network, self.topic) if self._usable(p, exclude)),
+            key=lambda p: p.remote_key,
+        )
+        if not usable:
+            return await wait_for_peer(
+                self.network, self.topic, timeout=timeout,
+                accept=lambda p: self._usable(p, exclude),
+            )
+        self._turn += 1
+        shift = self._turn % len(usable)
+        rotated = usable[shift:] + usable[:shift]
+        now = self._clock()
+
+        def rank(peer: Peer) -> tuple[bool, int]:
+            busy = self._in_flight.get(peer.remote_key, 0)
+            quiet = now - self._heard_at.get(peer, now) >= QUIET_S
+            return (bool(busy) and quiet, busy)
+
+        return min(rotated, key=rank)
+
+    @contextlib.contextmanager
+    def using(self, peer: Peer) -> Iterator[None]:
+        """Count a request in flight on ``peer`` while the block runs."""
+        key = peer.remote_key
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+
+    def in_flight(self) -> dict[bytes, int]:
+        """Requests in flight per orchestrator key (a snapshot)."""
+        return dict(self._in_flight)
+
+    async def watch(self, *, every_s: float = HEARTBEAT_S) -> None:
+        """Probe the orchestrators not heard from in ``every_s``, forever."""
+        while True:
+            now = self._clock()
+            self._heard_at = {p: t for p, t in self._heard_at.items() if not is_closed(p)}
+            async with trio.open_nursery() as nursery:
+                for peer in peers_on(self.network, self.topic):
+                    if now - self._heard_at.get(peer, -every_s) >= every_s:
+                        nursery.start_soon(self._probe, peer)
+            await trio.sleep(every_s)
+
+    async def _probe(self, peer: Peer) -> None:
+        try:
+            await services_rpc.OrchestratorStub(peer.rpc).GetJob(
+                services_pb2.GetJobRequest(), timeout=PROBE_S
+            )
+        except RpcError as exc:
+            if exc.code not in (StatusCode.DEADLINE_EXCEEDED, StatusCode.UNAVAILABLE):
+                self.heard(peer)  # an answer (NOT_FOUND, PERMISSION_DENIED): alive
+                return
+            if is_closed(peer):
+                return
+            log.warning("orchestrator %s did not answer within %g s (%s); dropping it",
+                        peer.key_hex[:16], PROBE_S, exc.message)
+            self.avoid(peer)
+            self._dropped[peer] = f"it did not answer a probe within {PROBE_S:g} s"
+            await peer.rpc.aclose()
+            return
+        self.heard(peer)
