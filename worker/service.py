@@ -225,7 +225,7 @@ class WorkerService(services_rpc.WorkerServicer):
             if last is None:
                 last = self._chunk(request, seq, None)
             last.done = True
-            if request.input.WhichOneof("kind") == "text":
+            if request.input.WhichOneof("kind") in ("text", "messages"):
                 last.finish_reason = finish_reason(request, last.usage)
             yield last
 

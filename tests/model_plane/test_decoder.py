@@ -287,7 +287,8 @@ def test_chat_template_renders_like_transformers() -> None:
         render_chat("{{ messages.append(1) }}", [("user", "x")])
     with pytest.raises(FailedPrecondition):  # and no way out to Python internals
         render_chat("{{ ''.__class__.__mro__[1].__subclasses__() }}", [("user", "x")])
-    with pytest.raises(FailedPrecondition):
+    # No template: the client's error (it chose the model), never dead-lettered.
+    with pytest.raises(InvalidArgument, match="no chat template"):
         render_chat(None, [("user", "x")])
     with pytest.raises(InvalidArgument):
         render_chat(CHAT_TEMPLATE, [])

@@ -408,3 +408,25 @@ async def test_the_engine_and_the_gateway_share_one_token_limit(env: Env) -> Non
         validate(over)
     with pytest.raises(InvalidArgument, match="over the limit"):
         env.engine.stream(over, model=model)
+
+
+async def test_the_gru_ends_at_a_stop_string_in_the_worker(env: Env) -> None:
+    """Stop strings are the engine's for both text contracts: the GRU stops computing at
+    one (its text cut before it) and the final chunk says STOP."""
+    record = env.catalog.resolve(TEXTGEN, "", tenant_id="acme")
+    worker = WorkerService(WorkerConfig(worker_id="w1", region="local"),
+                           WorkerEngine(env.loader, [record], engine=env.engine),
+                           KeyPair.generate())
+    free, _ = await collect(env, text_request("and he said", max_tokens=30, min_tokens=30,
+                                              temperature_value=0), TEXTGEN)
+    text = "".join(p.text for p in free)
+    words = text.split()
+    stop = f" {words[3]} {words[4]}"  # across two pieces
+    cut = text.find(stop)
+    assert cut > 0
+    request = text_request("and he said", max_tokens=30, min_tokens=30, temperature_value=0,
+                           stop=["never-in-the-corpus", stop])
+    chunks = [c async for c in worker.Infer(request, ServerContext("Infer", {}))]
+    assert "".join(c.payload.text for c in chunks) == text[:cut]
+    assert chunks[-1].finish_reason == infer_pb2.FINISH_REASON_STOP
+    assert chunks[-1].usage.output_tokens < 30  # nothing computed past the stop string

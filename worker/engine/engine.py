@@ -249,9 +249,13 @@ class ExecutionEngine:
                               min_tokens=req.params.min_tokens, stops=check_stops(req.params))
 
     def _prepare_text(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> GruSequence:
-        if req.input.WhichOneof("kind") != "text":
-            raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt); "
-                                  "it has no chat template")
+        kind = req.input.WhichOneof("kind")
+        if kind == "messages":
+            raise InvalidArgument(f"{m.model_id} has no chat template: send a prompt "
+                                  "(input.text, /v1/completions) instead of messages",
+                                  details={"field": "messages"})
+        if kind != "text":
+            raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt)")
         tok = m.tokenizer
         if not isinstance(tok, WordTokenizer):
             raise FailedPrecondition(f"{m.model_id} has no word tokenizer")
@@ -259,13 +263,12 @@ class ExecutionEngine:
         p = req.params
         max_tokens = self._check_lengths(m, len(ids) - 1, p)
         params = sampling_params(p, GRU_DEFAULTS)
-        if p.stop:
-            raise InvalidArgument(f"{m.model_id} does not take stop strings")
         state_spec = next((i for i in m.session.inputs if i.name == "state"), None)
         if state_spec is None or any(d < 0 for d in state_spec.shape):
             raise FailedPrecondition(f"{m.model_id} lacks a fixed-shape 'state' input")
         return GruSequence(tok, ids, params, state_shape=state_spec.shape,
-                           max_tokens=max_tokens, min_tokens=p.min_tokens)
+                           max_tokens=max_tokens, min_tokens=p.min_tokens,
+                           stops=check_stops(p))
 
     # ------------------------------------------------------ continuous batching
 
