@@ -22,30 +22,12 @@ import pytest
 import trio
 
 from gateway.http import HttpApi, serve_http
-from registry.catalog import Catalog
-from registry.publish import ModelPackage, publish_package
-from tests.services.harness import Fleet, fleet, wall_ms
+from tests.services.chat_fleet import CHAT, GRU, chat_fleet
+from tests.services.harness import Fleet, wall_ms
 from tether import blocking, limits
-from tether.artifacts import ArtifactStore, LocalDirectoryStore
-from tether.keys import KeyPair
-from tools.tiny_decoder import write_model_folder
-from worker.engine import ExecutionEngine, OnnxRuntimeBackend
-from worker.engine.runtime import WorkerEngine
-from worker.loader import ModelLoader
 
-REPO = Path(__file__).resolve().parents[2]
-CHAT = "tiny-chat"
-GRU = "kjv-textgen"
 HELLO: Any = [{"role": "system", "content": "Be brief."},
               {"role": "user", "content": "Hello there"}]
-
-
-class ServedEngine(WorkerEngine):
-    """The real worker engine, plus the ``models`` list the harness announces topics for."""
-
-    @property
-    def models(self) -> list[tuple[str, str]]:
-        return [(k.model_id, k.version) for k in self.supported()]
 
 
 def with_chat(
@@ -53,30 +35,10 @@ def with_chat(
 ) -> None:
     """Run ``check`` (in a thread: the SDK blocks) against a gateway whose one worker
     runs the real engine over the tiny chat decoder and the GRU."""
-    published: dict[str, Any] = {}
-
-    def publish(catalog: Catalog, publisher: KeyPair) -> None:
-        artifacts = ArtifactStore(
-            [LocalDirectoryStore(tmp_path / f"r{i}", f"r{i}") for i in range(3)],
-            trusted_keys={publisher.public_key})
-        folder = write_model_folder(tmp_path / CHAT, model_id=CHAT, layers=1, heads=2,
-                                    head_dim=8)
-        published["records"] = [
-            publish_package(ModelPackage.load(folder), catalog, artifacts, publisher),
-            publish_package(ModelPackage.load(REPO / "worker" / "models" / GRU), catalog,
-                            artifacts, publisher),
-        ]
-        published["artifacts"] = artifacts
 
     async def main() -> None:
-        async with fleet(tmp_path, clock_ms=wall_ms, extra=publish, **fleet_args) as f, \
+        async with chat_fleet(tmp_path, clock_ms=wall_ms, **fleet_args) as f, \
                 trio.open_nursery() as nursery:
-            loader = ModelLoader(published["artifacts"],
-                                 OnnxRuntimeBackend(intra_op_threads=1), budget_bytes=1 << 30)
-            engine = ServedEngine(loader, published["records"],
-                                  engine=ExecutionEngine(loader))
-            await f.add_worker("w1", engine=engine)  # type: ignore[arg-type]
-            await f.discovery.wait_for(lambda s: len(s) == 1)
             port = await nursery.start(functools.partial(
                 serve_http, HttpApi(f.gateway_service), "127.0.0.1", 0))
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1",
