@@ -456,6 +456,29 @@ def test_body_decoders_build_the_request() -> None:
         "stop": "\n"}).encode()).request.params
     assert (round(sampled.temperature_value, 3), sampled.top_k, round(sampled.top_p, 3),
             list(sampled.stop)) == (0.7, 5, 0.9, ["\n"])
+    chat = openai.parse_chat(json.dumps({
+        "model": "tiny-chat@1", "max_tokens": 5, "max_completion_tokens": 7, "stop": ["\n"],
+        "temperature": 0, "seed": 2, "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "developer", "content": "Be brief."},
+                     {"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                                  {"type": "text", "text": "there"}]},
+                     {"role": "assistant", "content": None, "tool_calls": []}],
+        "tools": [], "response_format": {"type": "text"}}).encode())
+    r = chat.request
+    assert chat.stream and chat.include_usage and chat.model == "tiny-chat@1"
+    assert (r.model_id, r.version) == ("tiny-chat", "1")
+    assert [(m.role, m.content) for m in r.input.messages.messages] == [
+        ("system", "Be brief."), ("user", "Hi\nthere"), ("assistant", "")]
+    assert (r.params.max_tokens, list(r.params.stop), r.params.seed) == (7, ["\n"], 2)
+    assert r.params.HasField("temperature_value") and r.params.temperature_value == 0
+    with pytest.raises(InvalidArgument, match="one choice per request"):
+        openai.parse_chat(b'{"model": "m", "messages": [{"role": "user", "content": "x"}], '
+                          b'"n": 3}')
+    with pytest.raises(InvalidArgument, match="'image_url' content part"):
+        openai.parse_chat(b'{"model": "m", "messages": [{"role": "user", "content": '
+                          b'[{"type": "image_url", "image_url": {"url": "x"}}]}]}')
+    with pytest.raises(InvalidArgument, match="'messages' is required"):
+        openai.parse_chat(b'{"model": "m", "prompt": "p"}')
     embed = openai.parse_embeddings(b'{"model": "all-minilm-l6-v2", "input": "one"}')
     assert list(embed.request.input.texts.texts) == ["one"]
     with pytest.raises(InvalidArgument, match="'input' must be"):
