@@ -573,7 +573,7 @@ async def test_the_heartbeat_reports_batch_capacity_in_sequences(env: Env) -> No
     await stream.__anext__()
     cap = service.presence().capacity  # what the signed heartbeat carries
     assert cap.active_sequences == 1 and 0 < cap.kv_cache_used_bytes <= 1 << 20
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     assert service.health_report().capacity.active_sequences == 0
 
 

@@ -113,6 +113,8 @@ class InferenceStream:
                  usage: infer_pb2.Usage) -> None:
         self._usage = usage
         self.compute_s = 0.0
+        #: Why a text generation ended ("stop" or "length"), once it has.
+        self.finish_reason = ""
         self.first_payload_s: float | None = None
         self.last_yield_s = time.perf_counter()  # the caller just yielded to get here
         self._started = time.perf_counter()
@@ -338,6 +340,7 @@ class ExecutionEngine:
             await pieces.aclose()
             s._usage.output_tokens = seq.generated
             s.compute_s = seq.compute_s
+            s.finish_reason = seq.finish_reason
 
     def kv_bytes(self, m: LoadedModel, seq: DecodeSequence | GruSequence) -> int:
         """What ``seq`` reserves of the KV budget: its whole cache at max_tokens."""
