@@ -94,8 +94,10 @@ class CompletionRequest(_Body):
     top_k: _Count | None = Field(None, description="Tether: sample among the k likeliest")
     seed: _Count | None = None
     stop: str | list[str] | None = Field(None, description="strings that end the answer")
-    n: int = Field(1, ge=1, description="1 only: one completion per request")
-    stream: bool = False
+    # (OpenAI's schema lets these be null: some clients send null for "the default".)
+    n: Annotated[int, Field(ge=1)] | None = Field(1, description="1 only: one completion "
+                                                  "per request")
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     version: str | None = None
     user: str | None = None
@@ -131,8 +133,9 @@ class ChatCompletionRequest(_Body):
     top_k: _Count | None = Field(None, description="Tether: sample among the k likeliest")
     seed: _Count | None = None
     stop: str | list[str] | None = Field(None, description="strings that end the answer")
-    n: int = Field(1, ge=1, description="1 only: one choice per request")
-    stream: bool = False
+    n: Annotated[int, Field(ge=1)] | None = Field(1, description="1 only: one choice per "
+                                                  "request")
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     version: str | None = None
     user: str | None = None
@@ -358,7 +361,7 @@ def _params(value: CompletionRequest | ChatCompletionRequest,
 def parse_completion(body: bytes) -> ParsedCompletion:
     """A ``/v1/completions`` body as an Infer.Request; InvalidArgument when malformed."""
     value = _parse(CompletionRequest, body)
-    if value.n != 1:
+    if value.n not in (None, 1):
         raise InvalidArgument(f"'n' is {value.n}: one completion per request (n=1)",
                               details={"field": "n"})
     request = infer_pb2.Infer.Request()
@@ -368,7 +371,7 @@ def parse_completion(body: bytes) -> ParsedCompletion:
     _params(value, request.params)
     options = value.stream_options
     return ParsedCompletion(
-        request, value.stream, include_usage=bool(options and options.include_usage),
+        request, bool(value.stream), include_usage=bool(options and options.include_usage),
         model=value.model,
     )
 
@@ -391,7 +394,7 @@ def parse_chat(body: bytes) -> ParsedChat:
     (the worker renders them with the model's chat template); InvalidArgument when
     malformed."""
     value = _parse(ChatCompletionRequest, body)
-    if value.n != 1:
+    if value.n not in (None, 1):
         raise InvalidArgument(f"'n' is {value.n}: one choice per request (n=1)",
                               details={"field": "n"})
     request = infer_pb2.Infer.Request()
@@ -405,7 +408,7 @@ def parse_chat(body: bytes) -> ParsedChat:
     request.params.max_tokens = value.max_completion_tokens or value.max_tokens or 0
     _params(value, request.params)
     options = value.stream_options
-    return ParsedChat(request, value.stream,
+    return ParsedChat(request, bool(value.stream),
                       include_usage=bool(options and options.include_usage), model=value.model)
 
 

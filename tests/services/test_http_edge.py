@@ -471,6 +471,10 @@ def test_body_decoders_build_the_request() -> None:
         ("system", "Be brief."), ("user", "Hi\nthere"), ("assistant", "")]
     assert (r.params.max_tokens, list(r.params.stop), r.params.seed) == (7, ["\n"], 2)
     assert r.params.HasField("temperature_value") and r.params.temperature_value == 0
+    nulls = openai.parse_chat(json.dumps({
+        "model": "m", "messages": [{"role": "user", "content": "x"}], "n": None,
+        "stream": None, "stop": None, "temperature": None, "max_tokens": None}).encode())
+    assert not nulls.stream and not nulls.request.params.HasField("temperature_value")
     with pytest.raises(InvalidArgument, match="one choice per request"):
         openai.parse_chat(b'{"model": "m", "messages": [{"role": "user", "content": "x"}], '
                           b'"n": 3}')
