@@ -37,7 +37,7 @@ from gateway import main as gateway_main  # noqa: E402
 from orchestrator import main as orchestrator_main  # noqa: E402
 from p2p_transport.cenc import SocketAddress  # noqa: E402
 from registry import main as registry_main  # noqa: E402
-from tether.client import GREEDY_TEMPERATURE, GatewayClient, connect_gateway  # noqa: E402
+from tether.client import GatewayClient, connect_gateway  # noqa: E402
 from tether.keys import KeyPair  # noqa: E402
 from tether.localnet import issue_token, publish_shipped_models, python_testnet  # noqa: E402
 from tether.net.swarm import SwarmNetwork  # noqa: E402
@@ -89,7 +89,7 @@ def request(tokens: int, i: int) -> infer_pb2.Infer.Request:
     req.input.text = PROMPT
     req.params.max_tokens = tokens
     req.params.min_tokens = tokens  # every path makes exactly `tokens` (as ORT's loop does)
-    req.params.temperature = GREEDY_TEMPERATURE  # 0 would mean the model's default
+    req.params.temperature_value = 0  # greedy (unset would mean the model's default)
     return req
 
 

@@ -78,8 +78,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ROUTES = ("POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /v1/models/{id}, "
-          "GET /healthz, GET /readyz")
+ROUTES = ("POST /v1/completions, POST /v1/chat/completions, POST /v1/embeddings, "
+          "GET /v1/models, GET /v1/models/{id}, GET /healthz, GET /readyz")
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def json_response(
 
 def error_response(exc: TetherError) -> Response:
     status, value = openai.error_body(exc)
-    headers = {"retry-after": str(openai.retry_after_s(exc))} if status == 429 else None
+    headers = {"retry-after": str(openai.retry_after(exc))} if status == 429 else None
     return json_response(status, value, headers)
 
 
@@ -195,61 +195,63 @@ class HttpApi:
     def _infer(self, request: infer_pb2.Infer.Request, context: ServerContext) -> Any:
         return self.service.Infer(request, context)
 
-    async def completions(self, parsed: openai.ParsedCompletion, context: ServerContext,
-                          out: _Output) -> None:
-        request = parsed.request
+    async def text(self, parsed: openai.ParsedCompletion | openai.ParsedChat,
+                   context: ServerContext, out: _Output) -> None:
+        """A completion or a chat answer, whole or streamed; the worker ends the text (at a
+        stop string, the token limit or the end of text) and says why."""
+        chat = isinstance(parsed, openai.ParsedChat)
         created = int(self.wall_clock())
-        max_tokens = request.params.max_tokens
-        stop = openai.StopScanner(parsed.stop)
-        chunks = self._infer(request, context)
+        chunks = self._infer(parsed.request, context)
         try:
-            if not parsed.stream:
-                texts: list[str] = []
-                last = None
-                async for chunk in chunks:
-                    last = chunk
-                    texts.append(stop.feed(chunk.payload.text))
-                    if stop.stopped:
-                        break
-                if last is None:
-                    raise RpcError(StatusCode.INTERNAL, "the answer ended without a chunk")
-                texts.append(stop.flush())
-                finish = "stop" if stop.stopped else openai.finish_reason(last.usage, max_tokens)
-                name = openai.model_name(last, parsed.model)
-                await out.response(json_response(200, openai.completion(
-                    last.correlation_id, "".join(texts), _usage(last, len(texts) - 1),
-                    model=name, created=created,
-                    finish=finish)))
+            if parsed.stream:
+                await self._stream(parsed, chunks, created, out, chat=chat)
                 return
-            await self._stream(parsed, chunks, stop, created, out)
+            texts: list[str] = []
+            last = None
+            async for chunk in chunks:
+                last = chunk
+                texts.append(chunk.payload.text)
+            if last is None:
+                raise RpcError(StatusCode.INTERNAL, "the answer ended without a chunk")
+            answer = openai.chat_completion if chat else openai.completion
+            await out.response(json_response(200, answer(
+                last.correlation_id, "".join(texts), last.usage,
+                model=openai.model_name(last, parsed.model), created=created,
+                finish=openai.finish_reason(last))))
         finally:
-            await chunks.aclose()  # (a stop string ends the call upstream here)
+            await chunks.aclose()
 
-    async def _stream(self, parsed: openai.ParsedCompletion, chunks: Any,
-                      stop: openai.StopScanner, created: int, out: _Output) -> None:
+    async def _stream(self, parsed: openai.ParsedCompletion | openai.ParsedChat, chunks: Any,
+                      created: int, out: _Output, *, chat: bool) -> None:
         # Every chunk names the model as the client did (the version is known only at the
         # end); the status line waits for the first chunk, so that a refusal (token, rate
         # limit, no worker) still gets its own HTTP status.
-        name, max_tokens = parsed.model, parsed.request.params.max_tokens
-        last, count = None, 0
+        name = parsed.model
+        last = None
         async for chunk in chunks:
-            count += 1
+            cid = chunk.correlation_id
             if not out.started:
                 await out.start_events()
+                if chat:  # OpenAI's first delta: the role, no content yet
+                    await out.event(openai.chat_chunk(cid, name, created, role=True,
+                                                      content=""))
             last = chunk
-            text = stop.feed(chunk.payload.text)
-            if stop.stopped or chunk.done:
-                text += stop.flush()
-                finish = "stop" if stop.stopped else openai.finish_reason(chunk.usage, max_tokens)
+            text = chunk.payload.text
+            finish = openai.finish_reason(chunk) if chunk.done else None
+            if chat:
+                if text:
+                    await out.event(openai.chat_chunk(cid, name, created, content=text))
+                if finish:
+                    await out.event(openai.chat_chunk(cid, name, created, finish=finish))
+            elif text or finish:
                 await out.event(openai.completion_chunk(chunk, text, name, created, finish))
+            if chunk.done:
                 break
-            if text:
-                await out.event(openai.completion_chunk(chunk, text, name, created, None))
         if not out.started:
             await out.start_events()
         if parsed.include_usage and last is not None:
-            await out.event(openai.usage_chunk(last.correlation_id, _usage(last, count), name,
-                                               created))
+            usage = openai.chat_usage_chunk if chat else openai.usage_chunk
+            await out.event(usage(last.correlation_id, last.usage, name, created))
         await out.event_text("[DONE]")
         await out.end()
 
@@ -267,12 +269,6 @@ class HttpApi:
 
     async def list_models(self, context: ServerContext) -> services_pb2.ListModelsResponse:
         return await self.service.ListModels(services_pb2.ListModelsRequest(), context)
-
-
-def _usage(last: infer_pb2.Infer.Chunk, chunks: int) -> infer_pb2.Usage:
-    """The answer's usage; an answer ended early (a stop string) has none from the
-    worker: then each chunk counts as a token, the prompt as none."""
-    return last.usage if last.HasField("usage") else infer_pb2.Usage(output_tokens=chunks)
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -294,7 +290,8 @@ def build_app(api: HttpApi) -> FastAPI:
     app = FastAPI(
         title="Tether gateway", version="1", openapi_url="/openapi.json", docs_url=None,
         redoc_url=None,
-        description="OpenAI-compatible completions, embeddings and models, served by Tether.",
+        description="OpenAI-compatible completions, chat completions, embeddings and models, "
+        "served by Tether.",
     )
 
     @app.exception_handler(TetherError)
@@ -321,7 +318,16 @@ def build_app(api: HttpApi) -> FastAPI:
     async def completions(request: Request) -> Response:
         parsed = openai.parse_completion(await request.body())
         context = api.context(request)
-        return _Call(functools.partial(api.completions, parsed, context))
+        return _Call(functools.partial(api.text, parsed, context))
+
+    @app.post("/v1/chat/completions", response_model=openai.ChatCompletion, responses=_ERRORS,
+              openapi_extra=_body_schema(openai.ChatCompletionRequest),
+              summary="Answer a conversation with the model's chat template (stream: "
+                      "server-sent events)")
+    async def chat_completions(request: Request) -> Response:
+        parsed = openai.parse_chat(await request.body())
+        context = api.context(request)
+        return _Call(functools.partial(api.text, parsed, context))
 
     @app.post("/v1/embeddings", response_model=openai.EmbeddingList, responses=_ERRORS,
               openapi_extra=_body_schema(openai.EmbeddingRequest), summary="Embed texts")

@@ -8,13 +8,25 @@ subset Tether serves); ``gateway.http`` publishes them in its OpenAPI document.
 Routes (spec D10: for clients that cannot speak Hyperswarm RPC):
 
 * ``POST /v1/completions``: ``model`` (may carry a version as ``name@1.0``), ``prompt``
-  (a string, or a list of one), ``max_tokens``, ``min_tokens``, ``temperature``,
-  ``top_p``, ``seed``, ``stop`` (up to 4 strings), ``n`` (1 only), ``stream`` and
-  ``stream_options.include_usage``, ``version``, ``user``. ``stream: true`` answers with
-  server-sent events, one ``text_completion`` object per chunk, then ``data: [DONE]``.
+  (a string, or a list of one), ``max_tokens``, ``min_tokens``, ``temperature`` (0:
+  greedy), ``top_p``, ``top_k``, ``seed``, ``stop`` (``tether.limits`` bounds them), ``n``
+  (1 only), ``stream`` and ``stream_options.include_usage``, ``version``, ``user``.
+  ``stream: true`` answers with server-sent events, one ``text_completion`` object per
+  chunk, then ``data: [DONE]``.
+* ``POST /v1/chat/completions``: ``messages`` (``role``, ``content``: a string or a list
+  of ``{type: "text", text}`` parts; ``developer`` is taken as ``system``), which the
+  worker renders with the model's own chat template; ``max_completion_tokens`` (or
+  ``max_tokens``) and the sampling fields of completions. Streamed as
+  ``chat.completion.chunk`` objects: the first delta carries ``role: "assistant"``, then
+  content deltas, a final chunk with ``finish_reason``, the usage chunk when asked for,
+  ``data: [DONE]``. A model without a chat template answers 400.
 * ``POST /v1/embeddings``: ``model``, ``input`` (a string or a list of strings),
   ``encoding_format`` (``float`` or ``base64``: little-endian float32), ``user``.
 * ``GET /v1/models`` and ``GET /v1/models/{id}``.
+
+Stop strings and the finish reason are the worker's: generation ends in the engine at a
+stop string (no token past it is computed), and the final chunk's ``finish_reason`` says
+``stop`` or ``length``; the gateway does not guess either.
 
 Fields this API does not know are ignored, as OpenAI-compatible servers do (the SDKs
 send new ones); a known field of the wrong type or range is refused. Errors are
@@ -25,7 +37,6 @@ their Tether status code.
 from __future__ import annotations
 
 import base64
-import math
 import struct
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -33,15 +44,12 @@ from typing import Annotated, Any, Literal, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether.client import GREEDY_TEMPERATURE
-from tether.errors import InvalidArgument, TetherError
+from tether.errors import InvalidArgument, TetherError, retry_after_s
 from tether.rpc import StatusCode
 from tether.v1 import infer_pb2, registry_pb2, services_pb2, status_pb2
 
 #: The largest request body read, in bytes: 16 Ki-character prompts fit many times over.
 MAX_BODY_BYTES = 1 << 20
-#: OpenAI's own bound on stop strings.
-MAX_STOP_STRINGS = 4
 #: The Retry-After of a 429 whose error says nothing more precise.
 DEFAULT_RETRY_AFTER_S = 1
 
@@ -83,10 +91,51 @@ class CompletionRequest(_Body):
     min_tokens: _Count | None = Field(None, description="Tether: generate at least this many")
     temperature: float | None = Field(None, ge=0, description="0: greedy decoding")
     top_p: float | None = None
+    top_k: _Count | None = Field(None, description="Tether: sample among the k likeliest")
     seed: _Count | None = None
-    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP_STRINGS} strings")
-    n: int = Field(1, ge=1, description="1 only: one completion per request")
-    stream: bool = False
+    stop: str | list[str] | None = Field(None, description="strings that end the answer")
+    # (OpenAI's schema lets these be null: some clients send null for "the default".)
+    n: Annotated[int, Field(ge=1)] | None = Field(1, description="1 only: one completion "
+                                                  "per request")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    version: str | None = None
+    user: str | None = None
+
+
+class ContentPart(_Body):
+    """One part of a message's content; only ``text`` parts are served."""
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Body):
+    role: str = Field(min_length=1, examples=["user"],
+                      description="system, user, assistant (developer: as system), or any "
+                                  "role the model's chat template takes")
+    content: str | list[ContentPart] | None = Field(
+        None, description="a string, or a list of {type: text, text} parts")
+    name: str | None = None
+
+
+class ChatCompletionRequest(_Body):
+    """The body of ``POST /v1/chat/completions``."""
+
+    model: str = Field(min_length=1, examples=["smollm2-135m-instruct"],
+                       description="a model name, optionally with @VERSION")
+    messages: list[ChatMessage] = Field(description="the conversation, oldest first")
+    max_tokens: _Count | None = Field(None, description="as max_completion_tokens")
+    max_completion_tokens: _Count | None = None
+    min_tokens: _Count | None = Field(None, description="Tether: generate at least this many")
+    temperature: float | None = Field(None, ge=0, description="0: greedy decoding")
+    top_p: float | None = None
+    top_k: _Count | None = Field(None, description="Tether: sample among the k likeliest")
+    seed: _Count | None = None
+    stop: str | list[str] | None = Field(None, description="strings that end the answer")
+    n: Annotated[int, Field(ge=1)] | None = Field(1, description="1 only: one choice per "
+                                                  "request")
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     version: str | None = None
     user: str | None = None
@@ -124,6 +173,54 @@ class Completion(BaseModel):
     created: int
     model: str
     choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    """A whole chat answer."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    """What a streamed chunk adds: the role once (first chunk), then content."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One streamed piece of a chat answer (``choices`` empty: the usage chunk)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
 
@@ -172,8 +269,17 @@ class ParsedCompletion:
     request: infer_pb2.Infer.Request
     stream: bool
     include_usage: bool = False
-    stop: tuple[str, ...] = ()
     #: The model as the client named it: every streamed chunk carries this one name.
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedChat:
+    """A ``/v1/chat/completions`` body as Tether sees it."""
+
+    request: infer_pb2.Infer.Request
+    stream: bool
+    include_usage: bool = False
     model: str = ""
 
 
@@ -194,17 +300,11 @@ def error_body(exc: TetherError) -> tuple[int, dict[str, Any]]:
     }}
 
 
-def retry_after_s(exc: TetherError) -> int:
-    """Whole seconds a refused client should wait: from the error's ``retry_after_s`` or
-    ``retry_after_ms`` detail, else ``DEFAULT_RETRY_AFTER_S``."""
-    for key, scale in (("retry_after_s", 1.0), ("retry_after_ms", 1000.0)):
-        try:
-            value = float(exc.details[key]) / scale
-        except (KeyError, ValueError):
-            continue
-        if math.isfinite(value) and value >= 0:
-            return max(1, math.ceil(value))
-    return DEFAULT_RETRY_AFTER_S
+def retry_after(exc: TetherError) -> int:
+    """Whole seconds a refused client should wait (``Retry-After``): the error's retry
+    hint (``tether.errors.retry_after_s``), else ``DEFAULT_RETRY_AFTER_S``."""
+    hint = retry_after_s(exc.details)
+    return DEFAULT_RETRY_AFTER_S if hint is None else hint
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -244,34 +344,72 @@ def _one_prompt(prompt: str | list[str]) -> str:
     return prompt[0]
 
 
+def _params(value: CompletionRequest | ChatCompletionRequest,
+            p: infer_pb2.GenerationParams) -> None:
+    """The sampling fields both text routes share, onto ``p``."""
+    stop = value.stop
+    p.stop.extend([stop] if isinstance(stop, str) else stop or [])
+    p.min_tokens = value.min_tokens or 0
+    p.seed = value.seed or 0
+    p.top_k = value.top_k or 0
+    if value.temperature is not None:
+        p.temperature_value = value.temperature  # 0: greedy, as in OpenAI's API
+    if value.top_p is not None:
+        p.top_p = value.top_p
+
+
 def parse_completion(body: bytes) -> ParsedCompletion:
     """A ``/v1/completions`` body as an Infer.Request; InvalidArgument when malformed."""
     value = _parse(CompletionRequest, body)
-    if value.n != 1:
+    if value.n not in (None, 1):
         raise InvalidArgument(f"'n' is {value.n}: one completion per request (n=1)",
                               details={"field": "n"})
-    stop = (value.stop,) if isinstance(value.stop, str) else tuple(value.stop or ())
-    if len(stop) > MAX_STOP_STRINGS or not all(stop):
-        raise InvalidArgument(f"'stop' takes 1 to {MAX_STOP_STRINGS} non-empty strings",
-                              details={"field": "stop"})
     request = infer_pb2.Infer.Request()
     _model(value.model, value.version, request)
     request.input.text = _one_prompt(value.prompt)
-    p = request.params
-    p.max_tokens = value.max_tokens or 0
-    p.min_tokens = value.min_tokens or 0
-    p.seed = value.seed or 0
-    if value.temperature is not None:
-        # 0 asks for greedy decoding here, as in OpenAI's API; on the wire 0 means "the
-        # model's default", and any value below 1e-4 is greedy.
-        p.temperature = max(value.temperature, GREEDY_TEMPERATURE)
-    if value.top_p is not None:
-        p.top_p = value.top_p
+    request.params.max_tokens = value.max_tokens or 0
+    _params(value, request.params)
     options = value.stream_options
     return ParsedCompletion(
-        request, value.stream, include_usage=bool(options and options.include_usage),
-        stop=stop, model=value.model,
+        request, bool(value.stream), include_usage=bool(options and options.include_usage),
+        model=value.model,
     )
+
+
+def _content(i: int, content: str | list[ContentPart] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in content:
+        if part.type != "text" or part.text is None:
+            raise InvalidArgument(
+                f"message {i} has a {part.type!r} content part: only text parts are served",
+                details={"field": "messages", "index": str(i)})
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def parse_chat(body: bytes) -> ParsedChat:
+    """A ``/v1/chat/completions`` body as an Infer.Request whose input is the messages
+    (the worker renders them with the model's chat template); InvalidArgument when
+    malformed."""
+    value = _parse(ChatCompletionRequest, body)
+    if value.n not in (None, 1):
+        raise InvalidArgument(f"'n' is {value.n}: one choice per request (n=1)",
+                              details={"field": "n"})
+    request = infer_pb2.Infer.Request()
+    _model(value.model, value.version, request)
+    for i, m in enumerate(value.messages):
+        # OpenAI's "developer" role is its new name for "system"; templates know "system".
+        role = "system" if m.role == "developer" else m.role
+        request.input.messages.messages.add(role=role, content=_content(i, m.content))
+    if not value.messages:
+        request.input.messages.SetInParent()  # (tether.limits refuses it by name)
+    request.params.max_tokens = value.max_completion_tokens or value.max_tokens or 0
+    _params(value, request.params)
+    options = value.stream_options
+    return ParsedChat(request, bool(value.stream),
+                      include_usage=bool(options and options.include_usage), model=value.model)
 
 
 def parse_embeddings(body: bytes) -> ParsedEmbeddings:
@@ -285,43 +423,6 @@ def parse_embeddings(body: bytes) -> ParsedEmbeddings:
                               details={"field": "input"})
     request.input.texts.texts.extend(texts)
     return ParsedEmbeddings(request, value.encoding_format)
-
-
-class StopScanner:
-    """Cuts generated text at the first stop string, across chunk boundaries: what may
-    still become a stop string is held back until the next piece decides it."""
-
-    def __init__(self, stop: tuple[str, ...]) -> None:
-        self.stop = stop
-        self.held = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        """The text that is safe to show now; sets ``stopped`` at a stop string."""
-        if not self.stop or self.stopped:
-            return "" if self.stopped else text
-        self.held += text
-        hits = [i for i in (self.held.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            self.stopped = True
-            out, self.held = self.held[: min(hits)], ""
-            return out
-        keep = max((_overlap(self.held, s) for s in self.stop), default=0)
-        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep:]
-        return out
-
-    def flush(self) -> str:
-        """What was held back, at the end of the answer."""
-        out, self.held = self.held, ""
-        return out
-
-
-def _overlap(text: str, stop: str) -> int:
-    """The length of the longest end of ``text`` that begins ``stop``."""
-    for n in range(min(len(text), len(stop) - 1), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0
 
 
 def completion_chunk(
@@ -351,6 +452,40 @@ def completion(
         choices=[CompletionChoice(text=text, finish_reason=finish)],  # type: ignore[arg-type]
         usage=usage(u),
     ).model_dump(mode="json")
+
+
+def chat_completion(
+    correlation_id: str, text: str, u: infer_pb2.Usage, *, model: str, created: int, finish: str
+) -> dict[str, Any]:
+    """The whole chat answer as one ``chat.completion`` object."""
+    return ChatCompletion(
+        id=correlation_id, created=created, model=model,
+        choices=[ChatChoice(message=AssistantMessage(content=text),
+                            finish_reason=finish)],  # type: ignore[arg-type]
+        usage=usage(u),
+    ).model_dump(mode="json")
+
+
+def chat_chunk(correlation_id: str, model: str, created: int, *, role: bool = False,
+               content: str | None = None, finish: str | None = None) -> dict[str, Any]:
+    """One streamed ``chat.completion.chunk``: the role (first), content, or the finish."""
+    value = ChatCompletionChunk(
+        id=correlation_id, created=created, model=model, choices=[ChatChunkChoice(
+            delta=ChatDelta(role="assistant" if role else None, content=content),
+            finish_reason=finish)],  # type: ignore[arg-type]
+    ).model_dump(mode="json", exclude={"usage"})
+    # A delta names only what it adds, as OpenAI's do ({} on the final chunk).
+    choice = value["choices"][0]
+    choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+    return value
+
+
+def chat_usage_chunk(
+    correlation_id: str, u: infer_pb2.Usage, model: str, created: int
+) -> dict[str, Any]:
+    """The last streamed chat object with ``stream_options.include_usage``."""
+    return ChatCompletionChunk(id=correlation_id, created=created, model=model, choices=[],
+                               usage=usage(u)).model_dump(mode="json")
 
 
 def _base64_floats(values: list[float]) -> str:
@@ -401,8 +536,10 @@ def model_name(chunk: infer_pb2.Infer.Chunk, fallback: str) -> str:
     return f"{u.model_id}@{u.version}" if u.model_id else fallback
 
 
-def finish_reason(u: infer_pb2.Usage, max_tokens: int) -> str:
-    return "length" if max_tokens and u.output_tokens >= max_tokens else "stop"
+def finish_reason(chunk: infer_pb2.Infer.Chunk) -> str:
+    """The final chunk's finish reason, as OpenAI names it (``stop`` when a worker of
+    an older release left it unset)."""
+    return "length" if chunk.finish_reason == infer_pb2.FINISH_REASON_LENGTH else "stop"
 
 
 def usage(u: infer_pb2.Usage) -> Usage:

@@ -3,7 +3,8 @@
     tether up [--metrics]             a whole local network; runs until Ctrl-C (--metrics:
                                       each service its own metrics and probes port)
     tether demo --prompt TEXT         the same, one prompt streamed, then a clean stop
-    tether infer --gateway KEY ...    talk to a running gateway
+    tether infer --gateway KEY ...    talk to a running gateway (--chat MESSAGE: a chat
+                                      turn through the model's chat template)
     tether gateway|orchestrator|registry|worker [...]   run one service
     tether token --tenant NAME [--e2e]  issue a tenant token (prints it once); --e2e
                                       seals the tenant's requests end to end
@@ -149,11 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--metrics-host",
                            default=os.environ.get("TETHER_METRICS_HOST", "127.0.0.1"),
                            help="with --metrics: the address they bind (default: %(default)s)")
-    p = sub.add_parser("infer", help="send a prompt to a running gateway")
+    p = sub.add_parser("infer", help="send a prompt (or a chat message) to a running gateway")
     p.add_argument("--gateway", help="gateway public key (64 hex); default: find by topic")
     p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False)
     p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
     _add_prompt_arguments(p)
+    p.add_argument("--chat", "--user", dest="chat", metavar="MESSAGE",
+                   help="send MESSAGE as the user's turn of a conversation, rendered with "
+                   "the model's chat template (instead of --prompt)")
+    p.add_argument("--system", metavar="TEXT", help="with --chat: the system message first")
     p = sub.add_parser(
         "dlq",
         help="list failed jobs kept in the dead-letter queue, or replay one",
@@ -333,7 +338,37 @@ async def _infer(args: argparse.Namespace) -> int:
     if not args.token:
         raise process.ConfigError("pass --token (or set TETHER_TOKEN)")
     gateway = bytes.fromhex(args.gateway) if args.gateway else None
+    if args.system is not None and args.chat is None:
+        raise process.ConfigError("--system goes with --chat MESSAGE")
+    if args.chat is not None:
+        return await _stream_chat(bootstrap, args.token, gateway, args)
     return await _stream_prompt(bootstrap, args.token, gateway, args)
+
+
+async def _stream_chat(
+    bootstrap: list, token: str, gateway_key: bytes | None, args: argparse.Namespace
+) -> int:
+    """``tether infer --chat``: the answer to one user message (after ``--system``)."""
+    from tether.client import connect_gateway
+
+    messages = [("system", args.system)] if args.system is not None else []
+    messages.append(("user", args.chat))
+    async with connect_gateway(
+        bootstrap, token, gateway_key=gateway_key, region=args.region
+    ) as client:
+        last = None
+        async for chunk in client.chat(
+            args.model, messages, max_tokens=args.max_tokens, temperature=args.temperature,
+            seed=args.seed, greedy=args.greedy, timeout=args.timeout, sealed=args.sealed,
+        ):
+            sys.stdout.write(chunk.payload.text)
+            sys.stdout.flush()
+            last = chunk
+        print()
+        if last is not None and last.done:
+            print(f"-- {last.usage.output_tokens} tokens from {args.model}, "
+                  f"{last.usage.compute_ms} ms compute", file=sys.stderr)
+        return 0
 
 
 def _open_store(args: argparse.Namespace) -> MetadataStore:

@@ -3,6 +3,8 @@
     async with connect_gateway(bootstrap, token, gateway_key=key) as client:
         async for chunk in client.generate("kjv-textgen", "In the beginning"):
             print(chunk.payload.text, end="")
+        async for chunk in client.chat("smollm2-135m-instruct", [("user", "Hi!")]):
+            print(chunk.payload.text, end="")
 
 The client is a Hyperswarm peer with a throwaway key; it dials the gateway by
 its public key (or finds one on ``tether/gateway/<region>``) and calls the
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -98,21 +100,49 @@ class GatewayClient:
         temperature: float = 0.0,
         seed: int = 0,
         greedy: bool = False,
+        stop: Sequence[str] = (),
         timeout: float | None = None,
         sealed: bool = False,
         correlation_id: str = "",
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
         """Stream a completion. ``temperature`` 0 is the model's default and ``seed`` 0
-        a fresh seed; ``greedy`` always takes the likeliest token (repeatable);
-        ``sealed`` seals the prompt and the answer end to end."""
-        request = infer_pb2.Infer.Request(
-            model_id=model, version=version, correlation_id=correlation_id
-        )
+        a fresh seed; ``greedy`` always takes the likeliest token (repeatable); ``stop``
+        strings end the answer (not part of it); ``sealed`` seals the prompt and the
+        answer end to end."""
+        request = _text_request(model, version, correlation_id, max_tokens=max_tokens,
+                                min_tokens=min_tokens, temperature=temperature, seed=seed,
+                                greedy=greedy, stop=stop)
         request.input.text = prompt
-        request.params.max_tokens = max_tokens
-        request.params.min_tokens = min_tokens
-        request.params.temperature = GREEDY_TEMPERATURE if greedy else temperature
-        request.params.seed = seed
+        return self.infer(request, timeout=timeout, sealed=sealed)
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[tuple[str, str] | Mapping[str, str]],
+        *,
+        version: str = "",
+        max_tokens: int = 0,
+        min_tokens: int = 0,
+        temperature: float = 0.0,
+        seed: int = 0,
+        greedy: bool = False,
+        stop: Sequence[str] = (),
+        timeout: float | None = None,
+        sealed: bool = False,
+        correlation_id: str = "",
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        """Stream the answer to a conversation, like ``generate``: ``messages`` are
+        ``(role, content)`` pairs or ``{"role", "content"}`` mappings, oldest first; the
+        worker renders them with the model's chat template (a model without one refuses
+        with INVALID_ARGUMENT)."""
+        request = _text_request(model, version, correlation_id, max_tokens=max_tokens,
+                                min_tokens=min_tokens, temperature=temperature, seed=seed,
+                                greedy=greedy, stop=stop)
+        turns = request.input.messages.messages
+        for m in messages:
+            role, content = (m["role"], m["content"]) if isinstance(m, Mapping) else m
+            turns.add(role=role, content=content)
+        request.input.messages.SetInParent()  # (an empty conversation is refused by name)
         return self.infer(request, timeout=timeout, sealed=sealed)
 
     def embed(
@@ -134,8 +164,25 @@ class GatewayClient:
         )
 
 
-# A zero temperature on the wire means "the model's default"; workers decode any
-# temperature below 1e-4 greedily, so greedy decoding is asked for with a tiny one.
+def _text_request(
+    model: str, version: str, correlation_id: str, *, max_tokens: int, min_tokens: int,
+    temperature: float, seed: int, greedy: bool, stop: Sequence[str],
+) -> infer_pb2.Infer.Request:
+    request = infer_pb2.Infer.Request(
+        model_id=model, version=version, correlation_id=correlation_id
+    )
+    p = request.params
+    p.max_tokens, p.min_tokens, p.seed = max_tokens, min_tokens, seed
+    if greedy:
+        p.temperature_value = 0  # with presence: greedy decoding
+    elif temperature:
+        p.temperature_value = temperature  # (unset: the model's default)
+    p.stop.extend(stop)
+    return request
+
+
+#: The legacy ``GenerationParams.temperature`` (no presence: 0 is the model's default)
+#: asked for greedy decoding with a tiny value; ``temperature_value = 0`` says it now.
 GREEDY_TEMPERATURE = 1e-6
 
 

@@ -70,9 +70,14 @@ def check_generation(params: infer_pb2.GenerationParams) -> int:
             f"max_tokens {limit} is over the limit of {MAX_NEW_TOKENS}",
             details={"field": "max_tokens", "limit": str(MAX_NEW_TOKENS)},
         )
-    if params.temperature < 0 or not math.isfinite(params.temperature):
-        raise InvalidArgument("temperature must be a finite number >= 0",
-                              details={"field": "temperature"})
+    for value in (params.temperature, params.temperature_value):
+        if value < 0 or not math.isfinite(value):
+            raise InvalidArgument("temperature must be a finite number >= 0",
+                                  details={"field": "temperature"})
+    if params.HasField("repetition_penalty") and not (
+            params.repetition_penalty > 0 and math.isfinite(params.repetition_penalty)):
+        raise InvalidArgument("repetition_penalty must be a finite number > 0",
+                              details={"field": "repetition_penalty"})
     if not 0 <= params.top_p <= 1:  # NaN fails this too
         raise InvalidArgument("top_p must be within [0, 1]", details={"field": "top_p"})
     if params.min_tokens > limit:

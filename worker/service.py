@@ -49,7 +49,9 @@ class Engine(Protocol):
     def stream(
         self, request: infer_pb2.Infer.Request
     ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
-        """Run a request, yielding payload pieces; usage comes with the last."""
+        """Run a request, yielding payload pieces; usage comes with the last. Once
+        exhausted, the iterator's optional ``finish_reason`` (``infer_pb2.FinishReason``)
+        says why a text generation ended; without it the worker infers it from usage."""
 
     # Optional: ``batch_capacity(capacity)`` fills the continuous-batching fields of
     # ``Capacity`` (max batch size, active sequences, KV-cache budget and use).
@@ -75,8 +77,8 @@ def wall_clock_ms() -> int:
 def finish_reason(
     request: infer_pb2.Infer.Request, usage: infer_pb2.Usage
 ) -> infer_pb2.FinishReason:
-    """Why a text generation ended: its token limit (the request's or the default) was
-    reached, or the model stopped. The engine generates until one of the two."""
+    """Why a text generation ended, for an engine that does not say: its token limit (the
+    request's or the default) was reached, or the model (or a stop string) stopped it."""
     if usage.output_tokens >= limits.max_tokens(request.params):
         return infer_pb2.FINISH_REASON_LENGTH
     return infer_pb2.FINISH_REASON_STOP
@@ -233,8 +235,10 @@ class WorkerService(services_rpc.WorkerServicer):
             if last is None:
                 last = self._chunk(request, seq, None)
             last.done = True
-            if request.input.WhichOneof("kind") == "text":
-                last.finish_reason = finish_reason(request, last.usage)
+            if request.input.WhichOneof("kind") in ("text", "messages"):
+                # The engine's own reason when it gives one (see Engine.stream).
+                reason = getattr(pieces, "finish_reason", infer_pb2.FINISH_REASON_UNSPECIFIED)
+                last.finish_reason = reason or finish_reason(request, last.usage)
             yield last
 
     def _chunk(

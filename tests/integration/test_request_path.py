@@ -27,7 +27,7 @@ from orchestrator import main as orchestrator_main
 from p2p_transport.cenc import SocketAddress
 from registry import main as registry_main
 from tests.integration.testnet import node_testnet
-from tether.client import GREEDY_TEMPERATURE, connect_gateway
+from tether.client import connect_gateway
 from tether.keys import KeyPair
 from tether.localnet import issue_token, publish_shipped_models
 from tether.metadata.store import MetadataStore, sqlite_url
@@ -225,7 +225,7 @@ def grpc_generate(address: str, token: str, prompt: str, max_tokens: int) -> str
     request = infer_pb2.Infer.Request(model_id="kjv-textgen")
     request.input.text = prompt
     request.params.max_tokens = max_tokens
-    request.params.temperature = GREEDY_TEMPERATURE
+    request.params.temperature_value = 0  # greedy
     with grpc.insecure_channel(address) as channel:
         stub = services_pb2_grpc.GatewayStub(channel)
         chunks = stub.Infer(request, metadata=[("authorization", f"Bearer {token}")], timeout=60)
@@ -243,7 +243,7 @@ def dead_letter(data_dir: Path, max_tokens: int) -> int:
             model_id="kjv-textgen", version="1.0")
         request.input.text = "And God said"
         request.params.max_tokens = max_tokens
-        request.params.temperature = GREEDY_TEMPERATURE
+        request.params.temperature_value = 0  # greedy
         store.dead_letter(request, status_pb2.Error(
             code=status_pb2.STATUS_CODE_UNAVAILABLE, message="worker-1 was lost mid-stream"))
         [letter] = store.dead_letters()

@@ -287,7 +287,8 @@ def test_chat_template_renders_like_transformers() -> None:
         render_chat("{{ messages.append(1) }}", [("user", "x")])
     with pytest.raises(FailedPrecondition):  # and no way out to Python internals
         render_chat("{{ ''.__class__.__mro__[1].__subclasses__() }}", [("user", "x")])
-    with pytest.raises(FailedPrecondition):
+    # No template: the client's error (it chose the model), never dead-lettered.
+    with pytest.raises(InvalidArgument, match="no chat template"):
         render_chat(None, [("user", "x")])
     with pytest.raises(InvalidArgument):
         render_chat(CHAT_TEMPLATE, [])
@@ -572,7 +573,7 @@ async def test_the_heartbeat_reports_batch_capacity_in_sequences(env: Env) -> No
     await stream.__anext__()
     cap = service.presence().capacity  # what the signed heartbeat carries
     assert cap.active_sequences == 1 and 0 < cap.kv_cache_used_bytes <= 1 << 20
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     assert service.health_report().capacity.active_sequences == 0
 
 

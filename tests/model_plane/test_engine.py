@@ -408,3 +408,44 @@ async def test_the_engine_and_the_gateway_share_one_token_limit(env: Env) -> Non
         validate(over)
     with pytest.raises(InvalidArgument, match="over the limit"):
         env.engine.stream(over, model=model)
+
+
+async def test_the_gru_ends_at_a_stop_string_in_the_worker(env: Env) -> None:
+    """Stop strings are the engine's for both text contracts: the GRU stops computing at
+    one (its text cut before it) and the final chunk says STOP."""
+    record = env.catalog.resolve(TEXTGEN, "", tenant_id="acme")
+    worker = WorkerService(WorkerConfig(worker_id="w1", region="local"),
+                           WorkerEngine(env.loader, [record], engine=env.engine),
+                           KeyPair.generate())
+    free, _ = await collect(env, text_request("and he said", max_tokens=30, min_tokens=30,
+                                              temperature_value=0), TEXTGEN)
+    text = "".join(p.text for p in free)
+    words = text.split()
+    stop = f" {words[3]} {words[4]}"  # across two pieces
+    cut = text.find(stop)
+    assert cut > 0
+    request = text_request("and he said", max_tokens=30, min_tokens=30, temperature_value=0,
+                           stop=["never-in-the-corpus", stop])
+    chunks = [c async for c in worker.Infer(request, ServerContext("Infer", {}))]
+    assert "".join(c.payload.text for c in chunks) == text[:cut]
+    assert chunks[-1].finish_reason == infer_pb2.FINISH_REASON_STOP
+    assert chunks[-1].usage.output_tokens < 30  # nothing computed past the stop string
+
+
+async def test_a_stop_string_on_the_last_allowed_token_is_a_stop(env: Env) -> None:
+    """The final chunk carries the engine's own reason, not one inferred from the token
+    count: a stop string completed by the max_tokens-th token ends with STOP."""
+    record = env.catalog.resolve(TEXTGEN, "", tenant_id="acme")
+    worker = WorkerService(WorkerConfig(worker_id="w1", region="local"),
+                           WorkerEngine(env.loader, [record], engine=env.engine),
+                           KeyPair.generate())
+    free, _ = await collect(env, text_request("and he said", max_tokens=6, min_tokens=6,
+                                              temperature_value=0), TEXTGEN)
+    sixth = free[5].text  # one word a token
+    assert sixth.strip() and "".join(p.text for p in free[:5]).find(sixth) < 0
+    request = text_request("and he said", max_tokens=6, min_tokens=6, temperature_value=0,
+                           stop=[sixth])
+    chunks = [c async for c in worker.Infer(request, ServerContext("Infer", {}))]
+    assert "".join(c.payload.text for c in chunks) == "".join(p.text for p in free[:5])
+    assert chunks[-1].usage.output_tokens == 6
+    assert chunks[-1].finish_reason == infer_pb2.FINISH_REASON_STOP

@@ -2,7 +2,8 @@
 and N workers on one network, with a real SQLite metadata store.
 
 ``ScriptedEngine`` is a test double of the execution engine: it streams
-numbered text pieces with a virtual-time delay so placement, shedding and
+numbered text pieces (`` w0 w1 ...``, ended at the request's stop strings as the
+real engine ends them) with a virtual-time delay so placement, shedding and
 failure paths can be tested without model weights. The real engines are
 tested in ``tests/model_plane`` and end to end in ``tests/integration``.
 """
@@ -40,6 +41,7 @@ from tether.net.local import LocalHub, LocalNetwork
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import Handler, RpcConnection, collect_handlers
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2, services_rpc
+from worker.engine.sampling import StopFilter
 from worker.service import WorkerConfig, WorkerService
 
 EPOCH_MS = 1_800_000_000_000
@@ -83,20 +85,25 @@ class ScriptedEngine:
         if self.fail_with is not None:
             raise self.fail_with
         n = request.params.max_tokens or 4
+        stop = StopFilter(request.params.stop)  # the real engine's stop strings
         for i in range(n):
             if self.gate is not None:
                 await self.gate.wait()
             await trio.sleep(self.step_s)
             usage = None
-            if i == n - 1:
+            text = stop.push(f" {self.word}{i}")
+            if i == n - 1 or stop.stopped:
+                text += stop.flush()
                 usage = infer_pb2.Usage(
                     tenant_id=request.tenant_id,
                     model_id=request.model_id,
                     version=request.version,
-                    output_tokens=n,
+                    output_tokens=i + 1,
                 )
             self.steps += 1
-            yield infer_pb2.Payload(text=f" {self.word}{i}"), usage
+            yield infer_pb2.Payload(text=text), usage
+            if stop.stopped:
+                return
 
 
 def model_record(publisher: KeyPair, model: str = MODEL, version: str = VERSION):

@@ -157,11 +157,14 @@ def test_the_openapi_document_describes_the_routes(tmp_path: Path) -> None:
         [reply] = await exchange(api, raw_request("GET", "/openapi.json"))
         doc = reply.json()
         assert reply.status == 200 and doc["openapi"].startswith("3.")
-        assert set(doc["paths"]) == {"/v1/completions", "/v1/embeddings", "/v1/models",
-                                     "/v1/models/{model}"}
+        assert set(doc["paths"]) == {"/v1/completions", "/v1/chat/completions",
+                                     "/v1/embeddings", "/v1/models", "/v1/models/{model}"}
         asked = doc["paths"]["/v1/completions"]["post"]["requestBody"]["content"]
         assert {"prompt", "stop", "stream_options"} <= set(
             asked["application/json"]["schema"]["properties"])
+        chat = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+        assert {"messages", "max_completion_tokens", "stop", "stream_options"} <= set(
+            chat["application/json"]["schema"]["properties"])
         assert "429" in doc["paths"]["/v1/embeddings"]["post"]["responses"]
 
     in_fleet(tmp_path, body)
@@ -385,7 +388,8 @@ def test_arbitrary_bytes_get_an_answer_or_a_close_never_a_crash(parts: list[byte
 
 
 methods = st.sampled_from(["GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH"])
-paths = st.sampled_from(["/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/x@1",
+paths = st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/embeddings",
+                         "/v1/models", "/v1/models/x@1",
                          "/healthz", "/openapi.json", "/", "/v1/models/%ff%00", "/v1/../x"])
 
 
@@ -397,7 +401,8 @@ json_values = st.recursive(
 )
 fields = st.sampled_from(["model", "prompt", "max_tokens", "min_tokens", "temperature",
                           "top_p", "seed", "stream", "version", "user", "input", "n", "stop",
-                          "stream_options", "encoding_format"])
+                          "stream_options", "encoding_format", "messages",
+                          "max_completion_tokens", "top_k"])
 
 
 @FUZZ
@@ -425,7 +430,7 @@ def test_any_request_to_the_real_routes_gets_a_4xx_or_an_answer(
     st.dictionaries(fields, json_values, max_size=6).map(lambda d: json.dumps(d).encode()),
 ))
 def test_body_decoders_parse_or_refuse_with_invalid_argument(body: bytes) -> None:
-    for parse in (openai.parse_completion, openai.parse_embeddings):
+    for parse in (openai.parse_completion, openai.parse_chat, openai.parse_embeddings):
         try:
             outcome = repr(parse(body))
         except InvalidArgument as exc:
@@ -442,7 +447,42 @@ def test_body_decoders_build_the_request() -> None:
     assert completion.stream and (r.model_id, r.version, r.input.text) == (
         "kjv-textgen", "1.0", "In the beginning")
     assert (r.params.max_tokens, r.params.min_tokens, r.params.seed) == (8, 8, 3)
-    assert 0 < r.params.temperature < 1e-4  # 0 means greedy here
+    # 0 is greedy decoding, with explicit presence (unset: the model's default).
+    assert r.params.HasField("temperature_value") and r.params.temperature_value == 0
+    assert not openai.parse_completion(
+        b'{"model": "m", "prompt": "p"}').request.params.HasField("temperature_value")
+    sampled = openai.parse_completion(json.dumps({
+        "model": "m", "prompt": "p", "temperature": 0.7, "top_k": 5, "top_p": 0.9,
+        "stop": "\n"}).encode()).request.params
+    assert (round(sampled.temperature_value, 3), sampled.top_k, round(sampled.top_p, 3),
+            list(sampled.stop)) == (0.7, 5, 0.9, ["\n"])
+    chat = openai.parse_chat(json.dumps({
+        "model": "tiny-chat@1", "max_tokens": 5, "max_completion_tokens": 7, "stop": ["\n"],
+        "temperature": 0, "seed": 2, "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "developer", "content": "Be brief."},
+                     {"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                                  {"type": "text", "text": "there"}]},
+                     {"role": "assistant", "content": None, "tool_calls": []}],
+        "tools": [], "response_format": {"type": "text"}}).encode())
+    r = chat.request
+    assert chat.stream and chat.include_usage and chat.model == "tiny-chat@1"
+    assert (r.model_id, r.version) == ("tiny-chat", "1")
+    assert [(m.role, m.content) for m in r.input.messages.messages] == [
+        ("system", "Be brief."), ("user", "Hi\nthere"), ("assistant", "")]
+    assert (r.params.max_tokens, list(r.params.stop), r.params.seed) == (7, ["\n"], 2)
+    assert r.params.HasField("temperature_value") and r.params.temperature_value == 0
+    nulls = openai.parse_chat(json.dumps({
+        "model": "m", "messages": [{"role": "user", "content": "x"}], "n": None,
+        "stream": None, "stop": None, "temperature": None, "max_tokens": None}).encode())
+    assert not nulls.stream and not nulls.request.params.HasField("temperature_value")
+    with pytest.raises(InvalidArgument, match="one choice per request"):
+        openai.parse_chat(b'{"model": "m", "messages": [{"role": "user", "content": "x"}], '
+                          b'"n": 3}')
+    with pytest.raises(InvalidArgument, match="'image_url' content part"):
+        openai.parse_chat(b'{"model": "m", "messages": [{"role": "user", "content": '
+                          b'[{"type": "image_url", "image_url": {"url": "x"}}]}]}')
+    with pytest.raises(InvalidArgument, match="'messages' is required"):
+        openai.parse_chat(b'{"model": "m", "prompt": "p"}')
     embed = openai.parse_embeddings(b'{"model": "all-minilm-l6-v2", "input": "one"}')
     assert list(embed.request.input.texts.texts) == ["one"]
     with pytest.raises(InvalidArgument, match="'input' must be"):
@@ -451,29 +491,10 @@ def test_body_decoders_build_the_request() -> None:
         openai.parse_completion(b'{"model": "m", "prompt": "p", "max_tokens": -1}')
 
 
-@FUZZ
-@given(st.lists(st.text("ab ", max_size=5), max_size=8),
-       st.lists(st.text("ab", min_size=1, max_size=3), max_size=3))
-def test_stop_strings_cut_where_they_first_appear_however_the_text_is_split(
-    pieces: list[str], stop: list[str]
-) -> None:
-    scanner = openai.StopScanner(tuple(stop))
-    shown = ""
-    for piece in pieces:
-        shown += scanner.feed(piece)
-        if scanner.stopped:
-            break
-    shown += scanner.flush()
-    text = "".join(pieces)
-    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-    assert shown == (text[: min(cuts)] if cuts else text)
-    assert scanner.stopped == bool(cuts)
-
-
 def test_retry_after_comes_from_the_error_or_defaults_to_one_second() -> None:
     from tether.errors import ResourceExhausted
 
-    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_s": "2.5"})) == 3
-    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_ms": "1"})) == 1
-    assert openai.retry_after_s(ResourceExhausted("x", details={"retry_after_ms": "nan"})) == 1
-    assert openai.retry_after_s(ResourceExhausted("x")) == openai.DEFAULT_RETRY_AFTER_S
+    assert openai.retry_after(ResourceExhausted("x", retry_after_s=2.5)) == 3
+    assert openai.retry_after(ResourceExhausted("x", details={"retry_after_ms": "1"})) == 1
+    assert openai.retry_after(ResourceExhausted("x", details={"retry_after_ms": "nan"})) == 1
+    assert openai.retry_after(ResourceExhausted("x")) == openai.DEFAULT_RETRY_AFTER_S

@@ -76,3 +76,19 @@ def test_the_gateway_validates_client_chosen_ids(tmp_path: Path) -> None:
 
     run(body, tmp_path)
 
+
+
+@pytest.mark.parametrize(("params", "words"), [
+    (infer_pb2.GenerationParams(temperature_value=-0.5), "temperature"),
+    (infer_pb2.GenerationParams(temperature_value=float("nan")), "temperature"),
+    (infer_pb2.GenerationParams(repetition_penalty=0), "repetition_penalty"),
+    (infer_pb2.GenerationParams(repetition_penalty=float("inf")), "repetition_penalty"),
+])
+def test_sampling_fields_with_presence_are_checked_before_any_work(
+    params: infer_pb2.GenerationParams, words: str
+) -> None:
+    """The gateway refuses what the engine would (``worker.engine.sampling_params``)."""
+    with pytest.raises(InvalidArgument, match=words):
+        limits.check_generation(params)
+    limits.check_generation(infer_pb2.GenerationParams(temperature_value=0,
+                                                       repetition_penalty=1.1))

@@ -21,7 +21,7 @@ import trio
 from gateway.http import HttpApi, serve_http
 from registry.catalog import Catalog
 from tests.services.harness import MODEL, VERSION, Fleet, ScriptedEngine, fleet, wall_ms
-from tether import blocking
+from tether import blocking, limits
 from tether.errors import Internal
 from tether.keys import KeyPair
 from tether.v1 import infer_pb2, jobs_pb2, registry_pb2, tensor_pb2
@@ -121,23 +121,25 @@ def test_completions_whole_streamed_and_with_usage(tmp_path: Path) -> None:
     with_sdk(tmp_path, check)
 
 
-def test_stop_strings_end_the_answer_and_the_work(tmp_path: Path) -> None:
+def test_stop_strings_end_the_answer_in_the_worker(tmp_path: Path) -> None:
     engine = ScriptedEngine([(MODEL, VERSION)], step_s=0.02)
 
     def check(client: openai.OpenAI, f: Fleet, engine: ScriptedEngine) -> None:
         whole = client.completions.create(model=MODEL, prompt="x", max_tokens=200,
                                           stop=["w3", "never"])
         assert whole.choices[0].text == " w0 w1 w2 " and whole.choices[0].finish_reason == "stop"
-        assert whole.usage and whole.usage.completion_tokens == 4  # the chunks seen
+        assert whole.usage and whole.usage.completion_tokens == 4  # w3 was generated
         streamed = list(client.completions.create(model=MODEL, prompt="x", max_tokens=200,
                                                   stop=" w2", stream=True))
         assert "".join(c.choices[0].text for c in streamed) == " w0 w1"
         assert streamed[-1].choices[0].finish_reason == "stop"
-        # Both calls were ended upstream at the stop string, not run to their 200 tokens.
+        # The worker ended both at the stop string (the engine's), not at 200 tokens: the
+        # jobs succeeded, having computed 4 and 3 tokens.
+        assert [list(r.params.stop) for r in engine.requests] == [["w3", "never"], [" w2"]]
         for request in engine.requests:
             state = _job_state(f, request.correlation_id)
-            assert state == jobs_pb2.JOB_STATE_CANCELLED, jobs_pb2.JobState.Name(state)
-        assert engine.steps < 100  # of the 400 asked for (slack for a slow machine)
+            assert state == jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JobState.Name(state)
+        assert engine.steps == 4 + 3
 
     with_sdk(tmp_path, check, engine=engine)
 
@@ -184,7 +186,9 @@ def test_every_error_is_the_sdks_typed_exception(tmp_path: Path) -> None:
             (lambda: complete(prompt=["a", "b"]), openai.BadRequestError, "one prompt"),
             (lambda: complete(temperature=-1), openai.BadRequestError, "temperature"),
             (lambda: complete(model="Bad Name"), openai.BadRequestError, "not a model name"),
-            (lambda: complete(stop=["a"] * 5), openai.BadRequestError, "'stop'"),
+            (lambda: complete(stop=["a"] * (limits.MAX_STOP_STRINGS + 1)),
+             openai.BadRequestError, "stop strings"),
+            (lambda: complete(stop=[""]), openai.BadRequestError, "stop string 0"),
             (lambda: client.with_options(api_key="tk_nope").completions.create(
                 model=MODEL, prompt="hi"), openai.AuthenticationError, "token"),
             (lambda: complete(model=PRIVATE), openai.PermissionDeniedError, "may not use"),

@@ -56,8 +56,10 @@ def render_chat(template: str | None, messages: Sequence[tuple[str, str]], *,
                 add_generation_prompt: bool = True) -> str:
     """The prompt for ``messages`` ((role, content) pairs), by the model's template."""
     if template is None:
-        raise FailedPrecondition("the model has no chat_template in its tokenizer_config.json; "
-                                 "send input.text instead")
+        # The client's error (it chose the model), so INVALID_ARGUMENT: never dead-lettered.
+        raise InvalidArgument("the model has no chat template (tokenizer_config.json): send "
+                              "a prompt (input.text, /v1/completions) instead of messages",
+                              details={"field": "messages"})
     if not messages:
         raise InvalidArgument("input.messages is empty")
     if len(messages) > MAX_MESSAGES:

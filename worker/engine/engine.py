@@ -113,6 +113,8 @@ class InferenceStream:
                  usage: infer_pb2.Usage) -> None:
         self._usage = usage
         self.compute_s = 0.0
+        #: Why a text generation ended ("stop" or "length"), once it has.
+        self.finish_reason = ""
         self.first_payload_s: float | None = None
         self.last_yield_s = time.perf_counter()  # the caller just yielded to get here
         self._started = time.perf_counter()
@@ -249,9 +251,13 @@ class ExecutionEngine:
                               min_tokens=req.params.min_tokens, stops=check_stops(req.params))
 
     def _prepare_text(self, req: infer_pb2.Infer.Request, m: LoadedModel) -> GruSequence:
-        if req.input.WhichOneof("kind") != "text":
-            raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt); "
-                                  "it has no chat template")
+        kind = req.input.WhichOneof("kind")
+        if kind == "messages":
+            raise InvalidArgument(f"{m.model_id} has no chat template: send a prompt "
+                                  "(input.text, /v1/completions) instead of messages",
+                                  details={"field": "messages"})
+        if kind != "text":
+            raise InvalidArgument(f"{m.model_id} generates text: send input.text (a prompt)")
         tok = m.tokenizer
         if not isinstance(tok, WordTokenizer):
             raise FailedPrecondition(f"{m.model_id} has no word tokenizer")
@@ -259,13 +265,12 @@ class ExecutionEngine:
         p = req.params
         max_tokens = self._check_lengths(m, len(ids) - 1, p)
         params = sampling_params(p, GRU_DEFAULTS)
-        if p.stop:
-            raise InvalidArgument(f"{m.model_id} does not take stop strings")
         state_spec = next((i for i in m.session.inputs if i.name == "state"), None)
         if state_spec is None or any(d < 0 for d in state_spec.shape):
             raise FailedPrecondition(f"{m.model_id} lacks a fixed-shape 'state' input")
         return GruSequence(tok, ids, params, state_shape=state_spec.shape,
-                           max_tokens=max_tokens, min_tokens=p.min_tokens)
+                           max_tokens=max_tokens, min_tokens=p.min_tokens,
+                           stops=check_stops(p))
 
     # ------------------------------------------------------ continuous batching
 
@@ -335,6 +340,7 @@ class ExecutionEngine:
             await pieces.aclose()
             s._usage.output_tokens = seq.generated
             s.compute_s = seq.compute_s
+            s.finish_reason = seq.finish_reason
 
     def kv_bytes(self, m: LoadedModel, seq: DecodeSequence | GruSequence) -> int:
         """What ``seq`` reserves of the KV budget: its whole cache at max_tokens."""

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tether.errors import FailedPrecondition
 from worker.engine.backends import Session
-from worker.engine.sampling import SamplingParams, sample
+from worker.engine.sampling import SamplingParams, StopFilter, sample
 from worker.engine.tokenizers import WordTokenizer
 
 BATCHED_STEP = "gru-batched-step"  # name of the derived session (ModelLoader.derive)
@@ -77,7 +77,8 @@ class GruSequence:
     """One request's generation on the GRU contract."""
 
     def __init__(self, tokenizer: WordTokenizer, prompt: list[int], params: SamplingParams, *,
-                 state_shape: tuple[int, ...], max_tokens: int, min_tokens: int = 0) -> None:
+                 state_shape: tuple[int, ...], max_tokens: int, min_tokens: int = 0,
+                 stops: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
         self.params = params
         self.max_tokens = max_tokens
@@ -90,6 +91,7 @@ class GruSequence:
         self._banned = np.asarray(sorted(tokenizer.special_ids - {tokenizer.eos_id}),
                                   dtype=np.int64)
         self._banned_early = np.asarray(sorted(tokenizer.special_ids), dtype=np.int64)
+        self._stop = StopFilter(stops)
         self.generated = 0
         self.finish_reason = ""
         self.pieces: list[str] = []
@@ -112,18 +114,27 @@ class GruSequence:
                        top_k=p.top_k, repetition_penalty=p.repetition_penalty,
                        history=self.history)
         if token == self.tokenizer.eos_id:
-            self.finish_reason = "stop"
-            self.pending = []
+            self._finish("stop")
             return
         # The first word of an answer to an empty prompt starts the text: no space before it.
         first = self.generated == 0 and self.prompt_tokens == 0
-        self.pieces.append(self.tokenizer.decode_piece(token, first=first))
+        piece = self._stop.push(self.tokenizer.decode_piece(token, first=first))
+        if piece:
+            self.pieces.append(piece)
         self.generated += 1
         self.history.append(token)
         self.pending = [token]
-        if self.generated >= self.max_tokens:
-            self.finish_reason = "length"
-            self.pending = []
+        if self._stop.stopped:
+            self._finish("stop")
+        elif self.generated >= self.max_tokens:
+            self._finish("length")
+
+    def _finish(self, reason: str) -> None:
+        self.finish_reason = reason
+        self.pending = []
+        tail = self._stop.flush()  # text held back for a stop string that did not come
+        if tail:
+            self.pieces.append(tail)
 
 
 def gru_prefill(session: Session, seq: GruSequence) -> None:

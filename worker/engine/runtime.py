@@ -5,7 +5,7 @@ through the :class:`worker.loader.ModelLoader` on first use (or ahead with :meth
 requests with :class:`worker.engine.ExecutionEngine`, and reports the cache manifest. Its
 :meth:`stream` yields ``(payload, None)`` per payload as it is produced, then one final
 ``(empty payload, usage)`` so the service can close the stream with ``done`` and usage without
-holding any payload back.
+holding any payload back; the stream's ``finish_reason`` then says why generation ended.
 
 A request's version resolves among the served versions as the registry resolves it: exact
 ``MAJOR.MINOR``; ``MAJOR`` alone gives its highest minor; empty gives the highest version.
@@ -14,7 +14,7 @@ A request's version resolves among the served versions as the registry resolves 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 from tether.artifacts import ArtifactStore
 from tether.errors import InvalidArgument, NotFound
@@ -87,18 +87,48 @@ class WorkerEngine:
                            details={"model_id": model_id, "version": version})
         return self._records[(model_id, same[-1])]
 
-    async def stream(
+    def stream(
         self, request: infer_pb2.Infer.Request, cancel: CancelFlag | None = None
-    ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
-        record = self.resolve(request.model_id, request.version)
-        model = await self.loader.load(record)
-        run = self.engine.stream(request, model=model, cancel=cancel)
+    ) -> EngineRun:
+        return EngineRun(self, request, cancel)
+
+
+class EngineRun:
+    """One request on a :class:`WorkerEngine`: ``(payload, None)`` pairs, then
+    ``(empty payload, usage)``; by then ``finish_reason`` says why a text generation
+    ended (the engine's own reason: a stop string on the last allowed token is STOP)."""
+
+    def __init__(self, engine: WorkerEngine, request: infer_pb2.Infer.Request,
+                 cancel: CancelFlag | None) -> None:
+        self.finish_reason: infer_pb2.FinishReason = infer_pb2.FINISH_REASON_UNSPECIFIED
+        self._pairs = self._run(engine, request, cancel)
+
+    def __aiter__(self) -> EngineRun:
+        return self
+
+    async def __anext__(self) -> tuple[infer_pb2.Payload, infer_pb2.Usage | None]:
+        return await self._pairs.__anext__()
+
+    async def aclose(self) -> None:
+        await self._pairs.aclose()
+
+    async def _run(
+        self, engine: WorkerEngine, request: infer_pb2.Infer.Request, cancel: CancelFlag | None
+    ) -> AsyncGenerator[tuple[infer_pb2.Payload, infer_pb2.Usage | None], None]:
+        record = engine.resolve(request.model_id, request.version)
+        model = await engine.loader.load(record)
+        run = engine.engine.stream(request, model=model, cancel=cancel)
         try:
             async for payload in run:
                 yield payload, None
         finally:
             await run.aclose()
+        self.finish_reason = _FINISH_REASONS.get(run.finish_reason,
+                                                 infer_pb2.FINISH_REASON_UNSPECIFIED)
         yield infer_pb2.Payload(), run.usage
+
+
+_FINISH_REASONS = {"stop": infer_pb2.FINISH_REASON_STOP, "length": infer_pb2.FINISH_REASON_LENGTH}
 
 
 def create_worker_engine(artifacts: ArtifactStore, records: Iterable[registry_pb2.ModelRecord],

@@ -3,7 +3,7 @@
 //
 //   node clients/js/examples/infer.js --bootstrap HOST:PORT --gateway KEY --token TOKEN \
 //        [--model kjv-textgen] [--prompt TEXT] [--max-tokens N] [--greedy] [--embed TEXT ...]
-//        [--list-models]
+//        [--chat MESSAGE [--system TEXT]] [--list-models]
 //
 // (`tether up` prints the bootstrap, gateway key and a token.) Exits 1 with
 // {"error": CODE, "message": ...} when the call fails.
@@ -26,11 +26,16 @@ try {
     out({ models: listed.models.map((r) => `${r.model.modelId}@${r.model.version}`) })
   } else {
     const texts = all('--embed')
+    const options = { maxTokens: Number(opt('--max-tokens', '20')), greedy: args.includes('--greedy') }
+    const messages = [
+      ...(opt('--system') === null ? [] : [{ role: 'system', content: opt('--system') }]),
+      { role: 'user', content: opt('--chat') }
+    ]
     const chunks = texts.length
       ? client.embed(opt('--model', 'all-minilm-l6-v2'), texts)
-      : client.generate(opt('--model', 'kjv-textgen'), opt('--prompt', 'And God said'), {
-        maxTokens: Number(opt('--max-tokens', '20')), greedy: args.includes('--greedy')
-      })
+      : opt('--chat') !== null
+        ? client.chat(opt('--model', 'kjv-textgen'), messages, options)
+        : client.generate(opt('--model', 'kjv-textgen'), opt('--prompt', 'And God said'), options)
     for await (const chunk of chunks) {
       const kind = chunk.payload?.kind
       if (kind?.case === 'text') out({ seq: Number(chunk.seq), text: kind.value })

@@ -7,6 +7,7 @@
 //   for await (const chunk of client.generate('kjv-textgen', 'In the beginning', { maxTokens: 20 })) {
 //     if (chunk.payload?.kind.case === 'text') process.stdout.write(chunk.payload.kind.value)
 //   }
+//   const answer = client.chat('smollm2-135m-instruct', [{ role: 'user', content: 'Hi!' }])
 //   await client.close()
 //
 // The protocol (tether/rpc/connection.py is the reference): every protomux message is one
@@ -142,7 +143,7 @@ export class RpcConnection {
   }
 }
 
-/** A client of one gateway: `infer`, `generate`, `embed`, `listModels`. */
+/** A client of one gateway: `infer`, `generate`, `chat`, `embed`, `listModels`. */
 export class GatewayClient {
   constructor (rpc, token, close) {
     this.rpc = rpc
@@ -156,15 +157,21 @@ export class GatewayClient {
     for await (const payload of chunks) yield fromBinary(Infer_ChunkSchema, payload)
   }
 
-  /** Text generation; options: version, maxTokens, minTokens, temperature, seed, greedy. */
-  generate (model, prompt, { version = '', maxTokens = 0, minTokens = 0, temperature = 0, seed = 0, greedy = false, timeoutMs } = {}) {
-    return this.infer({
-      modelId: model,
-      version,
-      input: { kind: { case: 'text', value: prompt } },
-      // 0 means the model's default temperature; below 1e-4 decodes greedily.
-      params: { maxTokens, minTokens, temperature: greedy ? 1e-6 : temperature, seed: BigInt(seed) }
-    }, { timeoutMs })
+  /**
+   * Text generation; options: version, maxTokens, minTokens, temperature (0: the model's
+   * default), seed, greedy (always the likeliest token), stop (strings that end the answer).
+   */
+  generate (model, prompt, options = {}) {
+    return this.infer(textRequest(model, { case: 'text', value: prompt }, options), options)
+  }
+
+  /**
+   * The answer to a conversation, rendered by the worker with the model's chat template:
+   * `messages` are `{ role, content }` objects, oldest first; options as for `generate`.
+   */
+  chat (model, messages, options = {}) {
+    const value = { messages: messages.map(({ role, content }) => ({ role, content })) }
+    return this.infer(textRequest(model, { case: 'messages', value }, options), options)
   }
 
   embed (model, texts, { version = '', timeoutMs } = {}) {
@@ -178,6 +185,14 @@ export class GatewayClient {
   }
 
   close () { return this._close() }
+}
+
+function textRequest (model, kind, { version = '', maxTokens = 0, minTokens = 0, temperature = 0, seed = 0, greedy = false, stop = [] } = {}) {
+  const params = { maxTokens, minTokens, seed: BigInt(seed), stop }
+  // temperatureValue has presence: unset is the model's default, 0 greedy decoding.
+  if (greedy) params.temperatureValue = 0
+  else if (temperature) params.temperatureValue = temperature
+  return { modelId: model, version, input: { kind }, params }
 }
 
 function parseBootstrap (list) {
