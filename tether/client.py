@@ -109,6 +109,49 @@ class GatewayClient:
             model_id=model, version=version, correlation_id=correlation_id
         )
         request.input.text = prompt
+        return self._generate(request, max_tokens=max_tokens, min_tokens=min_tokens,
+                              temperature=temperature, seed=seed, greedy=greedy,
+                              timeout=timeout, sealed=sealed)
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[tuple[str, str]],
+        *,
+        version: str = "",
+        max_tokens: int = 0,
+        min_tokens: int = 0,
+        temperature: float = 0.0,
+        seed: int = 0,
+        greedy: bool = False,
+        timeout: float | None = None,
+        sealed: bool = False,
+        correlation_id: str = "",
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        """Stream the answer to a conversation of ``(role, content)`` messages, which the
+        worker renders with the model's own chat template; options as :meth:`generate`."""
+        request = infer_pb2.Infer.Request(
+            model_id=model, version=version, correlation_id=correlation_id
+        )
+        request.input.messages.messages.extend(
+            infer_pb2.ChatMessage(role=role, content=content) for role, content in messages
+        )
+        return self._generate(request, max_tokens=max_tokens, min_tokens=min_tokens,
+                              temperature=temperature, seed=seed, greedy=greedy,
+                              timeout=timeout, sealed=sealed)
+
+    def _generate(
+        self,
+        request: infer_pb2.Infer.Request,
+        *,
+        max_tokens: int,
+        min_tokens: int,
+        temperature: float,
+        seed: int,
+        greedy: bool,
+        timeout: float | None,
+        sealed: bool,
+    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
         request.params.max_tokens = max_tokens
         request.params.min_tokens = min_tokens
         request.params.temperature = GREEDY_TEMPERATURE if greedy else temperature

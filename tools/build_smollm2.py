@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import time
@@ -173,14 +174,14 @@ def build_graph(w: dict[str, np.ndarray], hp: dict[str, Any]) -> onnx.ModelProto
         return node("Mul", [name + "_n", const(name + ".weight", weight)], name)
 
     # RoPE tables by position, as Hugging Face's Llama builds them: angle p / theta^(2i/d) for
-    # dims i and i + d/2.
-    inv_freq = 1.0 / hp["theta"] ** (np.arange(0, d, 2, dtype=np.float64) / d)
-    angles = np.outer(np.arange(hp["context"], dtype=np.float64), inv_freq)
-    angles = np.concatenate([angles, angles], axis=1)
-    node("Gather", [const("rope_cos", np.cos(angles).astype(np.float32)), "position_ids"],
-         "cos3")
-    node("Gather", [const("rope_sin", np.sin(angles).astype(np.float32)), "position_ids"],
-         "sin3")
+    # dims i and i + d/2. Python's math (the C library), not numpy, whose vectorised sin and
+    # cos vary with the CPU: the tables, and so the file, are the same bytes on every machine.
+    inv_freq = [1.0 / math.pow(hp["theta"], 2 * i / d) for i in range(d // 2)]
+    angles = [[p * f for f in inv_freq] * 2 for p in range(hp["context"])]
+    cos = np.array([[math.cos(a) for a in row] for row in angles], dtype=np.float32)
+    sin = np.array([[math.sin(a) for a in row] for row in angles], dtype=np.float32)
+    node("Gather", [const("rope_cos", cos), "position_ids"], "cos3")
+    node("Gather", [const("rope_sin", sin), "position_ids"], "sin3")
     node("Unsqueeze", ["cos3", "axis1"], "cos")  # [B, 1, S, d]: every head
     node("Unsqueeze", ["sin3", "axis1"], "sin")
 
@@ -425,7 +426,7 @@ def verify(model_path: Path, w: dict[str, np.ndarray], hp: dict[str, Any],
     template = files["tokenizer_config.json"]["chat_template"]
     chat_text = render_chat(template, [("user", CHAT_PROMPT)])
     prompts = [*TEXT_PROMPTS, chat_text]
-    results = []
+    results: list[dict[str, Any]] = []
     worst = 0.0
     for text in prompts:
         ids = tok.encode(text, add_special_tokens=False).ids
