@@ -279,7 +279,7 @@ async def _up(args: argparse.Namespace) -> int:
         )
         log.info(
             "tether is up. Try:  tether infer --bootstrap %s --gateway %s --token %s "
-            "--prompt 'In the beginning'   or:  curl %s/v1/completions -H "
+            "--prompt 'What is the capital of France?'   or:  curl %s/v1/completions -H "
             "'authorization: Bearer %s' -d '{\"model\": \"kjv-textgen\", \"prompt\": "
             "\"In the beginning\", \"stream\": true}'",
             net.bootstrap_text,

