@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.engine_overhead import batched_decoder, direct_decoder, engine_decoder  # noqa: E402
+from engine_overhead import batched_decoder, direct_decoder, engine_decoder  # noqa: E402
+
 from registry.catalog import Catalog  # noqa: E402
 from registry.publish import ModelPackage, publish_package  # noqa: E402
 from tether.artifacts import ArtifactStore, LocalDirectoryStore  # noqa: E402

@@ -12,7 +12,8 @@ outputs that ``optimum-cli export onnx --task text-generation-with-past`` gives 
   [batch, heads, past_sequence + sequence, head_dim] in the KV dtype.
 
 Each layer is a pre-norm block: scaled dot-product attention with a causal and padding mask
-(from ``attention_mask``) over the past KV concatenated with the new one, then a ReLU MLP.
+(from ``attention_mask``) over the past KV concatenated with the new one (grouped-query when
+``kv_heads`` is below ``heads``), then a ReLU MLP.
 :func:`write_model_folder` writes the graph with a byte-level BPE ``tokenizer.json`` (trained
 with the ``tokenizers`` library on a small text), ``config.json``, ``generation_config.json``,
 ``tokenizer_config.json`` (with a chat template) and a ``model.json``.
@@ -177,11 +178,14 @@ class DecoderGraph:
 
 def build_decoder(*, layers: int = 2, heads: int = 4, head_dim: int = 8, vocab: int = 300,
                   position_ids: bool = True, kv_dtype: str = "float32", max_positions: int = 512,
-                  seed: int = 0) -> bytes:
-    """The ONNX bytes of a random-weight decoder (see the module docstring for its layout)."""
+                  seed: int = 0, kv_heads: int | None = None) -> bytes:
+    """The ONNX bytes of a random-weight decoder (see the module docstring for its layout);
+    ``kv_heads`` below ``heads``: grouped-query attention."""
     rng = np.random.default_rng(seed)
     hidden = heads * head_dim
-    g = DecoderGraph(layers=layers, heads=heads, head_dim=head_dim, kv_dtype=kv_dtype)
+    g = DecoderGraph(layers=layers, heads=heads, head_dim=head_dim, kv_heads=kv_heads,
+                     kv_dtype=kv_dtype)
+    kv_width = g.kv_heads * head_dim
     node = g.node
 
     def weight(name: str, shape: tuple[int, ...], scale: float) -> str:
@@ -201,8 +205,9 @@ def build_decoder(*, layers: int = 2, heads: int = 4, head_dim: int = 8, vocab: 
         h = node("LayerNormalization", [x, ones, zeros], p + "ln1", axis=-1)
         heads_of: dict[str, str] = {}
         for part in ("q", "k", "v"):
-            node("MatMul", [h, weight(p + "W" + part, (hidden, hidden), w_scale)], p + part)
-            heads_of[part] = g.split(p + part, p + part)
+            width = hidden if part == "q" else kv_width
+            node("MatMul", [h, weight(p + "W" + part, (hidden, width), w_scale)], p + part)
+            heads_of[part] = g.split(p + part, p + part, kv=part != "q")
         ctx = g.attention(i, heads_of["q"], heads_of["k"], heads_of["v"])
         node("MatMul", [ctx, weight(p + "Wo", (hidden, hidden), w_scale)], p + "attn")
         x = node("Add", [x, p + "attn"], p + "x1")
@@ -239,12 +244,12 @@ def write_model_folder(out: Path, *, model_id: str = "tiny-decoder", layers: int
                        heads: int = 4, head_dim: int = 8, vocab: int = 300,
                        position_ids: bool = True, kv_dtype: str = "float32",
                        seed: int = 0, chat_template: str | None = CHAT_TEMPLATE,
-                       generation: dict | None = None) -> Path:
+                       generation: dict | None = None, kv_heads: int | None = None) -> Path:
     """An Optimum-style export folder (plus ``model.json``) for a random-weight decoder."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.onnx").write_bytes(build_decoder(
         layers=layers, heads=heads, head_dim=head_dim, vocab=vocab, position_ids=position_ids,
-        kv_dtype=kv_dtype, seed=seed))
+        kv_dtype=kv_dtype, seed=seed, kv_heads=kv_heads))
     tokenizer_json = build_tokenizer(vocab)
     (out / "tokenizer.json").write_text(tokenizer_json)
     eos = json.loads(tokenizer_json)["added_tokens"][0]["id"]  # <|endoftext|>
@@ -279,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=None, help="grouped-query attention")
     p.add_argument("--vocab", type=int, default=300)
     p.add_argument("--no-position-ids", action="store_true")
     p.add_argument("--kv-dtype", choices=["float32", "float16"], default="float32")
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     write_model_folder(a.out, model_id=a.model_id, layers=a.layers, heads=a.heads,
                        head_dim=a.head_dim, vocab=a.vocab, position_ids=not a.no_position_ids,
-                       kv_dtype=a.kv_dtype, seed=a.seed)
+                       kv_dtype=a.kv_dtype, seed=a.seed, kv_heads=a.kv_heads)
     print(a.out)
     return 0
 
