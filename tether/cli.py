@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -37,7 +37,11 @@ SERVICES = {
     "registry": "registry.main",
     "worker": "worker.main",
 }
-DEFAULT_MODEL = "kjv-textgen"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# Shipped models without a chat template: their prompt is always text to continue.
+TEXT_ONLY_MODELS = {"kjv-textgen"}
+DEFAULT_CHAT_PROMPT = "What is the capital of France?"
+DEFAULT_TEXT_PROMPT = "And God said"
 
 
 def _service_main(name: str, argv: list[str]) -> int:
@@ -62,19 +66,19 @@ async def _stream_prompt(
                 _print_payload(chunk.payload)
             return 0
         usage = None
-        echoed = False
-        async for chunk in client.generate(
-            args.model,
-            args.prompt,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            seed=args.seed,
-            greedy=args.greedy,
-            timeout=args.timeout,
-            sealed=args.sealed,
-        ):
-            if not echoed:  # the prompt, once the answer starts
-                sys.stdout.write(args.prompt)
+        as_text = args.text or args.model in TEXT_ONLY_MODELS
+        prompt = args.prompt or (DEFAULT_TEXT_PROMPT if as_text else DEFAULT_CHAT_PROMPT)
+        options: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature,
+                   "seed": args.seed, "greedy": args.greedy, "timeout": args.timeout,
+                   "sealed": args.sealed}
+        if as_text:
+            chunks = client.generate(args.model, prompt, **options)
+        else:  # the prompt is the user's message, rendered by the model's chat template
+            chunks = client.chat(args.model, [("user", prompt)], **options)
+        echoed = not as_text
+        async for chunk in chunks:
+            if not echoed:  # a continued prompt, once the answer starts
+                sys.stdout.write(prompt)
                 echoed = True
             if chunk.payload.text:
                 sys.stdout.write(chunk.payload.text)
@@ -92,8 +96,15 @@ async def _stream_prompt(
 
 
 def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", default="And God said")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--prompt", default=None,
+                   help=f"the user's message (default {DEFAULT_CHAT_PROMPT!r}), or with --text "
+                   f"the text to continue (default {DEFAULT_TEXT_PROMPT!r})")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"{DEFAULT_MODEL} (default: SmolLM2-135M-Instruct, a chat model) or "
+                   "kjv-textgen (continues text)")
+    p.add_argument("--text", action="store_true",
+                   help="send the prompt as text to continue, not as a chat message "
+                   f"(always so for {', '.join(sorted(TEXT_ONLY_MODELS))})")
     p.add_argument("--embed", action="append", metavar="TEXT", help="embed TEXT instead")
     p.add_argument("--max-tokens", type=int, default=40)
     p.add_argument("--temperature", type=float, default=0.0,
@@ -317,7 +328,7 @@ async def _up(args: argparse.Namespace) -> int:
         )
         log.info(
             "tether is up. Try:  tether infer --bootstrap %s --gateway %s --token %s "
-            "--prompt 'In the beginning'   or:  curl %s/v1/completions -H "
+            "--prompt 'What is the capital of France?'   or:  curl %s/v1/completions -H "
             "'authorization: Bearer %s' -d '{\"model\": \"kjv-textgen\", \"prompt\": "
             "\"In the beginning\", \"stream\": true}'",
             net.bootstrap_text,

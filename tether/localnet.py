@@ -42,7 +42,8 @@ from tether.net.swarm import parse_address
 
 log = logging.getLogger("tether.up")
 
-SHIPPED_MODELS = [REPO_ROOT / "worker" / "models" / n for n in ("kjv-textgen", "all-minilm-l6-v2")]
+SHIPPED_MODELS = [REPO_ROOT / "worker" / "models" / n
+                  for n in ("kjv-textgen", "all-minilm-l6-v2", "smollm2-135m-instruct")]
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 15.0
 DEMO_TENANT = "demo"

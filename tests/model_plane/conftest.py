@@ -36,6 +36,7 @@ from tether.metadata import MetadataStore
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "worker" / "models"
 MINILM_DIR = REPO / "var" / "models" / "all-minilm-l6-v2"
+SMOLLM2_DIR = REPO / "var" / "models" / "smollm2-135m-instruct"
 PG_ENV = "TETHER_TEST_POSTGRES_URL"
 PG_HOWTO = (
     f"PostgreSQL tests need {PG_ENV}. Start a throwaway server with `tools/postgres.sh start` "
@@ -131,3 +132,11 @@ def minilm_dir() -> Path:
     if not (MINILM_DIR / "model.onnx").is_file():
         subprocess.run([sys.executable, str(REPO / "tools" / "build_minilm.py")], check=True)
     return MINILM_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The SmolLM2 ONNX build (too big to commit): built here if it is not there yet."""
+    if not (SMOLLM2_DIR / "verification.json").is_file():
+        subprocess.run([sys.executable, str(REPO / "tools" / "build_smollm2.py")], check=True)
+    return SMOLLM2_DIR

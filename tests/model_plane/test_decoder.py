@@ -1,10 +1,11 @@
 """Decoder-only language models in the Hugging Face Optimum ONNX layout on the worker engine.
 
 Generality: tiny random-weight decoders (``tools/tiny_decoder.py``) of different layer and head
-counts, with and without ``position_ids``, with fp32 and fp16 KV caches, are published like any
-model folder and run by the unchanged engine; its greedy tokens equal those of a plain ONNX
-Runtime loop over the same graph, written here independently of the engine. Also: sampling
-(seed, temperature 0, top-k, top-p, repetition penalty, stop strings) and chat templates.
+counts (one with grouped-query attention), with and without ``position_ids``, with fp32 and
+fp16 KV caches, are published like any model folder and run by the unchanged engine; its greedy
+tokens equal those of a plain ONNX Runtime loop over the same graph, written here independently
+of the engine. Also: sampling (seed, temperature 0, top-k, top-p, repetition penalty, stop
+strings) and chat templates.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ SHAPES = [
     ("dec-c", 1, 1, 8, True, "float16"),
     ("dec-d", 4, 3, 4, False, "float32"),
 ]
+# Grouped-query attention: query heads sharing fewer KV heads.
+KV_HEADS = {"dec-d": 1}
 PROMPTS = ["In the beginning", "The quick brown fox", "zwölf Boxkämpfer"]
 
 
@@ -73,7 +76,7 @@ def env(tmp_path_factory) -> Env:
     for i, (model_id, layers, heads, head_dim, pos, kv) in enumerate(SHAPES):
         e.publish(write_model_folder(tmp / model_id, model_id=model_id, layers=layers,
                                      heads=heads, head_dim=head_dim, position_ids=pos,
-                                     kv_dtype=kv, seed=i))
+                                     kv_dtype=kv, seed=i, kv_heads=KV_HEADS.get(model_id)))
     return e
 
 
@@ -134,7 +137,8 @@ async def test_layout_is_read_from_the_graph(env: Env, shape) -> None:
     model_id, layers, heads, head_dim, pos, kv = shape
     model = await env.load(model_id)
     layout = decoder_layout(model.session)  # no config.json: the graph alone says
-    assert (layout.layers, layout.kv_heads, layout.head_dim) == (layers, heads, head_dim)
+    assert (layout.layers, layout.kv_heads, layout.head_dim) == (
+        layers, KV_HEADS.get(model_id, heads), head_dim)
     assert layout.position_ids is pos and layout.attention_mask
     assert layout.kv_dtype == np.dtype(kv)
 
