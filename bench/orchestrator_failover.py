@@ -152,7 +152,7 @@ async def open_net(net: Net, orchestrators: int, drain_s: float | None) -> None:
                                                       *common, *extra]))
     await net.start(Service("gateway", [py, "-m", "gateway.main", *common]))
     await net.start(Service("worker", [py, "-m", "worker.main", *common, "--worker-id", "w1",
-                                       "--model", MODEL, "--slots", "40",
+                                       "--model", MODEL, "--slots", "40", "--max-batch", "16",
                                        "--queue-limit", "64", "--cpu"]))
 
 
