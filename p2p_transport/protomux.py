@@ -431,7 +431,8 @@ class Protomux:
 
 
 class MessageStream(Protocol):
-    """A reliable, ordered stream of whole messages (a secret-stream, or a framed test pipe)."""
+    """A reliable, ordered stream of whole messages (a secret-stream, or a framed test pipe).
+    A cancelled ``send_message`` sends its message whole or not at all."""
 
     async def send_message(self, data: bytes) -> None: ...
 
@@ -534,18 +535,26 @@ class Mux:
 
     async def flush(self) -> None:
         """Send every queued message now. One task flushes at a time, in order; a task that
-        finds a flush in progress leaves its messages to that flusher."""
+        finds a flush in progress leaves its messages to that flusher.
+
+        A queued message is never dropped by cancelling the flushing task: the stream sends a
+        message whole or not at all, and what was not sent stays queued for the writer task
+        (messages of other channels are queued here too)."""
         if self._flushing:
             await trio.lowlevel.checkpoint()
             return
         self._flushing = True
+        outbox = self.core.outbox  # the core appends to this list while we send
+        sent = 0
         try:
-            while self.core.outbox:
-                batch, self.core.outbox = self.core.outbox, []
-                for data in batch:
-                    await self.stream.send_message(data)
+            while sent < len(outbox):
+                await self.stream.send_message(outbox[sent])
+                sent += 1
         finally:
+            del outbox[:sent]
             self._flushing = False
+            if outbox:
+                self._wake.set()
 
     async def _writer(self) -> None:
         while True:

@@ -456,3 +456,41 @@ def test_response_fast_path_decodes_like_the_reader(data: bytes) -> None:
         got = None
     assert got == expected
 
+
+
+class _RecordingStream:
+    """Test double of a message stream that sends whole messages or, when cancelled,
+    nothing (the contract of secret-stream); it records what went out."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send_message(self, data: bytes) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.sent.append(data)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def receive_message(self) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def test_a_cancelled_flush_keeps_every_queued_message() -> None:
+    """A task cancelled while it flushes must not take other channels' queued messages
+    with it: they stay queued, in order, for the writer."""
+    async def main() -> None:
+        stream = _RecordingStream()
+        mux = protomux.Mux(stream)
+        mux.core.outbox.extend([b"one", b"two", b"three"])
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await mux.flush()
+        assert scope.cancelled_caught
+        assert mux.core.outbox == [b"one", b"two", b"three"]
+        await mux.flush()
+        assert stream.sent == [b"one", b"two", b"three"]
+        assert mux.core.outbox == []
+    trio.run(main)

@@ -421,11 +421,17 @@ class RpcConnection:
         message.message.payload = request
         close = rpc_pb2.RpcFrame(call_id=call.call_id)
         close.half_close.SetInParent()
+        sent = 0
         try:
             for frame in (opening, message, close):
                 await self._send(frame)
+                sent += 1
         except BaseException:
             self._client_calls.pop(call.call_id, None)
+            if sent:
+                # The peer holds a half-opened call: release it (it counts against its
+                # concurrent-call bound until then).
+                await self._send_quietly(_cancel_frame(call.call_id, "client gave up"))
             raise
         return call
 
@@ -441,9 +447,10 @@ class RpcConnection:
                 if call.consumed >= max(1, call.window // 2) and not call.finished:
                     grant = rpc_pb2.RpcFrame(call_id=call.call_id)
                     grant.window.credits = call.consumed
-                    call.granted += call.consumed
-                    call.consumed = 0
                     await self._send(grant)
+                    # Counted once sent: a grant cancelled with its call was never given.
+                    call.granted += grant.window.credits
+                    call.consumed = 0
                 return item
             call.finished = True
             if isinstance(item, RpcError):
