@@ -63,6 +63,10 @@ class ScriptedEngine:
         self.requests: list[infer_pb2.Infer.Request] = []
         self.started = 0
         self.steps = 0
+        #: Streams generating now (a cancelled call's stream must stop at once), and an
+        #: event set whenever that falls to zero.
+        self.active = 0
+        self.idle = trio.Event()
         self.fail_with: Exception | None = None
         self.running = trio.Event()
         self.gate: trio.Event | None = None
@@ -82,20 +86,28 @@ class ScriptedEngine:
         if self.fail_with is not None:
             raise self.fail_with
         n = request.params.max_tokens or 4
-        for i in range(n):
-            if self.gate is not None:
-                await self.gate.wait()
-            await trio.sleep(self.step_s)
-            usage = None
-            if i == n - 1:
-                usage = infer_pb2.Usage(
-                    tenant_id=request.tenant_id,
-                    model_id=request.model_id,
-                    version=request.version,
-                    output_tokens=n,
-                )
-            self.steps += 1
-            yield infer_pb2.Payload(text=f" {self.word}{i}"), usage
+        self.active += 1
+        if self.active == 1:
+            self.idle = trio.Event()
+        try:
+            for i in range(n):
+                if self.gate is not None:
+                    await self.gate.wait()
+                await trio.sleep(self.step_s)
+                usage = None
+                if i == n - 1:
+                    usage = infer_pb2.Usage(
+                        tenant_id=request.tenant_id,
+                        model_id=request.model_id,
+                        version=request.version,
+                        output_tokens=n,
+                    )
+                self.steps += 1
+                yield infer_pb2.Payload(text=f" {self.word}{i}"), usage
+        finally:
+            self.active -= 1
+            if not self.active:
+                self.idle.set()
 
 
 def model_record(publisher: KeyPair, model: str = MODEL, version: str = VERSION):

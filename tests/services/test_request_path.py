@@ -7,6 +7,7 @@ and the engine (``ScriptedEngine``) are test doubles. Virtual time throughout.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -166,6 +167,68 @@ async def a_worker_lost_mid_stream_is_resumed_on_another(open_fleet: OpenFleet) 
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
         assert job.worker_id == other and job.attempts == 2
         assert f.store.dead_letters() == []
+
+
+@scenario
+async def calls_cancelled_mid_stream_end_alone(open_fleet: OpenFleet) -> None:
+    """A client deadline that expires mid-stream, or a client that leaves mid-stream, ends
+    that call alone on every hop: the other tenants' streams on the same connections
+    complete, nothing is dead-lettered or held against the pool, and the worker stops
+    generating for the cancelled calls."""
+    async with open_fleet() as f:
+        # Fast streams (a small model's pace): cancels land while chunks are being sent.
+        engine = ScriptedEngine([(MODEL, "1.0")], step_s=0.0005)
+        await f.add_worker("w1", engine=engine, slots=32, queue_limit=32)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        survivors = ("acme", "globex", "initech")
+        done: dict[str, list[int]] = {}
+        codes: list[StatusCode] = []
+
+        async def survivor(tenant: str) -> None:
+            req = request(n=1000, correlation_id=f"keep-{tenant}")
+            done[tenant] = [c.seq for c in await collect(gw, req, f.token(tenant))]
+
+        async def times_out(i: int) -> None:
+            req = request(n=1024, correlation_id=f"late-{i}")
+            try:
+                async with gw.Infer(req, metadata=f.token("hasty"), timeout=0.06) as chunks:
+                    async for _ in chunks:
+                        pass
+            except RpcError as exc:
+                codes.append(exc.code)
+
+        async def leaves(i: int) -> None:
+            req = request(n=1024, correlation_id=f"gone-{i}")
+            async with gw.Infer(req, metadata=f.token("fickle")) as chunks:
+                async for c in chunks:
+                    if c.seq == 20:
+                        break
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for tenant in survivors:
+                    nursery.start_soon(survivor, tenant)
+                for i in range(10):
+                    nursery.start_soon(times_out, i)
+                    nursery.start_soon(leaves, i)
+                    await trio.sleep(0.03)
+        assert done == {t: list(range(1000)) for t in survivors}
+        assert set(codes) == {StatusCode.DEADLINE_EXCEEDED}
+        assert f.store.dead_letters() == []
+        # A cancelled call's job is CANCELLED (a deadline may also expire before admission).
+        states = set()
+        for i in range(10):
+            for cid in (f"late-{i}", f"gone-{i}"):
+                with contextlib.suppress(NotFound):
+                    states.add(f.store.get_job(cid).state)
+        assert states <= {jobs_pb2.JOB_STATE_CANCELLED}
+        with trio.fail_after(5):
+            await engine.idle.wait()
+        # Nothing was held against the pool: the next requests are served.
+        for n in range(4):
+            chunks = await collect(gw, request(n=2, correlation_id=f"after-{n}"), f.token("acme"))
+            assert chunks[-1].done
 
 
 @scenario
