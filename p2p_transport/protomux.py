@@ -557,10 +557,13 @@ class Mux:
                 self._wake.set()
 
     async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self.flush()
+        # A stream that broke under a write ends this task only: the receive side sees the
+        # end too, and run() returns as for any ended connection.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await self.flush()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -576,7 +579,9 @@ class Mux:
                             await self._push.deliver(self._on_frame)
                     else:
                         await self._pull()
-                    with trio.move_on_after(5):
+                    with (trio.move_on_after(5),
+                          contextlib.suppress(trio.BrokenResourceError,
+                                              trio.ClosedResourceError)):
                         await self.flush()
                 finally:
                     self.core.shutdown()
@@ -600,7 +605,10 @@ class Mux:
             finally:
                 self._inline -= 1
             if self.core.outbox:
-                await self.flush()  # replies queued while handling the frame
+                try:
+                    await self.flush()  # replies queued while handling the frame
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
 
     async def aclose(self) -> None:
         """Close every channel and the stream."""

@@ -469,3 +469,42 @@ async def test_a_frame_cancelled_part_way_still_goes_out_whole() -> None:
     await sender.send_message(b"second frame")
     assert await receiver.receive_message() == b"first frame"
     assert await receiver.receive_message() == b"second frame"
+
+
+class _FrameRecorder:
+    """Test double around a message stream: records the kind of every frame it receives."""
+
+    def __init__(self, inner: LengthPrefixedStream) -> None:
+        self.inner = inner
+        self.received: list[rpc_pb2.RpcFrame] = []
+
+    async def send_message(self, data: bytes) -> None:
+        await self.inner.send_message(data)
+
+    async def receive_message(self) -> bytes:
+        data = await self.inner.receive_message()
+        self.received.append(rpc_pb2.RpcFrame.FromString(data))
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@trio_test
+async def test_a_waiting_call_probes_its_peer_harmlessly() -> None:
+    """While a call waits for its next message it sends window frames granting nothing:
+    data on the wire, so that a transport notices a peer that is gone; the server is not
+    disturbed by them."""
+    client_end, server_end = memory_message_stream_pair()
+    recorder = _FrameRecorder(server_end)
+    handlers = collect_handlers(Worker())
+    async with (
+        open_connection(recorder, initiator=False, handlers=handlers),
+        open_connection(client_end, initiator=True, probe_after_s=0.25) as client,
+    ):
+        stub = services_rpc.WorkerStub(client)
+        async with stub.Infer(infer_request(3, text="slow")) as chunks:  # 1 s per chunk
+            got = [c.seq async for c in chunks]
+    assert got == [0, 1, 2]
+    probes = [f for f in recorder.received if f.HasField("window") and not f.window.credits]
+    assert len(probes) >= 3 * 3  # about four a second while waiting 3 s

@@ -204,7 +204,7 @@ class Fleet:
         )
         net = self.make_net(keypair, collect_handlers(service))
         scope = await self.nursery.start(
-            _run_node, self.networks, net, _worker_topics(region, engine)
+            _run_node, self.networks, net, worker_topics(region, engine)
         )
         self.workers[worker_id] = service
         self.worker_scopes[worker_id] = scope
@@ -214,7 +214,7 @@ class Fleet:
         self.worker_scopes[worker_id].cancel()
 
 
-def _worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
+def worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
     joins = [(topics.presence(region), True, False), (topics.control(region), False, True)]
     joins += [(topics.models(m, v, region), True, False) for m, v in engine.models]
     return joins
