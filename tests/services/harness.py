@@ -156,10 +156,16 @@ class Fleet:
     orchestrator_key: bytes = b""
     workers: dict[str, WorkerService] = field(default_factory=dict)
     worker_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    catalog: Catalog | None = None
+    registry_key: KeyPair | None = None
+    #: Registry replicas by key: all serve ``catalog`` on the region's registry topic.
+    registry_scopes: dict[bytes, trio.CancelScope] = field(default_factory=dict)
     discovery: DiscoverySub = field(init=False)
     networks: list[TestNetwork] = field(default_factory=list)
     gateway_net: TestNetwork = field(init=False)
+    orchestrator_net: TestNetwork = field(init=False)
     gateway_service: GatewayService = field(init=False)
+    orchestrator_service: OrchestratorService = field(init=False)
     client_net: TestNetwork = field(init=False)
     operator_net: TestNetwork = field(init=False)
 
@@ -213,6 +219,19 @@ class Fleet:
     def kill_worker(self, worker_id: str) -> None:
         self.worker_scopes[worker_id].cancel()
 
+    async def add_registry(self, keypair: KeyPair | None = None) -> KeyPair:
+        """Start a registry replica (again, when given the key of one that was stopped)."""
+        assert self.catalog is not None
+        keypair = keypair or KeyPair.generate()
+        net = self.make_net(keypair, collect_handlers(RegistryService(self.catalog)))
+        self.registry_scopes[keypair.public_key] = await self.nursery.start(
+            _run_node, self.networks, net, [(topics.registry(self.region), True, False)]
+        )
+        return keypair
+
+    def stop_registry(self, keypair: KeyPair) -> None:
+        self.registry_scopes.pop(keypair.public_key).cancel()
+
 
 def worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
     joins = [(topics.presence(region), True, False), (topics.control(region), False, True)]
@@ -264,16 +283,13 @@ async def fleet(
     if extra is not None:
         extra(catalog, publisher)
     async with trio.open_nursery() as nursery:
-        f = Fleet(make_net, clock_ms, store, region, nursery)
-        registry_service = RegistryService(catalog)
-        registry_net = make_net(KeyPair.generate(), collect_handlers(registry_service))
-        await nursery.start(
-            _run_node, f.networks, registry_net, [(topics.registry(region), True, False)]
-        )
+        f = Fleet(make_net, clock_ms, store, region, nursery, catalog=catalog)
+        f.registry_key = await f.add_registry()
 
         orch_key, gateway_key, operator_key = (KeyPair.generate() for _ in range(3))
         f.orchestrator_key = orch_key.public_key
         orch_net = make_net(orch_key, {})
+        f.orchestrator_net = orch_net
         discovery = DiscoverySub(orch_net, clock_ms=clock_ms)
         orchestrator = OrchestratorService(
             callers=CallerPolicy([gateway_key.public_key, operator_key.public_key], role="gateway"),
@@ -333,6 +349,7 @@ async def fleet(
         )
         f.gateway_net = gateway_net
         f.gateway_service = gateway
+        f.orchestrator_service = orchestrator
         client_net = make_net(KeyPair.generate(), {})
         await nursery.start(_run_node, f.networks, client_net, [])
         f.client_net = client_net

@@ -232,6 +232,48 @@ async def calls_cancelled_mid_stream_end_alone(open_fleet: OpenFleet) -> None:
 
 
 @scenario
+async def resolution_survives_a_registry_outage(open_fleet: OpenFleet) -> None:
+    """With every registry replica down, a model already resolved still resolves (to its
+    last good answer, counted); one never resolved fails clearly."""
+    async with open_fleet() as f:
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        await collect(gw, request(correlation_id="warm"), f.token("acme"))
+        assert f.registry_key is not None
+        f.stop_registry(f.registry_key)
+        await trio.sleep(6)  # past the 5 s resolution cache
+        started = trio.current_time()
+        chunks = await collect(gw, request(correlation_id="outage"), f.token("acme"))
+        assert chunks[-1].done
+        assert trio.current_time() - started < 5
+        assert f.orchestrator_service.stale_resolutions == 1
+        with pytest.raises(RpcError) as info:
+            await collect(gw, request(correlation_id="unknown"), f.token("globex"))
+        assert info.value.code == StatusCode.UNAVAILABLE
+        assert "registry" in info.value.message
+
+
+@scenario
+async def two_registry_replicas_serve_the_same_records(open_fleet: OpenFleet) -> None:
+    """Two replicas announce on the registry topic and serve one catalog: with either one
+    stopped, the other resolves."""
+    async with open_fleet() as f:
+        second = await f.add_registry()
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        assert f.registry_key is not None
+        for stopped, tenant in ((f.registry_key, "acme"), (second, "globex")):
+            f.stop_registry(stopped)
+            with trio.fail_after(15):
+                chunks = await collect(gw, request(correlation_id=tenant), f.token(tenant))
+            assert chunks[-1].done
+            await f.add_registry(stopped)
+        assert f.orchestrator_service.stale_resolutions == 0
+
+
+@scenario
 async def a_replay_that_differs_is_not_spliced(open_fleet: OpenFleet) -> None:
     async with open_fleet() as f:
         # Two workers that answer differently (say, two backends): neither can finish

@@ -37,6 +37,11 @@ class Peer:
     closed: trio.Event = field(default_factory=trio.Event)
 
     @property
+    def is_open(self) -> bool:
+        """Its connection still carries calls (``closed`` follows a moment later)."""
+        return not self.closed.is_set() and not self.rpc.closed
+
+    @property
     def key_hex(self) -> str:
         return self.remote_key.hex()
 
@@ -93,7 +98,7 @@ async def _wait_for_peer(network: Network, topic: str) -> Peer:
     arrived = trio.Event()
 
     def check(peer: Peer) -> None:
-        if topic in peer.topics and not peer.closed.is_set():
+        if topic in peer.topics and peer.is_open:
             found.append(peer)
             arrived.set()
 
