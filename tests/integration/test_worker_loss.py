@@ -6,54 +6,33 @@ an idle worker died does not wait for the transport's retransmission timeouts.""
 from __future__ import annotations
 
 import math
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
 import trio
 
 from p2p_transport.cenc import SocketAddress
+from tests.integration.processes import service_process
 from tests.integration.testnet import node_testnet
 from tests.services.harness import Fleet, fleet, swarm_networks, wall_ms
 from tests.services.test_request_path import collect, request
 from tether.v1 import jobs_pb2
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 #: Longest acceptable pause when a worker dies (the transport's own timeouts took 11 s).
 PROMPT_S = 3.0
 
 
-@asynccontextmanager
-async def worker_process(
+def worker_process(
     bootstrap: list[SocketAddress], f: Fleet, worker_id: str, *, step_s: float
-) -> AsyncIterator[trio.Process]:
-    """A worker in its own process; killed (SIGKILL) at the end if still running."""
-    argv = [sys.executable, "-m", "tests.integration.worker_process", "--worker-id", worker_id,
-            "--orchestrator-key", f.orchestrator_key.hex(), "--step-s", str(step_s)]
-    for b in bootstrap:
-        argv += ["--bootstrap", f"{b.host}:{b.port}"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    async with trio.open_nursery() as nursery:
-        proc: trio.Process = await nursery.start(
-            partial(trio.run_process, argv, stdout=subprocess.PIPE, check=False, env=env,
-                    cwd=str(ROOT))
-        )
-        assert proc.stdout is not None
-        with trio.fail_after(30):
-            line = await proc.stdout.receive_some(64)
-        assert line.startswith(b"ready"), line
-        try:
-            yield proc
-        finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGKILL)
+) -> AbstractAsyncContextManager[trio.Process]:
+    """A worker in its own process (see ``worker_process.py``)."""
+    return service_process(
+        "tests.integration.worker_process", bootstrap, "--worker-id", worker_id,
+        "--orchestrator-key", f.orchestrator_key.hex(), "--step-s", str(step_s),
+    )
 
 
 def test_a_worker_killed_mid_stream_is_resumed_at_once(tmp_path: Path) -> None:
