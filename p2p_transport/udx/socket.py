@@ -87,8 +87,8 @@ class ReportsUnreachable(Protocol):
         ...
 
 
-#: Linux's ``IP_RECVERR`` (absent from Python's socket module before 3.12?): queue ICMP
-#: errors with the address they concern, also on unconnected sockets.
+#: Linux's ``IP_RECVERR`` (not exported by every Python's socket module): queue ICMP errors
+#: with the address they concern, also on unconnected sockets.
 _IP_RECVERR = getattr(stdsocket, "IP_RECVERR", 11)
 _SO_EE_ORIGIN_ICMP = 2
 _EXTENDED_ERR = struct.Struct("=IBBBx")  # sock_extended_err: errno, origin, type, code
@@ -146,7 +146,6 @@ class UdpTransport:
         while True:
             await trio.lowlevel.wait_readable(self._sock)
             out: list[tuple[bytes, Address]] = []
-            refused = False
             for _ in range(RECEIVE_BATCH):
                 try:
                     data, addr = self._sock.recvfrom(65536)
@@ -154,13 +153,12 @@ class UdpTransport:
                     break
                 except OSError as exc:
                     if exc.errno == errno.ECONNREFUSED:
-                        refused = True
-                        continue
+                        continue  # the error is read from the error queue below
                     raise
                 out.append((data, (addr[0], addr[1])))
-            if self._recverr and (refused or not out):
-                # Drained every time it may hold something: a non-empty error queue keeps
-                # the socket readable.
+            if self._recverr:
+                # Every batch (one syscall): a non-empty error queue keeps the socket
+                # readable, and its news should not wait for a quiet moment.
                 self._drain_errors()
             if out or self._unreachable:
                 return out
