@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -18,6 +19,7 @@ import trio
 import trio.testing
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from gateway.http import HttpApi, serve_connection
 from registry.catalog import Catalog
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet, model_record
 from tether import blocking, operator, telemetry
@@ -171,10 +173,10 @@ async def a_worker_lost_mid_stream_is_resumed_on_another(open_fleet: OpenFleet) 
 
 @scenario
 async def calls_cancelled_mid_stream_end_alone(open_fleet: OpenFleet) -> None:
-    """A client deadline that expires mid-stream, or a client that leaves mid-stream, ends
-    that call alone on every hop: the other tenants' streams on the same connections
-    complete, nothing is dead-lettered or held against the pool, and the worker stops
-    generating for the cancelled calls."""
+    """A client deadline that expires mid-stream, or a client that leaves mid-stream (an RPC
+    client, or an HTTP client that hangs up), ends that call alone on every hop: the other
+    tenants' streams on the same connections complete, nothing is dead-lettered or held
+    against the pool, and the worker stops generating for the cancelled calls."""
     async with open_fleet() as f:
         # Fast streams (a small model's pace): cancels land while chunks are being sent.
         engine = ScriptedEngine([(MODEL, "1.0")], step_s=0.0005)
@@ -205,13 +207,35 @@ async def calls_cancelled_mid_stream_end_alone(open_fleet: OpenFleet) -> None:
                     if c.seq == 20:
                         break
 
+        async def hangs_up(token: str) -> None:  # an HTTP client of the gateway's edge
+            ask = {"model": MODEL, "prompt": "hi", "max_tokens": 1024, "stream": True}
+            body = json.dumps(ask).encode()
+            head = (f"POST /v1/completions HTTP/1.1\r\nhost: tether\r\n"
+                    f"content-length: {len(body)}\r\nauthorization: Bearer {token}\r\n\r\n")
+            client, server = trio.testing.memory_stream_pair()
+
+            async def serve() -> None:
+                # The hang-up is absorbed, as serve_http does for every connection.
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await serve_connection(server, HttpApi(f.gateway_service))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                await client.send_all(head.encode() + body)
+                received = b""
+                while received.count(b"data:") < 20:
+                    received += await client.receive_some()
+                await client.aclose()  # gone mid-stream
+
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 for tenant in survivors:
                     nursery.start_soon(survivor, tenant)
+                http_token = f.store.issue_token("restless")
                 for i in range(10):
                     nursery.start_soon(times_out, i)
                     nursery.start_soon(leaves, i)
+                    nursery.start_soon(hangs_up, http_token)
                     await trio.sleep(0.03)
         assert done == {t: list(range(1000)) for t in survivors}
         assert set(codes) == {StatusCode.DEADLINE_EXCEEDED}
