@@ -5,6 +5,9 @@ request lifecycle (§10) from placement to finalisation.
  1. resolve the model version through the Registry (RPC) and check its policy, and
     the request against the model's limits (``tether.limits``): a client error is
     refused here, before anything is charged or reserved;
+    the registry is any replica on the registry topic; while none answers, a model
+    resolved in the last hour resolves as it did then, counted in
+    ``tether.registry.stale_resolutions``;
  2. reserve ``(correlationId, retryToken)`` in the Metadata Store *before*
     dispatch: a repeat of an accepted request is refused (ALREADY_EXISTS)
     instead of running twice;
@@ -58,6 +61,7 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
+from opentelemetry import metrics as otel_metrics
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.breaker import BreakerState, CircuitBreakers
@@ -95,6 +99,12 @@ DEFAULT_MAX_ATTEMPTS = 3
 REGISTRY_TIMEOUT_S = 10.0
 #: How long a registry resolution is reused (a new 'latest' or policy applies after it).
 RESOLVE_CACHE_S = 5.0
+#: How long a model's last good resolution may stand in for an unreachable registry.
+STALE_RESOLUTION_S = 3600.0
+#: How long a resolution waits for the registry when a last good one could stand in.
+REGISTRY_FALLBACK_WAIT_S = 2.0
+#: Failures that mean "no registry answered" (the last good resolution may stand in).
+_REGISTRY_DOWN = {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED}
 #: How often the registry is re-read for model topics to discover workers on.
 MODEL_TOPICS_S = 60.0
 #: Workers ``Place`` names at most: a sealed request gets a key slot for each, so that
@@ -143,6 +153,16 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.usage_metrics = telemetry.UsageMetrics()
         self._resolved: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
             ttl_s=RESOLVE_CACHE_S, max_entries=4096, name="orchestrator_resolution"
+        )
+        self._last_good: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
+            ttl_s=STALE_RESOLUTION_S, max_entries=4096
+        )
+        #: Resolutions served from the last good one while no registry answered.
+        self.stale_resolutions = 0
+        self._stale_counter = otel_metrics.get_meter("tether").create_counter(
+            "tether.registry.stale_resolutions",
+            description="Model resolutions served from the last good one while no registry "
+            "replica answered",
         )
         #: This orchestrator's name on the jobs it owns: its public key, hex.
         self.owner = network.public_key.hex()
@@ -263,20 +283,52 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
 
     async def resolve(self, request: infer_pb2.Infer.Request) -> registry_pb2.ModelRecord:
         """The registry's answer for (model, version, tenant), cached for a few seconds:
-        versions are immutable once published, only 'latest' and policies can move."""
+        versions are immutable once published, only 'latest' and policies can move.
+
+        While no registry replica answers, the last good answer of the past
+        ``STALE_RESOLUTION_S`` stands in (logged and counted); only a model never resolved
+        fails then."""
         key = (request.model_id, request.version, request.tenant_id)
         cached = self._resolved.get(key)
         if cached is not None:
             return cached
-        registry = await self._registry()
-        record = await registry.Resolve(
-            services_pb2.ResolveRequest(
-                model_id=request.model_id, version=request.version, tenant_id=request.tenant_id
-            ),
-            timeout=REGISTRY_TIMEOUT_S,
-        )
+        fallback = self._last_good.get(key)
+        wait_s = REGISTRY_TIMEOUT_S if fallback is None else REGISTRY_FALLBACK_WAIT_S
+        try:
+            record = await self._resolve_at_registry(request, wait_s)
+        except (Unavailable, RpcError) as exc:
+            if fallback is None or StatusCode.coerce(exc.code) not in _REGISTRY_DOWN:
+                raise
+            log.warning(
+                "no registry answered (%s); %s %s resolves as it last did, to %s",
+                exc, request.model_id, request.version or "latest", fallback.model.version,
+            )
+            self.stale_resolutions += 1
+            self._stale_counter.add(1, {"model": request.model_id})
+            self._resolved.put(key, fallback)  # the registry is asked again after the TTL
+            return fallback
         self._resolved.put(key, record)
+        self._last_good.put(key, record)
         return record
+
+    async def _resolve_at_registry(
+        self, request: infer_pb2.Infer.Request, wait_s: float
+    ) -> registry_pb2.ModelRecord:
+        """Resolve at any registry replica; a replica lost under the call (UNAVAILABLE) hands
+        it to another."""
+        ask = services_pb2.ResolveRequest(
+            model_id=request.model_id, version=request.version, tenant_id=request.tenant_id
+        )
+        timeout = max(wait_s, REGISTRY_FALLBACK_WAIT_S)
+        peer = await wait_for_peer(self.network, self.registry_topic, timeout=wait_s)
+        try:
+            return await services_rpc.RegistryStub(peer.rpc).Resolve(ask, timeout=timeout)
+        except RpcError as exc:
+            if exc.code != StatusCode.UNAVAILABLE:
+                raise
+            log.info("registry replica %s lost (%s); asking another", peer.key_hex[:12], exc)
+        peer = await wait_for_peer(self.network, self.registry_topic, timeout=wait_s)
+        return await services_rpc.RegistryStub(peer.rpc).Resolve(ask, timeout=timeout)
 
     async def Submit(
         self, request: infer_pb2.Infer.Request, context: ServerContext

@@ -431,7 +431,8 @@ class Protomux:
 
 
 class MessageStream(Protocol):
-    """A reliable, ordered stream of whole messages (a secret-stream, or a framed test pipe)."""
+    """A reliable, ordered stream of whole messages (a secret-stream, or a framed test pipe).
+    A cancelled ``send_message`` sends its message whole or not at all."""
 
     async def send_message(self, data: bytes) -> None: ...
 
@@ -534,24 +535,35 @@ class Mux:
 
     async def flush(self) -> None:
         """Send every queued message now. One task flushes at a time, in order; a task that
-        finds a flush in progress leaves its messages to that flusher."""
+        finds a flush in progress leaves its messages to that flusher.
+
+        A queued message is never dropped by cancelling the flushing task: the stream sends a
+        message whole or not at all, and what was not sent stays queued for the writer task
+        (messages of other channels are queued here too)."""
         if self._flushing:
             await trio.lowlevel.checkpoint()
             return
         self._flushing = True
+        outbox = self.core.outbox  # the core appends to this list while we send
+        sent = 0
         try:
-            while self.core.outbox:
-                batch, self.core.outbox = self.core.outbox, []
-                for data in batch:
-                    await self.stream.send_message(data)
+            while sent < len(outbox):
+                await self.stream.send_message(outbox[sent])
+                sent += 1
         finally:
+            del outbox[:sent]
             self._flushing = False
+            if outbox:
+                self._wake.set()
 
     async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self.flush()
+        # A stream that broke under a write ends this task only: the receive side sees the
+        # end too, and run() returns as for any ended connection.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await self.flush()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -567,7 +579,9 @@ class Mux:
                             await self._push.deliver(self._on_frame)
                     else:
                         await self._pull()
-                    with trio.move_on_after(5):
+                    with (trio.move_on_after(5),
+                          contextlib.suppress(trio.BrokenResourceError,
+                                              trio.ClosedResourceError)):
                         await self.flush()
                 finally:
                     self.core.shutdown()
@@ -591,7 +605,10 @@ class Mux:
             finally:
                 self._inline -= 1
             if self.core.outbox:
-                await self.flush()  # replies queued while handling the frame
+                try:
+                    await self.flush()  # replies queued while handling the frame
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
 
     async def aclose(self) -> None:
         """Close every channel and the stream."""

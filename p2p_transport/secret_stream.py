@@ -378,7 +378,12 @@ class SecretStream(trio.abc.HalfCloseableStream):
     # ---------------------------------------------------------------- messages
 
     async def send_message(self, message: bytes | bytearray | memoryview) -> None:
-        """Send one message; the peer receives it whole."""
+        """Send one message; the peer receives it whole.
+
+        Cancellation is safe: the message is either sent whole or not at all, and the
+        stream stays usable. (Sealing advances the secretstream state, so a sealed frame
+        that never reached the wire would make every later one fail to decrypt.)
+        """
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")
         # uncontended: take the lock without yielding; the raw send is the checkpoint
@@ -387,9 +392,26 @@ class SecretStream(trio.abc.HalfCloseableStream):
         except trio.WouldBlock:
             await self._send_lock.acquire()
         try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            push = self._push
+            if push is not None:
+                # Wait for room while nothing is sealed (cancellable), then seal and write
+                # without yielding.
+                while not push.can_send_nowait():
+                    await self.raw.wait_send_all_might_not_block()
+                if self._closed:
+                    raise trio.ClosedResourceError("stream is closed")
+                push.send_nowait(self.core.encrypt(bytes(message)))
+                self._last_write = trio.current_time()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
             if self._closed:
                 raise trio.ClosedResourceError("stream is closed")
-            await self._write_raw(self.core.encrypt(bytes(message)))
+            frame = self.core.encrypt(bytes(message))
+            # A generic stream may take a cancelled send_all partly (trio's contract): once
+            # sealed, the frame goes out whole.
+            with trio.CancelScope(shield=True):
+                await self._write_raw(frame)
         finally:
             self._send_lock.release()
 

@@ -6,7 +6,9 @@ connection de-duplication and ``flush``, wire-compatible with the npm ``hyperswa
   a client looks the topic up and queues every peer found. Refreshes every 10-12 min.
 * Connections: at most ``max_parallel`` client connects at once, ``max_peers`` connections.
   A closed or failed connection is retried after ~1 s / 5 s / 15 s (the npm buckets) while its
-  topic stays joined, at most 3 times (attempts reset when a connection lived 15 s).
+  topic stays joined, at most 3 times (attempts reset when a connection lived 15 s). A peer
+  that ran out of attempts is tried once more whenever a lookup finds it again: a process
+  restarted with the same key is found again within one lookup.
 * De-duplication (one connection per remote key, the same one on both ends): when an incoming
   connection meets an existing one for the same key, the new one is kept if the existing one
   already moved bytes both ways, or if the remote key is the larger one (its outgoing

@@ -4,7 +4,7 @@
 :mod:`.socket` the trio adapter (:class:`UdxSocket`, :class:`UdxStream`).
 """
 
-from .core import State, StreamCore, StreamError, StreamReset, StreamTimeout
+from .core import State, StreamCore, StreamError, StreamReset, StreamTimeout, StreamUnreachable
 from .packet import MAX_PAYLOAD, Packet, PacketError
 from .socket import Address, DatagramTransport, UdpTransport, UdxSocket, UdxStream
 
@@ -19,6 +19,7 @@ __all__ = [
     "StreamError",
     "StreamReset",
     "StreamTimeout",
+    "StreamUnreachable",
     "UdpTransport",
     "UdxSocket",
     "UdxStream",

@@ -35,6 +35,7 @@ Lifecycle (:attr:`StreamCore.state`; :data:`TRANSITIONS` is the full table, chec
                               |  --peer END----> REMOTE_ENDED --write_end--> ENDING
     ENDING --our END acked--> CLOSED        any live state --destroy--> DESTROYED
     any live state --peer DESTROY--> RESET  any state with data in flight --silence--> TIMED_OUT
+    any connected live state --port unreachable--> RESET (the peer's process is gone)
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ __all__ = [
     "StreamError",
     "StreamReset",
     "StreamTimeout",
+    "StreamUnreachable",
     "Writable",
 ]
 
@@ -109,12 +111,15 @@ class State(Enum):
 
 #: Expected next state for (state, input). Inputs: ``data``/``end``/``destroy_pkt``/``message``/
 #: ``heartbeat``/``ack`` are in-window packets from the peer, ``write``/``write_end``/``destroy``
-#: are application calls, ``silence`` runs the timers until they stop with no reply. A
-#: ``write`` after END or close raises ``RuntimeError`` and leaves the state unchanged.
+#: are application calls, ``silence`` runs the timers until they stop with no reply,
+#: ``unreachable`` is the network reporting the peer's port closed. A ``write`` after END or
+#: close raises ``RuntimeError`` and leaves the state unchanged.
 _LIVE_INPUTS = ("data", "message", "heartbeat", "ack", "write")
+_CONNECTED = (State.OPEN, State.LOCAL_ENDED, State.REMOTE_ENDED, State.ENDING)
 TRANSITIONS: dict[tuple[State, str], State] = {
     **{(State.UNCONNECTED, i): State.UNCONNECTED for i in (*_LIVE_INPUTS, "end", "write_end",
-                                                           "silence")},
+                                                           "silence", "unreachable")},
+    **{(live, "unreachable"): State.RESET for live in _CONNECTED},
     (State.UNCONNECTED, "destroy_pkt"): State.RESET,
     (State.UNCONNECTED, "destroy"): State.DESTROYED,
     **{(State.OPEN, i): State.OPEN for i in (*_LIVE_INPUTS, "silence")},
@@ -139,7 +144,8 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.ENDING, "destroy"): State.DESTROYED,
     **{(closed, i): closed
        for closed in (State.CLOSED, State.DESTROYED, State.RESET, State.TIMED_OUT)
-       for i in (*_LIVE_INPUTS, "end", "destroy_pkt", "write_end", "destroy", "silence")},
+       for i in (*_LIVE_INPUTS, "end", "destroy_pkt", "write_end", "destroy", "silence",
+                 "unreachable")},
 }
 
 
@@ -153,6 +159,11 @@ class StreamReset(StreamError):
 
 class StreamTimeout(StreamError):
     """The peer stopped acknowledging data (ETIMEDOUT)."""
+
+
+class StreamUnreachable(StreamReset):
+    """The network reported the peer's port closed (ICMP port unreachable, ECONNREFUSED):
+    the process behind the stream is gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +358,14 @@ class StreamCore:
         if self._advertised < RWND_MAX // 2 and RWND_MAX - len(self._recv) >= RWND_MAX // 2:
             self._ack_needed = True
         return out
+
+    def unreachable(self) -> None:
+        """The network reported the peer's port closed: fail now with
+        :class:`StreamUnreachable` rather than after :data:`MAX_RTO_TIMEOUTS` timeouts (a
+        killed process answers nothing; its host answers for it)."""
+        if self.closed or self.remote_id is None:
+            return
+        self._close(StreamUnreachable("the peer's port is closed (ICMP port unreachable)"))
 
     def destroy(self) -> None:
         """Abort: send one DESTROY (if connected) and close with no error locally."""

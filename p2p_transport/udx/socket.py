@@ -19,10 +19,11 @@ import math
 import random
 import socket as stdsocket
 import struct
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 import trio.testing
@@ -33,6 +34,7 @@ from .packet import MAX_DATAGRAM, Packet, PacketError, is_udx
 __all__ = [
     "Address",
     "DatagramTransport",
+    "ReportsUnreachable",
     "UdpTransport",
     "UdxSocket",
     "UdxStream",
@@ -69,19 +71,47 @@ class DatagramTransport(Protocol):
         """Hand one datagram to the network; never blocks (it may drop, like UDP)."""
 
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
-        """Wait for at least one datagram and return those available."""
+        """Wait for at least one datagram (or, for a transport that reports them, an
+        unreachable address) and return the datagrams available."""
         ...
 
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ReportsUnreachable(Protocol):
+    """A transport that learns from the network which addresses have no listener."""
+
+    def take_unreachable(self) -> list[Address]:
+        """Addresses reported unreachable (ICMP port unreachable) since the last call."""
+        ...
+
+
+#: Linux's ``IP_RECVERR`` (not exported by every Python's socket module): queue ICMP errors
+#: with the address they concern, also on unconnected sockets.
+_IP_RECVERR = getattr(stdsocket, "IP_RECVERR", 11)
+_SO_EE_ORIGIN_ICMP = 2
+_EXTENDED_ERR = struct.Struct("=IBBBx")  # sock_extended_err: errno, origin, type, code
+
+
 class UdpTransport:
-    """A bound, non-blocking IPv4 UDP socket driven by trio's I/O loop."""
+    """A bound, non-blocking IPv4 UDP socket driven by trio's I/O loop.
+
+    On Linux it also reads the socket's error queue (``IP_RECVERR``): an ICMP "port
+    unreachable" for a datagram we sent names an address where no process listens any more
+    (a peer that was killed), reported by :meth:`take_unreachable`.
+    """
 
     def __init__(self, sock: stdsocket.socket) -> None:
         self._sock = sock
         self._sock.setblocking(False)
         self.dropped_sends = 0
+        self._unreachable: list[Address] = []
+        self._recverr = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(stdsocket.IPPROTO_IP, _IP_RECVERR, 1)
+                self._recverr = True
 
     @classmethod
     def bind(cls, host: str = "127.0.0.1", port: int = 0, *,
@@ -99,14 +129,18 @@ class UdpTransport:
         return (host, port)
 
     def send(self, data: bytes, addr: Address) -> None:
-        try:
-            self._sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self.dropped_sends += 1  # a full send buffer drops, as the network would
-        except OSError as exc:
-            # ICMP errors surface on later sends (ECONNREFUSED); UDP treats them as loss
-            if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+        for _ in range(2):
+            try:
+                self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self.dropped_sends += 1  # a full send buffer drops, as the network would
+            except OSError as exc:
+                # An ICMP error for an earlier datagram (to any address) surfaces on this
+                # send, which then sent nothing; reporting it cleared it, so send again.
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
                 raise
+            return
 
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
         while True:
@@ -119,11 +153,40 @@ class UdpTransport:
                     break
                 except OSError as exc:
                     if exc.errno == errno.ECONNREFUSED:
-                        continue
+                        continue  # the error is read from the error queue below
                     raise
                 out.append((data, (addr[0], addr[1])))
-            if out:
+            if self._recverr:
+                # Every batch (one syscall): a non-empty error queue keeps the socket
+                # readable, and its news should not wait for a quiet moment.
+                self._drain_errors()
+            if out or self._unreachable:
                 return out
+
+    def _drain_errors(self) -> None:
+        while True:
+            try:
+                _data, ancdata, _flags, addr = self._sock.recvmsg(
+                    1, 512, stdsocket.MSG_ERRQUEUE
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.EAGAIN:
+                    return
+                raise
+            for level, kind, payload in ancdata:
+                if level != stdsocket.IPPROTO_IP or kind != _IP_RECVERR:
+                    continue
+                if len(payload) < _EXTENDED_ERR.size:
+                    continue
+                err, origin, _type, _code = _EXTENDED_ERR.unpack_from(payload)
+                if origin == _SO_EE_ORIGIN_ICMP and err == errno.ECONNREFUSED and addr:
+                    self._unreachable.append((addr[0], addr[1]))
+
+    def take_unreachable(self) -> list[Address]:
+        out, self._unreachable = self._unreachable, []
+        return out
 
     def close(self) -> None:
         trio.lowlevel.notify_closing(self._sock)
@@ -238,10 +301,14 @@ class UdxSocket:
             self._datagram_ready = trio.Event()
 
     async def _receive_loop(self) -> None:
+        reports = self.transport if isinstance(self.transport, ReportsUnreachable) else None
         while True:
             batch = await self.transport.receive_batch()
             touched: dict[int, UdxStream] = {}
             now = trio.current_time()
+            if reports is not None:
+                for addr in reports.take_unreachable():
+                    self._unreachable(addr, now)
             for data, addr in batch:
                 stream = self._route(data)
                 if stream is None:
@@ -258,6 +325,16 @@ class UdxSocket:
                 stream.core.receive(pkt, now)
                 touched[id(stream)] = stream
             for stream in touched.values():
+                stream._after_input(now)
+
+    def _unreachable(self, addr: Address, now: float) -> None:
+        """Nothing listens at ``addr`` any more: its streams fail now (their peer is gone)
+        instead of after the retransmission timeouts."""
+        for stream in list(self._streams.values()):
+            if stream.remote_address == addr and not stream.core.closed:
+                log.info("udx stream %d: %s:%d is unreachable (port closed); failing it",
+                         stream.core.local_id, addr[0], addr[1])
+                stream.core.unreachable()
                 stream._after_input(now)
 
     def _route(self, data: bytes) -> UdxStream | None:

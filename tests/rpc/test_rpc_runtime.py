@@ -384,3 +384,127 @@ async def test_connection_loss_fails_open_calls_with_unavailable() -> None:
         assert info.value.code == StatusCode.UNAVAILABLE
         with pytest.raises(RpcError):
             await stub.GetHealth(services_pb2.GetHealthRequest())
+
+
+class _CancelAfterFirstSend:
+    """Test double around a message stream: cancels ``scope`` once the first message is out,
+    as a deadline expiring between two frames would."""
+
+    def __init__(self, inner: LengthPrefixedStream) -> None:
+        self.inner = inner
+        self.scope: trio.CancelScope | None = None
+
+    async def send_message(self, data: bytes) -> None:
+        await self.inner.send_message(data)
+        if self.scope is not None:
+            self.scope.cancel()
+            self.scope = None
+
+    async def receive_message(self) -> bytes:
+        return await self.inner.receive_message()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@trio_test
+async def test_a_call_cancelled_while_opening_leaves_no_state_on_the_server() -> None:
+    client_end, server_end = memory_message_stream_pair()
+    wrapped = _CancelAfterFirstSend(client_end)
+    server = RpcConnection(server_end, initiator=False, handlers=collect_handlers(Worker()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        async with open_connection(wrapped, initiator=True) as client:
+            stub = services_rpc.WorkerStub(client)
+            with trio.CancelScope() as scope:
+                wrapped.scope = scope
+                await stub.GetHealth(services_pb2.GetHealthRequest())
+            assert scope.cancelled_caught
+            await trio.sleep(1)
+            # The open the server saw was released, and the connection still serves.
+            assert server.statistics() == {"client_calls": 0, "server_calls": 0}
+            assert (await stub.GetHealth(services_pb2.GetHealthRequest())).worker_id == "w1"
+        nursery.cancel_scope.cancel()
+
+
+class _SlowByteStream(trio.abc.Stream):
+    """Test double of a byte stream whose ``send_all`` takes a frame in two writes a second
+    apart (as a socket under back-pressure does)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.halfway = trio.Event()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        half = len(data) // 2
+        await self.inner.send_all(data[:half])
+        self.halfway.set()
+        await trio.sleep(1)
+        await self.inner.send_all(data[half:])
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return bytes(await self.inner.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@trio_test
+async def test_a_frame_cancelled_part_way_still_goes_out_whole() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    slow = _SlowByteStream(left)
+    sender, receiver = LengthPrefixedStream(slow), LengthPrefixedStream(right)
+    async with trio.open_nursery() as nursery:
+
+        async def cancel_halfway() -> None:
+            await slow.halfway.wait()
+            scope.cancel()
+
+        nursery.start_soon(cancel_halfway)
+        with trio.CancelScope() as scope:
+            await sender.send_message(b"first frame")
+    await sender.send_message(b"second frame")
+    assert await receiver.receive_message() == b"first frame"
+    assert await receiver.receive_message() == b"second frame"
+
+
+class _FrameRecorder:
+    """Test double around a message stream: records the kind of every frame it receives."""
+
+    def __init__(self, inner: LengthPrefixedStream) -> None:
+        self.inner = inner
+        self.received: list[rpc_pb2.RpcFrame] = []
+
+    async def send_message(self, data: bytes) -> None:
+        await self.inner.send_message(data)
+
+    async def receive_message(self) -> bytes:
+        data = await self.inner.receive_message()
+        self.received.append(rpc_pb2.RpcFrame.FromString(data))
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@trio_test
+async def test_a_waiting_call_probes_its_peer_harmlessly() -> None:
+    """While a call waits for its next message it sends window frames granting nothing:
+    data on the wire, so that a transport notices a peer that is gone; the server is not
+    disturbed by them."""
+    client_end, server_end = memory_message_stream_pair()
+    recorder = _FrameRecorder(server_end)
+    handlers = collect_handlers(Worker())
+    async with (
+        open_connection(recorder, initiator=False, handlers=handlers),
+        open_connection(client_end, initiator=True, probe_after_s=0.25) as client,
+    ):
+        stub = services_rpc.WorkerStub(client)
+        async with stub.Infer(infer_request(3, text="slow")) as chunks:  # 1 s per chunk
+            got = [c.seq async for c in chunks]
+    assert got == [0, 1, 2]
+    probes = [f for f in recorder.received if f.HasField("window") and not f.window.credits]
+    assert len(probes) >= 3 * 3  # about four a second while waiting 3 s

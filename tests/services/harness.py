@@ -66,6 +66,10 @@ class ScriptedEngine:
         self.requests: list[infer_pb2.Infer.Request] = []
         self.started = 0
         self.steps = 0
+        #: Streams generating now (a cancelled call's stream must stop at once), and an
+        #: event set whenever that falls to zero.
+        self.active = 0
+        self.idle = trio.Event()
         self.fail_with: Exception | None = None
         self.running = trio.Event()
         self.gate: trio.Event | None = None
@@ -85,25 +89,33 @@ class ScriptedEngine:
         if self.fail_with is not None:
             raise self.fail_with
         n = request.params.max_tokens or 4
+        self.active += 1
+        if self.active == 1:
+            self.idle = trio.Event()
         stop = StopFilter(request.params.stop)  # the real engine's stop strings
-        for i in range(n):
-            if self.gate is not None:
-                await self.gate.wait()
-            await trio.sleep(self.step_s)
-            usage = None
-            text = stop.push(f" {self.word}{i}")
-            if i == n - 1 or stop.stopped:
-                text += stop.flush()
-                usage = infer_pb2.Usage(
-                    tenant_id=request.tenant_id,
-                    model_id=request.model_id,
-                    version=request.version,
-                    output_tokens=i + 1,
-                )
-            self.steps += 1
-            yield infer_pb2.Payload(text=text), usage
-            if stop.stopped:
-                return
+        try:
+            for i in range(n):
+                if self.gate is not None:
+                    await self.gate.wait()
+                await trio.sleep(self.step_s)
+                usage = None
+                text = stop.push(f" {self.word}{i}")
+                if i == n - 1 or stop.stopped:
+                    text += stop.flush()
+                    usage = infer_pb2.Usage(
+                        tenant_id=request.tenant_id,
+                        model_id=request.model_id,
+                        version=request.version,
+                        output_tokens=i + 1,
+                    )
+                self.steps += 1
+                yield infer_pb2.Payload(text=text), usage
+                if stop.stopped:
+                    return
+        finally:
+            self.active -= 1
+            if not self.active:
+                self.idle.set()
 
 
 def model_record(publisher: KeyPair, model: str = MODEL, version: str = VERSION):
@@ -175,11 +187,16 @@ class Fleet:
     operator_key: KeyPair = field(default_factory=KeyPair.generate)
     workers: dict[str, WorkerService] = field(default_factory=dict)
     worker_scopes: dict[str, trio.CancelScope] = field(default_factory=dict)
+    catalog: Catalog | None = None
+    registry_key: KeyPair | None = None
+    #: Registry replicas by key: all serve ``catalog`` on the region's registry topic.
+    registry_scopes: dict[bytes, trio.CancelScope] = field(default_factory=dict)
     discovery: DiscoverySub = field(init=False)
     networks: list[TestNetwork] = field(default_factory=list)
     gateway_net: TestNetwork = field(init=False)
     orchestrator_net: TestNetwork = field(init=False)
     gateway_service: GatewayService = field(init=False)
+    orchestrator_service: OrchestratorService = field(init=False)
     client_net: TestNetwork = field(init=False)
     operator_net: TestNetwork = field(init=False)
     #: What the orchestrators' and the gateway's methods see (``spied``), by method.
@@ -286,7 +303,7 @@ class Fleet:
         )
         net = self.make_net(keypair, collect_handlers(service))
         scope = await self.nursery.start(
-            _run_node, self.networks, net, _worker_topics(region, engine)
+            _run_node, self.networks, net, worker_topics(region, engine)
         )
         self.workers[worker_id] = service
         self.worker_scopes[worker_id] = scope
@@ -294,6 +311,20 @@ class Fleet:
 
     def kill_worker(self, worker_id: str) -> None:
         self.worker_scopes[worker_id].cancel()
+
+    async def add_registry(self, keypair: KeyPair | None = None) -> KeyPair:
+        """Start a registry replica (again, when given the key of one that was stopped)."""
+        assert self.catalog is not None
+        keypair = keypair or KeyPair.generate()
+        net = self.make_net(keypair, collect_handlers(RegistryService(self.catalog)))
+        self.registry_scopes[keypair.public_key] = await self.nursery.start(
+            _run_node, self.networks, net, [(topics.registry(self.region), True, False)]
+        )
+        return keypair
+
+    def stop_registry(self, keypair: KeyPair) -> None:
+        self.registry_scopes.pop(keypair.public_key).cancel()
+
 
 
 def spied(handlers: dict[str, Handler], spies: Mapping[str, list[bytes]]) -> dict[str, Handler]:
@@ -316,7 +347,7 @@ def spied(handlers: dict[str, Handler], spies: Mapping[str, list[bytes]]) -> dic
     return out
 
 
-def _worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
+def worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
     joins = [(topics.presence(region), True, False), (topics.control(region), False, True)]
     joins += [(topics.models(m, v, region), True, False) for m, v in engine.models]
     return joins
@@ -394,12 +425,8 @@ async def fleet(
     if extra is not None:
         extra(catalog, publisher)
     async with trio.open_nursery() as nursery:
-        f = Fleet(make_net, clock_ms, store, region, nursery, spies=spies)
-        registry_service = RegistryService(catalog)
-        registry_net = make_net(KeyPair.generate(), collect_handlers(registry_service))
-        await nursery.start(
-            _run_node, f.networks, registry_net, [(topics.registry(region), True, False)]
-        )
+        f = Fleet(make_net, clock_ms, store, region, nursery, spies=spies, catalog=catalog)
+        f.registry_key = await f.add_registry()
 
         f.watch_regions = watch_regions
         f.breakers = functools.partial(
@@ -440,6 +467,7 @@ async def fleet(
         nursery.start_soon(gateway.orchestrators.watch)
         f.gateway_net = gateway_net
         f.gateway_service = gateway
+        f.orchestrator_service = first.service
         client_net = make_net(KeyPair.generate(), {})
         await nursery.start(_run_node, f.networks, client_net, [])
         f.client_net = client_net

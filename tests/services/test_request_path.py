@@ -7,7 +7,9 @@ and the engine (``ScriptedEngine``) are test doubles. Virtual time throughout.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -17,6 +19,7 @@ import trio
 import trio.testing
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from gateway.http import HttpApi, serve_connection
 from registry.catalog import Catalog
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet, model_record
 from tether import blocking, operator, telemetry
@@ -185,6 +188,132 @@ async def a_worker_lost_mid_stream_is_resumed_on_another(open_fleet: OpenFleet) 
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
         assert job.worker_id == other and job.attempts == 2
         assert f.store.dead_letters() == []
+
+
+@scenario
+async def calls_cancelled_mid_stream_end_alone(open_fleet: OpenFleet) -> None:
+    """A client deadline that expires mid-stream, or a client that leaves mid-stream (an RPC
+    client, or an HTTP client that hangs up), ends that call alone on every hop: the other
+    tenants' streams on the same connections complete, nothing is dead-lettered or held
+    against the pool, and the worker stops generating for the cancelled calls."""
+    async with open_fleet() as f:
+        # Fast streams (a small model's pace): cancels land while chunks are being sent.
+        engine = ScriptedEngine([(MODEL, "1.0")], step_s=0.0005)
+        await f.add_worker("w1", engine=engine, slots=32, queue_limit=32)
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        survivors = ("acme", "globex", "initech")
+        done: dict[str, list[int]] = {}
+        codes: list[StatusCode] = []
+
+        async def survivor(tenant: str) -> None:
+            req = request(n=1000, correlation_id=f"keep-{tenant}")
+            done[tenant] = [c.seq for c in await collect(gw, req, f.token(tenant))]
+
+        async def times_out(i: int) -> None:
+            req = request(n=1024, correlation_id=f"late-{i}")
+            try:
+                async with gw.Infer(req, metadata=f.token("hasty"), timeout=0.06) as chunks:
+                    async for _ in chunks:
+                        pass
+            except RpcError as exc:
+                codes.append(exc.code)
+
+        async def leaves(i: int) -> None:
+            req = request(n=1024, correlation_id=f"gone-{i}")
+            async with gw.Infer(req, metadata=f.token("fickle")) as chunks:
+                async for c in chunks:
+                    if c.seq == 20:
+                        break
+
+        async def hangs_up(token: str) -> None:  # an HTTP client of the gateway's edge
+            ask = {"model": MODEL, "prompt": "hi", "max_tokens": 1024, "stream": True}
+            body = json.dumps(ask).encode()
+            head = (f"POST /v1/completions HTTP/1.1\r\nhost: tether\r\n"
+                    f"content-length: {len(body)}\r\nauthorization: Bearer {token}\r\n\r\n")
+            client, server = trio.testing.memory_stream_pair()
+
+            async def serve() -> None:
+                # The hang-up is absorbed, as serve_http does for every connection.
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await serve_connection(server, HttpApi(f.gateway_service))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                await client.send_all(head.encode() + body)
+                received = b""
+                while received.count(b"data:") < 20:
+                    received += await client.receive_some()
+                await client.aclose()  # gone mid-stream
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for tenant in survivors:
+                    nursery.start_soon(survivor, tenant)
+                http_token = f.store.issue_token("restless")
+                for i in range(10):
+                    nursery.start_soon(times_out, i)
+                    nursery.start_soon(leaves, i)
+                    nursery.start_soon(hangs_up, http_token)
+                    await trio.sleep(0.03)
+        assert done == {t: list(range(1000)) for t in survivors}
+        assert set(codes) == {StatusCode.DEADLINE_EXCEEDED}
+        assert f.store.dead_letters() == []
+        # A cancelled call's job is CANCELLED (a deadline may also expire before admission).
+        states = set()
+        for i in range(10):
+            for cid in (f"late-{i}", f"gone-{i}"):
+                with contextlib.suppress(NotFound):
+                    states.add(f.store.get_job(cid).state)
+        assert states <= {jobs_pb2.JOB_STATE_CANCELLED}
+        with trio.fail_after(5):
+            await engine.idle.wait()
+        # Nothing was held against the pool: the next requests are served.
+        for n in range(4):
+            chunks = await collect(gw, request(n=2, correlation_id=f"after-{n}"), f.token("acme"))
+            assert chunks[-1].done
+
+
+@scenario
+async def resolution_survives_a_registry_outage(open_fleet: OpenFleet) -> None:
+    """With every registry replica down, a model already resolved still resolves (to its
+    last good answer, counted); one never resolved fails clearly."""
+    async with open_fleet() as f:
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        await collect(gw, request(correlation_id="warm"), f.token("acme"))
+        assert f.registry_key is not None
+        f.stop_registry(f.registry_key)
+        await trio.sleep(6)  # past the 5 s resolution cache
+        started = trio.current_time()
+        chunks = await collect(gw, request(correlation_id="outage"), f.token("acme"))
+        assert chunks[-1].done
+        assert trio.current_time() - started < 5
+        assert f.orchestrator_service.stale_resolutions == 1
+        with pytest.raises(RpcError) as info:
+            await collect(gw, request(correlation_id="unknown"), f.token("globex"))
+        assert info.value.code == StatusCode.UNAVAILABLE
+        assert "registry" in info.value.message
+
+
+@scenario
+async def two_registry_replicas_serve_the_same_records(open_fleet: OpenFleet) -> None:
+    """Two replicas announce on the registry topic and serve one catalog: with either one
+    stopped, the other resolves."""
+    async with open_fleet() as f:
+        second = await f.add_registry()
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        assert f.registry_key is not None
+        for stopped, tenant in ((f.registry_key, "acme"), (second, "globex")):
+            f.stop_registry(stopped)
+            with trio.fail_after(15):
+                chunks = await collect(gw, request(correlation_id=tenant), f.token(tenant))
+            assert chunks[-1].done
+            await f.add_registry(stopped)
+        assert f.orchestrator_service.stale_resolutions == 0
 
 
 @scenario

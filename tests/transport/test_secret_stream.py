@@ -344,3 +344,40 @@ def test_rpc_over_secret_stream_over_udx_answers_on_the_receive_path() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_cancelled_send_leaves_the_stream_usable_over_udx() -> None:
+    """A send cancelled before it goes out, or while it waits for room in the send buffer,
+    sends nothing and breaks nothing: the later messages still decrypt."""
+    async def main() -> None:
+        async with udx_secret_pair(MemoryNetwork(15), keepalive=None) as (a, b):
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await a.send_message(b"never sent")
+            assert scope.cancelled_caught
+            big = os.urandom(2 * 1024 * 1024)  # over the high-water mark: the next send waits
+            await a.send_message(big)
+            with trio.move_on_after(0.0001) as waiting:
+                await a.send_message(b"cancelled while waiting for room")
+            assert waiting.cancelled_caught
+            await a.send_message(b"after")
+            with trio.fail_after(30):
+                assert await b.receive_message() == big
+                assert await b.receive_message() == b"after"
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_cancelled_send_leaves_the_stream_usable_over_a_byte_stream() -> None:
+    async def main() -> None:
+        hi, hr = handshake_pair()
+        left, right = trio.testing.memory_stream_pair()
+        a = SecretStream(left, True, hi, keepalive=None)
+        b = SecretStream(right, False, hr, keepalive=None)
+        await a.start()
+        await b.start()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await a.send_message(b"never sent")
+        await a.send_message(b"after")
+        assert await b.receive_message() == b"after"
+    trio.run(main)

@@ -290,7 +290,7 @@ def test_random_interleavings_keep_the_stream_consistent(
 
 
 INPUTS = ("data", "end", "destroy_pkt", "message", "heartbeat", "ack", "write", "write_end",
-          "destroy", "silence")
+          "destroy", "silence", "unreachable")
 
 
 def _pump(x: StreamCore, y: StreamCore, now: float) -> None:
@@ -367,6 +367,8 @@ def _apply(a: StreamCore, op: str) -> None:
     elif op == "silence":
         a.datagrams_to_send(1.0)
         _silence(a)
+    elif op == "unreachable":
+        a.unreachable()
     a.datagrams_to_send(1.0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,7 @@ import trio
 import trio.testing
 from udx_memnet import LinkProfile, MemoryNetwork
 
-from p2p_transport.udx import StreamReset, StreamTimeout, UdxSocket, UdxStream
+from p2p_transport.udx import StreamReset, StreamTimeout, StreamUnreachable, UdxSocket, UdxStream
 from p2p_transport.udx.packet import DATA, Packet
 
 Pair = tuple[UdxStream, UdxStream]
@@ -381,3 +382,44 @@ def test_a_pure_ack_goes_out_once_nothing_else_runs() -> None:
             assert a.core.unacked_packets == 0
             assert b.core.stats.packets_sent == 1  # the pure ACK
     run(main)
+
+
+def test_a_killed_peer_fails_the_stream_at_once_on_loopback() -> None:
+    """A peer process that was killed leaves a closed UDP port; the host answers the next
+    packet with ICMP port unreachable, and the stream fails on it at once rather than
+    after the retransmission timeouts (11 s). Real UDP on 127.0.0.1, real time."""
+    async def main() -> None:
+        gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        gone.bind(("127.0.0.1", 0))
+        host, port = gone.getsockname()
+        gone.close()  # as SIGKILL would: no DESTROY, the port just closes
+        async with UdxSocket.bind() as sa:
+            a = sa.create_stream()
+            a.connect(1234, (host, port))
+            start = trio.current_time()
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError) as info:
+                await a.send_all(b"anyone?")
+                await a.receive_some()
+            assert isinstance(info.value.__cause__, StreamUnreachable)
+            assert trio.current_time() - start < 0.5  # the first RTO alone is 1 s
+            # Other traffic on the socket goes on.
+            b = sa.create_stream()
+            assert not b.core.closed
+    trio.run(main)
+
+
+def test_an_icmp_error_never_costs_a_later_datagram() -> None:
+    """An ICMP error is reported on the socket's next send, whatever its address; that send
+    must still go out."""
+    async def main() -> None:
+        gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        gone.bind(("127.0.0.1", 0))
+        dead = gone.getsockname()
+        gone.close()
+        async with UdxSocket.bind() as sa, UdxSocket.bind() as sb:
+            for _ in range(5):
+                sa.send_datagram(b"to nobody", dead)  # on loopback the answer is immediate
+                sa.send_datagram(b"to b", sb.address)
+                with trio.fail_after(1):
+                    assert await sb.receive_datagram() == (b"to b", sa.address)
+    trio.run(main)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 
-from p2p_transport.hyperswarm import PeerInfo
+from p2p_transport.crypto import key_pair
+from p2p_transport.hyperdht.messages import PeerRecord
+from p2p_transport.hyperswarm import Hyperswarm, PeerInfo
+from p2p_transport.hyperswarm.swarm import MAX_ATTEMPTS
 
 
 def test_retry_buckets() -> None:
@@ -53,3 +56,20 @@ def test_a_peer_found_again_after_its_retries_ran_out_starts_over() -> None:
     p.attempts, p.proven = 2, True
     p.found_again()
     assert p.attempts == 2 and p.proven
+
+
+def test_a_peer_out_of_attempts_is_tried_again_when_found_again() -> None:
+    """A peer whose retries ran out (it was down for a while) and that a lookup finds again
+    (restarted with the same key) gets another attempt, not silence until the process
+    restarts: that was a dead peer cached for good."""
+    swarm = Hyperswarm(None, None, None, key_pair_=key_pair())  # type: ignore[arg-type]
+    record = PeerRecord(b"r" * 32)
+    topic = b"t" * 32
+    swarm._handle_peer(record, topic)
+    peer = swarm.peers[record.public_key]
+    assert peer.queued and swarm._queue == [peer]
+    swarm._queue.clear()
+    peer.queued = False
+    peer.attempts = MAX_ATTEMPTS + 1  # every retry failed: given up
+    swarm._handle_peer(record, topic)
+    assert peer.queued and swarm._queue == [peer]  # dialled again

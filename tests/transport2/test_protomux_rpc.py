@@ -456,3 +456,76 @@ def test_response_fast_path_decodes_like_the_reader(data: bytes) -> None:
         got = None
     assert got == expected
 
+
+
+class _RecordingStream:
+    """Test double of a message stream that sends whole messages or, when cancelled,
+    nothing (the contract of secret-stream); it records what went out."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send_message(self, data: bytes) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.sent.append(data)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def receive_message(self) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def test_a_cancelled_flush_keeps_every_queued_message() -> None:
+    """A task cancelled while it flushes must not take other channels' queued messages
+    with it: they stay queued, in order, for the writer."""
+    async def main() -> None:
+        stream = _RecordingStream()
+        mux = protomux.Mux(stream)
+        mux.core.outbox.extend([b"one", b"two", b"three"])
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await mux.flush()
+        assert scope.cancelled_caught
+        assert mux.core.outbox == [b"one", b"two", b"three"]
+        await mux.flush()
+        assert stream.sent == [b"one", b"two", b"three"]
+        assert mux.core.outbox == []
+    trio.run(main)
+
+
+class _BrokenStream:
+    """Test double of a message stream that broke: sends fail, the receive side ends once
+    ``ended`` is set (as a stream that failed reports to both sides, in some order)."""
+
+    def __init__(self) -> None:
+        self.ended = trio.Event()
+
+    async def send_message(self, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("the peer's port is closed")
+
+    async def receive_message(self) -> bytes:
+        await self.ended.wait()
+        raise trio.BrokenResourceError("the peer's port is closed")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def test_a_stream_that_breaks_under_the_writer_ends_the_mux_quietly() -> None:
+    """A broken stream is the end of one connection: ``run`` returns as for any end, it
+    does not raise out of the task serving the connection (and the swarm above it)."""
+    async def main() -> None:
+        stream = _BrokenStream()
+        mux = protomux.Mux(stream)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mux.run)
+            mux.core.outbox.append(b"frame")
+            mux._wake.set()  # the writer task flushes it and finds the stream broken
+            await trio.testing.wait_all_tasks_blocked()
+            stream.ended.set()
+        assert mux.closed.is_set()
+    trio.run(main)

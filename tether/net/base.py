@@ -37,6 +37,11 @@ class Peer:
     closed: trio.Event = field(default_factory=trio.Event)
 
     @property
+    def is_open(self) -> bool:
+        """Its connection still carries calls (``closed`` follows a moment later)."""
+        return not self.closed.is_set() and not self.rpc.closed
+
+    @property
     def key_hex(self) -> str:
         return self.remote_key.hex()
 
@@ -100,7 +105,7 @@ def peers_on(network: Network, topic: str) -> list[Peer]:
 
 
 def is_closed(peer: Peer) -> bool:
-    return peer.closed.is_set() or peer.rpc.closed
+    return not peer.is_open
 
 
 async def _wait_for_peer(network: Network, topic: str, accept: Callable[[Peer], bool]) -> Peer:
@@ -108,7 +113,7 @@ async def _wait_for_peer(network: Network, topic: str, accept: Callable[[Peer], 
     arrived = trio.Event()
 
     def check(peer: Peer) -> None:
-        if topic in peer.topics and not is_closed(peer) and accept(peer):
+        if topic in peer.topics and peer.is_open and accept(peer):
             found.append(peer)
             arrived.set()
 

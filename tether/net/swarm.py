@@ -288,13 +288,19 @@ class SwarmNetwork:
                 for callback in list(self._callbacks):
                     callback(peer)
                 await rpc.wait_closed()
+                # Gone for callers now, not once the transport closed gracefully (which
+                # waits up to seconds for a peer that may be dead).
+                self._forget(peer)
                 nursery.cancel_scope.cancel()
         finally:
             if ready is not None:
                 await ready.aclose()
             if peer is not None:
-                if self._peers.get(remote_key) is peer:
-                    del self._peers[remote_key]
-                peer.closed.set()
+                self._forget(peer)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    def _forget(self, peer: Peer) -> None:
+        if self._peers.get(peer.remote_key) is peer:
+            del self._peers[peer.remote_key]
+        peer.closed.set()

@@ -22,6 +22,12 @@ as server::
     handler ends / raises / deadline    -> trailer with the status
     cancel from the client              -> the handler is cancelled, no trailer
 
+A client call that has waited ``probe_after_s`` for its next message sends a
+``window`` frame granting no credits: a no-op for the server, but it puts data
+on the transport, so a peer whose process is gone is noticed now (its host
+answers "port unreachable", or the packet goes unacknowledged) instead of when
+the connection's keepalive next fires.
+
 A single reader task owns the stream's receive side and never blocks on a
 call: responses land in a per-call queue bounded by the credits the client
 granted (``initial_window`` plus ``window`` frames), so a peer that sends more
@@ -59,6 +65,8 @@ DEFAULT_INITIAL_WINDOW = 32
 DEFAULT_MAX_CONCURRENT_CALLS = 256
 #: How long a cancel or trailer may take to go out once its call is over.
 _SHIELDED_SEND_TIMEOUT = 5.0
+#: A client call waiting this long for its peer probes it (see the module docstring).
+DEFAULT_PROBE_AFTER_S = 0.5
 
 #: Hook run on every outgoing call; may add metadata (e.g. ``traceparent``).
 MetadataHook = Callable[[str, MutableMapping[str, str]], None]
@@ -127,6 +135,7 @@ class RpcConnection:
         initial_window: int = DEFAULT_INITIAL_WINDOW,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
         metadata_hooks: list[MetadataHook] | None = None,
+        probe_after_s: float = DEFAULT_PROBE_AFTER_S,
     ) -> None:
         if initial_window < 1:
             raise ValueError("initial_window must be at least 1")
@@ -136,6 +145,7 @@ class RpcConnection:
         self.initial_window = initial_window
         self.max_concurrent_calls = max_concurrent_calls
         self.metadata_hooks = list(metadata_hooks or [])
+        self.probe_after_s = probe_after_s
         self._parity = 1 if initiator else 0
         self._next_id = 1 if initiator else 2
         self._client_calls: dict[int, _ClientCall] = {}
@@ -421,11 +431,17 @@ class RpcConnection:
         message.message.payload = request
         close = rpc_pb2.RpcFrame(call_id=call.call_id)
         close.half_close.SetInParent()
+        sent = 0
         try:
             for frame in (opening, message, close):
                 await self._send(frame)
+                sent += 1
         except BaseException:
             self._client_calls.pop(call.call_id, None)
+            if sent:
+                # The peer holds a half-opened call: release it (it counts against its
+                # concurrent-call bound until then).
+                await self._send_quietly(_cancel_frame(call.call_id, "client gave up"))
             raise
         return call
 
@@ -434,16 +450,19 @@ class RpcConnection:
         with trio.move_on_at(deadline):
             while not call.queue:
                 call.wakeup = trio.Event()
-                await call.wakeup.wait()
+                with trio.move_on_after(self.probe_after_s):
+                    await call.wakeup.wait()
+                if not call.queue:
+                    await self._send(_window_frame(call.call_id, 0))  # a liveness probe
             item = call.queue.popleft()
             if isinstance(item, bytes):
                 call.consumed += 1
                 if call.consumed >= max(1, call.window // 2) and not call.finished:
-                    grant = rpc_pb2.RpcFrame(call_id=call.call_id)
-                    grant.window.credits = call.consumed
-                    call.granted += call.consumed
-                    call.consumed = 0
+                    grant = _window_frame(call.call_id, call.consumed)
                     await self._send(grant)
+                    # Counted once sent: a grant cancelled with its call was never given.
+                    call.granted += grant.window.credits
+                    call.consumed = 0
                 return item
             call.finished = True
             if isinstance(item, RpcError):
@@ -554,6 +573,12 @@ class ResponseStream:
         """Cancel the call now; the server's handler is cancelled."""
         if self._call is not None:
             await self._conn._abandon(self._call, reason)
+
+
+def _window_frame(call_id: int, credits: int) -> rpc_pb2.RpcFrame:
+    frame = rpc_pb2.RpcFrame(call_id=call_id)
+    frame.window.credits = credits
+    return frame
 
 
 def _cancel_frame(call_id: int, reason: str) -> rpc_pb2.RpcFrame:

@@ -41,7 +41,8 @@ class MessageStream(Protocol):
     """A reliable, ordered stream of whole messages."""
 
     async def send_message(self, data: bytes) -> None:
-        """Send one message."""
+        """Send one message: whole, or (when cancelled) not at all, never part of it,
+        so that cancelling one call never breaks the stream the others share."""
 
     async def receive_message(self) -> bytes:
         """Receive one message; raises ``trio.EndOfChannel`` at the end."""
@@ -67,9 +68,14 @@ class LengthPrefixedStream:
         self._eof = False
 
     async def send_message(self, data: bytes) -> None:
+        """Send one frame. Cancellation is safe: the frame goes out whole or not at all
+        (a ``send_all`` cancelled part way would leave the byte stream mid-frame, broken for
+        every call on it), so a frame once started is finished under a shield."""
         if len(data) > self.max_frame_size:
             raise FrameTooLarge(len(data), self.max_frame_size)
-        await self.stream.send_all(_LEN.pack(len(data)) + data)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):
+            await self.stream.send_all(_LEN.pack(len(data)) + data)
 
     async def _fill(self) -> bool:
         if self._eof:

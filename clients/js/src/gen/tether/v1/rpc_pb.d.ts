@@ -206,7 +206,9 @@ export declare type RpcCancel = Message<"tether.v1.RpcCancel"> & {
 export declare const RpcCancelSchema: GenMessage<RpcCancel>;
 
 /**
- * RpcWindow grants the peer more message credits for this call.
+ * RpcWindow grants the peer more message credits for this call. A client
+ * waiting for a message also sends one with no credits now and then: a no-op
+ * for the server that probes whether the peer is still there.
  *
  * @generated from message tether.v1.RpcWindow
  */

@@ -215,7 +215,9 @@ export const RpcCancelSchema: GenMessage<RpcCancel> = /*@__PURE__*/
   messageDesc(file_tether_v1_rpc, 5);
 
 /**
- * RpcWindow grants the peer more message credits for this call.
+ * RpcWindow grants the peer more message credits for this call. A client
+ * waiting for a message also sends one with no credits now and then: a no-op
+ * for the server that probes whether the peer is still there.
  *
  * @generated from message tether.v1.RpcWindow
  */
