@@ -3,6 +3,7 @@
 #   bazel-bootstrap  Bazel 4.2.3, used offline for `bazel build //...` and `bazel test //...`
 #   postgresql       the metadata store's server for the `postgres` tests
 #   a Java runtime   runs the PlantUML jar that renders docs/diagrams/
+#   iproute2, nftables  the network lab of tests/lab (namespaces, veth, bridges, NAT; tools/lab.py)
 # Idempotent and quiet: packages already present are skipped, and `apt-get update` runs once,
 # only when something has to be installed.
 set -euo pipefail
@@ -16,6 +17,8 @@ have_pkg() {
 have_pkg bazel-bootstrap || missing+=(bazel-bootstrap)
 have_pkg postgresql || missing+=(postgresql)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+have_pkg iproute2 || missing+=(iproute2)
+have_pkg nftables || missing+=(nftables)
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
