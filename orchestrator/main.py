@@ -77,7 +77,9 @@ async def serve(
     operators: list[bytes] | None = None,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
-    network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
+    network = SwarmNetwork(
+        config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
+    )
     discovery = DiscoverySub(network)
     service = OrchestratorService(
         callers=config.callers("gateway"),

@@ -30,7 +30,11 @@ async def serve(config: process.ServiceConfig) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     service = RegistryService(Catalog(store), callers=config.callers("publisher"))
     network = SwarmNetwork(
-        config.keypair(), collect_handlers(service), bootstrap=config.bootstrap, host=config.host
+        config.keypair(),
+        collect_handlers(service),
+        bootstrap=config.bootstrap,
+        host=config.host,
+        port=config.udp_port,
     )
     process.on_stop(network.close)
     try:

@@ -96,7 +96,9 @@ async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None
     keypair = config.keypair()
     worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}-{uuid.uuid4().hex[:4]}"
     backend, caps = select_backend(config.data_dir / "engines", prefer_cpu=args.cpu)
-    network = SwarmNetwork(keypair, {}, bootstrap=config.bootstrap, host=config.host)
+    network = SwarmNetwork(
+        keypair, {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
+    )
     async with network.running():
         await network.join(topics.registry(config.region), server=False, client=True)
         records = await resolve_models(network, config.region, args.model)

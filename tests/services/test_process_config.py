@@ -57,3 +57,25 @@ def test_bad_config_files_are_refused_with_a_clear_message(
         process.config_from_args(
             process.parse_args(worker_main.build_parser(), ["--data-dir", str(tmp_path)], "worker")
         )
+
+
+def test_udp_port_and_host_for_a_firewall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across machines a service binds its machine's address on a fixed UDP port (what a
+    firewall opens); `tether infer --host` is where a client talks from."""
+    from tether import cli
+
+    common = ["--bootstrap", "100.64.0.2:49737", "--data-dir", str(tmp_path)]
+    args = process.parse_args(
+        worker_main.build_parser(), [*common, "--host", "100.64.0.5", "--udp-port", "49740"],
+        "worker",
+    )
+    cfg = process.config_from_args(args)
+    assert (cfg.host, cfg.udp_port) == ("100.64.0.5", 49740)
+    monkeypatch.setenv("TETHER_UDP_PORT", "49741")
+    args = process.parse_args(worker_main.build_parser(), common, "worker")
+    assert process.config_from_args(args).udp_port == 49741
+    monkeypatch.delenv("TETHER_UDP_PORT")
+    args = process.parse_args(worker_main.build_parser(), common, "worker")
+    assert process.config_from_args(args).udp_port == 0
+    infer = cli.build_parser().parse_args(["infer", "--host", "100.64.0.6", "--token", "t"])
+    assert infer.host == "100.64.0.6"

@@ -1,0 +1,143 @@
+"""The README's "Running across machines", followed literally: its commands, read from the
+README itself, run on separate hosts of the network lab (a DHT host, a registry+orchestrator
+host, a gateway host, a worker host and a client host), each in its own folder with its own
+``var/tether``, so keys travel only through ``--allow-caller`` and values typed between hosts
+(the gateway's key, the token). A prompt streams back across them all."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.lab_env import ROOT, netlab
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+SECTION = "## Running across machines"
+READY_TIMEOUT_S = 180.0
+#: What each host's folder shares with the repository (its "clone"); ``var/`` is its own.
+CLONE = (".venv", "tools", "worker")
+
+
+@dataclass
+class Step:
+    host: str
+    command: str
+    #: ``NAME=$(...)``: the variable that takes the command's output.
+    capture: str | None = None
+    background: bool = False
+
+
+def readme_steps(text: str) -> list[Step]:
+    """The section's shell block as steps: ``# on HOST`` comments say where, ``\\`` joins
+    lines, ``&`` starts a service, ``NAME=$(cmd)`` keeps what ``cmd`` prints."""
+    section = text.split(SECTION, 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    steps: list[Step] = []
+    host = ""
+    for raw in block.replace("\\\n", " ").splitlines():
+        line = " ".join(raw.split())
+        if not line:
+            continue
+        if line.startswith("#"):
+            m = re.match(r"# on (\w+)", line)
+            assert m, f"a comment that names no host: {line!r}"
+            host = m.group(1)
+            continue
+        assert host, f"a command before any '# on HOST': {line!r}"
+        m = re.fullmatch(r"(\w+)=\$\((.*)\)", line)
+        if m:
+            steps.append(Step(host, m.group(2), capture=m.group(1)))
+        elif line.endswith("&"):
+            steps.append(Step(host, line[:-1].strip(), background=True))
+        else:
+            steps.append(Step(host, line))
+    return steps
+
+
+def first_line(proc: subprocess.Popen[str], stream_name: str, timeout: float,
+               want: str = "") -> str:
+    """The first line of ``proc``'s ``stream_name`` containing ``want``, within ``timeout``."""
+    stream = getattr(proc, stream_name)
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                break
+            line = stream.readline()
+            if not line:
+                raise AssertionError(f"{proc.args!r} exited ({proc.wait()}) before {want!r}")
+            if want in line:
+                return str(line)
+    raise AssertionError(f"{proc.args!r}: no {want or 'line'!r} in {timeout} s")
+
+
+@pytest.fixture
+def hosts(lab: netlab.Lab, tmp_path: Path) -> dict[str, netlab.Host]:
+    names = ("dht", "registry", "gateway", "worker", "client")
+    made = {name: lab.add_host(name) for name in names}
+    for name in names:
+        folder = tmp_path / name
+        folder.mkdir()
+        for entry in CLONE:
+            (folder / entry).symlink_to(ROOT / entry)
+    return made
+
+
+def start_s3(lab: netlab.Lab, host: netlab.Host) -> str:
+    """An S3-compatible server (moto's, as in the model-plane tests) on ``host``."""
+    proc = lab.python(host, ["-m", "moto.server", "-H", host.address, "-p", "9000"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_line(proc, "stderr", READY_TIMEOUT_S, want="Running on")
+    return f"lab:lab-secret@{host.address}:9000"
+
+
+def test_readme_running_across_machines(lab: netlab.Lab, hosts: dict[str, netlab.Host],
+                                        tmp_path: Path) -> None:
+    steps = readme_steps((ROOT / "README.md").read_text())
+    assert {s.host for s in steps} == set(hosts)
+    env = {**os.environ, "S3": start_s3(lab, hosts["registry"])}
+    env.update({name.upper(): host.address for name, host in hosts.items()})
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    outputs: list[subprocess.CompletedProcess[str]] = []
+    try:
+        for i, step in enumerate(steps):
+            host, cwd = hosts[step.host], tmp_path / step.host
+            if step.background:
+                with open(logs / f"{i:02d}-{step.host}.log", "w") as log:
+                    proc = lab.run(host, ["bash", "-c", f"exec {step.command}"], cwd=cwd,
+                                   env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+                first_line(proc, "stdout", READY_TIMEOUT_S)
+                continue
+            done = subprocess.run(
+                host.argv(["bash", "-c", step.command]), cwd=cwd,
+                env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                timeout=READY_TIMEOUT_S, check=False,
+            )
+            assert done.returncode == 0, f"{step}: {done.stderr[-3000:]}"
+            outputs.append(done)
+            if step.capture:
+                env[step.capture] = done.stdout.strip()
+    except BaseException:
+        for log_file in sorted(logs.iterdir()):
+            print(f"--- {log_file.name}\n{log_file.read_text()[-3000:]}", file=sys.stderr)
+        raise
+    # every host has its own data folder and keys
+    assert (tmp_path / "gateway" / "var" / "tether" / "keys" / "gateway.pub").is_file()
+    assert not (tmp_path / "worker" / "var" / "tether" / "keys" / "gateway.pub").exists()
+    answer = outputs[-1]
+    assert answer.stdout.startswith("In the beginning"), answer
+    assert len(answer.stdout.split()) >= 3 + 5, answer.stdout
+    assert "tokens from kjv-textgen" in answer.stderr
+    assert shlex.split(steps[-1].command)[1] == "infer"
