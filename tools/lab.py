@@ -23,6 +23,7 @@ into their namespaces, so the default namespace never holds a lab interface, rou
 * ``run(host, argv)`` starts a process in a host's namespace (``ip netns exec``), tracked so
   that ``close()`` stops it; ``Host.argv(argv)`` gives the command line for other launchers.
 * ``partition(a, b)`` / ``heal()``: nftables drop rules in the two hosts' namespaces.
+* ``firewall(host, open_udp)``: the host drops inbound UDP except answers and those ports.
 * ``add_relay(host, target, ...)``: a user-space UDP relay on ``host`` forwarding to
   ``target`` with a fixed delay, seeded random loss and an on/off block (``Relay.set``); the
   kernel here has no ``tc netem``, so impairments live in user space.
@@ -369,6 +370,20 @@ class Lab:
             me.sh(["nft", "add", "rule", "inet", "lab_cut", "input", "ip", "saddr", peer, "drop"])
             me.sh(["nft", "add", "rule", "inet", "lab_cut", "output", "ip", "daddr", peer,
                    "drop"])
+
+    def firewall(self, host: Host | str, open_udp: list[int] | tuple[int, ...] = ()) -> None:
+        """Make ``host`` drop inbound UDP that is neither an answer nor to one of the
+        ``open_udp`` ports, as a host firewall configured for a service would."""
+        h = self.hosts[host] if isinstance(host, str) else host
+        ports = ", ".join(str(int(p)) for p in open_udp)
+        h.sh(["nft", "-f", "-"], input=f"""table inet lab_host_fw {{
+            chain input {{ type filter hook input priority 0; policy accept;
+                ct state established,related accept
+                iifname "lo" accept
+                {f"udp dport {{ {ports} }} accept" if ports else ""}
+                meta l4proto udp drop
+            }}
+        }}""")
 
     def heal(self) -> None:
         """Undo every ``partition``."""

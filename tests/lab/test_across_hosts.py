@@ -2,7 +2,8 @@
 README itself, run on separate hosts of the network lab (a DHT host, a registry+orchestrator
 host, a gateway host, a worker host and a client host), each in its own folder with its own
 ``var/tether``, so keys travel only through ``--allow-caller`` and values typed between hosts
-(the gateway's key, the token). A prompt streams back across them all."""
+(the gateway's key, the token). Every host runs the README's firewall: inbound UDP only to
+the ports its commands listen on (none on the client). A prompt streams back across them all."""
 
 from __future__ import annotations
 
@@ -64,6 +65,12 @@ def readme_steps(text: str) -> list[Step]:
     return steps
 
 
+def open_ports(steps: list[Step], host: str) -> list[int]:
+    """The firewall rule of the README: a host opens the ports its services listen on."""
+    return [int(port) for s in steps if s.host == host and s.background
+            for port in re.findall(r"--(?:udp-)?port (\d+)", s.command)]
+
+
 def first_line(proc: subprocess.Popen[str], stream_name: str, timeout: float,
                want: str = "") -> str:
     """The first line of ``proc``'s ``stream_name`` containing ``want``, within ``timeout``."""
@@ -106,6 +113,10 @@ def test_readme_running_across_machines(lab: netlab.Lab, hosts: dict[str, netlab
                                         tmp_path: Path) -> None:
     steps = readme_steps((ROOT / "README.md").read_text())
     assert {s.host for s in steps} == set(hosts)
+    for name, host in hosts.items():
+        lab.firewall(host, open_udp=open_ports(steps, name))
+    assert open_ports(steps, "dht") == [49737, 49738, 49739]
+    assert open_ports(steps, "client") == []
     env = {**os.environ, "S3": start_s3(lab, hosts["registry"])}
     env.update({name.upper(): host.address for name, host in hosts.items()})
     logs = tmp_path / "logs"

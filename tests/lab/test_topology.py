@@ -88,6 +88,15 @@ def test_firewall_drops_unsolicited_udp_and_lets_answers_in(lab: netlab.Lab) -> 
     assert dropped["answer"] is None and dropped["error"] == "timed out"
 
 
+def test_host_firewall_opens_only_the_given_ports(lab: netlab.Lab) -> None:
+    server, client = lab.add_host("server"), lab.add_host("client")
+    lab.firewall(server, open_udp=[7001])
+    lab.firewall(client)  # nothing open: it still gets its answers
+    closed, opened = probe(client, echo(lab, server, 7000), echo(lab, server, 7001),
+                           tries=2, timeout=0.5)
+    assert closed["answer"] is None and opened["answer"] is not None
+
+
 def test_partition_cuts_both_ways_and_heal_restores(lab: netlab.Lab) -> None:
     a, b, c = lab.add_host("a"), lab.add_host("b"), lab.add_host("c")
     nat = lab.add_nat("home", "consistent")
