@@ -50,6 +50,7 @@ import json
 import os
 import random
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -454,20 +455,35 @@ def clean(prefix: str = PREFIX) -> list[str]:
     return gone
 
 
+def read_line(proc: subprocess.Popen[Any], timeout: float, *, stream: str = "stdout",
+              want: str = "") -> str:
+    """The next line of ``proc``'s ``stream`` (the first containing ``want``) within
+    ``timeout`` seconds. The pipe is read a byte at a time from its descriptor, so that no
+    line waits in a buffer that ``select`` cannot see."""
+    pipe: IO[Any] | None = getattr(proc, stream)
+    assert pipe is not None, f"{stream} of {proc.args!r} is not a pipe"
+    fd = pipe.fileno()
+    deadline = time.monotonic() + timeout
+    line = bytearray()
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise LabError(f"{proc.args!r} printed no {want or 'line'!r} in {timeout} s")
+        byte = os.read(fd, 1)
+        if not byte:
+            raise LabError(f"{proc.args!r} exited (code {proc.wait()}) before {want or 'a line'!r}")
+        if byte != b"\n":
+            line += byte
+            continue
+        text = line.decode(errors="replace")
+        if want in text:
+            return text
+        line.clear()
+
+
 def read_json_line(proc: subprocess.Popen[Any], timeout: float) -> dict[str, Any]:
     """The next stdout line of ``proc`` as JSON, within ``timeout`` seconds."""
-    import selectors
-
-    stream: IO[Any] | None = proc.stdout
-    assert stream is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise LabError(f"{proc.args!r} printed no line in {timeout} s")
-    line = stream.readline()
-    if not line:
-        raise LabError(f"{proc.args!r} exited (code {proc.wait()}) before printing a line")
-    return dict(json.loads(line))
+    return dict(json.loads(read_line(proc, timeout)))
 
 
 # -- the processes the lab runs in its hosts --------------------------------------------------

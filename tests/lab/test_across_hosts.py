@@ -3,17 +3,16 @@ README itself, run on separate hosts of the network lab (a DHT host, a registry+
 host, a gateway host, a worker host and a client host), each in its own folder with its own
 ``var/tether``, so keys travel only through ``--allow-caller`` and values typed between hosts
 (the gateway's key, the token). Every host runs the README's firewall: inbound UDP only to
-the ports its commands listen on (none on the client). A prompt streams back across them all."""
+the ports its commands listen on (none on the client). A prompt streams back across them all,
+and again to a client behind a NAT."""
 
 from __future__ import annotations
 
 import os
 import re
-import selectors
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,24 +70,6 @@ def open_ports(steps: list[Step], host: str) -> list[int]:
             for port in re.findall(r"--(?:udp-)?port (\d+)", s.command)]
 
 
-def first_line(proc: subprocess.Popen[str], stream_name: str, timeout: float,
-               want: str = "") -> str:
-    """The first line of ``proc``'s ``stream_name`` containing ``want``, within ``timeout``."""
-    stream = getattr(proc, stream_name)
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = stream.readline()
-            if not line:
-                raise AssertionError(f"{proc.args!r} exited ({proc.wait()}) before {want!r}")
-            if want in line:
-                return str(line)
-    raise AssertionError(f"{proc.args!r}: no {want or 'line'!r} in {timeout} s")
-
-
 @pytest.fixture
 def hosts(lab: netlab.Lab, tmp_path: Path) -> dict[str, netlab.Host]:
     names = ("dht", "registry", "gateway", "worker", "client")
@@ -105,10 +86,11 @@ def start_s3(lab: netlab.Lab, host: netlab.Host) -> str:
     """An S3-compatible server (moto's, as in the model-plane tests) on ``host``."""
     proc = lab.python(host, ["-m", "moto.server", "-H", host.address, "-p", "9000"],
                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first_line(proc, "stderr", READY_TIMEOUT_S, want="Running on")
+    netlab.read_line(proc, READY_TIMEOUT_S, stream="stderr", want="Running on")
     return f"lab:lab-secret@{host.address}:9000"
 
 
+@pytest.mark.timeout(400)
 def test_readme_running_across_machines(lab: netlab.Lab, hosts: dict[str, netlab.Host],
                                         tmp_path: Path) -> None:
     steps = readme_steps((ROOT / "README.md").read_text())
@@ -129,7 +111,7 @@ def test_readme_running_across_machines(lab: netlab.Lab, hosts: dict[str, netlab
                 with open(logs / f"{i:02d}-{step.host}.log", "w") as log:
                     proc = lab.run(host, ["bash", "-c", f"exec {step.command}"], cwd=cwd,
                                    env=env, stdout=subprocess.PIPE, stderr=log, text=True)
-                first_line(proc, "stdout", READY_TIMEOUT_S)
+                netlab.read_line(proc, READY_TIMEOUT_S)
                 continue
             done = subprocess.run(
                 host.argv(["bash", "-c", step.command]), cwd=cwd,
@@ -147,8 +129,21 @@ def test_readme_running_across_machines(lab: netlab.Lab, hosts: dict[str, netlab
     # every host has its own data folder and keys
     assert (tmp_path / "gateway" / "var" / "tether" / "keys" / "gateway.pub").is_file()
     assert not (tmp_path / "worker" / "var" / "tether" / "keys" / "gateway.pub").exists()
-    answer = outputs[-1]
-    assert answer.stdout.startswith("In the beginning"), answer
-    assert len(answer.stdout.split()) >= 3 + 5, answer.stdout
-    assert "tokens from kjv-textgen" in answer.stderr
     assert shlex.split(steps[-1].command)[1] == "infer"
+    check_answer(outputs[-1])
+    # "A NAT in the way works for clients only": the same prompt from behind a NAT
+    laptop = lab.add_host("laptop", behind=lab.add_nat("home", "consistent"))
+    lab.firewall(laptop)
+    behind_nat = subprocess.run(
+        laptop.argv(["bash", "-c", steps[-1].command]), cwd=tmp_path / "client",
+        env={**env, "CLIENT": laptop.address, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, timeout=READY_TIMEOUT_S, check=False,
+    )
+    check_answer(behind_nat)
+
+
+def check_answer(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("In the beginning"), done
+    assert len(done.stdout.split()) >= 3 + 5, done.stdout
+    assert "tokens from kjv-textgen" in done.stderr
