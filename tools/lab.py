@@ -57,7 +57,6 @@ import socket
 import subprocess
 import sys
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +112,6 @@ class Host:
     """A namespace with one address. ``public_address``: where the internet sees it (its own
     address, or its NAT router's outside address)."""
 
-    lab: Lab = field(repr=False)
     name: str
     netns: str
     address: str
@@ -164,7 +162,9 @@ class Relay:
         read_json_line(self.process, timeout=10)
 
 
-_OPEN: weakref.WeakSet[Lab] = weakref.WeakSet()
+#: Labs not closed yet, for the exit and signal handlers (held strongly: a lab nobody refers
+#: to any more still has namespaces to delete).
+_OPEN: set[Lab] = set()
 
 
 def _close_open_labs() -> None:
@@ -185,6 +185,8 @@ class Lab:
 
     def __init__(self, prefix: str | None = None) -> None:
         self.prefix = prefix or f"{PREFIX}{secrets.token_hex(3)}-"
+        if not self.prefix.startswith(PREFIX):
+            raise ValueError(f"a lab's prefix starts with {PREFIX!r} (tools/lab clean finds it)")
         self.hosts: dict[str, Host] = {}
         self.nats: dict[str, Nat] = {}
         self.processes: list[subprocess.Popen[Any]] = []
@@ -254,7 +256,7 @@ class Lab:
         _sh(["ip", "-n", inet, "link", "set", port, "master", "br0"])
         _sh(["ip", "-n", netns, "addr", "add", f"{address}/16", "dev", "eth0"])
         _sh(["ip", "-n", netns, "route", "add", "default", "via", CORE])
-        return Host(self, name, netns, address)
+        return Host(name, netns, address)
 
     def add_host(self, name: str, behind: Nat | str | None = None) -> Host:
         """A host on the internet (``behind=None``) or on the LAN of a NAT/firewall router."""
@@ -272,7 +274,7 @@ class Lab:
             _sh(["ip", "-n", nat.router.netns, "link", "set", port, "master", "lan"])
             _sh(["ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0"])
             _sh(["ip", "-n", netns, "route", "add", "default", "via", str(nat.subnet[1])])
-            host = Host(self, name, netns, address, behind=nat)
+            host = Host(name, netns, address, behind=nat)
             nat.hosts.append(host)
         self.hosts[name] = host
         return host

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.lab_env import netlab
+from tests.lab_env import ROOT, netlab
 
 pytestmark = pytest.mark.lab
 
-LAB_PY = str(netlab.Path(netlab.__file__).resolve())
+LAB_PY = str(ROOT / "tools" / "lab.py")
 
 
 def echo(lab: netlab.Lab, host: netlab.Host, port: int = 7000) -> str:
