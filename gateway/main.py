@@ -141,7 +141,9 @@ async def serve(
     http_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
-    network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
+    network = SwarmNetwork(
+        config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
+    )
     service = GatewayService(
         network=network,
         store=store,

@@ -90,7 +90,9 @@ async def serve(
     drain_timeout_s: float = 30.0,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
-    network = SwarmNetwork(config.keypair(), {}, bootstrap=config.bootstrap, host=config.host)
+    network = SwarmNetwork(
+        config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
+    )
     discovery = DiscoverySub(network, admissions=Admissions.from_store(store, config.data_dir))
     service = OrchestratorService(
         callers=config.callers("gateway"),

@@ -166,7 +166,7 @@ async def _rpc_call(args: argparse.Namespace) -> None:
     failed: list[str] = []
 
     async def body(stop: trio.Event) -> None:
-        async with HyperDht.open(bootstrap=args.bootstrap) as dht:
+        async with HyperDht.open(args.host, bootstrap=args.bootstrap) as dht:
             rpc = HyperswarmRpc(dht, capability_key=args.capability)
             try:
                 with trio.fail_after(args.timeout):
@@ -261,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--address", action="append", type=parse_address, default=[],
                    metavar="H:P", help="try this node (or the server itself) first")
     c.add_argument("--timeout", type=float, default=30.0)
+    c.add_argument("--host", default="127.0.0.1", help="local address to bind")
     common(c)
 
     w = sub.add_parser("swarm", help="join a topic and print connections and messages")

@@ -46,7 +46,11 @@ async def serve(config: process.ServiceConfig) -> None:
         admissions=admissions,
     )
     network = SwarmNetwork(
-        config.keypair(), collect_handlers(service), bootstrap=config.bootstrap, host=config.host
+        config.keypair(),
+        collect_handlers(service),
+        bootstrap=config.bootstrap,
+        host=config.host,
+        port=config.udp_port,
     )
     process.on_stop(network.close)
     try:

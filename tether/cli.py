@@ -57,7 +57,7 @@ async def _stream_prompt(
     from tether.client import connect_gateway
 
     async with connect_gateway(
-        bootstrap, token, gateway_key=gateway_key, region=args.region
+        bootstrap, token, gateway_key=gateway_key, region=args.region, host=args.host
     ) as client:
         if args.embed:
             async for chunk in client.embed(
@@ -115,6 +115,9 @@ def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling seed for a repeatable answer (default 0: a fresh one each time)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+    p.add_argument("--host", default=os.environ.get("TETHER_HOST", "127.0.0.1"),
+                   help="the local address to talk from (default 127.0.0.1; on a network of "
+                   "machines, this machine's address)")
     p.add_argument("--sealed", action="store_true",
                    help="seal the prompt and the answer end to end to the chosen worker: "
                    "the gateway and orchestrator see only ciphertext")

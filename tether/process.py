@@ -16,6 +16,7 @@ flag               environment            default
 ``--key-file``     ``TETHER_KEY_FILE``    ``<data-dir>/keys/<service>.key`` (a
                                           worker's: ``keys/workers/<id>.key``)
 ``--host``         ``TETHER_HOST``        ``127.0.0.1``
+``--udp-port``     ``TETHER_UDP_PORT``    ``0`` (any free port)
 ``--allow-caller`` ``TETHER_ALLOW_CALLERS`` the keys in ``<data-dir>/keys/*.pub``
 ``--metrics-port`` ``TETHER_METRICS_PORT`` off (0: any free port)
 ``--metrics-host`` ``TETHER_METRICS_HOST`` ``127.0.0.1``
@@ -244,6 +245,9 @@ class ServiceConfig:
     key_file: Path
     host: str
     log_level: str
+    #: The UDP port of the service's Hyperswarm socket (0: any free one); a fixed port is
+    #: what a firewall opens.
+    udp_port: int = 0
     #: Serve Prometheus metrics and probes on metrics_host:<port> (None: no endpoint;
     #: 0: any free port).
     metrics_port: int | None = None
@@ -319,7 +323,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     parser.add_argument("--data-dir", default=env("TETHER_DATA_DIR", "var/tether"))
     parser.add_argument("--metadata-url", default=env("TETHER_METADATA_URL"))
     parser.add_argument("--key-file", default=env("TETHER_KEY_FILE"))
-    parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"))
+    parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"),
+                        help="the address to bind (on a network of machines: this one's)")
+    parser.add_argument(
+        "--udp-port",
+        type=port,
+        default=env_value("TETHER_UDP_PORT", "0", port),
+        help="UDP port of the Hyperswarm socket (default 0: any free port; fix it to open "
+        "it in a firewall)",
+    )
     parser.add_argument("--log-level", default=env("TETHER_LOG_LEVEL", "INFO"),
                         help=f"one of {', '.join(LOG_LEVELS)}")
     parser.add_argument(
@@ -450,6 +462,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         metadata_url=args.metadata_url or sqlite_url(data_dir / "metadata.db"),
         key_file=key_file,
         host=args.host,
+        udp_port=args.udp_port,
         log_level=level,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,

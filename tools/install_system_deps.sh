@@ -5,6 +5,7 @@
 #   a Java runtime   runs the PlantUML jar that renders docs/diagrams/
 #   prometheus       `promtool` checks and unit-tests deploy/prometheus/ and the server
 #                    scrapes a running network in tests/ops/
+#   iproute2, nftables  the network lab of tests/lab (namespaces, veth, bridges, NAT; tools/lab.py)
 # Idempotent and quiet: packages already present are skipped, and `apt-get update` runs once,
 # only when something has to be installed.
 set -euo pipefail
@@ -19,6 +20,8 @@ have_pkg bazel-bootstrap || missing+=(bazel-bootstrap)
 have_pkg postgresql || missing+=(postgresql)
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+have_pkg iproute2 || missing+=(iproute2)
+have_pkg nftables || missing+=(nftables)
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0

@@ -149,7 +149,9 @@ async def _serve(
 ) -> None:
     worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}"
     backend, caps = select_backend(config.data_dir / "engines", prefer_cpu=args.cpu)
-    network = SwarmNetwork(keypair, {}, bootstrap=config.bootstrap, host=config.host)
+    network = SwarmNetwork(
+        keypair, {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
+    )
     async with network.running():
         await network.join(topics.registry(config.region), server=False, client=True)
         try:

@@ -13,7 +13,10 @@ What a connection does after the handshake (the "firewall" claims):
   else UNKNOWN; after the reply it connects its UDX stream to the address the server's first
   packet came from, else to the server directly (unrelayed reply), else to the first public
   ``addresses4`` entry or the relay-observed server address (OPEN or not holepunchable), else
-  to a PING-confirmed LAN address when both share a public host.
+  to a PING-confirmed LAN address when both share a public host. When the server is surely
+  behind a NAT (the relay saw it elsewhere than its own address) and the client does not
+  claim OPEN, it fails at once with ``PeerConnectionFailed`` ("server needs holepunching"):
+  neither side would take the other's first packet.
 * server: claims OPEN (or UNKNOWN) without holepunch info; it connects at once when the client
   claimed OPEN or came direct, otherwise when the client's first UDX packet arrives.
 
@@ -668,7 +671,11 @@ class HyperDht:
                                               first_packet)
         if target_addr is None:
             await stream.aclose()
-            raise PeerConnectionFailed("server needs holepunching, which is not supported yet")
+            raise PeerConnectionFailed(
+                f"server needs holepunching, which is not supported yet: it is behind a NAT "
+                f"(seen at {server_address.host}:{server_address.port}, firewall "
+                f"{_firewall_name(remote.firewall)}) and so are we (firewall "
+                f"{_firewall_name(self.firewall_claim())})")
         if stream.remote_address is None:
             stream.connect(remote.udx.id, (target_addr.host, target_addr.port))
         return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True)
@@ -681,6 +688,11 @@ class HyperDht:
         if not relayed:
             return server_address
         holepunchable = remote.holepunch is not None and remote.firewall != Firewall.OPEN
+        if (_behind_nat(remote, server_address) and self.firewall_claim() != Firewall.OPEN
+                and client_address.host != server_address.host):
+            # Neither side can take the other's first packet: only holepunching connects us.
+            # Fail now with that reason, not after the stream's retransmissions time out.
+            return None
         if remote.firewall == Firewall.OPEN or not holepunchable:
             for addr in remote.addresses4:
                 if not is_bogon(addr.host):
@@ -698,6 +710,20 @@ class HyperDht:
         if first_packet:
             return SocketAddress(*first_packet[0])
         return None
+
+
+def _behind_nat(remote: NoisePayload, seen: SocketAddress) -> bool:
+    """Is the server surely behind a NAT: not claiming OPEN, and the relay saw it at an
+    address that none of its own (concrete) socket addresses is?"""
+    own = [a.host for a in remote.addresses4]
+    return (remote.firewall != Firewall.OPEN and bool(own)
+            and WILDCARD_HOST not in own and seen.host not in own)
+
+
+def _firewall_name(value: int) -> str:
+    names = {Firewall.UNKNOWN: "UNKNOWN", Firewall.OPEN: "OPEN", Firewall.CONSISTENT:
+             "CONSISTENT", Firewall.RANDOM: "RANDOM"}
+    return names.get(value, str(value))
 
 
 def _check_persistent_host(host: str) -> None:

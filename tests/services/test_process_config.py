@@ -90,3 +90,25 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
 
     trio.run(main)
     assert ran == (["drain started", "drain finished"] if signals == 1 else ["drain started"])
+
+
+def test_udp_port_and_host_for_a_firewall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Across machines a service binds its machine's address on a fixed UDP port (what a
+    firewall opens); `tether infer --host` is where a client talks from."""
+    from tether import cli
+
+    common = ["--bootstrap", "100.64.0.2:49737", "--data-dir", str(tmp_path)]
+    args = process.parse_args(
+        worker_main.build_parser(), [*common, "--host", "100.64.0.5", "--udp-port", "49740"],
+        "worker",
+    )
+    cfg = process.config_from_args(args)
+    assert (cfg.host, cfg.udp_port) == ("100.64.0.5", 49740)
+    monkeypatch.setenv("TETHER_UDP_PORT", "49741")
+    args = process.parse_args(worker_main.build_parser(), common, "worker")
+    assert process.config_from_args(args).udp_port == 49741
+    monkeypatch.delenv("TETHER_UDP_PORT")
+    args = process.parse_args(worker_main.build_parser(), common, "worker")
+    assert process.config_from_args(args).udp_port == 0
+    infer = cli.build_parser().parse_args(["infer", "--host", "100.64.0.6", "--token", "t"])
+    assert infer.host == "100.64.0.6"

@@ -151,6 +151,21 @@ def test_client_path_choice() -> None:
                 lan_peer.local_address
             # holepunchable across NATs: not supported yet
             assert await choose(punchable, relay_seen, me, True, []) is None
+            # a server without holepunch info that the relay saw at another address than
+            # its own is behind a NAT: a client that is not OPEN either cannot reach it
+            natted = NoisePayload(firewall=Firewall.UNKNOWN, addresses4=(private,))
+            assert dht.firewall_claim() != Firewall.OPEN
+            assert await choose(natted, relay_seen, me, True, []) is None
+            # ... unless the relay saw it at its own address, or its address is unknown
+            at_home = NoisePayload(firewall=Firewall.UNKNOWN, addresses4=(relay_seen,))
+            wildcard = NoisePayload(firewall=Firewall.UNKNOWN,
+                                    addresses4=(SocketAddress("0.0.0.0", 4000),))
+            assert await choose(at_home, relay_seen, me, True, []) == relay_seen
+            assert await choose(wildcard, relay_seen, me, True, []) == relay_seen
+        async with HyperDht.open(firewall=Firewall.OPEN) as open_client:
+            # ... or the client takes the server's first packet (it is OPEN)
+            assert await open_client._choose_path(natted, relay_seen, me, True, []) == \
+                relay_seen
 
     trio.run(main)
 
