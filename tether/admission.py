@@ -63,6 +63,17 @@ def worker_keys_dir(data_dir: Path) -> Path:
     return data_dir / "keys" / "workers"
 
 
+def worker_key_path(data_dir: Path, worker_id: str) -> Path:
+    """The key file of the worker ``worker_id`` started with ``data_dir``; InvalidArgument
+    when the id cannot name a file."""
+    if not _KEY_NAME.fullmatch(worker_id):
+        raise InvalidArgument(
+            f"--worker-id {worker_id!r} cannot name a key file: use letters, digits, "
+            "'.', '_' and '-' (or pass --key-file)"
+        )
+    return worker_keys_dir(data_dir) / f"{worker_id}.key"
+
+
 @dataclass
 class WorkerKey:
     """A worker's own key pair, held (locked) while the worker runs."""
@@ -100,13 +111,8 @@ def claim_worker_key(
     FailedPrecondition when another running worker holds the key asked for,
     InvalidArgument when ``worker_id`` cannot name a key file.
     """
-    if key_file is None and worker_id is not None and not _KEY_NAME.fullmatch(worker_id):
-        raise InvalidArgument(
-            f"--worker-id {worker_id!r} cannot name a key file: use letters, digits, "
-            "'.', '_' and '-' (or pass --key-file)"
-        )
     if key_file is not None or worker_id is not None:
-        path = key_file or worker_keys_dir(data_dir) / f"{worker_id}.key"
+        path = key_file or worker_key_path(data_dir, str(worker_id))
         fd = _lock(path)
         if fd is None:
             raise FailedPrecondition(

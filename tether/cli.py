@@ -237,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("key", metavar="KEY", help="the worker's public key (64 hex), or its .pub file")
     _add_store_arguments(p)
+    p = sub.add_parser(
+        "key",
+        help="print a service's public key in this data folder (made if missing)",
+        description="Print the public key (64 hex) a service started with this data folder "
+        "will use, making its key pair now if it has none: e.g. a worker's, so that an "
+        "operator admits it (tether admit) before it first starts.",
+    )
+    p.add_argument("service", choices=SERVICES)
+    p.add_argument("--worker-id", default="worker-1",
+                   help="for a worker: its --worker-id (default %(default)s)")
+    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
     p = sub.add_parser("token", help="issue a tenant token")
     p.add_argument("--tenant", required=True)
     e2e = p.add_mutually_exclusive_group()
@@ -274,6 +285,8 @@ def _run(args: argparse.Namespace) -> int:
             return trio.run(_fleet, args)
         if args.command == "token":
             return _token(args)
+        if args.command == "key":
+            return _key(args)
         if args.command in ("admit", "revoke"):
             return _admission(args)
         if args.command == "usage":
@@ -599,6 +612,22 @@ def _admissions_list(args: argparse.Namespace, keys_dir: Path) -> int:
         if key not in listed:
             print(json.dumps({"key": key, "name": path.stem, "admitted": True,
                               "by": "data folder"}))
+    return 0
+
+
+def _key(args: argparse.Namespace) -> int:
+    """``tether key SERVICE``: the key that service will start with (see its parser)."""
+    from tether.admission import worker_key_path
+    from tether.keys import KeyPair
+
+    data_dir = process.data_dir_from(args.data_dir)
+    if args.service == "worker":
+        path = worker_key_path(data_dir, args.worker_id)
+    else:
+        path = data_dir / "keys" / f"{args.service}.key"
+    keypair = KeyPair.load_or_generate(path)
+    keypair.save_public(path.with_suffix(".pub"))
+    print(keypair.public_key.hex())
     return 0
 
 

@@ -338,3 +338,27 @@ def worker_flags(data_dir: Path) -> list[str]:
 def worker_config(data_dir: Path) -> process.ServiceConfig:
     args = worker_main.build_parser().parse_args(worker_flags(data_dir))
     return process.config_from_args(args)
+
+
+def test_tether_key_prints_the_key_a_worker_will_start_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Across machines a worker is admitted before it first starts: `tether key worker`
+    makes and prints the key that `tether worker --worker-id` then claims."""
+    from tether import cli
+
+    argv = ["key", "worker", "--worker-id", "w1", "--data-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out.strip()
+    assert cli.main(argv) == 0  # made once, printed again
+    assert capsys.readouterr().out.strip() == printed
+    claimed = claim_worker_key(tmp_path, worker_id="w1")
+    try:
+        assert claimed.keypair.public_key.hex() == printed
+    finally:
+        claimed.release()
+    assert cli.main(["key", "gateway", "--data-dir", str(tmp_path)]) == 0
+    gateway_pub = (tmp_path / "keys" / "gateway.pub").read_text().strip()
+    assert capsys.readouterr().out.strip() == gateway_pub
+    assert cli.main(["key", "worker", "--worker-id", "../x", "--data-dir", str(tmp_path)]) == 1
+    assert "cannot name a key file" in capsys.readouterr().err
