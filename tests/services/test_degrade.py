@@ -12,20 +12,22 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 import trio
 import trio.testing
 
 from gateway import openai
+from gateway.grpc_edge import GrpcEdge
 from gateway.http import HttpApi
 from registry.catalog import Catalog
-from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet, model_record
+from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet, model_record, wall_ms
 from tests.services.test_http_edge import exchange, raw_request
 from tests.services.test_overload import assert_shed
 from tether import blocking
 from tether.keys import KeyPair
 from tether.rpc import RpcError, StatusCode
-from tether.v1 import infer_pb2, jobs_pb2
+from tether.v1 import infer_pb2, jobs_pb2, services_pb2_grpc
 
 BIG = "big-lm"
 
@@ -42,10 +44,9 @@ def publish_big(*, allow: bool) -> Callable[[Catalog, KeyPair], None]:
     return extra
 
 
-def run(body: Callable[[Fleet], Awaitable[None]], tmp_path: Path, *, allow: bool = True,
-        **kw: object) -> None:
+def run(body: Callable[[Fleet], Awaitable[None]], tmp_path: Path, *, allow: bool = True) -> None:
     async def main() -> None:
-        async with fleet(tmp_path, extra=publish_big(allow=allow), **kw) as f:  # type: ignore[arg-type]
+        async with fleet(tmp_path, extra=publish_big(allow=allow)) as f:
             await body(f)
 
     with blocking.inline():
@@ -64,15 +65,16 @@ async def collect(stub, req, metadata) -> list[infer_pb2.Infer.Chunk]:
         return [c async for c in chunks]
 
 
-async def busy_big_pool(f: Fleet) -> tuple[ScriptedEngine, ScriptedEngine]:
-    """A ``big-lm`` worker with room for one request and a ``tiny-lm`` worker."""
+async def busy_big_pool(f: Fleet) -> tuple[ScriptedEngine, ScriptedEngine, trio.Event]:
+    """A ``big-lm`` worker with room for one request (held until the gate opens) and a
+    ``tiny-lm`` worker."""
     big = ScriptedEngine([(BIG, "1.0")], word="b")
-    big.gate = trio.Event()
+    big.gate = gate = trio.Event()
     small = ScriptedEngine([(MODEL, "1.0")])
     await f.add_worker("w-big", engine=big, slots=1, queue_limit=0)
     await f.add_worker("w-small", engine=small)
     await f.discovery.wait_for(lambda s: len(s) == 2)
-    return big, small
+    return big, small, gate
 
 
 def test_a_full_pool_degrades_to_the_smaller_model_when_allowed(tmp_path: Path) -> None:
@@ -81,7 +83,7 @@ def test_a_full_pool_degrades_to_the_smaller_model_when_allowed(tmp_path: Path) 
     the quota are all tiny-lm's; requests with room still run on big-lm."""
 
     async def body(f: Fleet) -> None:
-        big, small = await busy_big_pool(f)
+        big, small, gate = await busy_big_pool(f)
         f.store.set_quota("acme", limit_tokens=100, period_ms=3_600_000)
         gw = await f.gateway()
         token = f.token("acme")
@@ -89,7 +91,7 @@ def test_a_full_pool_degrades_to_the_smaller_model_when_allowed(tmp_path: Path) 
             nursery.start_soon(collect, gw, request("on-big"), token)
             await big.running.wait()
             chunks = await collect(gw, request("degraded", n=3), token)
-            big.gate.set()
+            gate.set()
         assert "".join(c.payload.text for c in chunks) == " w0 w1 w2"
         assert chunks[0].degraded_from == f"{BIG}@1.0"
         assert chunks[0].served_model == f"{MODEL}@1.0"
@@ -116,7 +118,7 @@ def test_a_full_pool_is_shed_when_the_policy_does_not_allow_degrading(
     tmp_path: Path
 ) -> None:
     async def body(f: Fleet) -> None:
-        big, small = await busy_big_pool(f)
+        big, small, gate = await busy_big_pool(f)
         gw = await f.gateway()
         token = f.token("acme")
         async with trio.open_nursery() as nursery:
@@ -124,7 +126,7 @@ def test_a_full_pool_is_shed_when_the_policy_does_not_allow_degrading(
             await big.running.wait()
             with pytest.raises(RpcError) as info:
                 await collect(gw, request("shed"), token)
-            big.gate.set()
+            gate.set()
         assert_shed(info.value)
         assert "degrade" not in info.value.message
         assert small.started == 0
@@ -136,7 +138,7 @@ def test_a_full_degrade_target_is_shed_naming_both_pools(tmp_path: Path) -> None
     async def body(f: Fleet) -> None:
         big = ScriptedEngine([(BIG, "1.0")], word="b")
         small = ScriptedEngine([(MODEL, "1.0")])
-        big.gate = small.gate = trio.Event()
+        big.gate = small.gate = gate = trio.Event()
         await f.add_worker("w-big", engine=big, slots=1, queue_limit=0)
         await f.add_worker("w-small", engine=small, slots=1, queue_limit=0)
         await f.discovery.wait_for(lambda s: len(s) == 2)
@@ -149,7 +151,7 @@ def test_a_full_degrade_target_is_shed_naming_both_pools(tmp_path: Path) -> None
             await small.running.wait()
             with pytest.raises(RpcError) as info:
                 await collect(gw, request("shed"), token)
-            big.gate.set()
+            gate.set()
         assert_shed(info.value)
         assert f"{BIG}@1.0" in info.value.message and f"{MODEL}@1.0" in info.value.message
         assert info.value.details["degrade_to"] == f"{MODEL}@1.0"
@@ -213,3 +215,33 @@ def test_the_http_edge_names_the_serving_model_and_says_it_degraded(tmp_path: Pa
         assert small.started == 3
 
     run(body, tmp_path)
+
+
+def test_a_grpc_client_gets_the_chunk_fields_and_initial_metadata(tmp_path: Path) -> None:
+    """Through the gRPC edge the first chunk carries the fields, and the initial
+    metadata ``x-tether-degraded-from`` names the model asked for (real clock: gRPC runs
+    its own threads)."""
+
+    def call(port: int, token: str) -> tuple[dict[str, str], list[infer_pb2.Infer.Chunk]]:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = services_pb2_grpc.GatewayStub(channel)
+            answer = stub.Infer(request("grpc"), metadata=[("authorization", f"Bearer {token}")],
+                                timeout=30)
+            chunks = list(answer)
+            return dict(answer.initial_metadata() or ()), chunks
+
+    async def main() -> None:
+        async with fleet(tmp_path, clock_ms=wall_ms, extra=publish_big(allow=True)) as f:
+            await f.add_worker("w-small")
+            await f.discovery.wait_for(lambda s: len(s) == 1)
+            token = f.store.issue_token("acme")
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(GrpcEdge(f.gateway_service, "127.0.0.1", 0).run)
+                metadata, chunks = await trio.to_thread.run_sync(call, port, token)
+                nursery.cancel_scope.cancel()
+        assert metadata[openai.DEGRADED_HEADER] == f"{BIG}@1.0"
+        assert (chunks[0].degraded_from, chunks[0].served_model) == (f"{BIG}@1.0", f"{MODEL}@1.0")
+        assert chunks[-1].usage.model_id == MODEL
+
+    with blocking.inline():
+        trio.run(main)
