@@ -534,6 +534,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             dispatched = await self._reattach(
                 dispatched, retry_token, candidates[0].entry.worker_id, context
             )
+            if (dispatched.model_id, dispatched.version) != (
+                record.model.model_id, record.model.version
+            ):
+                # The job ran on another model (it was degraded then, or is now): it
+                # runs again where it ran, as stored.
+                ran = await self.resolve(dispatched)
+                candidates = self._candidates(dispatched, ran)
         delivered = False
         try:
             with telemetry.server_span(

@@ -23,9 +23,11 @@ from gateway.http import HttpApi
 from registry.catalog import Catalog
 from tests.services.harness import MODEL, Fleet, ScriptedEngine, fleet, model_record, wall_ms
 from tests.services.test_http_edge import exchange, raw_request
+from tests.services.test_orchestrator_failover import submit_to
 from tests.services.test_overload import assert_shed
 from tether import blocking
 from tether.keys import KeyPair
+from tether.resume import LOST_ORCHESTRATOR
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2, jobs_pb2, services_pb2_grpc
 
@@ -245,3 +247,35 @@ def test_a_grpc_client_gets_the_chunk_fields_and_initial_metadata(tmp_path: Path
 
     with blocking.inline():
         trio.run(main)
+
+
+def test_a_degraded_job_taken_over_runs_again_on_the_model_it_ran_on(tmp_path: Path) -> None:
+    """A degraded stream whose orchestrator is lost: the retry through another
+    orchestrator runs the stored request again on tiny-lm, even though big-lm has room
+    by then (the client's stream is spliced onto one answer, not two models')."""
+
+    async def main() -> None:
+        async with fleet(tmp_path, orchestrators=2, extra=publish_big(allow=True)) as f:
+            small = ScriptedEngine([(MODEL, "1.0")])
+            await f.add_worker("w-small", engine=small)
+            a, b = f.orchestrators.values()
+            for o in (a, b):
+                await o.discovery.wait_for(lambda s: len(s) == 1)
+            req = request("r-d", n=6)
+            req.tenant_id, req.retry_token = "acme", "first"
+            got: list[infer_pb2.Infer.Chunk] = []
+            with pytest.raises(RpcError):
+                await submit_to(f, a.key, req, into=got, kill_after=2)
+            assert got[0].degraded_from == f"{BIG}@1.0"
+            big = ScriptedEngine([(BIG, "1.0")], word="b")
+            await f.add_worker("w-big", engine=big)
+            await b.discovery.wait_for(lambda s: len(s) == 2)
+            again = await submit_to(f, b.key, req, {LOST_ORCHESTRATOR: a.key.hex()})
+            assert "".join(c.payload.text for c in again) == "".join(
+                f" w{i}" for i in range(6))
+            assert again[-1].usage.model_id == MODEL
+            assert big.started == 0
+            assert f.store.get_job("r-d").state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+    with blocking.inline():
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
