@@ -29,7 +29,7 @@ from tether import blocking
 from tether.keys import KeyPair
 from tether.resume import LOST_ORCHESTRATOR
 from tether.rpc import RpcError, StatusCode
-from tether.v1 import infer_pb2, jobs_pb2, services_pb2_grpc
+from tether.v1 import health_pb2, infer_pb2, jobs_pb2, services_pb2_grpc
 
 BIG = "big-lm"
 
@@ -279,3 +279,48 @@ def test_a_degraded_job_taken_over_runs_again_on_the_model_it_ran_on(tmp_path: P
 
     with blocking.inline():
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class BatchingEngine(ScriptedEngine):
+    """The scripted double, reporting a batch of ``max_batch`` sequences in its
+    heartbeat as the real engine does (``WorkerEngine.batch_capacity``)."""
+
+    max_batch = 1
+
+    def batch_capacity(self, capacity: health_pb2.Capacity) -> None:
+        capacity.max_batch_size = self.max_batch
+        capacity.active_sequences = self.active
+
+
+def test_a_full_batch_degrades_though_slots_are_free(tmp_path: Path) -> None:
+    """The big worker has slots and queue to spare but batches one sequence: the
+    orchestrator counts sequences (its own dispatch at first, then the heartbeat's), so
+    the next request goes to the degrade target rather than wait for a seat."""
+
+    async def body(f: Fleet) -> None:
+        big = BatchingEngine([(BIG, "1.0")], word="b")
+        big.gate = gate = trio.Event()
+        small = ScriptedEngine([(MODEL, "1.0")])
+        await f.add_worker("w-big", engine=big, slots=4, queue_limit=4)
+        await f.add_worker("w-small", engine=small)
+        await f.discovery.wait_for(lambda s: len(s) == 2)
+        gw = await f.gateway()
+        token = f.token("acme")
+
+        def batch_reported(snapshot: list) -> bool:
+            return any(e.presence.capacity.active_sequences == 1 for e in snapshot)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, gw, request("on-big"), token)
+            await big.running.wait()
+            with trio.fail_after(30):  # placed on big-lm, it would wait for the gate
+                before = await collect(gw, request("before-beat"), token)
+                await f.discovery.wait_for(batch_reported)
+                after = await collect(gw, request("after-beat"), token)
+            gate.set()
+        for chunks in (before, after):
+            assert chunks[0].degraded_from == f"{BIG}@1.0"
+            assert chunks[-1].usage.model_id == MODEL
+        assert (big.started, small.started) == (1, 2)
+
+    run(body, tmp_path)
