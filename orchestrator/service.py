@@ -63,6 +63,7 @@ within a bound, and fails the rest naming this orchestrator as the cause.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -366,24 +367,27 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             pinned.version = canary
             request = pinned
         scope = trio.CancelScope()
+        ran = _Ran()
         try:
             with scope:
                 self._running.add(scope)
-                async with contextlib.aclosing(self._submit(request, context)) as chunks:
+                async with contextlib.aclosing(self._submit(request, context, ran)) as chunks:
                     async for chunk in chunks:
                         yield chunk
             if scope.cancelled_caught and self._stop_error is not None:
                 raise self._stop_error
         except TetherError as exc:
-            # A sealed request to re-place says nothing about the version.
-            if canary is not None and exc.details.get("reason") != sealing.RESEAL:
+            # A sealed request to re-place says nothing about the version, nor does one
+            # another model served (degraded).
+            reseal = exc.details.get("reason") == sealing.RESEAL
+            if canary is not None and not reseal and not ran.degraded:
                 self._count(request, StatusCode.coerce(exc.code))
             raise
         finally:
             self._running.discard(scope)
             self._running_changed.set()
             self._running_changed = trio.Event()
-        if canary is not None:
+        if canary is not None and not ran.degraded:
             self._count(request, StatusCode.OK)
 
     def _canary(self, model_id: str, version: str, correlation_id: str) -> str | None:
@@ -421,7 +425,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             log.warning("error budget spent; the rollout halted a version: %s", halted)
 
     async def _submit(
-        self, request: infer_pb2.Infer.Request, context: ServerContext
+        self, request: infer_pb2.Infer.Request, context: ServerContext, ran: _Ran
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         # The registry applies the model's tenant policy while resolving.
         record = await self.resolve(request)
@@ -433,6 +437,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             requested = _model_name(record)
             request, record, candidates = await self._degrade(request, record, shed)
             degraded_from = requested
+            ran.degraded = True
         first = candidates[0].entry.worker_id
         # Counted against the worker from placement on, so that requests placed at the
         # same moment (none dispatched yet) see each other.
@@ -830,6 +835,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ]
         )
 
+
+
+@dataclasses.dataclass
+class _Ran:
+    """How ``_submit`` placed a request: on its degrade-to model, or as asked."""
+
+    degraded: bool = False
 
 
 def _model_name(record: registry_pb2.ModelRecord) -> str:

@@ -29,7 +29,14 @@ from tether import blocking
 from tether.keys import KeyPair
 from tether.resume import LOST_ORCHESTRATOR
 from tether.rpc import RpcError, StatusCode
-from tether.v1 import health_pb2, infer_pb2, jobs_pb2, services_pb2_grpc
+from tether.v1 import (
+    control_pb2,
+    health_pb2,
+    infer_pb2,
+    jobs_pb2,
+    presence_pb2,
+    services_pb2_grpc,
+)
 
 BIG = "big-lm"
 
@@ -322,5 +329,35 @@ def test_a_full_batch_degrades_though_slots_are_free(tmp_path: Path) -> None:
             assert chunks[0].degraded_from == f"{BIG}@1.0"
             assert chunks[-1].usage.model_id == MODEL
         assert (big.started, small.started) == (1, 2)
+
+    run(body, tmp_path)
+
+
+def test_a_degraded_request_says_nothing_about_a_canary_version(tmp_path: Path) -> None:
+    """A request a canary rollout pinned to big-lm 1.1 that tiny-lm served is not
+    counted in 1.1's error budget, either way: 1.1 never ran it."""
+
+    async def body(f: Fleet) -> None:
+        assert f.catalog is not None
+        record = model_record(KeyPair.generate(), BIG, "1.1")
+        record.capabilities.degrade_to.model_id = MODEL
+        record.policy.allow_degrade = True
+        f.catalog.publish(record)
+        rollouts = f.orchestrator_service.rollouts
+        rollout = control_pb2.Rollout(model_id=BIG, max_error_rate=0.1)
+        for version, bps in (("1.0", 0), ("1.1", 10_000)):
+            rollout.weights.add(model=presence_pb2.ModelKey(model_id=BIG, version=version),
+                                weight_bps=bps)
+        rollouts.apply_rollout(rollout)
+        await f.add_worker("w-small")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        token = f.token("acme")
+        for cid in ("c-1", "c-2"):
+            chunks = await collect(gw, request(cid), token)
+            assert chunks[0].degraded_from == f"{BIG}@1.1"
+        state = rollouts.get(BIG)
+        assert state is not None
+        assert {v: s.served for v, s in state.versions.items()} == {"1.0": 0, "1.1": 0}
 
     run(body, tmp_path)
