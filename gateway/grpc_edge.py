@@ -17,6 +17,9 @@ server reflection, so Kubernetes' gRPC probes and grpcurl work as they are.
 With ``tls`` the edge serves TLS only; with ``client_ca`` too, mutual TLS: a client
 must present a certificate signed by that CA.
 
+A degraded request's first chunk carries ``degraded_from`` and ``served_model``; the
+edge also sends the model asked for as the initial metadata ``x-tether-degraded-from``.
+
 Status codes are the same numbers in Tether and gRPC; a Tether error's details travel
 as trailing metadata ``tether-detail-<key>``.
 """
@@ -35,6 +38,7 @@ import trio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway import openai
 from gateway.service import GatewayService
 from tether.errors import TetherError
 from tether.health import Readiness
@@ -159,6 +163,7 @@ class GrpcEdge:
 
         self._token.run_sync_soon(nursery.start_soon, pump)
         try:
+            first = True
             while True:
                 item = await queue.get()
                 if item is _END:
@@ -166,6 +171,10 @@ class GrpcEdge:
                 if isinstance(item, TetherError):
                     context.set_trailing_metadata(_trailers(item))
                     await context.abort(_grpc_code(item.code), item.message)
+                if first and isinstance(item, infer_pb2.Infer.Chunk) and item.degraded_from:
+                    await context.send_initial_metadata(
+                        tuple(openai.degraded_headers(item).items()))
+                first = False
                 yield item
         finally:
             # The answer is complete, failed, or the client left: stop the trio side.

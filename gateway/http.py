@@ -115,10 +115,11 @@ class _Output:
         self.started = True
         await response({"type": "http"}, _no_receive, self.send)
 
-    async def start_events(self) -> None:
+    async def start_events(self, headers: dict[str, str] | None = None) -> None:
         self.started = True
         await self.send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+            *((k.encode(), v.encode()) for k, v in (headers or {}).items()),
         ]})
 
     async def event(self, value: object) -> None:
@@ -207,8 +208,9 @@ class HttpApi:
                 await self._stream(parsed, chunks, created, out, chat=chat)
                 return
             texts: list[str] = []
-            last = None
+            first = last = None
             async for chunk in chunks:
+                first = first or chunk
                 last = chunk
                 texts.append(chunk.payload.text)
             if last is None:
@@ -217,21 +219,23 @@ class HttpApi:
             await out.response(json_response(200, answer(
                 last.correlation_id, "".join(texts), last.usage,
                 model=openai.model_name(last, parsed.model), created=created,
-                finish=openai.finish_reason(last))))
+                finish=openai.finish_reason(last)), openai.degraded_headers(first)))
         finally:
             await chunks.aclose()
 
     async def _stream(self, parsed: openai.ParsedCompletion | openai.ParsedChat, chunks: Any,
                       created: int, out: _Output, *, chat: bool) -> None:
         # Every chunk names the model as the client did (the version is known only at the
-        # end); the status line waits for the first chunk, so that a refusal (token, rate
-        # limit, no worker) still gets its own HTTP status.
+        # end), or the model that serves it when the request was degraded (the first chunk
+        # says so); the status line waits for the first chunk, so that a refusal (token,
+        # rate limit, no worker) still gets its own HTTP status.
         name = parsed.model
         last = None
         async for chunk in chunks:
             cid = chunk.correlation_id
             if not out.started:
-                await out.start_events()
+                name = chunk.served_model or name
+                await out.start_events(openai.degraded_headers(chunk))
                 if chat:  # OpenAI's first delta: the role, no content yet
                     await out.event(openai.chat_chunk(cid, name, created, role=True,
                                                       content=""))
@@ -265,7 +269,7 @@ class HttpApi:
             await chunks.aclose()
         name = openai.model_name(got[-1], request.model_id) if got else request.model_id
         await out.response(json_response(200, openai.embeddings(
-            got, name, parsed.encoding_format)))
+            got, name, parsed.encoding_format), openai.degraded_headers(got[0] if got else None)))
 
     async def list_models(self, context: ServerContext) -> services_pb2.ListModelsResponse:
         return await self.service.ListModels(services_pb2.ListModelsRequest(), context)

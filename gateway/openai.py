@@ -24,6 +24,11 @@ Routes (spec D10: for clients that cannot speak Hyperswarm RPC):
   ``encoding_format`` (``float`` or ``base64``: little-endian float32), ``user``.
 * ``GET /v1/models`` and ``GET /v1/models/{id}``.
 
+A request the model's policy degraded (its pool had no room; ``orchestrator.service``)
+is answered by the degrade-to model: the body's ``model`` names that one
+(``model@version``, in every streamed chunk too) and the ``x-tether-degraded-from``
+header names the model asked for.
+
 Stop strings and the finish reason are the worker's: generation ends in the engine at a
 stop string (no token past it is computed), and the final chunk's ``finish_reason`` says
 ``stop`` or ``length``; the gateway does not guess either.
@@ -52,6 +57,9 @@ from tether.v1 import infer_pb2, registry_pb2, services_pb2, status_pb2
 MAX_BODY_BYTES = 1 << 20
 #: The Retry-After of a 429 whose error says nothing more precise.
 DEFAULT_RETRY_AFTER_S = 1
+#: Set on the answer to a request its model's policy degraded: the model asked for
+#: (``model@version``); the body's ``model`` is the one that served it.
+DEGRADED_HEADER = "x-tether-degraded-from"
 
 HTTP_STATUS = {
     StatusCode.INVALID_ARGUMENT: 400,
@@ -534,6 +542,14 @@ def find_model(listed: services_pb2.ListModelsResponse, name: str) -> dict[str, 
 def model_name(chunk: infer_pb2.Infer.Chunk, fallback: str) -> str:
     u = chunk.usage
     return f"{u.model_id}@{u.version}" if u.model_id else fallback
+
+
+def degraded_headers(first: infer_pb2.Infer.Chunk | None) -> dict[str, str]:
+    """The response header of a degraded request (from its first chunk): the model
+    the client asked for, as ``model@version``; none otherwise."""
+    if first is None or not first.degraded_from:
+        return {}
+    return {DEGRADED_HEADER: first.degraded_from}
 
 
 def finish_reason(chunk: infer_pb2.Infer.Chunk) -> str:

@@ -31,6 +31,14 @@ sealed by the worker deterministically, so a lost worker's stream still resumes
 on another sealed-to candidate. The orchestrator sees, and the Metadata Store
 keeps (jobs, dead letters), only the ciphertext and the clear metadata.
 
+Degrade (spec §3.2, the policy engine): when the requested pool sheds a request before
+admission (every worker full, its circuit open, no worker serves it) and the model's
+policy allows degrading (``Policy.allow_degrade`` with ``Capabilities.degrade_to``), the
+request is placed on the degrade-to model instead (one hop, under that model's own
+tenant policy and limits); it is admitted, charged and recorded as that model, and its
+first chunk says so (``Chunk.degraded_from``, ``Chunk.served_model``). Sealed requests
+are never degraded. When the target has no room either, the error names both pools.
+
 Overload is not failure: when every worker serving the model is full (by its last
 heartbeat plus what this orchestrator dispatched to it since), or every candidate
 sheds the request, the answer is RESOURCE_EXHAUSTED with a retry hint
@@ -55,6 +63,7 @@ within a bound, and fails the rest naming this orchestrator as the cause.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets
@@ -156,6 +165,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         )
         self._last_good: TtlCache[tuple[str, str, str], registry_pb2.ModelRecord] = TtlCache(
             ttl_s=STALE_RESOLUTION_S, max_entries=4096
+        )
+        self._degraded = otel_metrics.get_meter("tether").create_counter(
+            "tether.orchestrator.degraded",
+            description="Requests placed on their model's degrade-to model because the "
+            "requested pool had no room, by requested model and target",
         )
         #: Resolutions served from the last good one while no registry answered.
         self.stale_resolutions = 0
@@ -353,24 +367,27 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             pinned.version = canary
             request = pinned
         scope = trio.CancelScope()
+        ran = _Ran()
         try:
             with scope:
                 self._running.add(scope)
-                async with contextlib.aclosing(self._submit(request, context)) as chunks:
+                async with contextlib.aclosing(self._submit(request, context, ran)) as chunks:
                     async for chunk in chunks:
                         yield chunk
             if scope.cancelled_caught and self._stop_error is not None:
                 raise self._stop_error
         except TetherError as exc:
-            # A sealed request to re-place says nothing about the version.
-            if canary is not None and exc.details.get("reason") != sealing.RESEAL:
+            # A sealed request to re-place says nothing about the version, nor does one
+            # another model served (degraded).
+            reseal = exc.details.get("reason") == sealing.RESEAL
+            if canary is not None and not reseal and not ran.degraded:
                 self._count(request, StatusCode.coerce(exc.code))
             raise
         finally:
             self._running.discard(scope)
             self._running_changed.set()
             self._running_changed = trio.Event()
-        if canary is not None:
+        if canary is not None and not ran.degraded:
             self._count(request, StatusCode.OK)
 
     def _canary(self, model_id: str, version: str, correlation_id: str) -> str | None:
@@ -408,12 +425,19 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             log.warning("error budget spent; the rollout halted a version: %s", halted)
 
     async def _submit(
-        self, request: infer_pb2.Infer.Request, context: ServerContext
+        self, request: infer_pb2.Infer.Request, context: ServerContext, ran: _Ran
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         # The registry applies the model's tenant policy while resolving.
         record = await self.resolve(request)
         limits.check_for_model(request, record)  # a client error is never admitted
-        candidates = self._candidates(request, record)
+        degraded_from = ""
+        try:
+            candidates = self._candidates(request, record)
+        except (ResourceExhausted, Unavailable) as shed:
+            requested = _model_name(record)
+            request, record, candidates = await self._degrade(request, record, shed)
+            degraded_from = requested
+            ran.degraded = True
         first = candidates[0].entry.worker_id
         # Counted against the worker from placement on, so that requests placed at the
         # same moment (none dispatched yet) see each other.
@@ -423,9 +447,55 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 self._admit_and_run(request, record, candidates, placed, context)
             ) as chunks:
                 async for chunk in chunks:
+                    if degraded_from:  # said once, on the first chunk the client gets
+                        chunk.degraded_from = degraded_from
+                        chunk.served_model = _model_name(record)
+                        degraded_from = ""
                     yield chunk
         finally:
             placed.release()
+
+    async def _degrade(
+        self,
+        request: infer_pb2.Infer.Request,
+        record: registry_pb2.ModelRecord,
+        shed: TetherError,
+    ) -> tuple[infer_pb2.Infer.Request, registry_pb2.ModelRecord, list[Candidate]]:
+        """The policy engine's degrade (spec §3.2): the requested pool shed the request
+        before admission (every worker full, its circuit open, no worker), so place it on
+        the model's ``degrade_to`` model instead, if its policy allows that.
+
+        Re-raises ``shed`` as it is when the policy does not allow it (or the request is
+        sealed: only the requested pool's workers can read it); when the target cannot
+        take the request either, the error names both pools, RESOURCE_EXHAUSTED if
+        either is only busy. One hop: the target's own degrade-to is not followed."""
+        target = record.capabilities.degrade_to
+        if not record.policy.allow_degrade or not target.model_id or request.HasField("sealed"):
+            raise shed
+        requested = _model_name(record)
+        degraded = infer_pb2.Infer.Request()
+        degraded.CopyFrom(request)
+        degraded.model_id, degraded.version = target.model_id, target.version
+        wanted = f"{target.model_id}@{target.version or 'latest'}"
+        try:
+            # The target's tenant policy and limits apply as to any request for it.
+            to = await self.resolve(degraded)
+            wanted = _model_name(to)
+            degraded.version = to.model.version
+            limits.check_for_model(degraded, to)
+            candidates = self._candidates(degraded, to)
+        except TetherError as exc:
+            message = f"{shed.message}; its degrade target {wanted} cannot take it: {exc.message}"
+            details = {**shed.details, "degrade_to": wanted}
+            if isinstance(shed, ResourceExhausted) or isinstance(exc, ResourceExhausted):
+                raise ResourceExhausted(
+                    message, details=details, retry_after_s=SHED_RETRY_AFTER_S
+                ) from None
+            raise Unavailable(message, details=details) from None
+        log.info("%s sheds %s (%s); degraded to %s", requested, request.correlation_id,
+                 shed.message, wanted)
+        self._degraded.add(1, {"model": requested, "degrade_to": wanted})
+        return degraded, to, candidates
 
     async def _admit_and_run(
         self,
@@ -469,6 +539,13 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             dispatched = await self._reattach(
                 dispatched, retry_token, candidates[0].entry.worker_id, context
             )
+            if (dispatched.model_id, dispatched.version) != (
+                record.model.model_id, record.model.version
+            ):
+                # The job ran on another model (it was degraded then, or is now): it
+                # runs again where it ran, as stored.
+                ran = await self.resolve(dispatched)
+                candidates = self._candidates(dispatched, ran)
         delivered = False
         try:
             with telemetry.server_span(
@@ -758,6 +835,17 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ]
         )
 
+
+
+@dataclasses.dataclass
+class _Ran:
+    """How ``_submit`` placed a request: on its degrade-to model, or as asked."""
+
+    degraded: bool = False
+
+
+def _model_name(record: registry_pb2.ModelRecord) -> str:
+    return f"{record.model.model_id}@{record.model.version}"
 
 
 class _Placed:

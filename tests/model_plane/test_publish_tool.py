@@ -50,3 +50,33 @@ def test_publish_command(tmp_path, capsys) -> None:
 
     assert tool.main([*args[:5], "--replica", replicas[0], "--replica", replicas[1]]) == 1
     assert "at least 3 replicas" in capsys.readouterr().err
+
+
+def test_a_model_json_declares_its_degrade_policy(tmp_path, capsys) -> None:
+    """``allow_degrade`` and ``degrade_to`` (no version: the target's latest) in
+    model.json reach the published record, where the orchestrator reads them."""
+    tool = load_tool()
+    db = f"sqlite:///{tmp_path / 'meta.db'}"
+    common = ["--db", db, "--key", str(tmp_path / "publisher.key")]
+    for i in range(3):
+        common += ["--replica", str(tmp_path / f"r{i}")]
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "model.onnx").write_bytes(b"not really onnx")
+    (big / "model.json").write_text(json.dumps({
+        "model_id": "big-textgen", "version": "2.0", "task": "text_generation",
+        "files": {"model": "model.onnx"},
+        "allow_degrade": True, "degrade_to": {"model_id": "kjv-textgen"},
+    }))
+    assert tool.main([str(big), *common]) == 1  # the target must be published first
+    assert "kjv-textgen" in capsys.readouterr().err
+    assert tool.main([str(MODELS_DIR / "kjv-textgen"), *common]) == 0
+    assert tool.main([str(big), *common]) == 0
+    capsys.readouterr()
+    store = MetadataStore(db)
+    record = Catalog(store).resolve("big-textgen")
+    assert record.policy.allow_degrade
+    assert (record.capabilities.degrade_to.model_id, record.capabilities.degrade_to.version) == (
+        "kjv-textgen", "")
+    assert Catalog(store).degrade(record).model.model_id == "kjv-textgen"
+    store.close()

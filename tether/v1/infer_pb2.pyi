@@ -44,7 +44,7 @@ class Infer(_message.Message):
         sealed: Sealed
         def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., retry_token: _Optional[str] = ..., trace_id: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., region: _Optional[str] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
     class Chunk(_message.Message):
-        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id", "sealed_payload", "finish_reason")
+        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id", "sealed_payload", "finish_reason", "degraded_from", "served_model")
         CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
         SEQ_FIELD_NUMBER: _ClassVar[int]
         PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,8 @@ class Infer(_message.Message):
         WORKER_ID_FIELD_NUMBER: _ClassVar[int]
         SEALED_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
         FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+        DEGRADED_FROM_FIELD_NUMBER: _ClassVar[int]
+        SERVED_MODEL_FIELD_NUMBER: _ClassVar[int]
         correlation_id: str
         seq: int
         payload: Payload
@@ -63,7 +65,9 @@ class Infer(_message.Message):
         worker_id: str
         sealed_payload: bytes
         finish_reason: FinishReason
-        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ..., sealed_payload: _Optional[bytes] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
+        degraded_from: str
+        served_model: str
+        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ..., sealed_payload: _Optional[bytes] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., degraded_from: _Optional[str] = ..., served_model: _Optional[str] = ...) -> None: ...
     def __init__(self) -> None: ...
 
 class Sealed(_message.Message):

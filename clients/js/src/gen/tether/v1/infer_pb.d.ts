@@ -157,6 +157,22 @@ export declare type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
    * @generated from field: tether.v1.FinishReason finish_reason = 12;
    */
   finishReason: FinishReason;
+
+  /**
+   * Set on the first chunk of a degraded request: the requested pool had no room
+   * and the model's policy placed the request on its degrade-to model instead.
+   * "model@version" as requested (resolved) ...
+   *
+   * @generated from field: string degraded_from = 27;
+   */
+  degradedFrom: string;
+
+  /**
+   * ... and "model@version" of the model that serves it (the usage names it too).
+   *
+   * @generated from field: string served_model = 28;
+   */
+  servedModel: string;
 };
 
 /**
