@@ -81,7 +81,7 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
     trt.DataType = DataType
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", TF32="tf32")
     trt.nptype = lambda dt: dt
 
     class _Input:
@@ -139,13 +139,16 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
     class Config:
         def __init__(self) -> None:
             self.profiles: list[Profile] = []
-            self.flags: set[str] = set()
+            self.flags: set[str] = {"tf32"}  # TensorRT's default on Ampere and later
 
         def set_memory_pool_limit(self, pool: str, size: int) -> None:
             self.pool = (pool, size)
 
         def set_flag(self, flag: str) -> None:
             self.flags.add(flag)
+
+        def clear_flag(self, flag: str) -> None:
+            self.flags.discard(flag)
 
         def add_optimization_profile(self, p: Profile) -> int:
             self.profiles.append(p)
@@ -182,6 +185,7 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
                         return None
             log["builds"] += 1
             log["profiles"].append(shapes)
+            log["flags"] = sorted(config.flags)
             header = repr(shapes)
             return PLAN_MAGIC + header.encode() + b"\n" + network.model.SerializeToString()
 

@@ -70,6 +70,7 @@ def test_decoder_profile_bounds_come_from_the_graph_and_the_worker(fake_gpu, tin
                               max_length=64)
     session = backend.load(onnx_bytes, digest=digest)
     assert trt.fake_log["profiles"] == [expected_profile(4, 64)]  # what TensorRT was given
+    assert trt.fake_log["flags"] == []  # TF32 off: fp32 products stay fp32, as in ONNX Runtime
     # Inside the bounds runs; a fifth sequence or a 65th token is refused before running.
     model = decoder_model(folder, cpu)
     greedy_tokens(session, model, [[5, 6, 7]] * 4, 2, batched=True)
@@ -100,7 +101,9 @@ def test_plan_cache_is_keyed_on_the_profile_bounds(fake_gpu, tiny, tmp_path) -> 
     assert load(max_batch=8, max_length=64).builds == 1
     assert load(max_batch=4, max_length=128).builds == 1
     assert load(max_batch=4, max_length=64, fp16=True).builds == 1
-    assert len(list(tmp_path.glob("*.plan"))) == 4
+    assert load(max_batch=4, max_length=64, tf32=True).builds == 1
+    assert trt.fake_log["flags"] == ["tf32"]
+    assert len(list(tmp_path.glob("*.plan"))) == 5
     names = sorted(p.name for p in tmp_path.glob("*.plan"))
     assert all(n.startswith(digest) and "-h100-trt10.3.0-b" in n for n in names)
 

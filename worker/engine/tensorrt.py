@@ -4,7 +4,9 @@ Building a TensorRT engine is slow (seconds to minutes), so built engines are se
 ``cache_dir/<digest>-<gpu class>-trt<TensorRT version>-<bounds>.plan`` and reused: an engine
 is only valid for the GPU class and TensorRT version that built it, the ONNX digest names the
 graph, and ``<bounds>`` names the optimization profile's limits (max batch, max length, the
-default dynamic bound, explicit profiles, fp16), since an engine refuses shapes outside them.
+default dynamic bound, explicit profiles, fp16, tf32), since an engine refuses shapes outside
+them. TF32 is off unless asked for: TensorRT would otherwise use it for fp32 matrix products on
+Ampere and later GPUs, and greedy tokens would drift from ONNX Runtime's fp32.
 
 Dynamic dimensions get one optimization profile (:func:`profile_shapes`, from the graph's
 inputs): shapes the caller declares (``profiles``: input name -> (min, opt, max)) win; a
@@ -229,7 +231,8 @@ class TensorRTBackend:
     def __init__(self, trt: Any, cuda: Any, *, gpu_class: str, cache_dir: str | os.PathLike[str],
                  profiles: Mapping[str, Profile] | None = None,
                  max_dim: int = DEFAULT_MAX_DIM, max_batch: int = DEFAULT_MAX_BATCH,
-                 max_length: int = DEFAULT_MAX_LENGTH, fp16: bool = False) -> None:
+                 max_length: int = DEFAULT_MAX_LENGTH, fp16: bool = False,
+                 tf32: bool = False) -> None:
         if min(max_dim, max_batch, max_length) < 1:
             raise ValueError("max_dim, max_batch and max_length must be positive")
         self.trt = trt
@@ -241,6 +244,7 @@ class TensorRTBackend:
         self.max_batch = max_batch
         self.max_length = max_length
         self.fp16 = fp16
+        self.tf32 = tf32
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.builds = 0
         # The engine runs in worker threads; each call makes the device's primary context
@@ -254,7 +258,7 @@ class TensorRTBackend:
         if self.profiles:
             declared = repr(sorted(self.profiles.items())).encode()
             key += "-p" + hashlib.sha256(declared).hexdigest()[:12]
-        return key + ("-fp16" if self.fp16 else "")
+        return key + ("-fp16" if self.fp16 else "") + ("-tf32" if self.tf32 else "")
 
     def plan_path(self, digest: str) -> Path:
         return self.cache_dir / plan_name(digest, self.gpu_class, self.trt.__version__,
@@ -297,6 +301,8 @@ class TensorRTBackend:
                                   details={"digest": digest})
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+        if not self.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)
         if self.fp16 and builder.platform_has_fast_fp16:
             config.set_flag(trt.BuilderFlag.FP16)
         inputs = []
