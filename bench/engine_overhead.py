@@ -100,8 +100,10 @@ async def engine_text(engine: ExecutionEngine, model: LoadedModel, tokens: int,
     return time.perf_counter() - t0, stream.first_payload_s, n
 
 
-def direct_decoder(model: LoadedModel, tokens: int) -> tuple[float, float, int]:
-    """Greedy decoding with the end of text banned, by plain session.run calls."""
+def direct_greedy(model: LoadedModel, tokens: int,
+                  prompt: str = PROMPT) -> tuple[list[int], list[float], float]:
+    """Greedy decoding with the end of text banned, by plain session.run calls: the tokens,
+    each token's time since the start, and the total seconds."""
     tok = model.tokenizer
     assert isinstance(tok, HFTokenizer)
     eos = json.loads(model.files["generation_config"])["eos_token_id"]
@@ -109,9 +111,9 @@ def direct_decoder(model: LoadedModel, tokens: int) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     past = {n: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=DTYPES[i.dtype])
             for n, i in inputs.items() if n.startswith("past_key_values.")}
-    ids = tok.encode(PROMPT)
-    prompt, seen, first, out = list(ids), 0, 0.0, []
-    for n in range(tokens):
+    ids = tok.encode(prompt)
+    prompt_ids, seen, stamps, out = list(ids), 0, [], []
+    for _ in range(tokens):
         feeds = {"input_ids": np.array([ids], dtype=np.int64),
                  "attention_mask": np.ones((1, seen + len(ids)), dtype=np.int64), **past}
         if "position_ids" in inputs:
@@ -121,13 +123,18 @@ def direct_decoder(model: LoadedModel, tokens: int) -> tuple[float, float, int]:
         logits[eos] = -np.inf
         token = int(np.argmax(logits))
         out.append(token)
-        tok.decode(prompt[-6:] + out[-6:])  # what streaming text costs, roughly
-        if n == 0:
-            first = time.perf_counter() - t0
+        tok.decode(prompt_ids[-6:] + out[-6:])  # what streaming text costs, roughly
+        stamps.append(time.perf_counter() - t0)
         seen += len(ids)
         ids = [token]
         past = {k: result[k.replace("past_key_values.", "present.")] for k in past}
-    return time.perf_counter() - t0, first, len(out)
+    return out, stamps, time.perf_counter() - t0
+
+
+def direct_decoder(model: LoadedModel, tokens: int) -> tuple[float, float, int]:
+    """(total seconds, seconds to first token, tokens) of :func:`direct_greedy`."""
+    out, stamps, total = direct_greedy(model, tokens)
+    return total, stamps[0], len(out)
 
 
 async def engine_decoder(engine: ExecutionEngine, model: LoadedModel,

@@ -35,12 +35,13 @@ from tether.artifacts import ArtifactStore, LocalDirectoryStore  # noqa: E402
 from tether.keys import KeyPair  # noqa: E402
 from tether.metadata import MetadataStore  # noqa: E402
 from worker.engine import ExecutionEngine, OnnxRuntimeBackend  # noqa: E402
-from worker.loader import ModelLoader  # noqa: E402
+from worker.loader import LoadedModel, ModelLoader  # noqa: E402
 
 MODEL_ID = "smollm2-135m-instruct"
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def load_pretrained(threads: int) -> tuple[ModelLoader, LoadedModel]:
+    """The model published to a throwaway registry and loaded as a worker loads it."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         kp = KeyPair.generate()
@@ -51,11 +52,16 @@ async def run(args: argparse.Namespace) -> dict:
         catalog = Catalog(store)
         publish_package(ModelPackage.load(REPO / "worker" / "models" / MODEL_ID), catalog,
                         artifacts, kp)
-        loader = ModelLoader(artifacts, OnnxRuntimeBackend(intra_op_threads=args.threads),
+        loader = ModelLoader(artifacts, OnnxRuntimeBackend(intra_op_threads=threads),
                              budget_bytes=2 << 30)
-        engine = ExecutionEngine(loader)
         model = await loader.load(catalog.resolve(MODEL_ID))
         store.close()
+    return loader, model
+
+
+async def run(args: argparse.Namespace) -> dict:
+    loader, model = await load_pretrained(args.threads)
+    engine = ExecutionEngine(loader)
 
     direct, eng, d_first, e_first = [], [], [], []
     for i in range(args.repeats + 1):  # the first round warms up

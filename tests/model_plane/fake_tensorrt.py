@@ -6,8 +6,15 @@ Python API and of pycuda that :mod:`worker.engine.tensorrt` calls (builder, ONNX
 optimization profiles, serialized plans, runtime, execution context with tensor addresses,
 device allocations, async copies, streams), so that code runs end to end in tests. The "engine"
 they build is the ONNX graph itself, executed by ONNX Runtime on the CPU; "device memory" is a
-dictionary of byte arrays. ``tools/gpu_check.py`` exercises the same code against the real
-TensorRT on a GPU machine.
+dictionary of byte arrays, and the doubles count the bytes copied each way, so a test can see
+that a decoder's KV cache is fed back by address rather than through the host.
+
+Optimization profiles are checked the way TensorRT checks them: the build fails when a dynamic
+input has no profile, when min <= opt <= max does not hold, or when a profile contradicts a
+static dimension; ``set_input_shape`` refuses a shape outside [min, max]. What the doubles
+cannot show: that memory is really on a GPU, stream ordering and overlap, TensorRT's own layer
+support and numerics (fp16 included), and speed. ``tools/gpu_check.py`` exercises the same code
+against the real TensorRT on a GPU machine.
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
                       version: str = "10.3.0") -> tuple[Any, Any]:
     """Return fresh (tensorrt, pycuda.driver) doubles sharing one fake device memory."""
     mem = _Memory()
-    log: dict[str, Any] = {"builds": 0, "pushes": 0, "pops": 0, "executions": 0}
+    log: dict[str, Any] = {"builds": 0, "pushes": 0, "pops": 0, "executions": 0,
+                           "htod_bytes": 0, "dtoh_bytes": 0, "profiles": []}
 
     # ---------------------------------------------------------------- tensorrt
     trt: Any = types.ModuleType("tensorrt")
@@ -73,7 +81,7 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
     trt.DataType = DataType
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="fp16", TF32="tf32")
     trt.nptype = lambda dt: dt
 
     class _Input:
@@ -131,13 +139,16 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
     class Config:
         def __init__(self) -> None:
             self.profiles: list[Profile] = []
-            self.flags: set[str] = set()
+            self.flags: set[str] = {"tf32"}  # TensorRT's default on Ampere and later
 
         def set_memory_pool_limit(self, pool: str, size: int) -> None:
             self.pool = (pool, size)
 
         def set_flag(self, flag: str) -> None:
             self.flags.add(flag)
+
+        def clear_flag(self, flag: str) -> None:
+            self.flags.discard(flag)
 
         def add_optimization_profile(self, p: Profile) -> int:
             self.profiles.append(p)
@@ -158,10 +169,24 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
         def create_optimization_profile(self) -> Profile:
             return Profile()
 
-        def build_serialized_network(self, network: Network, config: Config) -> bytes:
-            log["builds"] += 1
+        def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
             assert network.model is not None
-            header = repr({n: p for c in config.profiles for n, p in c.shapes.items()})
+            shapes = {n: p for c in config.profiles for n, p in c.shapes.items()}
+            for tensor in network.inputs:
+                if all(d >= 0 for d in tensor.shape) and tensor.name not in shapes:
+                    continue
+                if tensor.name not in shapes:
+                    return None  # TensorRT: a dynamic input without a profile
+                lo, opt, hi = shapes[tensor.name]
+                if not (len(lo) == len(opt) == len(hi) == len(tensor.shape)):
+                    return None
+                for d, a, b, c in zip(tensor.shape, lo, opt, hi, strict=True):
+                    if not 0 <= a <= b <= c or (d >= 0 and not a == b == c == d):
+                        return None
+            log["builds"] += 1
+            log["profiles"].append(shapes)
+            log["flags"] = sorted(config.flags)
+            header = repr(shapes)
             return PLAN_MAGIC + header.encode() + b"\n" + network.model.SerializeToString()
 
     class Context:
@@ -171,8 +196,9 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
             self.addresses: dict[str, int] = {}
 
         def set_input_shape(self, name: str, shape: Any) -> bool:
-            hi = self.engine.profile.get(name, (None, None, None))[2]
-            if hi is not None and any(s > h for s, h in zip(shape, hi, strict=True)):
+            lo, _, hi = self.engine.profile.get(name, (None, None, None))
+            if hi is not None and any(not a <= s <= b
+                                      for s, a, b in zip(shape, lo, hi, strict=True)):
                 return False
             self.shapes[name] = tuple(int(s) for s in shape)
             return True
@@ -188,15 +214,23 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
                 if zeros:
                     feeds[name] = np.zeros(shape, dt)
                 else:
-                    raw = bytes(mem.blocks[self.addresses[name]])
-                    feeds[name] = np.frombuffer(raw, dt)[: int(np.prod(shape))].reshape(shape)
+                    n = int(np.prod(shape)) * np.dtype(dt).itemsize
+                    raw = bytes(mem.blocks[self.addresses[name]])[:n]
+                    feeds[name] = np.frombuffer(raw, dt).reshape(shape)
             return feeds
 
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
             if name in self.engine.input_names:
                 return self.shapes.get(name, self.engine.static_shapes[name])
-            out = self.engine.session.run([name], self._feeds(zeros=True))[0]
-            return tuple(out.shape)
+            # Output shapes follow from input shapes: run on zeros once per set of shapes.
+            key = tuple(sorted(self.shapes.items()))
+            if key not in self.engine.output_shapes:
+                outs = self.engine.session.run(self.engine.output_names,
+                                               self._feeds(zeros=True))
+                self.engine.output_shapes[key] = {
+                    n: tuple(o.shape) for n, o in zip(self.engine.output_names, outs,
+                                                      strict=True)}
+            return self.engine.output_shapes[key][name]
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             log["executions"] += 1
@@ -212,6 +246,7 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
             self.session = ort.InferenceSession(model.SerializeToString(),
                                                 providers=["CPUExecutionProvider"])
             self.profile = profile
+            self.output_shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}
             self.input_names = [i.name for i in self.session.get_inputs()]
             self.output_names = [o.name for o in self.session.get_outputs()]
             types_ = {"tensor(float)": np.float32, "tensor(int64)": np.int64,
@@ -270,6 +305,9 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
         def free(self) -> None:
             mem.blocks.pop(self.addr, None)
 
+        def __del__(self) -> None:  # pycuda frees an allocation when it is collected
+            self.free()
+
     class PrimaryContext:
         def push(self) -> None:
             log["pushes"] += 1
@@ -303,11 +341,16 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
 
     def memcpy_htod_async(dev: DeviceAllocation, host: np.ndarray, stream: Stream) -> None:
         data = np.ascontiguousarray(host).tobytes()
+        log["htod_bytes"] += len(data)
         mem.blocks[int(dev)][: len(data)] = data
 
     def memcpy_dtoh_async(host: np.ndarray, dev: DeviceAllocation, stream: Stream) -> None:
         raw = bytes(mem.blocks[int(dev)])[: host.nbytes]
+        log["dtoh_bytes"] += len(raw)
         host.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, np.uint8)
+
+    def memcpy_dtoh(host: np.ndarray, dev: DeviceAllocation) -> None:
+        memcpy_dtoh_async(host, dev, Stream())
 
     cuda.init = lambda: None
     cuda.Device = Device
@@ -315,4 +358,5 @@ def make_fake_modules(*, gpus: int = 1, device_name: str = "NVIDIA H100 80GB HBM
     cuda.mem_alloc = DeviceAllocation
     cuda.memcpy_htod_async = memcpy_htod_async
     cuda.memcpy_dtoh_async = memcpy_dtoh_async
+    cuda.memcpy_dtoh = memcpy_dtoh
     return trt, cuda

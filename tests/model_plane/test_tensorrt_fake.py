@@ -84,7 +84,8 @@ def test_engines_are_built_once_per_digest_gpu_class_and_version(fake_gpu, tmp_p
     first = TensorRTBackend(trt, cuda, gpu_class="h100", cache_dir=tmp_path)
     session = first.load(onnx_bytes, digest=digest)
     assert first.builds == 1
-    assert (tmp_path / plan_name(digest, "h100", "10.3.0")).is_file()
+    assert (tmp_path / plan_name(digest, "h100", "10.3.0", first.bounds)).is_file()
+    assert first.plan_path(digest).name.endswith("-h100-trt10.3.0-b8-l2048-d256.plan")
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_allclose(session.run({"x": x})["y"], x * 3 + 0.5)
     assert [(s.name, s.shape) for s in session.inputs] == [("x", (-1, 4))]
@@ -147,11 +148,29 @@ def test_gpu_check_script_passes_on_the_fake(fake_gpu, tmp_path, monkeypatch, ca
     assert spec is not None and spec.loader is not None
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
-    monkeypatch.setattr(sys, "argv", ["gpu_check", "--cache-dir", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", ["gpu_check", "--cache-dir", str(tmp_path), "--tokens",
+                                      "6", "--models", "kjv-textgen,tiny-decoder"])
     assert gpu_check.main() == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["gpu_check"] == "ok" and result["gpu_class"] == "h100"
     assert result["kjv-textgen"]["match"] and result["kjv-textgen"]["rebuilt_from_cache"] == 0
+    tiny = result["tiny-decoder"]
+    assert tiny["match"] and tiny["rebuilt_from_cache"] == 0 and "-b4-l512-" in tiny["plan"]
+    assert tiny["alone"]["tokens_match"] and tiny["batched"]["sequences"] == 2
+
+
+def test_gpu_check_refuses_clearly_without_tensorrt(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as if not installed
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(sys, "argv", ["gpu_check"])
+    assert gpu_check.main() == 2
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["gpu_check"] == "skipped"
+    assert "TensorRT unavailable" in result["reason"] and "GPU machine" in result["needs"]
+    assert "Needs a GPU machine" in (gpu_check.__doc__ or "")
 
 
 def test_worker_engine_factory_picks_backend_and_budget(fake_gpu, tmp_path,
@@ -159,6 +178,11 @@ def test_worker_engine_factory_picks_backend_and_budget(fake_gpu, tmp_path,
     engine, caps = create_worker_engine(local_artifacts, [], cache_dir=tmp_path,
                                         ram_budget_bytes=1 << 30)
     assert engine.loader.backend.name == "tensorrt" and caps.gpu_class == "h100"
+    backend = engine.loader.backend
+    assert isinstance(backend, TensorRTBackend) and backend.max_batch == 8  # the profile bound
+    engine4, _ = create_worker_engine(local_artifacts, [], cache_dir=tmp_path,
+                                      ram_budget_bytes=1 << 30, max_batch=4)
+    assert getattr(engine4.loader.backend, "max_batch", None) == 4
     assert engine.loader.budget_bytes == int(80 * (1 << 30) * 0.8)
     cpu, _ = create_worker_engine(local_artifacts, [], cache_dir=tmp_path,
                                   ram_budget_bytes=1 << 30, prefer_cpu=True)

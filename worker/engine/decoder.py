@@ -12,7 +12,10 @@ Outputs are ``logits`` [batch, sequence, vocab] and ``present.<i>.key|value``.
 ``tokenizer_config.json``) and builds the runtime feeds. A sequence's KV cache is its own
 list of arrays [1, heads, length, head_dim]; :func:`batch_feeds` left-pads several sequences'
 caches to one length and masks the padding, so sequences at different positions step in one
-call, and :func:`split_presents` hands each sequence its new cache back.
+call, and :func:`split_presents` hands each sequence its new cache back. A cache entry may be
+any array-like with ``shape`` and ``nbytes`` that ``np.asarray`` reads, such as the TensorRT
+backend's device-resident tensors: a sequence stepped alone passes its cache back to the
+runtime untouched; a batch is padded and split on the host.
 :class:`DecodeSequence` is one request's generation state and :func:`decode_step` advances
 any number of them by one runtime call.
 """
@@ -222,7 +225,7 @@ def batch_feeds(layout: DecoderLayout, new_ids: Sequence[Sequence[int]],
         stacked = np.zeros(shape, dtype=layout.kv_dtype)
         for b, p in enumerate(past):
             if p:
-                stacked[b, :, past_len - p:] = caches[b][j][0]
+                stacked[b, :, past_len - p:] = np.asarray(caches[b][j])[0]
         feeds[name] = stacked
     return feeds
 
@@ -235,12 +238,13 @@ def split_presents(layout: DecoderLayout, out: Mapping[str, np.ndarray],
     if len(new_ids) == 1 and len(new_ids[0]) == width:
         return [[out[name] for name in layout.present_names]]
     past_len = max(int(c[0].shape[2]) for c in caches)
+    # np.asarray: a backend may leave presents in device memory; a batch is split on the host.
+    presents = [np.asarray(out[name]) for name in layout.present_names]
     result = []
     for b, (n, c) in enumerate(zip(new_ids, caches, strict=True)):
         p = int(c[0].shape[2])
         keep = np.r_[past_len - p: past_len, past_len + width - len(n): past_len + width]
-        result.append([np.ascontiguousarray(out[name][b: b + 1, :, keep])
-                       for name in layout.present_names])
+        result.append([np.ascontiguousarray(a[b: b + 1, :, keep]) for a in presents])
     return result
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.engine.backends import Backend, OnnxRuntimeBackend
-from worker.engine.tensorrt import TensorRTBackend
+from worker.engine.tensorrt import DEFAULT_MAX_BATCH, TensorRTBackend
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,12 @@ def detect() -> tuple[Capabilities, Any, Any]:
 
 
 def select_backend(cache_dir: str | os.PathLike[str], *, prefer_cpu: bool = False,
-                   intra_op_threads: int = 0) -> tuple[Backend, Capabilities]:
-    """The backend this machine should use, and what it found."""
+                   intra_op_threads: int = 0,
+                   max_batch: int | None = None) -> tuple[Backend, Capabilities]:
+    """The backend this machine should use, and what it found; ``max_batch`` (the engine's
+    batch limit) bounds a TensorRT engine's optimization profile."""
     caps, trt, cuda = detect()
     if prefer_cpu or trt is None:
         return OnnxRuntimeBackend(intra_op_threads=intra_op_threads), caps
-    return TensorRTBackend(trt, cuda, gpu_class=caps.gpu_class, cache_dir=cache_dir), caps
+    return TensorRTBackend(trt, cuda, gpu_class=caps.gpu_class, cache_dir=cache_dir,
+                           max_batch=max_batch or DEFAULT_MAX_BATCH), caps

@@ -140,7 +140,7 @@ def create_worker_engine(artifacts: ArtifactStore, records: Iterable[registry_pb
     """The engine this machine should run: TensorRT when a GPU and TensorRT are present
     (cache budget: ``vram_fraction`` of the GPU's memory), else ONNX Runtime on CPU (budget:
     ``ram_budget_bytes``). Also returns what detection found, for presence announcements."""
-    backend, caps = select_backend(cache_dir, prefer_cpu=prefer_cpu)
+    backend, caps = select_backend(cache_dir, prefer_cpu=prefer_cpu, max_batch=max_batch)
     budget = ram_budget_bytes
     if backend.name != ONNXRUNTIME_CPU and caps.vram_gb:
         budget = int(caps.vram_gb * (1 << 30) * vram_fraction)
