@@ -57,6 +57,8 @@ DEBIAN_PACKAGES = ("python3", "libstdc++6", "ca-certificates")
 #: dpkg leaves these out of the rootfs: documentation, manuals, translations.
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*",
                  "/usr/share/info/*", "/usr/share/lintian/*")
+#: mmdebstrap's own merged-/usr setup: without it apt pulls in `usrmerge`, and with it Perl.
+MERGED_USR = "/usr/share/mmdebstrap/hooks/merged-usr"
 PACKAGES = ("tether", "p2p_transport", "gateway", "orchestrator", "registry", "worker")
 USER_ID = 10001
 DATA_DIR = "/var/lib/tether"
@@ -82,7 +84,8 @@ def progress(message: str) -> None:
 
 
 def run(cmd: list[str], **kwargs: object) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                          **kwargs)  # type: ignore[call-overload]
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n"
                          f"{(proc.stderr or proc.stdout)[-3000:]}")
@@ -100,7 +103,7 @@ def project_version() -> str:
 
 def apt_mirror() -> str:
     """The Debian mirror apt is configured with (deb822 or one-line sources)."""
-    files = sorted(glob.glob("/etc/apt/sources.list.d/*")) + ["/etc/apt/sources.list"]
+    files = [*sorted(glob.glob("/etc/apt/sources.list.d/*")), "/etc/apt/sources.list"]
     for name in files:
         try:
             text = Path(name).read_text()
@@ -151,7 +154,7 @@ def write_lock() -> None:
 
 def debian_rootfs(epoch: int, mirror: str) -> Path:
     """Step 1: Debian with python3, as a tar, built once per package set."""
-    key = digest(SUITE, DEBIAN_PACKAGES, DPKG_EXCLUDES, epoch)
+    key = digest(SUITE, DEBIAN_PACKAGES, DPKG_EXCLUDES, MERGED_USR, epoch)
     out = CACHE / f"debian-{SUITE}-{key}.tar"
     if out.exists():
         progress(f"debian rootfs: cached {out.name}")
@@ -162,7 +165,8 @@ def debian_rootfs(epoch: int, mirror: str) -> Path:
     started = time.monotonic()
     CACHE.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.tar")
-    cmd = ["mmdebstrap", "--variant=essential", f"--include={','.join(DEBIAN_PACKAGES)}",
+    cmd = ["mmdebstrap", "--variant=essential", f"--hook-dir={MERGED_USR}",
+           f"--include={','.join(DEBIAN_PACKAGES)}",
            *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
            # the apt lists and caches are not part of the image
            "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*"
@@ -328,7 +332,7 @@ def base_image(rootfs: Path, version: str, epoch: int) -> str:
     return tag
 
 
-def service_image(base: str, service: str, region: str, version: str, epoch: int,
+def service_image(base: str, service: str, region: str, version: str, *, epoch: int,
                   tensorrt: bool) -> str:
     command, title = SERVICES[service]
     tag = f"localhost/tether/{service}:{version}-{region}"
@@ -364,7 +368,8 @@ def image_size(tag: str) -> int:
     return int(out.strip())
 
 
-def build(regions: Iterable[str], services: Iterable[str], epoch: int, mirror: str) -> dict[str, object]:
+def build(regions: Iterable[str], services: Iterable[str], epoch: int,
+          mirror: str) -> dict[str, object]:
     started = time.monotonic()
     version = project_version()
     for tool in ("buildah", "podman"):
@@ -387,10 +392,12 @@ def build(regions: Iterable[str], services: Iterable[str], epoch: int, mirror: s
     sizes: dict[str, int] = {}
     for region in regions:
         for service in services:
-            tag = service_image(base, service, region, version, epoch, tensorrt)
+            tag = service_image(base, service, region, version, epoch=epoch,
+                                tensorrt=tensorrt)
             sizes[tag] = image_size(tag)
             progress(f"{tag}: {sizes[tag] / 2**20:.0f} MiB")
-    return {"version": version, "base": base, "rootfs_tar_mib": round(rootfs.stat().st_size / 2**20),
+    return {"version": version, "base": base,
+            "rootfs_tar_mib": round(rootfs.stat().st_size / 2**20),
             "images_mib": {t: round(s / 2**20) for t, s in sizes.items()},
             "seconds": round(time.monotonic() - started, 1), "tensorrt": tensorrt}
 
@@ -402,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--region", action="append", default=[],
-                   help=f"a region to tag images for (repeatable; default {', '.join(DEFAULT_REGIONS)})")
+                   help="a region to tag images for (repeatable; default "
+                   f"{', '.join(DEFAULT_REGIONS)})")
     p.add_argument("--service", action="append", default=[], choices=sorted(SERVICES),
                    help="build only these services (repeatable; default all)")
     p.add_argument("--mirror", default=None, help="Debian mirror (default: apt's)")
