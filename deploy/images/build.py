@@ -101,9 +101,10 @@ def project_version() -> str:
         return str(tomllib.load(f)["project"]["version"])
 
 
-def apt_mirror() -> str:
+def apt_mirror(files: Iterable[str] | None = None) -> str:
     """The Debian mirror apt is configured with (deb822 or one-line sources)."""
-    files = [*sorted(glob.glob("/etc/apt/sources.list.d/*")), "/etc/apt/sources.list"]
+    if files is None:
+        files = [*sorted(glob.glob("/etc/apt/sources.list.d/*")), "/etc/apt/sources.list"]
     for name in files:
         try:
             text = Path(name).read_text()

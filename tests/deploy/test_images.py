@@ -162,7 +162,8 @@ def test_a_region_from_the_images_answers_through_the_gateway(
         body = {"model": "kjv-textgen", "prompt": "In the beginning", "max_tokens": 8,
                 "temperature": 0}
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
-        status, answer = 0, {}
+        status: int = 0
+        answer: dict[str, Any] = {}
         while time.monotonic() < deadline:  # until the gateway listens and a worker is placed
             try:
                 status, answer = _post(f"{base}/v1/completions", body, token)
