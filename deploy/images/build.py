@@ -253,6 +253,7 @@ def assemble(debian: Path, deps: Path, version: str, epoch: int) -> Path:
     """Step 3: one deterministic tar of Debian + venv + project, compiled to bytecode."""
     files = list(project_files())
     key = digest(debian.name, deps.name, version, epoch,
+                 hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),  # what it writes
                  [(dst, hashlib.sha256(src.read_bytes()).hexdigest()) for dst, src in files])
     out = CACHE / f"rootfs-{key}.tar"
     if out.exists():
@@ -298,6 +299,9 @@ def assemble(debian: Path, deps: Path, version: str, epoch: int) -> Path:
                 else:
                     tar.addfile(info)
         partial.rename(out)
+        for stale in CACHE.glob("rootfs-*.tar"):  # an older tree's rootfs: 400+ MiB each
+            if stale != out:
+                stale.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress(f"rootfs: {out.stat().st_size / 2**20:.0f} MiB tar in "
@@ -317,8 +321,27 @@ def tensorrt_reachable() -> bool:
         return False
 
 
+def image_id(tag: str) -> str | None:
+    proc = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", tag],
+                          check=False, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def buildah_commit(container: str, tag: str, epoch: int) -> None:
+    """Commit ``container`` as ``tag``; the image the tag named before is removed if unused."""
+    before = image_id(tag)
     run(["buildah", "commit", "--quiet", "--rm", "--timestamp", str(epoch), container, tag])
+    if before is not None and before != image_id(tag):
+        subprocess.run(["podman", "rmi", before], check=False, capture_output=True)
+
+
+def remove_other_bases(keep: str) -> None:
+    """Older base images (their service images were retagged onto the new base just now)."""
+    tags = run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
+                "--filter", "reference=localhost/tether/base"]).split()
+    for tag in tags:
+        if tag != keep:
+            subprocess.run(["podman", "rmi", tag], check=False, capture_output=True)
 
 
 def base_image(rootfs: Path, version: str, epoch: int) -> str:
@@ -397,6 +420,7 @@ def build(regions: Iterable[str], services: Iterable[str], epoch: int,
                                 tensorrt=tensorrt)
             sizes[tag] = image_size(tag)
             progress(f"{tag}: {sizes[tag] / 2**20:.0f} MiB")
+    remove_other_bases(base)
     return {"version": version, "base": base,
             "rootfs_tar_mib": round(rootfs.stat().st_size / 2**20),
             "images_mib": {t: round(s / 2**20) for t, s in sizes.items()},
