@@ -37,19 +37,32 @@ ANSWER_TIMEOUT_S = 180.0
 CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n'
 
 
-def _missing_tools() -> list[str]:
-    return [t for t in ("podman", "buildah", "mmdebstrap", "runc") if shutil.which(t) is None]
+def require_image_tools() -> None:
+    """Return if images can be built and run here; else fail, saying why (or skip under
+    ``TETHER_ALLOW_NO_IMAGES=1``)."""
+    missing = [t for t in ("podman", "buildah", "mmdebstrap", "runc") if shutil.which(t) is None]
+    if not missing and os.geteuid() == 0:
+        return
+    why = f"missing {', '.join(missing)}" if missing else "not root"
+    if os.environ.get("TETHER_ALLOW_NO_IMAGES") == "1":
+        pytest.skip(f"images: {why} (TETHER_ALLOW_NO_IMAGES=1)")
+    pytest.fail(f"the image test needs podman, buildah, mmdebstrap and runc as root: {why} "
+                "(tools/install_system_deps.sh; TETHER_ALLOW_NO_IMAGES=1 skips it)")
+
+
+@pytest.mark.parametrize("allow", ["", "1"])
+def test_a_machine_without_podman_fails_clearly_unless_allowed(
+        allow: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "podman" else "/bin/x")
+    monkeypatch.setenv("TETHER_ALLOW_NO_IMAGES", allow)
+    outcome = pytest.skip.Exception if allow else pytest.fail.Exception
+    with pytest.raises(outcome, match="missing podman"):
+        require_image_tools()
 
 
 @pytest.fixture(scope="module")
 def podman_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    missing = _missing_tools()
-    if missing or os.geteuid() != 0:
-        why = f"missing {', '.join(missing)}" if missing else "not root"
-        if os.environ.get("TETHER_ALLOW_NO_IMAGES") == "1":
-            pytest.skip(f"images: {why} (TETHER_ALLOW_NO_IMAGES=1)")
-        pytest.fail(f"the image test needs podman, buildah, mmdebstrap and runc as root: {why} "
-                    "(tools/install_system_deps.sh; TETHER_ALLOW_NO_IMAGES=1 skips it)")
+    require_image_tools()
     conf = tmp_path_factory.mktemp("podman") / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
     return dict(os.environ, CONTAINERS_CONF=str(conf))
