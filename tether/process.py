@@ -10,7 +10,8 @@ flag               environment            default
 =================  =====================  ===================================
 ``--region``       ``TETHER_REGION``      ``local``
 ``--bootstrap``    ``TETHER_BOOTSTRAP``   (required; ``HOST:PORT``, comma-
-                                          separated in the environment)
+                                          separated in the environment; a host
+                                          name is looked up once, as IPv4)
 ``--data-dir``     ``TETHER_DATA_DIR``    ``var/tether``
 ``--metadata-url`` ``TETHER_METADATA_URL`` SQLite file in the data dir
 ``--key-file``     ``TETHER_KEY_FILE``    ``<data-dir>/keys/<service>.key`` (a
@@ -44,11 +45,13 @@ go to stderr with the trace id of the current request.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 import tomllib
@@ -424,9 +427,24 @@ def bootstrap_from(flags: list[str] | None) -> list[SocketAddress]:
             "(or set TETHER_BOOTSTRAP), e.g. the one `tether up` prints"
         )
     try:
-        return [parse_address(b) for b in texts]
+        return [_resolved(parse_address(b)) for b in texts]
     except ValueError as exc:
         raise ConfigError(f"--bootstrap: {exc}") from None
+
+
+def _resolved(addr: SocketAddress) -> SocketAddress:
+    """``addr`` with a host name looked up once, as IPv4: the DHT's wire format carries
+    addresses, not names (a Kubernetes StatefulSet's DHT pod is known by its DNS name)."""
+    try:
+        ipaddress.IPv4Address(addr.host)
+        return addr
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(addr.host, addr.port, socket.AF_INET, socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"cannot resolve {addr.host!r} to an IPv4 address: {exc}") from None
+    return SocketAddress(str(found[0][4][0]), addr.port)
 
 
 def region(text: str) -> str:

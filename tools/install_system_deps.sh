@@ -6,6 +6,8 @@
 #   prometheus       `promtool` checks and unit-tests deploy/prometheus/ and the server
 #                    scrapes a running network in tests/ops/
 #   iproute2, nftables  the network lab of tests/lab (namespaces, veth, bridges, NAT; tools/lab.py)
+#   mmdebstrap, buildah, podman, runc  the OCI images (deploy/images/build.py: a Debian rootfs,
+#                    no registry) and tests/deploy, which runs a region from them
 # Idempotent and quiet: packages already present are skipped, and `apt-get update` runs once,
 # only when something has to be installed.
 set -euo pipefail
@@ -22,6 +24,9 @@ command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 have_pkg iproute2 || missing+=(iproute2)
 have_pkg nftables || missing+=(nftables)
+for pkg in mmdebstrap buildah podman runc; do
+    have_pkg "$pkg" || missing+=("$pkg")
+done
 
 if [ "${#missing[@]}" -eq 0 ]; then
     exit 0

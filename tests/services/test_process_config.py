@@ -62,6 +62,25 @@ def test_bad_config_files_are_refused_with_a_clear_message(
         )
 
 
+def test_a_bootstrap_host_name_is_resolved_to_ipv4(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DHT known by name (a Kubernetes StatefulSet pod: ``tether-dht-0.tether-dht``) is
+    looked up once at start; before, the name reached the DHT's IPv4 encoder and failed."""
+    looked_up: list[tuple[object, ...]] = []
+
+    def getaddrinfo(host: str, port: int, family: int, kind: int) -> list[tuple[object, ...]]:
+        looked_up.append((host, port, family))
+        if host == "tether-dht-0.tether-dht":
+            return [(family, kind, 17, "", ("10.1.2.3", port))]
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(process.socket, "getaddrinfo", getaddrinfo)
+    addrs = process.bootstrap_from(["tether-dht-0.tether-dht:49737,127.0.0.1:49738"])
+    assert [(a.host, a.port) for a in addrs] == [("10.1.2.3", 49737), ("127.0.0.1", 49738)]
+    assert looked_up == [("tether-dht-0.tether-dht", 49737, process.socket.AF_INET)]
+    with pytest.raises(SystemExit, match=r"--bootstrap: cannot resolve 'nowhere' to an IPv4"):
+        process.bootstrap_from(["nowhere:49737"])
+
+
 @pytest.mark.parametrize("signals", [1, 2])
 def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
     signals: int, monkeypatch: pytest.MonkeyPatch
