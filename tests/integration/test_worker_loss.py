@@ -18,6 +18,7 @@ from tests.integration.processes import service_process
 from tests.integration.testnet import node_testnet
 from tests.services.harness import Fleet, fleet, swarm_networks, wall_ms
 from tests.services.test_request_path import collect, request
+from tether.keys import KeyPair
 from tether.v1 import jobs_pb2
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -26,12 +27,16 @@ PROMPT_S = 3.0
 
 
 def worker_process(
-    bootstrap: list[SocketAddress], f: Fleet, worker_id: str, *, step_s: float
+    bootstrap: list[SocketAddress], f: Fleet, worker_id: str, *, step_s: float, tmp_path: Path
 ) -> AbstractAsyncContextManager[trio.Process]:
-    """A worker in its own process (see ``worker_process.py``)."""
+    """A worker in its own process (see ``worker_process.py``), under a key the fleet's
+    store admits (orchestrators place work only on admitted workers)."""
+    key_file = tmp_path / f"{worker_id}.key"
+    f.store.admit_worker(KeyPair.load_or_generate(key_file).public_key, worker_id)
     return service_process(
         "tests.integration.worker_process", bootstrap, "--worker-id", worker_id,
         "--orchestrator-key", f.orchestrator_key.hex(), "--step-s", str(step_s),
+        "--key-file", str(key_file),
     )
 
 
@@ -41,8 +46,8 @@ def test_a_worker_killed_mid_stream_is_resumed_at_once(tmp_path: Path) -> None:
             async with (
                 node_testnet(3) as bootstrap,
                 fleet(tmp_path, networks=swarm_networks(bootstrap), clock_ms=wall_ms) as f,
-                worker_process(bootstrap, f, "w1", step_s=0.05) as w1,
-                worker_process(bootstrap, f, "w2", step_s=0.05) as w2,
+                worker_process(bootstrap, f, "w1", step_s=0.05, tmp_path=tmp_path) as w1,
+                worker_process(bootstrap, f, "w2", step_s=0.05, tmp_path=tmp_path) as w2,
             ):
                 procs = {"w1": w1, "w2": w2}
                 await f.discovery.wait_for(lambda s: len(s) == 2)
@@ -77,8 +82,8 @@ def test_a_request_right_after_an_idle_worker_died_does_not_wait(tmp_path: Path)
             async with (
                 node_testnet(3) as bootstrap,
                 fleet(tmp_path, networks=swarm_networks(bootstrap), clock_ms=wall_ms) as f,
-                worker_process(bootstrap, f, "w1", step_s=0.01) as w1,
-                worker_process(bootstrap, f, "w2", step_s=0.01) as w2,
+                worker_process(bootstrap, f, "w1", step_s=0.01, tmp_path=tmp_path) as w1,
+                worker_process(bootstrap, f, "w2", step_s=0.01, tmp_path=tmp_path) as w2,
             ):
                 procs = {"w1": w1, "w2": w2}
                 await f.discovery.wait_for(lambda s: len(s) == 2)

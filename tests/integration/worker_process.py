@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import trio
 
@@ -26,9 +27,10 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--region", default="eu-west")
     parser.add_argument("--step-s", type=float, default=0.05)
+    parser.add_argument("--key-file", required=True, help="the worker's key (admitted by the test)")
     args = parser.parse_args(argv)
     engine = ScriptedEngine([(MODEL, VERSION)], step_s=args.step_s)
-    keypair = KeyPair.generate()
+    keypair = KeyPair.load_or_generate(Path(args.key_file))
     service = WorkerService(
         WorkerConfig(worker_id=args.worker_id, region=args.region, slots=16),
         engine,
