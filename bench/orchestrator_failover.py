@@ -122,6 +122,15 @@ class Net:
         service.ready = json.loads(buf.split(b"\n", 1)[0])
         return service
 
+    def owners(self) -> int | None:
+        """Orchestrators that own jobs so far (None: a tree whose jobs record no owner)."""
+        with sqlite3.connect(self.data_dir / "metadata.db") as db:
+            try:
+                row = db.execute("SELECT count(DISTINCT owner) FROM jobs WHERE owner != ''")
+            except sqlite3.OperationalError:
+                return None
+            return int(row.fetchone()[0])
+
     def jobs(self) -> dict[str, int]:
         """Jobs per state, unfinished ones summed, and dead letters."""
         with sqlite3.connect(self.data_dir / "metadata.db") as db:
@@ -152,7 +161,7 @@ async def open_net(net: Net, orchestrators: int, drain_s: float | None) -> None:
                                                       *common, *extra]))
     await net.start(Service("gateway", [py, "-m", "gateway.main", *common]))
     await net.start(Service("worker", [py, "-m", "worker.main", *common, "--worker-id", "w1",
-                                       "--model", MODEL, "--slots", "40", "--max-batch", "16",
+                                       "--model", MODEL, "--slots", "40", "--max-batch", "40",
                                        "--queue-limit", "64", "--cpu"]))
 
 
@@ -172,18 +181,23 @@ class Stream:
     texts: list[str] = field(default_factory=list)
 
 
-async def warm_up(net: Net, client: GatewayClient) -> None:
-    """Wait until a request goes through (the worker's first heartbeat)."""
+async def warm_up(net: Net, client: GatewayClient, orchestrators: int) -> None:
+    """Wait until a request goes through (the worker's first heartbeat) and, where the
+    jobs record their owner, until the gateway has sent work to every orchestrator (so a
+    fault does not find it still discovering the survivor)."""
     with trio.fail_after(READY_S):
         while True:
             try:
                 [c async for c in client.infer(request(f"warm-{time.time_ns()}", 2))]
-                return
             except RpcError as exc:
                 if "no healthy worker" not in exc.message and "nothing reachable" not in \
                         exc.message:
                     raise
                 await trio.sleep(1)
+                continue
+            if net.owners() in (None, orchestrators):
+                return
+            await trio.sleep(0.2)
 
 
 async def run_scenario(scenario: str, tree: Path, tokens: int, after: int,
@@ -218,7 +232,7 @@ async def _measure(net: Net, scenario: str, tokens: int, after: int) -> dict[str
     async with connect_gateway(net.bootstrap, net.token,
                                gateway_key=bytes.fromhex(net.services["gateway"]
                                                          .ready["public_key"])) as client:
-        await warm_up(net, client)
+        await warm_up(net, client, 1 if scenario == "kill" else 2)
         streams = [Stream(f"{scenario}-{i}") for i in range(STREAMS)]
         enough = trio.Event()
         faulted_at: list[float] = []
