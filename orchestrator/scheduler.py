@@ -10,15 +10,23 @@ orchestrator dispatched since its last heartbeat) is a candidate marked
 ``full``: a pool that is all full is overloaded, not missing. The remaining
 terms are each in [0, 1] and weighted by ``Weights``; ties break by worker id so
 placement is deterministic.
+
+Scores are computed over a ``WorkerRecord``: the plain values of a presence that
+placement reads, made once per heartbeat (``WorkerRecord.of``) rather than read
+from the protobuf message for every request. ``orchestrator.fleet_index`` keeps
+them per served model version and ranks with the same ``score``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from orchestrator.discovery import InFlight, WorkerEntry
 from tether.v1 import presence_pb2
+
+if TYPE_CHECKING:  # discovery imports the index, which imports this module
+    from orchestrator.discovery import InFlight, WorkerEntry
 
 
 @dataclass(frozen=True)
@@ -58,46 +66,91 @@ def region_proximity(a: str, b: str) -> float:
 _DEFAULT_WEIGHTS = Weights()
 
 
-def busy(p: presence_pb2.Presence, unreported: int = 0) -> int:
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """What placement reads of one presence, as plain values."""
+
+    worker_id: str
+    region: str
+    gpu_class: str
+    draining: bool
+    #: (model_id, version) pairs served.
+    supported: frozenset[tuple[str, str]]
+    #: (model_id, version) pairs already loaded (the warm-cache bonus).
+    warm: frozenset[tuple[str, str]]
+    slots: int
+    in_use: int
+    queue_depth: int
+    queue_limit: int
+
+    @classmethod
+    def of(cls, p: presence_pb2.Presence) -> WorkerRecord:
+        cap = p.capacity
+        return cls(
+            worker_id=p.worker_id,
+            region=p.region,
+            gpu_class=p.gpu_class,
+            draining=p.draining,
+            supported=frozenset((s.model_id, s.version) for s in p.supported),
+            warm=frozenset((c.model_id, c.version) for c in p.health.model_cache),
+            slots=cap.slots,
+            in_use=cap.in_use,
+            queue_depth=cap.queue_depth,
+            queue_limit=cap.queue_limit,
+        )
+
+
+def busy(r: WorkerRecord, unreported: int = 0) -> int:
     """Requests running or queued on the worker: its last report plus ``unreported``
     (what this orchestrator dispatched to it since, less what ended since)."""
-    cap = p.capacity
-    return max(0, cap.in_use + cap.queue_depth + unreported)
+    return max(0, r.in_use + r.queue_depth + unreported)
 
 
-def is_full(p: presence_pb2.Presence, unreported: int = 0) -> bool:
-    cap = p.capacity
-    return bool(cap.slots) and busy(p, unreported) >= cap.slots + cap.queue_limit
+def is_full(r: WorkerRecord, unreported: int = 0) -> bool:
+    return bool(r.slots) and busy(r, unreported) >= r.slots + r.queue_limit
 
 
 def score(
-    p: presence_pb2.Presence, want: Placement, w: Weights = _DEFAULT_WEIGHTS, unreported: int = 0
+    r: WorkerRecord, want: Placement, w: Weights = _DEFAULT_WEIGHTS, unreported: int = 0
 ) -> float | None:
-    if p.draining:
+    if r.draining:
         return None
-    if not any(
-        s.model_id == want.model.model_id and s.version == want.model.version for s in p.supported
-    ):
+    model = (want.model.model_id, want.model.version)
+    if model not in r.supported:
         return None
-    cap = p.capacity
     if want.gpu_classes:
-        gpu = 1.0 if p.gpu_class in want.gpu_classes else 0.0
+        gpu = 1.0 if r.gpu_class in want.gpu_classes else 0.0
     else:
         gpu = 0.5
-    n = busy(p, unreported)
-    running = min(n, cap.slots) if cap.slots else 0
-    load = (n - running) + (running / cap.slots if cap.slots else 0.0)
-    warm = any(
-        c.model_id == want.model.model_id and c.version == want.model.version
-        for c in p.health.model_cache
-    )
+    n = busy(r, unreported)
+    running = min(n, r.slots) if r.slots else 0
+    load = (n - running) + (running / r.slots if r.slots else 0.0)
     return (
         w.model
-        + w.region * region_proximity(p.region, want.request_region)
+        + w.region * region_proximity(r.region, want.request_region)
         + w.gpu_class * gpu
         + w.queue / (1.0 + load)
-        + w.warm_cache * (1.0 if warm else 0.0)
+        + w.warm_cache * (1.0 if model in r.warm else 0.0)
     )
+
+
+def candidate(
+    entry: WorkerEntry,
+    r: WorkerRecord,
+    want: Placement,
+    w: Weights = _DEFAULT_WEIGHTS,
+    in_flight: InFlight | None = None,
+) -> Candidate | None:
+    """``entry`` scored for ``want`` (``None``: not a candidate); ``in_flight``
+    corrects its reported load."""
+    extra = 0 if in_flight is None else in_flight.unreported(r.worker_id, busy(r))
+    s = score(r, want, w, extra)
+    return None if s is None else Candidate(entry, s, is_full(r, extra))
+
+
+def order(c: Candidate) -> tuple[bool, float, str]:
+    """Placement order: full ones last, then best score first, then by worker id."""
+    return (c.full, -c.score, c.entry.worker_id)
 
 
 def rank(
@@ -106,11 +159,11 @@ def rank(
     w: Weights = _DEFAULT_WEIGHTS,
     in_flight: InFlight | None = None,
 ) -> list[Candidate]:
-    """Candidates best first, full ones last; ``in_flight`` corrects each reported load."""
+    """Candidates best first, full ones last; ``in_flight`` corrects each reported load.
+    (Every entry scored: the orchestrator ranks through ``FleetIndex`` instead.)"""
     scored = []
     for e in entries:
-        extra = 0 if in_flight is None else in_flight.unreported(e.worker_id, busy(e.presence))
-        s = score(e.presence, want, w, extra)
-        if s is not None:
-            scored.append(Candidate(e, s, is_full(e.presence, extra)))
-    return sorted(scored, key=lambda c: (c.full, -c.score, c.entry.worker_id))
+        c = candidate(e, WorkerRecord.of(e.presence), want, w, in_flight)
+        if c is not None:
+            scored.append(c)
+    return sorted(scored, key=order)
