@@ -34,6 +34,7 @@ from orchestrator.scheduler import (
     Placement,
     Weights,
     WorkerRecord,
+    busy,
     candidate,
 )
 
@@ -64,6 +65,9 @@ class _View:
         self.weights = weights
         self.keys: list[_SortKey] = []
         self._key_of: dict[bytes, _SortKey] = {}
+        #: Members scored again with what was dispatched to them since their heartbeat,
+        #: by the correction they were scored with (until it changes or they beat again).
+        self.corrected: dict[bytes, tuple[int, _SortKey, Candidate]] = {}
 
     def fill(self, members: dict[bytes, _Member]) -> None:
         for key, m in members.items():
@@ -71,6 +75,7 @@ class _View:
         self.keys = sorted(self._key_of.values())
 
     def add(self, key: bytes, m: _Member) -> None:
+        self.corrected.pop(key, None)
         k = self._key_of[key] = self._sort_key(key, m)
         insort(self.keys, k)
 
@@ -80,6 +85,7 @@ class _View:
         return (c.full, -c.score, m.record.worker_id, key)
 
     def discard(self, key: bytes) -> None:
+        self.corrected.pop(key, None)
         k = self._key_of.pop(key, None)
         if k is not None:
             del self.keys[bisect_left(self.keys, k)]
@@ -154,31 +160,40 @@ class FleetIndex:
         if not serving:
             return iter(())
         view = self._view(model, want, weights)
-        # Workers with dispatches counted since their heartbeat: scored again now.
-        fresh: dict[bytes, Candidate] = {}
+        # Workers with dispatches counted since their heartbeat: scored again (once
+        # per change of their correction) and placed by that score.
+        fresh: dict[bytes, tuple[_SortKey, Candidate]] = {}
         if in_flight is not None:
             for worker_id in in_flight.counted():
                 for key in self._by_worker_id.get(worker_id, ()):
-                    if key in serving:
-                        m = self._members[key]
-                        c = candidate(m.entry, m.record, want, weights, in_flight)
+                    if key not in serving:
+                        continue
+                    m = self._members[key]
+                    extra = in_flight.unreported(worker_id, busy(m.record))
+                    if extra == 0:
+                        continue  # its heartbeat's score holds
+                    done = view.corrected.get(key)
+                    if done is None or done[0] != extra:
+                        c = candidate(m.entry, m.record, want, weights, extra)
                         assert c is not None
-                        fresh[key] = c
+                        done = (extra, (c.full, -c.score, worker_id, key), c)
+                        view.corrected[key] = done
+                    fresh[key] = done[1:]
         return self._merge(view, fresh)
 
-    def _merge(self, view: _View, fresh: dict[bytes, Candidate]) -> Iterator[Candidate]:
+    def _merge(
+        self, view: _View, fresh: dict[bytes, tuple[_SortKey, Candidate]]
+    ) -> Iterator[Candidate]:
         members = self._members
         if not fresh:
             for full, neg, _, key in view.keys:
                 yield Candidate(members[key].entry, -neg, full)
             return
-        again = sorted(
-            (c.full, -c.score, c.entry.worker_id, key) for key, c in fresh.items()
-        )
+        again = sorted(k for k, _ in fresh.values())
         rest = (k for k in view.keys if k[3] not in fresh)
         for full, neg, _, key in heapq.merge(rest, again):
-            c = fresh.get(key)
-            yield c if c is not None else Candidate(members[key].entry, -neg, full)
+            done = fresh.get(key)
+            yield done[1] if done is not None else Candidate(members[key].entry, -neg, full)
 
     def _view(self, model: ModelKey, want: Placement, weights: Weights) -> _View:
         vkey = (model, want.request_region, tuple(want.gpu_classes), weights)

@@ -139,13 +139,12 @@ def candidate(
     r: WorkerRecord,
     want: Placement,
     w: Weights = _DEFAULT_WEIGHTS,
-    in_flight: InFlight | None = None,
+    unreported: int = 0,
 ) -> Candidate | None:
-    """``entry`` scored for ``want`` (``None``: not a candidate); ``in_flight``
-    corrects its reported load."""
-    extra = 0 if in_flight is None else in_flight.unreported(r.worker_id, busy(r))
-    s = score(r, want, w, extra)
-    return None if s is None else Candidate(entry, s, is_full(r, extra))
+    """``entry`` scored for ``want`` (``None``: not a candidate), ``unreported`` added
+    to its reported load."""
+    s = score(r, want, w, unreported)
+    return None if s is None else Candidate(entry, s, is_full(r, unreported))
 
 
 def order(c: Candidate) -> tuple[bool, float, str]:
@@ -163,7 +162,9 @@ def rank(
     (Every entry scored: the orchestrator ranks through ``FleetIndex`` instead.)"""
     scored = []
     for e in entries:
-        c = candidate(e, WorkerRecord.of(e.presence), want, w, in_flight)
+        r = WorkerRecord.of(e.presence)
+        extra = 0 if in_flight is None else in_flight.unreported(r.worker_id, busy(r))
+        c = candidate(e, r, want, w, extra)
         if c is not None:
             scored.append(c)
     return sorted(scored, key=order)
