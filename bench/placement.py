@@ -4,13 +4,16 @@ the orchestrator's ``FleetIndex`` vs the full scan it replaced, and heartbeat in
 Synthetic fleets (generated once per size, unsigned: placement never looks at a
 signature): every tenth worker serves the requested version, the others one of
 nine other models; regions, gpuClasses, slots, load and warm caches are random
-(seeded). 32 workers of the pool have dispatches in flight since their heartbeat.
+(seeded), and a third of the workers batch (a batch size, active sequences and a
+KV-cache budget). 32 workers of the pool have dispatches in flight since their
+heartbeat.
 
 * **decision**: what ``Submit`` does to choose its candidates, up to 8 with room.
   New: ``DiscoverySub.ranked`` (expiry, the index's view for the request, the
   in-flight workers scored again) taken until 8. Reference: the code before the
   index, kept here only: ``snapshot()`` (expiry filter and a sort of the whole
-  fleet), every worker scored over its protobuf message, a full sort, the first 8.
+  fleet), every worker scored over its protobuf message (room by slots and, for a
+  batching worker, by sequences), a full sort, the first 8.
   Between two decisions one worker's heartbeat arrives (untimed; both sides see it),
   so the index's views move as they do in service. Both must choose the same 8.
 * **ingestion** (10,000 workers): heartbeats accepted per second through
@@ -75,13 +78,38 @@ def _ref_busy(p: presence_pb2.Presence, unreported: int = 0) -> int:
     return max(0, cap.in_use + cap.queue_depth + unreported)
 
 
-def _ref_is_full(p: presence_pb2.Presence, unreported: int = 0) -> bool:
+def _ref_sequences(p: presence_pb2.Presence, unreported: int = 0) -> int:
+    return max(0, p.capacity.active_sequences + unreported)
+
+
+def _ref_batch_full(p: presence_pb2.Presence, unreported: int = 0) -> bool:
     cap = p.capacity
-    return bool(cap.slots) and _ref_busy(p, unreported) >= cap.slots + cap.queue_limit
+    if not cap.max_batch_size:
+        return False
+    n = _ref_sequences(p, unreported)
+    if n >= cap.max_batch_size:
+        return True
+    if not cap.kv_cache_budget_bytes:
+        return False
+    if cap.kv_cache_used_bytes >= cap.kv_cache_budget_bytes:
+        return True
+    if not cap.active_sequences:
+        return False
+    per_sequence = cap.kv_cache_used_bytes / cap.active_sequences
+    extra = n - cap.active_sequences
+    return cap.kv_cache_used_bytes + (extra + 1) * per_sequence > cap.kv_cache_budget_bytes
+
+
+def _ref_is_full(p: presence_pb2.Presence, unreported: int, unreported_sequences: int) -> bool:
+    cap = p.capacity
+    if cap.slots and _ref_busy(p, unreported) >= cap.slots + cap.queue_limit:
+        return True
+    return _ref_batch_full(p, unreported_sequences)
 
 
 def _ref_score(
-    p: presence_pb2.Presence, want: Placement, w: Weights, unreported: int = 0
+    p: presence_pb2.Presence, want: Placement, w: Weights, unreported: int,
+    unreported_sequences: int,
 ) -> float | None:
     if p.draining:
         return None
@@ -97,6 +125,8 @@ def _ref_score(
     n = _ref_busy(p, unreported)
     running = min(n, cap.slots) if cap.slots else 0
     load = (n - running) + (running / cap.slots if cap.slots else 0.0)
+    if cap.max_batch_size:
+        load = max(load, _ref_sequences(p, unreported_sequences) / cap.max_batch_size)
     warm = any(
         c.model_id == want.model.model_id and c.version == want.model.version
         for c in p.health.model_cache
@@ -120,9 +150,10 @@ def reference_decision(
     scored = []
     for e in snapshot:
         extra = in_flight.unreported(e.worker_id, _ref_busy(e.presence))
-        s = _ref_score(e.presence, WANT, w, extra)
+        extra_seqs = in_flight.unreported(e.worker_id, _ref_sequences(e.presence))
+        s = _ref_score(e.presence, WANT, w, extra, extra_seqs)
         if s is not None:
-            scored.append((e, s, _ref_is_full(e.presence, extra)))
+            scored.append((e, s, _ref_is_full(e.presence, extra, extra_seqs)))
     ranked = sorted(scored, key=lambda c: (c[2], -c[1], c[0].worker_id))
     return [e.worker_id for e, _, full in ranked if not full][:TAKE]
 
@@ -157,6 +188,12 @@ def presence(rng: random.Random, i: int) -> presence_pb2.Presence:
             queue_limit=rng.choice([0, 4, 16]),
         ),
     )
+    if rng.random() < 1 / 3:  # a batching worker: room in sequences and KV cache too
+        cap = p.capacity
+        cap.max_batch_size = rng.choice([4, 8, 16])
+        cap.active_sequences = rng.randint(0, cap.max_batch_size)
+        cap.kv_cache_budget_bytes = 1 << 30
+        cap.kv_cache_used_bytes = cap.active_sequences * rng.randint(1 << 24, 1 << 27)
     if rng.random() < 0.5:
         p.health.model_cache.add(model_id=served[0][0], version=served[0][1])
     return p
