@@ -19,18 +19,23 @@ answer UNIMPLEMENTED and are left alone.
 
 ``in_flight`` counts the orchestrator's own dispatches per worker between
 heartbeats, so that placement sees a worker fill up before its next report.
+``index`` (``FleetIndex``) holds the same live workers by served model version,
+kept current by every accepted heartbeat and departure: ``ranked`` places a
+request from it without scanning the fleet.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, KeysView, Sequence
 from dataclasses import dataclass
 
 import trio
 from opentelemetry import metrics as otel_metrics
 
+from orchestrator.fleet_index import FleetIndex
+from orchestrator.scheduler import Candidate, Placement, Weights
 from tether.admission import Admissions
 from tether.errors import TetherError
 from tether.net import Network, Peer
@@ -92,6 +97,11 @@ class InFlight:
         else:
             self._at_beat.pop(worker_id, None)
 
+    def counted(self) -> set[str]:
+        """The workers whose :meth:`unreported` may be other than 0 (with a dispatch
+        open, or one counted at their last heartbeat)."""
+        return self._open.keys() | self._at_beat.keys()
+
     def unreported(self, worker_id: str, reported: int = 0) -> int:
         """What to add to the ``reported`` load: dispatches started since the last
         heartbeat less those ended since, and at least enough to count every open one."""
@@ -128,6 +138,7 @@ class DiscoverySub:
         )
         self._logged_unadmitted: set[bytes] = set()
         self._entries: dict[bytes, WorkerEntry] = {}
+        self.index = FleetIndex(expiry_s)
         self._changed = trio.Event()
         self.in_flight = InFlight()
 
@@ -157,6 +168,17 @@ class DiscoverySub:
             key=lambda e: e.worker_id,
         )
 
+    def ranked(self, want: Placement, weights: Weights) -> Iterator[Candidate]:
+        """The live workers for ``want``, best first, full ones last (``scheduler.rank``'s
+        order over ``snapshot()``, from the index); take them before the next checkpoint."""
+        self.index.expire(trio.current_time())
+        return self.index.ranked(want, weights, self.in_flight)
+
+    def worker_ids(self) -> KeysView[str]:
+        """The ids of the workers in ``snapshot()``."""
+        self.index.expire(trio.current_time())
+        return self.index.worker_ids()
+
     async def wait_for(self, predicate: Callable[[list[WorkerEntry]], bool]) -> None:
         """Wait until the snapshot satisfies ``predicate``."""
         while not predicate(self.snapshot()):
@@ -172,6 +194,7 @@ class DiscoverySub:
             for key, entry in list(self._entries.items()):
                 if not self.admissions.admits(key):
                     del self._entries[key]
+                    self.index.remove(key)
                     self._changed.set()
                     log.warning(
                         "worker %s (%s) is no longer admitted: out of placement, "
@@ -195,6 +218,7 @@ class DiscoverySub:
             entry = self._entries.get(peer.remote_key)
             if entry is not None and entry.peer is peer:
                 del self._entries[peer.remote_key]
+                self.index.remove(peer.remote_key)
                 self._changed.set()
 
     def _accept(self, peer: Peer, env: presence_pb2.SignedEnvelope) -> None:
@@ -222,6 +246,8 @@ class DiscoverySub:
             self._rejections.add(1, {"reason": "invalid"})
             log.warning("rejected presence from %s: %s", peer.key_hex[:12], exc)
             return
-        self._entries[peer.remote_key] = WorkerEntry(presence, peer, trio.current_time())
+        entry = WorkerEntry(presence, peer, trio.current_time())
+        self._entries[peer.remote_key] = entry
+        self.index.update(peer.remote_key, entry)
         self.in_flight.heartbeat(presence.worker_id)
         self._changed.set()

@@ -18,6 +18,7 @@ No I/O here: ``orchestrator.service`` feeds it messages and outcomes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from orchestrator.breaker import WORKER_FAILURES
@@ -139,6 +140,6 @@ class Rollouts:
     def placeable(self, worker_id: str) -> bool:
         return worker_id not in self.drained
 
-    def forget(self, present: set[str]) -> None:
+    def forget(self, present: Container[str]) -> None:
         """Workers that left are drained no more (a restarted one is placed again)."""
-        self.drained &= present
+        self.drained -= {w for w in self.drained if w not in present}

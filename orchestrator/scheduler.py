@@ -20,15 +20,23 @@ reports, and is measured two ways:
 The remaining terms are each in [0, 1] and weighted by ``Weights`` (the
 queue term counts a batching worker's batch occupancy); ties break by worker id
 so placement is deterministic.
+
+Scores are computed over a ``WorkerRecord``: the plain values of a presence that
+placement reads, made once per heartbeat (``WorkerRecord.of``) rather than read
+from the protobuf message for every request. ``orchestrator.fleet_index`` keeps
+them per served model version and ranks with the same ``candidate``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from orchestrator.discovery import InFlight, WorkerEntry
 from tether.v1 import presence_pb2
+
+if TYPE_CHECKING:  # discovery imports the index, which imports this module
+    from orchestrator.discovery import InFlight, WorkerEntry
 
 
 @dataclass(frozen=True)
@@ -69,87 +77,154 @@ def region_proximity(a: str, b: str) -> float:
 _DEFAULT_WEIGHTS = Weights()
 
 
-def busy(p: presence_pb2.Presence, unreported: int = 0) -> int:
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """What placement reads of one presence, as plain values."""
+
+    worker_id: str
+    region: str
+    gpu_class: str
+    draining: bool
+    #: (model_id, version) pairs served.
+    supported: frozenset[tuple[str, str]]
+    #: (model_id, version) pairs already loaded (the warm-cache bonus).
+    warm: frozenset[tuple[str, str]]
+    slots: int
+    in_use: int
+    queue_depth: int
+    queue_limit: int
+    #: Sequences a batch holds at most; 0: the worker does not batch (slots alone).
+    max_batch_size: int
+    active_sequences: int
+    kv_cache_budget_bytes: int
+    kv_cache_used_bytes: int
+
+    @classmethod
+    def of(cls, p: presence_pb2.Presence) -> WorkerRecord:
+        cap = p.capacity
+        return cls(
+            worker_id=p.worker_id,
+            region=p.region,
+            gpu_class=p.gpu_class,
+            draining=p.draining,
+            supported=frozenset((s.model_id, s.version) for s in p.supported),
+            warm=frozenset((c.model_id, c.version) for c in p.health.model_cache),
+            slots=cap.slots,
+            in_use=cap.in_use,
+            queue_depth=cap.queue_depth,
+            queue_limit=cap.queue_limit,
+            max_batch_size=cap.max_batch_size,
+            active_sequences=cap.active_sequences,
+            kv_cache_budget_bytes=cap.kv_cache_budget_bytes,
+            kv_cache_used_bytes=cap.kv_cache_used_bytes,
+        )
+
+
+def busy(r: WorkerRecord, unreported: int = 0) -> int:
     """Requests running or queued on the worker: its last report plus ``unreported``
     (what this orchestrator dispatched to it since, less what ended since)."""
-    cap = p.capacity
-    return max(0, cap.in_use + cap.queue_depth + unreported)
+    return max(0, r.in_use + r.queue_depth + unreported)
 
 
-def sequences(p: presence_pb2.Presence, unreported: int = 0) -> int:
+def sequences(r: WorkerRecord, unreported: int = 0) -> int:
     """Sequences in the worker's batches: its last report plus ``unreported``."""
-    return max(0, p.capacity.active_sequences + unreported)
+    return max(0, r.active_sequences + unreported)
 
 
-def batch_full(p: presence_pb2.Presence, unreported: int = 0) -> bool:
+def batch_full(r: WorkerRecord, unreported: int = 0) -> bool:
     """A batching worker with no seat for one more sequence: its batch is at
     ``max_batch_size``, or its KV-cache budget cannot hold one more sequence of the
     average size of those it holds. False for a worker that reports no batch size."""
-    cap = p.capacity
-    if not cap.max_batch_size:
+    if not r.max_batch_size:
         return False
-    n = sequences(p, unreported)
-    if n >= cap.max_batch_size:
+    n = sequences(r, unreported)
+    if n >= r.max_batch_size:
         return True
-    if not cap.kv_cache_budget_bytes:
+    if not r.kv_cache_budget_bytes:
         return False
-    if cap.kv_cache_used_bytes >= cap.kv_cache_budget_bytes:
+    if r.kv_cache_used_bytes >= r.kv_cache_budget_bytes:
         return True
-    if not cap.active_sequences:
+    if not r.active_sequences:
         return False
-    per_sequence = cap.kv_cache_used_bytes / cap.active_sequences
-    extra = n - cap.active_sequences  # dispatched since the report, each of average size
-    return cap.kv_cache_used_bytes + (extra + 1) * per_sequence > cap.kv_cache_budget_bytes
+    per_sequence = r.kv_cache_used_bytes / r.active_sequences
+    extra = n - r.active_sequences  # dispatched since the report, each of average size
+    return r.kv_cache_used_bytes + (extra + 1) * per_sequence > r.kv_cache_budget_bytes
 
 
 def is_full(
-    p: presence_pb2.Presence, unreported: int = 0, unreported_sequences: int | None = None
+    r: WorkerRecord, unreported: int = 0, unreported_sequences: int | None = None
 ) -> bool:
     """No room by slots (``unreported`` corrects the report's in-use and queued
     requests) or by sequences (``unreported_sequences`` corrects its active sequences;
     ``unreported`` when not given)."""
-    cap = p.capacity
-    if cap.slots and busy(p, unreported) >= cap.slots + cap.queue_limit:
+    if r.slots and busy(r, unreported) >= r.slots + r.queue_limit:
         return True
     seqs = unreported if unreported_sequences is None else unreported_sequences
-    return batch_full(p, seqs)
+    return batch_full(r, seqs)
 
 
 def score(
-    p: presence_pb2.Presence,
+    r: WorkerRecord,
     want: Placement,
     w: Weights = _DEFAULT_WEIGHTS,
     unreported: int = 0,
     unreported_sequences: int | None = None,
 ) -> float | None:
-    if p.draining:
+    if r.draining:
         return None
-    if not any(
-        s.model_id == want.model.model_id and s.version == want.model.version for s in p.supported
-    ):
+    model = (want.model.model_id, want.model.version)
+    if model not in r.supported:
         return None
-    cap = p.capacity
     if want.gpu_classes:
-        gpu = 1.0 if p.gpu_class in want.gpu_classes else 0.0
+        gpu = 1.0 if r.gpu_class in want.gpu_classes else 0.0
     else:
         gpu = 0.5
-    n = busy(p, unreported)
-    running = min(n, cap.slots) if cap.slots else 0
-    load = (n - running) + (running / cap.slots if cap.slots else 0.0)
-    if cap.max_batch_size:  # a batching worker: how full its batch is counts too
+    n = busy(r, unreported)
+    running = min(n, r.slots) if r.slots else 0
+    load = (n - running) + (running / r.slots if r.slots else 0.0)
+    if r.max_batch_size:  # a batching worker: how full its batch is counts too
         seqs = unreported if unreported_sequences is None else unreported_sequences
-        load = max(load, sequences(p, seqs) / cap.max_batch_size)
-    warm = any(
-        c.model_id == want.model.model_id and c.version == want.model.version
-        for c in p.health.model_cache
-    )
+        load = max(load, sequences(r, seqs) / r.max_batch_size)
     return (
         w.model
-        + w.region * region_proximity(p.region, want.request_region)
+        + w.region * region_proximity(r.region, want.request_region)
         + w.gpu_class * gpu
         + w.queue / (1.0 + load)
-        + w.warm_cache * (1.0 if warm else 0.0)
+        + w.warm_cache * (1.0 if model in r.warm else 0.0)
     )
+
+
+def candidate(
+    entry: WorkerEntry,
+    r: WorkerRecord,
+    want: Placement,
+    w: Weights = _DEFAULT_WEIGHTS,
+    *,
+    unreported: int = 0,
+    unreported_sequences: int | None = None,
+) -> Candidate | None:
+    """``entry`` scored for ``want`` (``None``: not a candidate), ``unreported`` added
+    to its reported requests and ``unreported_sequences`` to its reported sequences
+    (``unreported`` when not given), as for ``is_full``."""
+    s = score(r, want, w, unreported, unreported_sequences)
+    if s is None:
+        return None
+    return Candidate(entry, s, is_full(r, unreported, unreported_sequences))
+
+
+def corrections(in_flight: InFlight, r: WorkerRecord) -> tuple[int, int]:
+    """What ``in_flight`` adds to the worker's reported load: (requests, sequences).
+    Both are its dispatches since the heartbeat, each floored by its open dispatches
+    against what the heartbeat reports in that unit."""
+    return (
+        in_flight.unreported(r.worker_id, busy(r)),
+        in_flight.unreported(r.worker_id, sequences(r)),
+    )
+
+
+def order(c: Candidate) -> tuple[bool, float, str]:
+    """Placement order: full ones last, then best score first, then by worker id."""
+    return (c.full, -c.score, c.entry.worker_id)
 
 
 def rank(
@@ -159,14 +234,13 @@ def rank(
     in_flight: InFlight | None = None,
 ) -> list[Candidate]:
     """Candidates best first, full ones last; ``in_flight`` corrects each reported load
-    (requests by slots, and sequences for a batching worker)."""
+    (requests by slots, and sequences for a batching worker; ``corrections``).
+    (Every entry scored: the orchestrator ranks through ``FleetIndex`` instead.)"""
     scored = []
     for e in entries:
-        extra = extra_seqs = 0
-        if in_flight is not None:
-            extra = in_flight.unreported(e.worker_id, busy(e.presence))
-            extra_seqs = in_flight.unreported(e.worker_id, sequences(e.presence))
-        s = score(e.presence, want, w, extra, extra_seqs)
-        if s is not None:
-            scored.append(Candidate(e, s, is_full(e.presence, extra, extra_seqs)))
-    return sorted(scored, key=lambda c: (c.full, -c.score, c.entry.worker_id))
+        r = WorkerRecord.of(e.presence)
+        extra, extra_seqs = (0, 0) if in_flight is None else corrections(in_flight, r)
+        c = candidate(e, r, want, w, unreported=extra, unreported_sequences=extra_seqs)
+        if c is not None:
+            scored.append(c)
+    return sorted(scored, key=order)

@@ -11,9 +11,10 @@ request lifecycle (§10) from placement to finalisation.
  2. reserve ``(correlationId, retryToken)`` in the Metadata Store *before*
     dispatch: a repeat of an accepted request is refused (ALREADY_EXISTS)
     instead of running twice;
- 3. rank the fleet snapshot by affinity score and dispatch ``Worker.Infer`` to
-    the best candidate; a candidate that refuses before streaming anything
-    (UNAVAILABLE, RESOURCE_EXHAUSTED) hands the request to the next one;
+ 3. rank the live workers serving the version (``FleetIndex``) by affinity
+    score and dispatch ``Worker.Infer`` to the best candidate; a candidate that
+    refuses before streaming anything (UNAVAILABLE, RESOURCE_EXHAUSTED) hands the
+    request to the next one;
  4. stream the worker's chunks back; finalise the job and record usage.
 
 A worker lost mid-stream (UNAVAILABLE, or a stream without its final chunk)
@@ -76,7 +77,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub, InFlight
 from orchestrator.rollout import Rollouts
-from orchestrator.scheduler import Candidate, Placement, Weights, rank
+from orchestrator.scheduler import Candidate, Placement, Weights
 from tether import blocking, limits, sealing, telemetry, topics
 from tether.callers import CallerPolicy
 from tether.errors import (
@@ -660,54 +661,71 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ),
             gpu_classes=tuple(record.capabilities.gpu_classes),
         )
-        snapshot = self.discovery.snapshot()
-        self.rollouts.forget({e.worker_id for e in snapshot})
-        ranked = rank(snapshot, want, self.weights, self.discovery.in_flight)
-        placeable = [c for c in ranked if self.rollouts.placeable(c.entry.worker_id)]
-        if ranked and not placeable:
-            raise Unavailable(
-                f"every worker serving {want.model.model_id} {want.model.version} is draining",
-                details={"model": want.model.model_id, "version": want.model.version},
-            )
-        ranked = placeable
+        self.rollouts.forget(self.discovery.worker_ids())
+        sealed_to = (
+            sealing.sealed_worker_keys(request) if request.HasField("sealed") else None
+        )
+        model = f"{want.model.model_id}@{want.model.version}"  # one pool per version
+        take = limit or self.max_attempts
+        # Candidates come best first, full ones last: taken until there are enough, and
+        # counted on (the error says why) only if none could be taken.
+        ranked = placeable = sealed_ok = candidates = 0
+        states: dict[str, BreakerState] = {}
+        room: list[Candidate] = []
+        for c in self.discovery.ranked(want, self.weights):
+            ranked += 1
+            if not self.rollouts.placeable(c.entry.worker_id):
+                continue
+            placeable += 1
+            if sealed_to is not None and c.entry.peer.remote_key not in sealed_to:
+                continue
+            sealed_ok += 1
+            region = c.entry.presence.region
+            state = states.get(region)
+            if state is None:
+                state = states[region] = self.breakers.state(model, region)
+            if state is BreakerState.OPEN:
+                continue
+            candidates += 1
+            if c.full:
+                if room:
+                    break  # the rest are full too
+                continue
+            room.append(c)
+            if len(room) == take:
+                break
+        if room:
+            return room
         if not ranked:
             raise Unavailable(
                 f"no healthy worker serves {want.model.model_id} {want.model.version}",
                 details={"model": want.model.model_id, "version": want.model.version},
             )
-        if request.HasField("sealed"):
-            sealed_to = sealing.sealed_worker_keys(request)
-            ranked = [c for c in ranked if c.entry.peer.remote_key in sealed_to]
-            if not ranked:
-                raise Unavailable(
-                    f"none of the workers request {request.correlation_id} was sealed to can "
-                    "take it now; place it and seal it again",
-                    details={"model": want.model.model_id, "reason": sealing.RESEAL},
-                )
-        model = f"{want.model.model_id}@{want.model.version}"  # one pool per version
-        candidates = [
-            c
-            for c in ranked
-            if self.breakers.state(model, c.entry.presence.region) is not BreakerState.OPEN
-        ]
+        if not placeable:
+            raise Unavailable(
+                f"every worker serving {want.model.model_id} {want.model.version} is draining",
+                details={"model": want.model.model_id, "version": want.model.version},
+            )
+        if not sealed_ok:
+            raise Unavailable(
+                f"none of the workers request {request.correlation_id} was sealed to can "
+                "take it now; place it and seal it again",
+                details={"model": want.model.model_id, "reason": sealing.RESEAL},
+            )
         if not candidates:
-            regions = sorted({c.entry.presence.region for c in ranked})
             why = "; ".join(
-                f"{r}: {self.breakers.reason(model, r) or 'open'}" for r in regions
+                f"{r}: {self.breakers.reason(model, r) or 'open'}" for r in sorted(states)
             )
             raise Unavailable(
                 f"circuit open for {model} ({why}); retry in up to {self.breakers.open_s:g} s",
                 details={"model": model, "breaker": "open"},
             )
-        room = [c for c in candidates if not c.full]
-        if not room:
-            raise ResourceExhausted(
-                f"every worker serving {model} is at capacity ({len(candidates)} full); "
-                f"retry in {SHED_RETRY_AFTER_S:g} s",
-                details={"model": model, "workers": str(len(candidates))},
-                retry_after_s=SHED_RETRY_AFTER_S,
-            )
-        return room[: limit or self.max_attempts]
+        raise ResourceExhausted(
+            f"every worker serving {model} is at capacity ({candidates} full); "
+            f"retry in {SHED_RETRY_AFTER_S:g} s",
+            details={"model": model, "workers": str(candidates)},
+            retry_after_s=SHED_RETRY_AFTER_S,
+        )
 
     async def _dispatch(
         self,
