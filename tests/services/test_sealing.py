@@ -128,7 +128,8 @@ def test_chunks_that_are_clear_moved_or_altered_are_refused():
     moved = infer_pb2.Infer.Chunk(seq=2, sealed_payload=chunk.sealed_payload)
     with pytest.raises(sealing.TamperedSeal, match="another sequence number"):
         requester.open(moved)
-    altered = infer_pb2.Infer.Chunk(seq=1, sealed_payload=chunk.sealed_payload[:-1] + b"\0")
+    flipped = chunk.sealed_payload[:-1] + bytes([chunk.sealed_payload[-1] ^ 1])  # never equal
+    altered = infer_pb2.Infer.Chunk(seq=1, sealed_payload=flipped)
     with pytest.raises(sealing.TamperedSeal, match="does not authenticate"):
         requester.open(altered)
     clear = infer_pb2.Infer.Chunk(seq=1)
