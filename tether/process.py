@@ -442,6 +442,10 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     bootstrap = bootstrap_from(args.bootstrap)
     region(args.region)
     level = log_level(args.log_level)
+    try:
+        telemetry.check_environment()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     data_dir = data_dir_from(args.data_dir)
     key_file = Path(args.key_file) if args.key_file else data_dir / "keys" / f"{args.service}.key"
     callers = [

@@ -220,14 +220,30 @@ class WorkerService(services_rpc.WorkerServicer):
         self, request: infer_pb2.Infer.Request
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         seq = 0
-        async with (
-            self.quota.admit(request.tenant_id),
-            contextlib.aclosing(self.engine.stream(request)) as pieces,  # type: ignore[type-var]
-        ):
-            last: infer_pb2.Infer.Chunk | None = None
-            async for payload, usage in pieces:
-                if last is not None:
-                    yield last
+        # The model span (OpenTelemetry GenAI conventions): what the model did, with
+        # its token counts, under the worker.infer span.
+        with telemetry.model_span(request) as span:
+            async with (
+                self.quota.admit(request.tenant_id),
+                contextlib.aclosing(self.engine.stream(request)) as pieces,  # type: ignore[type-var]
+            ):
+                last: infer_pb2.Infer.Chunk | None = None
+                async for payload, usage in pieces:
+                    if last is not None:
+                        yield last
+                    last = self._chunk(request, seq, payload)
+                    seq += 1
+                    if usage is not None:
+                        last.usage.CopyFrom(usage)
+                if last is None:
+                    last = self._chunk(request, seq, None)
+                last.done = True
+                if request.input.WhichOneof("kind") in ("text", "messages"):
+                    # The engine's own reason when it gives one (see Engine.stream).
+                    reason = getattr(pieces, "finish_reason", infer_pb2.FINISH_REASON_UNSPECIFIED)
+                    last.finish_reason = reason or finish_reason(request, last.usage)
+                telemetry.model_usage(span, last.usage, last.finish_reason)
+                yield last
                 last = self._chunk(request, seq, payload)
                 seq += 1
                 if usage is not None:
