@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error(argv[0] if argv and not argv[0].startswith("-") else ""):
         args = build_parser().parse_args(argv)
     with process.exit_on_config_error(args.command):
-        process.setup_logging(args.command, os.environ.get("TETHER_LOG_LEVEL", "INFO"))
+        process.setup_logging(args.command, os.environ.get("TETHER_LOG_LEVEL", "INFO"),
+                              default_format="text")
         return _run(args)
 
 
@@ -342,22 +343,26 @@ async def _up(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-        log.info(
-            "tether is up. Try:  tether infer --bootstrap %s --gateway %s --token %s "
-            "--prompt 'What is the capital of France?'   or:  curl %s/v1/completions -H "
-            "'authorization: Bearer %s' -d '{\"model\": \"kjv-textgen\", \"prompt\": "
-            "\"In the beginning\", \"stream\": true}'",
-            net.bootstrap_text,
-            net.gateway_key,
-            net.token,
-            net.http_url,
-            net.token,
-        )
+        print(up_hint(net.bootstrap_text, net.gateway_key, net.http_url), file=sys.stderr,
+              flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 log.info("stopping")
                 break
     return 0
+
+
+def up_hint(bootstrap: str, gateway_key: str, http_url: str) -> str:
+    """What to try once ``tether up`` runs. The token is in the JSON line above, once,
+    and never in a log: the hint names it ``$TETHER_TOKEN``."""
+    return (
+        "tether is up. Set TETHER_TOKEN to the \"token\" above, then try:\n"
+        f"  tether infer --bootstrap {bootstrap} --gateway {gateway_key} "
+        "--prompt 'What is the capital of France?'\n"
+        f"  curl {http_url}/v1/completions -H \"authorization: Bearer $TETHER_TOKEN\" "
+        "-d '{\"model\": \"kjv-textgen\", \"prompt\": \"In the beginning\", "
+        "\"stream\": true}'"
+    )
 
 
 async def _infer(args: argparse.Namespace) -> int:

@@ -38,7 +38,8 @@ store that does not open) raises :class:`ConfigError`; under
 
 A service prints exactly one JSON line on stdout once it is reachable, e.g.
 ``{"service": "gateway", "public_key": "<64 hex>", "region": "local"}``; logs
-go to stderr with the trace id of the current request.
+go to stderr, one JSON line each (``TETHER_LOG_FORMAT=text``: plain text), with the
+trace and correlation ids of the current request and never a token (``tether.logs``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ import trio
 from sqlalchemy.exc import DatabaseError
 
 from p2p_transport.cenc import SocketAddress
-from tether import health, telemetry, topics
+from tether import health, logs, telemetry, topics
 from tether.callers import CallerPolicy, parse_key
 from tether.errors import TetherError
 from tether.keys import KeyPair
@@ -444,6 +445,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     level = log_level(args.log_level)
     try:
         telemetry.check_environment()
+        logs.env_format()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     data_dir = data_dir_from(args.data_dir)
@@ -497,17 +499,13 @@ def setup_telemetry(config: ServiceConfig) -> None:
     )
 
 
-def setup_logging(service: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(telemetry.TraceIdFilter())
-    handler.setFormatter(
-        logging.Formatter(
-            f"%(asctime)s {service} %(levelname)s %(name)s trace=%(trace_id)s %(message)s"
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(log_level(level))
+def setup_logging(service: str, level: str, *, default_format: str = "json") -> None:
+    """Logs on stderr as ``tether.logs`` says (JSON unless ``TETHER_LOG_FORMAT=text``;
+    ``default_format`` for a command run by a person), then traces."""
+    try:
+        logs.setup(service, log_level(level), default_format=default_format)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     telemetry.setup(f"tether-{service}")
 
 

@@ -26,7 +26,8 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -246,7 +247,7 @@ class RequestMetrics:
             yield timer
         except BaseException as exc:
             if timer.end is None:
-                code = _status_name(exc)
+                code = status_name(exc)
             raise
         finally:
             attrs = {"service": self.service, "model": model}
@@ -302,7 +303,8 @@ class RequestTimer:
             self.end = now
 
 
-def _status_name(exc: BaseException) -> str:
+def status_name(exc: BaseException) -> str:
+    """The status code name (``UNAVAILABLE``, ...) an exception ends a call with."""
     code = getattr(exc, "code", None)
     if isinstance(code, int) and not isinstance(code, bool):
         try:
@@ -322,12 +324,18 @@ def tracer(name: str = "tether") -> trace.Tracer:
 def server_span(
     name: str, metadata: Mapping[str, str], **attributes: str
 ) -> Iterator[trace.Span]:
-    """A span continuing the trace named by ``metadata['traceparent']``."""
+    """A span continuing the trace named by ``metadata['traceparent']``; a
+    ``tether.correlation_id`` attribute is also the logs' ``correlation_id`` inside it."""
     parent = _PROPAGATOR.extract(carrier=dict(metadata))
-    with tracer().start_as_current_span(
-        name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
-    ) as span:
-        yield span
+    token = CORRELATION_ID.set(attributes.get("tether.correlation_id", CORRELATION_ID.get()))
+    try:
+        with tracer().start_as_current_span(
+            name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+        ) as span:
+            yield span
+    finally:
+        with suppress(ValueError):  # (a generator resumed in another context)
+            CORRELATION_ID.reset(token)
 
 
 def outgoing_metadata(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -340,12 +348,23 @@ def outgoing_metadata(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def current_trace_id() -> str:
     """The current trace id as 32 hex characters ('' outside a span)."""
+    return current_ids()[0]
+
+
+def current_ids() -> tuple[str, str]:
+    """The current trace and span ids in hex ('' outside a span)."""
     ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+    if not ctx.is_valid:
+        return "", ""
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+#: The correlation id of the request being served (for log lines; ``server_span``).
+CORRELATION_ID: ContextVar[str] = ContextVar("tether_correlation_id", default="")
 
 
 class TraceIdFilter(logging.Filter):
-    """Adds ``trace_id`` to every log record, for structured logs."""
+    """Adds ``trace_id`` to every log record (``tether.logs.TraceFilter`` adds more)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.trace_id = current_trace_id()
