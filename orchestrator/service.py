@@ -68,7 +68,7 @@ from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub, InFlight
 from orchestrator.rollout import Rollouts
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
-from tether import blocking, limits, sealing, telemetry, topics
+from tether import blocking, limits, metrics, sealing, telemetry, topics
 from tether.callers import CallerPolicy
 from tether.errors import (
     AlreadyExists,
@@ -148,6 +148,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.weights = weights or Weights()
         self.max_attempts = max_attempts
         self.breakers = breakers or CircuitBreakers()
+        metrics.watch_breakers(self.breakers)
         #: Canary weights and drains, set over the control topic (orchestrator.control).
         self.rollouts = rollouts or Rollouts()
         self.usage_metrics = telemetry.UsageMetrics()
@@ -506,6 +507,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 else:  # a failed job and its request go to the DLQ, its quota comes back
                     self.store.fail_job(cid, error.to_proto(), owner=self.owner,
                                         request=dispatched)
+                    metrics.dead_letter(record.model.model_id, record.model.version,
+                                        error.code.name)
 
             if not self._halted:
                 with trio.CancelScope(shield=True):
@@ -696,17 +699,21 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     # Lost mid-stream: the next candidate replays the request and the
                     # chunks the client already has are checked and skipped.
                     lost = resume.lost(f"worker {worker_id}", exc)
+                    metrics.resumption(request.model_id, request.version)
                     log.info("%s; resuming %s at chunk %d elsewhere", lost, cid, resume.count)
                     last_error = lost
                     continue
                 if replay.streamed or exc.code not in _PLACE_ELSEWHERE:
                     raise
                 log.info("worker %s refused %s (%s); trying the next", worker_id, cid, exc)
+                metrics.retry(request.model_id, request.version, exc.code.name)
                 last_error = exc
                 if exc.code == StatusCode.RESOURCE_EXHAUSTED:
                     shed = exc
             finally:
                 placed.release()  # this attempt no longer loads the worker
+                metrics.placement(request.model_id, request.version, region,
+                                  "CANCELLED" if outcome is None else outcome.name)
                 if outcome is None:
                     self.breakers.release(model, region)
                 else:

@@ -56,6 +56,8 @@ _metrics_server: WSGIServer | None = None
 LATENCY_BUCKETS = ExplicitBucketHistogramAggregation((
     5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000,
 ))
+#: Continuous-batch sizes (sequences per engine step).
+BATCH_BUCKETS = ExplicitBucketHistogramAggregation((1, 2, 4, 8, 16, 32, 64, 128, 256))
 #: The label of every value outside a bounded set (``ModelLabels``).
 OTHER = "other"
 
@@ -188,7 +190,8 @@ def setup_metrics(
         all_readers.append(PeriodicExportingMetricReader(metric_exporter))
     _meters = MeterProvider(
         metric_readers=all_readers,
-        views=[View(instrument_name="tether.request.*", aggregation=LATENCY_BUCKETS)],
+        views=[View(instrument_name="tether.request.*", aggregation=LATENCY_BUCKETS),
+               View(instrument_name="tether.worker.batch.size", aggregation=BATCH_BUCKETS)],
         resource=resource(f"tether-{service}"),
     )
     otel_metrics.set_meter_provider(_meters)

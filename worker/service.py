@@ -25,7 +25,7 @@ from typing import Protocol
 
 import trio
 
-from tether import health, limits, sealing, signing, telemetry
+from tether import health, limits, metrics, sealing, signing, telemetry
 from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
@@ -115,6 +115,7 @@ class WorkerService(services_rpc.WorkerServicer):
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
+        metrics.watch_worker(self)  # queue, slots, batch and cache gauges
 
     # -------------------------------------------------------------- health
 
