@@ -374,12 +374,23 @@ async def _up(args: argparse.Namespace) -> int:
     log = logging.getLogger("tether.up")
     metrics = (Metrics(args.metrics_host, args.metrics_port)
                if getattr(args, "metrics", False) else None)
+    data_dir = process.data_dir_from(args.data_dir)
+    if not args.verbose:
+        _log_to_file(args.command, data_dir / "logs" / f"tether-{args.command}.log")
+        print(f"tether {args.command}: service logs in {data_dir / 'logs'} "
+              "(--verbose: here instead)", file=sys.stderr, flush=True)
+
+    def progress(step: str) -> None:
+        print(f"tether {args.command}: {step}...", file=sys.stderr, flush=True)
+
     async with local_network(
-        Path(args.data_dir),
-        region=args.region,
+        data_dir,
+        region=getattr(args, "region", "local"),
         http_port=getattr(args, "http_port", 0),
         grpc_port=getattr(args, "grpc_port", 0),
         metrics=metrics,
+        verbose=args.verbose,
+        progress=progress,
     ) as net:
         if args.command == "demo":
             print(
@@ -411,6 +422,16 @@ async def _up(args: argparse.Namespace) -> int:
                 log.info("stopping")
                 break
     return 0
+
+
+def _log_to_file(command: str, path: Path) -> None:
+    """This command's own log lines go to ``path`` (the terminal keeps the answer)."""
+    from tether import logs
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    stream = path.open("a", encoding="utf-8")
+    root.handlers[:] = [logs.handler(f"tether-{command}", logs.env_format("text"), stream)]
 
 
 def up_hint(bootstrap: str, gateway_key: str, http_url: str) -> str:
