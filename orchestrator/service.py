@@ -66,6 +66,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub, InFlight
+from orchestrator.recent import RecentOutcomes
 from orchestrator.rollout import Rollouts
 from orchestrator.scheduler import Candidate, Placement, Weights, rank
 from tether import blocking, limits, metrics, sealing, telemetry, topics
@@ -78,7 +79,7 @@ from tether.errors import (
     Unavailable,
 )
 from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
-from tether.net import Network, wait_for_peer
+from tether.net import Network, peers_on, wait_for_peer
 from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
 from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
@@ -149,6 +150,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.max_attempts = max_attempts
         self.breakers = breakers or CircuitBreakers()
         metrics.watch_breakers(self.breakers)
+        #: Outcomes of the last few minutes (``tether status``).
+        self.recent = RecentOutcomes(self.breakers.clock)
         #: Canary weights and drains, set over the control topic (orchestrator.control).
         self.rollouts = rollouts or Rollouts()
         self.usage_metrics = telemetry.UsageMetrics()
@@ -363,6 +366,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             if scope.cancelled_caught and self._stop_error is not None:
                 raise self._stop_error
         except TetherError as exc:
+            self.recent.record(StatusCode.coerce(exc.code))
             # A sealed request to re-place says nothing about the version.
             if canary is not None and exc.details.get("reason") != sealing.RESEAL:
                 self._count(request, StatusCode.coerce(exc.code))
@@ -371,6 +375,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             self._running.discard(scope)
             self._running_changed.set()
             self._running_changed = trio.Event()
+        self.recent.record(StatusCode.OK)
         if canary is not None:
             self._count(request, StatusCode.OK)
 
@@ -757,12 +762,30 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     ) -> services_pb2.GetFleetResponse:
         self.callers.check(context)
         entries = self.discovery.snapshot()
+        requests, failures = self.recent.totals()
         return services_pb2.GetFleetResponse(
             workers=[
                 e.presence
                 for e in entries
                 if not request.region or e.presence.region == request.region
-            ]
+            ],
+            breakers=[
+                services_pb2.FleetBreaker(
+                    model_id=pool.partition("@")[0], version=pool.partition("@")[2],
+                    region=region, state=state.value, reason=self.breakers.reason(pool, region),
+                )
+                for (pool, region), state in sorted(self.breakers.snapshot().items())
+                if state is not BreakerState.CLOSED
+            ],
+            rollouts=[
+                services_pb2.FleetRollout(model_id=model_id, summary=state.summary())
+                for model_id, state in self.rollouts.active()
+            ],
+            recent_requests=requests,
+            recent_failures=failures,
+            recent_window_s=self.recent.window_s,
+            registries=len(peers_on(self.network, self.registry_topic)),
+            orchestrator_key=self.network.public_key,
         )
 
 

@@ -9,6 +9,7 @@
     tether token --tenant NAME [--e2e]  issue a tenant token (prints it once); --e2e
                                       seals the tenant's requests end to end
     tether admit KEY | tether revoke KEY | tether admit --list   which worker keys get work
+    tether status                     one screen of the running network
 """
 
 from __future__ import annotations
@@ -251,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_operator_arguments(p)
     p = sub.add_parser("fleet", help="the workers an orchestrator of the region sees (JSON lines)")
     _add_operator_arguments(p)
+    p = sub.add_parser(
+        "status",
+        help="one screen of the running network: services, workers by region, breakers, "
+        "rollouts, recent error rate",
+        description="Asks an orchestrator of the region (as the operator) what it sees.",
+    )
+    _add_operator_arguments(p)
     p = sub.add_parser("drain", help="take workers out of placement (all present when none named)")
     p.add_argument("workers", nargs="*", metavar="WORKER_ID",
                    help="the workers to drain (default: every worker present)")
@@ -334,7 +342,7 @@ def _run(args: argparse.Namespace) -> int:
             return trio.run(_infer, args)
         if args.command in ("rollout", "drain"):
             return trio.run(_control, args)
-        if args.command == "fleet":
+        if args.command in ("fleet", "status"):
             return trio.run(_fleet, args)
         if args.command == "token":
             return _token(args)
@@ -611,6 +619,11 @@ async def _fleet(args: argparse.Namespace) -> int:
         fleet = await services_rpc.OrchestratorStub(rpc).GetFleet(
             services_pb2.GetFleetRequest(), timeout=args.timeout
         )
+    if args.command == "status":
+        from tether.status import render
+
+        print(render(fleet, region=args.region))
+        return 0
     for w in sorted(fleet.workers, key=lambda w: (w.region, w.worker_id)):
         print(json.dumps({
             "worker": w.worker_id, "region": w.region, "gpu_class": w.gpu_class,
