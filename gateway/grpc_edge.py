@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.service import GatewayService
-from tether import telemetry
+from tether import logs, telemetry
 from tether.errors import TetherError
 from tether.health import Readiness
 from tether.rpc import RpcError, ServerContext, StatusCode
@@ -166,10 +166,8 @@ class GrpcEdge:
                     log.exception("gRPC call failed")
                     deliver(RpcError(StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"))
                 deliver(_END)
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            access_log.info("%s %s %s %sms", ctx.peer, ctx.method, status, duration_ms, extra={
-                "peer": ctx.peer, "method": ctx.method, "status": status,
-                "duration_ms": duration_ms})
+            logs.access(access_log, "grpc", peer=ctx.peer, method=ctx.method, status=status,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
         self._token.run_sync_soon(nursery.start_soon, pump)
         try:

@@ -7,7 +7,8 @@ wrote it, in its message, fields or traceback (``RedactingHandler``).
 
 A JSON line holds ``timestamp``, ``level``, ``service``, ``logger``, ``message``, the
 trace fields, and whatever a call passes in ``extra`` (the access logs' ``method``,
-``status``, ``duration_ms``, ...).
+``status``, ``duration_ms``, ...). ``access_logged`` gives an RPC dispatch table an
+access line per call (the gateway's Hyperswarm edge; its gRPC edge writes the same line).
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import logging
 import os
 import re
 import sys
-from typing import IO
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import replace
+from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
 from tether import telemetry
+from tether.rpc.service import Handler, ServerContext
 
 FORMATS = ("json", "text")
 REDACTED = "[REDACTED]"
@@ -94,3 +100,50 @@ def setup(service: str, level: str, *, default_format: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler(service, fmt)]
     root.setLevel(level)
+
+
+def access(logger: logging.Logger, edge: str, *, peer: str, method: str, status: str,
+           duration_ms: float) -> None:
+    """One access line: who called what, how it ended, how long it took (never the
+    request's metadata or content)."""
+    logger.info("%s %s %s %s %sms", edge, peer, method, status, duration_ms, extra={
+        "edge": edge, "peer": peer, "method": method, "status": status,
+        "duration_ms": duration_ms})
+
+
+def access_logged(handlers: Mapping[str, Handler], logger: logging.Logger,
+                  edge: str) -> dict[str, Handler]:
+    """``handlers`` (an RPC dispatch table) writing an ``access`` line per call to
+    ``logger`` once the call ends."""
+    return {name: replace(h, func=_logged(h, logger, edge)) for name, h in handlers.items()}
+
+
+def _logged(handler: Handler, logger: logging.Logger, edge: str) -> Callable[..., Any]:
+    def done(context: ServerContext, started: float, status: str) -> None:
+        access(logger, edge, peer=context.peer, method=context.method or handler.full_name,
+               status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1))
+
+    if handler.spec.kind == "unary":
+        async def unary(request: Any, context: ServerContext) -> Any:
+            started, status = time.perf_counter(), "OK"
+            try:
+                return await handler.func(request, context)
+            except BaseException as exc:
+                status = telemetry.status_name(exc)
+                raise
+            finally:
+                done(context, started, status)
+        return unary
+
+    async def stream(request: Any, context: ServerContext) -> AsyncIterator[Any]:
+        started, status = time.perf_counter(), "OK"
+        try:
+            async with aclosing(handler.func(request, context)) as messages:
+                async for message in messages:
+                    yield message
+        except BaseException as exc:
+            status = telemetry.status_name(exc)
+            raise
+        finally:
+            done(context, started, status)
+    return stream

@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+import trio
 
 from tether import cli, logs, process, telemetry
 
@@ -75,3 +76,42 @@ def test_tether_up_s_hint_names_no_token() -> None:
     hint = cli.up_hint("127.0.0.1:49737", "ab" * 32, "http://127.0.0.1:8080")
     assert "tt_" not in hint and "$TETHER_TOKEN" in hint
     assert "--bootstrap 127.0.0.1:49737" in hint
+
+
+def test_the_hyperswarm_edge_writes_an_access_line_per_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from google.protobuf import empty_pb2
+
+    from tether.errors import NotFound
+    from tether.rpc import ServerContext
+    from tether.rpc.service import Handler, MethodSpec
+
+    async def unary(request: object, context: ServerContext) -> empty_pb2.Empty:
+        raise NotFound("no such model")
+
+    async def stream(request: object, context: ServerContext) -> AsyncIterator[empty_pb2.Empty]:
+        for _ in range(3):
+            yield empty_pb2.Empty()
+
+    table = {
+        "/t.S/U": Handler("/t.S/U", MethodSpec("U", "unary", empty_pb2.Empty, empty_pb2.Empty),
+                          unary),
+        "/t.S/S": Handler("/t.S/S", MethodSpec("S", "server_stream", empty_pb2.Empty,
+                                               empty_pb2.Empty), stream),
+    }
+    logged = logs.access_logged(table, logging.getLogger("tests.access"), "p2p")
+    caplog.set_level(logging.INFO, logger="tests.access")
+
+    async def main() -> None:
+        ctx = ServerContext(method="/t.S/S", metadata={"authorization": f"Bearer {TOKEN}"},
+                            peer="ab" * 32)
+        assert len([m async for m in logged["/t.S/S"].func(empty_pb2.Empty(), ctx)]) == 3
+        with pytest.raises(NotFound):
+            await logged["/t.S/U"].func(empty_pb2.Empty(), ServerContext("/t.S/U", {}))
+
+    trio.run(main)
+    lines = [(r.edge, r.method, r.status) for r in caplog.records  # type: ignore[attr-defined]
+             if r.name == "tests.access"]
+    assert lines == [("p2p", "/t.S/S", "OK"), ("p2p", "/t.S/U", "NOT_FOUND")]
+    assert TOKEN not in caplog.text
