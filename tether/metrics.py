@@ -10,7 +10,9 @@ status is a status code name.
 - worker: ``queue.depth``, ``slots.in_use``, ``sequences.active`` (the running batch),
   ``kv_cache.used`` / ``kv_cache.budget`` (bytes), ``model_cache.used`` (bytes) as
   gauges read from the worker's health report; ``batch.size`` per engine step;
-  ``model.loads`` and ``model_cache.lookups`` (hit/miss) by model and version.
+  ``model.loads`` and ``model_cache.lookups`` (hit/miss) by model and version; and the
+  GenAI conventions' ``gen_ai.server.request.duration``, ``time_to_first_token`` and
+  ``time_per_output_token`` by operation, model and version.
 - registry: ``resolves`` by model, version and result.
 - orchestrator: ``placements`` (each dispatch to a worker, by outcome), ``retries``
   (placed elsewhere after a refusal), ``resumptions`` (a stream resumed on another
@@ -101,6 +103,24 @@ def model_cache_lookup(model: str, version: str, hit: bool) -> None:
 def model_load(model: str, version: str, result: str) -> None:
     counter("tether.worker.model.loads", "Model loads (fetch, verify, compile) by result").add(
         1, {"model": model, "version": version, "result": result})
+
+
+def gen_ai_request(operation: str, model: str, version: str, *, duration_s: float,
+                   first_token_s: float | None, output_tokens: int) -> None:
+    """A finished request's server-side GenAI metrics, as OpenTelemetry's GenAI semantic
+    conventions name them (seconds): request duration, time to first token and time per
+    output token, by operation, model and version."""
+    attrs = {"gen_ai.operation.name": operation, "gen_ai.provider.name": "tether",
+             "gen_ai.request.model": model, "tether.model.version": version}
+    histogram("gen_ai.server.request.duration", "GenAI server request duration",
+              "s").record(duration_s, attrs)
+    if first_token_s is not None:
+        histogram("gen_ai.server.time_to_first_token", "Time to generate the first token",
+                  "s").record(first_token_s, attrs)
+        if output_tokens > 1:
+            histogram("gen_ai.server.time_per_output_token",
+                      "Time per output token after the first", "s").record(
+                (duration_s - first_token_s) / (output_tokens - 1), attrs)
 
 
 # ---------------------------------------------------------------- registry

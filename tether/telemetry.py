@@ -58,6 +58,15 @@ LATENCY_BUCKETS = ExplicitBucketHistogramAggregation((
 ))
 #: Continuous-batch sizes (sequences per engine step).
 BATCH_BUCKETS = ExplicitBucketHistogramAggregation((1, 2, 4, 8, 16, 32, 64, 128, 256))
+#: The GenAI semantic conventions' recommended buckets (seconds).
+GEN_AI_BUCKETS = {
+    "gen_ai.server.request.duration": (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56,
+                                       5.12, 10.24, 20.48, 40.96, 81.92),
+    "gen_ai.server.time_to_first_token": (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                          0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0),
+    "gen_ai.server.time_per_output_token": (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+                                            0.4, 0.5, 0.75, 1.0, 2.5),
+}
 #: The label of every value outside a bounded set (``ModelLabels``).
 OTHER = "other"
 
@@ -191,7 +200,9 @@ def setup_metrics(
     _meters = MeterProvider(
         metric_readers=all_readers,
         views=[View(instrument_name="tether.request.*", aggregation=LATENCY_BUCKETS),
-               View(instrument_name="tether.worker.batch.size", aggregation=BATCH_BUCKETS)],
+               View(instrument_name="tether.worker.batch.size", aggregation=BATCH_BUCKETS),
+               *(View(instrument_name=name, aggregation=ExplicitBucketHistogramAggregation(b))
+                 for name, b in GEN_AI_BUCKETS.items())],
         resource=resource(f"tether-{service}"),
     )
     otel_metrics.set_meter_provider(_meters)
@@ -378,13 +389,18 @@ class TraceIdFilter(logging.Filter):
 _OPERATIONS = {"text": "text_completion", "messages": "chat", "texts": "embeddings"}
 
 
+def operation_name(request: Any) -> str:
+    """``gen_ai.operation.name`` of an ``Infer.Request``."""
+    return _OPERATIONS.get(request.input.WhichOneof("kind") or "", "inference")
+
+
 @contextmanager
 def model_span(request: Any) -> Iterator[trace.Span]:
     """The span of a model's work on ``request`` (an ``Infer.Request``), named and
     attributed after OpenTelemetry's GenAI semantic conventions
     (``{gen_ai.operation.name} {gen_ai.request.model}``); ``model_usage`` adds its
     token counts."""
-    operation = _OPERATIONS.get(request.input.WhichOneof("kind") or "", "inference")
+    operation = operation_name(request)
     attributes: dict[str, str | int] = {
         "gen_ai.operation.name": operation,
         "gen_ai.provider.name": "tether",

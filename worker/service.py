@@ -223,6 +223,7 @@ class WorkerService(services_rpc.WorkerServicer):
         seq = 0
         # The model span (OpenTelemetry GenAI conventions): what the model did, with
         # its token counts, under the worker.infer span.
+        started, first = trio.current_time(), None  # (the trio clock: tests set it)
         with telemetry.model_span(request) as span:
             async with (
                 self.quota.admit(request.tenant_id),
@@ -230,6 +231,8 @@ class WorkerService(services_rpc.WorkerServicer):
             ):
                 last: infer_pb2.Infer.Chunk | None = None
                 async for payload, usage in pieces:
+                    if first is None and payload.ByteSize():
+                        first = trio.current_time()
                     if last is not None:
                         yield last
                     last = self._chunk(request, seq, payload)
@@ -244,6 +247,12 @@ class WorkerService(services_rpc.WorkerServicer):
                     reason = getattr(pieces, "finish_reason", infer_pb2.FINISH_REASON_UNSPECIFIED)
                     last.finish_reason = reason or finish_reason(request, last.usage)
                 telemetry.model_usage(span, last.usage, last.finish_reason)
+                metrics.gen_ai_request(
+                    telemetry.operation_name(request), request.model_id,
+                    last.usage.version or request.version,
+                    duration_s=trio.current_time() - started,
+                    first_token_s=None if first is None else first - started,
+                    output_tokens=last.usage.output_tokens)
                 yield last
                 last = self._chunk(request, seq, payload)
                 seq += 1

@@ -41,6 +41,8 @@ def test_services_export_their_state(tmp_path: Path) -> None:
         "resolves": total(reader, "tether.registry.resolves", model=MODEL, result="OK"),
         "other": total(reader, "tether.registry.resolves", model="other"),
         "dlq": total(reader, "tether.orchestrator.dead_letters", model=MODEL, code="INTERNAL"),
+        "genai": sum(p.count for p in points(reader, "gen_ai.server.request.duration")
+                     if p.attributes["gen_ai.request.model"] == MODEL),
     }
     seen: dict[str, object] = {}
 
@@ -98,6 +100,16 @@ def test_services_export_their_state(tmp_path: Path) -> None:
     assert total(reader, "tether.orchestrator.dead_letters", model=MODEL,
                  code="INTERNAL") - before["dlq"] >= 3
     assert 1 in seen["breakers"].values()  # type: ignore[attr-defined]
+    # The GenAI conventions' server metrics, by operation, model and version: two
+    # answers of 2 tokens each (the virtual clock: 0.1 s a token).
+    [duration] = [p for p in points(reader, "gen_ai.server.request.duration")
+                  if p.attributes["gen_ai.request.model"] == MODEL]
+    assert duration.attributes["gen_ai.operation.name"] == "text_completion"
+    assert duration.attributes["tether.model.version"] == "1.0"
+    assert duration.count - before["genai"] == 2
+    [tpot] = [p for p in points(reader, "gen_ai.server.time_per_output_token")
+              if p.attributes["gen_ai.request.model"] == MODEL]
+    assert tpot.count >= 2 and 0.05 < tpot.sum / tpot.count < 0.2
     # Every placement is labelled with the catalog's version.
     assert {dict(k)["version"] for k in values(reader, "tether.orchestrator.placements",
                                                model=MODEL)} == {"1.0"}
