@@ -186,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "demo":
             _add_prompt_arguments(p)
         else:
-            p.add_argument("--region", type=_region,
-                           default=os.environ.get("TETHER_REGION", "local"),
-                           help="the network's region (default: TETHER_REGION or local)")
+            p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"),
+                           help="the network's region (default: TETHER_REGION or local; "
+                           "checked with every other setting before anything starts)")
             p.add_argument("--http-port", type=process.port, default=0,
                            help="the gateway's HTTP API port (default: any free port)")
             p.add_argument("--grpc-port", type=process.port, default=0,
@@ -382,13 +382,15 @@ async def _up(args: argparse.Namespace) -> int:
     log = logging.getLogger("tether.up")
     metrics = (Metrics(args.metrics_host, args.metrics_port)
                if getattr(args, "metrics", False) else None)
-    data_dir = process.data_dir_from(args.data_dir)
-    if not args.verbose:
-        _log_to_file(args.command, data_dir / "logs" / f"tether-{args.command}.log")
-        print(f"tether {args.command}: service logs in {data_dir / 'logs'} "
-              "(--verbose: here instead)", file=sys.stderr, flush=True)
+    data_dir = Path(args.data_dir)
+    steps: list[str] = []
 
     def progress(step: str) -> None:
+        if not steps and not args.verbose:  # the settings are checked by now
+            _log_to_file(args.command, data_dir / "logs" / f"tether-{args.command}.log")
+            print(f"tether {args.command}: service logs in {data_dir / 'logs'} "
+                  "(--verbose: here instead)", file=sys.stderr, flush=True)
+        steps.append(step)
         print(f"tether {args.command}: {step}...", file=sys.stderr, flush=True)
 
     async with local_network(

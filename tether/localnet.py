@@ -282,6 +282,7 @@ async def local_network(
     py = sys.executable
     async with trio.open_nursery() as nursery:
         try:
+            progress("starting a loopback DHT")
             dht = await _start(
                 nursery, net, "dht", [py, "-m", "p2p_transport", "testnet", "--host", "127.0.0.1"]
             )

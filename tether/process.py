@@ -537,11 +537,19 @@ def run_service(
 ) -> int:
     """Run a service until a signal stops it; 0. A Tether error that stops it (a model
     no replica serves a verified copy of, a registry that refuses) is one line on stderr,
-    ``tether <service>: <message>``, and 1; its traceback is logged at DEBUG. A bug
+    ``tether <service>: <message>``, and 1; its traceback is logged at DEBUG (so is a
+    bootstrap node that does not answer: one line and 1). A bug
     (INTERNAL, UNKNOWN, or not a Tether error) keeps its traceback."""
     try:
         trio.run(partial(run_until_signalled, body, stop_timeout_s=stop_timeout_s))
     except BaseException as exc:
+        from p2p_transport.dht_rpc.query import QueryError
+
+        if find_error(exc, QueryError) is not None:  # nothing answered at --bootstrap
+            logging.getLogger("tether").debug("%s stopped", service, exc_info=exc)
+            print(f"tether {service}: no DHT bootstrap node answered; is the network up? "
+                  "(--bootstrap: the one `tether up` prints)", file=sys.stderr, flush=True)
+            return 1
         error = find_error(exc, TetherError)
         if error is None or error.code in _BUGS:
             raise

@@ -89,3 +89,18 @@ def test_every_flag_has_help() -> None:
         if not flag.help and flag.dest != "help"
     ]
     assert missing == []
+
+
+def test_a_service_whose_bootstrap_does_not_answer_stops_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from p2p_transport.dht_rpc.query import QueryError
+    from tether import process
+
+    async def body() -> None:
+        raise QueryError("no node responded to the query")  # what HyperDht.open raises
+
+    assert process.run_service("worker", body) == 1
+    assert capsys.readouterr().err == (
+        "tether worker: no DHT bootstrap node answered; is the network up? (--bootstrap: "
+        "the one `tether up` prints)\n")
