@@ -10,7 +10,7 @@ import gzip
 import itertools
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,7 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
 from tests.services.harness import MODEL, fleet
 from tether import blocking, process, telemetry
@@ -67,6 +68,24 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Switch(SpanExporter):
+    """Forwards spans to an exporter until ``off`` (the test process's tracer provider
+    outlives this test and its receiver)."""
+
+    def __init__(self, target: SpanExporter) -> None:
+        self.target: SpanExporter | None = target
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.target is None:
+            return SpanExportResult.SUCCESS
+        return self.target.export(spans)
+
+    def off(self) -> None:
+        target, self.target = self.target, None
+        if target is not None:
+            target.shutdown()
+
+
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
     server = OtlpReceiver()
@@ -89,7 +108,8 @@ def test_one_trace_reaches_an_otlp_receiver_across_every_hop(
     # The exporter the environment asks for: the SDK's own OTLP/HTTP exporter, which
     # reads its endpoint from OTEL_EXPORTER_OTLP_ENDPOINT.
     [exporter] = telemetry.span_exporters()
-    telemetry.setup("tests", exporter=exporter)
+    switch = Switch(exporter)
+    telemetry.setup("tests", exporter=switch)
 
     async def main() -> None:
         async with fleet(tmp_path) as f:
@@ -104,7 +124,7 @@ def test_one_trace_reaches_an_otlp_receiver_across_every_hop(
         with blocking.inline():
             trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     finally:
-        exporter.shutdown()  # later tests' spans go nowhere
+        switch.off()  # later tests' spans go nowhere
     assert set(receiver.paths) == {"/v1/traces"}
     spans = {span.name: (attrs, span) for attrs, span in receiver.spans}
     names = ["client.infer", "gateway.infer", "orchestrator.submit", "worker.infer",

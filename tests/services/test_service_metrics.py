@@ -32,6 +32,15 @@ def total(reader: InMemoryMetricReader, name: str, **match: str) -> float:
     return sum(values(reader, name, **match).values())
 
 
+def genai(reader: InMemoryMetricReader, name: str) -> tuple[int, float]:
+    """(count, sum) of a GenAI histogram for text completion of MODEL 1.0."""
+    found = [p for p in points(reader, name)
+             if p.attributes["gen_ai.request.model"] == MODEL
+             and p.attributes["gen_ai.operation.name"] == "text_completion"
+             and p.attributes["tether.model.version"] == "1.0"]
+    return (found[0].count, found[0].sum) if found else (0, 0.0)
+
+
 def test_services_export_their_state(tmp_path: Path) -> None:
     reader = metrics_reader()
     before = {
@@ -41,9 +50,10 @@ def test_services_export_their_state(tmp_path: Path) -> None:
         "resolves": total(reader, "tether.registry.resolves", model=MODEL, result="OK"),
         "other": total(reader, "tether.registry.resolves", model="other"),
         "dlq": total(reader, "tether.orchestrator.dead_letters", model=MODEL, code="INTERNAL"),
-        "genai": sum(p.count for p in points(reader, "gen_ai.server.request.duration")
-                     if p.attributes["gen_ai.request.model"] == MODEL),
     }
+    placements_before = values(reader, "tether.orchestrator.placements", model=MODEL)
+    genai_before = genai(reader, "gen_ai.server.request.duration")
+    tpot_before = genai(reader, "gen_ai.server.time_per_output_token")
     seen: dict[str, object] = {}
 
     async def main() -> None:
@@ -102,14 +112,12 @@ def test_services_export_their_state(tmp_path: Path) -> None:
     assert 1 in seen["breakers"].values()  # type: ignore[attr-defined]
     # The GenAI conventions' server metrics, by operation, model and version: two
     # answers of 2 tokens each (the virtual clock: 0.1 s a token).
-    [duration] = [p for p in points(reader, "gen_ai.server.request.duration")
-                  if p.attributes["gen_ai.request.model"] == MODEL]
-    assert duration.attributes["gen_ai.operation.name"] == "text_completion"
-    assert duration.attributes["tether.model.version"] == "1.0"
-    assert duration.count - before["genai"] == 2
-    [tpot] = [p for p in points(reader, "gen_ai.server.time_per_output_token")
-              if p.attributes["gen_ai.request.model"] == MODEL]
-    assert tpot.count >= 2 and 0.05 < tpot.sum / tpot.count < 0.2
-    # Every placement is labelled with the catalog's version.
-    assert {dict(k)["version"] for k in values(reader, "tether.orchestrator.placements",
-                                               model=MODEL)} == {"1.0"}
+    count, _ = genai(reader, "gen_ai.server.request.duration")
+    assert count - genai_before[0] == 2
+    count, seconds = genai(reader, "gen_ai.server.time_per_output_token")
+    count, seconds = count - tpot_before[0], seconds - tpot_before[1]
+    assert count == 2 and seconds / count == pytest.approx(0.1, abs=0.01)
+    # This test's placements are labelled with the catalog's version (the request named none).
+    after = values(reader, "tether.orchestrator.placements", model=MODEL)
+    grown = {dict(k)["version"] for k, v in after.items() if v > placements_before.get(k, 0)}
+    assert grown == {"1.0"}
