@@ -85,7 +85,10 @@ def watch_worker(service: Any) -> None:
 def _observe(read: Callable[[Any], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         for worker in list(_workers):
-            report = worker.health_report()
+            try:  # (read from a scrape thread while the service runs on trio's)
+                report = worker.health_report()
+            except RuntimeError:  # its model cache changed under the read: next scrape
+                continue
             yield Observation(read(report), {"worker": report.worker_id})
     return callback
 
