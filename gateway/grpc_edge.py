@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -40,12 +41,15 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway import openai
 from gateway.service import GatewayService
+from tether import logs, telemetry
 from tether.errors import TetherError
 from tether.health import Readiness
 from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.v1 import infer_pb2, services_pb2, services_pb2_grpc
 
 log = logging.getLogger("tether.gateway.grpc")
+#: One line per call, when it ends: peer, method, status, duration (never the metadata).
+access_log = logging.getLogger("tether.gateway.grpc.access")
 
 #: The longest a call may take when the client sets no deadline.
 DEFAULT_TIMEOUT_S = 300.0
@@ -142,24 +146,32 @@ class GrpcEdge:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         async def pump() -> None:
+            started = time.perf_counter()
+            status = "CANCELLED"  # unless it ends before the client leaves
+            ctx = ServerContext(
+                method="/tether.v1.Gateway/" + ("Infer" if streaming else "ListModels"),
+                metadata=metadata, deadline=trio.current_time() + timeout,
+                peer=f"grpc:{context.peer()}",
+            )
             with call:
-                ctx = ServerContext(
-                    method="/tether.v1.Gateway/" + ("Infer" if streaming else "ListModels"),
-                    metadata=metadata, deadline=trio.current_time() + timeout,
-                    peer=f"grpc:{context.peer()}",
-                )
                 try:
                     with trio.fail_after(timeout):
                         async for item in start(self.service, ctx):
                             deliver(item)
+                    status = "OK"
                 except TetherError as exc:
+                    status = telemetry.status_name(exc)
                     deliver(exc)
                 except trio.TooSlowError:
+                    status = "DEADLINE_EXCEEDED"
                     deliver(RpcError(StatusCode.DEADLINE_EXCEEDED, "no answer in time"))
                 except Exception as exc:  # a bug: the client gets INTERNAL, the log the rest
+                    status = "INTERNAL"
                     log.exception("gRPC call failed")
                     deliver(RpcError(StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"))
                 deliver(_END)
+            logs.access(access_log, "grpc", peer=ctx.peer, method=ctx.method, status=status,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
         self._token.run_sync_soon(nursery.start_soon, pump)
         try:

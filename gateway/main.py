@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import ssl
 import sys
@@ -27,7 +28,7 @@ from gateway.grpc_edge import GrpcEdge
 from gateway.http import MAX_CONNECTIONS_PER_CLIENT, HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
-from tether import health, process, topics
+from tether import health, logs, process, topics
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
 
@@ -151,7 +152,9 @@ async def serve(
         buckets=TokenBuckets(rate=rate, burst=burst),
         readiness=health.PROCESS,
     )
-    network.handlers.update(collect_handlers(service))
+    # An access line per call on the Hyperswarm edge (the HTTP and gRPC edges log theirs).
+    network.handlers.update(logs.access_logged(
+        collect_handlers(service), logging.getLogger("tether.gateway.access"), "p2p"))
     process.on_stop(network.close)
     try:
         async with network.running(), trio.open_nursery() as nursery:

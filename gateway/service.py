@@ -204,7 +204,8 @@ class GatewayService(services_rpc.GatewayServicer):
         with telemetry.server_span(
             "gateway.infer",
             metadata,
-            **{"tether.tenant": tenant, "tether.model": request.model_id},
+            **{"tether.tenant": tenant, "tether.model": request.model_id,
+               "tether.correlation_id": forwarded.correlation_id},
         ):
             forwarded.trace_id = telemetry.current_trace_id()
             out = telemetry.outgoing_metadata({"x-tether-tenant": tenant})

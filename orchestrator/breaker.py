@@ -153,5 +153,10 @@ class CircuitBreakers:
         if b is not None:
             b.probing = False
 
+    def tripped(self) -> dict[tuple[str, str], bool]:
+        """Each pool: whether its breaker is open or half-open (not closed). Reads no
+        clock, so a metrics thread may call it."""
+        return {key: b.opened_at is not None for key, b in list(self._breakers.items())}
+
     def snapshot(self) -> dict[tuple[str, str], BreakerState]:
         return {key: self.state(*key) for key in self._breakers}

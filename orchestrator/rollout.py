@@ -96,6 +96,10 @@ class Rollouts:
         self._rollouts[msg.model_id] = state
         return state
 
+    def active(self) -> list[tuple[str, RolloutState]]:
+        """The rollouts in progress, by model."""
+        return sorted(self._rollouts.items())
+
     def get(self, model_id: str) -> RolloutState | None:
         return self._rollouts.get(model_id)
 

@@ -76,9 +76,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.breaker import BreakerState, CircuitBreakers
 from orchestrator.discovery import DiscoverySub, InFlight
+from orchestrator.recent import RecentOutcomes
 from orchestrator.rollout import Rollouts
 from orchestrator.scheduler import Candidate, Placement, Weights
-from tether import blocking, limits, sealing, telemetry, topics
+from tether import blocking, limits, metrics, sealing, telemetry, topics
 from tether.callers import CallerPolicy
 from tether.errors import (
     AlreadyExists,
@@ -88,7 +89,7 @@ from tether.errors import (
     Unavailable,
 )
 from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
-from tether.net import Network, wait_for_peer
+from tether.net import Network, peers_on, wait_for_peer
 from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
 from tether.rpc import RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
@@ -158,6 +159,9 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self.weights = weights or Weights()
         self.max_attempts = max_attempts
         self.breakers = breakers or CircuitBreakers()
+        metrics.watch_breakers(self.breakers)
+        #: Outcomes of the last few minutes (``tether status``).
+        self.recent = RecentOutcomes(self.breakers.clock)
         #: Canary weights and drains, set over the control topic (orchestrator.control).
         self.rollouts = rollouts or Rollouts()
         self.usage_metrics = telemetry.UsageMetrics()
@@ -378,6 +382,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             if scope.cancelled_caught and self._stop_error is not None:
                 raise self._stop_error
         except TetherError as exc:
+            self.recent.record(StatusCode.coerce(exc.code))
             # A sealed request to re-place says nothing about the version, nor does one
             # another model served (degraded).
             reseal = exc.details.get("reason") == sealing.RESEAL
@@ -388,6 +393,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             self._running.discard(scope)
             self._running_changed.set()
             self._running_changed = trio.Event()
+        self.recent.record(StatusCode.OK)
         if canary is not None and not ran.degraded:
             self._count(request, StatusCode.OK)
 
@@ -584,6 +590,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 else:  # a failed job and its request go to the DLQ, its quota comes back
                     self.store.fail_job(cid, error.to_proto(), owner=self.owner,
                                         request=dispatched)
+                    metrics.dead_letter(record.model.model_id, record.model.version,
+                                        error.code.name)
 
             if not self._halted:
                 with trio.CancelScope(shield=True):
@@ -791,17 +799,21 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     # Lost mid-stream: the next candidate replays the request and the
                     # chunks the client already has are checked and skipped.
                     lost = resume.lost(f"worker {worker_id}", exc)
+                    metrics.resumption(request.model_id, request.version)
                     log.info("%s; resuming %s at chunk %d elsewhere", lost, cid, resume.count)
                     last_error = lost
                     continue
                 if replay.streamed or exc.code not in _PLACE_ELSEWHERE:
                     raise
                 log.info("worker %s refused %s (%s); trying the next", worker_id, cid, exc)
+                metrics.retry(request.model_id, request.version, exc.code.name)
                 last_error = exc
                 if exc.code == StatusCode.RESOURCE_EXHAUSTED:
                     shed = exc
             finally:
                 placed.release()  # this attempt no longer loads the worker
+                metrics.placement(request.model_id, request.version, region,
+                                  "CANCELLED" if outcome is None else outcome.name)
                 if outcome is None:
                     self.breakers.release(model, region)
                 else:
@@ -845,12 +857,30 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     ) -> services_pb2.GetFleetResponse:
         self.callers.check(context)
         entries = self.discovery.snapshot()
+        requests, failures = self.recent.totals()
         return services_pb2.GetFleetResponse(
             workers=[
                 e.presence
                 for e in entries
                 if not request.region or e.presence.region == request.region
-            ]
+            ],
+            breakers=[
+                services_pb2.FleetBreaker(
+                    model_id=pool.partition("@")[0], version=pool.partition("@")[2],
+                    region=region, state=state.value, reason=self.breakers.reason(pool, region),
+                )
+                for (pool, region), state in sorted(self.breakers.snapshot().items())
+                if state is not BreakerState.CLOSED
+            ],
+            rollouts=[
+                services_pb2.FleetRollout(model_id=model_id, summary=state.summary())
+                for model_id, state in self.rollouts.active()
+            ],
+            recent_requests=requests,
+            recent_failures=failures,
+            recent_window_s=self.recent.window_s,
+            registries=len(peers_on(self.network, self.registry_topic)),
+            orchestrator_key=self.network.public_key,
         )
 
 

@@ -8,7 +8,7 @@ catalog is not public (see ``tether.callers``)."""
 from __future__ import annotations
 
 from registry.catalog import Catalog, check_policy
-from tether import blocking
+from tether import blocking, metrics, telemetry
 from tether.admission import Admissions
 from tether.callers import CallerPolicy, parse_key
 from tether.errors import PermissionDenied
@@ -63,11 +63,22 @@ class RegistryService(services_rpc.RegistryServicer):
         self, request: services_pb2.ResolveRequest, context: ServerContext
     ) -> registry_pb2.ModelRecord:
         await self._check_reader(context)
-        return await blocking.run_sync(
-            lambda: self.catalog.resolve(
-                request.model_id, request.version, request.tenant_id or None
-            )
-        )
+
+        def resolve() -> registry_pb2.ModelRecord:
+            try:
+                record = self.catalog.resolve(
+                    request.model_id, request.version, request.tenant_id or None
+                )
+            except Exception as exc:
+                # Labels stay bounded: a model the catalog lacks is "other".
+                known = request.model_id in self.catalog.store.model_ids()
+                metrics.resolve(request.model_id if known else telemetry.OTHER, "",
+                                telemetry.status_name(exc))
+                raise
+            metrics.resolve(record.model.model_id, record.model.version, "OK")
+            return record
+
+        return await blocking.run_sync(resolve)
 
     async def ListModels(
         self, request: services_pb2.ListModelsRequest, context: ServerContext

@@ -9,6 +9,7 @@
     tether token --tenant NAME [--e2e]  issue a tenant token (prints it once); --e2e
                                       seals the tenant's requests end to end
     tether admit KEY | tether revoke KEY | tether admit --list   which worker keys get work
+    tether status                     one screen of the running network
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ async def _stream_prompt(
     from tether.client import connect_gateway
 
     async with connect_gateway(
-        bootstrap, token, gateway_key=gateway_key, region=args.region, host=args.host
+        bootstrap, token, gateway_key=gateway_key, region=args.region, host=args.host,
+        timeout=args.timeout,
     ) as client:
         if args.embed:
             async for chunk in client.embed(
@@ -105,16 +107,22 @@ def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", action="store_true",
                    help="send the prompt as text to continue, not as a chat message "
                    f"(always so for {', '.join(sorted(TEXT_ONLY_MODELS))})")
-    p.add_argument("--embed", action="append", metavar="TEXT", help="embed TEXT instead")
-    p.add_argument("--max-tokens", type=int, default=40)
+    p.add_argument("--embed", action="append", metavar="TEXT",
+                   help="embed TEXT instead (repeatable)")
+    p.add_argument("--max-tokens", type=process.whole(0), default=40,
+                   help="the most tokens to generate (default %(default)s; 0: the model's "
+                   "own limit)")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature (default 0: the model's own, 0.8 for kjv-textgen)")
     p.add_argument("--greedy", action="store_true",
                    help="always take the likeliest token: the same prompt gives the same answer")
     p.add_argument("--seed", type=int, default=0,
                    help="sampling seed for a repeatable answer (default 0: a fresh one each time)")
-    p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+    p.add_argument("--timeout", type=process.positive(), default=120.0,
+                   help="seconds to wait for the gateway and the whole answer "
+                   "(default %(default)s)")
+    p.add_argument("--region", type=_region, default=os.environ.get("TETHER_REGION", "local"),
+                   help="the region whose gateway to use (default: TETHER_REGION or local)")
     p.add_argument("--host", default=os.environ.get("TETHER_HOST", "127.0.0.1"),
                    help="the local address to talk from (default 127.0.0.1; on a network of "
                    "machines, this machine's address)")
@@ -123,33 +131,67 @@ def _add_prompt_arguments(p: argparse.ArgumentParser) -> None:
                    "the gateway and orchestrator see only ciphertext")
 
 
+def _region(text: str) -> str:
+    """A flag type: a region slug (one line, not a traceback, when it is not)."""
+    try:
+        return process.region(text)
+    except process.ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("--region: ")) from None
+
+
 def _add_store_arguments(p: argparse.ArgumentParser) -> None:
     """Where the Metadata Store is: the data folder's SQLite file, or --metadata-url."""
-    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
-    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"))
+    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"),
+                   help="the data folder `tether up` made (env TETHER_DATA_DIR; default "
+                   "%(default)s)")
+    p.add_argument("--metadata-url", default=os.environ.get("TETHER_METADATA_URL"),
+                   help="the Metadata Store's URL instead (env TETHER_METADATA_URL)")
 
 
 def _add_operator_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
-    p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT",
+                   help="DHT bootstrap node (repeatable or comma-separated; env "
+                   "TETHER_BOOTSTRAP)")
+    p.add_argument("--region", type=_region, default=os.environ.get("TETHER_REGION", "local"),
+                   help="the region's orchestrators (default: TETHER_REGION or local)")
     p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"),
                    help="where the operator key is (keys/operator.key)")
+    p.add_argument("--timeout", type=process.positive(), default=30.0,
+                   help="seconds to find an orchestrator and get its answer "
+                   "(default %(default)s)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tether")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = process.ArgumentParser(prog="tether", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"tether {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "demo"):
         p = sub.add_parser(name, help="run a whole local network" + (
             ", stream one prompt, stop" if name == "demo" else " until Ctrl-C"))
-        p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
+        p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"),
+                       help="where the network keeps its keys, models, database and logs "
+                       "(env TETHER_DATA_DIR; default %(default)s)")
+        p.add_argument("--verbose", "-v", action="store_true",
+                       help="show the services' logs here too (they always go to "
+                       "<data-dir>/logs/)")
         if name == "demo":
             _add_prompt_arguments(p)
         else:
-            p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
-            p.add_argument("--http-port", type=int, default=0,
+            p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"),
+                           help="the network's region (default: TETHER_REGION or local; "
+                           "checked with every other setting before anything starts)")
+            p.add_argument("--http-port", type=process.port, default=0,
                            help="the gateway's HTTP API port (default: any free port)")
-            p.add_argument("--grpc-port", type=int, default=0,
+            p.add_argument("--grpc-port", type=process.port, default=0,
                            help="the gateway's gRPC port (default: any free port)")
             base = os.environ.get("TETHER_METRICS_PORT", "").strip()
             p.add_argument("--metrics", action="store_true", default=bool(base),
@@ -166,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="with --metrics: the address they bind (default: %(default)s)")
     p = sub.add_parser("infer", help="send a prompt (or a chat message) to a running gateway")
     p.add_argument("--gateway", help="gateway public key (64 hex); default: find by topic")
-    p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False)
-    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
+    p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False,
+                   help="the tenant token (env TETHER_TOKEN; `tether up` prints one)")
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT",
+                   help="DHT bootstrap node (repeatable or comma-separated, as `tether up` "
+                   "prints it; env TETHER_BOOTSTRAP)")
     _add_prompt_arguments(p)
     p.add_argument("--chat", "--user", dest="chat", metavar="MESSAGE",
                    help="send MESSAGE as the user's turn of a conversation, rendered with "
@@ -180,13 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
         "`tether dlq replay ID --bootstrap HOST:PORT` runs one again under a new retry "
         "token and streams its answer.",
     )
-    p.add_argument("action", nargs="?", choices=("list", "replay"), default="list")
+    p.add_argument("action", nargs="?", choices=("list", "replay"), default="list",
+                   help="list (default) or replay ID")
     p.add_argument("letter_id", nargs="?", type=int, metavar="ID", help="the letter to replay")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=process.whole(1), default=20,
+                   help="list at most this many letters (default %(default)s)")
     p.add_argument("--again", action="store_true", help="replay a letter replayed before")
-    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT")
-    p.add_argument("--region", default=os.environ.get("TETHER_REGION", "local"))
-    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--bootstrap", action="append", metavar="HOST:PORT",
+                   help="for replay: DHT bootstrap node (env TETHER_BOOTSTRAP)")
+    p.add_argument("--region", type=_region, default=os.environ.get("TETHER_REGION", "local"),
+                   help="for replay: the region's orchestrators")
+    p.add_argument("--timeout", type=process.positive(), default=120.0,
+                   help="for replay: seconds for the whole answer (default %(default)s)")
     _add_store_arguments(p)
     p = sub.add_parser(
         "rollout",
@@ -195,14 +245,23 @@ def build_parser() -> argparse.ArgumentParser:
         "no version go to each version in proportion; a version whose error rate passes "
         "--max-error-rate is halted and its share moves to the others. Weights of 0 end it.",
     )
-    p.add_argument("model")
+    p.add_argument("model", help="the model whose traffic to split")
     p.add_argument("weights", nargs="+", metavar="VERSION=PERCENT", help="e.g. 1.0=90 1.1=10")
-    p.add_argument("--max-error-rate", type=float, default=0.05)
+    p.add_argument("--max-error-rate", type=float, default=0.05,
+                   help="halt a version whose error rate passes this (default %(default)s)")
     _add_operator_arguments(p)
     p = sub.add_parser("fleet", help="the workers an orchestrator of the region sees (JSON lines)")
     _add_operator_arguments(p)
+    p = sub.add_parser(
+        "status",
+        help="one screen of the running network: services, workers by region, breakers, "
+        "rollouts, recent error rate",
+        description="Asks an orchestrator of the region (as the operator) what it sees.",
+    )
+    _add_operator_arguments(p)
     p = sub.add_parser("drain", help="take workers out of placement (all present when none named)")
-    p.add_argument("workers", nargs="*", metavar="WORKER_ID")
+    p.add_argument("workers", nargs="*", metavar="WORKER_ID",
+                   help="the workers to drain (default: every worker present)")
     _add_operator_arguments(p)
     p = sub.add_parser(
         "usage",
@@ -212,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--since", default="0", help="unix ms or ISO date/time (UTC); default: all")
     p.add_argument("--until", default=None, help="unix ms or ISO date/time (UTC); default: now")
-    p.add_argument("--tenant", default=None)
+    p.add_argument("--tenant", default=None, help="only this tenant's usage")
     _add_store_arguments(p)
     p = sub.add_parser(
         "admit",
@@ -244,12 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         "will use, making its key pair now if it has none: e.g. a worker's, so that an "
         "operator admits it (tether admit) before it first starts.",
     )
-    p.add_argument("service", choices=SERVICES)
+    p.add_argument("service", choices=SERVICES, help="whose key: %(choices)s")
     p.add_argument("--worker-id", default="worker-1",
                    help="for a worker: its --worker-id (default %(default)s)")
-    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"))
+    p.add_argument("--data-dir", default=os.environ.get("TETHER_DATA_DIR", "var/tether"),
+                   help="the data folder (env TETHER_DATA_DIR; default %(default)s)")
     p = sub.add_parser("token", help="issue a tenant token")
-    p.add_argument("--tenant", required=True)
+    p.add_argument("--tenant", required=True, help="the tenant the token acts for")
     e2e = p.add_mutually_exclusive_group()
     e2e.add_argument("--e2e", action="store_true", default=None,
                      help="seal this tenant's requests end to end from its gateways on "
@@ -269,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error(argv[0] if argv and not argv[0].startswith("-") else ""):
         args = build_parser().parse_args(argv)
     with process.exit_on_config_error(args.command):
-        process.setup_logging(args.command, os.environ.get("TETHER_LOG_LEVEL", "INFO"))
+        process.setup_logging(args.command, os.environ.get("TETHER_LOG_LEVEL", "INFO"),
+                              default_format="text")
         return _run(args)
 
 
@@ -281,7 +342,7 @@ def _run(args: argparse.Namespace) -> int:
             return trio.run(_infer, args)
         if args.command in ("rollout", "drain"):
             return trio.run(_control, args)
-        if args.command == "fleet":
+        if args.command in ("fleet", "status"):
             return trio.run(_fleet, args)
         if args.command == "token":
             return _token(args)
@@ -298,6 +359,15 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
+        from p2p_transport.dht_rpc.query import QueryError
+
+        if process.find_error(exc, QueryError) is not None:
+            bootstrap = ",".join(getattr(args, "bootstrap", None) or []) or os.environ.get(
+                "TETHER_BOOTSTRAP", "")
+            print(f"tether {args.command}: no DHT bootstrap node answered ({bootstrap}): "
+                  "is the network up? (--bootstrap: the one `tether up` prints)",
+                  file=sys.stderr)
+            return 1
         error = process.find_error(exc, TetherError)
         if error is None:
             raise
@@ -312,12 +382,25 @@ async def _up(args: argparse.Namespace) -> int:
     log = logging.getLogger("tether.up")
     metrics = (Metrics(args.metrics_host, args.metrics_port)
                if getattr(args, "metrics", False) else None)
+    data_dir = Path(args.data_dir)
+    steps: list[str] = []
+
+    def progress(step: str) -> None:
+        if not steps and not args.verbose:  # the settings are checked by now
+            _log_to_file(args.command, data_dir / "logs" / f"tether-{args.command}.log")
+            print(f"tether {args.command}: service logs in {data_dir / 'logs'} "
+                  "(--verbose: here instead)", file=sys.stderr, flush=True)
+        steps.append(step)
+        print(f"tether {args.command}: {step}...", file=sys.stderr, flush=True)
+
     async with local_network(
-        Path(args.data_dir),
-        region=args.region,
+        data_dir,
+        region=getattr(args, "region", "local"),
         http_port=getattr(args, "http_port", 0),
         grpc_port=getattr(args, "grpc_port", 0),
         metrics=metrics,
+        verbose=args.verbose,
+        progress=progress,
     ) as net:
         if args.command == "demo":
             print(
@@ -342,17 +425,8 @@ async def _up(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-        log.info(
-            "tether is up. Try:  tether infer --bootstrap %s --gateway %s --token %s "
-            "--prompt 'What is the capital of France?'   or:  curl %s/v1/completions -H "
-            "'authorization: Bearer %s' -d '{\"model\": \"kjv-textgen\", \"prompt\": "
-            "\"In the beginning\", \"stream\": true}'",
-            net.bootstrap_text,
-            net.gateway_key,
-            net.token,
-            net.http_url,
-            net.token,
-        )
+        print(up_hint(net.bootstrap_text, net.gateway_key, net.http_url), file=sys.stderr,
+              flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 log.info("stopping")
@@ -360,16 +434,49 @@ async def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_to_file(command: str, path: Path) -> None:
+    """This command's own log lines go to ``path`` (the terminal keeps the answer)."""
+    from tether import logs
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    stream = path.open("a", encoding="utf-8")
+    root.handlers[:] = [logs.handler(f"tether-{command}", logs.env_format("text"), stream)]
+
+
+def up_hint(bootstrap: str, gateway_key: str, http_url: str) -> str:
+    """What to try once ``tether up`` runs. The token is in the JSON line above, once,
+    and never in a log: the hint names it ``$TETHER_TOKEN``."""
+    return (
+        "tether is up. Set TETHER_TOKEN to the \"token\" above, then try:\n"
+        f"  tether infer --bootstrap {bootstrap} --gateway {gateway_key} "
+        "--prompt 'What is the capital of France?'\n"
+        f"  curl {http_url}/v1/completions -H \"authorization: Bearer $TETHER_TOKEN\" "
+        "-d '{\"model\": \"kjv-textgen\", \"prompt\": \"In the beginning\", "
+        "\"stream\": true}'"
+    )
+
+
 async def _infer(args: argparse.Namespace) -> int:
     bootstrap = process.bootstrap_from(args.bootstrap)
     if not args.token:
         raise process.ConfigError("pass --token (or set TETHER_TOKEN)")
-    gateway = bytes.fromhex(args.gateway) if args.gateway else None
+    gateway = _key_flag("--gateway", args.gateway) if args.gateway else None
     if args.system is not None and args.chat is None:
         raise process.ConfigError("--system goes with --chat MESSAGE")
     if args.chat is not None:
         return await _stream_chat(bootstrap, args.token, gateway, args)
     return await _stream_prompt(bootstrap, args.token, gateway, args)
+
+
+def _key_flag(flag: str, text: str) -> bytes:
+    """A public key flag (64 hex characters); a ConfigError naming the flag otherwise."""
+    from tether.callers import parse_key
+
+    try:
+        return parse_key(text)
+    except ValueError as exc:
+        raise process.ConfigError(f"{flag}: {exc}") from None
 
 
 async def _stream_chat(
@@ -381,7 +488,8 @@ async def _stream_chat(
     messages = [("system", args.system)] if args.system is not None else []
     messages.append(("user", args.chat))
     async with connect_gateway(
-        bootstrap, token, gateway_key=gateway_key, region=args.region
+        bootstrap, token, gateway_key=gateway_key, region=args.region, host=args.host,
+        timeout=args.timeout,
     ) as client:
         last = None
         async for chunk in client.chat(
@@ -398,7 +506,22 @@ async def _stream_chat(
         return 0
 
 
-def _open_store(args: argparse.Namespace) -> MetadataStore:
+def require_data_dir(args: argparse.Namespace) -> Path:
+    """The data folder an operator command works in; a ConfigError (one line, status 2)
+    when ``--data-dir`` holds no Tether network, rather than making an empty one here."""
+    data_dir = Path(args.data_dir)
+    if (getattr(args, "metadata_url", None) or (data_dir / "metadata.db").is_file()
+            or (data_dir / "keys").is_dir()):
+        return data_dir
+    raise process.ConfigError(
+        f"{data_dir} is not a Tether data dir (no metadata.db, no keys/): run this where "
+        "`tether up` ran, or pass --data-dir (env TETHER_DATA_DIR) or --metadata-url")
+
+
+def _open_store(args: argparse.Namespace, *, existing: bool = True) -> MetadataStore:
+    """The Metadata Store; ``existing``: only one a network made (``require_data_dir``)."""
+    if existing:
+        require_data_dir(args)
     url = args.metadata_url or sqlite_url(Path(args.data_dir) / "metadata.db")
     store = MetadataStore(url)
     store.migrate()
@@ -441,8 +564,9 @@ async def _dlq_replay(args: argparse.Namespace) -> int:
     bootstrap = process.bootstrap_from(args.bootstrap)
     store = _open_store(args)
     try:
-        keypair = operator.operator_keypair(Path(args.data_dir))
-        async with operator.connect_orchestrator(bootstrap, keypair, region=args.region) as rpc:
+        keypair = operator.operator_keypair(require_data_dir(args))
+        async with operator.connect_orchestrator(bootstrap, keypair, region=args.region,
+                                                 timeout=args.timeout) as rpc:
             last = None
             async for chunk in operator.replay(
                 store, services_rpc.OrchestratorStub(rpc), args.letter_id, again=args.again,
@@ -477,9 +601,10 @@ async def _control(args: argparse.Namespace) -> int:
             message = operator.drain_message(args.workers, region=args.region)
     except ValueError as exc:
         raise process.ConfigError(str(exc)) from None
-    keypair = operator.operator_keypair(Path(args.data_dir))
-    async with operator.connect_orchestrator(bootstrap, keypair, region=args.region) as rpc:
-        ack = await services_rpc.ControlStub(rpc).Apply(message, timeout=30)
+    keypair = operator.operator_keypair(require_data_dir(args))
+    async with operator.connect_orchestrator(bootstrap, keypair, region=args.region,
+                                             timeout=args.timeout) as rpc:
+        ack = await services_rpc.ControlStub(rpc).Apply(message, timeout=args.timeout)
     print(json.dumps({"accepted": ack.accepted, "id": ack.id, "message": ack.message}))
     return 0 if ack.accepted else 1
 
@@ -490,11 +615,17 @@ async def _fleet(args: argparse.Namespace) -> int:
     from tether.v1 import services_pb2, services_rpc
 
     bootstrap = process.bootstrap_from(args.bootstrap)
-    keypair = operator.operator_keypair(Path(args.data_dir))
-    async with operator.connect_orchestrator(bootstrap, keypair, region=args.region) as rpc:
+    keypair = operator.operator_keypair(require_data_dir(args))
+    async with operator.connect_orchestrator(bootstrap, keypair, region=args.region,
+                                             timeout=args.timeout) as rpc:
         fleet = await services_rpc.OrchestratorStub(rpc).GetFleet(
-            services_pb2.GetFleetRequest(), timeout=30
+            services_pb2.GetFleetRequest(), timeout=args.timeout
         )
+    if args.command == "status":
+        from tether.status import render
+
+        print(render(fleet, region=args.region))
+        return 0
     for w in sorted(fleet.workers, key=lambda w: (w.region, w.worker_id)):
         print(json.dumps({
             "worker": w.worker_id, "region": w.region, "gpu_class": w.gpu_class,
@@ -632,7 +763,7 @@ def _key(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = _open_store(args, existing=False)  # (a store made for the services to come)
     try:
         if args.e2e is not None:
             store.set_tenant_e2e(args.tenant, args.e2e)

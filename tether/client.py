@@ -25,9 +25,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from contextlib import asynccontextmanager
 
 import trio
+from opentelemetry import trace
 
 from p2p_transport.cenc import SocketAddress
-from tether import sealing, topics
+from tether import sealing, telemetry, topics
 from tether.errors import Unavailable
 from tether.keys import KeyPair
 from tether.net import dial, wait_for_peer
@@ -59,11 +60,20 @@ class GatewayClient:
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         """Stream ``request``'s chunks; ``sealed`` seals it end to end (see above)."""
         key: sealing.ChunkKey | None = None
-        if sealed:
-            request, key = await self.seal(request, timeout=timeout)
-        async with self.stub.Infer(request, metadata=self.metadata, timeout=timeout) as chunks:
-            async for chunk in chunks:
-                yield chunk if key is None else key.open(chunk)
+        # A client span: the trace starts here (or continues the caller's) and the
+        # gateway, orchestrator and worker continue it through ``traceparent``.
+        with telemetry.tracer().start_as_current_span(
+            "client.infer",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"tether.model": request.model_id, "rpc.system": "tether",
+                        "rpc.method": "Infer"},
+        ):
+            if sealed:
+                request, key = await self.seal(request, timeout=timeout)
+            metadata = telemetry.outgoing_metadata(self.metadata)
+            async with self.stub.Infer(request, metadata=metadata, timeout=timeout) as chunks:
+                async for chunk in chunks:
+                    yield chunk if key is None else key.open(chunk)
 
     async def seal(
         self, request: infer_pb2.Infer.Request, *, timeout: float | None = None

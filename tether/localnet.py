@@ -7,6 +7,10 @@ orchestrator, gateway and one CPU worker, each as its own ``tether <service>``
 process; it waits for each one's ready line, issues a tenant token, and stops
 everything (SIGTERM, then SIGKILL after a grace period) on exit.
 
+Each service's logs (its stderr) go to ``<data-dir>/logs/<service>.log`` (``LocalNet.log_dir``)
+unless ``verbose``, when they come to this process's stderr instead; ``progress`` is told
+each long step (publishing, each service starting) in words.
+
 With ``Metrics`` each service serves Prometheus metrics and its probes on a port of its
 own (consecutive from a base port, or any free ones), named in ``LocalNet.metrics``. The
 children never inherit ``TETHER_METRICS_PORT``/``TETHER_METRICS_HOST``: one port for
@@ -22,7 +26,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -71,6 +75,8 @@ class ServiceProcess:
     name: str
     process: trio.Process
     ready: dict[str, Any] = field(default_factory=dict)
+    #: Where its stderr goes (None: this process's stderr).
+    log_file: Path | None = None
 
 
 @dataclass
@@ -81,6 +87,8 @@ class LocalNet:
     processes: list[ServiceProcess] = field(default_factory=list)
     published: list[str] = field(default_factory=list)
     token: str = ""
+    #: Where the services' logs go (None: this process's stderr).
+    log_dir: Path | None = None
 
     def _gateway_ready(self) -> dict[str, Any]:
         """The gateway's ready line (its key and the addresses of its edges)."""
@@ -120,14 +128,17 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def _read_json_line(proc: trio.Process, name: str) -> dict[str, Any]:
+async def _read_json_line(
+    proc: trio.Process, name: str, log_file: Path | None = None
+) -> dict[str, Any]:
     assert proc.stdout is not None
     buf = b""
+    where = f"its log: {log_file}" if log_file is not None else "its log above"
     with trio.fail_after(READY_TIMEOUT_S):
         while b"\n" not in buf:
             chunk = await proc.stdout.receive_some(4096)
             if not chunk:
-                raise RuntimeError(f"{name} exited before it was ready (see its log above)")
+                raise RuntimeError(f"{name} exited before it was ready (see {where})")
             buf += chunk
     return dict(json.loads(buf.split(b"\n", 1)[0]))
 
@@ -136,20 +147,30 @@ async def _start(
     nursery: trio.Nursery, net: LocalNet, name: str, argv: list[str]
 ) -> ServiceProcess:
     log.info("starting %s", name)
-    proc: trio.Process = await nursery.start(
-        partial(
-            trio.run_process,
-            argv,
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            cwd=str(REPO_ROOT),
-            env=_env(),
-            check=False,
+    log_file = net.log_dir / f"{name}.log" if net.log_dir is not None else None
+    stderr = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        stderr = log_file.open("ab")
+    try:
+        proc: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                argv,
+                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
+                cwd=str(REPO_ROOT),
+                env=_env(),
+                check=False,
+            )
         )
-    )
-    sp = ServiceProcess(name, proc)
+    finally:
+        if stderr is not None:
+            stderr.close()  # the child has its own copy
+    sp = ServiceProcess(name, proc, log_file=log_file)
     net.processes.append(sp)
-    sp.ready = await _read_json_line(proc, name)
+    sp.ready = await _read_json_line(proc, name, log_file)
     log.info("%s ready: %s", name, sp.ready)
     return sp
 
@@ -245,27 +266,34 @@ async def local_network(
     http_port: int = 0,
     grpc_port: int = 0,
     metrics: Metrics | None = None,
+    verbose: bool = True,
+    progress: Callable[[str], None] = lambda step: None,
 ) -> AsyncIterator[LocalNet]:
     """The whole network as child processes; the gateway also serves HTTP and gRPC on
     127.0.0.1:``http_port`` and ``grpc_port`` (0: any free port; see ``LocalNet``);
-    with ``metrics``, every service its metrics and probes."""
+    with ``metrics``, every service its metrics and probes. Unless ``verbose``, the
+    services log to ``<data_dir>/logs/``; ``progress`` hears each step."""
     await trio.to_thread.run_sync(
         partial(check_config, data_dir, region=region, http_port=http_port,
                 grpc_port=grpc_port, metrics=metrics)
     )
-    net = LocalNet(data_dir=data_dir, region=region)
+    net = LocalNet(data_dir=data_dir, region=region,
+                   log_dir=None if verbose else data_dir / "logs")
     py = sys.executable
     async with trio.open_nursery() as nursery:
         try:
+            progress("starting a loopback DHT")
             dht = await _start(
                 nursery, net, "dht", [py, "-m", "p2p_transport", "testnet", "--host", "127.0.0.1"]
             )
             net.bootstrap = [parse_address(b) for b in dht.ready["bootstrap"]]
+            progress(f"publishing {len(SHIPPED_MODELS)} models (signed, 3 replicas)")
             net.published = await trio.to_thread.run_sync(publish_shipped_models, data_dir)
             net.token = await trio.to_thread.run_sync(issue_token, data_dir, DEMO_TENANT)
             services = service_args(data_dir, region, net.bootstrap_text,
                                     http_port=http_port, grpc_port=grpc_port, metrics=metrics)
             for module, args in services.items():
+                progress(f"starting the {module.split('.')[0]}")
                 await _start(nursery, net, module.split(".")[0], [py, "-m", module, *args])
             yield net
         finally:

@@ -39,7 +39,8 @@ store that does not open) raises :class:`ConfigError`; under
 
 A service prints exactly one JSON line on stdout once it is reachable, e.g.
 ``{"service": "gateway", "public_key": "<64 hex>", "region": "local"}``; logs
-go to stderr with the trace id of the current request.
+go to stderr, one JSON line each (``TETHER_LOG_FORMAT=text``: plain text), with the
+trace and correlation ids of the current request and never a token (``tether.logs``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ import trio
 from sqlalchemy.exc import DatabaseError
 
 from p2p_transport.cenc import SocketAddress
-from tether import health, telemetry, topics
+from tether import health, logs, telemetry, topics
 from tether.callers import CallerPolicy, parse_key
 from tether.errors import TetherError
 from tether.keys import KeyPair
@@ -460,6 +461,11 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     bootstrap = bootstrap_from(args.bootstrap)
     region(args.region)
     level = log_level(args.log_level)
+    try:
+        telemetry.check_environment()
+        logs.env_format()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     data_dir = data_dir_from(args.data_dir)
     key_file = Path(args.key_file) if args.key_file else data_dir / "keys" / f"{args.service}.key"
     callers = [
@@ -511,17 +517,13 @@ def setup_telemetry(config: ServiceConfig) -> None:
     )
 
 
-def setup_logging(service: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(telemetry.TraceIdFilter())
-    handler.setFormatter(
-        logging.Formatter(
-            f"%(asctime)s {service} %(levelname)s %(name)s trace=%(trace_id)s %(message)s"
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(log_level(level))
+def setup_logging(service: str, level: str, *, default_format: str = "json") -> None:
+    """Logs on stderr as ``tether.logs`` says (JSON unless ``TETHER_LOG_FORMAT=text``;
+    ``default_format`` for a command run by a person), then traces."""
+    try:
+        logs.setup(service, log_level(level), default_format=default_format)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     telemetry.setup(f"tether-{service}")
 
 
@@ -553,11 +555,19 @@ def run_service(
 ) -> int:
     """Run a service until a signal stops it; 0. A Tether error that stops it (a model
     no replica serves a verified copy of, a registry that refuses) is one line on stderr,
-    ``tether <service>: <message>``, and 1; its traceback is logged at DEBUG. A bug
+    ``tether <service>: <message>``, and 1; its traceback is logged at DEBUG (so is a
+    bootstrap node that does not answer: one line and 1). A bug
     (INTERNAL, UNKNOWN, or not a Tether error) keeps its traceback."""
     try:
         trio.run(partial(run_until_signalled, body, stop_timeout_s=stop_timeout_s))
     except BaseException as exc:
+        from p2p_transport.dht_rpc.query import QueryError
+
+        if find_error(exc, QueryError) is not None:  # nothing answered at --bootstrap
+            logging.getLogger("tether").debug("%s stopped", service, exc_info=exc)
+            print(f"tether {service}: no DHT bootstrap node answered; is the network up? "
+                  "(--bootstrap: the one `tether up` prints)", file=sys.stderr, flush=True)
+            return 1
         error = find_error(exc, TetherError)
         if error is None or error.code in _BUGS:
             raise

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from tether import metrics, telemetry
 from tether.artifacts import ArtifactStore
 from tether.errors import InvalidArgument, NotFound, ResourceExhausted
 from tether.metadata.store import now_unix_ms
@@ -104,13 +105,20 @@ class ModelLoader:
         lock = self._locks.setdefault(key, trio.Lock())
         async with lock:
             hit = self._cache.get(key)
+            model, version = record.model.model_id, record.model.version
+            metrics.model_cache_lookup(model, version, hit is not None)
             if hit is not None:
                 self._touch(key, hit)
                 return hit
             model_ref = next(a for a in record.artifacts if a.role == "model")
-            self._check_fits(model_ref.size_bytes, model_ref.digest)
-            loaded = await trio.to_thread.run_sync(self._load_sync, record, key)
-            self._admit(key, loaded)
+            try:
+                self._check_fits(model_ref.size_bytes, model_ref.digest)
+                loaded = await trio.to_thread.run_sync(self._load_sync, record, key)
+                self._admit(key, loaded)
+            except BaseException as exc:
+                metrics.model_load(model, version, telemetry.status_name(exc))
+                raise
+            metrics.model_load(model, version, "OK")
             return loaded
 
     def _load_sync(self, record: registry_pb2.ModelRecord, key: str) -> LoadedModel:

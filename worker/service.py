@@ -25,7 +25,7 @@ from typing import Protocol
 
 import trio
 
-from tether import health, limits, sealing, signing, telemetry
+from tether import health, limits, metrics, sealing, signing, telemetry
 from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
@@ -115,6 +115,7 @@ class WorkerService(services_rpc.WorkerServicer):
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
+        metrics.watch_worker(self)  # queue, slots, batch and cache gauges
 
     # -------------------------------------------------------------- health
 
@@ -220,14 +221,39 @@ class WorkerService(services_rpc.WorkerServicer):
         self, request: infer_pb2.Infer.Request
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         seq = 0
-        async with (
-            self.quota.admit(request.tenant_id),
-            contextlib.aclosing(self.engine.stream(request)) as pieces,  # type: ignore[type-var]
-        ):
-            last: infer_pb2.Infer.Chunk | None = None
-            async for payload, usage in pieces:
-                if last is not None:
-                    yield last
+        # The model span (OpenTelemetry GenAI conventions): what the model did, with
+        # its token counts, under the worker.infer span.
+        started, first = trio.current_time(), None  # (the trio clock: tests set it)
+        with telemetry.model_span(request) as span:
+            async with (
+                self.quota.admit(request.tenant_id),
+                contextlib.aclosing(self.engine.stream(request)) as pieces,  # type: ignore[type-var]
+            ):
+                last: infer_pb2.Infer.Chunk | None = None
+                async for payload, usage in pieces:
+                    if first is None and payload.ByteSize():
+                        first = trio.current_time()
+                    if last is not None:
+                        yield last
+                    last = self._chunk(request, seq, payload)
+                    seq += 1
+                    if usage is not None:
+                        last.usage.CopyFrom(usage)
+                if last is None:
+                    last = self._chunk(request, seq, None)
+                last.done = True
+                if request.input.WhichOneof("kind") in ("text", "messages"):
+                    # The engine's own reason when it gives one (see Engine.stream).
+                    reason = getattr(pieces, "finish_reason", infer_pb2.FINISH_REASON_UNSPECIFIED)
+                    last.finish_reason = reason or finish_reason(request, last.usage)
+                telemetry.model_usage(span, last.usage, last.finish_reason)
+                metrics.gen_ai_request(
+                    telemetry.operation_name(request), request.model_id,
+                    last.usage.version or request.version,
+                    duration_s=trio.current_time() - started,
+                    first_token_s=None if first is None else first - started,
+                    output_tokens=last.usage.output_tokens)
+                yield last
                 last = self._chunk(request, seq, payload)
                 seq += 1
                 if usage is not None:

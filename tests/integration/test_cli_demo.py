@@ -56,4 +56,15 @@ def test_tether_demo_continues_text_with_kjv_textgen(tmp_path: Path) -> None:
     generated = answer[len("And God said") :].split()
     assert len(generated) >= 8, answer
     assert "-- 20 tokens from kjv-textgen" in result.stderr
-    assert "did not stop" not in result.stderr
+    # The services' logs went to files under the data dir (path printed), not between
+    # the progress lines and the answer; they are JSON, and no token is in any of them.
+    logs = tmp_path / "logs"
+    assert f"service logs in {logs}" in result.stderr
+    assert not any(line.startswith("{") for line in result.stderr.splitlines())
+    for name in ("registry", "orchestrator", "gateway", "worker", "tether-demo"):
+        text = (logs / f"{name}.log").read_text()
+        assert "tt_" not in text, name
+    gateway_lines = (logs / "gateway.log").read_text().splitlines()
+    assert gateway_lines and all(line.startswith("{") for line in gateway_lines)
+    assert "publishing 3 models" in result.stderr
+    assert "did not stop" not in (logs / "tether-demo.log").read_text()

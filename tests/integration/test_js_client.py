@@ -27,13 +27,15 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "clients" / "js" / "examples" / "infer.js"
 
 
-async def run_example(*argv: str) -> tuple[int, list[dict]]:
+async def run_example(*argv: str, stderr: list[str] | None = None) -> tuple[int, list[dict]]:
     node = shutil.which("node")
     assert node is not None
     done = await trio.run_process(
         [node, str(EXAMPLE), *argv], capture_stdout=True, capture_stderr=True, check=False,
         cwd=str(ROOT),
     )
+    if stderr is not None:
+        stderr.append(done.stderr.decode())
     lines = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
     if done.returncode not in (0, 1):
         print(done.stderr.decode()[-3000:], file=sys.stderr)
@@ -50,7 +52,8 @@ def test_the_javascript_client_streams_lists_and_gets_typed_errors(tmp_path: Pat
                 engine = ScriptedEngine([(MODEL, "1.0")], step_s=0.01)
                 await f.add_worker("w1", engine=engine)
                 await f.discovery.wait_for(lambda s: len(s) == 1)
-                common = ["--bootstrap", f"{bootstrap[0].host}:{bootstrap[0].port}",
+                # The bootstrap list as `tether up` prints it: comma-separated.
+                common = ["--bootstrap", ",".join(f"{b.host}:{b.port}" for b in bootstrap),
                           "--gateway", f.gateway_net.public_key.hex()]
                 token = f.store.issue_token("acme")
                 code, lines = await run_example(
@@ -75,6 +78,28 @@ def test_the_javascript_client_streams_lists_and_gets_typed_errors(tmp_path: Pat
                     *common, "--token", token, "--model", MODEL, "--max-tokens", "100000")
                 assert code == 1 and lines[-1]["error"] == "INVALID_ARGUMENT"
                 assert "max_tokens" in lines[-1]["message"]
+
+    trio.run(main)
+
+
+@pytest.mark.parametrize(("argv", "wanted"), [
+    (["--bootstrap", "127.0.0.1", "--gateway", "ab" * 32],
+     'infer.js: bootstrap "127.0.0.1" is not HOST:PORT'),
+    (["--bootstrap", "127.0.0.1:9", "--gateway", "nothex"],
+     'infer.js: --gateway "nothex" is not a public key (64 hex characters)'),
+    (["--bootstrap", "127.0.0.1:9", "--gateway", "ab" * 32, "--token", "tt_x"],
+     "infer.js: PEER_NOT_FOUND"),  # nothing answers there
+])
+def test_the_javascript_example_reports_mistakes_in_one_line(
+    argv: list[str], wanted: str
+) -> None:
+    async def main() -> None:
+        err: list[str] = []
+        with trio.fail_after(60):
+            code, lines = await run_example(*argv, stderr=err)
+        assert (code, lines) == (1, [])
+        assert err[0].startswith(wanted) and err[0].count("\n") == 1, err[0]
+        assert "    at " not in err[0]  # no stack trace
 
     trio.run(main)
 

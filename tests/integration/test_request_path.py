@@ -192,6 +192,12 @@ def test_both_shipped_models_stream_through_the_network(
                 assert "kjv-textgen@1.0" in worker["models"] and worker["slots"] >= 1
                 code, out = await tether("rollout", "kjv-textgen", "1.0=100")
                 assert code == 0 and '"accepted": true' in out and "1.0=100%" in out, out
+                # One screen of the running network, from the orchestrator process.
+                code, out = await tether("status")
+                assert code == 0, out
+                assert "registry up" in out and "workers 1" in out, out
+                assert "worker-1" in out and "kjv-textgen@1.0" in out, out
+                assert "kjv-textgen: 1.0=100%" in out and "breakers   all closed" in out, out
                 code, out = await tether("rollout", "kjv-textgen", "1.0=60", "1.1")
                 assert code == 2 and "'1.1' is not VERSION=PERCENT" in out, out  # usage: status 2
                 code, out = await tether("drain", "worker-1")

@@ -412,10 +412,23 @@ async def test_seeded_sampling_in_a_batch_equals_sampling_alone(env: Env) -> Non
     reqs = [request("dec-a", p, max_tokens=16, min_tokens=16, temperature_value=1.0,
                     top_k=50, top_p=0.9, repetition_penalty=1.2, seed=100 + i)
             for i, p in enumerate(PROMPTS)]
+    from tests.services.harness import metrics_reader, points
+
+    reader = metrics_reader()
+
+    def batches_of(size: int) -> int:  # steps that advanced ``size`` sequences
+        [hist] = points(reader, "tether.worker.batch.size") or [None]
+        if hist is None:
+            return 0
+        bounds = list(hist.explicit_bounds)
+        return int(hist.bucket_counts[next(i for i, b in enumerate(bounds) if size <= b)])
+
     alone = [(await run_concurrently(engine, [(r, model)]))[0] for r in reqs]
+    before = batches_of(len(reqs))
     together = await run_concurrently(engine, [(r, model) for r in reqs])
     assert together == alone
     assert engine.batcher_of(model).largest_batch == len(reqs)
+    assert batches_of(len(reqs)) > before  # the batch size metric saw the full batch
 
 
 async def test_new_requests_join_between_steps_and_the_batch_is_bounded(env: Env) -> None:

@@ -224,3 +224,29 @@ def test_cache_invariants_hold_for_any_sequence(five_models, ops, budget) -> Non
                 f"m{j}" for j in ref if j in pins}
 
     trio.run(main)
+
+
+async def test_loads_and_cache_lookups_are_counted(local_artifacts, publisher) -> None:
+    from tests.services.harness import metrics_reader, points
+
+    reader = metrics_reader()
+
+    def count(name: str, **match: str) -> int:
+        return sum(p.value for p in points(reader, name)
+                   if all(p.attributes.get(k) == v for k, v in match.items()))
+
+    record = make_record(local_artifacts, publisher, "counted", tensor_model_bytes(np.eye(4)))
+    size = record.artifacts[0].size_bytes
+    loader = ModelLoader(local_artifacts, OnnxRuntimeBackend(intra_op_threads=1),
+                         budget_bytes=size * 4)
+    await loader.load(record)
+    await loader.load(record)
+    small = ModelLoader(local_artifacts, OnnxRuntimeBackend(intra_op_threads=1),
+                        budget_bytes=1)
+    with pytest.raises(ResourceExhausted):
+        await small.load(record)
+    labels = {"model": "counted", "version": "1.0"}
+    assert count("tether.worker.model.loads", **labels, result="OK") == 1
+    assert count("tether.worker.model.loads", **labels, result="RESOURCE_EXHAUSTED") == 1
+    assert count("tether.worker.model_cache.lookups", **labels, result="miss") == 2
+    assert count("tether.worker.model_cache.lookups", **labels, result="hit") == 1

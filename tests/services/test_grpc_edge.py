@@ -7,10 +7,12 @@ steps are 5 ms); the rest of the fleet is the in-memory double.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import trio
 
 from gateway.grpc_edge import GrpcEdge
@@ -56,13 +58,19 @@ def client_calls(port: int, token: str) -> dict[str, Any]:
     return out
 
 
-def test_grpc_clients_get_the_gateway_s_answers_and_errors(tmp_path: Path) -> None:
+def test_grpc_clients_get_the_gateway_s_answers_and_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tether.gateway.grpc.access")
+    tokens: list[str] = []
+
     async def main() -> None:
         async with fleet(tmp_path, clock_ms=wall_ms) as f:
             engine = ScriptedEngine([(MODEL, "1.0")], step_s=0.005)
             worker = await f.add_worker("w1", engine=engine)
             await f.discovery.wait_for(lambda s: len(s) == 1)
             token = f.store.issue_token("acme")
+            tokens.append(token)
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(GrpcEdge(f.gateway_service, "127.0.0.1", 0).run)
                 got = await trio.to_thread.run_sync(client_calls, port, token)
@@ -90,3 +98,12 @@ def test_grpc_clients_get_the_gateway_s_answers_and_errors(tmp_path: Path) -> No
 
     with blocking.inline():
         trio.run(main)
+    # One access line per call, with its status; never the token.
+    access = [r for r in caplog.records if r.name == "tether.gateway.grpc.access"]
+    statuses = sorted(getattr(r, "status", "") for r in access)
+    assert statuses == sorted(["OK", "OK", "UNAUTHENTICATED", "UNAUTHENTICATED",
+                               "INVALID_ARGUMENT", "NOT_FOUND", "CANCELLED"]), statuses
+    assert {getattr(r, "method", "") for r in access} == {
+        "/tether.v1.Gateway/Infer", "/tether.v1.Gateway/ListModels"}
+    assert all(getattr(r, "duration_ms", -1) >= 0 for r in access)
+    assert tokens[0] not in caplog.text and "tt_nope" not in caplog.text

@@ -30,7 +30,7 @@ from tether.v1 import presence_pb2 as tether_dot_v1_dot_presence__pb2
 from tether.v1 import registry_pb2 as tether_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tether/v1/services.proto\x12\ttether.v1\x1a\x17tether/v1/control.proto\x1a\x16tether/v1/health.proto\x1a\x15tether/v1/infer.proto\x1a\x14tether/v1/jobs.proto\x1a\x18tether/v1/presence.proto\x1a\x18tether/v1/registry.proto\"&\n\x11ListModelsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.tether.v1.ModelRecord\"<\n\rGetJobRequest\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12\x13\n\x0bretry_token\x18\x02 \x01(\t\"!\n\x0fGetFleetRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\"8\n\x10GetFleetResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.tether.v1.Presence\"\x12\n\x10GetHealthRequest\"+\n\x14WatchPresenceRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"F\n\x0eResolveRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\"l\n\x0cPlaceRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\"L\n\rPlaceResponse\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12(\n\x07workers\x18\x02 \x03(\x0b\x32\x17.tether.v1.PlacedWorker\"2\n\x0cPlacedWorker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07pub_key\x18\x02 \x01(\x0c\x32\xcd\x01\n\x07Gateway\x12;\n\x05Infer\x12\x18.tether.v1.Infer.Request\x1a\x16.tether.v1.Infer.Chunk0\x01\x12I\n\nListModels\x12\x1c.tether.v1.ListModelsRequest\x1a\x1d.tether.v1.ListModelsResponse\x12:\n\x05Place\x12\x17.tether.v1.PlaceRequest\x1a\x18.tether.v1.PlaceResponse2\x87\x02\n\x0cOrchestrator\x12<\n\x06Submit\x12\x18.tether.v1.Infer.Request\x1a\x16.tether.v1.Infer.Chunk0\x01\x12\x38\n\x06GetJob\x12\x18.tether.v1.GetJobRequest\x1a\x14.tether.v1.JobStatus\x12\x43\n\x08GetFleet\x12\x1a.tether.v1.GetFleetRequest\x1a\x1b.tether.v1.GetFleetResponse\x12:\n\x05Place\x12\x17.tether.v1.PlaceRequest\x1a\x18.tether.v1.PlaceResponse2\xd8\x01\n\x06Worker\x12;\n\x05Infer\x12\x18.tether.v1.Infer.Request\x1a\x16.tether.v1.Infer.Chunk0\x01\x12\x42\n\tGetHealth\x12\x1b.tether.v1.GetHealthRequest\x1a\x18.tether.v1.Health.Report\x12M\n\rWatchPresence\x12\x1f.tether.v1.WatchPresenceRequest\x1a\x19.tether.v1.SignedEnvelope0\x01\x32\xce\x01\n\x08Registry\x12\x39\n\x07Publish\x12\x16.tether.v1.ModelRecord\x1a\x16.tether.v1.ModelRecord\x12<\n\x07Resolve\x12\x19.tether.v1.ResolveRequest\x1a\x16.tether.v1.ModelRecord\x12I\n\nListModels\x12\x1c.tether.v1.ListModelsRequest\x1a\x1d.tether.v1.ListModelsResponse2D\n\x07\x43ontrol\x12\x39\n\x05\x41pply\x12\x19.tether.v1.ControlMessage\x1a\x15.tether.v1.ControlAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tether/v1/services.proto\x12\ttether.v1\x1a\x17tether/v1/control.proto\x1a\x16tether/v1/health.proto\x1a\x15tether/v1/infer.proto\x1a\x14tether/v1/jobs.proto\x1a\x18tether/v1/presence.proto\x1a\x18tether/v1/registry.proto\"&\n\x11ListModelsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.tether.v1.ModelRecord\"<\n\rGetJobRequest\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12\x13\n\x0bretry_token\x18\x02 \x01(\t\"!\n\x0fGetFleetRequest\x12\x0e\n\x06region\x18\x01 \x01(\t\"\x87\x02\n\x10GetFleetResponse\x12$\n\x07workers\x18\x01 \x03(\x0b\x32\x13.tether.v1.Presence\x12)\n\x08\x62reakers\x18\x06 \x03(\x0b\x32\x17.tether.v1.FleetBreaker\x12)\n\x08rollouts\x18\x07 \x03(\x0b\x32\x17.tether.v1.FleetRollout\x12\x17\n\x0frecent_requests\x18\x08 \x01(\x04\x12\x17\n\x0frecent_failures\x18\t \x01(\x04\x12\x17\n\x0frecent_window_s\x18\n \x01(\r\x12\x12\n\nregistries\x18\x0b \x01(\r\x12\x18\n\x10orchestrator_key\x18\x0c \x01(\x0c\"`\n\x0c\x46leetBreaker\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"1\n\x0c\x46leetRollout\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07summary\x18\x02 \x01(\t\"\x12\n\x10GetHealthRequest\"+\n\x14WatchPresenceRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\r\"F\n\x0eResolveRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\"l\n\x0cPlaceRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\"L\n\rPlaceResponse\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12(\n\x07workers\x18\x02 \x03(\x0b\x32\x17.tether.v1.PlacedWorker\"2\n\x0cPlacedWorker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07pub_key\x18\x02 \x01(\x0c\x32\xcd\x01\n\x07Gateway\x12;\n\x05Infer\x12\x18.tether.v1.Infer.Request\x1a\x16.tether.v1.Infer.Chunk0\x01\x12I\n\nListModels\x12\x1c.tether.v1.ListModelsRequest\x1a\x1d.tether.v1.ListModelsResponse\x12:\n\x05Place\x12\x17.tether.v1.PlaceRequest\x1a\x18.tether.v1.PlaceResponse2\x87\x02\n\x0cOrchestrator\x12<\n\x06Submit\x12\x18.tether.v1.Infer.Request\x1a\x16.tether.v1.Infer.Chunk0\x01\x12\x38\n\x06GetJob\x12\x18.tether.v1.GetJobRequest\x1a\x14.tether.v1.JobStatus\x12\x43\n\x08GetFleet\x12\x1a.tether.v1.GetFleetRequest\x1a\x1b.tether.v1.GetFleetResponse\x12:\n\x05Place\x12\x17.tether.v1.PlaceRequest\x1a\x18.tether.v1.PlaceResponse2\xd8\x01\n\x06Worker\x12;\n\x05Infer\x12\x18.tether.v1.Infer.Request\x1a\x16.tether.v1.Infer.Chunk0\x01\x12\x42\n\tGetHealth\x12\x1b.tether.v1.GetHealthRequest\x1a\x18.tether.v1.Health.Report\x12M\n\rWatchPresence\x12\x1f.tether.v1.WatchPresenceRequest\x1a\x19.tether.v1.SignedEnvelope0\x01\x32\xce\x01\n\x08Registry\x12\x39\n\x07Publish\x12\x16.tether.v1.ModelRecord\x1a\x16.tether.v1.ModelRecord\x12<\n\x07Resolve\x12\x19.tether.v1.ResolveRequest\x1a\x16.tether.v1.ModelRecord\x12I\n\nListModels\x12\x1c.tether.v1.ListModelsRequest\x1a\x1d.tether.v1.ListModelsResponse2D\n\x07\x43ontrol\x12\x39\n\x05\x41pply\x12\x19.tether.v1.ControlMessage\x1a\x15.tether.v1.ControlAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,28 +45,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_end=347
   _globals['_GETFLEETREQUEST']._serialized_start=349
   _globals['_GETFLEETREQUEST']._serialized_end=382
-  _globals['_GETFLEETRESPONSE']._serialized_start=384
-  _globals['_GETFLEETRESPONSE']._serialized_end=440
-  _globals['_GETHEALTHREQUEST']._serialized_start=442
-  _globals['_GETHEALTHREQUEST']._serialized_end=460
-  _globals['_WATCHPRESENCEREQUEST']._serialized_start=462
-  _globals['_WATCHPRESENCEREQUEST']._serialized_end=505
-  _globals['_RESOLVEREQUEST']._serialized_start=507
-  _globals['_RESOLVEREQUEST']._serialized_end=577
-  _globals['_PLACEREQUEST']._serialized_start=579
-  _globals['_PLACEREQUEST']._serialized_end=687
-  _globals['_PLACERESPONSE']._serialized_start=689
-  _globals['_PLACERESPONSE']._serialized_end=765
-  _globals['_PLACEDWORKER']._serialized_start=767
-  _globals['_PLACEDWORKER']._serialized_end=817
-  _globals['_GATEWAY']._serialized_start=820
-  _globals['_GATEWAY']._serialized_end=1025
-  _globals['_ORCHESTRATOR']._serialized_start=1028
-  _globals['_ORCHESTRATOR']._serialized_end=1291
-  _globals['_WORKER']._serialized_start=1294
-  _globals['_WORKER']._serialized_end=1510
-  _globals['_REGISTRY']._serialized_start=1513
-  _globals['_REGISTRY']._serialized_end=1719
-  _globals['_CONTROL']._serialized_start=1721
-  _globals['_CONTROL']._serialized_end=1789
+  _globals['_GETFLEETRESPONSE']._serialized_start=385
+  _globals['_GETFLEETRESPONSE']._serialized_end=648
+  _globals['_FLEETBREAKER']._serialized_start=650
+  _globals['_FLEETBREAKER']._serialized_end=746
+  _globals['_FLEETROLLOUT']._serialized_start=748
+  _globals['_FLEETROLLOUT']._serialized_end=797
+  _globals['_GETHEALTHREQUEST']._serialized_start=799
+  _globals['_GETHEALTHREQUEST']._serialized_end=817
+  _globals['_WATCHPRESENCEREQUEST']._serialized_start=819
+  _globals['_WATCHPRESENCEREQUEST']._serialized_end=862
+  _globals['_RESOLVEREQUEST']._serialized_start=864
+  _globals['_RESOLVEREQUEST']._serialized_end=934
+  _globals['_PLACEREQUEST']._serialized_start=936
+  _globals['_PLACEREQUEST']._serialized_end=1044
+  _globals['_PLACERESPONSE']._serialized_start=1046
+  _globals['_PLACERESPONSE']._serialized_end=1122
+  _globals['_PLACEDWORKER']._serialized_start=1124
+  _globals['_PLACEDWORKER']._serialized_end=1174
+  _globals['_GATEWAY']._serialized_start=1177
+  _globals['_GATEWAY']._serialized_end=1382
+  _globals['_ORCHESTRATOR']._serialized_start=1385
+  _globals['_ORCHESTRATOR']._serialized_end=1648
+  _globals['_WORKER']._serialized_start=1651
+  _globals['_WORKER']._serialized_end=1867
+  _globals['_REGISTRY']._serialized_start=1870
+  _globals['_REGISTRY']._serialized_end=2076
+  _globals['_CONTROL']._serialized_start=2078
+  _globals['_CONTROL']._serialized_end=2146
 # @@protoc_insertion_point(module_scope)

@@ -39,10 +39,46 @@ class GetFleetRequest(_message.Message):
     def __init__(self, region: _Optional[str] = ...) -> None: ...
 
 class GetFleetResponse(_message.Message):
-    __slots__ = ("workers",)
+    __slots__ = ("workers", "breakers", "rollouts", "recent_requests", "recent_failures", "recent_window_s", "registries", "orchestrator_key")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    BREAKERS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    REGISTRIES_FIELD_NUMBER: _ClassVar[int]
+    ORCHESTRATOR_KEY_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[_presence_pb2.Presence]
-    def __init__(self, workers: _Optional[_Iterable[_Union[_presence_pb2.Presence, _Mapping]]] = ...) -> None: ...
+    breakers: _containers.RepeatedCompositeFieldContainer[FleetBreaker]
+    rollouts: _containers.RepeatedCompositeFieldContainer[FleetRollout]
+    recent_requests: int
+    recent_failures: int
+    recent_window_s: int
+    registries: int
+    orchestrator_key: bytes
+    def __init__(self, workers: _Optional[_Iterable[_Union[_presence_pb2.Presence, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[FleetBreaker, _Mapping]]] = ..., rollouts: _Optional[_Iterable[_Union[FleetRollout, _Mapping]]] = ..., recent_requests: _Optional[int] = ..., recent_failures: _Optional[int] = ..., recent_window_s: _Optional[int] = ..., registries: _Optional[int] = ..., orchestrator_key: _Optional[bytes] = ...) -> None: ...
+
+class FleetBreaker(_message.Message):
+    __slots__ = ("model_id", "version", "region", "state", "reason")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    version: str
+    region: str
+    state: str
+    reason: str
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[str] = ..., region: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FleetRollout(_message.Message):
+    __slots__ = ("model_id", "summary")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    summary: str
+    def __init__(self, model_id: _Optional[str] = ..., summary: _Optional[str] = ...) -> None: ...
 
 class GetHealthRequest(_message.Message):
     __slots__ = ()

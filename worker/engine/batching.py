@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from tether import metrics
 from tether.errors import Cancelled
 
 
@@ -128,6 +129,7 @@ class Batcher:
             if not joining and not running:
                 return False
             self.largest_batch = max(self.largest_batch, len(running))
+            metrics.batch_size(len(joining) + len(running))
             try:
                 await call(self._run_step, joining, running)
             except Exception as exc:

@@ -5,8 +5,10 @@
 //        [--model kjv-textgen] [--prompt TEXT] [--max-tokens N] [--greedy] [--embed TEXT ...]
 //        [--chat MESSAGE [--system TEXT]] [--list-models]
 //
-// (`tether up` prints the bootstrap, gateway key and a token.) Exits 1 with
-// {"error": CODE, "message": ...} when the call fails.
+// (`tether up` prints the bootstrap, a comma-separated list, the gateway key and a token;
+// TETHER_BOOTSTRAP and TETHER_TOKEN are read when the flags are absent.) Exits 1 with
+// {"error": CODE, "message": ...} when the call fails, and with one line on stderr (no
+// stack trace; TETHER_DEBUG=1 shows it) for anything else, e.g. an unreachable network.
 import { connectGateway, RpcError } from '../src/client.js'
 
 const args = process.argv.slice(2)
@@ -14,11 +16,30 @@ const opt = (name, fallback = null) => { const i = args.indexOf(name); return i 
 const all = (name) => args.flatMap((a, i) => (a === name ? [args[i + 1]] : []))
 const out = (o) => process.stdout.write(JSON.stringify(o) + '\n')
 
-const client = await connectGateway({
-  bootstrap: all('--bootstrap'),
-  gatewayKey: opt('--gateway'),
-  token: opt('--token', process.env.TETHER_TOKEN)
-})
+// Anything that is not an answer or a typed error: one line, no stack trace.
+const fail = (err) => {
+  process.stderr.write(`infer.js: ${err?.message ?? err}\n`)
+  if (process.env.TETHER_DEBUG) process.stderr.write(`${err?.stack}\n`)
+  process.exit(1)
+}
+process.on('uncaughtException', fail)
+process.on('unhandledRejection', fail)
+
+const bootstrap = all('--bootstrap')
+const gatewayKey = opt('--gateway')
+if (!gatewayKey || !/^[0-9a-f]{64}$/i.test(gatewayKey)) {
+  fail(new Error(`--gateway ${JSON.stringify(gatewayKey)} is not a public key (64 hex characters)`))
+}
+let client
+try {
+  client = await connectGateway({
+    bootstrap: bootstrap.length ? bootstrap : (process.env.TETHER_BOOTSTRAP ?? []),
+    gatewayKey,
+    token: opt('--token', process.env.TETHER_TOKEN)
+  })
+} catch (err) {
+  fail(err)
+}
 let code = 0
 try {
   if (args.includes('--list-models')) {
@@ -44,7 +65,7 @@ try {
     }
   }
 } catch (err) {
-  if (!(err instanceof RpcError)) throw err
+  if (!(err instanceof RpcError)) fail(err)
   out({ error: err.codeName, message: err.message })
   code = 1
 } finally {

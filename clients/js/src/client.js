@@ -195,11 +195,24 @@ function textRequest (model, kind, { version = '', maxTokens = 0, minTokens = 0,
   return { modelId: model, version, input: { kind }, params }
 }
 
-function parseBootstrap (list) {
-  return list.map((b) => {
+/**
+ * Bootstrap nodes from `HOST:PORT` strings, each possibly a comma-separated list (as
+ * `tether up` prints it), or `{ host, port }` objects. A malformed entry is an Error
+ * that names it.
+ */
+export function parseBootstrap (list) {
+  const items = (Array.isArray(list) ? list : [list]).flatMap((b) =>
+    typeof b === 'string' ? b.split(',').map((s) => s.trim()).filter(Boolean) : [b])
+  if (!items.length) throw new Error('no bootstrap node: pass HOST:PORT (the one `tether up` prints)')
+  return items.map((b) => {
     if (typeof b !== 'string') return b
     const i = b.lastIndexOf(':')
-    return { host: b.slice(0, i), port: Number(b.slice(i + 1)) }
+    const host = b.slice(0, i).replace(/^\[(.*)\]$/, '$1')
+    const port = Number(b.slice(i + 1))
+    if (i < 1 || !Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new Error(`bootstrap ${JSON.stringify(b)} is not HOST:PORT`)
+    }
+    return { host, port }
   })
 }
 

@@ -95,6 +95,53 @@ export declare type GetFleetResponse = Message<"tether.v1.GetFleetResponse"> & {
    * @generated from field: repeated tether.v1.Presence workers = 1;
    */
   workers: Presence[];
+
+  /**
+   * What the answering orchestrator sees besides its workers (`tether status`).
+   * Its circuit breakers that are not closed.
+   *
+   * @generated from field: repeated tether.v1.FleetBreaker breakers = 6;
+   */
+  breakers: FleetBreaker[];
+
+  /**
+   * Canary rollouts in progress, one line each (e.g. "1.0=90% 1.1=10%").
+   *
+   * @generated from field: repeated tether.v1.FleetRollout rollouts = 7;
+   */
+  rollouts: FleetRollout[];
+
+  /**
+   * Requests it dispatched in the last recent_window_s seconds, and how many of
+   * them failed for a worker's reason (not a caller's error).
+   *
+   * @generated from field: uint64 recent_requests = 8;
+   */
+  recentRequests: bigint;
+
+  /**
+   * @generated from field: uint64 recent_failures = 9;
+   */
+  recentFailures: bigint;
+
+  /**
+   * @generated from field: uint32 recent_window_s = 10;
+   */
+  recentWindowS: number;
+
+  /**
+   * Registry replicas it is connected to.
+   *
+   * @generated from field: uint32 registries = 11;
+   */
+  registries: number;
+
+  /**
+   * The answering orchestrator's public key.
+   *
+   * @generated from field: bytes orchestrator_key = 12;
+   */
+  orchestratorKey: Uint8Array;
 };
 
 /**
@@ -102,6 +149,65 @@ export declare type GetFleetResponse = Message<"tether.v1.GetFleetResponse"> & {
  * Use `create(GetFleetResponseSchema)` to create a new message.
  */
 export declare const GetFleetResponseSchema: GenMessage<GetFleetResponse>;
+
+/**
+ * @generated from message tether.v1.FleetBreaker
+ */
+export declare type FleetBreaker = Message<"tether.v1.FleetBreaker"> & {
+  /**
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+
+  /**
+   * @generated from field: string version = 2;
+   */
+  version: string;
+
+  /**
+   * @generated from field: string region = 3;
+   */
+  region: string;
+
+  /**
+   * "open" or "half-open".
+   *
+   * @generated from field: string state = 4;
+   */
+  state: string;
+
+  /**
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message tether.v1.FleetBreaker.
+ * Use `create(FleetBreakerSchema)` to create a new message.
+ */
+export declare const FleetBreakerSchema: GenMessage<FleetBreaker>;
+
+/**
+ * @generated from message tether.v1.FleetRollout
+ */
+export declare type FleetRollout = Message<"tether.v1.FleetRollout"> & {
+  /**
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+
+  /**
+   * @generated from field: string summary = 2;
+   */
+  summary: string;
+};
+
+/**
+ * Describes the message tether.v1.FleetRollout.
+ * Use `create(FleetRolloutSchema)` to create a new message.
+ */
+export declare const FleetRolloutSchema: GenMessage<FleetRollout>;
 
 /**
  * @generated from message tether.v1.GetHealthRequest

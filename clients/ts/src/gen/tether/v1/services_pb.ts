@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/services.proto.
  */
 export const file_tether_v1_services: GenFile = /*@__PURE__*/
-  fileDesc("Chh0ZXRoZXIvdjEvc2VydmljZXMucHJvdG8SCXRldGhlci52MSImChFMaXN0TW9kZWxzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLnRldGhlci52MS5Nb2RlbFJlY29yZCI8Cg1HZXRKb2JSZXF1ZXN0EhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEhMKC3JldHJ5X3Rva2VuGAIgASgJIiEKD0dldEZsZWV0UmVxdWVzdBIOCgZyZWdpb24YASABKAkiOAoQR2V0RmxlZXRSZXNwb25zZRIkCgd3b3JrZXJzGAEgAygLMhMudGV0aGVyLnYxLlByZXNlbmNlIhIKEEdldEhlYWx0aFJlcXVlc3QiKwoUV2F0Y2hQcmVzZW5jZVJlcXVlc3QSEwoLaW50ZXJ2YWxfbXMYASABKA0iRgoOUmVzb2x2ZVJlcXVlc3QSEAoIbW9kZWxfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkibAoMUGxhY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEg4KBnJlZ2lvbhgEIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgFIAEoCSJMCg1QbGFjZVJlc3BvbnNlEhEKCXRlbmFudF9pZBgBIAEoCRIoCgd3b3JrZXJzGAIgAygLMhcudGV0aGVyLnYxLlBsYWNlZFdvcmtlciIyCgxQbGFjZWRXb3JrZXISEQoJd29ya2VyX2lkGAEgASgJEg8KB3B1Yl9rZXkYAiABKAwyzQEKB0dhdGV3YXkSOwoFSW5mZXISGC50ZXRoZXIudjEuSW5mZXIuUmVxdWVzdBoWLnRldGhlci52MS5JbmZlci5DaHVuazABEkkKCkxpc3RNb2RlbHMSHC50ZXRoZXIudjEuTGlzdE1vZGVsc1JlcXVlc3QaHS50ZXRoZXIudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEjoKBVBsYWNlEhcudGV0aGVyLnYxLlBsYWNlUmVxdWVzdBoYLnRldGhlci52MS5QbGFjZVJlc3BvbnNlMocCCgxPcmNoZXN0cmF0b3ISPAoGU3VibWl0EhgudGV0aGVyLnYxLkluZmVyLlJlcXVlc3QaFi50ZXRoZXIudjEuSW5mZXIuQ2h1bmswARI4CgZHZXRKb2ISGC50ZXRoZXIudjEuR2V0Sm9iUmVxdWVzdBoULnRldGhlci52MS5Kb2JTdGF0dXMSQwoIR2V0RmxlZXQSGi50ZXRoZXIudjEuR2V0RmxlZXRSZXF1ZXN0GhsudGV0aGVyLnYxLkdldEZsZWV0UmVzcG9uc2USOgoFUGxhY2USFy50ZXRoZXIudjEuUGxhY2VSZXF1ZXN0GhgudGV0aGVyLnYxLlBsYWNlUmVzcG9uc2Uy2AEKBldvcmtlchI7CgVJbmZlchIYLnRldGhlci52MS5JbmZlci5SZXF1ZXN0GhYudGV0aGVyLnYxLkluZmVyLkNodW5rMAESQgoJR2V0SGVhbHRoEhsudGV0aGVyLnYxLkdldEhlYWx0aFJlcXVlc3QaGC50ZXRoZXIudjEuSGVhbHRoLlJlcG9ydBJNCg1XYXRjaFByZXNlbmNlEh8udGV0aGVyLnYxLldhdGNoUHJlc2VuY2VSZXF1ZXN0GhkudGV0aGVyLnYxLlNpZ25lZEVudmVsb3BlMAEyzgEKCFJlZ2lzdHJ5EjkKB1B1Ymxpc2gSFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQaFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQSPAoHUmVzb2x2ZRIZLnRldGhlci52MS5SZXNvbHZlUmVxdWVzdBoWLnRldGhlci52MS5Nb2RlbFJlY29yZBJJCgpMaXN0TW9kZWxzEhwudGV0aGVyLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh0udGV0aGVyLnYxLkxpc3RNb2RlbHNSZXNwb25zZTJECgdDb250cm9sEjkKBUFwcGx5EhkudGV0aGVyLnYxLkNvbnRyb2xNZXNzYWdlGhUudGV0aGVyLnYxLkNvbnRyb2xBY2tiBnByb3RvMw", [file_tether_v1_control, file_tether_v1_health, file_tether_v1_infer, file_tether_v1_jobs, file_tether_v1_presence, file_tether_v1_registry]);
+  fileDesc("Chh0ZXRoZXIvdjEvc2VydmljZXMucHJvdG8SCXRldGhlci52MSImChFMaXN0TW9kZWxzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPAoSTGlzdE1vZGVsc1Jlc3BvbnNlEiYKBm1vZGVscxgBIAMoCzIWLnRldGhlci52MS5Nb2RlbFJlY29yZCI8Cg1HZXRKb2JSZXF1ZXN0EhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEhMKC3JldHJ5X3Rva2VuGAIgASgJIiEKD0dldEZsZWV0UmVxdWVzdBIOCgZyZWdpb24YASABKAkihwIKEEdldEZsZWV0UmVzcG9uc2USJAoHd29ya2VycxgBIAMoCzITLnRldGhlci52MS5QcmVzZW5jZRIpCghicmVha2VycxgGIAMoCzIXLnRldGhlci52MS5GbGVldEJyZWFrZXISKQoIcm9sbG91dHMYByADKAsyFy50ZXRoZXIudjEuRmxlZXRSb2xsb3V0EhcKD3JlY2VudF9yZXF1ZXN0cxgIIAEoBBIXCg9yZWNlbnRfZmFpbHVyZXMYCSABKAQSFwoPcmVjZW50X3dpbmRvd19zGAogASgNEhIKCnJlZ2lzdHJpZXMYCyABKA0SGAoQb3JjaGVzdHJhdG9yX2tleRgMIAEoDCJgCgxGbGVldEJyZWFrZXISEAoIbW9kZWxfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIOCgZyZWdpb24YAyABKAkSDQoFc3RhdGUYBCABKAkSDgoGcmVhc29uGAUgASgJIjEKDEZsZWV0Um9sbG91dBIQCghtb2RlbF9pZBgBIAEoCRIPCgdzdW1tYXJ5GAIgASgJIhIKEEdldEhlYWx0aFJlcXVlc3QiKwoUV2F0Y2hQcmVzZW5jZVJlcXVlc3QSEwoLaW50ZXJ2YWxfbXMYASABKA0iRgoOUmVzb2x2ZVJlcXVlc3QSEAoIbW9kZWxfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkibAoMUGxhY2VSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCghtb2RlbF9pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEg4KBnJlZ2lvbhgEIAEoCRIWCg5jb3JyZWxhdGlvbl9pZBgFIAEoCSJMCg1QbGFjZVJlc3BvbnNlEhEKCXRlbmFudF9pZBgBIAEoCRIoCgd3b3JrZXJzGAIgAygLMhcudGV0aGVyLnYxLlBsYWNlZFdvcmtlciIyCgxQbGFjZWRXb3JrZXISEQoJd29ya2VyX2lkGAEgASgJEg8KB3B1Yl9rZXkYAiABKAwyzQEKB0dhdGV3YXkSOwoFSW5mZXISGC50ZXRoZXIudjEuSW5mZXIuUmVxdWVzdBoWLnRldGhlci52MS5JbmZlci5DaHVuazABEkkKCkxpc3RNb2RlbHMSHC50ZXRoZXIudjEuTGlzdE1vZGVsc1JlcXVlc3QaHS50ZXRoZXIudjEuTGlzdE1vZGVsc1Jlc3BvbnNlEjoKBVBsYWNlEhcudGV0aGVyLnYxLlBsYWNlUmVxdWVzdBoYLnRldGhlci52MS5QbGFjZVJlc3BvbnNlMocCCgxPcmNoZXN0cmF0b3ISPAoGU3VibWl0EhgudGV0aGVyLnYxLkluZmVyLlJlcXVlc3QaFi50ZXRoZXIudjEuSW5mZXIuQ2h1bmswARI4CgZHZXRKb2ISGC50ZXRoZXIudjEuR2V0Sm9iUmVxdWVzdBoULnRldGhlci52MS5Kb2JTdGF0dXMSQwoIR2V0RmxlZXQSGi50ZXRoZXIudjEuR2V0RmxlZXRSZXF1ZXN0GhsudGV0aGVyLnYxLkdldEZsZWV0UmVzcG9uc2USOgoFUGxhY2USFy50ZXRoZXIudjEuUGxhY2VSZXF1ZXN0GhgudGV0aGVyLnYxLlBsYWNlUmVzcG9uc2Uy2AEKBldvcmtlchI7CgVJbmZlchIYLnRldGhlci52MS5JbmZlci5SZXF1ZXN0GhYudGV0aGVyLnYxLkluZmVyLkNodW5rMAESQgoJR2V0SGVhbHRoEhsudGV0aGVyLnYxLkdldEhlYWx0aFJlcXVlc3QaGC50ZXRoZXIudjEuSGVhbHRoLlJlcG9ydBJNCg1XYXRjaFByZXNlbmNlEh8udGV0aGVyLnYxLldhdGNoUHJlc2VuY2VSZXF1ZXN0GhkudGV0aGVyLnYxLlNpZ25lZEVudmVsb3BlMAEyzgEKCFJlZ2lzdHJ5EjkKB1B1Ymxpc2gSFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQaFi50ZXRoZXIudjEuTW9kZWxSZWNvcmQSPAoHUmVzb2x2ZRIZLnRldGhlci52MS5SZXNvbHZlUmVxdWVzdBoWLnRldGhlci52MS5Nb2RlbFJlY29yZBJJCgpMaXN0TW9kZWxzEhwudGV0aGVyLnYxLkxpc3RNb2RlbHNSZXF1ZXN0Gh0udGV0aGVyLnYxLkxpc3RNb2RlbHNSZXNwb25zZTJECgdDb250cm9sEjkKBUFwcGx5EhkudGV0aGVyLnYxLkNvbnRyb2xNZXNzYWdlGhUudGV0aGVyLnYxLkNvbnRyb2xBY2tiBnByb3RvMw", [file_tether_v1_control, file_tether_v1_health, file_tether_v1_infer, file_tether_v1_jobs, file_tether_v1_presence, file_tether_v1_registry]);
 
 /**
  * @generated from message tether.v1.ListModelsRequest
@@ -107,6 +107,53 @@ export type GetFleetResponse = Message<"tether.v1.GetFleetResponse"> & {
    * @generated from field: repeated tether.v1.Presence workers = 1;
    */
   workers: Presence[];
+
+  /**
+   * What the answering orchestrator sees besides its workers (`tether status`).
+   * Its circuit breakers that are not closed.
+   *
+   * @generated from field: repeated tether.v1.FleetBreaker breakers = 6;
+   */
+  breakers: FleetBreaker[];
+
+  /**
+   * Canary rollouts in progress, one line each (e.g. "1.0=90% 1.1=10%").
+   *
+   * @generated from field: repeated tether.v1.FleetRollout rollouts = 7;
+   */
+  rollouts: FleetRollout[];
+
+  /**
+   * Requests it dispatched in the last recent_window_s seconds, and how many of
+   * them failed for a worker's reason (not a caller's error).
+   *
+   * @generated from field: uint64 recent_requests = 8;
+   */
+  recentRequests: bigint;
+
+  /**
+   * @generated from field: uint64 recent_failures = 9;
+   */
+  recentFailures: bigint;
+
+  /**
+   * @generated from field: uint32 recent_window_s = 10;
+   */
+  recentWindowS: number;
+
+  /**
+   * Registry replicas it is connected to.
+   *
+   * @generated from field: uint32 registries = 11;
+   */
+  registries: number;
+
+  /**
+   * The answering orchestrator's public key.
+   *
+   * @generated from field: bytes orchestrator_key = 12;
+   */
+  orchestratorKey: Uint8Array;
 };
 
 /**
@@ -115,6 +162,67 @@ export type GetFleetResponse = Message<"tether.v1.GetFleetResponse"> & {
  */
 export const GetFleetResponseSchema: GenMessage<GetFleetResponse> = /*@__PURE__*/
   messageDesc(file_tether_v1_services, 4);
+
+/**
+ * @generated from message tether.v1.FleetBreaker
+ */
+export type FleetBreaker = Message<"tether.v1.FleetBreaker"> & {
+  /**
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+
+  /**
+   * @generated from field: string version = 2;
+   */
+  version: string;
+
+  /**
+   * @generated from field: string region = 3;
+   */
+  region: string;
+
+  /**
+   * "open" or "half-open".
+   *
+   * @generated from field: string state = 4;
+   */
+  state: string;
+
+  /**
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message tether.v1.FleetBreaker.
+ * Use `create(FleetBreakerSchema)` to create a new message.
+ */
+export const FleetBreakerSchema: GenMessage<FleetBreaker> = /*@__PURE__*/
+  messageDesc(file_tether_v1_services, 5);
+
+/**
+ * @generated from message tether.v1.FleetRollout
+ */
+export type FleetRollout = Message<"tether.v1.FleetRollout"> & {
+  /**
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+
+  /**
+   * @generated from field: string summary = 2;
+   */
+  summary: string;
+};
+
+/**
+ * Describes the message tether.v1.FleetRollout.
+ * Use `create(FleetRolloutSchema)` to create a new message.
+ */
+export const FleetRolloutSchema: GenMessage<FleetRollout> = /*@__PURE__*/
+  messageDesc(file_tether_v1_services, 6);
 
 /**
  * @generated from message tether.v1.GetHealthRequest
@@ -127,7 +235,7 @@ export type GetHealthRequest = Message<"tether.v1.GetHealthRequest"> & {
  * Use `create(GetHealthRequestSchema)` to create a new message.
  */
 export const GetHealthRequestSchema: GenMessage<GetHealthRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_services, 5);
+  messageDesc(file_tether_v1_services, 7);
 
 /**
  * @generated from message tether.v1.WatchPresenceRequest
@@ -146,7 +254,7 @@ export type WatchPresenceRequest = Message<"tether.v1.WatchPresenceRequest"> & {
  * Use `create(WatchPresenceRequestSchema)` to create a new message.
  */
 export const WatchPresenceRequestSchema: GenMessage<WatchPresenceRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_services, 6);
+  messageDesc(file_tether_v1_services, 8);
 
 /**
  * @generated from message tether.v1.ResolveRequest
@@ -175,7 +283,7 @@ export type ResolveRequest = Message<"tether.v1.ResolveRequest"> & {
  * Use `create(ResolveRequestSchema)` to create a new message.
  */
 export const ResolveRequestSchema: GenMessage<ResolveRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_services, 7);
+  messageDesc(file_tether_v1_services, 9);
 
 /**
  * @generated from message tether.v1.PlaceRequest
@@ -216,7 +324,7 @@ export type PlaceRequest = Message<"tether.v1.PlaceRequest"> & {
  * Use `create(PlaceRequestSchema)` to create a new message.
  */
 export const PlaceRequestSchema: GenMessage<PlaceRequest> = /*@__PURE__*/
-  messageDesc(file_tether_v1_services, 8);
+  messageDesc(file_tether_v1_services, 10);
 
 /**
  * @generated from message tether.v1.PlaceResponse
@@ -240,7 +348,7 @@ export type PlaceResponse = Message<"tether.v1.PlaceResponse"> & {
  * Use `create(PlaceResponseSchema)` to create a new message.
  */
 export const PlaceResponseSchema: GenMessage<PlaceResponse> = /*@__PURE__*/
-  messageDesc(file_tether_v1_services, 9);
+  messageDesc(file_tether_v1_services, 11);
 
 /**
  * PlacedWorker is a worker a sealed request may run on.
@@ -266,7 +374,7 @@ export type PlacedWorker = Message<"tether.v1.PlacedWorker"> & {
  * Use `create(PlacedWorkerSchema)` to create a new message.
  */
 export const PlacedWorkerSchema: GenMessage<PlacedWorker> = /*@__PURE__*/
-  messageDesc(file_tether_v1_services, 10);
+  messageDesc(file_tether_v1_services, 12);
 
 /**
  * Gateway is the edge: clients submit inference and stream the result.
