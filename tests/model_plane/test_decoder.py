@@ -490,6 +490,38 @@ async def test_requests_joining_during_decoding_are_prefilled_together(env: Env,
         assert results[prompt] == tok.decode(want), prompt
 
 
+async def test_sixteen_concurrent_requests_all_get_a_seat_by_default(env: Env) -> None:
+    """The default max_batch seats a burst of 16 at once (no request waits for another to
+    finish before its first token), each reserving its KV cache, all given back at the end."""
+    engine = batch_engine(env)
+    model = await env.load("dec-c")
+    batcher = engine.batcher_of(model)
+    tok = tokenizer(env, "dec-c")
+    prompts = [f"{PROMPTS[i % 3]} {i}" for i in range(16)]
+    reqs = [request("dec-c", p, max_tokens=8, min_tokens=8, temperature_value=0)
+            for p in prompts]
+    layout = decoder_layout(model.session)
+    per_token = 2 * layout.layers * layout.kv_heads * layout.head_dim * layout.kv_dtype.itemsize
+    reserved = sum(per_token * (len(tok.encode(p).ids) + 8) for p in prompts)
+    held: list[int] = []
+    shapes = record_calls(model.session)
+
+    async def one(i: int) -> None:
+        async for _ in engine.stream(reqs[i], model=model):
+            held.append(engine.capacity.kv_used_bytes)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(16):
+                nursery.start_soon(one, i)
+    finally:
+        del cast(Any, model.session).run
+    assert batcher.largest_batch == 16 and not batcher.waiting
+    assert len([s for s in shapes if s[1] > 1]) == 2  # the leader's prompt, then the others'
+    assert max(held) == reserved  # every sequence's whole cache, reserved once
+    assert engine.capacity.sequences == 0 and engine.capacity.kv_used_bytes == 0
+
+
 async def test_seeded_sampling_in_a_batch_equals_sampling_alone(env: Env) -> None:
     engine = batch_engine(env)
     model = await env.load("dec-a")
