@@ -33,7 +33,7 @@ from tether.net.swarm import SwarmNetwork
 from tether.rpc import RpcError, StatusCode, collect_handlers
 from tether.v1 import registry_pb2, services_pb2, services_rpc
 from worker.engine.detect import select_backend
-from worker.engine.engine import ExecutionEngine
+from worker.engine.engine import DEFAULT_MAX_BATCH, ExecutionEngine
 from worker.engine.runtime import WorkerEngine
 from worker.loader import ModelLoader
 from worker.service import WorkerConfig, WorkerService
@@ -72,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     one, none = process.whole(1), process.whole(0)
     parser.add_argument(
-        "--max-batch", type=one, default=process.env_value("TETHER_MAX_BATCH", "8", one),
-        help="text generation: sequences of one model stepped together (continuous batching)",
+        "--max-batch", type=one,
+        default=process.env_value("TETHER_MAX_BATCH", str(DEFAULT_MAX_BATCH), one),
+        help="text generation: sequences of one model stepped together (continuous batching; "
+        "each also reserves its KV cache within --kv-cache-mb before it joins)",
     )
     parser.add_argument(
         "--kv-cache-mb", type=one, default=process.env_value("TETHER_KV_CACHE_MB", "1024", one),

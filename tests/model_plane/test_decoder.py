@@ -406,6 +406,122 @@ async def test_a_batch_generates_what_each_sequence_would_alone(env: Env, shape)
     assert engine.capacity.sequences == 0 and engine.capacity.kv_used_bytes == 0
 
 
+def record_calls(session: Any) -> list[tuple[int, int]]:
+    """Wrap ``session.run`` (undone with ``del session.run``) to record each call's
+    input_ids shape: (rows, new tokens per row)."""
+    shapes: list[tuple[int, int]] = []
+    real_run = session.run
+
+    def run(feeds):
+        shapes.append(tuple(feeds["input_ids"].shape))
+        return real_run(feeds)
+
+    session.run = run
+    return shapes
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+async def test_prompts_of_different_lengths_are_prefilled_in_one_call(env: Env, shape) -> None:
+    """The requests that arrive while a step runs join at the next one: all their prompts
+    (left-padded, masked) in one call, each row's tokens exactly those it would get alone."""
+    model_id = shape[0]
+    engine = batch_engine(env)
+    model = await env.load(model_id)
+    tok = tokenizer(env, model_id)
+    prompts = [*PROMPTS, "Once upon", "Tokens stream one at a time, and every one of them"]
+    lengths = [len(tok.encode(p).ids) for p in prompts]
+    assert min(lengths) > 1 and len(set(lengths)) >= 3  # prompts, of different lengths
+    shapes = record_calls(model.session)
+    try:
+        # The first request leads a step alone; the others arrive while it runs.
+        results = await run_concurrently(engine, [
+            (request(model_id, p, max_tokens=12, temperature_value=0), model)
+            for p in prompts])
+    finally:
+        del cast(Any, model.session).run
+    # Whichever task trio runs first leads a step alone; the others' prompts are one call.
+    prefills = [s for s in shapes if s[1] > 1]
+    assert [rows for rows, _ in prefills] == [1, len(prompts) - 1]
+    leader = lengths.index(prefills[0][1])
+    assert prefills[1][1] == max(n for i, n in enumerate(lengths) if i != leader)
+    for prompt, pieces in zip(prompts, results, strict=True):
+        want = reference_greedy(env.tmp / model_id, tok.encode(prompt).ids, 12)
+        assert "".join(pieces) == tok.decode(want), prompt
+    assert engine.capacity.sequences == 0 and engine.capacity.kv_used_bytes == 0
+
+
+@pytest.mark.parametrize("model_id", ["dec-a", "dec-b"])
+async def test_requests_joining_during_decoding_are_prefilled_together(env: Env,
+                                                                       model_id: str) -> None:
+    """Two requests arrive while a sequence is decoding: their prompts are one call in a step
+    that also decodes the running sequence, and every sequence gets its tokens alone."""
+    engine = batch_engine(env)
+    model = await env.load(model_id)
+    tok = tokenizer(env, model_id)
+    results: dict[str, str] = {}
+    shapes = record_calls(model.session)
+
+    async def one(prompt: str, started: trio.Event | None = None) -> None:
+        pieces = []
+        async for p in engine.stream(request(model_id, prompt, max_tokens=16,
+                                             temperature_value=0), model=model):
+            pieces.append(p.text)
+            if started is not None and len(pieces) == 3:
+                started.set()
+        if started is not None:
+            started.set()  # ended early: let the others come anyway
+        results[prompt] = "".join(pieces)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            first = trio.Event()
+            nursery.start_soon(one, PROMPTS[0], first)
+            await first.wait()  # the first sequence is decoding...
+            for p in PROMPTS[1:]:  # ...when two more arrive at once
+                nursery.start_soon(one, p)
+    finally:
+        del cast(Any, model.session).run
+    lengths = [len(tok.encode(p).ids) for p in PROMPTS]
+    joined = shapes.index((2, max(lengths[1:])))  # both prompts in one call...
+    assert shapes[joined - 1] == (1, 1)  # ...right after the running sequence's decode
+    assert engine.batcher_of(model).largest_batch >= 2
+    for prompt in PROMPTS:
+        want = reference_greedy(env.tmp / model_id, tok.encode(prompt).ids, 16)
+        assert results[prompt] == tok.decode(want), prompt
+
+
+async def test_sixteen_concurrent_requests_all_get_a_seat_by_default(env: Env) -> None:
+    """The default max_batch seats a burst of 16 at once (no request waits for another to
+    finish before its first token), each reserving its KV cache, all given back at the end."""
+    engine = batch_engine(env)
+    model = await env.load("dec-c")
+    batcher = engine.batcher_of(model)
+    tok = tokenizer(env, "dec-c")
+    prompts = [f"{PROMPTS[i % 3]} {i}" for i in range(16)]
+    reqs = [request("dec-c", p, max_tokens=8, min_tokens=8, temperature_value=0)
+            for p in prompts]
+    layout = decoder_layout(model.session)
+    per_token = 2 * layout.layers * layout.kv_heads * layout.head_dim * layout.kv_dtype.itemsize
+    reserved = sum(per_token * (len(tok.encode(p).ids) + 8) for p in prompts)
+    held: list[int] = []
+    shapes = record_calls(model.session)
+
+    async def one(i: int) -> None:
+        async for _ in engine.stream(reqs[i], model=model):
+            held.append(engine.capacity.kv_used_bytes)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(16):
+                nursery.start_soon(one, i)
+    finally:
+        del cast(Any, model.session).run
+    assert batcher.largest_batch == 16 and not batcher.waiting
+    assert len([s for s in shapes if s[1] > 1]) == 2  # the leader's prompt, then the others'
+    assert max(held) == reserved  # every sequence's whole cache, reserved once
+    assert engine.capacity.sequences == 0 and engine.capacity.kv_used_bytes == 0
+
+
 async def test_seeded_sampling_in_a_batch_equals_sampling_alone(env: Env) -> None:
     engine = batch_engine(env)
     model = await env.load("dec-a")

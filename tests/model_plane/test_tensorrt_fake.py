@@ -25,6 +25,7 @@ from tether.errors import InvalidArgument
 from tether.v1 import infer_pb2, presence_pb2, registry_pb2
 from worker.engine import ExecutionEngine, OnnxRuntimeBackend
 from worker.engine.detect import detect, gpu_class_of, select_backend
+from worker.engine.engine import DEFAULT_MAX_BATCH
 from worker.engine.runtime import create_worker_engine
 from worker.engine.tensorrt import TensorRTBackend, plan_name
 from worker.engine.tokenizers import load_tokenizer
@@ -85,7 +86,8 @@ def test_engines_are_built_once_per_digest_gpu_class_and_version(fake_gpu, tmp_p
     session = first.load(onnx_bytes, digest=digest)
     assert first.builds == 1
     assert (tmp_path / plan_name(digest, "h100", "10.3.0", first.bounds)).is_file()
-    assert first.plan_path(digest).name.endswith("-h100-trt10.3.0-b8-l2048-d256.plan")
+    assert first.plan_path(digest).name.endswith(
+        f"-h100-trt10.3.0-b{DEFAULT_MAX_BATCH}-l2048-d256.plan")
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_allclose(session.run({"x": x})["y"], x * 3 + 0.5)
     assert [(s.name, s.shape) for s in session.inputs] == [("x", (-1, 4))]
@@ -179,7 +181,8 @@ def test_worker_engine_factory_picks_backend_and_budget(fake_gpu, tmp_path,
                                         ram_budget_bytes=1 << 30)
     assert engine.loader.backend.name == "tensorrt" and caps.gpu_class == "h100"
     backend = engine.loader.backend
-    assert isinstance(backend, TensorRTBackend) and backend.max_batch == 8  # the profile bound
+    assert isinstance(backend, TensorRTBackend)
+    assert backend.max_batch == DEFAULT_MAX_BATCH  # the profile bound: the engine's default
     engine4, _ = create_worker_engine(local_artifacts, [], cache_dir=tmp_path,
                                       ram_budget_bytes=1 << 30, max_batch=4)
     assert getattr(engine4.loader.backend, "max_batch", None) == 4

@@ -7,8 +7,11 @@ until the batch has room: fewer than ``max_batch`` sequences, and its KV cache (
 two steps new sequences join, and finished or cancelled ones leave at once, their reservation
 released.
 
-Each step prefills the joining sequences (one call each: a prompt is computed as it would be
-alone) and advances every other active sequence by one token in one call. There is no
+Each step advances every running sequence by one token in one call, then prefills the prompts
+of all the sequences that joined since the last step in one more call (a model that cannot
+batch prompts takes them one call each; each row computes what it would alone). A step thus
+holds one decode call and at most one prefill call: joining sequences wait at most one step
+for their first token, running ones at most one prefill for their next. There is no
 scheduler task: the consumers of the streams drive the steps. Whichever of them asks for its
 next piece when no step is running leads the next one (in a worker thread, or on the event loop
 when the model's steps are short); the others wait for that step's end, then take their
@@ -68,9 +71,9 @@ Call = Callable[[Callable[[list[Any], list[Any]], None], list[Any], list[Any]],
 class Batcher:
     """Iteration-level scheduling of one loaded model's sequences."""
 
-    def __init__(self, prefill: Callable[[Any], None], decode: Callable[[Sequence[Any]], None],
-                 capacity: BatchCapacity) -> None:
-        self._prefill = prefill  # one sequence's prompt, alone
+    def __init__(self, prefill: Callable[[Sequence[Any]], None],
+                 decode: Callable[[Sequence[Any]], None], capacity: BatchCapacity) -> None:
+        self._prefill = prefill  # the prompts of several joining sequences, in one call
         self._decode = decode  # one token for each of several sequences, in one call
         self.capacity = capacity
         self.active: list[Any] = []
@@ -156,7 +159,11 @@ class Batcher:
             share = (time.perf_counter() - t0) / len(running)  # usage bills each its part
             for q in running:
                 q.compute_s += share
-        for q in joining:
+        if joining:
             t0 = time.perf_counter()
-            self._prefill(q)
-            q.compute_s += time.perf_counter() - t0
+            self._prefill(joining)
+            # Usage bills each prompt its share of the call, by prompt length.
+            spent = time.perf_counter() - t0
+            weights = [max(q.prompt_tokens, 1) for q in joining]
+            for q, w in zip(joining, weights, strict=True):
+                q.compute_s += spent * w / sum(weights)

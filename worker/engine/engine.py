@@ -21,9 +21,9 @@ Tasks and the model contracts they rely on (see ``worker/models/README.md``):
   - the GRU contract — inputs ``input_ids`` [1, T] int64, ``state``; outputs ``logits``
     [1, V], ``state_out`` — with a word tokenizer.
 
-  A sequence's prompt is one call, then each step advances every sequence of the batch by
-  one token in one call (KV cache or state carried over); text is streamed as soon as it is
-  sampled. Sampling is in
+  The prompts of the sequences joining the batch are one call, then each step advances every
+  sequence of the batch by one token in one call (KV cache or state carried over); text is
+  streamed as soon as it is sampled. Sampling is in
   :mod:`worker.engine.sampling`: greedy (temperature 0), temperature, top-k, top-p,
   repetition penalty, stop strings, and a per-request seed.
 * embedding — inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids`` if declared)
@@ -70,6 +70,7 @@ from worker.engine.gru import (
     batched_step_graph,
     gru_decode,
     gru_prefill,
+    gru_prefill_each,
 )
 from worker.engine.sampling import SamplingParams, sample
 from worker.engine.tokenizers import HFTokenizer, WordPieceTokenizer, WordTokenizer
@@ -81,7 +82,10 @@ __all__ = ["CancelFlag", "ExecutionEngine", "InferenceStream", "embedding_feeds"
 # Sampling defaults of the GRU contract (a decoder's come from its generation_config.json).
 GRU_DEFAULTS = {"temperature": 0.8, "top_p": 0.95}
 LEGACY_GREEDY_BELOW = 1e-4  # GenerationParams.temperature below this decodes greedily
-DEFAULT_MAX_BATCH = 8  # sequences of one model stepped together
+# Sequences of one model stepped together. Large enough that a burst of requests all get a
+# seat at once (time to first token stays flat); the KV budget bounds it further, since each
+# sequence reserves its whole cache (prompt + max_tokens) before it joins.
+DEFAULT_MAX_BATCH = 32
 DEFAULT_KV_BUDGET_BYTES = 1 << 30  # KV caches of every running sequence, all models
 # Generation steps expected to take less than this run on the event loop rather than in a
 # thread: small models skip a thread round trip (~0.1 ms). A stream running inline gives the
@@ -283,13 +287,14 @@ class ExecutionEngine:
             session = m.session
             decoder = self.decoder_of(m)
             if decoder is not None and decoder.layout.attention_mask:
-                b = Batcher(lambda q: decode_step(session, [q]),
+                # Prompts of different lengths batch like decode steps: left-padded, masked.
+                b = Batcher(lambda qs: decode_step(session, qs),
                             lambda qs: decode_step(session, qs), self.capacity)
             elif decoder is not None:  # padding cannot be masked: one call per sequence
-                b = Batcher(lambda q: decode_step(session, [q]),
+                b = Batcher(lambda qs: decode_each(session, qs),
                             lambda qs: decode_each(session, qs), self.capacity)
             else:
-                b = Batcher(lambda q: gru_prefill(session, q),
+                b = Batcher(lambda qs: gru_prefill_each(session, qs),
                             lambda qs: self._gru_decode(m, qs), self.capacity)
             batchers[self] = b
         return b

@@ -144,6 +144,12 @@ def gru_prefill(session: Session, seq: GruSequence) -> None:
     seq.advance(out["logits"][0], out["state_out"])
 
 
+def gru_prefill_each(session: Session, seqs: Sequence[GruSequence]) -> None:
+    """The prompts of several sequences, one call each (the shipped graph takes batch 1)."""
+    for seq in seqs:
+        gru_prefill(session, seq)
+
+
 def gru_decode(batched: Session, seqs: Sequence[GruSequence]) -> None:
     """One token for each of ``seqs`` in one call of the batched step graph."""
     ids = np.asarray([s.pending for s in seqs], dtype=np.int64)
