@@ -111,14 +111,15 @@ class _ServerCall:
 
 
 def _peek_call_id(frame: bytes) -> int | None:
-    """Read field 1 (call_id, varint) from a frame that failed to decode."""
+    """Read field 1 (call_id, varint) from a frame that failed to decode; None when there
+    is none, or when it does not fit the field's uint64 (it names no call)."""
     if not frame or frame[0] != 0x08:
         return None
     value = 0
     for i, byte in enumerate(frame[1:11]):
         value |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
-            return value
+            return value if value < 1 << 64 else None
     return None
 
 
