@@ -254,18 +254,6 @@ class WorkerService(services_rpc.WorkerServicer):
                     first_token_s=None if first is None else first - started,
                     output_tokens=last.usage.output_tokens)
                 yield last
-                last = self._chunk(request, seq, payload)
-                seq += 1
-                if usage is not None:
-                    last.usage.CopyFrom(usage)
-            if last is None:
-                last = self._chunk(request, seq, None)
-            last.done = True
-            if request.input.WhichOneof("kind") in ("text", "messages"):
-                # The engine's own reason when it gives one (see Engine.stream).
-                reason = getattr(pieces, "finish_reason", infer_pb2.FINISH_REASON_UNSPECIFIED)
-                last.finish_reason = reason or finish_reason(request, last.usage)
-            yield last
 
     def _chunk(
         self, request: infer_pb2.Infer.Request, seq: int, payload: infer_pb2.Payload | None

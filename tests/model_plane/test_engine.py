@@ -375,7 +375,9 @@ async def test_the_final_chunk_says_whether_generation_hit_its_token_limit(env: 
 
     async def final(request: infer_pb2.Infer.Request) -> infer_pb2.Infer.Chunk:
         chunks = [c async for c in worker.Infer(request, ServerContext("Infer", {}))]
-        assert chunks[-1].done
+        # One final chunk, the last, and nothing after it.
+        assert [c.done for c in chunks] == [False] * (len(chunks) - 1) + [True]
+        assert [c.seq for c in chunks] == list(range(len(chunks)))
         return chunks[-1]
 
     # No max_tokens: the default limit, reached (min_tokens holds the end back).
