@@ -89,12 +89,9 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class CompletionRequest(_Body):
-    """The body of ``POST /v1/completions``."""
+class _Generation(_Body):
+    """What completions and chat completions both take."""
 
-    model: str = Field(min_length=1, examples=["kjv-textgen"],
-                       description="a model name, optionally with @VERSION")
-    prompt: str | list[str] = Field(description="the text to continue (or a list of one)")
     max_tokens: _Count | None = None
     min_tokens: _Count | None = Field(None, description="Tether: generate at least this many")
     temperature: float | None = Field(None, ge=0, description="0: greedy decoding")
@@ -109,6 +106,14 @@ class CompletionRequest(_Body):
     stream_options: StreamOptions | None = None
     version: str | None = None
     user: str | None = None
+
+
+class CompletionRequest(_Generation):
+    """The body of ``POST /v1/completions``."""
+
+    model: str = Field(min_length=1, examples=["kjv-textgen"],
+                       description="a model name, optionally with @VERSION")
+    prompt: str | list[str] = Field(description="the text to continue (or a list of one)")
 
 
 class ContentPart(_Body):
@@ -127,7 +132,7 @@ class ChatMessage(_Body):
     name: str | None = None
 
 
-class ChatCompletionRequest(_Body):
+class ChatCompletionRequest(_Generation):
     """The body of ``POST /v1/chat/completions``."""
 
     model: str = Field(min_length=1, examples=["smollm2-135m-instruct"],
@@ -135,18 +140,6 @@ class ChatCompletionRequest(_Body):
     messages: list[ChatMessage] = Field(description="the conversation, oldest first")
     max_tokens: _Count | None = Field(None, description="as max_completion_tokens")
     max_completion_tokens: _Count | None = None
-    min_tokens: _Count | None = Field(None, description="Tether: generate at least this many")
-    temperature: float | None = Field(None, ge=0, description="0: greedy decoding")
-    top_p: float | None = None
-    top_k: _Count | None = Field(None, description="Tether: sample among the k likeliest")
-    seed: _Count | None = None
-    stop: str | list[str] | None = Field(None, description="strings that end the answer")
-    n: Annotated[int, Field(ge=1)] | None = Field(1, description="1 only: one choice per "
-                                                  "request")
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    version: str | None = None
-    user: str | None = None
 
 
 class EmbeddingRequest(_Body):

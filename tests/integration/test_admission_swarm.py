@@ -5,14 +5,11 @@ engine is the scripted test double."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
-import trio
 
-from tests.integration.testnet import node_testnet
-from tests.services.harness import fleet, swarm_networks, wall_ms
+from tests.integration.testnet import run_on_hyperswarm
 from tests.services.test_admission import SCENARIOS, Scenario
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -20,13 +17,4 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 @pytest.mark.parametrize("fn", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
 def test_scenario_on_hyperswarm(fn: Scenario, tmp_path: Path) -> None:
-    async def main() -> None:
-        with trio.fail_after(100):
-            async with node_testnet(3) as bootstrap:
-                await fn(
-                    functools.partial(
-                        fleet, tmp_path, networks=swarm_networks(bootstrap), clock_ms=wall_ms
-                    )
-                )
-
-    trio.run(main)
+    run_on_hyperswarm(fn, tmp_path)

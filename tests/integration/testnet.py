@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -51,3 +52,24 @@ async def node_testnet(size: int = 3) -> AsyncIterator[list[SocketAddress]]:
             with trio.move_on_after(5):
                 await proc.wait()
             proc.kill()
+
+
+def run_on_hyperswarm(
+    scenario: Callable[[Callable[..., AbstractAsyncContextManager[Any]]], Awaitable[None]],
+    tmp_path: Path,
+    *,
+    timeout_s: float = 100,
+) -> None:
+    """Run a fleet scenario of ``tests/services`` (one that opens its fleet with the
+    callable it is given) on real Hyperswarm: a Node testnet of three, every service on
+    a ``SwarmNetwork``, wall-clock time."""
+    from tests.services.harness import fleet, swarm_networks, wall_ms
+
+    async def main() -> None:
+        with trio.fail_after(timeout_s):
+            async with node_testnet(3) as bootstrap:
+                await scenario(
+                    partial(fleet, tmp_path, networks=swarm_networks(bootstrap), clock_ms=wall_ms)
+                )
+
+    trio.run(main)
