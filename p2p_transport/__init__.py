@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .cenc import DecodeError, LocalProtocolError, Reader, RemoteProtocolError, Writer
 from .crypto import KeyPair, key_pair
+from .errors import TransportError
 from .noise import HandshakeError, HandshakeResult, NoiseHandshake, Pattern, dht_handshake
 from .secret_stream import SecretStream, SecretStreamError, open_secret_stream
 from .udx import StreamReset, StreamTimeout, UdpTransport, UdxSocket, UdxStream
@@ -28,6 +29,7 @@ __all__ = [
     "SecretStreamError",
     "StreamReset",
     "StreamTimeout",
+    "TransportError",
     "UdpTransport",
     "UdxSocket",
     "UdxStream",

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .errors import LocalProtocolError, RemoteProtocolError
+
 __all__ = [
     "MAX_ARRAY_LENGTH",
     "MAX_SAFE_INTEGER",
@@ -45,14 +47,6 @@ MAX_ARRAY_LENGTH = 0x100000
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-
-
-class RemoteProtocolError(Exception):
-    """The peer sent bytes that break the protocol. Safe to catch and drop the peer."""
-
-
-class LocalProtocolError(Exception):
-    """This program misused the API (for example tried to encode an out-of-range value)."""
 
 
 class DecodeError(RemoteProtocolError):

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import nacl.bindings as sodium
 import nacl.exceptions
 
+from .errors import TransportError
+
 __all__ = [
     "NS_ANNOUNCE",
     "NS_CAPABILITY",
@@ -56,7 +58,7 @@ SEED_BYTES = 32
 SIGNATURE_BYTES = 64
 
 
-class CryptoError(Exception):
+class CryptoError(TransportError):
     """A cryptographic operation failed on the given input (bad point, bad key size)."""
 
 

@@ -31,6 +31,7 @@ import trio
 
 from p2p_transport.cenc import DecodeError, Reader, RemoteProtocolError, SocketAddress, Writer
 from p2p_transport.crypto import NS_CAPABILITY, KeyPair, hash_batch
+from p2p_transport.errors import TransportError
 from p2p_transport.hyperdht import HyperDht, RawConnection, Server, secure
 from p2p_transport.protomux import Channel, Mux
 
@@ -65,7 +66,7 @@ class RpcProtocolError(RemoteProtocolError):
     """The remote sent an RPC message or handshake that cannot be decoded."""
 
 
-class RpcError(Exception):
+class RpcError(TransportError):
     """An RPC failed. ``code`` is the protomux-rpc code; ``cause_*`` describe the remote's
     underlying error for ``REQUEST_ERROR``."""
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from p2p_transport.cenc import DecodeError, Reader, SocketAddress, Writer
+from p2p_transport.errors import TransportError
 
 from .io import DEFAULT_RETRIES, DEFAULT_TIMEOUT, PendingRequest, RequestIO
 from .messages import (
@@ -52,7 +53,7 @@ MAX_CHECKS = 10  # concurrent DOWN_HINT liveness checks
 MAX_CONCURRENT_SWAPS = 3  # full-row ping-and-swap checks in flight (dht-rpc's limit)
 
 
-class DhtError(Exception):
+class DhtError(TransportError):
     """Base of the dht-rpc errors a caller sees."""
 
 

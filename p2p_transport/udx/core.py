@@ -45,6 +45,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
+from ..errors import TransportError
 from .packet import (
     DATA,
     DESTROY,
@@ -149,7 +150,7 @@ TRANSITIONS: dict[tuple[State, str], State] = {
 }
 
 
-class StreamError(Exception):
+class StreamError(TransportError):
     """Base class for a stream that failed; the stream is unusable afterwards."""
 
 
