@@ -21,6 +21,11 @@ from tether.v1 import infer_pb2
 #: Metadata a gateway sends with a request it resubmits after losing the orchestrator
 #: that ran it (that one's public key, hex): the job may be taken over at once.
 LOST_ORCHESTRATOR = "x-tether-lost-orchestrator"
+#: The details key of an error that says a server was lost mid-stream (its value names the
+#: server: "worker w1"). It travels with the error, so that whoever resumes next -- an
+#: orchestrator's worker, then the gateway's orchestrator -- knows the error by this key, not by
+#: its message text.
+LOST_SERVER = "lost_server"
 
 
 class Diverged(TetherError):
@@ -51,14 +56,14 @@ class Resume:
         return RpcError(
             StatusCode.UNAVAILABLE,
             f"{server} was lost {when}: {exc.message}",
-            details={f"{kind}_id": name, "delivered": str(self.count)},
+            details={f"{kind}_id": name, "delivered": str(self.count), LOST_SERVER: server},
         )
 
     def unresumed(self, last: RpcError) -> RpcError:
         """The request's end when no other server could resume it."""
         details = dict(last.details)
         details["lost"] = ",".join(self.lost_servers)
-        if last.code == StatusCode.UNAVAILABLE and " was lost " in last.message:
+        if last.code == StatusCode.UNAVAILABLE and LOST_SERVER in last.details:
             kind = self.lost_servers[-1].partition(" ")[0] if self.lost_servers else "server"
             message = f"{last.message}; no other {kind} could resume it"
         else:

@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import trio
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -42,7 +43,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from tether import health
-from tether.rpc.status import StatusCode
+from tether.errors import TetherError
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -319,13 +320,9 @@ class RequestTimer:
 
 def status_name(exc: BaseException) -> str:
     """The status code name (``UNAVAILABLE``, ...) an exception ends a call with."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, int) and not isinstance(code, bool):
-        try:
-            return StatusCode(code).name
-        except ValueError:
-            return "UNKNOWN"
-    if type(exc).__name__ in ("Cancelled", "GeneratorExit"):
+    if isinstance(exc, TetherError):
+        return exc.code.name
+    if isinstance(exc, trio.Cancelled | GeneratorExit):
         return "CANCELLED"
     return "UNKNOWN"
 

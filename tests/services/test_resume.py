@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.resume import Diverged, Resume
+from tether.resume import LOST_SERVER, Diverged, Resume
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2
 
@@ -23,8 +23,22 @@ def test_a_replay_is_spliced_after_what_the_client_has() -> None:
     assert [replay.accept(chunk(t)) for t in ("a", "b", "c")] == [False, False, True]
     lost = resume.lost("orchestrator 3f2a", RpcError(StatusCode.UNAVAILABLE, "gone"))
     assert lost.message == "orchestrator 3f2a was lost mid-stream after 2 chunks: gone"
-    assert lost.details == {"orchestrator_id": "3f2a", "delivered": "2"}
+    assert lost.details == {"orchestrator_id": "3f2a", "delivered": "2",
+                            LOST_SERVER: "orchestrator 3f2a"}
     assert "no other orchestrator could resume it" in resume.unresumed(lost).message
+
+
+def test_a_lost_server_is_known_by_its_details_not_its_text() -> None:
+    """An error that crossed the wire keeps the key; a message that merely says "was lost"
+    (a worker's own text) is not taken for a lost server."""
+    resume = Resume()
+    resume.delivered(chunk("a"))
+    lost = resume.lost("worker w1", RpcError(StatusCode.UNAVAILABLE, "closed"))
+    received = RpcError.from_proto(lost.to_proto())  # as the gateway receives it
+    resume.lost_servers.append("orchestrator 3f2a")
+    assert resume.unresumed(received).message.endswith("no other orchestrator could resume it")
+    text_only = RpcError(StatusCode.UNAVAILABLE, "the disk was lost during the write")
+    assert "resuming failed" in resume.unresumed(text_only).message
 
 
 @pytest.mark.parametrize("replayed", [["a", "x"], ["a"]])

@@ -594,7 +594,7 @@ def _trailer_frame(
     frame = rpc_pb2.RpcFrame(call_id=call_id)
     frame.trailer.SetInParent()
     if status is not None:
-        frame.trailer.code = status.code.value  # type: ignore[assignment]
+        frame.trailer.code = status.code.value
         frame.trailer.message = status.message
         frame.trailer.details.update(status.details)
     if metadata:
