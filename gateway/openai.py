@@ -49,6 +49,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from tether import naming
 from tether.errors import InvalidArgument, TetherError, retry_after_s
 from tether.rpc import StatusCode
 from tether.v1 import infer_pb2, registry_pb2, services_pb2, status_pb2
@@ -527,8 +528,7 @@ def find_model(listed: services_pb2.ListModelsResponse, name: str) -> dict[str, 
              and (not version or r.model.version == version)]
     if not found:
         return None
-    newest = max(found, key=lambda r: tuple(int(p) for p in r.model.version.split(".")
-                                             if p.isdigit()))
+    newest = max(found, key=lambda r: naming.Version.parse(r.model.version))
     return _model_entry(newest).model_dump(mode="json")
 
 

@@ -2,7 +2,7 @@
 
 Publishing stores a ``tether.v1.ModelRecord`` (artifacts, capabilities, policy, degrade-to)
 under ``model_id`` + ``MAJOR.MINOR``; versions are immutable. Resolving applies the rules of
-:mod:`registry.versions` and then the model's policy for the asking tenant. Degrading follows
+:mod:`tether.naming` and then the model's policy for the asking tenant. Degrading follows
 ``capabilities.degrade_to`` when the policy allows it. The RPC service is a thin shell over this.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from registry.versions import Version, check_model_id, resolve
 from tether.artifacts.manifest import is_digest
 from tether.errors import (
     AlreadyExists,
@@ -21,6 +20,7 @@ from tether.errors import (
 )
 from tether.metadata import MetadataStore
 from tether.metadata.store import now_unix_ms
+from tether.naming import Version, check_model_id, resolve
 from tether.v1 import registry_pb2
 
 MAX_DEGRADE_HOPS = 4

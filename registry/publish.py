@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry.catalog import Catalog
-from registry.versions import Version, check_model_id
 from tether.artifacts import ArtifactStore, sha256_hex
 from tether.errors import DataLoss, InvalidArgument, NotFound
 from tether.keys import KeyPair
+from tether.naming import Version, check_model_id
 from tether.v1 import presence_pb2, registry_pb2, tensor_pb2
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ Names are lowercase, slash-separated, region mandatory:
 - ``tether/gateway/<region>``                    gateways, for clients
 - ``tether/registry/<region>``                   registries
 
-``<region>`` is a cloud-style slug (``us-east``), ``<model>`` kebab-case where
-dots may separate digits (``llama3.1-8b``), ``<version>`` is ``MAJOR.MINOR``.
+``<region>`` is a cloud-style slug (``us-east``); ``<model>`` and ``<version>`` follow
+:mod:`tether.naming` (``llama3.1-8b``, ``MAJOR.MINOR``).
 
 The 32-byte Hyperswarm topic of a name is BLAKE2b-256 of its UTF-8 bytes, the
 same as Node's ``hypercore-crypto`` ``hash(Buffer.from(name))``, so Node peers
@@ -22,12 +22,11 @@ from __future__ import annotations
 import hashlib
 import re
 
+from tether import naming
 from tether.errors import InvalidArgument
 
 _SLUG = r"[a-z0-9]+(?:-[a-z0-9]+)*"
 REGION_RE = re.compile(rf"^{_SLUG}$")
-MODEL_RE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
-VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
 CORRELATION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MAX_NAME_LENGTH = 200
 
@@ -36,12 +35,16 @@ class TopicError(InvalidArgument):
     """A topic name or one of its parts breaks the naming rules."""
 
 
+def _refuse(kind: str, value: object, example: str) -> TopicError:
+    return TopicError(
+        f"invalid {kind} {value!r}: expected something like {example!r}",
+        details={kind: str(value)},
+    )
+
+
 def _check(kind: str, value: str, pattern: re.Pattern[str], example: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise TopicError(
-            f"invalid {kind} {value!r}: expected something like {example!r}",
-            details={kind: str(value)},
-        )
+        raise _refuse(kind, value, example)
     return value
 
 
@@ -50,11 +53,19 @@ def region(value: str) -> str:
 
 
 def model(value: str) -> str:
-    return _check("model", value, MODEL_RE, "mixtral-8x7b")
+    """A model id by :mod:`tether.naming`'s rule."""
+    try:
+        return naming.check_model_id(value)
+    except InvalidArgument:
+        raise _refuse("model", value, "mixtral-8x7b") from None
 
 
 def version(value: str) -> str:
-    return _check("version", value, VERSION_RE, "1.0")
+    """An exact ``MAJOR.MINOR`` by :mod:`tether.naming`'s rule."""
+    try:
+        return naming.check_version(value)
+    except InvalidArgument:
+        raise _refuse("version", value, "1.0") from None
 
 
 def presence(region_: str) -> str:

@@ -1,31 +1,23 @@
 """Request validation at the gateway (before any work) and at workers (for the input of a
 sealed request, which only the worker can read). The limits themselves live in
-``tether.limits``; this module adds the checks of names and of sealed requests."""
+``tether.limits`` and the rules of model ids and versions in ``tether.naming``; this module
+applies them to a request and adds the checks of sealed requests."""
 
 from __future__ import annotations
 
-import re
-
-from tether import limits, topics
-from tether.errors import InvalidArgument, TetherError
+from tether import limits, naming, topics
+from tether.errors import InvalidArgument
 from tether.sealing import MAX_KEY_SLOTS
 from tether.v1 import infer_pb2
 
 #: A sealed input: the largest clear one plus room for the binding and the seal.
 MAX_SEALED_BYTES = limits.MAX_TENSOR_BYTES + 64 * 1024
-_VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))?$")
 
 
 def validate_target(model_id: str, version: str, region: str) -> None:
     """Refuse a model, version or region that is not well formed (INVALID_ARGUMENT)."""
-    try:
-        topics.model(model_id)
-    except TetherError:
-        raise InvalidArgument(
-            f"model_id {model_id!r} is not a model name (e.g. 'tiny-stories')"
-        ) from None
-    if version and not _VERSION_RE.fullmatch(version):
-        raise InvalidArgument(f"version {version!r} is not MAJOR or MAJOR.MINOR")
+    naming.check_model_id(model_id)
+    naming.check_requested_version(version)
     if region:
         topics.region(region)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from tether import metrics, telemetry
+from tether import metrics, naming, telemetry
 from tether.artifacts import ArtifactStore
 from tether.errors import InvalidArgument, NotFound, ResourceExhausted
 from tether.metadata.store import now_unix_ms
@@ -195,7 +195,7 @@ class ModelLoader:
         if not found:
             raise NotFound(f"{model_id} {version or '(any version)'} is not loaded here",
                            details={"model_id": model_id})
-        best = max(found, key=lambda m: tuple(int(p) for p in m.version.split(".")))
+        best = max(found, key=lambda m: naming.Version.parse(m.version))
         key = best.digest
         self._touch(key, best)
         return best

@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from registry.catalog import Catalog
-from registry.versions import Version, resolve
 from tether.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -17,6 +16,7 @@ from tether.errors import (
     TetherError,
 )
 from tether.keys import KeyPair
+from tether.naming import Version, resolve
 from tether.v1 import presence_pb2, registry_pb2
 
 KP = KeyPair.from_seed(b"\x03" * 32)
@@ -103,7 +103,7 @@ def test_versions_are_immutable(store) -> None:
 @pytest.mark.parametrize(
     ("mutate", "words"),
     [
-        (lambda r: r.model.__setattr__("model_id", "Bad_Name"), "kebab-case"),
+        (lambda r: r.model.__setattr__("model_id", "Bad_Name"), "joined by '-' or '.'"),
         (lambda r: r.model.__setattr__("version", "1"), "MAJOR.MINOR"),
         (lambda r: r.capabilities.__setattr__("task", 0), "task is required"),
         (lambda r: r.artifacts[0].__setattr__("role", "weights"), "role 'model'"),

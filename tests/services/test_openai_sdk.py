@@ -185,7 +185,7 @@ def test_every_error_is_the_sdks_typed_exception(tmp_path: Path) -> None:
             (lambda: complete(n=2), openai.BadRequestError, "one completion per request"),
             (lambda: complete(prompt=["a", "b"]), openai.BadRequestError, "one prompt"),
             (lambda: complete(temperature=-1), openai.BadRequestError, "temperature"),
-            (lambda: complete(model="Bad Name"), openai.BadRequestError, "not a model name"),
+            (lambda: complete(model="Bad Name"), openai.BadRequestError, "model id 'Bad Name'"),
             (lambda: complete(stop=["a"] * (limits.MAX_STOP_STRINGS + 1)),
              openai.BadRequestError, "stop strings"),
             (lambda: complete(stop=[""]), openai.BadRequestError, "stop string 0"),

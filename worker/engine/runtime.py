@@ -7,8 +7,9 @@ requests with :class:`worker.engine.ExecutionEngine`, and reports the cache mani
 ``(empty payload, usage)`` so the service can close the stream with ``done`` and usage without
 holding any payload back; the stream's ``finish_reason`` then says why generation ended.
 
-A request's version resolves among the served versions as the registry resolves it: exact
-``MAJOR.MINOR``; ``MAJOR`` alone gives its highest minor; empty gives the highest version.
+A request's version resolves among the served versions by :func:`tether.naming.resolve`, as the
+registry resolves it: exact ``MAJOR.MINOR``; ``MAJOR`` alone gives its highest minor; empty
+gives the highest version.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, Iterable
 
+from tether import naming
 from tether.artifacts import ArtifactStore
-from tether.errors import InvalidArgument, NotFound
+from tether.errors import NotFound
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2
 from worker.engine.backends import ONNXRUNTIME_CPU
 from worker.engine.detect import Capabilities, select_backend
@@ -28,11 +30,6 @@ from worker.engine.engine import (
     ExecutionEngine,
 )
 from worker.loader import ModelLoader
-
-
-def _version_key(version: str) -> tuple[int, int]:
-    major, _, minor = version.partition(".")
-    return int(major), int(minor or 0)
 
 
 class WorkerEngine:
@@ -68,24 +65,19 @@ class WorkerEngine:
         capacity.kv_cache_used_bytes = c.kv_used_bytes
 
     def resolve(self, model_id: str, version: str) -> registry_pb2.ModelRecord:
-        served = sorted((v for m, v in self._records if m == model_id), key=_version_key)
+        """The record this worker serves for a request's model and version, chosen by
+        :func:`tether.naming.resolve` among the versions it serves."""
+        served = {naming.Version.parse(v): v for m, v in self._records if m == model_id}
         if not served:
             raise NotFound(f"this worker does not serve {model_id}",
                            details={"model_id": model_id})
-        if not version:
-            return self._records[(model_id, served[-1])]
-        if "." in version:
-            if version in served:
-                return self._records[(model_id, version)]
-            raise NotFound(f"this worker does not serve {model_id} {version}",
-                           details={"model_id": model_id, "version": version})
-        if not version.isdigit():
-            raise InvalidArgument(f"version {version!r} must be MAJOR.MINOR, MAJOR, or empty")
-        same = [v for v in served if v.split(".")[0] == str(int(version))]
-        if not same:
-            raise NotFound(f"this worker does not serve {model_id} {version}.x",
-                           details={"model_id": model_id, "version": version})
-        return self._records[(model_id, same[-1])]
+        try:
+            chosen = naming.resolve(version, served, model_id=model_id)
+        except NotFound:
+            wanted = version if "." in version else f"{version}.x"
+            raise NotFound(f"this worker does not serve {model_id} {wanted}",
+                           details={"model_id": model_id, "version": version}) from None
+        return self._records[(model_id, served[chosen])]
 
     def stream(
         self, request: infer_pb2.Infer.Request, cancel: CancelFlag | None = None
