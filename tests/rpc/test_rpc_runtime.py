@@ -17,6 +17,7 @@ import trio.testing
 from tether.rpc import (
     FrameTooLarge,
     LengthPrefixedStream,
+    MessageStream,
     RpcConnection,
     RpcError,
     RpcProtocolError,
@@ -182,11 +183,11 @@ async def test_server_enforces_the_deadline_it_was_sent() -> None:
         open_connection(client_end, initiator=True) as client,
     ):
         # Speak the frames by hand so the client side sets no local deadline.
-        raw = await client._open_call(
+        raw = await client.open_call(
             "/tether.v1.Worker/GetHealth", b"", timeout=1.0, metadata={"slow": "5"}
         )
         with pytest.raises(RpcError) as info:
-            await client._next_item(raw, float("inf"))
+            await client.next_item(raw, float("inf"))
     assert info.value.code == StatusCode.DEADLINE_EXCEEDED
     assert "server" in info.value.message
 
@@ -390,7 +391,7 @@ class _CancelAfterFirstSend:
     """Test double around a message stream: cancels ``scope`` once the first message is out,
     as a deadline expiring between two frames would."""
 
-    def __init__(self, inner: LengthPrefixedStream) -> None:
+    def __init__(self, inner: MessageStream) -> None:
         self.inner = inner
         self.scope: trio.CancelScope | None = None
 
@@ -474,7 +475,7 @@ async def test_a_frame_cancelled_part_way_still_goes_out_whole() -> None:
 class _FrameRecorder:
     """Test double around a message stream: records the kind of every frame it receives."""
 
-    def __init__(self, inner: LengthPrefixedStream) -> None:
+    def __init__(self, inner: MessageStream) -> None:
         self.inner = inner
         self.received: list[rpc_pb2.RpcFrame] = []
 

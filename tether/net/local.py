@@ -17,7 +17,7 @@ import trio
 from tether import topics
 from tether.keys import KeyPair
 from tether.net.base import Peer, PeerCallback
-from tether.rpc import Handler, RpcConnection, memory_message_stream_pair
+from tether.rpc import Handler, MessageStream, RpcConnection, memory_message_stream_pair
 
 
 class LocalHub:
@@ -33,14 +33,14 @@ class LocalHub:
         for client_key in list(self.clients.get(topic, ())):
             client = self.nodes.get(client_key)
             if client is not None and client_key != key:
-                await client._dial(key, topic)
+                await client.dial(key, topic)
 
     async def lookup(self, topic: str, key: bytes) -> None:
         self.clients.setdefault(topic, set()).add(key)
         node = self.nodes[key]
         for server_key in list(self.servers.get(topic, ())):
             if server_key != key:
-                await node._dial(server_key, topic)
+                await node.dial(server_key, topic)
 
     def remove(self, key: bytes) -> None:
         self.nodes.pop(key, None)
@@ -101,7 +101,7 @@ class LocalNetwork:
         await trio.lowlevel.checkpoint()
 
     async def connect(self, public_key: bytes) -> Peer:
-        return await self._dial(public_key, None)
+        return await self.dial(public_key, None)
 
     def peers(self) -> list[Peer]:
         return list(self._peers.values())
@@ -112,26 +112,37 @@ class LocalNetwork:
             callback(peer)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
-    async def _dial(self, key: bytes, topic: str | None) -> Peer:
+    @property
+    def is_running(self) -> bool:
+        """Whether this node is inside :meth:`running` (it can accept connections)."""
+        return self._nursery is not None
+
+    async def dial(self, key: bytes, topic: str | None) -> Peer:
+        """Connect to ``key`` (found on ``topic``, None for a direct connect); the hub
+        calls it when a topic brings two nodes together."""
         existing = self._peers.get(key)
         if existing is not None:
             if topic:
                 existing.topics.add(topic)
             return existing
         remote = self.hub.nodes.get(key)
-        if remote is None or remote._nursery is None or self._nursery is None:
+        if remote is None or not remote.is_running or not self.is_running:
             raise ConnectionError(f"no peer {key.hex()[:12]} on the local hub")
         mine, theirs = memory_message_stream_pair()
         local_peer = await self._attach(key, mine, initiator=True)
         if topic:
             local_peer.topics.add(topic)
-        await remote._attach(self.public_key, theirs, initiator=False)
+        await remote.accept(self.public_key, theirs)
         return local_peer
 
-    async def _attach(self, key: bytes, stream: object, *, initiator: bool) -> Peer:
+    async def accept(self, key: bytes, stream: MessageStream) -> Peer:
+        """Take the answering end of a connection ``key`` dialled."""
+        return await self._attach(key, stream, initiator=False)
+
+    async def _attach(self, key: bytes, stream: MessageStream, *, initiator: bool) -> Peer:
         assert self._nursery is not None
         conn = RpcConnection(
-            stream,  # type: ignore[arg-type]
+            stream,
             initiator=initiator,
             handlers=self.handlers,
             peer=key.hex(),

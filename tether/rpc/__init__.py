@@ -17,6 +17,7 @@ from tether.rpc.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     FrameTooLarge,
     LengthPrefixedStream,
+    MemoryMessageStream,
     MessageStream,
     memory_message_stream_pair,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "FrameTooLarge",
     "Handler",
     "LengthPrefixedStream",
+    "MemoryMessageStream",
     "MessageStream",
     "MethodSpec",
     "ResponseStream",

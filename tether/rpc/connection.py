@@ -408,13 +408,15 @@ class RpcConnection:
         self._next_id += 2
         return call_id
 
-    async def _open_call(
+    async def open_call(
         self,
         method: str,
         request: bytes,
         timeout: float | None,
         metadata: Mapping[str, str] | None,
     ) -> _ClientCall:
+        """Start a client call: its open, request and half-close frames (the first step of
+        :meth:`unary_call` and of a :class:`ResponseStream`)."""
         if self._closed is not None:
             raise self._closed
         md: dict[str, str] = {k.lower(): v for k, v in (metadata or {}).items()}
@@ -446,7 +448,7 @@ class RpcConnection:
             raise
         return call
 
-    async def _next_item(self, call: _ClientCall, deadline: float) -> bytes | None:
+    async def next_item(self, call: _ClientCall, deadline: float) -> bytes | None:
         """The next response payload, or None after an OK trailer."""
         with trio.move_on_at(deadline):
             while not call.queue:
@@ -471,10 +473,10 @@ class RpcConnection:
             if item.code != StatusCode.OK:
                 raise RpcError(item.code, item.message, item.details)
             return None
-        await self._abandon(call, "deadline exceeded")
+        await self.abandon(call, "deadline exceeded")
         raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{call.method}: deadline exceeded")
 
-    async def _abandon(self, call: _ClientCall, reason: str) -> None:
+    async def abandon(self, call: _ClientCall, reason: str) -> None:
         """End a call from our side (deadline, cancellation, early exit)."""
         if call.finished:
             return
@@ -492,17 +494,17 @@ class RpcConnection:
     ) -> bytes:
         """Call a unary method; returns the serialized response."""
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        call = await self._open_call(method, request, timeout, metadata)
+        call = await self.open_call(method, request, timeout, metadata)
         try:
-            response = await self._next_item(call, deadline)
+            response = await self.next_item(call, deadline)
             if response is None:
                 raise RpcProtocolError(f"{method}: OK trailer without a response message")
-            trailer = await self._next_item(call, deadline)
+            trailer = await self.next_item(call, deadline)
             if trailer is not None:
                 raise RpcProtocolError(f"{method}: more than one response to a unary call")
             return response
         finally:
-            await self._abandon(call, "client gave up")
+            await self.abandon(call, "client gave up")
 
     def server_stream(
         self,
@@ -543,7 +545,7 @@ class ResponseStream:
     async def __aenter__(self) -> ResponseStream:
         if self._timeout is not None:
             self._deadline = trio.current_time() + self._timeout
-        self._call = await self._conn._open_call(
+        self._call = await self._conn.open_call(
             self._method, self._request, self._timeout, self._metadata
         )
         return self
@@ -555,7 +557,7 @@ class ResponseStream:
         tb: TracebackType | None,
     ) -> None:
         if self._call is not None:
-            await self._conn._abandon(self._call, "client closed the stream")
+            await self._conn.abandon(self._call, "client closed the stream")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -565,7 +567,7 @@ class ResponseStream:
             raise RuntimeError("use 'async with' before iterating a ResponseStream")
         if self._call.finished:
             raise StopAsyncIteration
-        item = await self._conn._next_item(self._call, self._deadline)
+        item = await self._conn.next_item(self._call, self._deadline)
         if item is None:
             raise StopAsyncIteration
         return item
@@ -573,7 +575,7 @@ class ResponseStream:
     async def cancel(self, reason: str = "cancelled by client") -> None:
         """Cancel the call now; the server's handler is cancelled."""
         if self._call is not None:
-            await self._conn._abandon(self._call, reason)
+            await self._conn.abandon(self._call, reason)
 
 
 def _window_frame(call_id: int, credits: int) -> rpc_pb2.RpcFrame:

@@ -14,11 +14,11 @@ next frame) and reports the frame as oversized.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Protocol, runtime_checkable
 
 import trio
-import trio.testing
 
 #: Default bound on one frame: the largest request or chunk a call may carry
 #: (4 MiB of payload plus envelope). Bigger inputs belong in artifacts.
@@ -123,13 +123,46 @@ class LengthPrefixedStream:
         await self.stream.aclose()
 
 
+class MemoryMessageStream:
+    """One end of an in-memory message pipe: whole messages through trio memory channels.
+
+    Like a byte stream pair under ``LengthPrefixedStream``, a message is delivered whole or
+    (when cancelled) not at all, one larger than ``max_frame_size`` is refused with
+    :class:`FrameTooLarge`, and the buffer is unbounded: the RPC's per-call windows bound what
+    is in flight. Closing one end ends the other's receiving (``trio.EndOfChannel``) and
+    breaks its sending (``trio.BrokenResourceError``).
+    """
+
+    def __init__(
+        self,
+        send: trio.MemorySendChannel[bytes],
+        receive: trio.MemoryReceiveChannel[bytes],
+        max_frame_size: int,
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self.max_frame_size = max_frame_size
+
+    async def send_message(self, data: bytes) -> None:
+        if len(data) > self.max_frame_size:
+            raise FrameTooLarge(len(data), self.max_frame_size)
+        await self._send.send(bytes(data))
+
+    async def receive_message(self) -> bytes:
+        return await self._receive.receive()
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
 def memory_message_stream_pair(
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-) -> tuple[LengthPrefixedStream, LengthPrefixedStream]:
+) -> tuple[MemoryMessageStream, MemoryMessageStream]:
     """Two connected in-memory endpoints (for tests and in-process wiring)."""
-    left, right = trio.testing.memory_stream_pair()
+    left_send, right_receive = trio.open_memory_channel[bytes](math.inf)
+    right_send, left_receive = trio.open_memory_channel[bytes](math.inf)
     return (
-        LengthPrefixedStream(left, max_frame_size=max_frame_size),
-        LengthPrefixedStream(right, max_frame_size=max_frame_size),
+        MemoryMessageStream(left_send, left_receive, max_frame_size),
+        MemoryMessageStream(right_send, right_receive, max_frame_size),
     )
-

@@ -124,6 +124,11 @@ class InferenceStream:
         self._started = time.perf_counter()
         self._gen = gen(self)
 
+    def progress(self, output_tokens: int, compute_s: float) -> None:
+        """Record what the run has produced so far: its output tokens and compute time."""
+        self._usage.output_tokens = output_tokens
+        self.compute_s = compute_s
+
     @property
     def usage(self) -> infer_pb2.Usage:
         """Tokens in and out so far, and compute time (complete once the stream is over)."""
@@ -338,13 +343,11 @@ class ExecutionEngine:
                                              lambda: flag.cancelled)
         try:
             async for piece in pieces:
-                s._usage.output_tokens = seq.generated
-                s.compute_s = seq.compute_s
+                s.progress(seq.generated, seq.compute_s)
                 yield infer_pb2.Payload(text=piece)
         finally:
             await pieces.aclose()
-            s._usage.output_tokens = seq.generated
-            s.compute_s = seq.compute_s
+            s.progress(seq.generated, seq.compute_s)
             s.finish_reason = seq.finish_reason
 
     def kv_bytes(self, m: LoadedModel, seq: DecodeSequence | GruSequence) -> int:
