@@ -31,7 +31,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -193,6 +193,63 @@ class GrpcEdge:
             with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(call.cancel)
 
+    def _bind(self, server: grpc.aio.Server) -> int:
+        """Add the listening port (TLS when configured); the port bound, 0 when none."""
+        address = f"{self.host}:{self.port}"
+        if self.tls is None:
+            return int(server.add_insecure_port(address))
+        credentials = grpc.ssl_server_credentials(
+            [self.tls], root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None)
+        return int(server.add_secure_port(address, credentials))
+
+    @staticmethod
+    def _report_health(
+        health_servicer: health.aio.HealthServicer, readiness: Readiness,
+        loop: asyncio.AbstractEventLoop,
+    ) -> tuple[Callable[[], Coroutine[Any, Any, None]], Callable[[], None]]:
+        """(asyncio side) A coroutine function that reports readiness under every health
+        name, and the unsubscribe of a subscription that reports each change."""
+
+        async def report() -> None:
+            # Each name gets readiness as it is now: reports that interleave still
+            # leave the last state behind.
+            for name in HEALTH_NAMES:
+                await health_servicer.set(name, (
+                    health_pb2.HealthCheckResponse.SERVING if readiness.ready
+                    else health_pb2.HealthCheckResponse.NOT_SERVING))
+
+        def changed(ready: bool) -> None:  # (in the thread that changed readiness)
+            asyncio.run_coroutine_threadsafe(report(), loop)
+
+        return report, readiness.subscribe(changed)
+
+    async def _serve_grpc(
+        self, bound: list[int], ready: threading.Event, stopping: list[Callable[[], object]],
+    ) -> None:
+        """(asyncio side) Serve until told to stop; ``bound`` gets the port, ``ready`` is set
+        once serving, ``stopping`` the function that stops it."""
+        server = grpc.aio.server()
+        services_pb2_grpc.add_GatewayServicer_to_server(_Servicer(self), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        loop = asyncio.get_running_loop()
+        report, unsubscribe = self._report_health(health_servicer, self.readiness, loop)
+        try:
+            await report()
+            bound.append(self._bind(server))
+            await server.start()
+            stop = asyncio.Event()
+            stopping.append(lambda: loop.call_soon_threadsafe(stop.set))
+            ready.set()
+            await stop.wait()
+        finally:
+            unsubscribe()  # (before this loop closes)
+        await health_servicer.enter_graceful_shutdown()  # Watchers hear NOT_SERVING
+        await server.stop(grace=1.0)
+
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status`` gets the bound port."""
         self._token = trio.lowlevel.current_trio_token()
@@ -201,50 +258,9 @@ class GrpcEdge:
         stopping: list[Callable[[], object]] = []
         failure: list[BaseException] = []
 
-        async def serve_grpc() -> None:
-            server = grpc.aio.server()
-            services_pb2_grpc.add_GatewayServicer_to_server(_Servicer(self), server)
-            health_servicer = health.aio.HealthServicer()
-            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-            reflection.enable_server_reflection(
-                (GATEWAY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-            loop = asyncio.get_running_loop()
-
-            async def report() -> None:
-                # Each name gets readiness as it is now: reports that interleave still
-                # leave the last state behind.
-                for name in HEALTH_NAMES:
-                    await health_servicer.set(name, (
-                        health_pb2.HealthCheckResponse.SERVING if self.readiness.ready
-                        else health_pb2.HealthCheckResponse.NOT_SERVING))
-
-            def changed(ready: bool) -> None:  # (in the thread that changed readiness)
-                asyncio.run_coroutine_threadsafe(report(), loop)
-
-            unsubscribe = self.readiness.subscribe(changed)
-            try:
-                await report()
-                address = f"{self.host}:{self.port}"
-                if self.tls is None:
-                    bound.append(server.add_insecure_port(address))
-                else:
-                    credentials = grpc.ssl_server_credentials(
-                        [self.tls], root_certificates=self.client_ca,
-                        require_client_auth=self.client_ca is not None)
-                    bound.append(server.add_secure_port(address, credentials))
-                await server.start()
-                stop = asyncio.Event()
-                stopping.append(lambda: loop.call_soon_threadsafe(stop.set))
-                ready.set()
-                await stop.wait()
-            finally:
-                unsubscribe()  # (before this loop closes)
-            await health_servicer.enter_graceful_shutdown()  # Watchers hear NOT_SERVING
-            await server.stop(grace=1.0)
-
         def thread_main() -> None:
             try:
-                asyncio.run(serve_grpc())
+                asyncio.run(self._serve_grpc(bound, ready, stopping))
             except BaseException as exc:  # reported to trio below
                 failure.append(exc)
                 ready.set()

@@ -100,6 +100,18 @@ class GraphBuilder:
                        axis=-1, epsilon=eps)
 
 
+def _mean_pool_and_normalise(g: GraphBuilder, x: str, mask_f: str, ax1: str, ax2: str) -> None:
+    """Mean pooling over attended tokens, then L2 normalisation, into ``sentence_embedding``."""
+    tiny = g.const("c.tiny", np.asarray(1e-9, dtype=np.float32))
+    m3 = g.op("Unsqueeze", [mask_f, ax2])
+    summed = g.op("ReduceSum", [g.op("Mul", [x, m3]), ax1], keepdims=0)
+    count = g.op("Max", [g.op("ReduceSum", [m3, ax1], keepdims=0), tiny])
+    mean = g.op("Div", [summed, count])
+    norm = g.op("Sqrt", [g.op("ReduceSum", [g.op("Mul", [mean, mean]), ax1], keepdims=1)])
+    norm = g.op("Max", [norm, g.const("c.eps", np.asarray(1e-12, dtype=np.float32))])
+    g.nodes.append(helper.make_node("Div", [mean, norm], ["sentence_embedding"]))
+
+
 def build(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]
@@ -171,15 +183,7 @@ def build(weights: dict[str, np.ndarray], config: dict) -> onnx.ModelProto:
         x = g.layer_norm(g.op("Add", [out, x]), w[p + "output.LayerNorm.weight"],
                          w[p + "output.LayerNorm.bias"], p + "ffn_ln", eps)
 
-    # Mean pooling over attended tokens, then L2 normalisation.
-    m3 = g.op("Unsqueeze", [mask_f, ax2])
-    summed = g.op("ReduceSum", [g.op("Mul", [x, m3]), ax1], keepdims=0)
-    count = g.op("Max", [g.op("ReduceSum", [m3, ax1], keepdims=0), f32("c.tiny", 1e-9)])
-    mean = g.op("Div", [summed, count])
-    norm = g.op("Sqrt", [g.op("ReduceSum", [g.op("Mul", [mean, mean]), ax1], keepdims=1)])
-    norm = g.op("Max", [norm, f32("c.eps", 1e-12)])
-    g.nodes.append(helper.make_node("Div", [mean, norm], ["sentence_embedding"]))
-
+    _mean_pool_and_normalise(g, x, mask_f, ax1, ax2)
     dyn = ["batch", "seq"]
     graph = helper.make_graph(
         g.nodes, "all-minilm-l6-v2",

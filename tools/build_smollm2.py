@@ -149,11 +149,9 @@ def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 # The graph
 
 
-def build_graph(w: dict[str, np.ndarray], hp: dict[str, Any]) -> onnx.ModelProto:
-    heads, kv_heads, d = hp["heads"], hp["kv_heads"], hp["head_dim"]
-    hidden, vocab = hp["hidden"], hp["vocab"]
-    g = DecoderGraph(layers=hp["layers"], heads=heads, head_dim=d, kv_heads=kv_heads)
-    node, const = g.node, g.const
+def _shared_constants(g: DecoderGraph, hp: dict[str, Any]) -> None:
+    """The sizes, the mask and the scalar and shape constants every layer uses."""
+    d, const = hp["head_dim"], g.const
     g.sizes_and_mask()
     const("eps", np.array(hp["eps"], dtype=np.float32))
     const("two", np.array(2.0, dtype=np.float32))
@@ -161,8 +159,50 @@ def build_graph(w: dict[str, np.ndarray], hp: dict[str, Any]) -> onnx.ModelProto
     const("half_lo", np.array([0], dtype=np.int64))
     const("half_mid", np.array([d // 2], dtype=np.int64))
     const("half_hi", np.array([d], dtype=np.int64))
-    const("flat", np.array([-1, hidden], dtype=np.int64))
-    const("vocab", np.array([vocab], dtype=np.int64))
+    const("flat", np.array([-1, hp["hidden"]], dtype=np.int64))
+    const("vocab", np.array([hp["vocab"]], dtype=np.int64))
+
+
+def _rope_tables(g: DecoderGraph, hp: dict[str, Any]) -> None:
+    """``cos`` and ``sin`` [B, 1, S, d] for the positions of ``position_ids``.
+
+    RoPE tables by position, as Hugging Face's Llama builds them: angle p / theta^(2i/d) for
+    dims i and i + d/2. Python's math (the C library), not numpy, whose vectorised sin and
+    cos vary with the CPU: the tables, and so the file, are the same bytes on every machine.
+    """
+    d, node, const = hp["head_dim"], g.node, g.const
+    inv_freq = [1.0 / math.pow(hp["theta"], 2 * i / d) for i in range(d // 2)]
+    angles = [[p * f for f in inv_freq] * 2 for p in range(hp["context"])]
+    cos = np.array([[math.cos(a) for a in row] for row in angles], dtype=np.float32)
+    sin = np.array([[math.sin(a) for a in row] for row in angles], dtype=np.float32)
+    node("Gather", [const("rope_cos", cos), "position_ids"], "cos3")
+    node("Gather", [const("rope_sin", sin), "position_ids"], "sin3")
+    node("Unsqueeze", ["cos3", "axis1"], "cos")  # [B, 1, S, d]: every head
+    node("Unsqueeze", ["sin3", "axis1"], "sin")
+
+
+def _swiglu_ffn(g: DecoderGraph, w: dict[str, np.ndarray], h: str, *, layer: int,
+                split_ffn: str) -> str:
+    """A layer's feed-forward block on ``h``: one gate-and-up matmul, SiLU, down."""
+    node, const = g.node, g.const
+    b, p = f"blk.{layer}.", f"l{layer}_"
+    wgu = np.concatenate([w[b + "ffn_gate.weight"], w[b + "ffn_up.weight"]], axis=0)
+    node("MatMul", [h, const(p + "gate_up.weight_t", wgu.T)], p + "gate_up")
+    g.nodes.append(onnx.helper.make_node("Split", [p + "gate_up", split_ffn],
+                                         [p + "gate", p + "up"], axis=-1))
+    node("Sigmoid", [p + "gate"], p + "gate_sig")
+    node("Mul", [p + "gate", p + "gate_sig"], p + "silu")  # SiLU
+    node("Mul", [p + "silu", p + "up"], p + "act")
+    return node("MatMul", [p + "act", const(p + "down.weight_t", w[b + "ffn_down.weight"].T)],
+                p + "down")
+
+
+def build_graph(w: dict[str, np.ndarray], hp: dict[str, Any]) -> onnx.ModelProto:
+    heads, kv_heads, d = hp["heads"], hp["kv_heads"], hp["head_dim"]
+    vocab = hp["vocab"]
+    g = DecoderGraph(layers=hp["layers"], heads=heads, head_dim=d, kv_heads=kv_heads)
+    node, const = g.node, g.const
+    _shared_constants(g, hp)
 
     def rms_norm(x: str, weight: np.ndarray, name: str) -> str:
         # x / sqrt(mean(x^2) + eps) * w, the pattern ONNX Runtime fuses into one kernel.
@@ -173,17 +213,7 @@ def build_graph(w: dict[str, np.ndarray], hp: dict[str, Any]) -> onnx.ModelProto
         node("Div", [x, name + "_rms"], name + "_n")
         return node("Mul", [name + "_n", const(name + ".weight", weight)], name)
 
-    # RoPE tables by position, as Hugging Face's Llama builds them: angle p / theta^(2i/d) for
-    # dims i and i + d/2. Python's math (the C library), not numpy, whose vectorised sin and
-    # cos vary with the CPU: the tables, and so the file, are the same bytes on every machine.
-    inv_freq = [1.0 / math.pow(hp["theta"], 2 * i / d) for i in range(d // 2)]
-    angles = [[p * f for f in inv_freq] * 2 for p in range(hp["context"])]
-    cos = np.array([[math.cos(a) for a in row] for row in angles], dtype=np.float32)
-    sin = np.array([[math.sin(a) for a in row] for row in angles], dtype=np.float32)
-    node("Gather", [const("rope_cos", cos), "position_ids"], "cos3")
-    node("Gather", [const("rope_sin", sin), "position_ids"], "sin3")
-    node("Unsqueeze", ["cos3", "axis1"], "cos")  # [B, 1, S, d]: every head
-    node("Unsqueeze", ["sin3", "axis1"], "sin")
+    _rope_tables(g, hp)
 
     def rope(x: str, name: str) -> str:
         lo = node("Slice", [x, "half_lo", "half_mid", "last_axis"], name + "_lo")
@@ -214,16 +244,8 @@ def build_graph(w: dict[str, np.ndarray], hp: dict[str, Any]) -> onnx.ModelProto
         node("MatMul", [ctx, const(p + "o.weight_t", w[b + "attn_output.weight"].T)], p + "o")
         x = node("Add", [x, p + "o"], p + "x1")
         h = rms_norm(x, w[b + "ffn_norm.weight"], p + "ffn_norm")
-        wgu = np.concatenate([w[b + "ffn_gate.weight"], w[b + "ffn_up.weight"]], axis=0)
-        node("MatMul", [h, const(p + "gate_up.weight_t", wgu.T)], p + "gate_up")
-        g.nodes.append(onnx.helper.make_node("Split", [p + "gate_up", split_ffn],
-                                             [p + "gate", p + "up"], axis=-1))
-        node("Sigmoid", [p + "gate"], p + "gate_sig")
-        node("Mul", [p + "gate", p + "gate_sig"], p + "silu")  # SiLU
-        node("Mul", [p + "silu", p + "up"], p + "act")
-        node("MatMul", [p + "act", const(p + "down.weight_t", w[b + "ffn_down.weight"].T)],
-             p + "down")
-        x = node("Add", [x, p + "down"], p + "x2")
+        down = _swiglu_ffn(g, w, h, layer=i, split_ffn=split_ffn)
+        x = node("Add", [x, down], p + "x2")
     h = rms_norm(x, w["output_norm.weight"], "final_norm")
     # The LM head is the embedding matrix itself (tied): Gemm with transB keeps one copy.
     node("Reshape", [h, "flat"], "h_flat")

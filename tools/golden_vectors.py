@@ -90,6 +90,28 @@ def _scalar(field: Any, path: str) -> object:
     return n % 100000 + 1
 
 
+def _fill_map(msg: Message, field: Any, fpath: str, depth: int,
+              oneof_pick: dict[str, str]) -> None:
+    key_f, val_f = field.message_type.fields
+    target = getattr(msg, field.name)
+    for i in range(2):
+        key = _scalar(key_f, f"{fpath}#k{i}")
+        if val_f.message_type is None:
+            target[key] = _scalar(val_f, f"{fpath}#v{i}")
+        elif depth < MAX_DEPTH:
+            fill(target[key], f"{fpath}#v{i}", depth + 1, oneof_pick)
+
+
+def _fill_repeated(msg: Message, field: Any, fpath: str, depth: int,
+                   oneof_pick: dict[str, str]) -> None:
+    target = getattr(msg, field.name)
+    for i in range(2):
+        if field.message_type is None:
+            target.append(_scalar(field, f"{fpath}#{i}"))
+        elif depth < MAX_DEPTH:
+            fill(target.add(), f"{fpath}#{i}", depth + 1, oneof_pick)
+
+
 def fill(msg: Message, path: str, depth: int, oneof_pick: dict[str, str]) -> None:
     desc = msg.DESCRIPTOR
     for field in desc.fields:
@@ -100,29 +122,15 @@ def fill(msg: Message, path: str, depth: int, oneof_pick: dict[str, str]) -> Non
                 continue
         fpath = f"{path}.{field.name}"
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            key_f, val_f = field.message_type.fields
-            target = getattr(msg, field.name)
-            for i in range(2):
-                key = _scalar(key_f, f"{fpath}#k{i}")
-                if val_f.message_type is None:
-                    target[key] = _scalar(val_f, f"{fpath}#v{i}")
-                elif depth < MAX_DEPTH:
-                    fill(target[key], f"{fpath}#v{i}", depth + 1, oneof_pick)
-            continue
-        if field.is_repeated:
-            target = getattr(msg, field.name)
-            for i in range(2):
-                if field.message_type is None:
-                    target.append(_scalar(field, f"{fpath}#{i}"))
-                elif depth < MAX_DEPTH:
-                    fill(target.add(), f"{fpath}#{i}", depth + 1, oneof_pick)
-            continue
-        if field.message_type is not None:
+            _fill_map(msg, field, fpath, depth, oneof_pick)
+        elif field.is_repeated:
+            _fill_repeated(msg, field, fpath, depth, oneof_pick)
+        elif field.message_type is not None:
             if depth < MAX_DEPTH:
                 fill(getattr(msg, field.name), fpath, depth + 1, oneof_pick)
                 getattr(msg, field.name).SetInParent()
-            continue
-        setattr(msg, field.name, _scalar(field, fpath))
+        else:
+            setattr(msg, field.name, _scalar(field, fpath))
 
 
 def samples() -> Iterator[tuple[str, Message]]:

@@ -295,22 +295,24 @@ class RpcConnection:
         else:
             self._protocol_error(call_id, f"unexpected {kind!r} frame on a client call")
 
-    def _on_server_frame(self, call_id: int, kind: str, frame: rpc_pb2.RpcFrame) -> None:
-        scall = self._server_calls.get(call_id)
-        if kind == "open":
-            if scall is not None:
-                self._protocol_error(call_id, "call id reused while open")
-                return
-            if len(self._server_calls) >= self.max_concurrent_calls:
-                err = RpcError(StatusCode.RESOURCE_EXHAUSTED, "too many concurrent calls")
-                self._spawn(self._send_quietly, _trailer_frame(call_id, err))
-                return
-            handler = self.handlers.get(frame.open.method)
-            scall = _ServerCall(
-                call_id, handler, frame.open, credits=max(1, frame.open.initial_window)
-            )
-            self._server_calls[call_id] = scall
+    def _on_open_frame(self, call_id: int, frame: rpc_pb2.RpcFrame) -> None:
+        if call_id in self._server_calls:
+            self._protocol_error(call_id, "call id reused while open")
             return
+        if len(self._server_calls) >= self.max_concurrent_calls:
+            err = RpcError(StatusCode.RESOURCE_EXHAUSTED, "too many concurrent calls")
+            self._spawn(self._send_quietly, _trailer_frame(call_id, err))
+            return
+        handler = self.handlers.get(frame.open.method)
+        self._server_calls[call_id] = _ServerCall(
+            call_id, handler, frame.open, credits=max(1, frame.open.initial_window)
+        )
+
+    def _on_server_frame(self, call_id: int, kind: str, frame: rpc_pb2.RpcFrame) -> None:
+        if kind == "open":
+            self._on_open_frame(call_id, frame)
+            return
+        scall = self._server_calls.get(call_id)
         if scall is None:
             if kind not in ("cancel", "window"):
                 self._protocol_error(call_id, f"{kind!r} frame for a call that is not open")
