@@ -8,6 +8,9 @@ for a status: only a ``TetherError`` carries one.
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import trio
 import trio.testing
@@ -99,3 +102,11 @@ def test_locally_made_rpc_errors_are_typed_too() -> None:
     protocol = RpcProtocolError("bad frame")
     assert isinstance(protocol, errors.Internal) and protocol.code is StatusCode.INTERNAL
     assert RpcError.from_exception(NotFound("gone")).code is StatusCode.NOT_FOUND
+
+
+def test_a_typed_rpc_error_survives_pickling_and_copying() -> None:
+    error = RpcError(StatusCode.NOT_FOUND, "gone", {"model_id": "m"})
+    for again in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
+        assert type(again) is type(error) and isinstance(again, NotFound)
+        assert (again.code, again.message, again.details) == (
+            StatusCode.NOT_FOUND, "gone", {"model_id": "m"})

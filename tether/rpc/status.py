@@ -74,10 +74,12 @@ def _rpc_class(sub: type[TetherError]) -> type[RpcError]:
     return type(name, (RpcError, sub), namespace)
 
 
-#: The class ``RpcError(code, ...)`` makes for each code with a ``TetherError`` subclass.
+#: The class ``RpcError(code, ...)`` makes for each code with a ``TetherError`` subclass
+#: (``RpcNotFound``, ...; module attributes too, so that they pickle).
 _RPC_CLASSES: dict[StatusCode, type[RpcError]] = {
     code: _rpc_class(sub) for code, sub in ERROR_CLASSES.items()
 }
+globals().update({cls.__name__: cls for cls in _RPC_CLASSES.values()})
 
 
 class RpcProtocolError(RpcError, Internal):
