@@ -179,9 +179,9 @@ def test_a_retry_reattaches_to_a_job_whose_orchestrator_was_lost(tmp_path: Path)
             job = f.store.get_job("r-2")
             assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
             assert f.store.job_record("r-2").owner == b.key.hex()
-            with pytest.raises(AlreadyExists) as info:  # and now the outcome
+            with pytest.raises(AlreadyExists) as outcome:  # and now the outcome
                 await submit_to(f, b.key, request("r-2", n=10), lost)
-            assert info.value.details["state"] == "JOB_STATE_SUCCEEDED"
+            assert outcome.value.details["state"] == "JOB_STATE_SUCCEEDED"
             assert f.store.dead_letters() == []
 
     run(main, tmp_path)
