@@ -105,8 +105,9 @@ def test_locally_made_rpc_errors_are_typed_too() -> None:
 
 
 def test_a_typed_rpc_error_survives_pickling_and_copying() -> None:
-    error = RpcError(StatusCode.NOT_FOUND, "gone", {"model_id": "m"})
-    for again in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
-        assert type(again) is type(error) and isinstance(again, NotFound)
-        assert (again.code, again.message, again.details) == (
-            StatusCode.NOT_FOUND, "gone", {"model_id": "m"})
+    for code in (StatusCode.NOT_FOUND, StatusCode.UNKNOWN):
+        error = RpcError(code, "gone", {"model_id": "m"})
+        for again in (pickle.loads(pickle.dumps(error)), copy.deepcopy(error)):
+            assert type(again) is type(error)
+            assert (again.code, again.message, again.details) == (code, "gone", {"model_id": "m"})
+    assert isinstance(copy.copy(RpcError(StatusCode.NOT_FOUND, "gone")), NotFound)

@@ -39,7 +39,7 @@ class RpcError(TetherError):
     ) -> Self:
         made: type[RpcError] = cls
         if cls is RpcError:  # a subclass (RpcProtocolError) chose its own class
-            made = _RPC_CLASSES.get(StatusCode.coerce(int(code)), cls)
+            made = _RPC_CLASSES.get(StatusCode.coerce(code), cls)
         return super().__new__(made)  # type: ignore[return-value]
 
     def __init__(
