@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tether import naming
 from tether.errors import InvalidArgument, TetherError, retry_after_s
 from tether.rpc import StatusCode
-from tether.v1 import infer_pb2, registry_pb2, services_pb2, status_pb2
+from tether.v1 import infer_pb2, registry_pb2, services_pb2
 
 #: The largest request body read, in bytes: 16 Ki-character prompts fit many times over.
 MAX_BODY_BYTES = 1 << 20
@@ -293,8 +293,8 @@ class ParsedEmbeddings:
 
 def error_body(exc: TetherError) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) for a Tether error."""
-    code = StatusCode.coerce(exc.code)
-    name = status_pb2.StatusCode.Name(int(code)).removeprefix("STATUS_CODE_")
+    code = exc.code
+    name = code.name
     status = HTTP_STATUS.get(code, 500)
     return status, {"error": {
         "message": exc.message, "type": name.lower(), "param": exc.details.get("field"),
