@@ -29,7 +29,7 @@ import trio
 import trio.testing
 
 from .core import Closed, MessageReceived, StreamCore, StreamError, StreamReset, StreamTimeout
-from .packet import MAX_DATAGRAM, Packet, PacketError, is_udx
+from .packet import HEADER_SIZE, MAGIC, MAX_DATAGRAM, VERSION, Packet, PacketError, is_udx
 
 __all__ = [
     "Address",
@@ -58,6 +58,15 @@ RECEIVE_BATCH = 256
 #: libudx's tail-loss probe fires after 2 x SRTT + 2 ms at the earliest, its RTO after 1 s.
 ACK_DELAY = 0.0005
 _U32 = struct.Struct("<I")
+#: Linux UDP generic segmentation offload (``UDP_SEGMENT``, Linux 4.18+): one ``sendmsg`` of
+#: several equal-sized datagrams to one address, cut into those datagrams by the kernel, so the
+#: wire carries exactly what separate ``sendto`` calls would.
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+#: Segments per GSO send (the kernel's ``UDP_MAX_SEGMENTS`` is 64 or more) and its byte bound
+#: (one UDP datagram of at most 65507 bytes before segmentation).
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +78,9 @@ class DatagramTransport(Protocol):
 
     def send(self, data: bytes, addr: Address) -> None:
         """Hand one datagram to the network; never blocks (it may drop, like UDP)."""
+
+    # Optional: ``send_many(datagrams, addr)`` hands several datagrams for one address over at
+    # once (see :meth:`UdpTransport.send_many`); :class:`UdxSocket` falls back to ``send``.
 
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
         """Wait for at least one datagram (or, for a transport that reports them, an
@@ -108,10 +120,16 @@ class UdpTransport:
         self.dropped_sends = 0
         self._unreachable: list[Address] = []
         self._recverr = False
+        self._errors_pending = False
+        self._gso = False
+        self._gso_cmsg: dict[int, list[tuple[int, int, bytes]]] = {}
         if sys.platform.startswith("linux"):
             with contextlib.suppress(OSError):
                 sock.setsockopt(stdsocket.IPPROTO_IP, _IP_RECVERR, 1)
                 self._recverr = True
+            with contextlib.suppress(OSError):
+                sock.getsockopt(_SOL_UDP, _UDP_SEGMENT)  # the kernel knows UDP_SEGMENT
+                self._gso = True
 
     @classmethod
     def bind(cls, host: str = "127.0.0.1", port: int = 0, *,
@@ -138,27 +156,80 @@ class UdpTransport:
                 # An ICMP error for an earlier datagram (to any address) surfaces on this
                 # send, which then sent nothing; reporting it cleared it, so send again.
                 if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    self._errors_pending = True
                     continue
                 raise
             return
 
+    def send_many(self, datagrams: list[bytes], addr: Address) -> None:
+        """Send ``datagrams`` to ``addr`` in order; runs of equal-sized ones (a bulk transfer's
+        full packets, possibly ending with a shorter one) go out in one system call each
+        through UDP GSO where the kernel has it. Drops like :meth:`send`."""
+        n = len(datagrams)
+        if not self._gso or n < 2:
+            for d in datagrams:
+                self.send(d, addr)
+            return
+        i = 0
+        while i < n:
+            seg = len(datagrams[i])
+            limit = min(n, i + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg))
+            j = i + 1
+            while j < limit and len(datagrams[j]) == seg:
+                j += 1
+            if j < limit and len(datagrams[j]) < seg:
+                j += 1  # only the last segment may be shorter
+            if j - i == 1 or not self._send_segmented(datagrams[i:j], seg, addr):
+                for d in datagrams[i:j]:
+                    self.send(d, addr)
+            i = j
+
+    def _send_segmented(self, group: list[bytes], seg: int, addr: Address) -> bool:
+        """One GSO send; False when the kernel refuses GSO here (then it is not tried again)."""
+        cmsg = self._gso_cmsg.get(seg)
+        if cmsg is None:
+            cmsg = self._gso_cmsg[seg] = [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", seg))]
+        data = b"".join(group)
+        for _ in range(2):
+            try:
+                self._sock.sendmsg([data], cmsg, 0, addr)
+            except (BlockingIOError, InterruptedError):
+                self.dropped_sends += len(group)
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    self._errors_pending = True
+                    continue  # as in send: an earlier datagram's ICMP error, nothing sent
+                if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
+                                 errno.EMSGSIZE):
+                    self._gso = False  # no segmentation on this path: separate sends
+                    return False
+                raise
+            return True
+        return True
+
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
+        sock = self._sock
+        recvfrom = sock.recvfrom
         while True:
-            await trio.lowlevel.wait_readable(self._sock)
+            await trio.lowlevel.wait_readable(sock)
             out: list[tuple[bytes, Address]] = []
             for _ in range(RECEIVE_BATCH):
                 try:
-                    data, addr = self._sock.recvfrom(65536)
+                    data, addr = recvfrom(65536)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
                     if exc.errno == errno.ECONNREFUSED:
+                        self._errors_pending = True
                         continue  # the error is read from the error queue below
                     raise
                 out.append((data, (addr[0], addr[1])))
-            if self._recverr:
-                # Every batch (one syscall): a non-empty error queue keeps the socket
-                # readable, and its news should not wait for a quiet moment.
+            if self._recverr and (self._errors_pending or not out):
+                # Linux reports a queued ICMP error on the next receive or send (ECONNREFUSED,
+                # flagged above) and keeps the socket readable while the queue is not empty
+                # (a wake-up with no datagram); only then is the queue read, not on every
+                # wake-up (one system call saved per batch).
+                self._errors_pending = False
                 self._drain_errors()
             if out or self._unreachable:
                 return out
@@ -209,6 +280,9 @@ class UdxSocket:
         self._ack_pending: dict[int, UdxStream] = {}
         self._ack_since = 0.0
         self._ack_flusher = _AckFlusher(self)
+        send_many = getattr(transport, "send_many", None)
+        self._send_many: Callable[[list[bytes], Address], None] = (
+            send_many if callable(send_many) else self._send_each)
 
     @classmethod
     @asynccontextmanager
@@ -284,6 +358,11 @@ class UdxSocket:
 
     # ---------------------------------------------------------------- internals
 
+    def _send_each(self, datagrams: list[bytes], addr: Address) -> None:
+        send = self.transport.send
+        for d in datagrams:
+            send(d, addr)
+
     def _shutdown(self) -> None:
         self._closed = True
         for stream in list(self._streams.values()):
@@ -309,20 +388,29 @@ class UdxSocket:
             if reports is not None:
                 for addr in reports.take_unreachable():
                     self._unreachable(addr, now)
+            streams = self._streams
             for data, addr in batch:
-                stream = self._route(data)
-                if stream is None:
+                # inline of _route: the first header fields decide where a datagram goes
+                stream = (streams.get(_U32.unpack_from(data, 4)[0])
+                          if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == VERSION
+                          else None)
+                if stream is None or stream.core.released:
                     self._other(data, addr)
                     continue
+                fw = stream._firewall
+                if stream.remote_address is None and fw is not None:
+                    try:  # a malformed packet never reaches the firewall (it may connect)
+                        Packet.decode(data)
+                    except PacketError:
+                        self.malformed_packets += 1
+                        continue
+                    if fw(stream, addr):
+                        continue
                 try:
-                    pkt = Packet.decode(data)
+                    stream.core.receive_datagram(data, now)
                 except PacketError:
                     self.malformed_packets += 1
                     continue
-                fw = stream._firewall
-                if stream.remote_address is None and fw is not None and fw(stream, addr):
-                    continue
-                stream.core.receive(pkt, now)
                 touched[id(stream)] = stream
             for stream in touched.values():
                 stream._after_input(now)
@@ -461,9 +549,10 @@ class UdxStream(trio.abc.HalfCloseableStream):
     def _flush(self, now: float, *, ack_now: bool = False) -> None:
         datagrams = self.core.datagrams_to_send(now, ack_now=ack_now)
         if datagrams and self.remote_address is not None:
-            send = self._socket.transport.send
-            for d in datagrams:
-                send(d, self.remote_address)
+            if len(datagrams) == 1:
+                self._socket.transport.send(datagrams[0], self.remote_address)
+            else:
+                self._socket._send_many(datagrams, self.remote_address)
         if self.core.ack_pending:
             self._socket._schedule_ack(self)
 
@@ -471,9 +560,10 @@ class UdxStream(trio.abc.HalfCloseableStream):
         core = self.core
         datagrams = core.datagrams_to_send(now, ack_now=False)
         if datagrams and self.remote_address is not None:
-            send = self._socket.transport.send
-            for d in datagrams:
-                send(d, self.remote_address)
+            if len(datagrams) == 1:
+                self._socket.transport.send(datagrams[0], self.remote_address)
+            else:
+                self._socket._send_many(datagrams, self.remote_address)
         while (ev := core.next_event()) is not None:
             if isinstance(ev, MessageReceived):
                 if len(self._messages) < MAX_QUEUED_MESSAGES:
@@ -488,6 +578,23 @@ class UdxStream(trio.abc.HalfCloseableStream):
         if self._reader is not None and (core.readable_bytes or core.eof_received
                                          or core.closed):
             self._call_reader()  # a reply written now carries the ACK
+        if core.ack_pending:
+            self._socket._schedule_ack(self)
+
+    def _after_write(self, now: float) -> None:
+        """:meth:`_after_input` for a local write: it produces datagrams and a timer but no
+        event, nothing to read and nothing a parked task waits for."""
+        core = self.core
+        datagrams = core.datagrams_to_send(now, ack_now=False)
+        if datagrams and self.remote_address is not None:
+            if len(datagrams) == 1:
+                self._socket.transport.send(datagrams[0], self.remote_address)
+            else:
+                self._socket._send_many(datagrams, self.remote_address)
+        if core.has_events:
+            self._after_input(now)
+            return
+        self._socket._stream_changed(self)
         if core.ack_pending:
             self._socket._schedule_ack(self)
 
@@ -534,8 +641,8 @@ class UdxStream(trio.abc.HalfCloseableStream):
             if self.core.eof_sent:
                 raise trio.ClosedResourceError("send_all after send_eof")
             if data:
-                self.core.write(bytes(data))
-                self._after_input(trio.current_time())
+                self.core.write(data)
+                self._after_write(trio.current_time())
             await trio.lowlevel.cancel_shielded_checkpoint()
             await self._wait_writable()
         finally:
@@ -585,7 +692,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
             raise trio.WouldBlock
         if data:
             self.core.write(data)
-            self._after_input(trio.current_time())
+            self._after_write(trio.current_time())
 
     # ---------------------------------------------------------------- trio.abc.ReceiveStream
 
