@@ -65,6 +65,11 @@ _SOL_UDP = 17
 _UDP_SEGMENT = 103
 #: Segments per GSO send (the kernel's ``UDP_MAX_SEGMENTS`` is 64 or more) and its byte bound
 #: (one UDP datagram of at most 65507 bytes before segmentation).
+#: ``UDP_GRO`` (Linux 5.0+), its receiving half: datagrams of one flow that arrive together
+#: are read in one ``recvmsg`` with their segment size, then cut apart here.
+_UDP_GRO = 104
+_GRO_CMSG_SPACE = stdsocket.CMSG_SPACE(4) if hasattr(stdsocket, "CMSG_SPACE") else 0
+_I32 = struct.Struct("=i")
 GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 log = logging.getLogger(__name__)
@@ -122,6 +127,7 @@ class UdpTransport:
         self._recverr = False
         self._errors_pending = False
         self._gso = False
+        self._gro = False
         self._gso_cmsg: dict[int, list[tuple[int, int, bytes]]] = {}
         if sys.platform.startswith("linux"):
             with contextlib.suppress(OSError):
@@ -130,6 +136,10 @@ class UdpTransport:
             with contextlib.suppress(OSError):
                 sock.getsockopt(_SOL_UDP, _UDP_SEGMENT)  # the kernel knows UDP_SEGMENT
                 self._gso = True
+            if _GRO_CMSG_SPACE:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+                    self._gro = True
 
     @classmethod
     def bind(cls, host: str = "127.0.0.1", port: int = 0, *,
@@ -179,7 +189,8 @@ class UdpTransport:
                 j += 1
             if j < limit and len(datagrams[j]) < seg:
                 j += 1  # only the last segment may be shorter
-            if j - i == 1 or not self._send_segmented(datagrams[i:j], seg, addr):
+            if j - i == 1 or not self._gso or not self._send_segmented(datagrams[i:j], seg,
+                                                                       addr):
                 for d in datagrams[i:j]:
                     self.send(d, addr)
             i = j
@@ -207,15 +218,33 @@ class UdpTransport:
             return True
         return True
 
+    def _receive_coalesced(self) -> tuple[bytes, tuple[str, int], int]:
+        """One ``recvmsg`` with ``UDP_GRO``: the bytes, the sender and the segment size (0 for a
+        single datagram)."""
+        data, ancdata, _flags, addr = self._sock.recvmsg(65536, _GRO_CMSG_SPACE)
+        for level, kind, payload in ancdata:
+            if level == _SOL_UDP and kind == _UDP_GRO and len(payload) >= 4:
+                return data, addr, _I32.unpack_from(payload)[0]
+        return data, addr, 0
+
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
         sock = self._sock
         recvfrom = sock.recvfrom
         while True:
             await trio.lowlevel.wait_readable(sock)
             out: list[tuple[bytes, Address]] = []
-            for _ in range(RECEIVE_BATCH):
+            for _ in range(RECEIVE_BATCH):  # system calls; at most about RECEIVE_BATCH datagrams
+                if len(out) >= RECEIVE_BATCH:
+                    break
                 try:
-                    data, addr = recvfrom(65536)
+                    if self._gro:
+                        data, addr, seg = self._receive_coalesced()
+                        if 0 < seg < len(data):
+                            a = (addr[0], addr[1])
+                            out.extend((data[k:k + seg], a) for k in range(0, len(data), seg))
+                            continue
+                    else:
+                        data, addr = recvfrom(65536)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import random
 import socket
@@ -13,7 +14,14 @@ import trio
 import trio.testing
 from udx_memnet import LinkProfile, MemoryNetwork
 
-from p2p_transport.udx import StreamReset, StreamTimeout, StreamUnreachable, UdxSocket, UdxStream
+from p2p_transport.udx import (
+    StreamReset,
+    StreamTimeout,
+    StreamUnreachable,
+    UdpTransport,
+    UdxSocket,
+    UdxStream,
+)
 from p2p_transport.udx.packet import DATA, Packet
 
 Pair = tuple[UdxStream, UdxStream]
@@ -422,4 +430,72 @@ def test_an_icmp_error_never_costs_a_later_datagram() -> None:
                 sa.send_datagram(b"to b", sb.address)
                 with trio.fail_after(1):
                     assert await sb.receive_datagram() == (b"to b", sa.address)
+    trio.run(main)
+
+
+async def _receive_all(transport: UdpTransport, count: int) -> list[bytes]:
+    got: list[bytes] = []
+    with trio.fail_after(5):
+        while len(got) < count:
+            got.extend(d for d, _ in await transport.receive_batch())
+    return got
+
+
+_MIXED = ([bytes([i]) * 1172 for i in range(70)] + [b"s" * 500]
+          + [bytes([i]) * 1172 for i in range(3)] + [b"tail", b"x" * 1172])
+
+
+@pytest.mark.parametrize("gro", [True, False])
+def test_send_many_puts_exactly_the_datagrams_on_the_wire(gro: bool) -> None:
+    """Runs of equal-sized datagrams go out segmented (UDP GSO where the kernel has it) but
+    arrive as the same datagrams, in order, whether the receiver reads them coalesced
+    (UDP GRO) or one by one. Real UDP on 127.0.0.1."""
+    async def main() -> None:
+        receiver = UdpTransport.bind()
+        if not gro and receiver._gro:  # the plain read path too (UDP_GRO off again)
+            receiver._sock.setsockopt(socket.IPPROTO_UDP, 104, 0)
+            receiver._gro = False
+        sender = UdpTransport.bind()
+        try:
+            sender.send_many(_MIXED, receiver.local_address)
+            assert await _receive_all(receiver, len(_MIXED)) == _MIXED
+            assert sender.dropped_sends == 0
+        finally:
+            sender.close()
+            receiver.close()
+    trio.run(main)
+
+
+class _NoGsoSocket:
+    """A socket whose kernel refuses segmentation offload (a test double around a real one)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendmsg(self, *_args: object) -> int:
+        self.refused += 1
+        raise OSError(errno.EIO, "GSO not supported on this path")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def test_send_many_falls_back_to_one_send_per_datagram_without_gso() -> None:
+    async def main() -> None:
+        receiver = UdpTransport.bind()
+        sender = UdpTransport.bind()
+        real = sender._sock
+        double = _NoGsoSocket(real)
+        sender._sock = double  # type: ignore[assignment]
+        sender._gso = True
+        try:
+            sender.send_many(_MIXED, receiver.local_address)
+            sender.send_many(_MIXED, receiver.local_address)
+            assert await _receive_all(receiver, 2 * len(_MIXED)) == 2 * _MIXED
+            assert double.refused == 1  # refused once, never tried again
+        finally:
+            sender._sock = real
+            sender.close()
+            receiver.close()
     trio.run(main)
