@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 PROTOCOL = "protomux-rpc"
 _REQUEST, _RESPONSE = 0, 1
 _HAS_ERROR, _HAS_CODE, _HAS_CAUSE, _HAS_CONTEXT = 1, 2, 4, 8
+#: Encoded method names kept per channel (callers use a handful).
+_METHOD_CACHE = 64
 
 
 class RpcProtocolError(RemoteProtocolError):
@@ -124,6 +126,11 @@ def decode_value(raw: bytes) -> bytes | None:
         return Reader(raw).optional_buffer()
     except DecodeError as exc:
         raise RpcProtocolError(f"bad value encoding: {exc}") from exc
+
+
+def _method_head(method: str) -> bytes:
+    """The encoded method name of a request (``string``), cached per channel."""
+    return Writer().string(method).getvalue()
 
 
 def encode_request(req: RpcRequest) -> bytes:
@@ -256,6 +263,7 @@ class RpcChannel:
         self.mux = mux
         self._responders: dict[str, Handler] = {}
         self._pending: dict[int, _Waiter] = {}
+        self._method_heads: dict[str, bytes] = {}
         self._next_id = 1
         self._responding = 0
         self._ending = False
@@ -409,8 +417,12 @@ class RpcChannel:
         try:
             # written without yielding where the stream allows; waiting is the checkpoint
             await trio.lowlevel.checkpoint_if_cancelled()
-            self.mux.send_nowait(self.channel, _REQUEST,
-                                 encode_request(RpcRequest(id_, method, encode_value(value))))
+            head = self._method_heads.get(method)
+            if head is None:
+                head = _method_head(method)
+                if len(self._method_heads) < _METHOD_CACHE:
+                    self._method_heads[method] = head
+            self.mux.send_nowait(self.channel, _REQUEST, _uint(id_) + head + encode_value(value))
             if self.mux.core.outbox:
                 await self.mux.flush()
             if timeout == math.inf:

@@ -53,6 +53,9 @@ MAX_QUEUED_MESSAGES = 1024
 MAX_QUEUED_DATAGRAMS = 4096
 #: Datagrams handled per receive batch before yielding to other tasks.
 RECEIVE_BATCH = 256
+#: Wake-ups in a row that read one datagram without asking for a second (see
+#: ``UdpTransport.receive_batch``) before a full batch is tried again.
+SINGLE_READS = 16
 #: Longest a pure ACK waits for data to carry it while the process stays busy (seconds). It
 #: normally goes out as soon as no task is runnable, microseconds after the packet arrived;
 #: libudx's tail-loss probe fires after 2 x SRTT + 2 ms at the earliest, its RTO after 1 s.
@@ -126,6 +129,7 @@ class UdpTransport:
         self._unreachable: list[Address] = []
         self._recverr = False
         self._errors_pending = False
+        self._single_reads = 0
         self._gso = False
         self._gro = False
         self._gso_cmsg: dict[int, list[tuple[int, int, bytes]]] = {}
@@ -233,9 +237,17 @@ class UdpTransport:
         while True:
             await trio.lowlevel.wait_readable(sock)
             out: list[tuple[bytes, Address]] = []
-            for _ in range(RECEIVE_BATCH):  # system calls; at most about RECEIVE_BATCH datagrams
+            # Request/response traffic brings one datagram per wake-up; a speculative second
+            # read would fail with EAGAIN (a system call and an exception per round trip). So
+            # after a wake-up that read once, the next ones read once too, up to
+            # SINGLE_READS in a row, then probe with a full batch again. The socket is polled
+            # level-triggered: a datagram left unread wakes us again at once.
+            reads = 1 if 0 < self._single_reads < SINGLE_READS else RECEIVE_BATCH
+            calls = 0
+            for _ in range(reads):  # system calls; at most about RECEIVE_BATCH datagrams
                 if len(out) >= RECEIVE_BATCH:
                     break
+                calls += 1
                 try:
                     if self._gro:
                         data, addr, seg = self._receive_coalesced()
@@ -253,6 +265,12 @@ class UdpTransport:
                         continue  # the error is read from the error queue below
                     raise
                 out.append((data, (addr[0], addr[1])))
+            if calls == 1 and out:
+                self._single_reads += 1  # (a batch that read once ended in EAGAIN: counts)
+            elif len(out) == 1 and calls == 2:
+                self._single_reads = 1
+            else:
+                self._single_reads = 0
             if self._recverr and (self._errors_pending or not out):
                 # Linux reports a queued ICMP error on the next receive or send (ECONNREFUSED,
                 # flagged above) and keeps the socket readable while the queue is not empty
