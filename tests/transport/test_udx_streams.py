@@ -499,3 +499,23 @@ def test_send_many_falls_back_to_one_send_per_datagram_without_gso() -> None:
             sender.close()
             receiver.close()
     trio.run(main)
+
+
+def test_a_burst_after_request_response_traffic_is_read_whole() -> None:
+    """After many wake-ups with one datagram each (when the receiver stops asking for a
+    second), a burst that arrives at once is still read, all of it, in order."""
+    async def main() -> None:
+        receiver = UdpTransport.bind()
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(40):
+                sender.sendto(b"ping %d" % i, receiver.local_address)
+                assert await _receive_all(receiver, 1) == [b"ping %d" % i]
+            burst = [b"burst %d" % i for i in range(300)]
+            for d in burst:
+                sender.sendto(d, receiver.local_address)
+            assert await _receive_all(receiver, len(burst)) == burst
+        finally:
+            sender.close()
+            receiver.close()
+    trio.run(main)
