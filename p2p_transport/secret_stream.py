@@ -23,9 +23,8 @@ from typing import Protocol, runtime_checkable
 import nacl.bindings as sodium
 import nacl.exceptions
 import trio
-from nacl._sodium import ffi as _ffi  # the bindings' own cffi handles: no per-call checks
-from nacl._sodium import lib as _lib
 
+from ._sodium import StreamOpener, StreamSealer
 from .cenc import RemoteProtocolError
 from .crypto import NS_SS_INITIATOR, NS_SS_RESPONDER, NS_SS_SEND, KeyPair, hash_batch, key_pair
 from .noise import HandshakeError, HandshakeResult, NoiseHandshake, Pattern, stream_id
@@ -50,8 +49,6 @@ MAX_MESSAGE = MAX_FRAME - ABYTES
 DEFAULT_KEEPALIVE = 5.0
 _BOX_MAC = 16
 _BOX_NONCE = 24
-#: Messages up to this size are sealed and opened in buffers kept per stream.
-_SCRATCH = 64 * 1024
 
 
 class SecretStreamError(RemoteProtocolError):
@@ -78,9 +75,8 @@ class SecretStreamCore:
         self._header_received = False
         self._buf = bytearray()
         self._pos = 0
-        self._seal_buf = _ffi.new("unsigned char[]", 3 + _SCRATCH + ABYTES)
-        self._open_buf = _ffi.new("unsigned char[]", _SCRATCH)
-        self._tag_buf = _ffi.new("unsigned char *")
+        self._sealer = StreamSealer(self._push)
+        self._opener = StreamOpener(self._pull)
         self._messages: deque[bytes] = deque()
         self._outgoing = bytearray()
         self._send_key = b""
@@ -190,14 +186,11 @@ class SecretStreamCore:
             return
         if len(frame) < ABYTES:
             raise SecretStreamError("Invalid message received")
-        mlen = len(frame) - ABYTES
-        out = self._open_buf if mlen <= _SCRATCH else _ffi.new("unsigned char[]", mlen)
-        rc = _lib.crypto_secretstream_xchacha20poly1305_pull(
-            self._pull.statebuf, out, _ffi.NULL, self._tag_buf, frame, len(frame), _ffi.NULL, 0)
-        if rc != 0:
+        message = self._opener.open(frame)
+        if message is None:
             raise SecretStreamError("message failed to decrypt")
-        if mlen or not self.filter_empty:
-            self._messages.append(_ffi.buffer(out, mlen)[:])
+        if message or not self.filter_empty:
+            self._messages.append(message)
 
     def _incoming_handshake(self, frame: bytes) -> None:
         noise = self._noise
@@ -222,18 +215,7 @@ class SecretStreamCore:
             raise ValueError(f"message of {len(message)} bytes exceeds {MAX_MESSAGE}")
         if type(message) is not bytes:
             message = bytes(message)
-        mlen = len(message)
-        clen = mlen + ABYTES
-        out = (self._seal_buf if mlen <= _SCRATCH
-               else _ffi.new("unsigned char[]", 3 + clen))
-        rc = _lib.crypto_secretstream_xchacha20poly1305_push(
-            self._push.statebuf, out + 3, _ffi.NULL, message, mlen, _ffi.NULL, 0, TAG_MESSAGE)
-        if rc != 0:
-            raise RuntimeError("secretstream push failed")
-        out[0] = clen & 0xFF
-        out[1] = clen >> 8 & 0xFF
-        out[2] = clen >> 16
-        return _ffi.buffer(out, 3 + clen)[:]
+        return self._sealer.seal_frame(message)
 
     # ------------------------------------------------------------------ unordered datagrams
 

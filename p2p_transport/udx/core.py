@@ -349,7 +349,7 @@ class StreamCore:
             raise ValueError("stream id must be a uint32")
         self.remote_id = remote_id
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._end_queued or self.closed:
             raise RuntimeError("write after end or close")
         self._pending += data
