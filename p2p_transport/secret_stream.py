@@ -14,9 +14,10 @@ as UDX MESSAGE packets sealed with ``crypto_secretbox`` under per-direction keys
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Protocol, runtime_checkable
 
@@ -282,6 +283,7 @@ class SecretStream(trio.abc.HalfCloseableStream):
         self.core = SecretStreamCore(is_initiator, handshake, static_key_pair=static_key_pair,
                                      filter_empty=bool(keepalive))
         self._send_lock = trio.StrictFIFOLock()
+        self._stream_sending = False
         self._receiving = False
         self._leftover = b""
         self._eof = False
@@ -546,21 +548,36 @@ class SecretStream(trio.abc.HalfCloseableStream):
 
     # ---------------------------------------------------------------- trio.abc.HalfCloseableStream
 
+    @contextlib.contextmanager
+    def _stream_send(self) -> Iterator[None]:
+        # The byte-stream API follows trio's contract: a second concurrent send_all,
+        # wait_send_all_might_not_block or send_eof raises BusyResourceError. (The message API
+        # queues concurrent senders instead: protomux and the keepalive share the stream.)
+        if self._stream_sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._stream_sending = True
+        try:
+            yield
+        finally:
+            self._stream_sending = False
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Each call is one message (larger writes are split at :data:`MAX_MESSAGE`)."""
-        data = bytes(data)
-        if not data:
-            if self._closed:
-                raise trio.ClosedResourceError("stream is closed")
-            await trio.lowlevel.checkpoint()
-            return
-        for i in range(0, len(data), MAX_MESSAGE):
-            await self.send_message(data[i:i + MAX_MESSAGE])
+        with self._stream_send():
+            data = bytes(data)
+            if not data:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream is closed")
+                await trio.lowlevel.checkpoint()
+                return
+            for i in range(0, len(data), MAX_MESSAGE):
+                await self.send_message(data[i:i + MAX_MESSAGE])
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("stream is closed")
-        await self.raw.wait_send_all_might_not_block()
+        with self._stream_send():
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            await self.raw.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
@@ -580,10 +597,11 @@ class SecretStream(trio.abc.HalfCloseableStream):
         return out
 
     async def send_eof(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("stream is closed")
-        async with self._send_lock:
-            await self.raw.send_eof()
+        with self._stream_send():
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            async with self._send_lock:
+                await self.raw.send_eof()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -76,6 +76,38 @@ def test_check_two_way_stream_on_a_lossy_network() -> None:
     run(main)
 
 
+async def clog(s: UdxStream) -> None:
+    """Write from ``s`` until its send buffer is over the high-water mark with a peer that
+    does not read: once the peer's receive window is full, ``send_all`` blocks."""
+    chunk = bytes(65536)
+    for _ in range(200):  # 13 MB at most; the window (4 MiB) and the mark (1 MiB) fill first
+        if not s.can_send_nowait():
+            break
+        s.send_nowait(chunk)
+    await trio.testing.wait_all_tasks_blocked()  # the window fills, ACKs settle
+    assert not s.can_send_nowait(), "the stream did not clog"
+
+
+@pytest.mark.parametrize("profile", [LinkProfile(), LinkProfile(loss=0.02, jitter=0.002)],
+                         ids=["clean", "lossy"])
+def test_check_half_closeable_stream_with_backpressure(profile: LinkProfile) -> None:
+    """trio's conformance checks, with a clogged stream maker too: a sender whose peer stops
+    reading blocks in ``send_all`` / ``wait_send_all_might_not_block`` until the peer reads
+    (its window reopens) or either side closes."""
+    async def main() -> None:
+        async with sockets(MemoryNetwork(21, profile)) as (sa, sb):
+            async def maker() -> Pair:
+                return connect(sa, sb)
+
+            async def clogged() -> Pair:  # both ways: the two-way check flips the pair
+                a, b = connect(sa, sb)
+                await clog(a)
+                await clog(b)
+                return a, b
+            await trio.testing.check_half_closeable_stream(maker, clogged)
+    run(main)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_lossy_transfer_arrives_intact_with_bounded_retransmissions(seed: int) -> None:
     payload = random.Random(seed).randbytes(1_000_000)
