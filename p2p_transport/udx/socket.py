@@ -489,9 +489,9 @@ class UdxSocket:
             self._next_deadline = deadline
             self._timer_wakeup.set()
 
-    def _schedule_ack(self, stream: UdxStream) -> None:
+    def _schedule_ack(self, stream: UdxStream, now: float) -> None:
         if not self._ack_pending:
-            self._ack_since = trio.current_time()
+            self._ack_since = now
         self._ack_pending[id(stream)] = stream
 
     def _flush_acks(self) -> None:
@@ -499,9 +499,11 @@ class UdxSocket:
         # by the same packets can send first and carry the ACK in its data packet (halves the
         # packets of a request/response, and costs no task switch when it does).
         pending, self._ack_pending = self._ack_pending, {}
-        now = trio.current_time()
+        now: float | None = None  # read the clock only for an ACK still owed
         for stream in pending.values():
             if stream.core.ack_pending:
+                if now is None:
+                    now = trio.current_time()
                 try:
                     stream._flush(now, ack_now=True)
                 except OSError as exc:  # this runs in the run loop: a failed send is a loss
@@ -603,7 +605,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
             else:
                 self._socket._send_many(datagrams, self.remote_address)
         if self.core.ack_pending:
-            self._socket._schedule_ack(self)
+            self._socket._schedule_ack(self, now)
 
     def _after_input(self, now: float) -> None:
         core = self.core
@@ -628,7 +630,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
                                          or core.closed):
             self._call_reader()  # a reply written now carries the ACK
         if core.ack_pending:
-            self._socket._schedule_ack(self)
+            self._socket._schedule_ack(self, now)
 
     def _after_write(self, now: float) -> None:
         """:meth:`_after_input` for a local write: it produces datagrams and a timer but no
@@ -645,7 +647,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
             return
         self._socket._stream_changed(self)
         if core.ack_pending:
-            self._socket._schedule_ack(self)
+            self._socket._schedule_ack(self, now)
 
     def _call_reader(self) -> None:
         reader = self._reader
