@@ -496,15 +496,18 @@ class StreamCore:
         if seq_diff(ack, self._seq) > 0:
             return  # acks something we never sent; ignore
         progressed = False
-        while seq_diff(ack, self._remote_acked) > 0:
-            sent = self._inflight.pop(self._remote_acked, None)
+        acked = self._remote_acked
+        inflight = self._inflight
+        for _ in range(max(0, seq_diff(ack, acked))):  # at most the packets in flight
+            sent = inflight.pop(acked, None)
             if sent is not None:
                 if sent.lost:
                     self._lost -= 1
                 self._inflight_bytes -= len(sent.payload)
                 self._acked_one(sent, now)
                 progressed = True
-            self._remote_acked = (self._remote_acked + 1) & 0xFFFFFFFF
+            acked = (acked + 1) & 0xFFFFFFFF
+        self._remote_acked = acked
         if sacks:
             self.stats.sack_packets_received += 1
         for start, end in sacks:
@@ -701,27 +704,35 @@ class StreamCore:
             self.stats.retransmissions += 1
             sent_data = True
             out.append(self._header(sent.type, seq, sent.payload))
-        # new data
-        while (self._pending or (self._end_queued and self._end_seq is None)):
-            size = min(len(self._pending), MAX_PAYLOAD)
+        # new data (the header fields other than kind and seq are the same for every packet)
+        pending = self._pending
+        if pending or (self._end_queued and self._end_seq is None):
+            pack, remote_id, rwnd, ack = _HEADER.pack, self.remote_id, self._advertise(), self._ack
+            inflight = self._inflight
+        while pending or (self._end_queued and self._end_seq is None):
+            size = min(len(pending), MAX_PAYLOAD)
             if not self._window_open(size):
                 if self._remote_rwnd == 0 and self._pipe == 0 and self._zwp_deadline is None:
                     self._zwp_deadline = now + self._rto
                 break
-            payload = bytes(self._pending[:size])
-            del self._pending[:size]
+            if size == len(pending):  # the rest: no slice to cut off
+                payload = bytes(pending)
+                pending.clear()
+            else:
+                payload = bytes(pending[:size])
+                del pending[:size]
             kind = DATA if payload else 0
-            if not self._pending and self._end_queued:
+            if not pending and self._end_queued:
                 kind |= END
                 self._end_seq = self._seq
             seq = self._seq
-            self._seq = (self._seq + 1) & 0xFFFFFFFF
-            self._inflight[seq] = _Sent(kind, payload, now, in_pipe=True)
-            self._inflight_bytes += len(payload)
+            self._seq = (seq + 1) & 0xFFFFFFFF
+            inflight[seq] = _Sent(kind, payload, now, in_pipe=True)
+            self._inflight_bytes += size
             self._pipe += 1
-            self.stats.bytes_sent += len(payload)
+            self.stats.bytes_sent += size
             sent_data = True
-            out.append(self._header(kind, seq, payload))
+            out.append(pack(MAGIC, VERSION, kind, 0, remote_id, rwnd, seq, ack) + payload)
             if self._rto_deadline is None:
                 self._rto_deadline = now + self._rto
         if self._ack_needed:
