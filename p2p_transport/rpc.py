@@ -234,16 +234,33 @@ Handler = Callable[[bytes | None], "Awaitable[bytes | None] | bytes | None"]
 
 
 class _Waiter:
-    __slots__ = ("event", "response")
+    """One caller parked on its response: woken directly by the task that sets it (no
+    ``Event`` and parking lot in between, a few calls fewer per request)."""
+
+    __slots__ = ("response", "task")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
         self.response: RpcResponse | None = None
+        self.task: trio.lowlevel.Task | None = None
 
     def set(self, response: RpcResponse) -> None:
         if self.response is None:
             self.response = response
-            self.event.set()
+            task, self.task = self.task, None
+            if task is not None:
+                trio.lowlevel.reschedule(task)
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def wait(self) -> None:
+        """Until :meth:`set` (a checkpoint either way; cancellable)."""
+        if self.response is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
 class RpcChannel:
@@ -426,10 +443,10 @@ class RpcChannel:
             if self.mux.core.outbox:
                 await self.mux.flush()
             if timeout == math.inf:
-                await waiter.event.wait()  # no cancel scope: it costs on every call
+                await waiter.wait()  # no cancel scope: it costs on every call
             else:
                 with trio.fail_after(timeout):
-                    await waiter.event.wait()
+                    await waiter.wait()
             res = waiter.response
             assert res is not None
         except trio.TooSlowError:
