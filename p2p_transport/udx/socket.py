@@ -8,6 +8,10 @@ datagram goes to the socket's other user (``on_datagram`` callback, or
 
 :class:`UdxStream` exposes a stream as a :class:`trio.abc.HalfCloseableStream`, plus unreliable
 messages (:meth:`UdxStream.send_message` / :meth:`UdxStream.receive_message`).
+
+On Linux, :class:`UdpTransport` sends runs of equal-sized datagrams with UDP GSO and reads
+coalesced ones with UDP GRO (the wire carries the same datagrams either way), and reads one
+datagram per wake-up while traffic is request/response.
 """
 
 from __future__ import annotations
@@ -67,13 +71,13 @@ _SOL_UDP = 17
 _UDP_SEGMENT = 103
 #: Segments per GSO send (the kernel's ``UDP_MAX_SEGMENTS`` is 64 or more) and its byte bound
 #: (one UDP datagram of at most 65507 bytes before segmentation).
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
 #: ``UDP_GRO`` (Linux 5.0+), its receiving half: datagrams of one flow that arrive together
 #: are read in one ``recvmsg`` with their segment size, then cut apart here.
 _UDP_GRO = 104
 _GRO_CMSG_SPACE = stdsocket.CMSG_SPACE(4) if hasattr(stdsocket, "CMSG_SPACE") else 0
 _I32 = struct.Struct("=i")
-GSO_MAX_SEGMENTS = 64
-GSO_MAX_BYTES = 65000
 log = logging.getLogger(__name__)
 
 
@@ -597,24 +601,22 @@ class UdxStream(trio.abc.HalfCloseableStream):
         if self._changed:
             self._changed.unpark_all()
 
-    def _flush(self, now: float, *, ack_now: bool = False) -> None:
-        datagrams = self.core.datagrams_to_send(now, ack_now=ack_now)
-        if datagrams and self.remote_address is not None:
+    def _send(self, datagrams: list[bytes]) -> None:
+        addr = self.remote_address
+        if datagrams and addr is not None:
             if len(datagrams) == 1:
-                self._socket.transport.send(datagrams[0], self.remote_address)
+                self._socket.transport.send(datagrams[0], addr)
             else:
-                self._socket._send_many(datagrams, self.remote_address)
+                self._socket._send_many(datagrams, addr)  # one system call per run (GSO)
+
+    def _flush(self, now: float, *, ack_now: bool = False) -> None:
+        self._send(self.core.datagrams_to_send(now, ack_now=ack_now))
         if self.core.ack_pending:
             self._socket._schedule_ack(self, now)
 
     def _after_input(self, now: float) -> None:
         core = self.core
-        datagrams = core.datagrams_to_send(now, ack_now=False)
-        if datagrams and self.remote_address is not None:
-            if len(datagrams) == 1:
-                self._socket.transport.send(datagrams[0], self.remote_address)
-            else:
-                self._socket._send_many(datagrams, self.remote_address)
+        self._send(core.datagrams_to_send(now, ack_now=False))
         while (ev := core.next_event()) is not None:
             if isinstance(ev, MessageReceived):
                 if len(self._messages) < MAX_QUEUED_MESSAGES:
@@ -636,12 +638,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
         """:meth:`_after_input` for a local write: it produces datagrams and a timer but no
         event, nothing to read and nothing a parked task waits for."""
         core = self.core
-        datagrams = core.datagrams_to_send(now, ack_now=False)
-        if datagrams and self.remote_address is not None:
-            if len(datagrams) == 1:
-                self._socket.transport.send(datagrams[0], self.remote_address)
-            else:
-                self._socket._send_many(datagrams, self.remote_address)
+        self._send(core.datagrams_to_send(now, ack_now=False))
         if core.has_events:
             self._after_input(now)
             return
