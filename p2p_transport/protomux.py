@@ -238,6 +238,11 @@ class Protomux:
     def unpair(self, protocol: str, id_: bytes | None) -> None:
         self._notify.pop(_key(protocol, id_), None)
 
+    @property
+    def corked(self) -> bool:
+        """Messages are being collected into one batch frame (see :meth:`cork`)."""
+        return self._batch is not None
+
     def opened(self, protocol: str, id_: bytes | None = None) -> bool:
         info = self._infos.get(_key(protocol, id_))
         return info is not None and info.opened > 0
@@ -479,6 +484,15 @@ class Mux:
         """Queue one message and write what is queued without yielding where the stream
         allows it; whatever could not be written goes out from :meth:`flush` or the writer
         task. False when the channel is closed."""
+        push, core = self._push, self.core
+        if (push is not None and not core.outbox and not self._flushing and not core.corked
+                and channel.local_id and not channel.closed):
+            # nothing queued ahead of it: the frame goes straight to the stream
+            frame = _uint(channel.local_id) + _uint(type_) + payload
+            if not push.send_message_nowait(frame):
+                core.outbox.append(frame)
+                self._wake.set()
+            return True
         self._inline += 1
         try:
             ok = channel.send(type_, payload)

@@ -14,18 +14,18 @@ as UDX MESSAGE packets sealed with ``crypto_secretbox`` under per-direction keys
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Protocol, runtime_checkable
 
 import nacl.bindings as sodium
 import nacl.exceptions
 import trio
-from nacl._sodium import ffi as _ffi  # the bindings' own cffi handles: no per-call checks
-from nacl._sodium import lib as _lib
 
+from ._sodium import StreamOpener, StreamSealer
 from .cenc import RemoteProtocolError
 from .crypto import NS_SS_INITIATOR, NS_SS_RESPONDER, NS_SS_SEND, KeyPair, hash_batch, key_pair
 from .noise import HandshakeError, HandshakeResult, NoiseHandshake, Pattern, stream_id
@@ -50,8 +50,6 @@ MAX_MESSAGE = MAX_FRAME - ABYTES
 DEFAULT_KEEPALIVE = 5.0
 _BOX_MAC = 16
 _BOX_NONCE = 24
-#: Messages up to this size are sealed and opened in buffers kept per stream.
-_SCRATCH = 64 * 1024
 
 
 class SecretStreamError(RemoteProtocolError):
@@ -78,9 +76,8 @@ class SecretStreamCore:
         self._header_received = False
         self._buf = bytearray()
         self._pos = 0
-        self._seal_buf = _ffi.new("unsigned char[]", 3 + _SCRATCH + ABYTES)
-        self._open_buf = _ffi.new("unsigned char[]", _SCRATCH)
-        self._tag_buf = _ffi.new("unsigned char *")
+        self._sealer = StreamSealer(self._push)
+        self._opener = StreamOpener(self._pull)
         self._messages: deque[bytes] = deque()
         self._outgoing = bytearray()
         self._send_key = b""
@@ -190,14 +187,11 @@ class SecretStreamCore:
             return
         if len(frame) < ABYTES:
             raise SecretStreamError("Invalid message received")
-        mlen = len(frame) - ABYTES
-        out = self._open_buf if mlen <= _SCRATCH else _ffi.new("unsigned char[]", mlen)
-        rc = _lib.crypto_secretstream_xchacha20poly1305_pull(
-            self._pull.statebuf, out, _ffi.NULL, self._tag_buf, frame, len(frame), _ffi.NULL, 0)
-        if rc != 0:
+        message = self._opener.open(frame)
+        if message is None:
             raise SecretStreamError("message failed to decrypt")
-        if mlen or not self.filter_empty:
-            self._messages.append(_ffi.buffer(out, mlen)[:])
+        if message or not self.filter_empty:
+            self._messages.append(message)
 
     def _incoming_handshake(self, frame: bytes) -> None:
         noise = self._noise
@@ -222,18 +216,7 @@ class SecretStreamCore:
             raise ValueError(f"message of {len(message)} bytes exceeds {MAX_MESSAGE}")
         if type(message) is not bytes:
             message = bytes(message)
-        mlen = len(message)
-        clen = mlen + ABYTES
-        out = (self._seal_buf if mlen <= _SCRATCH
-               else _ffi.new("unsigned char[]", 3 + clen))
-        rc = _lib.crypto_secretstream_xchacha20poly1305_push(
-            self._push.statebuf, out + 3, _ffi.NULL, message, mlen, _ffi.NULL, 0, TAG_MESSAGE)
-        if rc != 0:
-            raise RuntimeError("secretstream push failed")
-        out[0] = clen & 0xFF
-        out[1] = clen >> 8 & 0xFF
-        out[2] = clen >> 16
-        return _ffi.buffer(out, 3 + clen)[:]
+        return self._sealer.seal_frame(message)
 
     # ------------------------------------------------------------------ unordered datagrams
 
@@ -300,6 +283,7 @@ class SecretStream(trio.abc.HalfCloseableStream):
         self.core = SecretStreamCore(is_initiator, handshake, static_key_pair=static_key_pair,
                                      filter_empty=bool(keepalive))
         self._send_lock = trio.StrictFIFOLock()
+        self._stream_sending = False
         self._receiving = False
         self._leftover = b""
         self._eof = False
@@ -564,21 +548,36 @@ class SecretStream(trio.abc.HalfCloseableStream):
 
     # ---------------------------------------------------------------- trio.abc.HalfCloseableStream
 
+    @contextlib.contextmanager
+    def _stream_send(self) -> Iterator[None]:
+        # The byte-stream API follows trio's contract: a second concurrent send_all,
+        # wait_send_all_might_not_block or send_eof raises BusyResourceError. (The message API
+        # queues concurrent senders instead: protomux and the keepalive share the stream.)
+        if self._stream_sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._stream_sending = True
+        try:
+            yield
+        finally:
+            self._stream_sending = False
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Each call is one message (larger writes are split at :data:`MAX_MESSAGE`)."""
-        data = bytes(data)
-        if not data:
-            if self._closed:
-                raise trio.ClosedResourceError("stream is closed")
-            await trio.lowlevel.checkpoint()
-            return
-        for i in range(0, len(data), MAX_MESSAGE):
-            await self.send_message(data[i:i + MAX_MESSAGE])
+        with self._stream_send():
+            data = bytes(data)
+            if not data:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream is closed")
+                await trio.lowlevel.checkpoint()
+                return
+            for i in range(0, len(data), MAX_MESSAGE):
+                await self.send_message(data[i:i + MAX_MESSAGE])
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("stream is closed")
-        await self.raw.wait_send_all_might_not_block()
+        with self._stream_send():
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            await self.raw.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None:
@@ -598,10 +597,11 @@ class SecretStream(trio.abc.HalfCloseableStream):
         return out
 
     async def send_eof(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("stream is closed")
-        async with self._send_lock:
-            await self.raw.send_eof()
+        with self._stream_send():
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            async with self._send_lock:
+                await self.raw.send_eof()
 
     async def aclose(self) -> None:
         self._closed = True

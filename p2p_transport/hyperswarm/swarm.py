@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -475,7 +474,7 @@ class Hyperswarm:
         self._all[key] = conn
         self.connections[key] = conn
         peer.proven = True
-        peer.connected_at = time.monotonic()
+        peer.connected_at = trio.current_time()
         self._notify()
         try:
             await self.on_connection(conn)
@@ -489,7 +488,7 @@ class Hyperswarm:
                 del self._all[key]
             if self.connections.get(key) is conn:
                 del self.connections[key]
-            lived = time.monotonic() - (peer.connected_at or 0)
+            lived = trio.current_time() - (peer.connected_at or 0)
             peer.connected_at = None
             if lived >= MIN_CONNECTION_TIME:
                 peer.attempts = 0

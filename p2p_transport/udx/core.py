@@ -50,6 +50,7 @@ from .packet import (
     DATA,
     DESTROY,
     END,
+    HEADER_SIZE,
     HEARTBEAT,
     MAGIC,
     MAX_PAYLOAD,
@@ -57,6 +58,7 @@ from .packet import (
     MESSAGE,
     VERSION,
     Packet,
+    PacketError,
     seq_diff,
 )
 
@@ -196,6 +198,11 @@ class Closed:
 
 Event = Readable | EndReceived | MessageReceived | Writable | Closed
 
+# Events without data are immutable: one instance each, queued at most once in a row.
+_READABLE = Readable()
+_WRITABLE = Writable()
+_RELIABLE = DATA | END
+
 
 @dataclass(slots=True)
 class _Sent:
@@ -323,8 +330,17 @@ class StreamCore:
     def rto(self) -> float:
         return self._rto
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
+
+    def _event_once(self, event: Event) -> None:
+        events = self._events
+        if not events or events[-1] is not event:
+            events.append(event)
 
     # ------------------------------------------------------------------ application input
 
@@ -334,7 +350,7 @@ class StreamCore:
             raise ValueError("stream id must be a uint32")
         self.remote_id = remote_id
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._end_queued or self.closed:
             raise RuntimeError("write after end or close")
         self._pending += data
@@ -380,6 +396,41 @@ class StreamCore:
         self._close(None)
 
     # ------------------------------------------------------------------ network input
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """``receive(Packet.decode(data), now)``, with the two common packets handled inline:
+        an ACK and an in-order DATA packet without SACK blocks (the bulk of every transfer
+        and of every request/response). Raises :class:`PacketError` like ``Packet.decode``."""
+        if len(data) < HEADER_SIZE:
+            raise PacketError("not a UDX packet (bad length, magic or version)")
+        magic, version, kind, data_offset, _, rwnd, seq, ack = _HEADER.unpack_from(data)
+        if (kind & ~_RELIABLE or data_offset or self.closed or magic != MAGIC
+                or version != VERSION):
+            self.receive(Packet.decode(data), now)  # SACK, MESSAGE, DESTROY, HEARTBEAT, ...
+            return
+        self.stats.packets_received += 1
+        self._remote_rwnd = rwnd
+        if ack != self._remote_acked:
+            self._acknowledge(ack, (), now)
+            if self.closed:
+                return
+        elif rwnd > 0:
+            self._zwp_deadline = None
+        if not kind:
+            return
+        n = len(data) - HEADER_SIZE
+        recv = self._recv
+        if (kind == DATA and seq == self._ack and not self._reorder and not self._eof
+                and len(recv) + n <= MAX_RECV_BUFFER):
+            # in order, nothing waiting behind it: straight into the receive buffer
+            self._ack_needed = True
+            recv += memoryview(data)[HEADER_SIZE:]
+            self.stats.bytes_received += n
+            self._ack = (seq + 1) & 0xFFFFFFFF
+            if n:
+                self._event_once(_READABLE)
+            return
+        self._on_reliable(Packet(kind, self.local_id, rwnd, seq, ack, data[HEADER_SIZE:]))
 
     def receive(self, pkt: Packet, now: float) -> None:
         if self.closed:
@@ -430,7 +481,7 @@ class StreamCore:
                 self._remote_end_seq = self._ack
             self._ack = (self._ack + 1) & 0xFFFFFFFF
         if delivered:
-            self._events.append(Readable())
+            self._event_once(_READABLE)
         if self._remote_end_seq is not None and not self._eof:
             self._eof = True
             self._reorder.clear()
@@ -440,22 +491,27 @@ class StreamCore:
     def _on_ack(self, pkt: Packet, now: float) -> None:
         # the peer's window comes with every packet
         self._remote_rwnd = pkt.rwnd
-        ack = pkt.ack
+        self._acknowledge(pkt.ack, pkt.sacks, now)
+
+    def _acknowledge(self, ack: int, sacks: tuple[tuple[int, int], ...], now: float) -> None:
         if seq_diff(ack, self._seq) > 0:
             return  # acks something we never sent; ignore
         progressed = False
-        while seq_diff(ack, self._remote_acked) > 0:
-            sent = self._inflight.pop(self._remote_acked, None)
+        acked = self._remote_acked
+        inflight = self._inflight
+        for _ in range(max(0, seq_diff(ack, acked))):  # at most the packets in flight
+            sent = inflight.pop(acked, None)
             if sent is not None:
                 if sent.lost:
                     self._lost -= 1
                 self._inflight_bytes -= len(sent.payload)
                 self._acked_one(sent, now)
                 progressed = True
-            self._remote_acked = (self._remote_acked + 1) & 0xFFFFFFFF
-        if pkt.sacks:
+            acked = (acked + 1) & 0xFFFFFFFF
+        self._remote_acked = acked
+        if sacks:
             self.stats.sack_packets_received += 1
-        for start, end in pkt.sacks:
+        for start, end in sacks:
             if seq_diff(start, self._remote_acked) < 0 or seq_diff(end, self._seq) > 0:
                 continue
             if seq_diff(end, start) <= 0 or seq_diff(end, start) > MAX_REORDER:
@@ -477,8 +533,8 @@ class StreamCore:
         if progressed:
             self._rto_count = 0
             self._rto_deadline = now + self._rto if self._inflight else None
-            self._events.append(Writable())
-        if pkt.sacks:
+            self._event_once(_WRITABLE)
+        if sacks:
             self._detect_loss(now)
         if self._end_seq is not None and not self._end_acked and seq_diff(ack, self._end_seq) > 0:
             self._end_acked = True
@@ -649,27 +705,35 @@ class StreamCore:
             self.stats.retransmissions += 1
             sent_data = True
             out.append(self._header(sent.type, seq, sent.payload))
-        # new data
-        while (self._pending or (self._end_queued and self._end_seq is None)):
-            size = min(len(self._pending), MAX_PAYLOAD)
+        # new data (the header fields other than kind and seq are the same for every packet)
+        pending = self._pending
+        if pending or (self._end_queued and self._end_seq is None):
+            pack, remote_id, rwnd, ack = _HEADER.pack, self.remote_id, self._advertise(), self._ack
+            inflight = self._inflight
+        while pending or (self._end_queued and self._end_seq is None):
+            size = min(len(pending), MAX_PAYLOAD)
             if not self._window_open(size):
                 if self._remote_rwnd == 0 and self._pipe == 0 and self._zwp_deadline is None:
                     self._zwp_deadline = now + self._rto
                 break
-            payload = bytes(self._pending[:size])
-            del self._pending[:size]
+            if size == len(pending):  # the rest: no slice to cut off
+                payload = bytes(pending)
+                pending.clear()
+            else:
+                payload = bytes(pending[:size])
+                del pending[:size]
             kind = DATA if payload else 0
-            if not self._pending and self._end_queued:
+            if not pending and self._end_queued:
                 kind |= END
                 self._end_seq = self._seq
             seq = self._seq
-            self._seq = (self._seq + 1) & 0xFFFFFFFF
-            self._inflight[seq] = _Sent(kind, payload, now, in_pipe=True)
-            self._inflight_bytes += len(payload)
+            self._seq = (seq + 1) & 0xFFFFFFFF
+            inflight[seq] = _Sent(kind, payload, now, in_pipe=True)
+            self._inflight_bytes += size
             self._pipe += 1
-            self.stats.bytes_sent += len(payload)
+            self.stats.bytes_sent += size
             sent_data = True
-            out.append(self._header(kind, seq, payload))
+            out.append(pack(MAGIC, VERSION, kind, 0, remote_id, rwnd, seq, ack) + payload)
             if self._rto_deadline is None:
                 self._rto_deadline = now + self._rto
         if self._ack_needed:

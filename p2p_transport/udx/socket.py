@@ -8,6 +8,10 @@ datagram goes to the socket's other user (``on_datagram`` callback, or
 
 :class:`UdxStream` exposes a stream as a :class:`trio.abc.HalfCloseableStream`, plus unreliable
 messages (:meth:`UdxStream.send_message` / :meth:`UdxStream.receive_message`).
+
+On Linux, :class:`UdpTransport` sends runs of equal-sized datagrams with UDP GSO and reads
+coalesced ones with UDP GRO (the wire carries the same datagrams either way), and reads one
+datagram per wake-up while traffic is request/response.
 """
 
 from __future__ import annotations
@@ -26,10 +30,9 @@ from contextlib import asynccontextmanager
 from typing import Protocol, runtime_checkable
 
 import trio
-import trio.testing
 
 from .core import Closed, MessageReceived, StreamCore, StreamError, StreamReset, StreamTimeout
-from .packet import MAX_DATAGRAM, Packet, PacketError, is_udx
+from .packet import HEADER_SIZE, MAGIC, MAX_DATAGRAM, VERSION, Packet, PacketError, is_udx
 
 __all__ = [
     "Address",
@@ -53,11 +56,28 @@ MAX_QUEUED_MESSAGES = 1024
 MAX_QUEUED_DATAGRAMS = 4096
 #: Datagrams handled per receive batch before yielding to other tasks.
 RECEIVE_BATCH = 256
+#: Wake-ups in a row that read one datagram without asking for a second (see
+#: ``UdpTransport.receive_batch``) before a full batch is tried again.
+SINGLE_READS = 16
 #: Longest a pure ACK waits for data to carry it while the process stays busy (seconds). It
 #: normally goes out as soon as no task is runnable, microseconds after the packet arrived;
 #: libudx's tail-loss probe fires after 2 x SRTT + 2 ms at the earliest, its RTO after 1 s.
 ACK_DELAY = 0.0005
 _U32 = struct.Struct("<I")
+#: Linux UDP generic segmentation offload (``UDP_SEGMENT``, Linux 4.18+): one ``sendmsg`` of
+#: several equal-sized datagrams to one address, cut into those datagrams by the kernel, so the
+#: wire carries exactly what separate ``sendto`` calls would.
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+#: Segments per GSO send (the kernel's ``UDP_MAX_SEGMENTS`` is 64 or more) and its byte bound
+#: (one UDP datagram of at most 65507 bytes before segmentation).
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+#: ``UDP_GRO`` (Linux 5.0+), its receiving half: datagrams of one flow that arrive together
+#: are read in one ``recvmsg`` with their segment size, then cut apart here.
+_UDP_GRO = 104
+_GRO_CMSG_SPACE = stdsocket.CMSG_SPACE(4) if hasattr(stdsocket, "CMSG_SPACE") else 0
+_I32 = struct.Struct("=i")
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +89,9 @@ class DatagramTransport(Protocol):
 
     def send(self, data: bytes, addr: Address) -> None:
         """Hand one datagram to the network; never blocks (it may drop, like UDP)."""
+
+    # Optional: ``send_many(datagrams, addr)`` hands several datagrams for one address over at
+    # once (see :meth:`UdpTransport.send_many`); :class:`UdxSocket` falls back to ``send``.
 
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
         """Wait for at least one datagram (or, for a transport that reports them, an
@@ -108,10 +131,22 @@ class UdpTransport:
         self.dropped_sends = 0
         self._unreachable: list[Address] = []
         self._recverr = False
+        self._errors_pending = False
+        self._single_reads = 0
+        self._gso = False
+        self._gro = False
+        self._gso_cmsg: dict[int, list[tuple[int, int, bytes]]] = {}
         if sys.platform.startswith("linux"):
             with contextlib.suppress(OSError):
                 sock.setsockopt(stdsocket.IPPROTO_IP, _IP_RECVERR, 1)
                 self._recverr = True
+            with contextlib.suppress(OSError):
+                sock.getsockopt(_SOL_UDP, _UDP_SEGMENT)  # the kernel knows UDP_SEGMENT
+                self._gso = True
+            if _GRO_CMSG_SPACE:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+                    self._gro = True
 
     @classmethod
     def bind(cls, host: str = "127.0.0.1", port: int = 0, *,
@@ -138,27 +173,113 @@ class UdpTransport:
                 # An ICMP error for an earlier datagram (to any address) surfaces on this
                 # send, which then sent nothing; reporting it cleared it, so send again.
                 if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    self._errors_pending = True
                     continue
                 raise
             return
 
+    def send_many(self, datagrams: list[bytes], addr: Address) -> None:
+        """Send ``datagrams`` to ``addr`` in order; runs of equal-sized ones (a bulk transfer's
+        full packets, possibly ending with a shorter one) go out in one system call each
+        through UDP GSO where the kernel has it. Drops like :meth:`send`."""
+        n = len(datagrams)
+        if not self._gso or n < 2:
+            for d in datagrams:
+                self.send(d, addr)
+            return
+        i = 0
+        while i < n:
+            seg = len(datagrams[i])
+            limit = min(n, i + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg))
+            j = i + 1
+            while j < limit and len(datagrams[j]) == seg:
+                j += 1
+            if j < limit and len(datagrams[j]) < seg:
+                j += 1  # only the last segment may be shorter
+            if j - i == 1 or not self._gso or not self._send_segmented(datagrams[i:j], seg,
+                                                                       addr):
+                for d in datagrams[i:j]:
+                    self.send(d, addr)
+            i = j
+
+    def _send_segmented(self, group: list[bytes], seg: int, addr: Address) -> bool:
+        """One GSO send; False when the kernel refuses GSO here (then it is not tried again)."""
+        cmsg = self._gso_cmsg.get(seg)
+        if cmsg is None:
+            cmsg = self._gso_cmsg[seg] = [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", seg))]
+        data = b"".join(group)
+        for _ in range(2):
+            try:
+                self._sock.sendmsg([data], cmsg, 0, addr)
+            except (BlockingIOError, InterruptedError):
+                self.dropped_sends += len(group)
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    self._errors_pending = True
+                    continue  # as in send: an earlier datagram's ICMP error, nothing sent
+                if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP,
+                                 errno.EMSGSIZE):
+                    self._gso = False  # no segmentation on this path: separate sends
+                    return False
+                raise
+            return True
+        return True
+
+    def _receive_coalesced(self) -> tuple[bytes, tuple[str, int], int]:
+        """One ``recvmsg`` with ``UDP_GRO``: the bytes, the sender and the segment size (0 for a
+        single datagram)."""
+        data, ancdata, _flags, addr = self._sock.recvmsg(65536, _GRO_CMSG_SPACE)
+        for level, kind, payload in ancdata:
+            if level == _SOL_UDP and kind == _UDP_GRO and len(payload) >= 4:
+                return data, addr, _I32.unpack_from(payload)[0]
+        return data, addr, 0
+
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
+        sock = self._sock
+        recvfrom = sock.recvfrom
         while True:
-            await trio.lowlevel.wait_readable(self._sock)
+            await trio.lowlevel.wait_readable(sock)
             out: list[tuple[bytes, Address]] = []
-            for _ in range(RECEIVE_BATCH):
+            # Request/response traffic brings one datagram per wake-up; a speculative second
+            # read would fail with EAGAIN (a system call and an exception per round trip). So
+            # after a wake-up that read once, the next ones read once too, up to
+            # SINGLE_READS in a row, then probe with a full batch again. The socket is polled
+            # level-triggered: a datagram left unread wakes us again at once.
+            reads = 1 if 0 < self._single_reads < SINGLE_READS else RECEIVE_BATCH
+            calls = 0
+            for _ in range(reads):  # system calls; at most about RECEIVE_BATCH datagrams
+                if len(out) >= RECEIVE_BATCH:
+                    break
+                calls += 1
                 try:
-                    data, addr = self._sock.recvfrom(65536)
+                    if self._gro:
+                        data, addr, seg = self._receive_coalesced()
+                        if 0 < seg < len(data):
+                            a = (addr[0], addr[1])
+                            out.extend((data[k:k + seg], a) for k in range(0, len(data), seg))
+                            continue
+                    else:
+                        data, addr = recvfrom(65536)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
                     if exc.errno == errno.ECONNREFUSED:
+                        self._errors_pending = True
                         continue  # the error is read from the error queue below
                     raise
                 out.append((data, (addr[0], addr[1])))
-            if self._recverr:
-                # Every batch (one syscall): a non-empty error queue keeps the socket
-                # readable, and its news should not wait for a quiet moment.
+            if calls == 1 and out:
+                self._single_reads += 1  # (a batch that read once ended in EAGAIN: counts)
+            elif len(out) == 1 and calls == 2:
+                self._single_reads = 1
+            else:
+                self._single_reads = 0
+            if self._recverr and (self._errors_pending or not out):
+                # Linux reports a queued ICMP error on the next receive or send (ECONNREFUSED,
+                # flagged above) and keeps the socket readable while the queue is not empty
+                # (a wake-up with no datagram); only then is the queue read, not on every
+                # wake-up (one system call saved per batch).
+                self._errors_pending = False
                 self._drain_errors()
             if out or self._unreachable:
                 return out
@@ -209,6 +330,9 @@ class UdxSocket:
         self._ack_pending: dict[int, UdxStream] = {}
         self._ack_since = 0.0
         self._ack_flusher = _AckFlusher(self)
+        send_many = getattr(transport, "send_many", None)
+        self._send_many: Callable[[list[bytes], Address], None] = (
+            send_many if callable(send_many) else self._send_each)
 
     @classmethod
     @asynccontextmanager
@@ -284,6 +408,11 @@ class UdxSocket:
 
     # ---------------------------------------------------------------- internals
 
+    def _send_each(self, datagrams: list[bytes], addr: Address) -> None:
+        send = self.transport.send
+        for d in datagrams:
+            send(d, addr)
+
     def _shutdown(self) -> None:
         self._closed = True
         for stream in list(self._streams.values()):
@@ -309,20 +438,29 @@ class UdxSocket:
             if reports is not None:
                 for addr in reports.take_unreachable():
                     self._unreachable(addr, now)
+            streams = self._streams
             for data, addr in batch:
-                stream = self._route(data)
-                if stream is None:
+                # inline of _route: the first header fields decide where a datagram goes
+                stream = (streams.get(_U32.unpack_from(data, 4)[0])
+                          if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == VERSION
+                          else None)
+                if stream is None or stream.core.released:
                     self._other(data, addr)
                     continue
+                fw = stream._firewall
+                if stream.remote_address is None and fw is not None:
+                    try:  # a malformed packet never reaches the firewall (it may connect)
+                        Packet.decode(data)
+                    except PacketError:
+                        self.malformed_packets += 1
+                        continue
+                    if fw(stream, addr):
+                        continue
                 try:
-                    pkt = Packet.decode(data)
+                    stream.core.receive_datagram(data, now)
                 except PacketError:
                     self.malformed_packets += 1
                     continue
-                fw = stream._firewall
-                if stream.remote_address is None and fw is not None and fw(stream, addr):
-                    continue
-                stream.core.receive(pkt, now)
                 touched[id(stream)] = stream
             for stream in touched.values():
                 stream._after_input(now)
@@ -355,9 +493,9 @@ class UdxSocket:
             self._next_deadline = deadline
             self._timer_wakeup.set()
 
-    def _schedule_ack(self, stream: UdxStream) -> None:
+    def _schedule_ack(self, stream: UdxStream, now: float) -> None:
         if not self._ack_pending:
-            self._ack_since = trio.current_time()
+            self._ack_since = now
         self._ack_pending[id(stream)] = stream
 
     def _flush_acks(self) -> None:
@@ -365,9 +503,11 @@ class UdxSocket:
         # by the same packets can send first and carry the ACK in its data packet (halves the
         # packets of a request/response, and costs no task switch when it does).
         pending, self._ack_pending = self._ack_pending, {}
-        now = trio.current_time()
+        now: float | None = None  # read the clock only for an ACK still owed
         for stream in pending.values():
             if stream.core.ack_pending:
+                if now is None:
+                    now = trio.current_time()
                 try:
                     stream._flush(now, ack_now=True)
                 except OSError as exc:  # this runs in the run loop: a failed send is a loss
@@ -394,8 +534,11 @@ class _AckFlusher(trio.abc.Instrument):
 
     def __init__(self, socket: UdxSocket) -> None:
         self._socket = socket
-        # under an autojumping MockClock the run loop always polls with timeout 0
-        self._virtual_clock = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+        # Under a virtual clock that jumps while the run loop is idle (trio.testing.MockClock,
+        # recognised by its public ``autojump_threshold`` rather than by importing the testing
+        # module here) the loop always polls with timeout 0.
+        self._virtual_clock = getattr(trio.lowlevel.current_clock(), "autojump_threshold",
+                                      None) is not None
 
     def before_io_wait(self, timeout: float) -> None:
         sock = self._socket
@@ -458,22 +601,22 @@ class UdxStream(trio.abc.HalfCloseableStream):
         if self._changed:
             self._changed.unpark_all()
 
+    def _send(self, datagrams: list[bytes]) -> None:
+        addr = self.remote_address
+        if datagrams and addr is not None:
+            if len(datagrams) == 1:
+                self._socket.transport.send(datagrams[0], addr)
+            else:
+                self._socket._send_many(datagrams, addr)  # one system call per run (GSO)
+
     def _flush(self, now: float, *, ack_now: bool = False) -> None:
-        datagrams = self.core.datagrams_to_send(now, ack_now=ack_now)
-        if datagrams and self.remote_address is not None:
-            send = self._socket.transport.send
-            for d in datagrams:
-                send(d, self.remote_address)
+        self._send(self.core.datagrams_to_send(now, ack_now=ack_now))
         if self.core.ack_pending:
-            self._socket._schedule_ack(self)
+            self._socket._schedule_ack(self, now)
 
     def _after_input(self, now: float) -> None:
         core = self.core
-        datagrams = core.datagrams_to_send(now, ack_now=False)
-        if datagrams and self.remote_address is not None:
-            send = self._socket.transport.send
-            for d in datagrams:
-                send(d, self.remote_address)
+        self._send(core.datagrams_to_send(now, ack_now=False))
         while (ev := core.next_event()) is not None:
             if isinstance(ev, MessageReceived):
                 if len(self._messages) < MAX_QUEUED_MESSAGES:
@@ -489,7 +632,19 @@ class UdxStream(trio.abc.HalfCloseableStream):
                                          or core.closed):
             self._call_reader()  # a reply written now carries the ACK
         if core.ack_pending:
-            self._socket._schedule_ack(self)
+            self._socket._schedule_ack(self, now)
+
+    def _after_write(self, now: float) -> None:
+        """:meth:`_after_input` for a local write: it produces datagrams and a timer but no
+        event, nothing to read and nothing a parked task waits for."""
+        core = self.core
+        self._send(core.datagrams_to_send(now, ack_now=False))
+        if core.has_events:
+            self._after_input(now)
+            return
+        self._socket._stream_changed(self)
+        if core.ack_pending:
+            self._socket._schedule_ack(self, now)
 
     def _call_reader(self) -> None:
         reader = self._reader
@@ -534,8 +689,8 @@ class UdxStream(trio.abc.HalfCloseableStream):
             if self.core.eof_sent:
                 raise trio.ClosedResourceError("send_all after send_eof")
             if data:
-                self.core.write(bytes(data))
-                self._after_input(trio.current_time())
+                self.core.write(data)
+                self._after_write(trio.current_time())
             await trio.lowlevel.cancel_shielded_checkpoint()
             await self._wait_writable()
         finally:
@@ -585,7 +740,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
             raise trio.WouldBlock
         if data:
             self.core.write(data)
-            self._after_input(trio.current_time())
+            self._after_write(trio.current_time())
 
     # ---------------------------------------------------------------- trio.abc.ReceiveStream
 

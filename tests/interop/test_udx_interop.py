@@ -190,9 +190,15 @@ def test_node_data_before_python_connects_and_other_datagrams() -> None:
                     await node.send(cmd="stream", id=node_id, remoteId=stream.id,
                                     port=sock.address[1], mode="sink")
                     await node.send(cmd="write", id=node_id, data=b"early bird".hex())
-                    # no reader API before connect: poll the core (real clock, bounded above)
-                    while stream.core.readable_bytes < 10:  # noqa: ASYNC110
-                        await trio.sleep(0.01)
+                    # before connect, a reader callback sees the bytes arrive (no polling)
+                    arrived = trio.Event()
+
+                    def on_bytes() -> None:
+                        if stream.core.readable_bytes >= 10:
+                            arrived.set()
+                    stream.set_reader(on_bytes)
+                    await arrived.wait()
+                    stream.set_reader(None)
                     stream.connect(node_id, ("127.0.0.1", port))
                     assert await stream.receive_some() == b"early bird"
                     # non-UDX traffic shares the socket in both directions

@@ -242,6 +242,49 @@ def test_check_two_way_stream_over_udx() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+async def _clog(s: SecretStream) -> None:
+    """Send from ``s`` until the UDX stream below is over its high-water mark with a peer
+    that does not read (its receive window is full)."""
+    message = bytes(60000)
+    for _ in range(300):
+        if not s.send_message_nowait(message):
+            break
+    await trio.testing.wait_all_tasks_blocked()
+    assert not s.send_message_nowait(b"x"), "the stream did not clog"
+
+
+@pytest.mark.parametrize("profile", [LinkProfile(), LinkProfile(loss=0.02, jitter=0.002)],
+                         ids=["clean", "lossy"])
+def test_check_half_closeable_stream_over_udx_with_backpressure(profile: LinkProfile) -> None:
+    """trio's conformance checks with a clogged stream maker: secret-stream over UDX blocks a
+    sender whose peer stops reading, and wakes it when the peer reads or either side closes."""
+    async def main() -> None:
+        net = MemoryNetwork(14, profile)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            async with (UdxSocket.over(net.endpoint()) as sa,
+                        UdxSocket.over(net.endpoint()) as sb):
+                async def maker() -> tuple[SecretStream, SecretStream]:
+                    hi, hr = handshake_pair()
+                    ua, ub = sa.create_stream(), sb.create_stream()
+                    ua.connect(ub.id, sb.address)
+                    ub.connect(ua.id, sa.address)
+                    a = SecretStream(ua, True, hi, keepalive=None)
+                    b = SecretStream(ub, False, hr, keepalive=None)
+                    await a.start()
+                    await b.start()
+                    return a, b
+
+                async def clogged() -> tuple[SecretStream, SecretStream]:
+                    a, b = await maker()
+                    await _clog(a)
+                    await _clog(b)  # both ways: the two-way check flips the pair
+                    return a, b
+                await trio.testing.check_half_closeable_stream(maker, clogged)
+            nursery.cancel_scope.cancel()
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 def test_deliver_hands_messages_over_from_the_receive_path() -> None:
     async def main() -> None:
         net = MemoryNetwork(14, LinkProfile(loss=0.03, duplicate=0.02, jitter=0.002))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import random
 import socket
@@ -13,7 +14,14 @@ import trio
 import trio.testing
 from udx_memnet import LinkProfile, MemoryNetwork
 
-from p2p_transport.udx import StreamReset, StreamTimeout, StreamUnreachable, UdxSocket, UdxStream
+from p2p_transport.udx import (
+    StreamReset,
+    StreamTimeout,
+    StreamUnreachable,
+    UdpTransport,
+    UdxSocket,
+    UdxStream,
+)
 from p2p_transport.udx.packet import DATA, Packet
 
 Pair = tuple[UdxStream, UdxStream]
@@ -65,6 +73,38 @@ def test_check_two_way_stream_on_a_lossy_network() -> None:
             async def maker() -> Pair:
                 return connect(sa, sb)
             await trio.testing.check_half_closeable_stream(maker, None)
+    run(main)
+
+
+async def clog(s: UdxStream) -> None:
+    """Write from ``s`` until its send buffer is over the high-water mark with a peer that
+    does not read: once the peer's receive window is full, ``send_all`` blocks."""
+    chunk = bytes(65536)
+    for _ in range(200):  # 13 MB at most; the window (4 MiB) and the mark (1 MiB) fill first
+        if not s.can_send_nowait():
+            break
+        s.send_nowait(chunk)
+    await trio.testing.wait_all_tasks_blocked()  # the window fills, ACKs settle
+    assert not s.can_send_nowait(), "the stream did not clog"
+
+
+@pytest.mark.parametrize("profile", [LinkProfile(), LinkProfile(loss=0.02, jitter=0.002)],
+                         ids=["clean", "lossy"])
+def test_check_half_closeable_stream_with_backpressure(profile: LinkProfile) -> None:
+    """trio's conformance checks, with a clogged stream maker too: a sender whose peer stops
+    reading blocks in ``send_all`` / ``wait_send_all_might_not_block`` until the peer reads
+    (its window reopens) or either side closes."""
+    async def main() -> None:
+        async with sockets(MemoryNetwork(21, profile)) as (sa, sb):
+            async def maker() -> Pair:
+                return connect(sa, sb)
+
+            async def clogged() -> Pair:  # both ways: the two-way check flips the pair
+                a, b = connect(sa, sb)
+                await clog(a)
+                await clog(b)
+                return a, b
+            await trio.testing.check_half_closeable_stream(maker, clogged)
     run(main)
 
 
@@ -422,4 +462,92 @@ def test_an_icmp_error_never_costs_a_later_datagram() -> None:
                 sa.send_datagram(b"to b", sb.address)
                 with trio.fail_after(1):
                     assert await sb.receive_datagram() == (b"to b", sa.address)
+    trio.run(main)
+
+
+async def _receive_all(transport: UdpTransport, count: int) -> list[bytes]:
+    got: list[bytes] = []
+    with trio.fail_after(5):
+        while len(got) < count:
+            got.extend(d for d, _ in await transport.receive_batch())
+    return got
+
+
+_MIXED = ([bytes([i]) * 1172 for i in range(70)] + [b"s" * 500]
+          + [bytes([i]) * 1172 for i in range(3)] + [b"tail", b"x" * 1172])
+
+
+@pytest.mark.parametrize("gro", [True, False])
+def test_send_many_puts_exactly_the_datagrams_on_the_wire(gro: bool) -> None:
+    """Runs of equal-sized datagrams go out segmented (UDP GSO where the kernel has it) but
+    arrive as the same datagrams, in order, whether the receiver reads them coalesced
+    (UDP GRO) or one by one. Real UDP on 127.0.0.1."""
+    async def main() -> None:
+        receiver = UdpTransport.bind()
+        if not gro and receiver._gro:  # the plain read path too (UDP_GRO off again)
+            receiver._sock.setsockopt(socket.IPPROTO_UDP, 104, 0)
+            receiver._gro = False
+        sender = UdpTransport.bind()
+        try:
+            sender.send_many(_MIXED, receiver.local_address)
+            assert await _receive_all(receiver, len(_MIXED)) == _MIXED
+            assert sender.dropped_sends == 0
+        finally:
+            sender.close()
+            receiver.close()
+    trio.run(main)
+
+
+class _NoGsoSocket:
+    """A socket whose kernel refuses segmentation offload (a test double around a real one)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendmsg(self, *_args: object) -> int:
+        self.refused += 1
+        raise OSError(errno.EIO, "GSO not supported on this path")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def test_send_many_falls_back_to_one_send_per_datagram_without_gso() -> None:
+    async def main() -> None:
+        receiver = UdpTransport.bind()
+        sender = UdpTransport.bind()
+        real = sender._sock
+        double = _NoGsoSocket(real)
+        sender._sock = double  # type: ignore[assignment]
+        sender._gso = True
+        try:
+            sender.send_many(_MIXED, receiver.local_address)
+            sender.send_many(_MIXED, receiver.local_address)
+            assert await _receive_all(receiver, 2 * len(_MIXED)) == 2 * _MIXED
+            assert double.refused == 1  # refused once, never tried again
+        finally:
+            sender._sock = real
+            sender.close()
+            receiver.close()
+    trio.run(main)
+
+
+def test_a_burst_after_request_response_traffic_is_read_whole() -> None:
+    """After many wake-ups with one datagram each (when the receiver stops asking for a
+    second), a burst that arrives at once is still read, all of it, in order."""
+    async def main() -> None:
+        receiver = UdpTransport.bind()
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(40):
+                sender.sendto(b"ping %d" % i, receiver.local_address)
+                assert await _receive_all(receiver, 1) == [b"ping %d" % i]
+            burst = [b"burst %d" % i for i in range(300)]
+            for d in burst:
+                sender.sendto(d, receiver.local_address)
+            assert await _receive_all(receiver, len(burst)) == burst
+        finally:
+            sender.close()
+            receiver.close()
     trio.run(main)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import random
 
+import trio
+import trio.testing
+
 from p2p_transport.crypto import key_pair
 from p2p_transport.hyperdht.messages import PeerRecord
 from p2p_transport.hyperswarm import Hyperswarm, PeerInfo
-from p2p_transport.hyperswarm.swarm import MAX_ATTEMPTS
+from p2p_transport.hyperswarm.swarm import MAX_ATTEMPTS, MIN_CONNECTION_TIME
 
 
 def test_retry_buckets() -> None:
@@ -73,3 +76,33 @@ def test_a_peer_out_of_attempts_is_tried_again_when_found_again() -> None:
     peer.attempts = MAX_ATTEMPTS + 1  # every retry failed: given up
     swarm._handle_peer(record, topic)
     assert peer.queued and swarm._queue == [peer]  # dialled again
+
+
+class _IdleConnection:
+    """A test double for :class:`SwarmConnection`: just what the swarm's bookkeeping reads."""
+
+    def __init__(self, peer: PeerInfo) -> None:
+        self.peer = peer
+        self.remote_public_key = peer.public_key
+        self.is_initiator = False
+        self.closed = trio.Event()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def test_connection_lifetime_is_measured_on_trios_clock() -> None:
+    """A connection that lived MIN_CONNECTION_TIME proves its peer (its failed attempts are
+    forgiven). The swarm measures that on trio's clock like every other layer, so it holds
+    under a virtual clock too (it read ``time.monotonic`` and saw about 0 s here)."""
+    async def main() -> None:
+        async def on_connection(_conn: object) -> None:
+            await trio.sleep(MIN_CONNECTION_TIME)  # virtual time
+
+        swarm = Hyperswarm(None, None, on_connection,  # type: ignore[arg-type]
+                           key_pair_=key_pair())
+        peer = PeerInfo(b"p" * 32)
+        peer.attempts = 2
+        await swarm._run_connection(_IdleConnection(peer))  # type: ignore[arg-type]
+        assert peer.attempts == 0
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
