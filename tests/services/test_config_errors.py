@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from app import localnet
 from gateway import main as gateway_main
 from orchestrator import main as orchestrator_main
 from registry import main as registry_main
-from tether import localnet, process
+from tether import process
 from worker import main as worker_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,20 +159,20 @@ def test_a_service_process_says_one_line_and_exits_2(tmp_path: Path) -> None:
 
 def test_tether_up_checks_everything_before_publishing(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    done = run_tether(["tether.cli", "up", "--data-dir", str(data), "--region", "EU_West"])
+    done = run_tether(["app.cli", "up", "--data-dir", str(data), "--region", "EU_West"])
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "tether up: --region: invalid region 'EU_West': expected something like 'eu-west'"]
     assert not (data / "artifacts").exists() and not (data / "metadata.db").exists()
     # A value only a service reads (the worker's slots) is checked before publishing too.
-    done = run_tether(["tether.cli", "up", "--data-dir", str(data)], TETHER_SLOTS="0")
+    done = run_tether(["app.cli", "up", "--data-dir", str(data)], TETHER_SLOTS="0")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "tether up: TETHER_SLOTS='0': 0 is below the minimum of 1"]
     assert not (data / "artifacts").exists()
     with sqlite3.connect(data / "metadata.db") as db:  # opened to check it, nothing written
         assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
-    done = run_tether(["tether.cli", "up", "--data-dir", str(data)], TETHER_LOG_LEVEL="loud")
+    done = run_tether(["app.cli", "up", "--data-dir", str(data)], TETHER_LOG_LEVEL="loud")
     assert (done.returncode, len(done.stderr.splitlines())) == (2, 1)
     assert done.stderr.startswith("tether up: log level 'loud' is not one of DEBUG")
 

@@ -114,7 +114,7 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
 def test_udp_port_and_host_for_a_firewall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Across machines a service binds its machine's address on a fixed UDP port (what a
     firewall opens); `tether infer --host` is where a client talks from."""
-    from tether import cli
+    from app import cli
 
     common = ["--bootstrap", "100.64.0.2:49737", "--data-dir", str(tmp_path)]
     args = process.parse_args(
