@@ -24,13 +24,13 @@ from pathlib import Path
 
 import trio
 
+from gateway.assembly import assemble
 from gateway.grpc_edge import GrpcEdge
 from gateway.http import MAX_CONNECTIONS_PER_CLIENT, HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from tether import health, logs, process, topics
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import collect_handlers
 
 DESCRIPTION = (
     "Tether RPC Gateway: authenticates tenants, validates and rate-limits requests, "
@@ -153,16 +153,11 @@ async def serve(
         readiness=health.PROCESS,
     )
     # An access line per call on the Hyperswarm edge (the HTTP and gRPC edges log theirs).
-    network.handlers.update(logs.access_logged(
-        collect_handlers(service), logging.getLogger("tether.gateway.access"), "p2p"))
+    assembly = assemble(service, config.region, wrap=lambda handlers: logs.access_logged(
+        handlers, logging.getLogger("tether.gateway.access"), "p2p"))
     process.on_stop(network.close)
     try:
-        async with network.running(), trio.open_nursery() as nursery:
-            await network.join(topics.gateway(config.region), server=True, client=False)
-            await network.join(topics.control(config.region), server=False, client=True)
-            await network.join(topics.registry(config.region), server=False, client=True)
-            nursery.start_soon(service.watch_readiness)
-            nursery.start_soon(service.orchestrators.watch)  # finds dead orchestrators
+        async with assembly.running(network), trio.open_nursery() as nursery:
             extra = {}
             if http_port is not None:
                 port = await nursery.start(functools.partial(

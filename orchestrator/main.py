@@ -13,11 +13,11 @@ control topic and refuses new requests, lets those in flight finish for up to
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 
 import trio
 
+from orchestrator.assembly import assemble
 from orchestrator.breaker import CircuitBreakers
 from orchestrator.control import ControlService
 from orchestrator.discovery import DiscoverySub
@@ -26,7 +26,6 @@ from tether import process, topics
 from tether.admission import Admissions
 from tether.callers import CallerPolicy, parse_key
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import collect_handlers
 
 DESCRIPTION = (
     "Tether Orchestrator: discovers healthy workers, scores and places requests, "
@@ -115,7 +114,6 @@ async def serve(
             allow_any=config.allow_any_caller,
         ),
     )
-    network.handlers.update(collect_handlers(service, control))
     process.on_stop(network.close)
 
     async def drain() -> None:  # hooks run newest first: this one before the close
@@ -124,19 +122,9 @@ async def serve(
 
     process.on_stop(drain)
     try:
-        regions = list(dict.fromkeys([config.region, *watch_regions]))
-        # Topics DiscoverySub looks up again periodically; model topics join it as the
-        # registry lists models.
-        refreshed = [topics.presence(r) for r in regions]
-        async with network.running(), trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(discovery.run, refresh=refreshed))
-            # Jobs a previous run of this orchestrator left are failed before it serves.
-            await nursery.start(service.keep_lease)
-            await network.join(topics.control(config.region), server=True, client=False)
-            await network.join(topics.registry(config.region), server=False, client=True)
-            for topic in list(refreshed):
-                await network.join(topic, server=False, client=True)
-            nursery.start_soon(service.follow_model_topics, regions, refreshed)
+        assembly = assemble(service, control, discovery, [config.region, *watch_regions])
+        # Jobs a previous run of this orchestrator left are failed before it serves.
+        async with assembly.running(network):
             process.announce_ready("orchestrator", network.public_key, region=config.region)
             await trio.sleep_forever()
     finally:

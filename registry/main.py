@@ -12,13 +12,13 @@ import sys
 
 import trio
 
+from registry.assembly import assemble
 from registry.catalog import Catalog
 from registry.service import RegistryService
-from tether import process, topics
+from tether import process
 from tether.admission import Admissions
 from tether.callers import CallerPolicy
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import collect_handlers
 
 DESCRIPTION = "Tether Model Registry: catalog of models, versions, capabilities and policies."
 
@@ -46,17 +46,11 @@ async def serve(config: process.ServiceConfig) -> None:
         admissions=admissions,
     )
     network = SwarmNetwork(
-        config.keypair(),
-        collect_handlers(service),
-        bootstrap=config.bootstrap,
-        host=config.host,
-        port=config.udp_port,
+        config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
     )
     process.on_stop(network.close)
     try:
-        async with network.running(), trio.open_nursery() as nursery:
-            nursery.start_soon(admissions.follow)
-            await network.join(topics.registry(config.region), server=True, client=False)
+        async with assemble(service, config.region, admissions=admissions).running(network):
             process.announce_ready("registry", network.public_key, region=config.region)
             await trio.sleep_forever()
     finally:

@@ -30,8 +30,9 @@ from tether.errors import FailedPrecondition, TetherError
 from tether.keys import KeyPair
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import RpcError, StatusCode, collect_handlers
+from tether.rpc import RpcError, StatusCode
 from tether.v1 import registry_pb2, services_pb2, services_rpc
+from worker.assembly import assemble
 from worker.engine.detect import select_backend
 from worker.engine.engine import DEFAULT_MAX_BATCH, ExecutionEngine
 from worker.engine.runtime import WorkerEngine
@@ -191,14 +192,9 @@ async def _serve(
             callers=config.callers("orchestrator"),
             readiness=health.PROCESS,
         )
-        network.handlers.update(collect_handlers(service))
-        await network.join(topics.presence(config.region), server=True, client=False)
-        # Dial the orchestrators too: ones that looked the presence topic up before this
-        # worker announced would otherwise only find it at their next refresh.
-        await network.join(topics.control(config.region), server=False, client=True)
-        for r in records:
-            topic = topics.models(r.model.model_id, r.model.version, config.region)
-            await network.join(topic, server=True, client=False)
+        await assemble(
+            service, config.region, [(r.model.model_id, r.model.version) for r in records]
+        ).run(network)
         process.announce_ready(
             "worker",
             network.public_key,

@@ -75,6 +75,18 @@ def test_the_layering_check_sees_an_import_and_a_name() -> None:
     assert not pattern.search('log = logging.getLogger("tether.gateway.access")')
 
 
+def test_topic_wiring_is_written_once() -> None:
+    """Each service's topics are joined by its ``assemble`` (``<service>/assembly.py``),
+    which its main and the test harness both run: neither joins topics of its own (but a
+    worker's main, which asks the registry what to serve before it assembles)."""
+    joins = re.compile(r"\b(?:net|network)\.join\((?!topics\.registry\()")
+    for source in [REPO / "tests/services/harness.py", *(REPO / s / "main.py" for s in SERVICES)]:
+        match = joins.search(source.read_text(encoding="utf-8"))
+        assert match is None, f"{source.relative_to(REPO)} joins a topic outside assemble()"
+    for service in SERVICES:
+        assert "def assemble(" in (REPO / service / "assembly.py").read_text(encoding="utf-8")
+
+
 def test_generated_messages_are_importable() -> None:
     from tether.v1 import infer_pb2
 
