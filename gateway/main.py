@@ -140,7 +140,9 @@ async def serve(
     grpc_port: int | None = None,
     tls: Tls | None = None,
     http_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+    runtime: process.Runtime | None = None,
 ) -> None:
+    runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
@@ -155,14 +157,14 @@ async def serve(
     # An access line per call on the Hyperswarm edge (the HTTP and gRPC edges log theirs).
     assembly = assemble(service, config.region, wrap=lambda handlers: logs.access_logged(
         handlers, logging.getLogger("tether.gateway.access"), "p2p"))
-    process.on_stop(network.close)
+    runtime.on_stop(network.close)
     try:
         async with assembly.running(network), trio.open_nursery() as nursery:
             extra = {}
             if http_port is not None:
                 port = await nursery.start(functools.partial(
                     serve_http, HttpApi(service), config.host, http_port,
-                    ssl_context=tls.ssl_context() if tls else None, on_stop=process.on_stop,
+                    ssl_context=tls.ssl_context() if tls else None, on_stop=runtime.on_stop,
                     max_per_client=http_per_client,
                 ))
                 extra["http"] = f"{'https' if tls else 'http'}://{config.host}:{port}"
@@ -197,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("gateway"):
         args, config, tls = configure(argv)
     process.setup_telemetry(config)
-    return process.run_service("gateway", lambda: serve(
+    runtime = process.Runtime()
+    return runtime.run("gateway", lambda: serve(
         config, args.rate, args.burst,
         http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
-        http_per_client=args.http_per_client,
+        http_per_client=args.http_per_client, runtime=runtime,
     ))
 
 

@@ -87,7 +87,10 @@ async def serve(
     breakers: CircuitBreakers | None = None,
     operators: list[bytes] | None = None,
     drain_timeout_s: float = 30.0,
+    *,
+    runtime: process.Runtime | None = None,
 ) -> None:
+    runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
@@ -114,13 +117,13 @@ async def serve(
             allow_any=config.allow_any_caller,
         ),
     )
-    process.on_stop(network.close)
+    runtime.on_stop(network.close)
 
     async def drain() -> None:  # hooks run newest first: this one before the close
         await network.leave(topics.control(config.region))
         await service.drain(drain_timeout_s)
 
-    process.on_stop(drain)
+    runtime.on_stop(drain)
     try:
         assembly = assemble(service, control, discovery, [config.region, *watch_regions])
         # Jobs a previous run of this orchestrator left are failed before it serves.
@@ -154,11 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         open_s=args.breaker_open_s,
         slow_first_chunk_s=args.slow_first_chunk_s or None,
     )
-    return process.run_service(
-        "orchestrator",
-        lambda: serve(config, args.watch_region, breakers, operators, args.drain_timeout_s),
-        stop_timeout_s=args.drain_timeout_s + process.STOP_TIMEOUT_S,
-    )
+    runtime = process.Runtime(stop_timeout_s=args.drain_timeout_s + process.STOP_TIMEOUT_S)
+    return runtime.run("orchestrator", lambda: serve(
+        config, args.watch_region, breakers, operators, args.drain_timeout_s, runtime=runtime))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(config: process.ServiceConfig) -> None:
+async def serve(config: process.ServiceConfig, runtime: process.Runtime | None = None) -> None:
+    runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
     admissions = Admissions.from_store(store, config.data_dir)
     await admissions.reload()
@@ -48,7 +49,7 @@ async def serve(config: process.ServiceConfig) -> None:
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
     )
-    process.on_stop(network.close)
+    runtime.on_stop(network.close)
     try:
         async with assemble(service, config.region, admissions=admissions).running(network):
             process.announce_ready("registry", network.public_key, region=config.region)
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("registry"):
         _, config = configure(argv)
     process.setup_telemetry(config)
-    return process.run_service("registry", lambda: serve(config))
+    runtime = process.Runtime()
+    return runtime.run("registry", lambda: serve(config, runtime))
 
 
 if __name__ == "__main__":

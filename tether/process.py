@@ -59,7 +59,6 @@ import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -538,20 +537,66 @@ def announce_ready(service: str, public_key: bytes, **extra: object) -> None:
     print(json.dumps(line), flush=True)
 
 
-#: Graceful-stop hooks of this process, run in order on SIGINT/SIGTERM.
-_STOP_HOOKS: list[Callable[[], Awaitable[None]]] = []
 #: The most a graceful stop may take before the process is cancelled anyway.
 STOP_TIMEOUT_S = 10.0
 
 
-def on_stop(hook: Callable[[], Awaitable[None]]) -> None:
-    """Run ``hook`` when a signal asks the process to stop, before anything is cancelled
-    (a worker drains, a network unannounces itself while it can still talk)."""
-    _STOP_HOOKS.append(hook)
+class Runtime:
+    """One service process's run: it owns the graceful-stop hooks (a worker's drain, a
+    network that unannounces itself while it can still talk). On SIGINT/SIGTERM the hooks
+    run newest first (a drain registered after its network's close runs before it), for
+    at most ``stop_timeout_s`` together; then the service is cancelled."""
+
+    def __init__(self, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
+        self.stop_timeout_s = stop_timeout_s
+        self._hooks: list[Callable[[], Awaitable[None]]] = []
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` when a signal asks the process to stop, before anything is
+        cancelled (see the class doc for the order)."""
+        self._hooks.append(hook)
+
+    async def stop(self) -> None:
+        """Run the stop hooks, newest first, for up to ``stop_timeout_s`` in all."""
+        with trio.move_on_after(self.stop_timeout_s):
+            for hook in reversed(self._hooks):
+                await hook()
+
+    def run(self, service: str, body: Callable[[], Awaitable[None]]) -> int:
+        """:func:`run_service` with this runtime's hooks."""
+        return run_service(service, body, runtime=self)
+
+    async def run_until_signalled(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body``; SIGINT/SIGTERM run the stop hooks, then cancel it. A second
+        signal while the hooks run (a drain) stops at once."""
+        log = logging.getLogger("tether")
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        log.info("stopping on signal (another one stops at once)")
+                        health.PROCESS.drain()  # probes say not-ready while it stops
+                        async with trio.open_nursery() as stopping:
+
+                            async def run_hooks() -> None:
+                                await self.stop()
+                                stopping.cancel_scope.cancel()
+
+                            stopping.start_soon(run_hooks)
+                            async for _ in signals:
+                                log.warning("second signal: stopping now")
+                                stopping.cancel_scope.cancel()
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch_signals)
+            await body()
+            nursery.cancel_scope.cancel()
 
 
 def run_service(
-    service: str, body: Callable[[], Awaitable[None]], *, stop_timeout_s: float = STOP_TIMEOUT_S
+    service: str, body: Callable[[], Awaitable[None]], *, runtime: Runtime | None = None
 ) -> int:
     """Run a service until a signal stops it; 0. A Tether error that stops it (a model
     no replica serves a verified copy of, a registry that refuses) is one line on stderr,
@@ -559,7 +604,7 @@ def run_service(
     bootstrap node that does not answer: one line and 1). A bug
     (INTERNAL, UNKNOWN, or not a Tether error) keeps its traceback."""
     try:
-        trio.run(partial(run_until_signalled, body, stop_timeout_s=stop_timeout_s))
+        trio.run((runtime or Runtime()).run_until_signalled, body)
     except BaseException as exc:
         from p2p_transport.dht_rpc.query import QueryError
 
@@ -578,36 +623,3 @@ def run_service(
 
 
 _BUGS = {status_pb2.STATUS_CODE_INTERNAL, status_pb2.STATUS_CODE_UNKNOWN}
-
-
-async def run_until_signalled(
-    body: Callable[[], Awaitable[None]], *, stop_timeout_s: float = STOP_TIMEOUT_S
-) -> None:
-    """Run ``body``; SIGINT/SIGTERM run the stop hooks (for up to ``stop_timeout_s``),
-    then cancel it. A second signal while the hooks run (a drain) stops at once."""
-    log = logging.getLogger("tether")
-    async with trio.open_nursery() as nursery:
-
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    log.info("stopping on signal (another one stops at once)")
-                    health.PROCESS.drain()  # probes say not-ready while it stops
-                    async with trio.open_nursery() as stopping:
-
-                        async def run_hooks() -> None:
-                            with trio.move_on_after(stop_timeout_s):
-                                for hook in reversed(_STOP_HOOKS):
-                                    await hook()
-                            stopping.cancel_scope.cancel()
-
-                        stopping.start_soon(run_hooks)
-                        async for _ in signals:
-                            log.warning("second signal: stopping now")
-                            stopping.cancel_scope.cancel()
-                    nursery.cancel_scope.cancel()
-                    return
-
-        nursery.start_soon(watch_signals)
-        await body()
-        nursery.cancel_scope.cancel()

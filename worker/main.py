@@ -138,17 +138,21 @@ def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> Worker
         raise SystemExit(f"worker: {exc.message}") from None
 
 
-async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None:
+async def serve(
+    config: process.ServiceConfig, args: argparse.Namespace,
+    runtime: process.Runtime | None = None,
+) -> None:
     claimed = claim_key(config, args)
     config.key_file = claimed.path
     try:
-        await _serve(config, args, claimed.keypair)
+        await _serve(config, args, claimed.keypair, runtime or process.Runtime())
     finally:
         claimed.release()
 
 
 async def _serve(
-    config: process.ServiceConfig, args: argparse.Namespace, keypair: KeyPair
+    config: process.ServiceConfig, args: argparse.Namespace, keypair: KeyPair,
+    runtime: process.Runtime,
 ) -> None:
     worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}"
     backend, caps = select_backend(config.data_dir / "engines", prefer_cpu=args.cpu)
@@ -209,7 +213,7 @@ async def _serve(
             log.info("drained (all in-flight finished: %s)", drained)
             await network.close()
 
-        process.on_stop(drain)
+        runtime.on_stop(drain)
         await trio.sleep_forever()
 
 
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("worker"):
         args, config = configure(argv)
     process.setup_telemetry(config)
-    return process.run_service("worker", lambda: serve(config, args))
+    runtime = process.Runtime()
+    return runtime.run("worker", lambda: serve(config, args, runtime))
 
 
 if __name__ == "__main__":

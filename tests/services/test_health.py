@@ -205,19 +205,19 @@ def test_a_stop_signal_turns_the_process_not_ready_before_its_stop_hooks(
 
     readiness = Readiness({health.STARTED: "the service is starting"})
     monkeypatch.setattr(health, "PROCESS", readiness)
-    monkeypatch.setattr(process, "_STOP_HOOKS", [])
+    runtime = process.Runtime()
     seen: list[dict[str, str]] = []
 
     async def hook() -> None:  # e.g. the worker's drain, the HTTP edge's graceful stop
         seen.append(readiness.failing())
 
     async def body() -> None:
-        process.on_stop(hook)
+        runtime.on_stop(hook)
         process.announce_ready("test", b"\x00" * 32)
         assert readiness.ready
         await trio.testing.wait_all_tasks_blocked()  # the signal watcher is listening
         os.kill(os.getpid(), signal.SIGTERM)
         await trio.sleep_forever()
 
-    trio.run(process.run_until_signalled, body)
+    trio.run(runtime.run_until_signalled, body)
     assert seen == [{"draining": "the service is draining"}]

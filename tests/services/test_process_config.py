@@ -88,7 +88,7 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
     """One SIGTERM lets a stop hook (say, an orchestrator's drain) finish; a second one
     cuts it short. (Real signals, so real time: well under a second.)"""
     ran: list[str] = []
-    monkeypatch.setattr(process, "_STOP_HOOKS", [])
+    runtime = process.Runtime(stop_timeout_s=120)
 
     async def drain() -> None:
         ran.append("drain started")
@@ -96,7 +96,7 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
         ran.append("drain finished")
 
     async def body() -> None:
-        process.on_stop(drain)
+        runtime.on_stop(drain)
         await trio.sleep(0.05)
         for _ in range(signals):
             os.kill(os.getpid(), signal.SIGTERM)
@@ -105,7 +105,7 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
 
     async def main() -> None:
         with trio.fail_after(10):
-            await process.run_until_signalled(body, stop_timeout_s=120)
+            await runtime.run_until_signalled(body)
 
     trio.run(main)
     assert ran == (["drain started", "drain finished"] if signals == 1 else ["drain started"])
@@ -131,3 +131,23 @@ def test_udp_port_and_host_for_a_firewall(tmp_path: Path, monkeypatch: pytest.Mo
     assert process.config_from_args(args).udp_port == 0
     infer = cli.build_parser().parse_args(["infer", "--host", "100.64.0.6", "--token", "t"])
     assert infer.host == "100.64.0.6"
+
+
+def test_stop_hooks_belong_to_a_runtime_and_run_newest_first() -> None:
+    """Each process's runtime owns its hooks (no module-wide list shared by every service
+    in a process); the newest runs first, so a drain registered after its network's close
+    runs while the network can still talk."""
+    ran: list[str] = []
+    first, second = process.Runtime(), process.Runtime()
+
+    def hook(name: str):
+        async def run() -> None:
+            ran.append(name)
+        return run
+
+    first.on_stop(hook("close the network"))
+    first.on_stop(hook("drain"))
+    second.on_stop(hook("another process's hook"))
+    trio.run(first.stop)
+    assert ran == ["drain", "close the network"]
+    assert not hasattr(process, "_STOP_HOOKS") and not hasattr(process, "on_stop")
