@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import ssl
 import sys
 from dataclasses import dataclass
@@ -38,40 +37,31 @@ DESCRIPTION = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> process.ArgumentParser:
     parser = process.ArgumentParser(prog="tether gateway", description=DESCRIPTION)
     process.add_common_arguments(parser, "gateway")
-    rate, burst = process.positive(), process.whole(1)
-    parser.add_argument(
-        "--rate",
-        type=rate,
-        default=process.env_value("TETHER_RATE", "20", rate),
-        help="requests per second per tenant (token bucket refill)",
+    parser.setting(
+        "--rate", env="TETHER_RATE", default=20.0, type=process.positive(),
+        help="requests per second per tenant (token bucket refill; default %(default)s)",
     )
-    parser.add_argument(
-        "--burst",
-        type=burst,
-        default=process.env_value("TETHER_BURST", "40", burst),
-        help="token bucket size per tenant",
+    parser.setting(
+        "--burst", env="TETHER_BURST", default=40, type=process.whole(1),
+        help="token bucket size per tenant (default %(default)s)",
     )
-    parser.add_argument(
-        "--tls-cert",
-        default=os.environ.get("TETHER_TLS_CERT"),
-        metavar="PEM",
+    parser.setting(
+        "--tls-cert", env="TETHER_TLS_CERT", metavar="PEM",
         help="certificate chain for the HTTP and gRPC edges: they serve TLS (with --tls-key)",
     )
-    parser.add_argument(
-        "--tls-key", default=os.environ.get("TETHER_TLS_KEY"), metavar="PEM",
-        help="private key of --tls-cert",
-    )
-    parser.add_argument(
-        "--tls-client-ca", default=os.environ.get("TETHER_TLS_CLIENT_CA"), metavar="PEM",
+    parser.setting("--tls-key", env="TETHER_TLS_KEY", metavar="PEM",
+                   help="private key of --tls-cert")
+    parser.setting(
+        "--tls-client-ca", env="TETHER_TLS_CLIENT_CA", metavar="PEM",
         help="mutual TLS: both edges require a client certificate signed by this CA "
              "(with --tls-cert)",
     )
-    parser.add_argument(
-        "--http-per-client", type=int, metavar="N",
-        default=int(os.environ.get("TETHER_HTTP_PER_CLIENT", MAX_CONNECTIONS_PER_CLIENT)),
+    parser.setting(
+        "--http-per-client", env="TETHER_HTTP_PER_CLIENT", default=MAX_CONNECTIONS_PER_CLIENT,
+        type=process.whole(1), metavar="N",
         help="connections the HTTP edge keeps open per client address; more are closed at "
              "once (default: %(default)s; raise it behind a proxy or for a load test)",
     )
@@ -79,10 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("http", "TETHER_HTTP_PORT", "the OpenAI-compatible HTTP API"),
         ("grpc", "TETHER_GRPC_PORT", "tether.v1.Gateway over gRPC"),
     ):
-        parser.add_argument(
-            f"--{edge}-port",
-            type=process.port,
-            default=process.env_value(env, "", lambda text: process.port(text) if text else None),
+        parser.setting(
+            f"--{edge}-port", env=env, type=process.port,
             help=f"also serve {what} on --host:PORT (0: any free port; default: off)",
         )
     return parser
@@ -198,6 +186,7 @@ def configure(
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("gateway"):
         args, config, tls = configure(argv)
+    config.prepare()
     process.setup_telemetry(config)
     runtime = process.Runtime()
     return runtime.run("gateway", lambda: serve(

@@ -33,7 +33,7 @@ DESCRIPTION = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> process.ArgumentParser:
     parser = process.ArgumentParser(prog="tether orchestrator", description=DESCRIPTION)
     process.add_common_arguments(parser, "orchestrator")
     parser.add_argument(
@@ -44,29 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     failures, seconds, off_or_seconds = process.whole(1), process.positive(), process.positive(
         zero=True)
-    parser.add_argument(
-        "--breaker-failures",
-        type=failures,
-        default=process.env_value("TETHER_BREAKER_FAILURES", "5", failures),
+    parser.setting(
+        "--breaker-failures", env="TETHER_BREAKER_FAILURES", default=5, type=failures,
         help="consecutive worker failures that open a (model, region) breaker (default 5)",
     )
-    parser.add_argument(
-        "--breaker-open-s",
-        type=seconds,
-        default=process.env_value("TETHER_BREAKER_OPEN_S", "30", seconds),
+    parser.setting(
+        "--breaker-open-s", env="TETHER_BREAKER_OPEN_S", default=30.0, type=seconds,
         help="seconds a breaker stays open before a probe (default 30)",
     )
-    parser.add_argument(
-        "--slow-first-chunk-s",
+    parser.setting(
+        "--slow-first-chunk-s", env="TETHER_SLOW_FIRST_CHUNK_S", default=0.0,
         type=off_or_seconds,
-        default=process.env_value("TETHER_SLOW_FIRST_CHUNK_S", "0", off_or_seconds),
         help="also open a breaker when the p95 time to first chunk of its pool is over "
         "this many seconds (default: off)",
     )
-    parser.add_argument(
-        "--drain-timeout-s",
-        type=off_or_seconds,
-        default=process.env_value("TETHER_DRAIN_TIMEOUT_S", "30", off_or_seconds),
+    parser.setting(
+        "--drain-timeout-s", env="TETHER_DRAIN_TIMEOUT_S", default=30.0, type=off_or_seconds,
         help="on SIGTERM, how long requests in flight may run on before they are failed "
         "(default 30)",
     )
@@ -151,6 +144,7 @@ def configure(
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("orchestrator"):
         args, config, operators = configure(argv)
+    config.prepare()
     process.setup_telemetry(config)
     breakers = CircuitBreakers(
         failure_threshold=args.breaker_failures,

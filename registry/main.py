@@ -23,7 +23,7 @@ from tether.net.swarm import SwarmNetwork
 DESCRIPTION = "Tether Model Registry: catalog of models, versions, capabilities and policies."
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> process.ArgumentParser:
     parser = process.ArgumentParser(prog="tether registry", description=DESCRIPTION)
     process.add_common_arguments(parser, "registry")
     return parser
@@ -66,6 +66,7 @@ def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.Servi
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("registry"):
         _, config = configure(argv)
+    config.prepare()
     process.setup_telemetry(config)
     runtime = process.Runtime()
     return runtime.run("registry", lambda: serve(config, runtime))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -46,13 +45,11 @@ DESCRIPTION = (
 log = logging.getLogger("tether.worker")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
+def build_parser() -> process.ArgumentParser:
     parser = process.ArgumentParser(prog="tether worker", description=DESCRIPTION)
     process.add_common_arguments(parser, "worker")
-    parser.add_argument(
-        "--worker-id",
-        default=env("TETHER_WORKER_ID"),
+    parser.setting(
+        "--worker-id", env="TETHER_WORKER_ID",
         help="this worker's name in the fleet; its key is <data-dir>/keys/workers/<id>.key "
         "(default: worker-<key prefix>, with the first free keys/workers/worker-<n>.key)",
     )
@@ -63,36 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL[@VERSION]",
         help="serve this model (repeatable); default: every model the registry lists",
     )
-    parser.add_argument(
-        "--artifacts",
-        action="append",
-        default=None,
-        metavar="REPLICA",
+    parser.setting(
+        "--artifacts", env="TETHER_ARTIFACTS", many=True, metavar="REPLICA",
         help="artifact replica: a directory or s3://KEY:SECRET@HOST:PORT/BUCKET "
         "(repeatable; env TETHER_ARTIFACTS, comma-separated; default <data-dir>/artifacts/r0..r2)",
     )
     one, none = process.whole(1), process.whole(0)
-    parser.add_argument(
-        "--max-batch", type=one,
-        default=process.env_value("TETHER_MAX_BATCH", str(DEFAULT_MAX_BATCH), one),
+    parser.setting(
+        "--max-batch", env="TETHER_MAX_BATCH", default=DEFAULT_MAX_BATCH, type=one,
         help="text generation: sequences of one model stepped together (continuous batching; "
         "each also reserves its KV cache within --kv-cache-mb before it joins)",
     )
-    parser.add_argument(
-        "--kv-cache-mb", type=one, default=process.env_value("TETHER_KV_CACHE_MB", "1024", one),
+    parser.setting(
+        "--kv-cache-mb", env="TETHER_KV_CACHE_MB", default=1024, type=one,
         help="KV-cache memory all running sequences may hold (reported in heartbeats)",
     )
-    parser.add_argument(
-        "--slots", type=one,
-        default=process.env_value("TETHER_SLOTS", "", lambda t: one(t) if t else None),
+    parser.setting(
+        "--slots", env="TETHER_SLOTS", type=one,
         help="requests run at once (default: --max-batch: with continuous batching the "
         "capacity the scheduler sees is in sequences)",
     )
-    parser.add_argument(
-        "--queue-limit", type=none, default=process.env_value("TETHER_QUEUE_LIMIT", "16", none)
+    parser.setting(
+        "--queue-limit", env="TETHER_QUEUE_LIMIT", default=16, type=none,
+        help="requests that may wait for a slot (default %(default)s)",
     )
-    parser.add_argument(
-        "--cache-mb", type=one, default=process.env_value("TETHER_CACHE_MB", "2048", one),
+    parser.setting(
+        "--cache-mb", env="TETHER_CACHE_MB", default=2048, type=one,
         help="model cache budget (RAM on CPU, VRAM on GPU)",
     )
     parser.add_argument("--cpu", action="store_true", help="use ONNX Runtime even on a GPU")
@@ -100,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def artifact_replicas(args: argparse.Namespace, config: process.ServiceConfig) -> list[str]:
-    specs = args.artifacts or [
-        s for s in os.environ.get("TETHER_ARTIFACTS", "").split(",") if s.strip()
-    ]
+    specs = [s.strip() for item in args.artifacts or [] for s in item.split(",") if s.strip()]
     return specs or [str(config.data_dir / "artifacts" / f"r{i}") for i in range(3)]
 
 
@@ -225,6 +216,7 @@ def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.Servi
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("worker"):
         args, config = configure(argv)
+    config.prepare()
     process.setup_telemetry(config)
     runtime = process.Runtime()
     return runtime.run("worker", lambda: serve(config, args, runtime))

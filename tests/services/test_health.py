@@ -194,8 +194,10 @@ def test_a_bad_metrics_port_is_a_clear_error(text: str, monkeypatch: pytest.Monk
     from gateway.main import build_parser
 
     monkeypatch.setenv("TETHER_METRICS_PORT", text)
+    parser = build_parser()  # the environment is read once the flags are parsed
     with pytest.raises(SystemExit, match="TETHER_METRICS_PORT"):
-        build_parser()
+        parser.parse_args(["--bootstrap", "127.0.0.1:1"])
+    assert parser.parse_args(["--metrics-port", "9100"]).metrics_port == 9100  # a flag wins
 
 
 def test_a_stop_signal_turns_the_process_not_ready_before_its_stop_hooks(

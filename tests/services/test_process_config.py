@@ -151,3 +151,33 @@ def test_stop_hooks_belong_to_a_runtime_and_run_newest_first() -> None:
     trio.run(first.stop)
     assert ran == ["drain", "close the network"]
     assert not hasattr(process, "_STOP_HOOKS") and not hasattr(process, "on_stop")
+
+
+def test_the_readme_lists_every_variable_each_service_reads() -> None:
+    """The README's table of ``TETHER_*`` variables is the services' settings: each
+    service's row set equals what its parser reads (plus the log format, read by
+    ``tether.logs``), with the flag it stands for, and no source names a variable the
+    table leaves out."""
+    import re
+
+    from gateway.main import build_parser as gateway
+    from orchestrator.main import build_parser as orchestrator
+    from registry.main import build_parser as registry
+    from worker.main import build_parser as worker
+
+    repo = Path(__file__).resolve().parents[2]
+    rows = re.findall(r"^\| `(TETHER_[A-Z0-9_]+)` \| (?:`(--[a-z-]+)`)? *\| ([a-z, ]+) \|",
+                      (repo / "README.md").read_text(encoding="utf-8"), re.MULTILINE)
+    assert rows, "no variable table in README.md"
+    parsers = {"gateway": gateway(), "orchestrator": orchestrator(), "registry": registry(),
+               "worker": worker()}
+    for service, parser in parsers.items():
+        listed = {var for var, _, who in rows if who == "all" or service in who.split(", ")}
+        assert listed == {*parser.variables(), "TETHER_LOG_FORMAT"}, service
+        flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+        for dest, setting in parser.environment.items():
+            assert (setting.variable, flags[dest]) in {(v, f) for v, f, _ in rows}, dest
+    sources = [repo / "tether" / "process.py", repo / "tether" / "logs.py",
+               *(p for s in parsers for p in (repo / s).rglob("*.py"))]
+    named = {v for p in sources for v in re.findall(r"TETHER_[A-Z0-9_]+", p.read_text())}
+    assert named <= {var for var, _, _ in rows}
