@@ -13,7 +13,6 @@ port, and by ``grpc.health.v1.Health`` on the gRPC edge.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import ssl
@@ -175,24 +174,39 @@ async def serve(
         store.close()
 
 
-def configure(
-    argv: list[str] | None,
-) -> tuple[argparse.Namespace, process.ServiceConfig, Tls | None]:
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's settings, typed and checked (:func:`configure`)."""
+
+    common: process.ServiceConfig
+    rate: float
+    burst: int
+    http_port: int | None
+    grpc_port: int | None
+    http_per_client: int
+    tls: Tls | None
+
+
+def configure(argv: list[str] | None) -> Settings:
     """The gateway's checked settings (ConfigError for the first that is wrong)."""
     args, config = process.configure(build_parser(), argv, "gateway", store=True)
-    return args, config, Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca)
+    return Settings(
+        common=config, rate=args.rate, burst=args.burst, http_port=args.http_port,
+        grpc_port=args.grpc_port, http_per_client=args.http_per_client,
+        tls=Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("gateway"):
-        args, config, tls = configure(argv)
-    config.prepare()
-    process.setup_telemetry(config)
+        settings = configure(argv)
+    settings.common.prepare()
+    process.setup_telemetry(settings.common)
     runtime = process.Runtime()
     return runtime.run("gateway", lambda: serve(
-        config, args.rate, args.burst,
-        http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
-        http_per_client=args.http_per_client, runtime=runtime,
+        settings.common, settings.rate, settings.burst,
+        http_port=settings.http_port, grpc_port=settings.grpc_port, tls=settings.tls,
+        http_per_client=settings.http_per_client, runtime=runtime,
     ))
 
 

@@ -12,8 +12,8 @@ control topic and refuses new requests, lets those in flight finish for up to
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 
 import trio
 
@@ -127,9 +127,28 @@ async def serve(
         store.close()
 
 
-def configure(
-    argv: list[str] | None,
-) -> tuple[argparse.Namespace, process.ServiceConfig, list[bytes]]:
+@dataclass(frozen=True)
+class Settings:
+    """The orchestrator's settings, typed and checked (:func:`configure`)."""
+
+    common: process.ServiceConfig
+    watch_regions: list[str]
+    breaker_failures: int
+    breaker_open_s: float
+    #: None: off.
+    slow_first_chunk_s: float | None
+    drain_timeout_s: float
+    operators: list[bytes]
+
+    def breakers(self) -> CircuitBreakers:
+        return CircuitBreakers(
+            failure_threshold=self.breaker_failures,
+            open_s=self.breaker_open_s,
+            slow_first_chunk_s=self.slow_first_chunk_s,
+        )
+
+
+def configure(argv: list[str] | None) -> Settings:
     """The orchestrator's checked settings and operator keys (ConfigError if wrong)."""
     args, config = process.configure(build_parser(), argv, "orchestrator", store=True)
     for region in args.watch_region:
@@ -138,22 +157,23 @@ def configure(
         operators = [parse_key(k) for k in args.allow_operator]
     except ValueError as exc:
         raise process.ConfigError(f"--allow-operator: {exc}") from None
-    return args, config, operators
+    return Settings(
+        common=config, watch_regions=list(args.watch_region),
+        breaker_failures=args.breaker_failures, breaker_open_s=args.breaker_open_s,
+        slow_first_chunk_s=args.slow_first_chunk_s or None,
+        drain_timeout_s=args.drain_timeout_s, operators=operators,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("orchestrator"):
-        args, config, operators = configure(argv)
-    config.prepare()
-    process.setup_telemetry(config)
-    breakers = CircuitBreakers(
-        failure_threshold=args.breaker_failures,
-        open_s=args.breaker_open_s,
-        slow_first_chunk_s=args.slow_first_chunk_s or None,
-    )
-    runtime = process.Runtime(stop_timeout_s=args.drain_timeout_s + process.STOP_TIMEOUT_S)
+        settings = configure(argv)
+    settings.common.prepare()
+    process.setup_telemetry(settings.common)
+    runtime = process.Runtime(stop_timeout_s=settings.drain_timeout_s + process.STOP_TIMEOUT_S)
     return runtime.run("orchestrator", lambda: serve(
-        config, args.watch_region, breakers, operators, args.drain_timeout_s, runtime=runtime))
+        settings.common, settings.watch_regions, settings.breakers(), settings.operators,
+        settings.drain_timeout_s, runtime=runtime))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ known services (its data folder's keys, ``--allow-caller``) and admitted workers
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import trio
@@ -58,14 +57,15 @@ async def serve(config: process.ServiceConfig, runtime: process.Runtime | None =
         store.close()
 
 
-def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.ServiceConfig]:
-    """The registry's checked settings (ConfigError for the first that is wrong)."""
-    return process.configure(build_parser(), argv, "registry", store=True)
+def configure(argv: list[str] | None) -> process.ServiceConfig:
+    """The registry's settings, typed and checked (ConfigError for the first that is
+    wrong): the ones every service has."""
+    return process.configure(build_parser(), argv, "registry", store=True)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("registry"):
-        _, config = configure(argv)
+        config = configure(argv)
     config.prepare()
     process.setup_telemetry(config)
     runtime = process.Runtime()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -92,7 +93,9 @@ def build_parser() -> process.ArgumentParser:
     return parser
 
 
-def artifact_replicas(args: argparse.Namespace, config: process.ServiceConfig) -> list[str]:
+def artifact_replicas(
+    args: Settings | argparse.Namespace, config: process.ServiceConfig
+) -> list[str]:
     specs = [s.strip() for item in args.artifacts or [] for s in item.split(",") if s.strip()]
     return specs or [str(config.data_dir / "artifacts" / f"r{i}") for i in range(3)]
 
@@ -116,7 +119,7 @@ async def resolve_models(
     return records
 
 
-def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> WorkerKey:
+def claim_key(config: process.ServiceConfig, args: Settings | argparse.Namespace) -> WorkerKey:
     """This worker's own key, held until released (see the module doc); ``--key-file``
     when given, else one in ``<data-dir>/keys/workers/``."""
     try:
@@ -130,7 +133,7 @@ def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> Worker
 
 
 async def serve(
-    config: process.ServiceConfig, args: argparse.Namespace,
+    config: process.ServiceConfig, args: Settings | argparse.Namespace,
     runtime: process.Runtime | None = None,
 ) -> None:
     claimed = claim_key(config, args)
@@ -142,7 +145,7 @@ async def serve(
 
 
 async def _serve(
-    config: process.ServiceConfig, args: argparse.Namespace, keypair: KeyPair,
+    config: process.ServiceConfig, args: Settings | argparse.Namespace, keypair: KeyPair,
     runtime: process.Runtime,
 ) -> None:
     worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}"
@@ -208,18 +211,45 @@ async def _serve(
         await trio.sleep_forever()
 
 
-def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.ServiceConfig]:
+@dataclass(frozen=True)
+class Settings:
+    """The worker's settings, typed and checked (:func:`configure`); :func:`serve` reads
+    them by the flags' names."""
+
+    common: process.ServiceConfig
+    worker_id: str | None
+    model: list[str]
+    artifacts: list[str] | None
+    max_batch: int
+    kv_cache_mb: int
+    #: None: --max-batch.
+    slots: int | None
+    queue_limit: int
+    cache_mb: int
+    cpu: bool
+    #: The --key-file given, if any (else the worker claims one: see the module doc).
+    key_file: str | None
+
+
+def configure(argv: list[str] | None) -> Settings:
     """The worker's checked settings (ConfigError for the first that is wrong)."""
-    return process.configure(build_parser(), argv, "worker", store=False)
+    args, config = process.configure(build_parser(), argv, "worker", store=False)
+    return Settings(
+        common=config, worker_id=args.worker_id, model=list(args.model),
+        artifacts=args.artifacts, max_batch=args.max_batch, kv_cache_mb=args.kv_cache_mb,
+        slots=args.slots, queue_limit=args.queue_limit, cache_mb=args.cache_mb,
+        cpu=bool(args.cpu), key_file=args.key_file,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("worker"):
-        args, config = configure(argv)
+        settings = configure(argv)
+    config = settings.common
     config.prepare()
     process.setup_telemetry(config)
     runtime = process.Runtime()
-    return runtime.run("worker", lambda: serve(config, args, runtime))
+    return runtime.run("worker", lambda: serve(config, settings, runtime))
 
 
 if __name__ == "__main__":

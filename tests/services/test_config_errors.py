@@ -127,18 +127,17 @@ def test_the_environment_is_read_after_the_flags_and_the_config_file(
     """Flags, then the config file, then ``TETHER_*``, then the defaults: a variable is read
     (and checked) only for a setting neither of the first two gives."""
     monkeypatch.setenv("TETHER_SLOTS", "two")
-    args, _ = worker_main.configure([*base(tmp_path), "--slots", "3"])
-    assert args.slots == 3
+    assert worker_main.configure([*base(tmp_path), "--slots", "3"]).slots == 3
     config = tmp_path / "tether.toml"
     config.write_text("[worker]\nslots = 5\n")
-    args, _ = worker_main.configure([*base(tmp_path), "--config", str(config)])
-    assert args.slots == 5
+    assert worker_main.configure([*base(tmp_path), "--config", str(config)]).slots == 5
     monkeypatch.setenv("TETHER_SLOTS", "7")
     monkeypatch.setenv("TETHER_ARTIFACTS", "/a, /b")
     monkeypatch.setenv("TETHER_ALLOW_ANY_CALLER", "1")
-    args, cfg = worker_main.configure(base(tmp_path))
-    assert (args.slots, args.artifacts, cfg.allow_any_caller) == (7, ["/a", "/b"], True)
-    assert (args.max_batch, args.queue_limit, args.udp_port) == (
+    settings = worker_main.configure(base(tmp_path))
+    assert (settings.slots, settings.artifacts, settings.common.allow_any_caller) == (
+        7, ["/a", "/b"], True)
+    assert (settings.max_batch, settings.queue_limit, settings.common.udp_port) == (
         worker_main.DEFAULT_MAX_BATCH, 16, 0)  # the defaults, typed
 
 
