@@ -33,13 +33,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from app.localnet import issue_token, publish_shipped_models, python_testnet  # noqa: E402
 from gateway import main as gateway_main  # noqa: E402
 from orchestrator import main as orchestrator_main  # noqa: E402
 from p2p_transport.cenc import SocketAddress  # noqa: E402
 from registry import main as registry_main  # noqa: E402
 from tether.client import GatewayClient, connect_gateway  # noqa: E402
 from tether.keys import KeyPair  # noqa: E402
-from tether.localnet import issue_token, publish_shipped_models, python_testnet  # noqa: E402
 from tether.net.swarm import SwarmNetwork  # noqa: E402
 from tether.process import ServiceConfig  # noqa: E402
 from tether.rpc import RpcError, StatusCode  # noqa: E402

@@ -54,7 +54,7 @@ def start_network(data_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, An
     env = {**os.environ, "PYTHONPATH": str(REPO), "TETHER_LOG_LEVEL": "WARNING",
            "TETHER_RATE": "1000", "TETHER_BURST": "1000"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli", "up", "--metrics", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "app.cli", "up", "--metrics", "--data-dir", str(data_dir)],
         cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None

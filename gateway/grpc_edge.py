@@ -5,9 +5,11 @@ with grpcio from the same protos, for clients in any language with a gRPC toolch
 grpcio runs on asyncio, the gateway on trio; each keeps its own thread and loop. The
 gRPC thread hands a call to trio with ``TrioToken.run_sync_soon`` (non-blocking,
 thread-safe), trio runs it in the edge's nursery, and its chunks come back with
-``loop.call_soon_threadsafe`` into an asyncio queue. That queue holds at most one
-answer's chunks (``MAX_NEW_TOKENS`` + 1 for text); a client that goes away cancels
-the trio side, and with it the request upstream.
+``loop.call_soon_threadsafe`` into an asyncio queue. That queue is bounded: it holds
+at most ``QUEUED_CHUNKS`` chunks (and the call's end), and the trio side waits for the
+client to take one before it hands over another, so a slow reader slows the answer
+upstream instead of growing the gateway's memory. A client that goes away cancels the
+trio side, and with it the request upstream.
 
 Beside it the edge serves the standard ``grpc.health.v1.Health`` (``Check`` and
 ``Watch``, for the whole server ``""`` and for ``tether.v1.Gateway``: ``SERVING`` while
@@ -59,6 +61,8 @@ GATEWAY_SERVICE = services_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 #: The names ``grpc.health.v1.Health`` answers for: the whole server and the gateway.
 HEALTH_NAMES = (health.OVERALL_HEALTH, GATEWAY_SERVICE)
 _END = object()
+#: The chunks one call holds for a client that has not read them yet.
+QUEUED_CHUNKS = 32
 
 
 def _grpc_code(code: int) -> grpc.StatusCode:
@@ -121,6 +125,8 @@ class GrpcEdge:
         self.client_ca = client_ca
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
+        #: The most chunks any one call has held for its client (at most QUEUED_CHUNKS).
+        self.peak_queued = 0
 
     async def call(
         self,
@@ -133,6 +139,9 @@ class GrpcEdge:
         assert self._token is not None and self._nursery is not None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        # Credits for chunks handed over and not yet taken (the trio side's to wait on; the
+        # asyncio side gives one back per chunk it takes).
+        credits = trio.Semaphore(QUEUED_CHUNKS)
         call = trio.CancelScope()  # the call's trio side: cancelled when the client leaves
         metadata = {
             k: v for k, v in (context.invocation_metadata() or ())
@@ -157,6 +166,7 @@ class GrpcEdge:
                 try:
                     with trio.fail_after(timeout):
                         async for item in start(self.service, ctx):
+                            await credits.acquire()
                             deliver(item)
                     status = "OK"
                 except TetherError as exc:
@@ -177,9 +187,13 @@ class GrpcEdge:
         try:
             first = True
             while True:
+                self.peak_queued = max(self.peak_queued, queue.qsize())
                 item = await queue.get()
                 if item is _END:
                     return
+                if not isinstance(item, TetherError):  # a chunk: its credit goes back
+                    with contextlib.suppress(trio.RunFinishedError):
+                        self._token.run_sync_soon(credits.release)
                 if isinstance(item, TetherError):
                     context.set_trailing_metadata(_trailers(item))
                     await context.abort(_grpc_code(item.code), item.message)

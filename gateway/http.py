@@ -598,7 +598,7 @@ async def serve_http(
     """Listen on ``host:port`` (0: any free port); the port is given to ``task_status``.
     With ``ssl_context`` every connection is TLS (HTTPS; mutual TLS when the context
     requires client certificates). ``on_stop`` registers the graceful stop (``drain``)
-    with the process, e.g. ``tether.process.on_stop``."""
+    with the process, e.g. ``tether.process.Runtime.on_stop``."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = EdgeServer(api.app, ssl_context, max_per_client=max_per_client)
     if on_stop is not None:

@@ -13,10 +13,8 @@ port, and by ``grpc.health.v1.Health`` on the gRPC edge.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
-import os
 import ssl
 import sys
 from dataclasses import dataclass
@@ -24,13 +22,13 @@ from pathlib import Path
 
 import trio
 
+from gateway.assembly import assemble
 from gateway.grpc_edge import GrpcEdge
 from gateway.http import MAX_CONNECTIONS_PER_CLIENT, HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from tether import health, logs, process, topics
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import collect_handlers
 
 DESCRIPTION = (
     "Tether RPC Gateway: authenticates tenants, validates and rate-limits requests, "
@@ -38,40 +36,31 @@ DESCRIPTION = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> process.ArgumentParser:
     parser = process.ArgumentParser(prog="tether gateway", description=DESCRIPTION)
     process.add_common_arguments(parser, "gateway")
-    rate, burst = process.positive(), process.whole(1)
-    parser.add_argument(
-        "--rate",
-        type=rate,
-        default=process.env_value("TETHER_RATE", "20", rate),
-        help="requests per second per tenant (token bucket refill)",
+    parser.setting(
+        "--rate", env="TETHER_RATE", default=20.0, type=process.positive(),
+        help="requests per second per tenant (token bucket refill; default %(default)s)",
     )
-    parser.add_argument(
-        "--burst",
-        type=burst,
-        default=process.env_value("TETHER_BURST", "40", burst),
-        help="token bucket size per tenant",
+    parser.setting(
+        "--burst", env="TETHER_BURST", default=40, type=process.whole(1),
+        help="token bucket size per tenant (default %(default)s)",
     )
-    parser.add_argument(
-        "--tls-cert",
-        default=os.environ.get("TETHER_TLS_CERT"),
-        metavar="PEM",
+    parser.setting(
+        "--tls-cert", env="TETHER_TLS_CERT", metavar="PEM",
         help="certificate chain for the HTTP and gRPC edges: they serve TLS (with --tls-key)",
     )
-    parser.add_argument(
-        "--tls-key", default=os.environ.get("TETHER_TLS_KEY"), metavar="PEM",
-        help="private key of --tls-cert",
-    )
-    parser.add_argument(
-        "--tls-client-ca", default=os.environ.get("TETHER_TLS_CLIENT_CA"), metavar="PEM",
+    parser.setting("--tls-key", env="TETHER_TLS_KEY", metavar="PEM",
+                   help="private key of --tls-cert")
+    parser.setting(
+        "--tls-client-ca", env="TETHER_TLS_CLIENT_CA", metavar="PEM",
         help="mutual TLS: both edges require a client certificate signed by this CA "
              "(with --tls-cert)",
     )
-    parser.add_argument(
-        "--http-per-client", type=int, metavar="N",
-        default=int(os.environ.get("TETHER_HTTP_PER_CLIENT", MAX_CONNECTIONS_PER_CLIENT)),
+    parser.setting(
+        "--http-per-client", env="TETHER_HTTP_PER_CLIENT", default=MAX_CONNECTIONS_PER_CLIENT,
+        type=process.whole(1), metavar="N",
         help="connections the HTTP edge keeps open per client address; more are closed at "
              "once (default: %(default)s; raise it behind a proxy or for a load test)",
     )
@@ -79,10 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("http", "TETHER_HTTP_PORT", "the OpenAI-compatible HTTP API"),
         ("grpc", "TETHER_GRPC_PORT", "tether.v1.Gateway over gRPC"),
     ):
-        parser.add_argument(
-            f"--{edge}-port",
-            type=process.port,
-            default=process.env_value(env, "", lambda text: process.port(text) if text else None),
+        parser.setting(
+            f"--{edge}-port", env=env, type=process.port,
             help=f"also serve {what} on --host:PORT (0: any free port; default: off)",
         )
     return parser
@@ -140,7 +127,9 @@ async def serve(
     grpc_port: int | None = None,
     tls: Tls | None = None,
     http_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+    runtime: process.Runtime | None = None,
 ) -> None:
+    runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
@@ -153,21 +142,16 @@ async def serve(
         readiness=health.PROCESS,
     )
     # An access line per call on the Hyperswarm edge (the HTTP and gRPC edges log theirs).
-    network.handlers.update(logs.access_logged(
-        collect_handlers(service), logging.getLogger("tether.gateway.access"), "p2p"))
-    process.on_stop(network.close)
+    assembly = assemble(service, config.region, wrap=lambda handlers: logs.access_logged(
+        handlers, logging.getLogger("tether.gateway.access"), "p2p"))
+    runtime.on_stop(network.close)
     try:
-        async with network.running(), trio.open_nursery() as nursery:
-            await network.join(topics.gateway(config.region), server=True, client=False)
-            await network.join(topics.control(config.region), server=False, client=True)
-            await network.join(topics.registry(config.region), server=False, client=True)
-            nursery.start_soon(service.watch_readiness)
-            nursery.start_soon(service.orchestrators.watch)  # finds dead orchestrators
+        async with assembly.running(network), trio.open_nursery() as nursery:
             extra = {}
             if http_port is not None:
                 port = await nursery.start(functools.partial(
                     serve_http, HttpApi(service), config.host, http_port,
-                    ssl_context=tls.ssl_context() if tls else None, on_stop=process.on_stop,
+                    ssl_context=tls.ssl_context() if tls else None, on_stop=runtime.on_stop,
                     max_per_client=http_per_client,
                 ))
                 extra["http"] = f"{'https' if tls else 'http'}://{config.host}:{port}"
@@ -190,22 +174,39 @@ async def serve(
         store.close()
 
 
-def configure(
-    argv: list[str] | None,
-) -> tuple[argparse.Namespace, process.ServiceConfig, Tls | None]:
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's settings, typed and checked (:func:`configure`)."""
+
+    common: process.ServiceConfig
+    rate: float
+    burst: int
+    http_port: int | None
+    grpc_port: int | None
+    http_per_client: int
+    tls: Tls | None
+
+
+def configure(argv: list[str] | None) -> Settings:
     """The gateway's checked settings (ConfigError for the first that is wrong)."""
     args, config = process.configure(build_parser(), argv, "gateway", store=True)
-    return args, config, Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca)
+    return Settings(
+        common=config, rate=args.rate, burst=args.burst, http_port=args.http_port,
+        grpc_port=args.grpc_port, http_per_client=args.http_per_client,
+        tls=Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("gateway"):
-        args, config, tls = configure(argv)
-    process.setup_telemetry(config)
-    return process.run_service("gateway", lambda: serve(
-        config, args.rate, args.burst,
-        http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
-        http_per_client=args.http_per_client,
+        settings = configure(argv)
+    settings.common.prepare()
+    process.setup_telemetry(settings.common)
+    runtime = process.Runtime()
+    return runtime.run("gateway", lambda: serve(
+        settings.common, settings.rate, settings.burst,
+        http_port=settings.http_port, grpc_port=settings.grpc_port, tls=settings.tls,
+        http_per_client=settings.http_per_client, runtime=runtime,
     ))
 
 

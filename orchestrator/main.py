@@ -12,12 +12,12 @@ control topic and refuses new requests, lets those in flight finish for up to
 
 from __future__ import annotations
 
-import argparse
-import functools
 import sys
+from dataclasses import dataclass
 
 import trio
 
+from orchestrator.assembly import assemble
 from orchestrator.breaker import CircuitBreakers
 from orchestrator.control import ControlService
 from orchestrator.discovery import DiscoverySub
@@ -26,7 +26,6 @@ from tether import process, topics
 from tether.admission import Admissions
 from tether.callers import CallerPolicy, parse_key
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import collect_handlers
 
 DESCRIPTION = (
     "Tether Orchestrator: discovers healthy workers, scores and places requests, "
@@ -34,7 +33,7 @@ DESCRIPTION = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> process.ArgumentParser:
     parser = process.ArgumentParser(prog="tether orchestrator", description=DESCRIPTION)
     process.add_common_arguments(parser, "orchestrator")
     parser.add_argument(
@@ -45,29 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     failures, seconds, off_or_seconds = process.whole(1), process.positive(), process.positive(
         zero=True)
-    parser.add_argument(
-        "--breaker-failures",
-        type=failures,
-        default=process.env_value("TETHER_BREAKER_FAILURES", "5", failures),
+    parser.setting(
+        "--breaker-failures", env="TETHER_BREAKER_FAILURES", default=5, type=failures,
         help="consecutive worker failures that open a (model, region) breaker (default 5)",
     )
-    parser.add_argument(
-        "--breaker-open-s",
-        type=seconds,
-        default=process.env_value("TETHER_BREAKER_OPEN_S", "30", seconds),
+    parser.setting(
+        "--breaker-open-s", env="TETHER_BREAKER_OPEN_S", default=30.0, type=seconds,
         help="seconds a breaker stays open before a probe (default 30)",
     )
-    parser.add_argument(
-        "--slow-first-chunk-s",
+    parser.setting(
+        "--slow-first-chunk-s", env="TETHER_SLOW_FIRST_CHUNK_S", default=0.0,
         type=off_or_seconds,
-        default=process.env_value("TETHER_SLOW_FIRST_CHUNK_S", "0", off_or_seconds),
         help="also open a breaker when the p95 time to first chunk of its pool is over "
         "this many seconds (default: off)",
     )
-    parser.add_argument(
-        "--drain-timeout-s",
-        type=off_or_seconds,
-        default=process.env_value("TETHER_DRAIN_TIMEOUT_S", "30", off_or_seconds),
+    parser.setting(
+        "--drain-timeout-s", env="TETHER_DRAIN_TIMEOUT_S", default=30.0, type=off_or_seconds,
         help="on SIGTERM, how long requests in flight may run on before they are failed "
         "(default 30)",
     )
@@ -88,7 +80,10 @@ async def serve(
     breakers: CircuitBreakers | None = None,
     operators: list[bytes] | None = None,
     drain_timeout_s: float = 30.0,
+    *,
+    runtime: process.Runtime | None = None,
 ) -> None:
+    runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
@@ -115,37 +110,45 @@ async def serve(
             allow_any=config.allow_any_caller,
         ),
     )
-    network.handlers.update(collect_handlers(service, control))
-    process.on_stop(network.close)
+    runtime.on_stop(network.close)
 
     async def drain() -> None:  # hooks run newest first: this one before the close
         await network.leave(topics.control(config.region))
         await service.drain(drain_timeout_s)
 
-    process.on_stop(drain)
+    runtime.on_stop(drain)
     try:
-        regions = list(dict.fromkeys([config.region, *watch_regions]))
-        # Topics DiscoverySub looks up again periodically; model topics join it as the
-        # registry lists models.
-        refreshed = [topics.presence(r) for r in regions]
-        async with network.running(), trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(discovery.run, refresh=refreshed))
-            # Jobs a previous run of this orchestrator left are failed before it serves.
-            await nursery.start(service.keep_lease)
-            await network.join(topics.control(config.region), server=True, client=False)
-            await network.join(topics.registry(config.region), server=False, client=True)
-            for topic in list(refreshed):
-                await network.join(topic, server=False, client=True)
-            nursery.start_soon(service.follow_model_topics, regions, refreshed)
+        assembly = assemble(service, control, discovery, [config.region, *watch_regions])
+        # Jobs a previous run of this orchestrator left are failed before it serves.
+        async with assembly.running(network):
             process.announce_ready("orchestrator", network.public_key, region=config.region)
             await trio.sleep_forever()
     finally:
         store.close()
 
 
-def configure(
-    argv: list[str] | None,
-) -> tuple[argparse.Namespace, process.ServiceConfig, list[bytes]]:
+@dataclass(frozen=True)
+class Settings:
+    """The orchestrator's settings, typed and checked (:func:`configure`)."""
+
+    common: process.ServiceConfig
+    watch_regions: list[str]
+    breaker_failures: int
+    breaker_open_s: float
+    #: None: off.
+    slow_first_chunk_s: float | None
+    drain_timeout_s: float
+    operators: list[bytes]
+
+    def breakers(self) -> CircuitBreakers:
+        return CircuitBreakers(
+            failure_threshold=self.breaker_failures,
+            open_s=self.breaker_open_s,
+            slow_first_chunk_s=self.slow_first_chunk_s,
+        )
+
+
+def configure(argv: list[str] | None) -> Settings:
     """The orchestrator's checked settings and operator keys (ConfigError if wrong)."""
     args, config = process.configure(build_parser(), argv, "orchestrator", store=True)
     for region in args.watch_region:
@@ -154,23 +157,23 @@ def configure(
         operators = [parse_key(k) for k in args.allow_operator]
     except ValueError as exc:
         raise process.ConfigError(f"--allow-operator: {exc}") from None
-    return args, config, operators
+    return Settings(
+        common=config, watch_regions=list(args.watch_region),
+        breaker_failures=args.breaker_failures, breaker_open_s=args.breaker_open_s,
+        slow_first_chunk_s=args.slow_first_chunk_s or None,
+        drain_timeout_s=args.drain_timeout_s, operators=operators,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("orchestrator"):
-        args, config, operators = configure(argv)
-    process.setup_telemetry(config)
-    breakers = CircuitBreakers(
-        failure_threshold=args.breaker_failures,
-        open_s=args.breaker_open_s,
-        slow_first_chunk_s=args.slow_first_chunk_s or None,
-    )
-    return process.run_service(
-        "orchestrator",
-        lambda: serve(config, args.watch_region, breakers, operators, args.drain_timeout_s),
-        stop_timeout_s=args.drain_timeout_s + process.STOP_TIMEOUT_S,
-    )
+        settings = configure(argv)
+    settings.common.prepare()
+    process.setup_telemetry(settings.common)
+    runtime = process.Runtime(stop_timeout_s=settings.drain_timeout_s + process.STOP_TIMEOUT_S)
+    return runtime.run("orchestrator", lambda: serve(
+        settings.common, settings.watch_regions, settings.breakers(), settings.operators,
+        settings.drain_timeout_s, runtime=runtime))
 
 
 if __name__ == "__main__":

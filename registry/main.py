@@ -7,29 +7,29 @@ known services (its data folder's keys, ``--allow-caller``) and admitted workers
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import trio
 
+from registry.assembly import assemble
 from registry.catalog import Catalog
 from registry.service import RegistryService
-from tether import process, topics
+from tether import process
 from tether.admission import Admissions
 from tether.callers import CallerPolicy
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import collect_handlers
 
 DESCRIPTION = "Tether Model Registry: catalog of models, versions, capabilities and policies."
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> process.ArgumentParser:
     parser = process.ArgumentParser(prog="tether registry", description=DESCRIPTION)
     process.add_common_arguments(parser, "registry")
     return parser
 
 
-async def serve(config: process.ServiceConfig) -> None:
+async def serve(config: process.ServiceConfig, runtime: process.Runtime | None = None) -> None:
+    runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
     admissions = Admissions.from_store(store, config.data_dir)
     await admissions.reload()
@@ -46,33 +46,30 @@ async def serve(config: process.ServiceConfig) -> None:
         admissions=admissions,
     )
     network = SwarmNetwork(
-        config.keypair(),
-        collect_handlers(service),
-        bootstrap=config.bootstrap,
-        host=config.host,
-        port=config.udp_port,
+        config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
     )
-    process.on_stop(network.close)
+    runtime.on_stop(network.close)
     try:
-        async with network.running(), trio.open_nursery() as nursery:
-            nursery.start_soon(admissions.follow)
-            await network.join(topics.registry(config.region), server=True, client=False)
+        async with assemble(service, config.region, admissions=admissions).running(network):
             process.announce_ready("registry", network.public_key, region=config.region)
             await trio.sleep_forever()
     finally:
         store.close()
 
 
-def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.ServiceConfig]:
-    """The registry's checked settings (ConfigError for the first that is wrong)."""
-    return process.configure(build_parser(), argv, "registry", store=True)
+def configure(argv: list[str] | None) -> process.ServiceConfig:
+    """The registry's settings, typed and checked (ConfigError for the first that is
+    wrong): the ones every service has."""
+    return process.configure(build_parser(), argv, "registry", store=True)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("registry"):
-        _, config = configure(argv)
+        config = configure(argv)
+    config.prepare()
     process.setup_telemetry(config)
-    return process.run_service("registry", lambda: serve(config))
+    runtime = process.Runtime()
+    return runtime.run("registry", lambda: serve(config, runtime))
 
 
 if __name__ == "__main__":

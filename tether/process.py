@@ -3,25 +3,11 @@ network, the ready line, and a clean stop on SIGINT/SIGTERM.
 
 Configuration comes from flags, else a TOML file given with ``--config`` (keys
 are the flag names; a ``[<service>]`` table overrides the top level for that
-service), else environment variables, else defaults:
-
-=================  =====================  ===================================
-flag               environment            default
-=================  =====================  ===================================
-``--region``       ``TETHER_REGION``      ``local``
-``--bootstrap``    ``TETHER_BOOTSTRAP``   (required; ``HOST:PORT``, comma-
-                                          separated in the environment; a host
-                                          name is looked up once, as IPv4)
-``--data-dir``     ``TETHER_DATA_DIR``    ``var/tether``
-``--metadata-url`` ``TETHER_METADATA_URL`` SQLite file in the data dir
-``--key-file``     ``TETHER_KEY_FILE``    ``<data-dir>/keys/<service>.key`` (a
-                                          worker's: ``keys/workers/<id>.key``)
-``--host``         ``TETHER_HOST``        ``127.0.0.1``
-``--udp-port``     ``TETHER_UDP_PORT``    ``0`` (any free port)
-``--allow-caller`` ``TETHER_ALLOW_CALLERS`` the keys in ``<data-dir>/keys/*.pub``
-``--metrics-port`` ``TETHER_METRICS_PORT`` off (0: any free port)
-``--metrics-host`` ``TETHER_METRICS_HOST`` ``127.0.0.1``
-=================  =====================  ===================================
+service), else ``TETHER_*`` environment variables, else defaults. Each setting is
+declared once, with its flag, variable, default and type (:meth:`ArgumentParser.setting`;
+the README's table lists them); the environment is read, and every value checked, only
+after the flags and the config file are parsed, and checking makes nothing on disk (the
+data folder is made when the service starts: :meth:`ServiceConfig.prepare`).
 
 A service writes its public key next to its key file (``<service>.pub``); each
 worker has a key of its own (:func:`tether.admission.claim_worker_key`). With a metrics
@@ -56,10 +42,9 @@ import socket
 import sys
 import tempfile
 import tomllib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -130,11 +115,91 @@ def _refuse(service: str, exc: ConfigError) -> NoReturn:
     raise SystemExit(EXIT_CONFIG) from None
 
 
+@dataclass(frozen=True)
+class EnvSetting:
+    """Where a setting comes from when neither a flag nor the config file gives it: the
+    environment variable ``variable``, else ``default``."""
+
+    variable: str
+    default: Any = None
+    #: The flag type that checks a value (None: the text as it is).
+    parse: Callable[[str], Any] | None = None
+    #: A list: comma-separated in the environment.
+    many: bool = False
+    #: On or off: on unless empty, ``0`` or ``false``.
+    switch: bool = False
+
+    def read(self, environ: Mapping[str, str]) -> Any:
+        """This setting's value from ``environ`` (its default when unset or empty); a bad
+        value is a :class:`ConfigError` naming the variable."""
+        raw = environ.get(self.variable, "")
+        if not raw.strip():
+            return self.default
+        if self.switch:
+            return raw.strip().lower() not in ("0", "false")
+        if self.many:
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        if self.parse is None:
+            return raw
+        try:
+            return self.parse(raw)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{self.variable}={raw!r}: {exc}") from None
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a usage error as a :class:`ConfigError` (one line, status 2)."""
+    """argparse, with a usage error as a :class:`ConfigError` (one line, status 2), and
+    settings that fall back to ``TETHER_*`` variables (:meth:`setting`), read only after
+    the flags and the config file are parsed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: dest -> where its value comes from when no flag or config file gives it.
+        self.environment: dict[str, EnvSetting] = {}
 
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{message} (see --help)")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, then the environment (or the default) for each setting that no flag
+        and no config file gave."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        for dest, setting in self.environment.items():
+            if getattr(parsed, dest, None) is None:
+                setattr(parsed, dest, setting.read(os.environ))
+        return parsed, extras
+
+    def setting(
+        self,
+        *flags: str,
+        env: str,
+        default: Any = None,
+        type: Callable[[str], Any] | None = None,
+        many: bool = False,
+        switch: bool = False,
+        **kwargs: Any,
+    ) -> argparse.Action:
+        """A flag whose value, when no flag and no config file gives it, is the variable
+        ``env``'s, else ``default``; ``many``: repeatable (comma-separated in the
+        environment); ``switch``: on/off."""
+        if "help" in kwargs:
+            kwargs["help"] = kwargs["help"].replace("%(default)s", str(default))
+        if switch:
+            action = self.add_argument(*flags, action="store_true", default=None, **kwargs)
+        elif many:
+            action = self.add_argument(*flags, action="append", default=None, **kwargs)
+        elif type is not None:
+            action = self.add_argument(*flags, type=type, default=None, **kwargs)
+        else:
+            action = self.add_argument(*flags, default=None, **kwargs)
+        self.environment[action.dest] = EnvSetting(env, default, type, many, switch)
+        return action
+
+    def variables(self) -> list[str]:
+        """Every ``TETHER_*`` variable this parser's settings read."""
+        return sorted(s.variable for s in self.environment.values())
 
 
 def whole(minimum: int) -> Callable[[str], int]:
@@ -199,8 +264,9 @@ def log_level(text: str) -> str:
 
 
 def data_dir_from(text: str) -> Path:
-    """The data folder, made if missing; a :class:`ConfigError` unless it is a
-    writable directory."""
+    """The data folder; a :class:`ConfigError` unless it is a writable directory or can be
+    made as one. Checking makes nothing: the service makes it when it starts
+    (:meth:`ServiceConfig.prepare`)."""
     data_dir = Path(text)
     # `bazel run` starts the program in its runfiles; relative paths mean the caller's folder.
     caller_dir = os.environ.get("BUILD_WORKING_DIRECTORY")
@@ -208,9 +274,14 @@ def data_dir_from(text: str) -> Path:
         data_dir = Path(caller_dir) / data_dir
     if data_dir.exists() and not data_dir.is_dir():
         raise ConfigError(f"data dir {data_dir} is not a directory")
+    # The folder itself, or the nearest one above it that exists (where it would be made).
+    existing = data_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=data_dir):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is not a directory")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         raise ConfigError(f"data dir {data_dir} is not a writable directory: "
@@ -221,7 +292,12 @@ def data_dir_from(text: str) -> Path:
 def check_store(url: str) -> None:
     """Open the metadata store and read from it; a store that does not open (a corrupt
     SQLite file, a database that refuses) is a :class:`ConfigError`. Nothing is written:
-    the service migrates the schema when it starts."""
+    the service migrates the schema when it starts. A SQLite file not made yet has nothing
+    to check (and checking makes neither it nor its folder)."""
+    sqlite_path = url.removeprefix("sqlite:///")
+    if sqlite_path != url and not sqlite_path.startswith(":memory:") and not Path(
+            sqlite_path).exists():
+        return
     try:
         store = MetadataStore(url)
     except Exception as exc:  # SQLAlchemy raises several types for a malformed URL
@@ -282,6 +358,10 @@ class ServiceConfig:
             log_level=log_level,
         )
 
+    def prepare(self) -> None:
+        """Make the data folder (settings are checked without making anything)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
     def keypair(self) -> KeyPair:
         """This service's key pair (made on first start); its public key is written to
         ``<key-file>.pub`` so that services sharing the data folder know it."""
@@ -308,61 +388,50 @@ class ServiceConfig:
         return store
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
-    env = os.environ.get
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=env("TETHER_CONFIG"),
+def add_common_arguments(parser: ArgumentParser, service: str) -> None:
+    """The settings every service has (the table in the module doc)."""
+    parser.setting(
+        "--config", env="TETHER_CONFIG", metavar="FILE",
         help=f"TOML file of settings (flag names as keys; a [{service}] table for this service)",
     )
-    parser.add_argument("--region", default=env("TETHER_REGION", "local"))
-    parser.add_argument(
-        "--bootstrap",
-        action="append",
-        default=None,
-        metavar="HOST:PORT",
+    parser.setting("--region", env="TETHER_REGION", default="local",
+                   help="the region this service serves (default %(default)s)")
+    parser.setting(
+        "--bootstrap", env="TETHER_BOOTSTRAP", many=True, metavar="HOST:PORT",
         help="DHT bootstrap node (repeatable; env TETHER_BOOTSTRAP, comma-separated)",
     )
-    parser.add_argument("--data-dir", default=env("TETHER_DATA_DIR", "var/tether"))
-    parser.add_argument("--metadata-url", default=env("TETHER_METADATA_URL"))
-    parser.add_argument("--key-file", default=env("TETHER_KEY_FILE"))
-    parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"),
-                        help="the address to bind (on a network of machines: this one's)")
-    parser.add_argument(
-        "--udp-port",
-        type=port,
-        default=env_value("TETHER_UDP_PORT", "0", port),
+    parser.setting("--data-dir", env="TETHER_DATA_DIR", default="var/tether",
+                   help="where keys and the SQLite metadata store live (default %(default)s)")
+    parser.setting("--metadata-url", env="TETHER_METADATA_URL",
+                   help="the Metadata Store's URL (default: SQLite in the data dir)")
+    parser.setting("--key-file", env="TETHER_KEY_FILE",
+                   help="this service's key (default: <data-dir>/keys/<service>.key)")
+    parser.setting("--host", env="TETHER_HOST", default="127.0.0.1",
+                   help="the address to bind (on a network of machines: this one's)")
+    parser.setting(
+        "--udp-port", env="TETHER_UDP_PORT", default=0, type=port,
         help="UDP port of the Hyperswarm socket (default 0: any free port; fix it to open "
         "it in a firewall)",
     )
-    parser.add_argument("--log-level", default=env("TETHER_LOG_LEVEL", "INFO"),
-                        help=f"one of {', '.join(LOG_LEVELS)}")
-    parser.add_argument(
-        "--allow-caller",
-        action="append",
-        default=None,
-        metavar="KEY",
+    parser.setting("--log-level", env="TETHER_LOG_LEVEL", default="INFO",
+                   help=f"one of {', '.join(LOG_LEVELS)}")
+    parser.setting(
+        "--allow-caller", env="TETHER_ALLOW_CALLERS", many=True, metavar="KEY",
         help="public key (64 hex) of a peer allowed to send this service work: a gateway "
         "for the orchestrator, an orchestrator for a worker (repeatable; env "
         "TETHER_ALLOW_CALLERS, comma-separated; the keys in <data-dir>/keys/*.pub always are)",
     )
-    parser.add_argument(
-        "--allow-any-caller",
-        action="store_true",
-        default=env("TETHER_ALLOW_ANY_CALLER", "") not in ("", "0", "false"),
+    parser.setting(
+        "--allow-any-caller", env="TETHER_ALLOW_ANY_CALLER", default=False, switch=True,
         help="take work from any peer (only on a closed network)",
     )
-    parser.add_argument(
-        "--metrics-port",
-        type=port,
-        default=env_value("TETHER_METRICS_PORT", "", lambda t: port(t) if t.strip() else None),
+    parser.setting(
+        "--metrics-port", env="TETHER_METRICS_PORT", type=port,
         help="serve Prometheus metrics and the /healthz and /readyz probes on "
         "--metrics-host:PORT (0: any free port; default: off)",
     )
-    parser.add_argument(
-        "--metrics-host",
-        default=env("TETHER_METRICS_HOST", "127.0.0.1"),
+    parser.setting(
+        "--metrics-host", env="TETHER_METRICS_HOST", default="127.0.0.1",
         help="the address metrics and probes bind (default: %(default)s; 0.0.0.0: every "
         "interface, e.g. for a scraper in another container)",
     )
@@ -372,8 +441,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
 def parse_args(
     parser: argparse.ArgumentParser, argv: list[str] | None, service: str
 ) -> argparse.Namespace:
-    """Parse ``argv`` with the settings of ``--config`` as defaults under the flags."""
-    pre, _ = parser.parse_known_args(argv)
+    """Parse ``argv``: flags, else the settings of ``--config`` (a TOML file), else the
+    ``TETHER_*`` environment, else the defaults; each value checked once it is known."""
+    # Only the flags, for --config: the environment is read once the config file is too.
+    pre, _ = argparse.ArgumentParser.parse_known_args(parser, argv)
+    pre.config = pre.config or os.environ.get("TETHER_CONFIG") or None
     if pre.config:
         try:
             with open(pre.config, "rb") as f:
@@ -470,7 +542,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
     key_file = Path(args.key_file) if args.key_file else data_dir / "keys" / f"{args.service}.key"
     callers = [
         k.strip()
-        for item in (args.allow_caller or [os.environ.get("TETHER_ALLOW_CALLERS", "")])
+        for item in (args.allow_caller or [])
         for k in item.split(",")
         if k.strip()
     ]
@@ -538,20 +610,66 @@ def announce_ready(service: str, public_key: bytes, **extra: object) -> None:
     print(json.dumps(line), flush=True)
 
 
-#: Graceful-stop hooks of this process, run in order on SIGINT/SIGTERM.
-_STOP_HOOKS: list[Callable[[], Awaitable[None]]] = []
 #: The most a graceful stop may take before the process is cancelled anyway.
 STOP_TIMEOUT_S = 10.0
 
 
-def on_stop(hook: Callable[[], Awaitable[None]]) -> None:
-    """Run ``hook`` when a signal asks the process to stop, before anything is cancelled
-    (a worker drains, a network unannounces itself while it can still talk)."""
-    _STOP_HOOKS.append(hook)
+class Runtime:
+    """One service process's run: it owns the graceful-stop hooks (a worker's drain, a
+    network that unannounces itself while it can still talk). On SIGINT/SIGTERM the hooks
+    run newest first (a drain registered after its network's close runs before it), for
+    at most ``stop_timeout_s`` together; then the service is cancelled."""
+
+    def __init__(self, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> None:
+        self.stop_timeout_s = stop_timeout_s
+        self._hooks: list[Callable[[], Awaitable[None]]] = []
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` when a signal asks the process to stop, before anything is
+        cancelled (see the class doc for the order)."""
+        self._hooks.append(hook)
+
+    async def stop(self) -> None:
+        """Run the stop hooks, newest first, for up to ``stop_timeout_s`` in all."""
+        with trio.move_on_after(self.stop_timeout_s):
+            for hook in reversed(self._hooks):
+                await hook()
+
+    def run(self, service: str, body: Callable[[], Awaitable[None]]) -> int:
+        """:func:`run_service` with this runtime's hooks."""
+        return run_service(service, body, runtime=self)
+
+    async def run_until_signalled(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body``; SIGINT/SIGTERM run the stop hooks, then cancel it. A second
+        signal while the hooks run (a drain) stops at once."""
+        log = logging.getLogger("tether")
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        log.info("stopping on signal (another one stops at once)")
+                        health.PROCESS.drain()  # probes say not-ready while it stops
+                        async with trio.open_nursery() as stopping:
+
+                            async def run_hooks() -> None:
+                                await self.stop()
+                                stopping.cancel_scope.cancel()
+
+                            stopping.start_soon(run_hooks)
+                            async for _ in signals:
+                                log.warning("second signal: stopping now")
+                                stopping.cancel_scope.cancel()
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch_signals)
+            await body()
+            nursery.cancel_scope.cancel()
 
 
 def run_service(
-    service: str, body: Callable[[], Awaitable[None]], *, stop_timeout_s: float = STOP_TIMEOUT_S
+    service: str, body: Callable[[], Awaitable[None]], *, runtime: Runtime | None = None
 ) -> int:
     """Run a service until a signal stops it; 0. A Tether error that stops it (a model
     no replica serves a verified copy of, a registry that refuses) is one line on stderr,
@@ -559,7 +677,7 @@ def run_service(
     bootstrap node that does not answer: one line and 1). A bug
     (INTERNAL, UNKNOWN, or not a Tether error) keeps its traceback."""
     try:
-        trio.run(partial(run_until_signalled, body, stop_timeout_s=stop_timeout_s))
+        trio.run((runtime or Runtime()).run_until_signalled, body)
     except BaseException as exc:
         from p2p_transport.dht_rpc.query import QueryError
 
@@ -578,36 +696,3 @@ def run_service(
 
 
 _BUGS = {status_pb2.STATUS_CODE_INTERNAL, status_pb2.STATUS_CODE_UNKNOWN}
-
-
-async def run_until_signalled(
-    body: Callable[[], Awaitable[None]], *, stop_timeout_s: float = STOP_TIMEOUT_S
-) -> None:
-    """Run ``body``; SIGINT/SIGTERM run the stop hooks (for up to ``stop_timeout_s``),
-    then cancel it. A second signal while the hooks run (a drain) stops at once."""
-    log = logging.getLogger("tether")
-    async with trio.open_nursery() as nursery:
-
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    log.info("stopping on signal (another one stops at once)")
-                    health.PROCESS.drain()  # probes say not-ready while it stops
-                    async with trio.open_nursery() as stopping:
-
-                        async def run_hooks() -> None:
-                            with trio.move_on_after(stop_timeout_s):
-                                for hook in reversed(_STOP_HOOKS):
-                                    await hook()
-                            stopping.cancel_scope.cancel()
-
-                        stopping.start_soon(run_hooks)
-                        async for _ in signals:
-                            log.warning("second signal: stopping now")
-                            stopping.cancel_scope.cancel()
-                    nursery.cancel_scope.cancel()
-                    return
-
-        nursery.start_soon(watch_signals)
-        await body()
-        nursery.cancel_scope.cancel()

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -30,8 +30,9 @@ from tether.errors import FailedPrecondition, TetherError
 from tether.keys import KeyPair
 from tether.net import wait_for_peer
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import RpcError, StatusCode, collect_handlers
+from tether.rpc import RpcError, StatusCode
 from tether.v1 import registry_pb2, services_pb2, services_rpc
+from worker.assembly import assemble
 from worker.engine.detect import select_backend
 from worker.engine.engine import DEFAULT_MAX_BATCH, ExecutionEngine
 from worker.engine.runtime import WorkerEngine
@@ -45,13 +46,11 @@ DESCRIPTION = (
 log = logging.getLogger("tether.worker")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
+def build_parser() -> process.ArgumentParser:
     parser = process.ArgumentParser(prog="tether worker", description=DESCRIPTION)
     process.add_common_arguments(parser, "worker")
-    parser.add_argument(
-        "--worker-id",
-        default=env("TETHER_WORKER_ID"),
+    parser.setting(
+        "--worker-id", env="TETHER_WORKER_ID",
         help="this worker's name in the fleet; its key is <data-dir>/keys/workers/<id>.key "
         "(default: worker-<key prefix>, with the first free keys/workers/worker-<n>.key)",
     )
@@ -62,46 +61,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL[@VERSION]",
         help="serve this model (repeatable); default: every model the registry lists",
     )
-    parser.add_argument(
-        "--artifacts",
-        action="append",
-        default=None,
-        metavar="REPLICA",
+    parser.setting(
+        "--artifacts", env="TETHER_ARTIFACTS", many=True, metavar="REPLICA",
         help="artifact replica: a directory or s3://KEY:SECRET@HOST:PORT/BUCKET "
         "(repeatable; env TETHER_ARTIFACTS, comma-separated; default <data-dir>/artifacts/r0..r2)",
     )
     one, none = process.whole(1), process.whole(0)
-    parser.add_argument(
-        "--max-batch", type=one,
-        default=process.env_value("TETHER_MAX_BATCH", str(DEFAULT_MAX_BATCH), one),
+    parser.setting(
+        "--max-batch", env="TETHER_MAX_BATCH", default=DEFAULT_MAX_BATCH, type=one,
         help="text generation: sequences of one model stepped together (continuous batching; "
         "each also reserves its KV cache within --kv-cache-mb before it joins)",
     )
-    parser.add_argument(
-        "--kv-cache-mb", type=one, default=process.env_value("TETHER_KV_CACHE_MB", "1024", one),
+    parser.setting(
+        "--kv-cache-mb", env="TETHER_KV_CACHE_MB", default=1024, type=one,
         help="KV-cache memory all running sequences may hold (reported in heartbeats)",
     )
-    parser.add_argument(
-        "--slots", type=one,
-        default=process.env_value("TETHER_SLOTS", "", lambda t: one(t) if t else None),
+    parser.setting(
+        "--slots", env="TETHER_SLOTS", type=one,
         help="requests run at once (default: --max-batch: with continuous batching the "
         "capacity the scheduler sees is in sequences)",
     )
-    parser.add_argument(
-        "--queue-limit", type=none, default=process.env_value("TETHER_QUEUE_LIMIT", "16", none)
+    parser.setting(
+        "--queue-limit", env="TETHER_QUEUE_LIMIT", default=16, type=none,
+        help="requests that may wait for a slot (default %(default)s)",
     )
-    parser.add_argument(
-        "--cache-mb", type=one, default=process.env_value("TETHER_CACHE_MB", "2048", one),
+    parser.setting(
+        "--cache-mb", env="TETHER_CACHE_MB", default=2048, type=one,
         help="model cache budget (RAM on CPU, VRAM on GPU)",
     )
     parser.add_argument("--cpu", action="store_true", help="use ONNX Runtime even on a GPU")
     return parser
 
 
-def artifact_replicas(args: argparse.Namespace, config: process.ServiceConfig) -> list[str]:
-    specs = args.artifacts or [
-        s for s in os.environ.get("TETHER_ARTIFACTS", "").split(",") if s.strip()
-    ]
+def artifact_replicas(
+    args: Settings | argparse.Namespace, config: process.ServiceConfig
+) -> list[str]:
+    specs = [s.strip() for item in args.artifacts or [] for s in item.split(",") if s.strip()]
     return specs or [str(config.data_dir / "artifacts" / f"r{i}") for i in range(3)]
 
 
@@ -124,7 +119,7 @@ async def resolve_models(
     return records
 
 
-def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> WorkerKey:
+def claim_key(config: process.ServiceConfig, args: Settings | argparse.Namespace) -> WorkerKey:
     """This worker's own key, held until released (see the module doc); ``--key-file``
     when given, else one in ``<data-dir>/keys/workers/``."""
     try:
@@ -137,17 +132,21 @@ def claim_key(config: process.ServiceConfig, args: argparse.Namespace) -> Worker
         raise SystemExit(f"worker: {exc.message}") from None
 
 
-async def serve(config: process.ServiceConfig, args: argparse.Namespace) -> None:
+async def serve(
+    config: process.ServiceConfig, args: Settings | argparse.Namespace,
+    runtime: process.Runtime | None = None,
+) -> None:
     claimed = claim_key(config, args)
     config.key_file = claimed.path
     try:
-        await _serve(config, args, claimed.keypair)
+        await _serve(config, args, claimed.keypair, runtime or process.Runtime())
     finally:
         claimed.release()
 
 
 async def _serve(
-    config: process.ServiceConfig, args: argparse.Namespace, keypair: KeyPair
+    config: process.ServiceConfig, args: Settings | argparse.Namespace, keypair: KeyPair,
+    runtime: process.Runtime,
 ) -> None:
     worker_id = args.worker_id or f"worker-{keypair.public_key.hex()[:8]}"
     backend, caps = select_backend(config.data_dir / "engines", prefer_cpu=args.cpu)
@@ -191,14 +190,9 @@ async def _serve(
             callers=config.callers("orchestrator"),
             readiness=health.PROCESS,
         )
-        network.handlers.update(collect_handlers(service))
-        await network.join(topics.presence(config.region), server=True, client=False)
-        # Dial the orchestrators too: ones that looked the presence topic up before this
-        # worker announced would otherwise only find it at their next refresh.
-        await network.join(topics.control(config.region), server=False, client=True)
-        for r in records:
-            topic = topics.models(r.model.model_id, r.model.version, config.region)
-            await network.join(topic, server=True, client=False)
+        await assemble(
+            service, config.region, [(r.model.model_id, r.model.version) for r in records]
+        ).run(network)
         process.announce_ready(
             "worker",
             network.public_key,
@@ -213,20 +207,49 @@ async def _serve(
             log.info("drained (all in-flight finished: %s)", drained)
             await network.close()
 
-        process.on_stop(drain)
+        runtime.on_stop(drain)
         await trio.sleep_forever()
 
 
-def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.ServiceConfig]:
+@dataclass(frozen=True)
+class Settings:
+    """The worker's settings, typed and checked (:func:`configure`); :func:`serve` reads
+    them by the flags' names."""
+
+    common: process.ServiceConfig
+    worker_id: str | None
+    model: list[str]
+    artifacts: list[str] | None
+    max_batch: int
+    kv_cache_mb: int
+    #: None: --max-batch.
+    slots: int | None
+    queue_limit: int
+    cache_mb: int
+    cpu: bool
+    #: The --key-file given, if any (else the worker claims one: see the module doc).
+    key_file: str | None
+
+
+def configure(argv: list[str] | None) -> Settings:
     """The worker's checked settings (ConfigError for the first that is wrong)."""
-    return process.configure(build_parser(), argv, "worker", store=False)
+    args, config = process.configure(build_parser(), argv, "worker", store=False)
+    return Settings(
+        common=config, worker_id=args.worker_id, model=list(args.model),
+        artifacts=args.artifacts, max_batch=args.max_batch, kv_cache_mb=args.kv_cache_mb,
+        slots=args.slots, queue_limit=args.queue_limit, cache_mb=args.cache_mb,
+        cpu=bool(args.cpu), key_file=args.key_file,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     with process.exit_on_config_error("worker"):
-        args, config = configure(argv)
+        settings = configure(argv)
+    config = settings.common
+    config.prepare()
     process.setup_telemetry(config)
-    return process.run_service("worker", lambda: serve(config, args))
+    runtime = process.Runtime()
+    return runtime.run("worker", lambda: serve(config, settings, runtime))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*",
                  "/usr/share/info/*", "/usr/share/lintian/*")
 #: mmdebstrap's own merged-/usr setup: without it apt pulls in `usrmerge`, and with it Perl.
 MERGED_USR = "/usr/share/mmdebstrap/hooks/merged-usr"
-PACKAGES = ("tether", "p2p_transport", "gateway", "orchestrator", "registry", "worker")
+PACKAGES = ("tether", "app", "p2p_transport", "gateway", "orchestrator", "registry", "worker")
 USER_ID = 10001
 DATA_DIR = "/var/lib/tether"
 DEFAULT_REGIONS = ("us-east", "eu-west")
@@ -217,7 +217,7 @@ def project_files() -> Iterator[tuple[str, Path]]:
 def generated_files(version: str) -> dict[str, tuple[bytes, int]]:
     """Small files written into the image: path -> (content, mode)."""
     site = f"opt/tether/venv/lib/{PYTHON}/site-packages"
-    launcher = ("#!/opt/tether/venv/bin/python\nimport sys\nfrom tether.cli import main\n"
+    launcher = ("#!/opt/tether/venv/bin/python\nimport sys\nfrom app.cli import main\n"
                 "sys.exit(main())\n")
     return {
         "opt/tether/venv/pyvenv.cfg": (

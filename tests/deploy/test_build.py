@@ -48,7 +48,7 @@ def test_the_lock_is_the_runtime_closure_of_the_working_environment() -> None:
 
 def test_project_files_leave_out_models_and_build_files() -> None:
     files = dict(build.project_files())
-    assert "opt/tether/app/tether/cli.py" in files
+    assert "opt/tether/app/app/cli.py" in files
     assert "opt/tether/app/tools/publish_model.py" in files
     assert not [f for f in files if "/worker/models/" in f or "__pycache__" in f
                 or f.endswith(("BUILD.bazel", ".pyc"))]

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from tether import cli
+from app import cli
+from app.localnet import LocalNet, local_network
 from tether.admission import worker_keys_dir
 from tether.client import connect_gateway
-from tether.localnet import LocalNet, local_network
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "tether.cli", "demo", *args, "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "app.cli", "demo", *args, "--data-dir", str(tmp_path)],
         cwd=ROOT,
         env=env,
         capture_output=True,

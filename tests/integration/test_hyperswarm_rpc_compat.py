@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import trio
 
+from app.localnet import python_testnet
 from tether.errors import NotFound
 from tether.keys import KeyPair
-from tether.localnet import python_testnet
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import ServerContext, collect_handlers
 from tether.v1 import registry_pb2, services_pb2, services_rpc

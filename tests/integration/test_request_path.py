@@ -22,6 +22,7 @@ import grpc
 import pytest
 import trio
 
+from app.localnet import issue_token, publish_shipped_models
 from gateway import main as gateway_main
 from orchestrator import main as orchestrator_main
 from p2p_transport.cenc import SocketAddress
@@ -29,7 +30,6 @@ from registry import main as registry_main
 from tests.integration.testnet import node_testnet
 from tether.client import connect_gateway
 from tether.keys import KeyPair
-from tether.localnet import issue_token, publish_shipped_models
 from tether.metadata.store import MetadataStore, sqlite_url
 from tether.process import ServiceConfig
 from tether.rpc import RpcError, StatusCode
@@ -166,7 +166,7 @@ def test_both_shipped_models_stream_through_the_network(
                 # process, known to the orchestrator by the operator.pub it writes.
                 letter_id = await trio.to_thread.run_sync(dead_letter, net.data_dir, 12)
                 replayed = await trio.run_process(
-                    [sys.executable, "-m", "tether.cli", "dlq", "replay", str(letter_id),
+                    [sys.executable, "-m", "app.cli", "dlq", "replay", str(letter_id),
                      "--bootstrap", f"{net.bootstrap[0].host}:{net.bootstrap[0].port}",
                      "--data-dir", str(net.data_dir)],
                     capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT,
@@ -181,7 +181,7 @@ def test_both_shipped_models_stream_through_the_network(
 
                 async def tether(*argv: str) -> tuple[int, str]:
                     done = await trio.run_process(
-                        [sys.executable, "-m", "tether.cli", *argv, "--bootstrap", boot,
+                        [sys.executable, "-m", "app.cli", *argv, "--bootstrap", boot,
                          "--data-dir", str(net.data_dir)],
                         capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT)
                     return done.returncode, (done.stdout + done.stderr).decode()

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import trio
 
-from tests.services.harness import MODEL, VERSION, ScriptedEngine, wall_ms, worker_topics
+from tests.services.harness import MODEL, VERSION, ScriptedEngine, wall_ms
 from tether.callers import CallerPolicy
 from tether.keys import KeyPair
 from tether.net.swarm import SwarmNetwork, parse_address
-from tether.rpc import collect_handlers
+from worker.assembly import assemble
 from worker.service import WorkerConfig, WorkerService
 
 
@@ -38,14 +38,9 @@ async def main(argv: list[str]) -> None:
         clock_ms=wall_ms,
         callers=CallerPolicy([bytes.fromhex(args.orchestrator_key)], role="orchestrator"),
     )
-    net = SwarmNetwork(
-        keypair,
-        collect_handlers(service),
-        bootstrap=[parse_address(b) for b in args.bootstrap],
-    )
+    net = SwarmNetwork(keypair, {}, bootstrap=[parse_address(b) for b in args.bootstrap])
     async with net.running():
-        for topic, server, client in worker_topics(args.region, engine):
-            await net.join(topic, server=server, client=client)
+        await assemble(service, args.region, engine.models).run(net)
         print("ready", flush=True)
         await trio.sleep_forever()
 

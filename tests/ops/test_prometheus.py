@@ -134,7 +134,7 @@ def tether_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TETHER_METRICS_PORT": str(base)}
     data_dir = tmp_path_factory.mktemp("tether")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli", "up", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "app.cli", "up", "--data-dir", str(data_dir)],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tether import cli, localnet
+from app import cli, localnet
 
 ROOT = Path(__file__).resolve().parents[2]
 

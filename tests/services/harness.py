@@ -21,26 +21,31 @@ from typing import Protocol
 import trio
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from gateway import assembly as gateway_assembly
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
+from orchestrator import assembly as orchestrator_assembly
 from orchestrator.breaker import CircuitBreakers
 from orchestrator.control import ControlService
 from orchestrator.discovery import DiscoverySub
 from orchestrator.rollout import Rollouts
 from orchestrator.service import OrchestratorService
 from p2p_transport.cenc import SocketAddress
+from registry import assembly as registry_assembly
 from registry.catalog import Catalog
 from registry.service import RegistryService
 from tether import telemetry, topics
 from tether.admission import Admissions
+from tether.assembly import Assembly
 from tether.callers import CallerPolicy
 from tether.keys import KeyPair
 from tether.metadata.store import MetadataStore
 from tether.net import Network, dial
 from tether.net.local import LocalHub, LocalNetwork
 from tether.net.swarm import SwarmNetwork
-from tether.rpc import Handler, RpcConnection, collect_handlers
+from tether.rpc import Handler, RpcConnection
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, registry_pb2, services_rpc
+from worker import assembly as worker_assembly
 from worker.engine.sampling import StopFilter
 from worker.service import WorkerConfig, WorkerService
 
@@ -245,11 +250,11 @@ class Fleet:
             region=self.region,
             operators=CallerPolicy([self.operator_key.public_key], role="operator"),
         )
-        net.handlers.update(spied(collect_handlers(service, control), self.spies))
-        regions = (self.region, *self.watch_regions)
-        scope = await self.nursery.start(
-            _run_orchestrator, self.networks, net, service, discovery, regions
+        assembly = orchestrator_assembly.assemble(
+            service, control, discovery, (self.region, *self.watch_regions),
+            wrap=lambda handlers: spied(handlers, self.spies),
         )
+        scope = await self.nursery.start(_run_node, self.networks, net, assembly)
         o = Orchestrator(keypair, service, net, discovery, scope)
         self.orchestrators[keypair.public_key] = o
         return o
@@ -301,9 +306,9 @@ class Fleet:
             clock_ms=self.clock_ms,
             callers=self.worker_callers,
         )
-        net = self.make_net(keypair, collect_handlers(service))
+        net = self.make_net(keypair, {})
         scope = await self.nursery.start(
-            _run_node, self.networks, net, worker_topics(region, engine)
+            _run_node, self.networks, net, worker_assembly.assemble(service, region, engine.models)
         )
         self.workers[worker_id] = service
         self.worker_scopes[worker_id] = scope
@@ -316,9 +321,10 @@ class Fleet:
         """Start a registry replica (again, when given the key of one that was stopped)."""
         assert self.catalog is not None
         keypair = keypair or KeyPair.generate()
-        net = self.make_net(keypair, collect_handlers(RegistryService(self.catalog)))
+        net = self.make_net(keypair, {})
         self.registry_scopes[keypair.public_key] = await self.nursery.start(
-            _run_node, self.networks, net, [(topics.registry(self.region), True, False)]
+            _run_node, self.networks, net,
+            registry_assembly.assemble(RegistryService(self.catalog), self.region),
         )
         return keypair
 
@@ -347,48 +353,18 @@ def spied(handlers: dict[str, Handler], spies: Mapping[str, list[bytes]]) -> dic
     return out
 
 
-def worker_topics(region: str, engine: ScriptedEngine) -> list[tuple[str, bool, bool]]:
-    joins = [(topics.presence(region), True, False), (topics.control(region), False, True)]
-    joins += [(topics.models(m, v, region), True, False) for m, v in engine.models]
-    return joins
-
-
-async def _run_orchestrator(
-    networks: list[TestNetwork],
-    net: TestNetwork,
-    service: OrchestratorService,
-    discovery: DiscoverySub,
-    regions: tuple[str, ...],
-    *,
-    task_status: trio.TaskStatus[trio.CancelScope],
-) -> None:
-    presence = [topics.presence(r) for r in regions]
-    joins = [
-        (topics.registry(regions[0]), False, True),
-        (topics.control(regions[0]), True, False),
-        *[(t, False, True) for t in presence],
-    ]
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(_run_node, networks, net, joins)
-            await nursery.start(functools.partial(discovery.run, refresh=presence))
-            await nursery.start(service.keep_lease)
-            nursery.start_soon(service.follow_model_topics, list(regions), presence)
-            task_status.started(scope)
-
-
 async def _run_node(
     networks: list[TestNetwork],
     net: TestNetwork,
-    joins: list[tuple[str, bool, bool]],
+    assembly: Assembly | None = None,
     *,
     task_status: trio.TaskStatus[trio.CancelScope],
 ) -> None:
+    """Run ``net`` with a service's wiring (its ``assemble``; none: a bare client) until the
+    returned scope is cancelled."""
     networks.append(net)
     with trio.CancelScope() as scope:
-        async with net.running():
-            for topic, server, client in joins:
-                await net.join(topic, server=server, client=client)
+        async with assembly.running(net) if assembly is not None else net.running():
             task_status.started(scope)
             await trio.sleep_forever()
 
@@ -453,26 +429,19 @@ async def fleet(
             buckets=TokenBuckets(rate=rate, burst=burst),
             clock_ms=clock_ms,
         )
-        gateway_net.handlers.update(spied(collect_handlers(gateway), spies))
-        await nursery.start(
-            _run_node,
-            f.networks,
-            gateway_net,
-            [
-                (topics.gateway(region), True, False),
-                (topics.control(region), False, True),
-                (topics.registry(region), False, True),
-            ],
-        )
-        nursery.start_soon(gateway.orchestrators.watch)
+        # Readiness is checked by the tests that look at it (check_ready), not every few
+        # seconds of virtual time.
+        await nursery.start(_run_node, f.networks, gateway_net, gateway_assembly.assemble(
+            gateway, region, wrap=lambda handlers: spied(handlers, spies), watch_readiness=False,
+        ))
         f.gateway_net = gateway_net
         f.gateway_service = gateway
         f.orchestrator_service = first.service
         client_net = make_net(KeyPair.generate(), {})
-        await nursery.start(_run_node, f.networks, client_net, [])
+        await nursery.start(_run_node, f.networks, client_net)
         f.client_net = client_net
         operator_net = make_net(operator_key, {})
-        await nursery.start(_run_node, f.networks, operator_net, [])
+        await nursery.start(_run_node, f.networks, operator_net)
         f.operator_net = operator_net
         try:
             yield f

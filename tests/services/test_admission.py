@@ -222,7 +222,7 @@ def test_a_store_that_cannot_be_read_keeps_the_last_list() -> None:
 
 
 def test_tether_admit_revoke_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tether import cli
+    from app import cli
 
     data = ["--data-dir", str(tmp_path)]
     a, b, local = (KeyPair.generate() for _ in range(3))
@@ -345,7 +345,7 @@ def test_tether_key_prints_the_key_a_worker_will_start_with(
 ) -> None:
     """Across machines a worker is admitted before it first starts: `tether key worker`
     makes and prints the key that `tether worker --worker-id` then claims."""
-    from tether import cli
+    from app import cli
 
     argv = ["key", "worker", "--worker-id", "w1", "--data-dir", str(tmp_path)]
     assert cli.main(argv) == 0

@@ -19,10 +19,11 @@ import grpc
 import pytest
 import trio
 
+from app import cli
 from gateway.grpc_edge import GrpcEdge
 from tests.services.chat_fleet import CHAT, GRU, chat_fleet
 from tests.services.harness import Fleet, wall_ms
-from tether import blocking, cli
+from tether import blocking
 from tether.client import GatewayClient
 from tether.v1 import infer_pb2, services_pb2_grpc
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tether import cli
+from app import cli
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -8,7 +8,6 @@ processes to see the one line and the status.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,10 +16,11 @@ from typing import Any
 
 import pytest
 
+from app import localnet
 from gateway import main as gateway_main
 from orchestrator import main as orchestrator_main
 from registry import main as registry_main
-from tether import localnet, process
+from tether import process
 from worker import main as worker_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,6 +49,8 @@ def test_every_service_refuses_a_bad_region_log_level_and_data_dir(
 ) -> None:
     configure = CONFIGURE[service]
     configure(base(tmp_path))  # the defaults are fine
+    assert not (tmp_path / "data").exists()  # checked, not made: the service makes it
+    (tmp_path / "data").mkdir()
     cases = {
         "--region": [*base(tmp_path), "--region", "EU_West"],
         "log level 'loud'": [*base(tmp_path), "--log-level", "loud"],
@@ -105,6 +107,9 @@ def _writable(folder: Path) -> bool:
         ("orchestrator", "TETHER_BREAKER_OPEN_S", "nan"),
         ("orchestrator", "TETHER_SLOW_FIRST_CHUNK_S", "-1"),
         ("registry", "TETHER_METRICS_PORT", "x"),
+        # Read with int() before: a traceback, not one line.
+        ("gateway", "TETHER_HTTP_PER_CLIENT", "lots"),
+        ("worker", "TETHER_KV_CACHE_MB", "1.5"),
     ],
 )
 def test_bad_numeric_environment_values_are_refused(
@@ -114,6 +119,26 @@ def test_bad_numeric_environment_values_are_refused(
     with pytest.raises(process.ConfigError) as info:
         CONFIGURE[service](base(tmp_path))
     assert info.value.message.startswith(f"{variable}={value!r}: "), info.value.message
+
+
+def test_the_environment_is_read_after_the_flags_and_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags, then the config file, then ``TETHER_*``, then the defaults: a variable is read
+    (and checked) only for a setting neither of the first two gives."""
+    monkeypatch.setenv("TETHER_SLOTS", "two")
+    assert worker_main.configure([*base(tmp_path), "--slots", "3"]).slots == 3
+    config = tmp_path / "tether.toml"
+    config.write_text("[worker]\nslots = 5\n")
+    assert worker_main.configure([*base(tmp_path), "--config", str(config)]).slots == 5
+    monkeypatch.setenv("TETHER_SLOTS", "7")
+    monkeypatch.setenv("TETHER_ARTIFACTS", "/a, /b")
+    monkeypatch.setenv("TETHER_ALLOW_ANY_CALLER", "1")
+    settings = worker_main.configure(base(tmp_path))
+    assert (settings.slots, settings.artifacts, settings.common.allow_any_caller) == (
+        7, ["/a", "/b"], True)
+    assert (settings.max_batch, settings.queue_limit, settings.common.udp_port) == (
+        worker_main.DEFAULT_MAX_BATCH, 16, 0)  # the defaults, typed
 
 
 def test_bad_numbers_in_flags_and_config_files_are_refused(tmp_path: Path) -> None:
@@ -158,20 +183,18 @@ def test_a_service_process_says_one_line_and_exits_2(tmp_path: Path) -> None:
 
 def test_tether_up_checks_everything_before_publishing(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    done = run_tether(["tether.cli", "up", "--data-dir", str(data), "--region", "EU_West"])
+    done = run_tether(["app.cli", "up", "--data-dir", str(data), "--region", "EU_West"])
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "tether up: --region: invalid region 'EU_West': expected something like 'eu-west'"]
     assert not (data / "artifacts").exists() and not (data / "metadata.db").exists()
     # A value only a service reads (the worker's slots) is checked before publishing too.
-    done = run_tether(["tether.cli", "up", "--data-dir", str(data)], TETHER_SLOTS="0")
+    done = run_tether(["app.cli", "up", "--data-dir", str(data)], TETHER_SLOTS="0")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "tether up: TETHER_SLOTS='0': 0 is below the minimum of 1"]
-    assert not (data / "artifacts").exists()
-    with sqlite3.connect(data / "metadata.db") as db:  # opened to check it, nothing written
-        assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
-    done = run_tether(["tether.cli", "up", "--data-dir", str(data)], TETHER_LOG_LEVEL="loud")
+    assert not data.exists()  # checked, nothing made
+    done = run_tether(["app.cli", "up", "--data-dir", str(data)], TETHER_LOG_LEVEL="loud")
     assert (done.returncode, len(done.stderr.splitlines())) == (2, 1)
     assert done.stderr.startswith("tether up: log level 'loud' is not one of DEBUG")
 

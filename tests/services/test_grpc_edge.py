@@ -18,6 +18,7 @@ import trio
 from gateway.grpc_edge import GrpcEdge
 from tests.services.harness import MODEL, ScriptedEngine, fleet, wall_ms
 from tether import blocking
+from tether.health import Readiness
 from tether.v1 import infer_pb2, services_pb2, services_pb2_grpc
 
 
@@ -107,3 +108,56 @@ def test_grpc_clients_get_the_gateway_s_answers_and_errors(
         "/tether.v1.Gateway/Infer", "/tether.v1.Gateway/ListModels"}
     assert all(getattr(r, "duration_ms", -1) >= 0 for r in access)
     assert tokens[0] not in caplog.text and "tt_nope" not in caplog.text
+
+
+class _Context:
+    """Test double of grpc.aio's servicer context: what ``GrpcEdge.call`` asks of it."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    def time_remaining(self) -> None:
+        return None
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+def test_a_slow_grpc_reader_holds_a_bounded_number_of_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The edge's hand-over queue is bounded: while the asyncio side does not take chunks
+    (grpcio's flow control holds it back from a slow client), the trio side waits
+    (backpressure upstream) instead of queueing the whole answer; nothing is lost."""
+    import asyncio
+
+    from gateway import grpc_edge
+
+    monkeypatch.setattr(grpc_edge, "QUEUED_CHUNKS", 4)
+    produced: list[int] = []
+    got: list[int] = []
+    behind: list[int] = []
+
+    async def start(service: object, ctx: object):
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    async def slow_reader(edge: GrpcEdge) -> None:
+        async for item in edge.call(_Context(), start, streaming=True):
+            got.append(item)
+            if len(got) == 1:
+                await asyncio.sleep(0.3)  # the client is busy; the answer keeps coming
+                behind.append(len(produced) - len(got))
+
+    async def main() -> GrpcEdge:
+        edge = GrpcEdge(None, "127.0.0.1", 0, readiness=Readiness())  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            edge._token, edge._nursery = trio.lowlevel.current_trio_token(), nursery
+            await trio.to_thread.run_sync(asyncio.run, slow_reader(edge))
+        return edge
+
+    edge = trio.run(main)
+    assert got == list(range(50))
+    assert behind[0] <= 4 + 1, behind  # the producer waited for the reader
+    assert 0 < edge.peak_queued <= 4 + 1

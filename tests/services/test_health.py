@@ -194,8 +194,10 @@ def test_a_bad_metrics_port_is_a_clear_error(text: str, monkeypatch: pytest.Monk
     from gateway.main import build_parser
 
     monkeypatch.setenv("TETHER_METRICS_PORT", text)
+    parser = build_parser()  # the environment is read once the flags are parsed
     with pytest.raises(SystemExit, match="TETHER_METRICS_PORT"):
-        build_parser()
+        parser.parse_args(["--bootstrap", "127.0.0.1:1"])
+    assert parser.parse_args(["--metrics-port", "9100"]).metrics_port == 9100  # a flag wins
 
 
 def test_a_stop_signal_turns_the_process_not_ready_before_its_stop_hooks(
@@ -205,19 +207,19 @@ def test_a_stop_signal_turns_the_process_not_ready_before_its_stop_hooks(
 
     readiness = Readiness({health.STARTED: "the service is starting"})
     monkeypatch.setattr(health, "PROCESS", readiness)
-    monkeypatch.setattr(process, "_STOP_HOOKS", [])
+    runtime = process.Runtime()
     seen: list[dict[str, str]] = []
 
     async def hook() -> None:  # e.g. the worker's drain, the HTTP edge's graceful stop
         seen.append(readiness.failing())
 
     async def body() -> None:
-        process.on_stop(hook)
+        runtime.on_stop(hook)
         process.announce_ready("test", b"\x00" * 32)
         assert readiness.ready
         await trio.testing.wait_all_tasks_blocked()  # the signal watcher is listening
         os.kill(os.getpid(), signal.SIGTERM)
         await trio.sleep_forever()
 
-    trio.run(process.run_until_signalled, body)
+    trio.run(runtime.run_until_signalled, body)
     assert seen == [{"draining": "the service is draining"}]

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import trio
 
-from tether import cli, logs, process, telemetry
+from app import cli
+from tether import logs, process, telemetry
 
 TOKEN = "tt_" + "Q" * 43
 

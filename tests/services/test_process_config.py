@@ -88,7 +88,7 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
     """One SIGTERM lets a stop hook (say, an orchestrator's drain) finish; a second one
     cuts it short. (Real signals, so real time: well under a second.)"""
     ran: list[str] = []
-    monkeypatch.setattr(process, "_STOP_HOOKS", [])
+    runtime = process.Runtime(stop_timeout_s=120)
 
     async def drain() -> None:
         ran.append("drain started")
@@ -96,7 +96,7 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
         ran.append("drain finished")
 
     async def body() -> None:
-        process.on_stop(drain)
+        runtime.on_stop(drain)
         await trio.sleep(0.05)
         for _ in range(signals):
             os.kill(os.getpid(), signal.SIGTERM)
@@ -105,7 +105,7 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
 
     async def main() -> None:
         with trio.fail_after(10):
-            await process.run_until_signalled(body, stop_timeout_s=120)
+            await runtime.run_until_signalled(body)
 
     trio.run(main)
     assert ran == (["drain started", "drain finished"] if signals == 1 else ["drain started"])
@@ -114,7 +114,7 @@ def test_a_signal_runs_the_stop_hooks_and_a_second_one_stops_at_once(
 def test_udp_port_and_host_for_a_firewall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Across machines a service binds its machine's address on a fixed UDP port (what a
     firewall opens); `tether infer --host` is where a client talks from."""
-    from tether import cli
+    from app import cli
 
     common = ["--bootstrap", "100.64.0.2:49737", "--data-dir", str(tmp_path)]
     args = process.parse_args(
@@ -131,3 +131,53 @@ def test_udp_port_and_host_for_a_firewall(tmp_path: Path, monkeypatch: pytest.Mo
     assert process.config_from_args(args).udp_port == 0
     infer = cli.build_parser().parse_args(["infer", "--host", "100.64.0.6", "--token", "t"])
     assert infer.host == "100.64.0.6"
+
+
+def test_stop_hooks_belong_to_a_runtime_and_run_newest_first() -> None:
+    """Each process's runtime owns its hooks (no module-wide list shared by every service
+    in a process); the newest runs first, so a drain registered after its network's close
+    runs while the network can still talk."""
+    ran: list[str] = []
+    first, second = process.Runtime(), process.Runtime()
+
+    def hook(name: str):
+        async def run() -> None:
+            ran.append(name)
+        return run
+
+    first.on_stop(hook("close the network"))
+    first.on_stop(hook("drain"))
+    second.on_stop(hook("another process's hook"))
+    trio.run(first.stop)
+    assert ran == ["drain", "close the network"]
+    assert not hasattr(process, "_STOP_HOOKS") and not hasattr(process, "on_stop")
+
+
+def test_the_readme_lists_every_variable_each_service_reads() -> None:
+    """The README's table of ``TETHER_*`` variables is the services' settings: each
+    service's row set equals what its parser reads (plus the log format, read by
+    ``tether.logs``), with the flag it stands for, and no source names a variable the
+    table leaves out."""
+    import re
+
+    from gateway.main import build_parser as gateway
+    from orchestrator.main import build_parser as orchestrator
+    from registry.main import build_parser as registry
+    from worker.main import build_parser as worker
+
+    repo = Path(__file__).resolve().parents[2]
+    rows = re.findall(r"^\| `(TETHER_[A-Z0-9_]+)` \| (?:`(--[a-z-]+)`)? *\| ([a-z, ]+) \|",
+                      (repo / "README.md").read_text(encoding="utf-8"), re.MULTILINE)
+    assert rows, "no variable table in README.md"
+    parsers = {"gateway": gateway(), "orchestrator": orchestrator(), "registry": registry(),
+               "worker": worker()}
+    for service, parser in parsers.items():
+        listed = {var for var, _, who in rows if who == "all" or service in who.split(", ")}
+        assert listed == {*parser.variables(), "TETHER_LOG_FORMAT"}, service
+        flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+        for dest, setting in parser.environment.items():
+            assert (setting.variable, flags[dest]) in {(v, f) for v, f, _ in rows}, dest
+    sources = [repo / "tether" / "process.py", repo / "tether" / "logs.py",
+               *(p for s in parsers for p in (repo / s).rglob("*.py"))]
+    named = {v for p in sources for v in re.findall(r"TETHER_[A-Z0-9_]+", p.read_text())}
+    assert named <= {var for var, _, _ in rows}

@@ -362,7 +362,7 @@ def test_sealed_scenario_on_the_local_network(fn: Scenario, tmp_path: Path) -> N
 def test_tether_token_e2e_sets_the_tenants_policy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tether import cli
+    from app import cli
     from tether.metadata.store import MetadataStore, sqlite_url
 
     base = ["token", "--tenant", "acme", "--data-dir", str(tmp_path)]

@@ -11,9 +11,10 @@ import trio
 import trio.testing
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from app import cli
 from tests.services.harness import MODEL, fleet, metrics_reader, points
 from tests.services.test_request_path import collect, request
-from tether import blocking, cli
+from tether import blocking
 from tether.metadata.store import MetadataStore, sqlite_url
 from tether.v1 import infer_pb2
 

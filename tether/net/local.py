@@ -158,6 +158,9 @@ class LocalNetwork:
         try:
             await peer.rpc.run(task_status=task_status)
         finally:
+            # However it ends (a node stopped by cancellation too), the other side sees the
+            # connection close, as it would see a process's sockets close.
+            await peer.rpc.aclose()
             if self._peers.get(peer.remote_key) is peer:
                 del self._peers[peer.remote_key]
             peer.closed.set()

@@ -377,7 +377,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from tether.localnet import Metrics, local_network
+    from app.localnet import Metrics, local_network
 
     log = logging.getLogger("tether.up")
     metrics = (Metrics(args.metrics_host, args.metrics_port)
