@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = process.ArgumentParser(prog="tether", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"tether {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_network_commands(sub)
+    _add_client_commands(sub)
+    _add_operator_commands(sub)
+    _add_store_commands(sub)
+    for name in SERVICES:
+        sub.add_parser(name, help=f"run the {name} service", add_help=False)
+    return parser
+
+
+def _add_network_commands(sub: Any) -> None:
     for name in ("up", "demo"):
         p = sub.add_parser(name, help="run a whole local network" + (
             ", stream one prompt, stop" if name == "demo" else " until Ctrl-C"))
@@ -206,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--metrics-host",
                            default=os.environ.get("TETHER_METRICS_HOST", "127.0.0.1"),
                            help="with --metrics: the address they bind (default: %(default)s)")
+
+
+def _add_client_commands(sub: Any) -> None:
     p = sub.add_parser("infer", help="send a prompt (or a chat message) to a running gateway")
     p.add_argument("--gateway", help="gateway public key (64 hex); default: find by topic")
     p.add_argument("--token", default=os.environ.get("TETHER_TOKEN"), required=False,
@@ -238,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=process.positive(), default=120.0,
                    help="for replay: seconds for the whole answer (default %(default)s)")
     _add_store_arguments(p)
+
+
+def _add_operator_commands(sub: Any) -> None:
     p = sub.add_parser(
         "rollout",
         help="split a model's traffic between versions (canary), halted past an error budget",
@@ -263,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workers", nargs="*", metavar="WORKER_ID",
                    help="the workers to drain (default: every worker present)")
     _add_operator_arguments(p)
+
+
+def _add_store_commands(sub: Any) -> None:
     p = sub.add_parser(
         "usage",
         help="usage per tenant and model version over a period (the billing export)",
@@ -317,9 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--no-e2e", dest="e2e", action="store_false",
                      help="stop sealing this tenant's requests")
     _add_store_arguments(p)
-    for name in SERVICES:
-        sub.add_parser(name, help=f"run the {name} service", add_help=False)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,28 +351,24 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], int] | None:
+    """The function that runs ``args.command`` (a trio one runs under ``trio.run``)."""
+    if args.command == "dlq":
+        return _trio(_dlq_replay) if args.action == "replay" else _dlq
+    return _COMMANDS.get(args.command)
+
+
+def _trio(
+    fn: Callable[[argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    return lambda args: trio.run(fn, args)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        if args.command in ("up", "demo"):
-            return trio.run(_up, args)
-        if args.command == "infer":
-            return trio.run(_infer, args)
-        if args.command in ("rollout", "drain"):
-            return trio.run(_control, args)
-        if args.command in ("fleet", "status"):
-            return trio.run(_fleet, args)
-        if args.command == "token":
-            return _token(args)
-        if args.command == "key":
-            return _key(args)
-        if args.command in ("admit", "revoke"):
-            return _admission(args)
-        if args.command == "usage":
-            return _usage(args)
-        if args.command == "dlq" and args.action == "replay":
-            return trio.run(_dlq_replay, args)
-        if args.command == "dlq":
-            return _dlq(args)
+        command = _command(args)
+        if command is not None:
+            return command(args)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
@@ -773,5 +786,14 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": _trio(_up), "demo": _trio(_up), "infer": _trio(_infer),
+    "rollout": _trio(_control), "drain": _trio(_control),
+    "fleet": _trio(_fleet), "status": _trio(_fleet),
+    "token": _token, "key": _key, "admit": _admission, "revoke": _admission, "usage": _usage,
+}
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

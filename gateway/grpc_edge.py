@@ -154,34 +154,14 @@ class GrpcEdge:
         def deliver(item: object) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        method = "/tether.v1.Gateway/" + ("Infer" if streaming else "ListModels")
+        peer = f"grpc:{context.peer()}"
+
         async def pump() -> None:
-            started = time.perf_counter()
-            status = "CANCELLED"  # unless it ends before the client leaves
-            ctx = ServerContext(
-                method="/tether.v1.Gateway/" + ("Infer" if streaming else "ListModels"),
-                metadata=metadata, deadline=trio.current_time() + timeout,
-                peer=f"grpc:{context.peer()}",
-            )
-            with call:
-                try:
-                    with trio.fail_after(timeout):
-                        async for item in start(self.service, ctx):
-                            await credits.acquire()
-                            deliver(item)
-                    status = "OK"
-                except TetherError as exc:
-                    status = telemetry.status_name(exc)
-                    deliver(exc)
-                except trio.TooSlowError:
-                    status = "DEADLINE_EXCEEDED"
-                    deliver(RpcError(StatusCode.DEADLINE_EXCEEDED, "no answer in time"))
-                except Exception as exc:  # a bug: the client gets INTERNAL, the log the rest
-                    status = "INTERNAL"
-                    log.exception("gRPC call failed")
-                    deliver(RpcError(StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"))
-                deliver(_END)
-            logs.access(access_log, "grpc", peer=ctx.peer, method=ctx.method, status=status,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 1))
+            ctx = ServerContext(method=method, metadata=metadata,
+                                deadline=trio.current_time() + timeout, peer=peer)
+            await self._pump(start, ctx, timeout=timeout, call=call, credits=credits,
+                             deliver=deliver)
 
         self._token.run_sync_soon(nursery.start_soon, pump)
         try:
@@ -206,6 +186,41 @@ class GrpcEdge:
             # The answer is complete, failed, or the client left: stop the trio side.
             with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(call.cancel)
+
+    async def _pump(
+        self,
+        start: Callable[[GatewayService, ServerContext], AsyncIterator[Any]],
+        ctx: ServerContext,
+        *,
+        timeout: float,
+        call: trio.CancelScope,
+        credits: trio.Semaphore,
+        deliver: Callable[[object], None],
+    ) -> None:
+        """(trio side) Run one call's ``start``, handing each item to ``deliver`` once a
+        credit allows (the hand-over holds at most QUEUED_CHUNKS), then an error or _END."""
+        started = time.perf_counter()
+        status = "CANCELLED"  # unless it ends before the client leaves
+        with call:
+            try:
+                with trio.fail_after(timeout):
+                    async for item in start(self.service, ctx):
+                        await credits.acquire()
+                        deliver(item)
+                status = "OK"
+            except TetherError as exc:
+                status = telemetry.status_name(exc)
+                deliver(exc)
+            except trio.TooSlowError:
+                status = "DEADLINE_EXCEEDED"
+                deliver(RpcError(StatusCode.DEADLINE_EXCEEDED, "no answer in time"))
+            except Exception as exc:  # a bug: the client gets INTERNAL, the log the rest
+                status = "INTERNAL"
+                log.exception("gRPC call failed")
+                deliver(RpcError(StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"))
+            deliver(_END)
+        logs.access(access_log, "grpc", peer=ctx.peer, method=ctx.method, status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
     def _bind(self, server: grpc.aio.Server) -> int:
         """Add the listening port (TLS when configured); the port bound, 0 when none."""
