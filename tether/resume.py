@@ -8,6 +8,10 @@ is pinned before the first dispatch), so a replay streams the same chunks again.
 ``Replay`` checks that a replay reproduces it, hides the chunks the client
 already has, and raises ``Diverged`` when the replay differs (say, another
 backend computed other numbers): such a stream cannot be spliced.
+
+Both relay chunks in ``ChunkBatch``es: the chunks already received from upstream,
+each with its bytes, forwarded in one frame and without re-encoding (the digests
+are over the parsed chunks, so they do not depend on how chunks were framed).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import hashlib
 
 from tether.errors import TetherError
-from tether.rpc import RpcError, StatusCode
+from tether.rpc import Encoded, RpcError, StatusCode
 from tether.v1 import infer_pb2
 
 #: Metadata a gateway sends with a request it resubmits after losing the orchestrator
 #: that ran it (that one's public key, hex): the job may be taken over at once.
 LOST_ORCHESTRATOR = "x-tether-lost-orchestrator"
+
+#: Chunks relayed together, in order (see the module docstring).
+ChunkBatch = list[Encoded[infer_pb2.Infer.Chunk]]
 
 
 class Diverged(TetherError):

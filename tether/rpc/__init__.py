@@ -20,7 +20,14 @@ from tether.rpc.framing import (
     MessageStream,
     memory_message_stream_pair,
 )
-from tether.rpc.service import Handler, MethodSpec, ServerContext, collect_handlers
+from tether.rpc.service import (
+    Encoded,
+    Handler,
+    MethodSpec,
+    Responses,
+    ServerContext,
+    collect_handlers,
+)
 from tether.rpc.status import RpcError, RpcProtocolError, StatusCode
 from tether.rpc.stubs import TypedResponseStream, decode_response
 
@@ -28,12 +35,14 @@ __all__ = [
     "DEFAULT_INITIAL_WINDOW",
     "DEFAULT_MAX_CONCURRENT_CALLS",
     "DEFAULT_MAX_FRAME_SIZE",
+    "Encoded",
     "FrameTooLarge",
     "Handler",
     "LengthPrefixedStream",
     "MessageStream",
     "MethodSpec",
     "ResponseStream",
+    "Responses",
     "RpcConnection",
     "RpcError",
     "RpcProtocolError",
