@@ -285,9 +285,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     wk_p50 = float(result["worker_c1"]["p50_ms"])  # type: ignore[index]
     result["gateway_over_worker_p50_ratio"] = round(gw_p50 / wk_p50, 3)
     for conc in (1, 16):
-        gw = float(result[f"gateway_c{conc}"]["tokens_per_s"])  # type: ignore[index]
-        wk = float(result[f"worker_c{conc}"]["tokens_per_s"])  # type: ignore[index]
-        result[f"gateway_over_worker_c{conc}_tps_ratio"] = round(gw / wk, 3)
+        gw_tps = float(result[f"gateway_c{conc}"]["tokens_per_s"])  # type: ignore[index]
+        wk_tps = float(result[f"worker_c{conc}"]["tokens_per_s"])  # type: ignore[index]
+        result[f"gateway_over_worker_c{conc}_tps_ratio"] = round(gw_tps / wk_tps, 3)
     relay = result["gateway_c16"]["cpu_us_per_token"]  # type: ignore[index]
     result["relay_cpu_us_per_token_c16"] = round(relay["gateway"] + relay["orchestrator"], 1)
     return result
