@@ -14,13 +14,16 @@ reports request latency p50/p95 (time to the last chunk), time to first chunk p5
 tokens/s, and the CPU time each process spent per token (``cpu_us_per_token``: user+system
 time from ``/proc`` over the point, divided by the tokens it streamed; ``client`` is this
 process). Ratios: path p50 over ONNX Runtime p50 at concurrency 1, and gateway tokens/s
-over worker-direct tokens/s at each concurrency (the relay's cost). The last line printed
+over worker-direct tokens/s at each concurrency (the relay's cost): the paths run back to
+back, ``--rounds`` times, and the ratio is the median of the rounds' (each under the
+same load: on a shared machine the load drifts between points). The last line printed
 is JSON with every figure.
 
 ``--profile DIR`` runs the gateway and the orchestrator under cProfile and leaves
 ``DIR/<service>.prof`` (read with ``python -m pstats``).
 
-    python bench/e2e_request_path.py [--requests 40] [--tokens 32] [--profile DIR]
+    python bench/e2e_request_path.py [--requests 32] [--rounds 3] [--tokens 32]
+                                     [--profile DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -108,11 +112,33 @@ async def timed(chunks: object) -> tuple[float, float, int]:
     return time.perf_counter() - t0, first, n
 
 
+@dataclass
+class Point:
+    """One path at one concurrency, over every round."""
+
+    lat: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    produced: int = 0
+    wall: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, object]:
+        lat = sorted(self.lat)
+        return {
+            "p50_ms": round(statistics.median(lat) * 1e3, 2),
+            "p95_ms": round(lat[int(0.95 * (len(lat) - 1))] * 1e3, 2),
+            "ttft_p50_ms": round(statistics.median(self.ttft) * 1e3, 2),
+            "tokens_per_s": round(self.produced / self.wall, 1),
+            "cpu_us_per_token": {
+                s: round(t / self.produced * 1e6, 1) for s, t in self.cpu.items()
+            },
+        }
+
+
 async def run_path(
-    call: object, tokens: int, requests: int, concurrency: int, offset: int
-) -> dict[str, float]:
-    lat: list[float] = []
-    ttft: list[float] = []
+    call: object, tokens: int, requests: int, concurrency: int, offset: int, *, point: Point
+) -> float:
+    """Run ``requests`` requests into ``point``; their tokens/s."""
     produced = 0
     counter = iter(range(offset, offset + requests))
 
@@ -122,8 +148,8 @@ async def run_path(
             total, first, n = await call(request(tokens, i))  # type: ignore[operator]
             if n != tokens:
                 raise SystemExit(f"a request produced {n} tokens, not {tokens}: not comparable")
-            lat.append(total)
-            ttft.append(first)
+            point.lat.append(total)
+            point.ttft.append(first)
             produced += n
 
     t0 = time.perf_counter()
@@ -131,13 +157,9 @@ async def run_path(
         for _ in range(concurrency):
             nursery.start_soon(client)
     wall = time.perf_counter() - t0
-    lat.sort()
-    return {
-        "p50_ms": round(statistics.median(lat) * 1e3, 2),
-        "p95_ms": round(lat[int(0.95 * (len(lat) - 1))] * 1e3, 2),
-        "ttft_p50_ms": round(statistics.median(ttft) * 1e3, 2),
-        "tokens_per_s": round(produced / wall, 1),
-    }
+    point.produced += produced
+    point.wall += wall
+    return produced / wall
 
 
 _TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -223,7 +245,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "bench": "e2e_request_path",
         "model": MODEL,
         "tokens_per_request": args.tokens,
-        "requests_per_point": args.requests,
+        "requests_per_point": args.requests * args.rounds,
+        "rounds": args.rounds,
         "processes": "separate (python -m <service>.main)",
         "ort": {"p50_ms": round(ort_total * 1e3, 2), "ttft_ms": round(ort_first * 1e3, 2)},
     }
@@ -261,22 +284,34 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                             async with gw.stub.Infer(req, metadata=gw.metadata) as chunks:
                                 return await timed(chunks)
 
+                        paths = (("worker", via_worker), ("gateway", via_gateway))
+                        points = {(n, c): Point() for n, _ in paths for c in (1, 16)}
+                        ratios: dict[int, list[float]] = {1: [], 16: []}
                         offset = 0
-                        for name, call in (("worker", via_worker), ("gateway", via_gateway)):
+                        for _ in range(args.rounds):
+                            # Both paths back to back, round after round: a ratio per
+                            # round, under the same load (this machine is shared).
                             for conc in (1, 16):
-                                await run_path(call, args.tokens, 4, conc, offset + 100_000)
-                                before = services.cpu()
-                                point = await run_path(
-                                    call, args.tokens, args.requests, conc, offset
-                                )
-                                after = services.cpu()
-                                tokens = args.tokens * args.requests
-                                point["cpu_us_per_token"] = {  # type: ignore[assignment]
-                                    s: round((after[s] - before[s]) / tokens * 1e6, 1)
-                                    for s in ("client", "gateway", "orchestrator", "worker")
-                                }
-                                result[f"{name}_c{conc}"] = point
-                                offset += 1_000
+                                tps = {}
+                                for name, call in paths:
+                                    point = points[name, conc]
+                                    if not point.produced:  # warm-up
+                                        await run_path(call, args.tokens, 4, conc,
+                                                       offset + 100_000, point=Point())
+                                    before = services.cpu()
+                                    tps[name] = await run_path(
+                                        call, args.tokens, args.requests, conc, offset,
+                                        point=point,
+                                    )
+                                    after = services.cpu()
+                                    for s in ("client", "gateway", "orchestrator", "worker"):
+                                        point.cpu[s] = point.cpu.get(s, 0.0) + (
+                                            after[s] - before[s]
+                                        )
+                                    offset += 1_000
+                                ratios[conc].append(tps["gateway"] / tps["worker"])
+                        for (name, conc), point in points.items():
+                            result[f"{name}_c{conc}"] = point.summary()
     ort_ms = float(result["ort"]["p50_ms"])  # type: ignore[index]
     for name in ("worker", "gateway"):
         p50 = float(result[f"{name}_c1"]["p50_ms"])  # type: ignore[index]
@@ -285,9 +320,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     wk_p50 = float(result["worker_c1"]["p50_ms"])  # type: ignore[index]
     result["gateway_over_worker_p50_ratio"] = round(gw_p50 / wk_p50, 3)
     for conc in (1, 16):
-        gw_tps = float(result[f"gateway_c{conc}"]["tokens_per_s"])  # type: ignore[index]
-        wk_tps = float(result[f"worker_c{conc}"]["tokens_per_s"])  # type: ignore[index]
-        result[f"gateway_over_worker_c{conc}_tps_ratio"] = round(gw_tps / wk_tps, 3)
+        result[f"gateway_over_worker_c{conc}_tps_ratio"] = round(
+            statistics.median(ratios[conc]), 3
+        )
+        result[f"gateway_over_worker_c{conc}_tps_ratio_rounds"] = [
+            round(r, 3) for r in ratios[conc]
+        ]
     relay = result["gateway_c16"]["cpu_us_per_token"]  # type: ignore[index]
     result["relay_cpu_us_per_token_c16"] = round(relay["gateway"] + relay["orchestrator"], 1)
     return result
@@ -309,7 +347,8 @@ async def _wait_ready(gw: GatewayClient) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--requests", type=int, default=32, help="per point and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--profile", metavar="DIR", type=lambda p: Path(p).resolve(),
                         help="run the gateway and orchestrator under cProfile into DIR")

@@ -242,8 +242,17 @@ class RpcConnection:
             raise self._closed
         data = frame.SerializeToString()
         try:
-            async with self._send_lock:
+            # Uncontended, the lock is taken without a trip through the scheduler (one
+            # per frame otherwise); the stream's send is the checkpoint.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self._send_lock.acquire_nowait()
+            except trio.WouldBlock:
+                await self._send_lock.acquire()
+            try:
                 await self.stream.send_message(data)
+            finally:
+                self._send_lock.release()
         except FrameTooLarge as exc:
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
