@@ -19,7 +19,8 @@ back, ``--rounds`` times, and the ratio is the median of the rounds' (each under
 same load: on a shared machine the load drifts between points). The last line printed
 is JSON with every figure.
 
-``--profile DIR`` runs the gateway and the orchestrator under cProfile and leaves
+``--profile DIR`` runs the gateway and the orchestrator under cProfile, timed by CPU time
+(not wall time, which a shared machine's other work inflates), and leaves
 ``DIR/<service>.prof`` (read with ``python -m pstats``).
 
     python bench/e2e_request_path.py [--requests 32] [--rounds 3] [--tokens 32]
@@ -171,6 +172,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
 
 
+#: Runs a module under cProfile timed by process CPU time: argv is OUT MODULE ARGS...
+_PROFILED = """
+import cProfile, runpy, sys, time
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+profiler = cProfile.Profile(time.process_time)
+profiler.enable()
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    profiler.disable()
+    profiler.dump_stats(out)
+"""
+
+
 class Services:
     """The services as child processes: their pids, and their CPU time now."""
 
@@ -186,14 +204,15 @@ class Services:
         self, nursery: trio.Nursery, name: str, argv: list[str], log_dir: Path,
         profile: Path | None,
     ) -> None:
-        module = [sys.executable]
-        if profile is not None:
-            module += ["-m", "cProfile", "-o", str(profile / f"{name}.prof")]
+        command = [sys.executable, "-m", f"{name}.main", *argv]
+        if profile is not None:  # CPU time, not wall time: the machine may be shared
+            command = [sys.executable, "-c", _PROFILED, str(profile / f"{name}.prof"),
+                       f"{name}.main", *argv]
         path = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
         env = {**os.environ, "PYTHONPATH": path}
         with (log_dir / f"{name}.log").open("ab") as stderr:
             proc: trio.Process = await nursery.start(partial(
-                trio.run_process, [*module, "-m", f"{name}.main", *argv],
+                trio.run_process, command,
                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=stderr,
                 cwd=str(REPO), env=env, check=False,
             ))
