@@ -82,7 +82,7 @@ class _Servicer(services_pb2_grpc.GatewayServicer):
         self, request: infer_pb2.Infer.Request, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
         async for item in self.edge.call(
-            context, lambda svc, ctx: svc.Infer(request, ctx), streaming=True
+            context, lambda svc, ctx: svc.chunks(request, ctx), streaming=True
         ):
             yield item
 

@@ -194,7 +194,7 @@ class HttpApi:
         )
 
     def _infer(self, request: infer_pb2.Infer.Request, context: ServerContext) -> Any:
-        return self.service.Infer(request, context)
+        return self.service.chunks(request, context)
 
     async def text(self, parsed: openai.ParsedCompletion | openai.ParsedChat,
                    context: ServerContext, out: _Output) -> None:

@@ -42,8 +42,8 @@ from tether import blocking, health, sealing, telemetry, topics
 from tether.errors import PermissionDenied, Unauthenticated, Unavailable
 from tether.metadata.store import MetadataStore
 from tether.net import Network, Peer, is_closed, wait_for_peer
-from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
-from tether.rpc import RpcError, ServerContext, StatusCode
+from tether.resume import LOST_ORCHESTRATOR, ChunkBatch, Diverged, Replay, Resume
+from tether.rpc import Encoded, Responses, RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 from tether.validation import validate, validate_sealed, validate_target
@@ -170,17 +170,35 @@ class GatewayService(services_rpc.GatewayServicer):
 
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncIterator[Responses[infer_pb2.Infer.Chunk]]:
+        """The RPC method: chunks in batches, as the orchestrator's arrive (see
+        ``tether.resume``)."""
+        async with contextlib.aclosing(self.batches(request, context)) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def chunks(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        """``Infer`` one chunk at a time (the HTTP and gRPC edges)."""
+        async with contextlib.aclosing(self.batches(request, context)) as batches:
+            async for batch in batches:
+                for item in batch:
+                    yield item.message
+
+    async def batches(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncGenerator[ChunkBatch]:
         label = await self.model_label(request.model_id)
         with self.metrics.measure(label) as timer:
-            async with contextlib.aclosing(self._infer(request, context)) as chunks:
-                async for chunk in chunks:
-                    timer.chunk(done=chunk.done)
-                    yield chunk
+            async with contextlib.aclosing(self._infer(request, context)) as batches:
+                async for batch in batches:
+                    timer.chunk(done=batch[-1].message.done)
+                    yield batch
 
     async def _infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[ChunkBatch]:
         metadata = dict(context.metadata)
         tenant = await self.authenticate(metadata)
         if request.tenant_id and request.tenant_id != tenant:
@@ -212,9 +230,9 @@ class GatewayService(services_rpc.GatewayServicer):
             seal = not client_sealed and await self.seals_for(tenant)
             async with contextlib.aclosing(
                 self._forward(forwarded, out, context, seal=seal)
-            ) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+            ) as batches:
+                async for batch in batches:
+                    yield batch
 
     async def _forward(
         self,
@@ -223,7 +241,7 @@ class GatewayService(services_rpc.GatewayServicer):
         context: ServerContext,
         *,
         seal: bool = False,
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[ChunkBatch]:
         """Stream ``request`` from an orchestrator, resuming it through another when one is
         lost or draining (see the module docstring)."""
         resume = Resume()
@@ -244,12 +262,11 @@ class GatewayService(services_rpc.GatewayServicer):
                 with self.orchestrators.using(peer):
                     async with contextlib.aclosing(
                         self._submit(peer, request, metadata, context, seal=seal)
-                    ) as chunks:
-                        async for chunk in chunks:
-                            if not replay.accept(chunk):
-                                continue  # the client has this one already
-                            resume.delivered(chunk)
-                            yield chunk
+                    ) as batches:
+                        async for batch in batches:
+                            out = _new_to_client(batch, replay, resume)
+                            if out:
+                                yield out
                 return
             except Diverged as exc:
                 what = last_error.message if last_error is not None else "an orchestrator was lost"
@@ -297,7 +314,7 @@ class GatewayService(services_rpc.GatewayServicer):
         context: ServerContext,
         *,
         seal: bool,
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[ChunkBatch]:
         """One orchestrator's stream of ``request``, sealed end to end first if ``seal``."""
         stub = self._stub(peer)
         timeout = context.remaining_timeout()
@@ -306,9 +323,9 @@ class GatewayService(services_rpc.GatewayServicer):
         else:
             chunks = self._plain(stub, request, metadata, timeout)
         async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
+            async for batch in chunks:
                 self.orchestrators.heard(peer)
-                yield chunk
+                yield batch
 
     async def _plain(
         self,
@@ -316,10 +333,10 @@ class GatewayService(services_rpc.GatewayServicer):
         request: infer_pb2.Infer.Request,
         metadata: dict[str, str],
         timeout: float | None,
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[ChunkBatch]:
         async with orchestrator.Submit(request, metadata=metadata, timeout=timeout) as chunks:
-            async for chunk in chunks:
-                yield chunk
+            while batch := await chunks.next_batch():
+                yield batch
 
     async def _sealed(
         self,
@@ -327,7 +344,7 @@ class GatewayService(services_rpc.GatewayServicer):
         request: infer_pb2.Infer.Request,
         metadata: dict[str, str],
         timeout: float | None,
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[ChunkBatch]:
         """Seal ``request`` to the workers the orchestrator may place it on, submit it,
         and open its chunks. When every one of them left placement between ``Place``
         and ``Submit`` (UNAVAILABLE, reason ``reseal``, nothing reserved yet), place
@@ -349,8 +366,9 @@ class GatewayService(services_rpc.GatewayServicer):
             )
             try:
                 async with orchestrator.Submit(sealed, metadata=metadata, timeout=timeout) as cs:
-                    async for chunk in cs:
-                        yield key.open(chunk)
+                    while batch := await cs.next_batch():
+                        opened = [key.open(item.message) for item in batch]
+                        yield [Encoded(c, c.SerializeToString()) for c in opened]
                 return
             except RpcError as exc:
                 reseal = exc.code == StatusCode.UNAVAILABLE and exc.details.get("reason") == (
@@ -391,3 +409,14 @@ class GatewayService(services_rpc.GatewayServicer):
             timeout=context.remaining_timeout() or PEER_WAIT_S,
         )
 
+
+def _new_to_client(batch: ChunkBatch, replay: Replay, resume: Resume) -> ChunkBatch:
+    """What of ``batch`` the client does not have yet (a replay's repeats skipped), each
+    recorded as delivered."""
+    out: ChunkBatch = []
+    for item in batch:
+        if not replay.accept(item.message):
+            continue  # the client has this one already
+        resume.delivered(item.message)
+        out.append(item)
+    return out

@@ -90,8 +90,8 @@ from tether.errors import (
 )
 from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
 from tether.net import Network, peers_on, wait_for_peer
-from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
-from tether.rpc import RpcError, ServerContext, StatusCode
+from tether.resume import LOST_ORCHESTRATOR, ChunkBatch, Diverged, Resume
+from tether.rpc import Encoded, Responses, RpcError, ServerContext, StatusCode
 from tether.ttlcache import TtlCache
 from tether.v1 import (
     infer_pb2,
@@ -351,7 +351,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
 
     async def Submit(
         self, request: infer_pb2.Infer.Request, context: ServerContext
-    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncIterator[Responses[infer_pb2.Infer.Chunk]]:
         self.callers.check(context)
         if self.draining:
             raise Unavailable(
@@ -376,9 +376,9 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         try:
             with scope:
                 self._running.add(scope)
-                async with contextlib.aclosing(self._submit(request, context, ran)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
+                async with contextlib.aclosing(self._submit(request, context, ran)) as batches:
+                    async for batch in batches:
+                        yield batch
             if scope.cancelled_caught and self._stop_error is not None:
                 raise self._stop_error
         except TetherError as exc:
@@ -433,7 +433,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
 
     async def _submit(
         self, request: infer_pb2.Infer.Request, context: ServerContext, ran: _Ran
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[ChunkBatch]:
         # The registry applies the model's tenant policy while resolving.
         record = await self.resolve(request)
         limits.check_for_model(request, record)  # a client error is never admitted
@@ -452,13 +452,15 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         try:
             async with contextlib.aclosing(
                 self._admit_and_run(request, record, candidates, placed, context)
-            ) as chunks:
-                async for chunk in chunks:
+            ) as batches:
+                async for batch in batches:
                     if degraded_from:  # said once, on the first chunk the client gets
+                        chunk = batch[0].message
                         chunk.degraded_from = degraded_from
                         chunk.served_model = _model_name(record)
+                        batch[0] = Encoded(chunk, chunk.SerializeToString())
                         degraded_from = ""
-                    yield chunk
+                    yield batch
         finally:
             placed.release()
 
@@ -511,7 +513,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         candidates: list[Candidate],
         placed: _Placed,
         context: ServerContext,
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[ChunkBatch]:
         """Admit the request (quota, reservation, job), dispatch it, and record how it
         ended: a failure after admission is dead-lettered, unless it was the client's
         error or shedding and nothing was sent (then the admission is undone)."""
@@ -562,10 +564,10 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             ):
                 async with contextlib.aclosing(
                     self._dispatch(dispatched, candidates, placed, context)
-                ) as chunks:
-                    async for chunk in chunks:
+                ) as batches:
+                    async for batch in batches:
                         delivered = True
-                        yield chunk
+                        yield batch
         except BaseException as exc:
             error = RpcError.from_exception(exc)
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
@@ -741,7 +743,10 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         candidates: list[Candidate],
         placed: _Placed,
         context: ServerContext,
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[ChunkBatch]:
+        """Stream ``request`` from the first candidate that takes it, resuming it on the
+        next when a worker is lost mid-stream. Chunks the worker has already sent are
+        relayed together, as their bytes (``ChunkBatch``); none waits for another."""
         cid = request.correlation_id
         last_error: RpcError | None = None
         model = f"{request.model_id}@{request.version}"  # the breakers' pool key
@@ -774,17 +779,25 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     metadata=telemetry.outgoing_metadata(),
                     timeout=context.remaining_timeout(),
                 ) as chunks:
-                    async for chunk in chunks:
+                    while batch := await chunks.next_batch():
                         if first_chunk_s is None:
                             first_chunk_s = trio.current_time() - sent_at
-                        if not replay.accept(chunk):
-                            continue  # the client has this one already
-                        resume.delivered(chunk)
-                        yield chunk
-                        if chunk.done:
+                        out: ChunkBatch = []
+                        last: infer_pb2.Infer.Chunk | None = None
+                        for item in batch:
+                            if not replay.accept(item.message):
+                                continue  # the client has this one already
+                            resume.delivered(item.message)
+                            out.append(item)
+                            if item.message.done:
+                                last = item.message
+                                break
+                        if out:
+                            yield out
+                        if last is not None:
                             outcome = StatusCode.OK
                             if not self._halted:
-                                await self._finalise(cid, chunk)
+                                await self._finalise(cid, last)
                             return
                 raise RpcError(
                     StatusCode.UNAVAILABLE,

@@ -686,6 +686,11 @@ class ChannelMessageStream:
     async def receive_message(self) -> bytes:
         return await self._recv.receive()
 
+    def receive_message_nowait(self) -> bytes:
+        """A message already received, without waiting (``trio.WouldBlock`` if none): a
+        reader drains what is there in one go."""
+        return self._recv.receive_nowait()
+
     async def aclose(self) -> None:
         self.channel.close()
         self._send.close()

@@ -8,6 +8,10 @@ is pinned before the first dispatch), so a replay streams the same chunks again.
 ``Replay`` checks that a replay reproduces it, hides the chunks the client
 already has, and raises ``Diverged`` when the replay differs (say, another
 backend computed other numbers): such a stream cannot be spliced.
+
+Both relay chunks in ``ChunkBatch``es: the chunks already received from upstream,
+each with its bytes, forwarded in one frame and without re-encoding (the digests
+are over the parsed chunks, so they do not depend on how chunks were framed).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import hashlib
 
 from tether.errors import TetherError
-from tether.rpc import RpcError, StatusCode
+from tether.rpc import Encoded, RpcError, StatusCode
 from tether.v1 import infer_pb2
 
 #: Metadata a gateway sends with a request it resubmits after losing the orchestrator
@@ -26,6 +30,9 @@ LOST_ORCHESTRATOR = "x-tether-lost-orchestrator"
 #: orchestrator's worker, then the gateway's orchestrator -- knows the error by this key, not by
 #: its message text.
 LOST_SERVER = "lost_server"
+
+#: Chunks relayed together, in order (see the module docstring).
+ChunkBatch = list[Encoded[infer_pb2.Infer.Chunk]]
 
 
 class Diverged(TetherError):

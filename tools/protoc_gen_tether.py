@@ -40,6 +40,7 @@ from typing import ClassVar
 
 from tether.rpc import (
     MethodSpec,
+    Responses,
     RpcConnection,
     RpcError,
     ServerContext,
@@ -126,7 +127,7 @@ def generate(f: FileDescriptorProto, index: TypeIndex) -> str:
                     "",
                     f"    async def {m.name}(",
                     f"        self, request: {req}, context: ServerContext",
-                    f"    ) -> AsyncIterator[{res}]:",
+                    f"    ) -> AsyncIterator[Responses[{res}]]:",
                     f'        """Server-streaming ``{path}``: yield responses."""',
                     f"        raise RpcError(StatusCode.UNIMPLEMENTED, {unimplemented!r})",
                     "        yield  # pragma: no cover  (makes this an async generator)",

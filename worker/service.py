@@ -2,6 +2,8 @@
 
 - ``Infer`` admits the request through the QuotaGuard, runs it on the
   execution engine and streams chunks; the last chunk has ``done`` and usage.
+  Chunks the engine made while the stream was busy sending (continuous batching
+  steps on without it) go out together, in one frame; none waits for another.
 - ``GetHealth`` answers a ``Health.Report`` (capacity, gpuClass, model cache).
 - ``WatchPresence`` is the HealthReporter's heartbeat: a signed, nonce-
   protected ``Presence`` now and every interval (5 s) until the caller leaves.
@@ -29,7 +31,7 @@ from tether import health, limits, metrics, sealing, signing, telemetry
 from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
-from tether.rpc import ServerContext
+from tether.rpc import Responses, ServerContext
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, services_pb2, services_rpc
 from tether.validation import validate
 from worker.quota import QuotaGuard
@@ -51,7 +53,8 @@ class Engine(Protocol):
     ) -> AsyncIterator[tuple[infer_pb2.Payload, infer_pb2.Usage | None]]:
         """Run a request, yielding payload pieces; usage comes with the last. Once
         exhausted, the iterator's optional ``finish_reason`` (``infer_pb2.FinishReason``)
-        says why a text generation ended; without it the worker infers it from usage."""
+        says why a text generation ended; without it the worker infers it from usage.
+        Its optional ``ready()`` says whether the next item is there now (no waiting)."""
 
     # Optional: ``batch_capacity(capacity)`` fills the continuous-batching fields of
     # ``Capacity`` (max batch size, active sequences, KV-cache budget and use).
@@ -182,7 +185,24 @@ class WorkerService(services_rpc.WorkerServicer):
 
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncIterator[Responses[infer_pb2.Infer.Chunk]]:
+        """The RPC method: chunks in batches of those ready together."""
+        async with contextlib.aclosing(self.batches(request, context)) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def chunks(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        """``Infer`` one chunk at a time (for a caller in this process)."""
+        async with contextlib.aclosing(self.batches(request, context)) as batches:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+
+    async def batches(
+        self, request: infer_pb2.Infer.Request, context: ServerContext
+    ) -> AsyncGenerator[list[infer_pb2.Infer.Chunk]]:
         self.callers.check(context)
         if self.draining:
             raise Unavailable("worker is draining; place the request elsewhere")
@@ -197,29 +217,32 @@ class WorkerService(services_rpc.WorkerServicer):
         }
         try:
             with telemetry.server_span("worker.infer", context.metadata, **attributes):
-                async with contextlib.aclosing(self._run(request)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
+                async with contextlib.aclosing(self._run(request)) as batches:
+                    async for batch in batches:
+                        yield batch
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _run(self, request: infer_pb2.Infer.Request) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    async def _run(
+        self, request: infer_pb2.Infer.Request
+    ) -> AsyncGenerator[list[infer_pb2.Infer.Chunk]]:
         chunk_key: sealing.ChunkKey | None = None
         if request.HasField("sealed"):
             opened = self.opener.open(request, now_ms=self.clock_ms())
             request, chunk_key = opened.request, opened.chunks
             validate(request)  # nobody before this worker could read the input
-        async with contextlib.aclosing(self._generate(request)) as chunks:
-            async for chunk in chunks:
+        async with contextlib.aclosing(self._generate(request)) as batches:
+            async for batch in batches:
                 if chunk_key is not None:
-                    chunk_key.seal(chunk)
-                yield chunk
+                    for chunk in batch:
+                        chunk_key.seal(chunk)
+                yield batch
 
     async def _generate(
         self, request: infer_pb2.Infer.Request
-    ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncGenerator[list[infer_pb2.Infer.Chunk]]:
         seq = 0
         # The model span (OpenTelemetry GenAI conventions): what the model did, with
         # its token counts, under the worker.infer span.
@@ -229,16 +252,21 @@ class WorkerService(services_rpc.WorkerServicer):
                 self.quota.admit(request.tenant_id),
                 contextlib.aclosing(self.engine.stream(request)) as pieces,  # type: ignore[type-var]
             ):
+                ready: Callable[[], bool] = getattr(pieces, "ready", lambda: False)
                 last: infer_pb2.Infer.Chunk | None = None
+                out: list[infer_pb2.Infer.Chunk] = []
                 async for payload, usage in pieces:
                     if first is None and payload.ByteSize():
                         first = trio.current_time()
                     if last is not None:
-                        yield last
+                        out.append(last)
                     last = self._chunk(request, seq, payload)
                     seq += 1
                     if usage is not None:
                         last.usage.CopyFrom(usage)
+                    if out and not ready():  # nothing more without waiting: send these
+                        yield out
+                        out = []
                 if last is None:
                     last = self._chunk(request, seq, None)
                 last.done = True
@@ -253,7 +281,8 @@ class WorkerService(services_rpc.WorkerServicer):
                     duration_s=trio.current_time() - started,
                     first_token_s=None if first is None else first - started,
                     output_tokens=last.usage.output_tokens)
-                yield last
+                out.append(last)
+                yield out
 
     def _chunk(
         self, request: infer_pb2.Infer.Request, seq: int, payload: infer_pb2.Payload | None

@@ -374,7 +374,7 @@ async def test_the_final_chunk_says_whether_generation_hit_its_token_limit(env: 
                            KeyPair.generate())
 
     async def final(request: infer_pb2.Infer.Request) -> infer_pb2.Infer.Chunk:
-        chunks = [c async for c in worker.Infer(request, ServerContext("Infer", {}))]
+        chunks = [c async for c in worker.chunks(request, ServerContext("Infer", {}))]
         # One final chunk, the last, and nothing after it.
         assert [c.done for c in chunks] == [False] * (len(chunks) - 1) + [True]
         assert [c.seq for c in chunks] == list(range(len(chunks)))
@@ -430,7 +430,7 @@ async def test_the_gru_ends_at_a_stop_string_in_the_worker(env: Env) -> None:
     assert cut > 0
     request = text_request("and he said", max_tokens=30, min_tokens=30, temperature_value=0,
                            stop=["never-in-the-corpus", stop])
-    chunks = [c async for c in worker.Infer(request, ServerContext("Infer", {}))]
+    chunks = [c async for c in worker.chunks(request, ServerContext("Infer", {}))]
     assert "".join(c.payload.text for c in chunks) == text[:cut]
     assert chunks[-1].finish_reason == infer_pb2.FINISH_REASON_STOP
     assert chunks[-1].usage.output_tokens < 30  # nothing computed past the stop string
@@ -449,7 +449,7 @@ async def test_a_stop_string_on_the_last_allowed_token_is_a_stop(env: Env) -> No
     assert sixth.strip() and "".join(p.text for p in free[:5]).find(sixth) < 0
     request = text_request("and he said", max_tokens=6, min_tokens=6, temperature_value=0,
                            stop=[sixth])
-    chunks = [c async for c in worker.Infer(request, ServerContext("Infer", {}))]
+    chunks = [c async for c in worker.chunks(request, ServerContext("Infer", {}))]
     assert "".join(c.payload.text for c in chunks) == "".join(p.text for p in free[:5])
     assert chunks[-1].usage.output_tokens == 6
     assert chunks[-1].finish_reason == infer_pb2.FINISH_REASON_STOP

@@ -335,8 +335,8 @@ class Fleet:
 
 def spied(handlers: dict[str, Handler], spies: Mapping[str, list[bytes]]) -> dict[str, Handler]:
     """``handlers`` with each method named in ``spies`` (e.g. ``/tether.v1.Orchestrator/Submit``)
-    recording the serialized request and every streamed response into its list: what
-    that service sees of the traffic."""
+    recording the serialized request and every streamed response into its list (each
+    message of a batch on its own): what that service sees of the traffic."""
     out = dict(handlers)
     for method, seen in spies.items():
         if method not in out:
@@ -346,7 +346,7 @@ def spied(handlers: dict[str, Handler], spies: Mapping[str, list[bytes]]) -> dic
         async def recorded(request, context, handler=handler, seen=seen):
             seen.append(request.SerializeToString())
             async for response in handler.func(request, context):
-                seen.append(response.SerializeToString())
+                seen.extend(handler.serialize_responses(response))
                 yield response
 
         out[method] = Handler(handler.full_name, handler.spec, recorded)

@@ -21,7 +21,14 @@ from tether.rpc.framing import (
     MessageStream,
     memory_message_stream_pair,
 )
-from tether.rpc.service import Handler, MethodSpec, ServerContext, collect_handlers
+from tether.rpc.service import (
+    Encoded,
+    Handler,
+    MethodSpec,
+    Responses,
+    ServerContext,
+    collect_handlers,
+)
 from tether.rpc.status import RpcError, RpcProtocolError, StatusCode
 from tether.rpc.stubs import TypedResponseStream, decode_response
 
@@ -29,6 +36,7 @@ __all__ = [
     "DEFAULT_INITIAL_WINDOW",
     "DEFAULT_MAX_CONCURRENT_CALLS",
     "DEFAULT_MAX_FRAME_SIZE",
+    "Encoded",
     "FrameTooLarge",
     "Handler",
     "LengthPrefixedStream",
@@ -36,6 +44,7 @@ __all__ = [
     "MessageStream",
     "MethodSpec",
     "ResponseStream",
+    "Responses",
     "RpcConnection",
     "RpcError",
     "RpcProtocolError",

@@ -28,6 +28,14 @@ on the transport, so a peer whose process is gone is noticed now (its host
 answers "port unreachable", or the packet goes unacknowledged) instead of when
 the connection's keepalive next fires.
 
+Batching: a client opens every call with ``accept_batch``; a server whose handler
+yields several messages at once (``tether.rpc.service.Responses``: a relay forwarding
+what is already waiting) sends as many as the credits allow in one ``batch`` frame,
+and the client queues them as so many messages. Nothing waits to fill a batch: a
+relay forwards a lone message at once, and a batch forms only from messages that
+were already queued (``ResponseStream.next_batch``). A client that did not ask for
+batches (an older one) gets one ``message`` frame per response.
+
 A single reader task owns the stream's receive side and never blocks on a
 call: responses land in a per-call queue bounded by the credits the client
 granted (``initial_window`` plus ``window`` frames), so a peer that sends more
@@ -67,6 +75,10 @@ DEFAULT_MAX_CONCURRENT_CALLS = 256
 _SHIELDED_SEND_TIMEOUT = 5.0
 #: A client call waiting this long for its peer probes it (see the module docstring).
 DEFAULT_PROBE_AFTER_S = 0.5
+#: Payload bytes one batch frame carries at most (a message larger than this goes alone).
+MAX_BATCH_BYTES = 256 * 1024
+#: Frames the reader takes from the stream in one go when more are already there.
+_READ_BURST = 64
 
 #: Hook run on every outgoing call; may add metadata (e.g. ``traceparent``).
 MetadataHook = Callable[[str, MutableMapping[str, str]], None]
@@ -108,6 +120,8 @@ class _ServerCall:
     scope: trio.CancelScope | None = None
     started: bool = False
     cancelled_by_peer: bool = False
+    #: The client takes batch frames (RpcOpen.accept_batch).
+    batch: bool = False
 
 
 def _peek_call_id(frame: bytes) -> int | None:
@@ -202,6 +216,9 @@ class RpcConnection:
         self._server_calls.clear()
 
     async def _read_loop(self) -> None:
+        # A stream that can say what it already holds (a protomux channel) is drained in
+        # one go: the calls those frames belong to then find them queued together.
+        nowait: Callable[[], bytes] | None = getattr(self.stream, "receive_message_nowait", None)
         while True:
             try:
                 raw = await self.stream.receive_message()
@@ -211,14 +228,31 @@ class RpcConnection:
             except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             self._on_raw_frame(raw)
+            for _ in range(_READ_BURST if nowait is not None else 0):
+                try:
+                    raw = nowait()  # type: ignore[misc]
+                except trio.WouldBlock:
+                    break
+                except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                self._on_raw_frame(raw)
 
     async def _send(self, frame: rpc_pb2.RpcFrame) -> None:
         if self._closed is not None:
             raise self._closed
         data = frame.SerializeToString()
         try:
-            async with self._send_lock:
+            # Uncontended, the lock is taken without a trip through the scheduler (one
+            # per frame otherwise); the stream's send is the checkpoint.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self._send_lock.acquire_nowait()
+            except trio.WouldBlock:
+                await self._send_lock.acquire()
+            try:
                 await self.stream.send_message(data)
+            finally:
+                self._send_lock.release()
         except FrameTooLarge as exc:
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -278,12 +312,14 @@ class RpcConnection:
         call = self._client_calls.get(call_id)
         if call is None:
             return  # late frame for a call we already ended
-        if kind == "message":
-            call.received += 1
+        if kind in ("message", "batch"):
+            payloads = [frame.message.payload] if kind == "message" else frame.batch.payloads
+            call.received += len(payloads)
             if call.received > call.window + call.granted:
                 self._protocol_error(call_id, "peer sent more messages than it was granted")
                 return
-            call.push(frame.message.payload)
+            call.queue.extend(payloads)
+            call.wakeup.set()
         elif kind == "trailer":
             t = frame.trailer
             self._client_calls.pop(call_id, None)
@@ -305,7 +341,8 @@ class RpcConnection:
             return
         handler = self.handlers.get(frame.open.method)
         self._server_calls[call_id] = _ServerCall(
-            call_id, handler, frame.open, credits=max(1, frame.open.initial_window)
+            call_id, handler, frame.open, credits=max(1, frame.open.initial_window),
+            batch=frame.open.accept_batch,
         )
 
     def _on_server_frame(self, call_id: int, kind: str, frame: rpc_pb2.RpcFrame) -> None:
@@ -384,24 +421,38 @@ class RpcConnection:
         request = handler.parse_request(scall.request)
         if handler.spec.kind == "unary":
             response = await handler.func(request, ctx)
-            await self._send_response(scall, handler.serialize_response(response))
+            await self._send_responses(scall, [handler.serialize_response(response)])
         else:
             agen = handler.func(request, ctx)
             try:
                 async for item in agen:
-                    await self._send_response(scall, handler.serialize_response(item))
+                    await self._send_responses(scall, handler.serialize_responses(item))
             finally:
                 await agen.aclose()
         return None
 
-    async def _send_response(self, scall: _ServerCall, payload: bytes) -> None:
-        while scall.credits <= 0:
-            scall.credit_event = trio.Event()
-            await scall.credit_event.wait()
-        scall.credits -= 1
-        frame = rpc_pb2.RpcFrame(call_id=scall.call_id)
-        frame.message.payload = payload
-        await self._send(frame)
+    async def _send_responses(self, scall: _ServerCall, payloads: list[bytes]) -> None:
+        """Send responses in order, each against one credit: as many as the credits (and
+        ``MAX_BATCH_BYTES``) allow in one frame when the client takes batches."""
+        i = 0
+        while i < len(payloads):
+            while scall.credits <= 0:
+                scall.credit_event = trio.Event()
+                await scall.credit_event.wait()
+            end, size = i + 1, len(payloads[i])
+            if scall.batch:
+                limit = min(len(payloads), i + scall.credits)
+                while end < limit and size + len(payloads[end]) <= MAX_BATCH_BYTES:
+                    size += len(payloads[end])
+                    end += 1
+            frame = rpc_pb2.RpcFrame(call_id=scall.call_id)
+            if end - i == 1:
+                frame.message.payload = payloads[i]
+            else:
+                frame.batch.payloads.extend(payloads[i:end])
+            scall.credits -= end - i
+            await self._send(frame)
+            i = end
 
     # ---------------------------------------------------------------- client
 
@@ -429,6 +480,7 @@ class RpcConnection:
         opening = rpc_pb2.RpcFrame(call_id=call.call_id)
         opening.open.method = method
         opening.open.initial_window = self.initial_window
+        opening.open.accept_batch = True
         if timeout is not None:
             opening.open.timeout_ms = max(1, math.ceil(timeout * 1000))
         opening.open.metadata.update(md)
@@ -452,6 +504,12 @@ class RpcConnection:
 
     async def next_item(self, call: _ClientCall, deadline: float) -> bytes | None:
         """The next response payload, or None after an OK trailer."""
+        items = await self.next_items(call, deadline, 1)
+        return items[0] if items else None
+
+    async def next_items(self, call: _ClientCall, deadline: float, most: int) -> list[bytes]:
+        """The next response payload and up to ``most - 1`` more already queued behind
+        it (never waiting for those); empty after an OK trailer."""
         with trio.move_on_at(deadline):
             while not call.queue:
                 call.wakeup = trio.Event()
@@ -459,22 +517,27 @@ class RpcConnection:
                     await call.wakeup.wait()
                 if not call.queue:
                     await self._send(_window_frame(call.call_id, 0))  # a liveness probe
-            item = call.queue.popleft()
-            if isinstance(item, bytes):
-                call.consumed += 1
+            queue = call.queue
+            if isinstance(queue[0], bytes):
+                items: list[bytes] = []
+                while queue and len(items) < most and isinstance(queue[0], bytes):
+                    items.append(queue.popleft())  # type: ignore[arg-type]
+                call.consumed += len(items)
                 if call.consumed >= max(1, call.window // 2) and not call.finished:
                     grant = _window_frame(call.call_id, call.consumed)
                     await self._send(grant)
                     # Counted once sent: a grant cancelled with its call was never given.
                     call.granted += grant.window.credits
                     call.consumed = 0
-                return item
+                return items
+            item = queue.popleft()
+            assert not isinstance(item, bytes)
             call.finished = True
             if isinstance(item, RpcError):
                 raise item
             if item.code != StatusCode.OK:
                 raise RpcError(item.code, item.message, item.details)
-            return None
+            return []
         await self.abandon(call, "deadline exceeded")
         raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{call.method}: deadline exceeded")
 
@@ -573,6 +636,15 @@ class ResponseStream:
         if item is None:
             raise StopAsyncIteration
         return item
+
+    async def next_batch(self, most: int = DEFAULT_INITIAL_WINDOW) -> list[bytes]:
+        """The next response and those already received behind it (up to ``most``), in
+        order, without waiting for more; empty once the stream has ended."""
+        if self._call is None:
+            raise RuntimeError("use 'async with' before iterating a ResponseStream")
+        if self._call.finished:
+            return []
+        return await self._conn.next_items(self._call, self._deadline, most)
 
     async def cancel(self, reason: str = "cancelled by client") -> None:
         """Cancel the call now; the server's handler is cancelled."""

@@ -3,15 +3,22 @@
 Generated servicer base classes (``tether/v1/*_rpc.py``) carry a
 ``__rpc_service__`` name and a ``__rpc_methods__`` table of ``MethodSpec``;
 ``collect_handlers`` turns servicer instances into the handler map a
-connection dispatches on. Services see typed messages; bytes stop here.
+connection dispatches on. Services see typed messages; bytes stop here, except
+where a relay forwards a message it received unchanged: it yields the ``Encoded``
+message, whose bytes go out as they came.
+
+A server-streaming handler yields ``Responses``: one message, or a batch of them
+(a sequence of messages and ``Encoded`` ones), which goes out in one frame when the
+client accepts batches (``RpcOpen.accept_batch``) and the credits allow, else one
+frame per message: a relay forwards what is already waiting in one go.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 import trio
 from google.protobuf.message import DecodeError, Message
@@ -19,6 +26,21 @@ from google.protobuf.message import DecodeError, Message
 from tether.rpc.status import RpcError, StatusCode
 
 MethodKind = Literal["unary", "server_stream"]
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded(Generic[M]):
+    """A message with its serialized form as received: forwarded as these bytes (no
+    re-encoding). Whoever changes ``message`` forwards the message, not this."""
+
+    message: M
+    data: bytes
+
+
+#: What a server-streaming handler yields: a message, or a batch of them in order.
+Responses: TypeAlias = M | Encoded[M] | Sequence[M | Encoded[M]]
 
 
 @dataclass(frozen=True)
@@ -86,7 +108,23 @@ class Handler:
                 f"cannot decode {self.spec.request_type.DESCRIPTOR.full_name}: {exc}",
             ) from None
 
-    def serialize_response(self, message: Message) -> bytes:
+    def serialize_responses(self, item: object) -> list[bytes]:
+        """What a streaming handler yielded (see ``Responses``), serialized in order."""
+        if isinstance(item, (Message, Encoded)):
+            return [self.serialize_response(item)]
+        if isinstance(item, Sequence) and not isinstance(item, (str, bytes)):
+            return [self.serialize_response(one) for one in item]
+        return [self.serialize_response(item)]  # (raises: not a message)
+
+    def serialize_response(self, message: object) -> bytes:
+        if isinstance(message, Encoded):
+            if not isinstance(message.message, self.spec.response_type):
+                raise RpcError(
+                    StatusCode.INTERNAL,
+                    f"{self.full_name} forwarded {type(message.message).__name__}, "
+                    f"expected {self.spec.response_type.__name__}",
+                )
+            return message.data
         if not isinstance(message, self.spec.response_type):
             raise RpcError(
                 StatusCode.INTERNAL,

@@ -8,7 +8,8 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from tether.rpc.connection import ResponseStream
+from tether.rpc.connection import DEFAULT_INITIAL_WINDOW, ResponseStream
+from tether.rpc.service import Encoded
 from tether.rpc.status import RpcProtocolError
 
 M = TypeVar("M", bound=Message)
@@ -48,6 +49,15 @@ class TypedResponseStream(Generic[M]):
 
     async def __anext__(self) -> M:
         return decode_response(self._type, await self._stream.__anext__())
+
+    async def next_batch(self, most: int = DEFAULT_INITIAL_WINDOW) -> list[Encoded[M]]:
+        """The next response and those already received behind it (up to ``most``), in
+        order, each parsed and with its bytes (to forward unchanged), never waiting for
+        more; empty once the stream has ended."""
+        return [
+            Encoded(decode_response(self._type, data), data)
+            for data in await self._stream.next_batch(most)
+        ]
 
     async def cancel(self, reason: str = "cancelled by client") -> None:
         await self._stream.cancel(reason)

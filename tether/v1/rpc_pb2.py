@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tether.v1 import status_pb2 as tether_dot_v1_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tether/v1/rpc.proto\x12\ttether.v1\x1a\x16tether/v1/status.proto\"\x9a\x02\n\x08RpcFrame\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\"\n\x04open\x18\x02 \x01(\x0b\x32\x12.tether.v1.RpcOpenH\x00\x12(\n\x07message\x18\x03 \x01(\x0b\x32\x15.tether.v1.RpcMessageH\x00\x12-\n\nhalf_close\x18\x04 \x01(\x0b\x32\x17.tether.v1.RpcHalfCloseH\x00\x12(\n\x07trailer\x18\x05 \x01(\x0b\x32\x15.tether.v1.RpcTrailerH\x00\x12&\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x14.tether.v1.RpcCancelH\x00\x12&\n\x06window\x18\x07 \x01(\x0b\x32\x14.tether.v1.RpcWindowH\x00\x42\x06\n\x04kind\"\xaa\x01\n\x07RpcOpen\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .tether.v1.RpcOpen.MetadataEntry\x12\x16\n\x0einitial_window\x18\x04 \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\nRpcMessage\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x0e\n\x0cRpcHalfClose\"\x8f\x02\n\nRpcTrailer\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.tether.v1.StatusCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x33\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\".tether.v1.RpcTrailer.DetailsEntry\x12\x35\n\x08metadata\x18\x04 \x03(\x0b\x32#.tether.v1.RpcTrailer.MetadataEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\tRpcCancel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1c\n\tRpcWindow\x12\x0f\n\x07\x63redits\x18\x01 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13tether/v1/rpc.proto\x12\ttether.v1\x1a\x16tether/v1/status.proto\"\xc0\x02\n\x08RpcFrame\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\"\n\x04open\x18\x02 \x01(\x0b\x32\x12.tether.v1.RpcOpenH\x00\x12(\n\x07message\x18\x03 \x01(\x0b\x32\x15.tether.v1.RpcMessageH\x00\x12-\n\nhalf_close\x18\x04 \x01(\x0b\x32\x17.tether.v1.RpcHalfCloseH\x00\x12(\n\x07trailer\x18\x05 \x01(\x0b\x32\x15.tether.v1.RpcTrailerH\x00\x12&\n\x06\x63\x61ncel\x18\x06 \x01(\x0b\x32\x14.tether.v1.RpcCancelH\x00\x12&\n\x06window\x18\x07 \x01(\x0b\x32\x14.tether.v1.RpcWindowH\x00\x12$\n\x05\x62\x61tch\x18\x0c \x01(\x0b\x32\x13.tether.v1.RpcBatchH\x00\x42\x06\n\x04kind\"\xc0\x01\n\x07RpcOpen\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x04\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .tether.v1.RpcOpen.MetadataEntry\x12\x16\n\x0einitial_window\x18\x04 \x01(\r\x12\x14\n\x0c\x61\x63\x63\x65pt_batch\x18\t \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\nRpcMessage\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1c\n\x08RpcBatch\x12\x10\n\x08payloads\x18\x01 \x03(\x0c\"\x0e\n\x0cRpcHalfClose\"\x8f\x02\n\nRpcTrailer\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.tether.v1.StatusCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x33\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\".tether.v1.RpcTrailer.DetailsEntry\x12\x35\n\x08metadata\x18\x04 \x03(\x0b\x32#.tether.v1.RpcTrailer.MetadataEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1b\n\tRpcCancel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1c\n\tRpcWindow\x12\x0f\n\x07\x63redits\x18\x01 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,23 +39,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RPCTRAILER_METADATAENTRY']._loaded_options = None
   _globals['_RPCTRAILER_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_RPCFRAME']._serialized_start=59
-  _globals['_RPCFRAME']._serialized_end=341
-  _globals['_RPCOPEN']._serialized_start=344
-  _globals['_RPCOPEN']._serialized_end=514
-  _globals['_RPCOPEN_METADATAENTRY']._serialized_start=467
-  _globals['_RPCOPEN_METADATAENTRY']._serialized_end=514
-  _globals['_RPCMESSAGE']._serialized_start=516
-  _globals['_RPCMESSAGE']._serialized_end=545
-  _globals['_RPCHALFCLOSE']._serialized_start=547
-  _globals['_RPCHALFCLOSE']._serialized_end=561
-  _globals['_RPCTRAILER']._serialized_start=564
-  _globals['_RPCTRAILER']._serialized_end=835
-  _globals['_RPCTRAILER_DETAILSENTRY']._serialized_start=740
-  _globals['_RPCTRAILER_DETAILSENTRY']._serialized_end=786
-  _globals['_RPCTRAILER_METADATAENTRY']._serialized_start=467
-  _globals['_RPCTRAILER_METADATAENTRY']._serialized_end=514
-  _globals['_RPCCANCEL']._serialized_start=837
-  _globals['_RPCCANCEL']._serialized_end=864
-  _globals['_RPCWINDOW']._serialized_start=866
-  _globals['_RPCWINDOW']._serialized_end=894
+  _globals['_RPCFRAME']._serialized_end=379
+  _globals['_RPCOPEN']._serialized_start=382
+  _globals['_RPCOPEN']._serialized_end=574
+  _globals['_RPCOPEN_METADATAENTRY']._serialized_start=527
+  _globals['_RPCOPEN_METADATAENTRY']._serialized_end=574
+  _globals['_RPCMESSAGE']._serialized_start=576
+  _globals['_RPCMESSAGE']._serialized_end=605
+  _globals['_RPCBATCH']._serialized_start=607
+  _globals['_RPCBATCH']._serialized_end=635
+  _globals['_RPCHALFCLOSE']._serialized_start=637
+  _globals['_RPCHALFCLOSE']._serialized_end=651
+  _globals['_RPCTRAILER']._serialized_start=654
+  _globals['_RPCTRAILER']._serialized_end=925
+  _globals['_RPCTRAILER_DETAILSENTRY']._serialized_start=830
+  _globals['_RPCTRAILER_DETAILSENTRY']._serialized_end=876
+  _globals['_RPCTRAILER_METADATAENTRY']._serialized_start=527
+  _globals['_RPCTRAILER_METADATAENTRY']._serialized_end=574
+  _globals['_RPCCANCEL']._serialized_start=927
+  _globals['_RPCCANCEL']._serialized_end=954
+  _globals['_RPCWINDOW']._serialized_start=956
+  _globals['_RPCWINDOW']._serialized_end=984
 # @@protoc_insertion_point(module_scope)

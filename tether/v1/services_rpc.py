@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from tether.rpc import (
     MethodSpec,
+    Responses,
     RpcConnection,
     RpcError,
     ServerContext,
@@ -91,7 +92,7 @@ class GatewayServicer:
 
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
-    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncIterator[Responses[infer_pb2.Infer.Chunk]]:
         """Server-streaming ``/tether.v1.Gateway/Infer``: yield responses."""
         raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Gateway/Infer is not implemented')
         yield  # pragma: no cover  (makes this an async generator)
@@ -197,7 +198,7 @@ class OrchestratorServicer:
 
     async def Submit(
         self, request: infer_pb2.Infer.Request, context: ServerContext
-    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncIterator[Responses[infer_pb2.Infer.Chunk]]:
         """Server-streaming ``/tether.v1.Orchestrator/Submit``: yield responses."""
         raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Orchestrator/Submit is not implemented')
         yield  # pragma: no cover  (makes this an async generator)
@@ -296,7 +297,7 @@ class WorkerServicer:
 
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
-    ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+    ) -> AsyncIterator[Responses[infer_pb2.Infer.Chunk]]:
         """Server-streaming ``/tether.v1.Worker/Infer``: yield responses."""
         raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Worker/Infer is not implemented')
         yield  # pragma: no cover  (makes this an async generator)
@@ -309,7 +310,7 @@ class WorkerServicer:
 
     async def WatchPresence(
         self, request: services_pb2.WatchPresenceRequest, context: ServerContext
-    ) -> AsyncIterator[presence_pb2.SignedEnvelope]:
+    ) -> AsyncIterator[Responses[presence_pb2.SignedEnvelope]]:
         """Server-streaming ``/tether.v1.Worker/WatchPresence``: yield responses."""
         raise RpcError(StatusCode.UNIMPLEMENTED, '/tether.v1.Worker/WatchPresence is not implemented')
         yield  # pragma: no cover  (makes this an async generator)

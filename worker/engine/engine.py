@@ -122,6 +122,10 @@ class InferenceStream:
         self.first_payload_s: float | None = None
         self.last_yield_s = time.perf_counter()  # the caller just yielded to get here
         self._started = time.perf_counter()
+        #: Whether the next payload (or the end) is there now, so that ``__anext__`` will
+        #: not wait: its consumer may then take it too and send both at once. A stream
+        #: that cannot tell says False.
+        self.ready: Callable[[], bool] = lambda: False
         self._gen = gen(self)
 
     def progress(self, output_tokens: int, compute_s: float) -> None:
@@ -341,6 +345,9 @@ class ExecutionEngine:
 
         pieces = self.batcher_of(m).generate(seq, self.kv_bytes(m, seq), call,
                                              lambda: flag.cancelled)
+        # Pieces the batch made while this stream's consumer was away wait in seq.pieces;
+        # the generator hands them (then its end) over without waiting.
+        s.ready = lambda: bool(seq.pieces) or seq.done
         try:
             async for piece in pieces:
                 s.progress(seq.generated, seq.compute_s)

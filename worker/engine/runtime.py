@@ -28,6 +28,7 @@ from worker.engine.engine import (
     DEFAULT_MAX_BATCH,
     CancelFlag,
     ExecutionEngine,
+    InferenceStream,
 )
 from worker.loader import ModelLoader
 
@@ -93,7 +94,12 @@ class EngineRun:
     def __init__(self, engine: WorkerEngine, request: infer_pb2.Infer.Request,
                  cancel: CancelFlag | None) -> None:
         self.finish_reason: infer_pb2.FinishReason = infer_pb2.FINISH_REASON_UNSPECIFIED
+        self._stream: InferenceStream | None = None
         self._pairs = self._run(engine, request, cancel)
+
+    def ready(self) -> bool:
+        """Whether the next pair is there now (``InferenceStream.ready``)."""
+        return self._stream is not None and self._stream.ready()
 
     def __aiter__(self) -> EngineRun:
         return self
@@ -109,7 +115,7 @@ class EngineRun:
     ) -> AsyncGenerator[tuple[infer_pb2.Payload, infer_pb2.Usage | None], None]:
         record = engine.resolve(request.model_id, request.version)
         model = await engine.loader.load(record)
-        run = engine.engine.stream(request, model=model, cancel=cancel)
+        run = self._stream = engine.engine.stream(request, model=model, cancel=cancel)
         try:
             async for payload in run:
                 yield payload, None

@@ -21,9 +21,12 @@ export declare const file_tether_v1_rpc: GenFile;
  *   client: open, message*, half_close        (unary: exactly one message)
  *   server: message*, trailer                  (unary: exactly one message on OK)
  *   either: cancel (client) / trailer (server) ends the call early.
- * Flow control: the server may send as many response `message` frames as the
+ * Flow control: the server may send as many response messages as the
  * client has granted credits: RpcOpen.initial_window, plus every `window`
  * frame the client sends as its application consumes messages.
+ * Batching: a client that sets RpcOpen.accept_batch may get response messages
+ * already waiting at the server in one `batch` frame (each counts as one
+ * message against the credits); a server sends `batch` frames only then.
  *
  * @generated from message tether.v1.RpcFrame
  */
@@ -72,6 +75,15 @@ export declare type RpcFrame = Message<"tether.v1.RpcFrame"> & {
      */
     value: RpcWindow;
     case: "window";
+  } | {
+    /**
+     * Server -> client only, on a call opened with accept_batch: several response
+     * messages in order, in one frame.
+     *
+     * @generated from field: tether.v1.RpcBatch batch = 12;
+     */
+    value: RpcBatch;
+    case: "batch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -114,6 +126,14 @@ export declare type RpcOpen = Message<"tether.v1.RpcOpen"> & {
    * @generated from field: uint32 initial_window = 4;
    */
   initialWindow: number;
+
+  /**
+   * The client takes `batch` frames on this call (a server that predates them
+   * ignores this and sends one `message` frame per response).
+   *
+   * @generated from field: bool accept_batch = 9;
+   */
+  acceptBatch: boolean;
 };
 
 /**
@@ -139,6 +159,24 @@ export declare type RpcMessage = Message<"tether.v1.RpcMessage"> & {
  * Use `create(RpcMessageSchema)` to create a new message.
  */
 export declare const RpcMessageSchema: GenMessage<RpcMessage>;
+
+/**
+ * RpcBatch carries several serialized response messages of one call, in order.
+ *
+ * @generated from message tether.v1.RpcBatch
+ */
+export declare type RpcBatch = Message<"tether.v1.RpcBatch"> & {
+  /**
+   * @generated from field: repeated bytes payloads = 1;
+   */
+  payloads: Uint8Array[];
+};
+
+/**
+ * Describes the message tether.v1.RpcBatch.
+ * Use `create(RpcBatchSchema)` to create a new message.
+ */
+export declare const RpcBatchSchema: GenMessage<RpcBatch>;
 
 /**
  * RpcHalfClose says the client has sent its last request message.

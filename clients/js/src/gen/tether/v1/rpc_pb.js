@@ -9,7 +9,7 @@ import { file_tether_v1_status } from "./status_pb.js";
  * Describes the file tether/v1/rpc.proto.
  */
 export const file_tether_v1_rpc = /*@__PURE__*/
-  fileDesc("ChN0ZXRoZXIvdjEvcnBjLnByb3RvEgl0ZXRoZXIudjEimgIKCFJwY0ZyYW1lEg8KB2NhbGxfaWQYASABKAQSIgoEb3BlbhgCIAEoCzISLnRldGhlci52MS5ScGNPcGVuSAASKAoHbWVzc2FnZRgDIAEoCzIVLnRldGhlci52MS5ScGNNZXNzYWdlSAASLQoKaGFsZl9jbG9zZRgEIAEoCzIXLnRldGhlci52MS5ScGNIYWxmQ2xvc2VIABIoCgd0cmFpbGVyGAUgASgLMhUudGV0aGVyLnYxLlJwY1RyYWlsZXJIABImCgZjYW5jZWwYBiABKAsyFC50ZXRoZXIudjEuUnBjQ2FuY2VsSAASJgoGd2luZG93GAcgASgLMhQudGV0aGVyLnYxLlJwY1dpbmRvd0gAQgYKBGtpbmQiqgEKB1JwY09wZW4SDgoGbWV0aG9kGAEgASgJEhIKCnRpbWVvdXRfbXMYAiABKAQSMgoIbWV0YWRhdGEYAyADKAsyIC50ZXRoZXIudjEuUnBjT3Blbi5NZXRhZGF0YUVudHJ5EhYKDmluaXRpYWxfd2luZG93GAQgASgNGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIdCgpScGNNZXNzYWdlEg8KB3BheWxvYWQYASABKAwiDgoMUnBjSGFsZkNsb3NlIo8CCgpScGNUcmFpbGVyEiMKBGNvZGUYASABKA4yFS50ZXRoZXIudjEuU3RhdHVzQ29kZRIPCgdtZXNzYWdlGAIgASgJEjMKB2RldGFpbHMYAyADKAsyIi50ZXRoZXIudjEuUnBjVHJhaWxlci5EZXRhaWxzRW50cnkSNQoIbWV0YWRhdGEYBCADKAsyIy50ZXRoZXIudjEuUnBjVHJhaWxlci5NZXRhZGF0YUVudHJ5Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIbCglScGNDYW5jZWwSDgoGcmVhc29uGAEgASgJIhwKCVJwY1dpbmRvdxIPCgdjcmVkaXRzGAEgASgNYgZwcm90bzM", [file_tether_v1_status]);
+  fileDesc("ChN0ZXRoZXIvdjEvcnBjLnByb3RvEgl0ZXRoZXIudjEiwAIKCFJwY0ZyYW1lEg8KB2NhbGxfaWQYASABKAQSIgoEb3BlbhgCIAEoCzISLnRldGhlci52MS5ScGNPcGVuSAASKAoHbWVzc2FnZRgDIAEoCzIVLnRldGhlci52MS5ScGNNZXNzYWdlSAASLQoKaGFsZl9jbG9zZRgEIAEoCzIXLnRldGhlci52MS5ScGNIYWxmQ2xvc2VIABIoCgd0cmFpbGVyGAUgASgLMhUudGV0aGVyLnYxLlJwY1RyYWlsZXJIABImCgZjYW5jZWwYBiABKAsyFC50ZXRoZXIudjEuUnBjQ2FuY2VsSAASJgoGd2luZG93GAcgASgLMhQudGV0aGVyLnYxLlJwY1dpbmRvd0gAEiQKBWJhdGNoGAwgASgLMhMudGV0aGVyLnYxLlJwY0JhdGNoSABCBgoEa2luZCLAAQoHUnBjT3BlbhIOCgZtZXRob2QYASABKAkSEgoKdGltZW91dF9tcxgCIAEoBBIyCghtZXRhZGF0YRgDIAMoCzIgLnRldGhlci52MS5ScGNPcGVuLk1ldGFkYXRhRW50cnkSFgoOaW5pdGlhbF93aW5kb3cYBCABKA0SFAoMYWNjZXB0X2JhdGNoGAkgASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIdCgpScGNNZXNzYWdlEg8KB3BheWxvYWQYASABKAwiHAoIUnBjQmF0Y2gSEAoIcGF5bG9hZHMYASADKAwiDgoMUnBjSGFsZkNsb3NlIo8CCgpScGNUcmFpbGVyEiMKBGNvZGUYASABKA4yFS50ZXRoZXIudjEuU3RhdHVzQ29kZRIPCgdtZXNzYWdlGAIgASgJEjMKB2RldGFpbHMYAyADKAsyIi50ZXRoZXIudjEuUnBjVHJhaWxlci5EZXRhaWxzRW50cnkSNQoIbWV0YWRhdGEYBCADKAsyIy50ZXRoZXIudjEuUnBjVHJhaWxlci5NZXRhZGF0YUVudHJ5Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIbCglScGNDYW5jZWwSDgoGcmVhc29uGAEgASgJIhwKCVJwY1dpbmRvdxIPCgdjcmVkaXRzGAEgASgNYgZwcm90bzM", [file_tether_v1_status]);
 
 /**
  * Describes the message tether.v1.RpcFrame.
@@ -33,30 +33,37 @@ export const RpcMessageSchema = /*@__PURE__*/
   messageDesc(file_tether_v1_rpc, 2);
 
 /**
+ * Describes the message tether.v1.RpcBatch.
+ * Use `create(RpcBatchSchema)` to create a new message.
+ */
+export const RpcBatchSchema = /*@__PURE__*/
+  messageDesc(file_tether_v1_rpc, 3);
+
+/**
  * Describes the message tether.v1.RpcHalfClose.
  * Use `create(RpcHalfCloseSchema)` to create a new message.
  */
 export const RpcHalfCloseSchema = /*@__PURE__*/
-  messageDesc(file_tether_v1_rpc, 3);
+  messageDesc(file_tether_v1_rpc, 4);
 
 /**
  * Describes the message tether.v1.RpcTrailer.
  * Use `create(RpcTrailerSchema)` to create a new message.
  */
 export const RpcTrailerSchema = /*@__PURE__*/
-  messageDesc(file_tether_v1_rpc, 4);
+  messageDesc(file_tether_v1_rpc, 5);
 
 /**
  * Describes the message tether.v1.RpcCancel.
  * Use `create(RpcCancelSchema)` to create a new message.
  */
 export const RpcCancelSchema = /*@__PURE__*/
-  messageDesc(file_tether_v1_rpc, 5);
+  messageDesc(file_tether_v1_rpc, 6);
 
 /**
  * Describes the message tether.v1.RpcWindow.
  * Use `create(RpcWindowSchema)` to create a new message.
  */
 export const RpcWindowSchema = /*@__PURE__*/
-  messageDesc(file_tether_v1_rpc, 6);
+  messageDesc(file_tether_v1_rpc, 7);
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/rpc.proto.
  */
 export const file_tether_v1_rpc: GenFile = /*@__PURE__*/
-  fileDesc("ChN0ZXRoZXIvdjEvcnBjLnByb3RvEgl0ZXRoZXIudjEimgIKCFJwY0ZyYW1lEg8KB2NhbGxfaWQYASABKAQSIgoEb3BlbhgCIAEoCzISLnRldGhlci52MS5ScGNPcGVuSAASKAoHbWVzc2FnZRgDIAEoCzIVLnRldGhlci52MS5ScGNNZXNzYWdlSAASLQoKaGFsZl9jbG9zZRgEIAEoCzIXLnRldGhlci52MS5ScGNIYWxmQ2xvc2VIABIoCgd0cmFpbGVyGAUgASgLMhUudGV0aGVyLnYxLlJwY1RyYWlsZXJIABImCgZjYW5jZWwYBiABKAsyFC50ZXRoZXIudjEuUnBjQ2FuY2VsSAASJgoGd2luZG93GAcgASgLMhQudGV0aGVyLnYxLlJwY1dpbmRvd0gAQgYKBGtpbmQiqgEKB1JwY09wZW4SDgoGbWV0aG9kGAEgASgJEhIKCnRpbWVvdXRfbXMYAiABKAQSMgoIbWV0YWRhdGEYAyADKAsyIC50ZXRoZXIudjEuUnBjT3Blbi5NZXRhZGF0YUVudHJ5EhYKDmluaXRpYWxfd2luZG93GAQgASgNGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIdCgpScGNNZXNzYWdlEg8KB3BheWxvYWQYASABKAwiDgoMUnBjSGFsZkNsb3NlIo8CCgpScGNUcmFpbGVyEiMKBGNvZGUYASABKA4yFS50ZXRoZXIudjEuU3RhdHVzQ29kZRIPCgdtZXNzYWdlGAIgASgJEjMKB2RldGFpbHMYAyADKAsyIi50ZXRoZXIudjEuUnBjVHJhaWxlci5EZXRhaWxzRW50cnkSNQoIbWV0YWRhdGEYBCADKAsyIy50ZXRoZXIudjEuUnBjVHJhaWxlci5NZXRhZGF0YUVudHJ5Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIbCglScGNDYW5jZWwSDgoGcmVhc29uGAEgASgJIhwKCVJwY1dpbmRvdxIPCgdjcmVkaXRzGAEgASgNYgZwcm90bzM", [file_tether_v1_status]);
+  fileDesc("ChN0ZXRoZXIvdjEvcnBjLnByb3RvEgl0ZXRoZXIudjEiwAIKCFJwY0ZyYW1lEg8KB2NhbGxfaWQYASABKAQSIgoEb3BlbhgCIAEoCzISLnRldGhlci52MS5ScGNPcGVuSAASKAoHbWVzc2FnZRgDIAEoCzIVLnRldGhlci52MS5ScGNNZXNzYWdlSAASLQoKaGFsZl9jbG9zZRgEIAEoCzIXLnRldGhlci52MS5ScGNIYWxmQ2xvc2VIABIoCgd0cmFpbGVyGAUgASgLMhUudGV0aGVyLnYxLlJwY1RyYWlsZXJIABImCgZjYW5jZWwYBiABKAsyFC50ZXRoZXIudjEuUnBjQ2FuY2VsSAASJgoGd2luZG93GAcgASgLMhQudGV0aGVyLnYxLlJwY1dpbmRvd0gAEiQKBWJhdGNoGAwgASgLMhMudGV0aGVyLnYxLlJwY0JhdGNoSABCBgoEa2luZCLAAQoHUnBjT3BlbhIOCgZtZXRob2QYASABKAkSEgoKdGltZW91dF9tcxgCIAEoBBIyCghtZXRhZGF0YRgDIAMoCzIgLnRldGhlci52MS5ScGNPcGVuLk1ldGFkYXRhRW50cnkSFgoOaW5pdGlhbF93aW5kb3cYBCABKA0SFAoMYWNjZXB0X2JhdGNoGAkgASgIGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIdCgpScGNNZXNzYWdlEg8KB3BheWxvYWQYASABKAwiHAoIUnBjQmF0Y2gSEAoIcGF5bG9hZHMYASADKAwiDgoMUnBjSGFsZkNsb3NlIo8CCgpScGNUcmFpbGVyEiMKBGNvZGUYASABKA4yFS50ZXRoZXIudjEuU3RhdHVzQ29kZRIPCgdtZXNzYWdlGAIgASgJEjMKB2RldGFpbHMYAyADKAsyIi50ZXRoZXIudjEuUnBjVHJhaWxlci5EZXRhaWxzRW50cnkSNQoIbWV0YWRhdGEYBCADKAsyIy50ZXRoZXIudjEuUnBjVHJhaWxlci5NZXRhZGF0YUVudHJ5Gi4KDERldGFpbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIbCglScGNDYW5jZWwSDgoGcmVhc29uGAEgASgJIhwKCVJwY1dpbmRvdxIPCgdjcmVkaXRzGAEgASgNYgZwcm90bzM", [file_tether_v1_status]);
 
 /**
  * RpcFrame is the envelope of the Tether RPC runtime. Every frame belongs to
@@ -24,9 +24,12 @@ export const file_tether_v1_rpc: GenFile = /*@__PURE__*/
  *   client: open, message*, half_close        (unary: exactly one message)
  *   server: message*, trailer                  (unary: exactly one message on OK)
  *   either: cancel (client) / trailer (server) ends the call early.
- * Flow control: the server may send as many response `message` frames as the
+ * Flow control: the server may send as many response messages as the
  * client has granted credits: RpcOpen.initial_window, plus every `window`
  * frame the client sends as its application consumes messages.
+ * Batching: a client that sets RpcOpen.accept_batch may get response messages
+ * already waiting at the server in one `batch` frame (each counts as one
+ * message against the credits); a server sends `batch` frames only then.
  *
  * @generated from message tether.v1.RpcFrame
  */
@@ -75,6 +78,15 @@ export type RpcFrame = Message<"tether.v1.RpcFrame"> & {
      */
     value: RpcWindow;
     case: "window";
+  } | {
+    /**
+     * Server -> client only, on a call opened with accept_batch: several response
+     * messages in order, in one frame.
+     *
+     * @generated from field: tether.v1.RpcBatch batch = 12;
+     */
+    value: RpcBatch;
+    case: "batch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -118,6 +130,14 @@ export type RpcOpen = Message<"tether.v1.RpcOpen"> & {
    * @generated from field: uint32 initial_window = 4;
    */
   initialWindow: number;
+
+  /**
+   * The client takes `batch` frames on this call (a server that predates them
+   * ignores this and sends one `message` frame per response).
+   *
+   * @generated from field: bool accept_batch = 9;
+   */
+  acceptBatch: boolean;
 };
 
 /**
@@ -147,6 +167,25 @@ export const RpcMessageSchema: GenMessage<RpcMessage> = /*@__PURE__*/
   messageDesc(file_tether_v1_rpc, 2);
 
 /**
+ * RpcBatch carries several serialized response messages of one call, in order.
+ *
+ * @generated from message tether.v1.RpcBatch
+ */
+export type RpcBatch = Message<"tether.v1.RpcBatch"> & {
+  /**
+   * @generated from field: repeated bytes payloads = 1;
+   */
+  payloads: Uint8Array[];
+};
+
+/**
+ * Describes the message tether.v1.RpcBatch.
+ * Use `create(RpcBatchSchema)` to create a new message.
+ */
+export const RpcBatchSchema: GenMessage<RpcBatch> = /*@__PURE__*/
+  messageDesc(file_tether_v1_rpc, 3);
+
+/**
  * RpcHalfClose says the client has sent its last request message.
  *
  * @generated from message tether.v1.RpcHalfClose
@@ -159,7 +198,7 @@ export type RpcHalfClose = Message<"tether.v1.RpcHalfClose"> & {
  * Use `create(RpcHalfCloseSchema)` to create a new message.
  */
 export const RpcHalfCloseSchema: GenMessage<RpcHalfClose> = /*@__PURE__*/
-  messageDesc(file_tether_v1_rpc, 3);
+  messageDesc(file_tether_v1_rpc, 4);
 
 /**
  * RpcTrailer ends a call with its final status.
@@ -193,7 +232,7 @@ export type RpcTrailer = Message<"tether.v1.RpcTrailer"> & {
  * Use `create(RpcTrailerSchema)` to create a new message.
  */
 export const RpcTrailerSchema: GenMessage<RpcTrailer> = /*@__PURE__*/
-  messageDesc(file_tether_v1_rpc, 4);
+  messageDesc(file_tether_v1_rpc, 5);
 
 /**
  * RpcCancel ends a call from the client side.
@@ -212,7 +251,7 @@ export type RpcCancel = Message<"tether.v1.RpcCancel"> & {
  * Use `create(RpcCancelSchema)` to create a new message.
  */
 export const RpcCancelSchema: GenMessage<RpcCancel> = /*@__PURE__*/
-  messageDesc(file_tether_v1_rpc, 5);
+  messageDesc(file_tether_v1_rpc, 6);
 
 /**
  * RpcWindow grants the peer more message credits for this call. A client
@@ -233,5 +272,5 @@ export type RpcWindow = Message<"tether.v1.RpcWindow"> & {
  * Use `create(RpcWindowSchema)` to create a new message.
  */
 export const RpcWindowSchema: GenMessage<RpcWindow> = /*@__PURE__*/
-  messageDesc(file_tether_v1_rpc, 6);
+  messageDesc(file_tether_v1_rpc, 7);
 
