@@ -496,6 +496,24 @@ class StreamCore:
     def _acknowledge(self, ack: int, sacks: tuple[tuple[int, int], ...], now: float) -> None:
         if seq_diff(ack, self._seq) > 0:
             return  # acks something we never sent; ignore
+        progressed = self._take_cumulative_ack(ack, now)
+        if sacks:
+            self.stats.sack_packets_received += 1
+            progressed = self._take_sacks(sacks) or progressed
+        if progressed:
+            self._rto_count = 0
+            self._rto_deadline = now + self._rto if self._inflight else None
+            self._event_once(_WRITABLE)
+        if sacks:
+            self._detect_loss(now)
+        if self._end_seq is not None and not self._end_acked and seq_diff(ack, self._end_seq) > 0:
+            self._end_acked = True
+            self._maybe_finished()
+        if self._remote_rwnd > 0:
+            self._zwp_deadline = None
+
+    def _take_cumulative_ack(self, ack: int, now: float) -> bool:
+        """Retire every packet below ``ack``; whether any was still in flight."""
         progressed = False
         acked = self._remote_acked
         inflight = self._inflight
@@ -509,8 +527,11 @@ class StreamCore:
                 progressed = True
             acked = (acked + 1) & 0xFFFFFFFF
         self._remote_acked = acked
-        if sacks:
-            self.stats.sack_packets_received += 1
+        return progressed
+
+    def _take_sacks(self, sacks: tuple[tuple[int, int], ...]) -> bool:
+        """Mark the selectively acknowledged ranges; whether any packet was newly sacked."""
+        progressed = False
         for start, end in sacks:
             if seq_diff(start, self._remote_acked) < 0 or seq_diff(end, self._seq) > 0:
                 continue
@@ -530,17 +551,7 @@ class StreamCore:
             last = (end - 1) & 0xFFFFFFFF
             if self._highest_sacked is None or seq_diff(last, self._highest_sacked) > 0:
                 self._highest_sacked = last
-        if progressed:
-            self._rto_count = 0
-            self._rto_deadline = now + self._rto if self._inflight else None
-            self._event_once(_WRITABLE)
-        if sacks:
-            self._detect_loss(now)
-        if self._end_seq is not None and not self._end_acked and seq_diff(ack, self._end_seq) > 0:
-            self._end_acked = True
-            self._maybe_finished()
-        if self._remote_rwnd > 0:
-            self._zwp_deadline = None
+        return progressed
 
     def _acked_one(self, sent: _Sent, now: float) -> None:
         if sent.in_pipe:
@@ -689,9 +700,22 @@ class StreamCore:
             return out
         if self.remote_id is None:
             return out
+        sent_data = self._retransmit(out, now) if self._lost else False
+        if self._pending or (self._end_queued and self._end_seq is None):
+            sent_data = self._send_new_data(out, now) or sent_data
+        if self._ack_needed:
+            if sent_data and not self._reorder:
+                self._ack_needed = False  # the data packets carried it
+            elif ack_now:
+                self._ack_needed = False
+                out.append(self._ack_packet())
+        self.stats.packets_sent += len(out)
+        return out
+
+    def _retransmit(self, out: list[bytes], now: float) -> bool:
+        """Append the packets marked lost that the window lets go again; whether any went."""
         sent_data = False
-        # retransmissions first
-        for seq, sent in (self._inflight.items() if self._lost else ()):
+        for seq, sent in self._inflight.items():
             if not sent.lost:
                 continue
             if not self._window_open(len(sent.payload)):
@@ -705,11 +729,16 @@ class StreamCore:
             self.stats.retransmissions += 1
             sent_data = True
             out.append(self._header(sent.type, seq, sent.payload))
-        # new data (the header fields other than kind and seq are the same for every packet)
+        return sent_data
+
+    def _send_new_data(self, out: list[bytes], now: float) -> bool:
+        """Append new data packets (and END) while the window is open; whether any went."""
+        assert self.remote_id is not None
+        sent_data = False
         pending = self._pending
-        if pending or (self._end_queued and self._end_seq is None):
-            pack, remote_id, rwnd, ack = _HEADER.pack, self.remote_id, self._advertise(), self._ack
-            inflight = self._inflight
+        # the header fields other than kind and seq are the same for every packet
+        pack, remote_id, rwnd, ack = _HEADER.pack, self.remote_id, self._advertise(), self._ack
+        inflight = self._inflight
         while pending or (self._end_queued and self._end_seq is None):
             size = min(len(pending), MAX_PAYLOAD)
             if not self._window_open(size):
@@ -736,14 +765,7 @@ class StreamCore:
             out.append(pack(MAGIC, VERSION, kind, 0, remote_id, rwnd, seq, ack) + payload)
             if self._rto_deadline is None:
                 self._rto_deadline = now + self._rto
-        if self._ack_needed:
-            if sent_data and not self._reorder:
-                self._ack_needed = False  # the data packets carried it
-            elif ack_now:
-                self._ack_needed = False
-                out.append(self._ack_packet())
-        self.stats.packets_sent += len(out)
-        return out
+        return sent_data
 
     def _ack_packet(self) -> bytes:
         assert self.remote_id is not None

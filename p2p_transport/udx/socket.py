@@ -236,7 +236,6 @@ class UdpTransport:
 
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
         sock = self._sock
-        recvfrom = sock.recvfrom
         while True:
             await trio.lowlevel.wait_readable(sock)
             out: list[tuple[bytes, Address]] = []
@@ -246,34 +245,8 @@ class UdpTransport:
             # SINGLE_READS in a row, then probe with a full batch again. The socket is polled
             # level-triggered: a datagram left unread wakes us again at once.
             reads = 1 if 0 < self._single_reads < SINGLE_READS else RECEIVE_BATCH
-            calls = 0
-            for _ in range(reads):  # system calls; at most about RECEIVE_BATCH datagrams
-                if len(out) >= RECEIVE_BATCH:
-                    break
-                calls += 1
-                try:
-                    if self._gro:
-                        data, addr, seg = self._receive_coalesced()
-                        if 0 < seg < len(data):
-                            a = (addr[0], addr[1])
-                            out.extend((data[k:k + seg], a) for k in range(0, len(data), seg))
-                            continue
-                    else:
-                        data, addr = recvfrom(65536)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno == errno.ECONNREFUSED:
-                        self._errors_pending = True
-                        continue  # the error is read from the error queue below
-                    raise
-                out.append((data, (addr[0], addr[1])))
-            if calls == 1 and out:
-                self._single_reads += 1  # (a batch that read once ended in EAGAIN: counts)
-            elif len(out) == 1 and calls == 2:
-                self._single_reads = 1
-            else:
-                self._single_reads = 0
+            calls = self._read_datagrams(reads, out)
+            self._count_single_reads(calls, len(out))
             if self._recverr and (self._errors_pending or not out):
                 # Linux reports a queued ICMP error on the next receive or send (ECONNREFUSED,
                 # flagged above) and keeps the socket readable while the queue is not empty
@@ -283,6 +256,42 @@ class UdpTransport:
                 self._drain_errors()
             if out or self._unreachable:
                 return out
+
+    def _read_datagrams(self, reads: int, out: list[tuple[bytes, Address]]) -> int:
+        """Read up to ``reads`` times (GRO segments cut apart) into ``out``; the system calls
+        made. A refused send (ECONNREFUSED) flags the error queue instead of raising."""
+        calls = 0
+        recvfrom = self._sock.recvfrom
+        for _ in range(reads):  # system calls; at most about RECEIVE_BATCH datagrams
+            if len(out) >= RECEIVE_BATCH:
+                break
+            calls += 1
+            try:
+                if self._gro:
+                    data, addr, seg = self._receive_coalesced()
+                    if 0 < seg < len(data):
+                        a = (addr[0], addr[1])
+                        out.extend((data[k:k + seg], a) for k in range(0, len(data), seg))
+                        continue
+                else:
+                    data, addr = recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:
+                    self._errors_pending = True
+                    continue  # the error is read from the error queue afterwards
+                raise
+            out.append((data, (addr[0], addr[1])))
+        return calls
+
+    def _count_single_reads(self, calls: int, received: int) -> None:
+        if calls == 1 and received:
+            self._single_reads += 1  # (a batch that read once ended in EAGAIN: counts)
+        elif received == 1 and calls == 2:
+            self._single_reads = 1
+        else:
+            self._single_reads = 0
 
     def _drain_errors(self) -> None:
         while True:
