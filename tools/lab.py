@@ -24,6 +24,8 @@ into their namespaces, so the default namespace never holds a lab interface, rou
   that ``close()`` stops it; ``Host.argv(argv)`` gives the command line for other launchers.
 * ``partition(a, b)`` / ``heal()``: nftables drop rules in the two hosts' namespaces.
 * ``firewall(host, open_udp)``: the host drops inbound UDP except answers and those ports.
+* ``postgres(host, replica_of=None)``: Debian's PostgreSQL on a host, a primary or a
+  streaming replica of one (``Postgres.url`` is a ``--metadata-url``).
 * ``add_relay(host, target, ...)``: a user-space UDP relay on ``host`` forwarding to
   ``target`` with a fixed delay, seeded random loss and an on/off block (``Relay.set``); the
   kernel here has no ``tc netem``, so impairments live in user space.
@@ -56,6 +58,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -144,6 +147,36 @@ class Nat:
 
 
 @dataclass
+class Postgres:
+    """A PostgreSQL server on a lab host (``Lab.postgres``)."""
+
+    address: str
+    port: int
+    folder: Path
+    process: subprocess.Popen[Any]
+    replica: bool = False
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL Tether's ``--metadata-url`` takes."""
+        return f"postgresql+psycopg://postgres@{self.address}:{self.port}/postgres"
+
+    def sql(self, host: Host, query: str) -> str:
+        """``query``'s rows (``psql -At``) as seen from ``host``."""
+        return host.sh([str(postgres_bin() / "psql"), "-At", "-h", self.address, "-p",
+                        str(self.port), "-U", "postgres", "-c", query])
+
+
+def postgres_bin() -> Path:
+    """The newest installed PostgreSQL's ``bin`` folder (Debian's ``postgresql`` package)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                   key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    if not found:
+        raise LabError("PostgreSQL is not installed (apt-get install -y postgresql)")
+    return found[-1]
+
+
+@dataclass
 class Relay:
     """A user-space UDP relay process (``tools/lab relay``) on a lab host."""
 
@@ -194,6 +227,8 @@ class Lab:
         self._links = 0
         self._public = 1  # 100.64.0.1 is the core router
         self._partitioned: set[str] = set()
+        #: Folders of the lab's own (PostgreSQL data), removed by ``close()``.
+        self._folders: list[Path] = []
         self.closed = False
         _OPEN.add(self)
         if _is_main_thread():
@@ -350,6 +385,49 @@ class Lab:
         addr, _, p = str(ready["relay"]).rpartition(":")
         return Relay(addr, int(p), proc)
 
+    def postgres(self, host: Host | str, *, replica_of: Postgres | None = None,
+                 port: int = 5432, timeout: float = 120.0) -> Postgres:
+        """Debian's PostgreSQL serving on ``host``'s address (trust authentication from the
+        lab's internet, for tests only): a fresh primary, or with ``replica_of`` a streaming
+        replica of that primary (``pg_basebackup -R`` writes ``standby.signal`` and
+        ``primary_conninfo``), read-only. Runs as the ``postgres`` user in a folder of its
+        own; ``close()`` stops it and ``Postgres.folder`` is removed with the lab."""
+        h = self.hosts[host] if isinstance(host, str) else host
+        bindir = postgres_bin()
+        folder = Path(tempfile.mkdtemp(prefix=f"{self.prefix}pg-{h.name}-"))
+        self._folders.append(folder)
+        data = folder / "data"
+        shutil.chown(folder, "postgres", "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        if replica_of is None:
+            _sh([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                 "--auth=trust", "-E", "UTF8", "--no-locale"])
+            with open(data / "pg_hba.conf", "a") as hba:
+                # (written as root into the postgres user's folder: still readable by it)
+                hba.write("host all all 100.64.0.0/10 trust\n"
+                          "host replication all 100.64.0.0/10 trust\n")
+        else:
+            h.sh([*as_pg, str(bindir / "pg_basebackup"), "-h", replica_of.address, "-p",
+                  str(replica_of.port), "-U", "postgres", "-D", str(data), "-R", "-X", "stream",
+                  "--checkpoint=fast"])
+        with open(folder / "server.log", "ab") as log:
+            proc = self.run(h, [*as_pg, str(bindir / "postgres"), "-D", str(data), "-p",
+                                str(port), "-c", f"listen_addresses={h.address}",
+                                "-k", str(folder), "-c", "fsync=off",
+                                "-c", "full_page_writes=off"],
+                            cwd=str(folder), stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = subprocess.run(h.argv([str(bindir / "pg_isready"), "-q", "-h", h.address,
+                                           "-p", str(port)]), check=False)
+            if ready.returncode == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                said = (folder / "server.log").read_text(errors="replace")[-2000:]
+                raise LabError(f"PostgreSQL on {h.name} did not start: {said}")
+            time.sleep(0.2)
+        return Postgres(h.address, port, folder, proc, replica=replica_of is not None)
+
     # -- faults --------------------------------------------------------------------------
 
     def _seen_by(self, a: Host, b: Host) -> str:
@@ -418,6 +496,8 @@ class Lab:
                         stream.close()
         for netns in reversed(self._namespaces):
             _delete_netns(netns)
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         """This lab's namespaces that still exist (empty after ``close``)."""
