@@ -3,7 +3,8 @@
 Serves ``tether.v1.Gateway`` to clients over Hyperswarm under a stable public
 key (its key file) and on the topic ``tether/gateway/<region>``; validates
 tenant tokens from the Metadata Store, rate-limits per tenant and forwards to
-the orchestrator found on ``tether/control/<region>``. With ``--http-port`` it
+the orchestrator found on ``tether/control/<region>`` (or, while none is usable there,
+on a ``--fallback-region``'s). With ``--http-port`` it
 also serves the OpenAI-compatible HTTP API of ``gateway.openai``, with ``--grpc-port``
 ``tether.v1.Gateway`` over gRPC (``gateway.grpc_edge``); same checks on every edge.
 Readiness (an orchestrator and a registry reachable, the token store readable) is
@@ -19,6 +20,7 @@ import logging
 import os
 import ssl
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("TETHER_HTTP_PER_CLIENT", MAX_CONNECTIONS_PER_CLIENT)),
         help="connections the HTTP edge keeps open per client address; more are closed at "
              "once (default: %(default)s; raise it behind a proxy or for a load test)",
+    )
+    parser.add_argument(
+        "--fallback-region",
+        action="append",
+        default=None,
+        metavar="REGION",
+        help="send work to this region's orchestrators while none of --region is usable "
+        "(repeatable, in order; env TETHER_FALLBACK_REGIONS, comma-separated)",
     )
     for edge, env, what in (
         ("http", "TETHER_HTTP_PORT", "the OpenAI-compatible HTTP API"),
@@ -140,8 +150,13 @@ async def serve(
     grpc_port: int | None = None,
     tls: Tls | None = None,
     http_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+    fallback_regions: Sequence[str] = (),
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
+    if config.metadata_read_url:
+        # The gateway only reads (tokens, tenants, model ids): all of it from the replica.
+        store.close()
+        store = config.open_read_store(store)
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
     )
@@ -151,6 +166,7 @@ async def serve(
         region=config.region,
         buckets=TokenBuckets(rate=rate, burst=burst),
         readiness=health.PROCESS,
+        fallback_regions=fallback_regions,
     )
     # An access line per call on the Hyperswarm edge (the HTTP and gRPC edges log theirs).
     network.handlers.update(logs.access_logged(
@@ -160,6 +176,8 @@ async def serve(
         async with network.running(), trio.open_nursery() as nursery:
             await network.join(topics.gateway(config.region), server=True, client=False)
             await network.join(topics.control(config.region), server=False, client=True)
+            for fallback in fallback_regions:
+                await network.join(topics.control(fallback), server=False, client=True)
             await network.join(topics.registry(config.region), server=False, client=True)
             nursery.start_soon(service.watch_readiness)
             nursery.start_soon(service.orchestrators.watch)  # finds dead orchestrators
@@ -190,11 +208,24 @@ async def serve(
         store.close()
 
 
+def fallback_regions_from(flags: list[str] | None, own: str) -> list[str]:
+    """``--fallback-region`` flags (else ``TETHER_FALLBACK_REGIONS``), checked region slugs
+    other than the gateway's own."""
+    names = [r.strip() for item in (flags or [os.environ.get("TETHER_FALLBACK_REGIONS", "")])
+             for r in item.split(",") if r.strip()]
+    for name in names:
+        process.region(name)
+        if name == own:
+            raise process.ConfigError(f"--fallback-region {name} is the gateway's own region")
+    return list(dict.fromkeys(names))
+
+
 def configure(
     argv: list[str] | None,
 ) -> tuple[argparse.Namespace, process.ServiceConfig, Tls | None]:
     """The gateway's checked settings (ConfigError for the first that is wrong)."""
     args, config = process.configure(build_parser(), argv, "gateway", store=True)
+    fallback_regions_from(args.fallback_region, config.region)
     return args, config, Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca)
 
 
@@ -206,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         config, args.rate, args.burst,
         http_port=args.http_port, grpc_port=args.grpc_port, tls=tls,
         http_per_client=args.http_per_client,
+        fallback_regions=fallback_regions_from(args.fallback_region, config.region),
     ))
 
 

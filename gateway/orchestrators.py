@@ -1,7 +1,10 @@
 """The orchestrators a gateway sends work to, which one takes the next request, and
 which ones are dead.
 
-Every peer found on ``tether/control/<region>`` is an orchestrator. A request
+Every peer found on ``tether/control/<region>`` is an orchestrator; those found on a
+fallback region's control topic (``--fallback-region``) are used only while none of the
+gateway's own region is usable, so losing a whole region's orchestrators moves its
+gateway's traffic to the next region (streams in flight resume there too). A request
 goes to the one with the fewest requests in flight from this gateway (ties in
 turn), so work spreads over all of them; one whose streams have all been quiet
 for ``QUIET_S`` comes last (it may have just died). A connection whose
@@ -21,10 +24,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import trio
 
+from tether.errors import Unavailable
 from tether.net import Network, Peer, is_closed, peers_on, wait_for_peer
 from tether.rpc import RpcError, StatusCode
 from tether.v1 import services_pb2, services_rpc
@@ -43,10 +47,13 @@ class Orchestrators:
     """Picks orchestrators for requests and finds dead ones (see the module docstring)."""
 
     def __init__(
-        self, network: Network, topic: str, *, clock: Callable[[], float] = trio.current_time
+        self, network: Network, topic: str, *, clock: Callable[[], float] = trio.current_time,
+        fallback_topics: Sequence[str] = (),
     ) -> None:
         self.network = network
         self.topic = topic
+        #: Other regions' control topics, in order, for when no own orchestrator is usable.
+        self.fallback_topics = tuple(fallback_topics)
         self._clock = clock
         self._in_flight: dict[bytes, int] = {}
         #: Connections to send nothing new to (their orchestrator is draining).
@@ -76,15 +83,21 @@ class Orchestrators:
     async def pick(self, *, exclude: set[bytes], timeout: float) -> Peer:
         """The orchestrator for the next request: the least loaded usable one, else the
         first to appear within ``timeout`` (then UNAVAILABLE)."""
-        usable = sorted(
-            (p for p in peers_on(self.network, self.topic) if self._usable(p, exclude)),
-            key=lambda p: p.remote_key,
-        )
-        if not usable:
-            return await wait_for_peer(
-                self.network, self.topic, timeout=timeout,
-                accept=lambda p: self._usable(p, exclude),
+        usable: list[Peer] = []
+        for topic in (self.topic, *self.fallback_topics):
+            usable = sorted(
+                (p for p in peers_on(self.network, topic) if self._usable(p, exclude)),
+                key=lambda p: p.remote_key,
             )
+            if usable:
+                break
+        if not usable:
+            if not self.fallback_topics:
+                return await wait_for_peer(
+                    self.network, self.topic, timeout=timeout,
+                    accept=lambda p: self._usable(p, exclude),
+                )
+            return await self._first_anywhere(exclude, timeout)
         self._turn += 1
         shift = self._turn % len(usable)
         rotated = usable[shift:] + usable[:shift]
@@ -96,6 +109,30 @@ class Orchestrators:
             return (bool(busy) and quiet, busy)
 
         return min(rotated, key=rank)
+
+    async def _first_anywhere(self, exclude: set[bytes], timeout: float) -> Peer:
+        """The first usable orchestrator to appear on any of the topics within ``timeout``."""
+        found: list[Peer] = []
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                async def on(topic: str) -> None:
+                    found.append(await wait_for_peer(
+                        self.network, topic, accept=lambda p: self._usable(p, exclude)))
+                    nursery.cancel_scope.cancel()
+
+                for topic in (self.topic, *self.fallback_topics):
+                    nursery.start_soon(on, topic)
+        if not found:
+            names = ", ".join((self.topic, *self.fallback_topics))
+            raise Unavailable(f"nothing reachable on {names} within {timeout:g} s")
+        return found[0]
+
+    def peers(self) -> list[Peer]:
+        """Every orchestrator known now, of this region and the fallback ones."""
+        seen: dict[Peer, None] = {}
+        for topic in (self.topic, *self.fallback_topics):
+            seen.update(dict.fromkeys(peers_on(self.network, topic)))
+        return list(seen)
 
     @contextlib.contextmanager
     def using(self, peer: Peer) -> Iterator[None]:
@@ -119,7 +156,7 @@ class Orchestrators:
             now = self._clock()
             self._heard_at = {p: t for p, t in self._heard_at.items() if not is_closed(p)}
             async with trio.open_nursery() as nursery:
-                for peer in peers_on(self.network, self.topic):
+                for peer in self.peers():
                     if now - self._heard_at.get(peer, -every_s) >= every_s:
                         nursery.start_soon(self._probe, peer)
             await trio.sleep(every_s)

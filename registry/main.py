@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(config: process.ServiceConfig) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
-    admissions = Admissions.from_store(store, config.data_dir)
+    reads = config.open_read_store(store)
+    admissions = Admissions.from_store(reads, config.data_dir)
     await admissions.reload()
     readers = CallerPolicy(
         config.allow_callers,
@@ -43,7 +44,7 @@ async def serve(config: process.ServiceConfig) -> None:
     )
     service = RegistryService(
         Catalog(store), callers=config.callers("publisher"), readers=readers,
-        admissions=admissions,
+        admissions=admissions, lookups=Catalog(reads) if reads is not store else None,
     )
     network = SwarmNetwork(
         config.keypair(),
@@ -61,6 +62,7 @@ async def serve(config: process.ServiceConfig) -> None:
             await trio.sleep_forever()
     finally:
         store.close()
+        reads.close()
 
 
 def configure(argv: list[str] | None) -> tuple[argparse.Namespace, process.ServiceConfig]:

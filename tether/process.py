@@ -14,6 +14,7 @@ flag               environment            default
                                           name is looked up once, as IPv4)
 ``--data-dir``     ``TETHER_DATA_DIR``    ``var/tether``
 ``--metadata-url`` ``TETHER_METADATA_URL`` SQLite file in the data dir
+``--metadata-read-url`` ``TETHER_METADATA_READ_URL`` none (reads go to ``--metadata-url``)
 ``--key-file``     ``TETHER_KEY_FILE``    ``<data-dir>/keys/<service>.key`` (a
                                           worker's: ``keys/workers/<id>.key``)
 ``--host``         ``TETHER_HOST``        ``127.0.0.1``
@@ -22,6 +23,13 @@ flag               environment            default
 ``--metrics-port`` ``TETHER_METRICS_PORT`` off (0: any free port)
 ``--metrics-host`` ``TETHER_METRICS_HOST`` ``127.0.0.1``
 =================  =====================  ===================================
+
+``--metadata-read-url`` names a read-only copy of the store, e.g. a PostgreSQL streaming
+replica in the service's own region: lookups that can be a moment behind go there (the
+gateway's token and tenant checks, the registry's catalog lookups and the admitted
+workers, the orchestrator's ``GetJob`` status and admitted workers); everything that
+writes, and what must see its own writes (reservations, jobs and their takeover,
+usage), stays on ``--metadata-url``. The schema is migrated on ``--metadata-url`` only.
 
 A service writes its public key next to its key file (``<service>.pub``); each
 worker has a key of its own (:func:`tether.admission.claim_worker_key`). With a metrics
@@ -259,6 +267,8 @@ class ServiceConfig:
     #: Peers allowed to call the privileged methods besides the keys folder's (see callers).
     allow_callers: tuple[bytes, ...] = ()
     allow_any_caller: bool = False
+    #: A read-only copy of the store (a replica) for reads that may lag (see the module doc).
+    metadata_read_url: str | None = None
 
     @classmethod
     def local(
@@ -307,6 +317,13 @@ class ServiceConfig:
         store.migrate()
         return store
 
+    def open_read_store(self, store: MetadataStore) -> MetadataStore:
+        """The store for reads that may lag: ``--metadata-read-url``'s (never migrated: a
+        replica follows its primary's schema), else ``store`` itself."""
+        if not self.metadata_read_url:
+            return store
+        return MetadataStore(self.metadata_read_url)
+
 
 def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     env = os.environ.get
@@ -326,6 +343,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, service: str) -> None:
     )
     parser.add_argument("--data-dir", default=env("TETHER_DATA_DIR", "var/tether"))
     parser.add_argument("--metadata-url", default=env("TETHER_METADATA_URL"))
+    parser.add_argument(
+        "--metadata-read-url",
+        default=env("TETHER_METADATA_READ_URL"),
+        help="a read-only copy of the Metadata Store (e.g. a PostgreSQL replica in this "
+        "region) for reads that may lag: tokens, catalog lookups, admitted workers, job status",
+    )
     parser.add_argument("--key-file", default=env("TETHER_KEY_FILE"))
     parser.add_argument("--host", default=env("TETHER_HOST", "127.0.0.1"),
                         help="the address to bind (on a network of machines: this one's)")
@@ -484,6 +507,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         bootstrap=bootstrap,
         data_dir=data_dir,
         metadata_url=args.metadata_url or sqlite_url(data_dir / "metadata.db"),
+        metadata_read_url=args.metadata_read_url or None,
         key_file=key_file,
         host=args.host,
         udp_port=args.udp_port,
@@ -504,6 +528,8 @@ def configure(
     config = config_from_args(args)
     if store:
         check_store(config.metadata_url)
+        if config.metadata_read_url:
+            check_store(config.metadata_read_url)
     return args, config
 
 

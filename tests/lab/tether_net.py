@@ -109,20 +109,31 @@ class TetherNet:
                 "--data-dir", str(self.folder), "--metadata-url", self.store.url,
                 "--log-level", "INFO"]
 
-    def start(self, name: str, service: str, *, host: str | None = None,
+    def spawn(self, name: str, service: str, *, host: str | None = None,
               region: str = "us-east", extra: tuple[str, ...] = ()) -> Service:
         """``python -m <service>.main`` on lab host ``host`` (default: one named ``name``),
-        its key ``<folder>/keys/<name>.key``; returns once it printed its ready line."""
+        its key ``<folder>/keys/<name>.key``; ``ready()`` waits for its ready line."""
         h = self.lab.hosts.get(host or name) or self.lab.add_host(host or name)
         args = ["-m", f"{service}.main", *self.common(h, region), *extra]
         if service != "worker":
             args += ["--key-file", str(self.folder / "keys" / f"{name}.key")]
-        proc = self._spawn(name, h, args)
-        try:
-            ready = json.loads(netlab.read_line(proc, READY_S))
-        except netlab.LabError:
-            raise AssertionError(f"{name} did not start: {self.log(name)}") from None
-        self.services[name] = Service(name, h, args, proc, ready)
+        self.services[name] = Service(name, h, args, self._spawn(name, h, args), {})
+        return self.services[name]
+
+    def ready(self, *names: str) -> None:
+        """Wait for the ready line of each service named (started with ``spawn``)."""
+        for name in names:
+            service = self.services[name]
+            try:
+                service.ready = json.loads(netlab.read_line(service.process, READY_S))
+            except netlab.LabError:
+                raise AssertionError(f"{name} did not start: {self.log(name)}") from None
+
+    def start(self, name: str, service: str, *, host: str | None = None,
+              region: str = "us-east", extra: tuple[str, ...] = ()) -> Service:
+        """``spawn`` and ``ready``."""
+        self.spawn(name, service, host=host, region=region, extra=extra)
+        self.ready(name)
         return self.services[name]
 
     def restart(self, name: str) -> Service:
@@ -134,10 +145,13 @@ class TetherNet:
         return self.services[name]
 
     def worker(self, worker_id: str, *, region: str = "us-east", host: str | None = None,
-               slots: int = 16) -> Service:
-        return self.start(worker_id, "worker", host=host, region=region, extra=(
+               slots: int = 16, extra: tuple[str, ...] = (), wait: bool = True) -> Service:
+        self.spawn(worker_id, "worker", host=host, region=region, extra=(
             "--worker-id", worker_id, "--model", MODEL, "--slots", str(slots), "--max-batch",
-            str(slots), "--queue-limit", "32", "--cpu"))
+            str(slots), "--queue-limit", "32", "--cpu", *extra))
+        if wait:
+            self.ready(worker_id)
+        return self.services[worker_id]
 
     def log(self, name: str) -> str:
         path = self.folder / "logs" / f"{name}.log"
