@@ -82,9 +82,9 @@ class TetherNet:
 
     @classmethod
     def open(cls, lab: netlab.Lab, folder: Path, *, store_host: str = "db",
-             dht_host: str = "dht") -> TetherNet:
+             dht_host: str = "dht", bootstrap: str = "") -> TetherNet:
         """The store (PostgreSQL on ``store_host``, the model published, a token issued)
-        and the DHT (a testnet on ``dht_host``)."""
+        and the DHT (a testnet on ``dht_host``, unless ``bootstrap`` names one)."""
         db = lab.hosts.get(store_host) or lab.add_host(store_host)
         net = cls(lab, folder, lab.postgres(db), db)
         (folder / "logs").mkdir(parents=True, exist_ok=True)
@@ -93,6 +93,9 @@ class TetherNet:
             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=READY_S, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
         net.token = done.stdout.strip().splitlines()[-1]
+        if bootstrap:
+            net.bootstrap = bootstrap
+            return net
         dht = lab.hosts.get(dht_host) or lab.add_host(dht_host)
         proc = net._spawn("dht", dht, ["-m", "p2p_transport", "testnet", "--host", dht.address,
                                        "--nodes", "4"])
@@ -218,3 +221,93 @@ def until(check: Any, timeout: float, what: str, every: float = 0.5) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not within {timeout} s (last: {got!r})")
         time.sleep(every)
+
+
+# -- a DHT of many nodes, Python and Node, for churn ---------------------------------------
+
+
+@dataclass
+class DhtGroup:
+    """A process of DHT nodes on one host: ``kind`` "python" or "node"."""
+
+    kind: str
+    host: netlab.Host
+    process: subprocess.Popen[Any]
+    nodes: list[str]
+
+
+@dataclass
+class LabDht:
+    """A bootstrap node on its own host and groups of persistent nodes (Python storage
+    nodes, ``tests/lab/dht_nodes.py``; Node ``hyperdht`` nodes,
+    ``tests/lab/node/dht_nodes.mjs``) spread over a few hosts, several processes each."""
+
+    lab: netlab.Lab
+    bootstrap: str
+    per_group: int
+    groups: list[DhtGroup] = field(default_factory=list)
+    hosts: list[netlab.Host] = field(default_factory=list)
+    #: The ``node`` executable (``tests.node_env.require_node``).
+    node: str = "node"
+
+    @classmethod
+    def open(cls, lab: netlab.Lab, *, hosts: int = 5, per_group: int = 3,
+             node: str = "node") -> LabDht:
+        """``hosts`` hosts, each with a Python and a Node group of ``per_group`` nodes."""
+        boot = lab.add_host("dht-boot")
+        proc = lab.python(boot, ["-m", "p2p_transport", "bootstrap", "--host", boot.address,
+                                 "--port", "49737"], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, env=_env())
+        netlab.read_line(proc, READY_S, want="listening")
+        dht = cls(lab, f"{boot.address}:49737", per_group)
+        dht.hosts = [lab.add_host(f"dht-{i}") for i in range(hosts)]
+        dht.node = node
+        started = [dht._spawn(kind, h) for h in dht.hosts for kind in ("python", "node")]
+        for group in started:
+            dht._ready(group)
+        return dht
+
+    def _spawn(self, kind: str, host: netlab.Host) -> DhtGroup:
+        here = ROOT / "tests" / "lab"
+        if kind == "python":
+            argv = [sys.executable, str(here / "dht_nodes.py")]
+        else:
+            argv = [self.node, str(here / "node" / "dht_nodes.mjs")]
+        proc = self.lab.run(host, [*argv, host.address, self.bootstrap, str(self.per_group)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env())
+        group = DhtGroup(kind, host, proc, [])
+        self.groups.append(group)
+        return group
+
+    def _ready(self, group: DhtGroup) -> None:
+        group.nodes = list(json.loads(netlab.read_line(group.process, READY_S))["nodes"])
+
+    def alive(self) -> list[DhtGroup]:
+        return [g for g in self.groups if g.process.poll() is None]
+
+    def size(self) -> int:
+        return sum(len(g.nodes) for g in self.alive())
+
+    def churn(self, fraction: float = 0.3) -> tuple[list[DhtGroup], list[DhtGroup]]:
+        """SIGKILL whole groups, Python and Node in turn, until ``fraction`` of the nodes
+        are gone; start as many fresh groups of the same kinds on the same hosts (new
+        ports, so new node ids). Returns (killed, started) at once: ``joined(started)``
+        waits for the new ones to bootstrap."""
+        alive = self.alive()
+        want = round(fraction * sum(len(g.nodes) for g in alive))
+        by_kind = {k: [g for g in alive if g.kind == k] for k in ("python", "node")}
+        killed: list[DhtGroup] = []
+        turn = 0
+        while sum(len(g.nodes) for g in killed) < want:
+            kinds = ("python", "node")
+            pool = by_kind[kinds[turn % 2]] or by_kind[kinds[(turn + 1) % 2]]
+            killed.append(pool.pop(0))
+            turn += 1
+        for group in killed:
+            group.process.kill()
+            group.process.wait(timeout=30)
+        return killed, [self._spawn(g.kind, g.host) for g in killed]
+
+    def joined(self, groups: list[DhtGroup]) -> None:
+        for group in groups:
+            self._ready(group)
