@@ -31,6 +31,7 @@ from gateway.http import MAX_CONNECTIONS_PER_CLIENT, HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from tether import health, logs, process, topics
+from tether.errors import TetherError
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
 
@@ -214,7 +215,10 @@ def fallback_regions_from(flags: list[str] | None, own: str) -> list[str]:
     names = [r.strip() for item in (flags or [os.environ.get("TETHER_FALLBACK_REGIONS", "")])
              for r in item.split(",") if r.strip()]
     for name in names:
-        process.region(name)
+        try:
+            topics.region(name)
+        except TetherError as exc:
+            raise process.ConfigError(f"--fallback-region: {exc.message}") from None
         if name == own:
             raise process.ConfigError(f"--fallback-region {name} is the gateway's own region")
     return list(dict.fromkeys(names))

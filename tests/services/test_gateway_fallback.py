@@ -92,3 +92,17 @@ def test_without_fallback_regions_only_its_own_region() -> None:
         with pytest.raises(Unavailable, match="us-east"):
             await pool.pick(exclude=set(), timeout=2)
     run(main)
+
+
+def test_fallback_region_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.main import fallback_regions_from
+    from tether.process import ConfigError
+
+    assert fallback_regions_from(["eu-west", "eu-west,ap-south"], "us-east") == [
+        "eu-west", "ap-south"]
+    monkeypatch.setenv("TETHER_FALLBACK_REGIONS", "eu-west")
+    assert fallback_regions_from(None, "us-east") == ["eu-west"]
+    with pytest.raises(ConfigError, match="own region"):
+        fallback_regions_from(["us-east"], "us-east")
+    with pytest.raises(ConfigError, match="--fallback-region"):
+        fallback_regions_from(["Not A Region"], "us-east")
