@@ -14,6 +14,7 @@ namespace cannot reach lab addresses.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -203,8 +204,6 @@ class TetherNet:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for name in ("TETHER_CONFIG", "TETHER_METADATA_URL", "TETHER_METADATA_READ_URL"):
         env.pop(name, None)
