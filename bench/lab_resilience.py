@@ -4,10 +4,11 @@ Node for the churn): two figures, each over several repetitions.
 * ``resume``: the time for a request to resume after its orchestrator is killed. A network
   as in ``tests/lab/test_failover_hosts.py`` (store, DHT, registry, two orchestrators, a
   gateway, a worker and a client, each on its own host); four greedy streams run, and once
-  each has 12 chunks the orchestrator owning most of them is SIGKILLed. Per repetition: the
-  longest time from the kill to the next chunk of a stream it owned (the others ran on the
-  other orchestrator); then it is started again with its key and the next repetition waits
-  until the gateway uses it again. A SIGKILLed process's host answers with ICMP port
+  each has 12 chunks the orchestrator owning most of them is SIGKILLed. Per repetition, over
+  the streams it owned (the others ran on the other orchestrator): the longest time from the
+  kill to the chunk that ends the stream's pause (chunks already on their way arrive first);
+  then it is started again with its key and the next repetition waits until the gateway
+  uses it again. A SIGKILLed process's host answers with ICMP port
   unreachable, which ends its connections at once; ``vanish`` measures the same when the
   orchestrator's host drops every packet instead (a machine that lost power), which only
   the gateway's probes find out.
@@ -24,6 +25,7 @@ machine's load average when it ended.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -91,8 +93,7 @@ def resume_runs(reps: int, fault: str) -> list[float]:
             streams = netlab.read_json_line(proc, 240)["streams"]
             proc.wait(timeout=30)
             assert all(not s["error"] for s in streams), [s["error"] for s in streams]
-            waits = [min(t for t in s["times"] if t > faulted) - faulted
-                     for s in streams if s["cid"] in cut]
+            waits = [resumed_after(s["times"], faulted) for s in streams if s["cid"] in cut]
             print(f"resume ({fault}) {rep}: {len(cut)} streams cut, next chunk after "
                   f"{sorted(round(w, 2) for w in waits)} s", file=sys.stderr)
             runs.append(round(max(waits), 2))
@@ -102,6 +103,14 @@ def resume_runs(reps: int, fault: str) -> list[float]:
             net.restart(victim)
             restarted = time.monotonic()
     return runs
+
+
+def resumed_after(times: list[float], faulted: float) -> float:
+    """Seconds from the fault to the chunk that ended the stream's longest pause after it
+    (chunks already on their way when the fault came arrive first and do not count)."""
+    after = [faulted, *(t for t in times if t > faulted)]
+    _, end = max(itertools.pairwise(after), key=lambda ab: ab[1] - ab[0])
+    return end - faulted
 
 
 def wait_until_both_used(net: TetherNet, rep: int) -> None:
