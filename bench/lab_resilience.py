@@ -87,9 +87,7 @@ def resume_runs(reps: int, fault: str) -> list[float]:
             if fault == "kill":
                 net.services[victim].kill()
             else:
-                for other in list(lab.hosts.values()):
-                    if other is not host:
-                        lab.partition(host, other)
+                lab.isolate(host)
             streams = netlab.read_json_line(proc, 240)["streams"]
             proc.wait(timeout=30)
             assert all(not s["error"] for s in streams), [s["error"] for s in streams]

@@ -22,7 +22,8 @@ into their namespaces, so the default namespace never holds a lab interface, rou
   inbound UDP that is not a reply).
 * ``run(host, argv)`` starts a process in a host's namespace (``ip netns exec``), tracked so
   that ``close()`` stops it; ``Host.argv(argv)`` gives the command line for other launchers.
-* ``partition(a, b)`` / ``heal()``: nftables drop rules in the two hosts' namespaces.
+* ``partition(a, b)`` / ``heal()``: nftables drop rules in the two hosts' namespaces;
+  ``isolate(host)``: every packet in or out of one host dropped there (a dead machine).
 * ``firewall(host, open_udp)``: the host drops inbound UDP except answers and those ports.
 * ``postgres(host, replica_of=None)``: Debian's PostgreSQL on a host, a primary or a
   streaming replica of one (``Postgres.url`` is a ``--metadata-url``).
@@ -442,15 +443,27 @@ class Lab:
         hb = self.hosts[b] if isinstance(b, str) else b
         for me, other in ((ha, hb), (hb, ha)):
             peer = self._seen_by(me, other)
-            if me.netns not in self._partitioned:
-                me.sh(["nft", "-f", "-"], input="""table inet lab_cut {
-                    chain input { type filter hook input priority -10; policy accept; }
-                    chain output { type filter hook output priority -10; policy accept; }
-                }""")
-                self._partitioned.add(me.netns)
+            self._cut_table(me)
             me.sh(["nft", "add", "rule", "inet", "lab_cut", "input", "ip", "saddr", peer, "drop"])
             me.sh(["nft", "add", "rule", "inet", "lab_cut", "output", "ip", "daddr", peer,
                    "drop"])
+
+    def isolate(self, host: Host | str) -> None:
+        """Drop every packet into and out of ``host`` (but its loopback) until ``heal()``: a
+        machine that lost power, as the others see it (no ICMP answers, nothing). Only the
+        host's own namespace holds the rules, so others' sends leave them as usual."""
+        h = self.hosts[host] if isinstance(host, str) else host
+        self._cut_table(h)
+        h.sh(["nft", "add", "rule", "inet", "lab_cut", "input", "iifname", "!=", "lo", "drop"])
+        h.sh(["nft", "add", "rule", "inet", "lab_cut", "output", "oifname", "!=", "lo", "drop"])
+
+    def _cut_table(self, host: Host) -> None:
+        if host.netns not in self._partitioned:
+            host.sh(["nft", "-f", "-"], input="""table inet lab_cut {
+                chain input { type filter hook input priority -10; policy accept; }
+                chain output { type filter hook output priority -10; policy accept; }
+            }""")
+            self._partitioned.add(host.netns)
 
     def firewall(self, host: Host | str, open_udp: list[int] | tuple[int, ...] = ()) -> None:
         """Make ``host`` drop inbound UDP that is neither an answer nor to one of the
@@ -467,7 +480,7 @@ class Lab:
         }}""")
 
     def heal(self) -> None:
-        """Undo every ``partition``."""
+        """Undo every ``partition`` and ``isolate``."""
         for netns in sorted(self._partitioned):
             _sh(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "lab_cut"])
         self._partitioned.clear()

@@ -16,13 +16,19 @@ from gateway.orchestrators import Orchestrators
 from tether import topics
 from tether.errors import Unavailable
 from tether.net import Peer
+from tether.rpc import RpcError, StatusCode
 
 US, EU = topics.control("us-east"), topics.control("eu-west")
 
 
 @dataclass
 class OpenRpc:
+    """A test double of an RPC connection: answers every call NOT_FOUND (alive)."""
+
     closed: bool = False
+
+    async def unary(self, method: str, payload: bytes, **kw: object) -> bytes:
+        raise RpcError(StatusCode.NOT_FOUND, "no such job")
 
 
 @dataclass
@@ -106,3 +112,75 @@ def test_fallback_region_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -
         fallback_regions_from(["us-east"], "us-east")
     with pytest.raises(ConfigError, match="--fallback-region"):
         fallback_regions_from(["Not A Region"], "us-east")
+
+
+def test_a_lost_orchestrator_makes_the_gateway_look_again_for_a_while() -> None:
+    """A restart under the same key is found by a lookup: the gateway looks the control
+    topics up every REFIND_EVERY_S after losing a connection, and stops after REFIND_FOR_S."""
+    from gateway.orchestrators import REFIND_EVERY_S, REFIND_FOR_S
+
+    async def main() -> None:
+        net = CountingPeerList()
+        pool = Orchestrators(net, US, fallback_topics=[EU])  # type: ignore[arg-type]
+        peer = net.add(b"u" * 32, US)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.watch)
+            await trio.sleep(30)
+            assert net.refreshed == []  # nothing lost: Hyperswarm's own refresh suffices
+            peer.rpc.closed = True  # type: ignore[misc]
+            await trio.sleep(REFIND_EVERY_S * 3 + 1)
+            assert net.refreshed[:2] == [US, EU] and 3 <= len(net.refreshed) // 2 <= 4
+            await trio.sleep(REFIND_FOR_S + 10)
+            settled = len(net.refreshed)
+            await trio.sleep(60)
+            assert len(net.refreshed) == settled  # gave up: the key stays gone
+            nursery.cancel_scope.cancel()
+    run(main)
+
+
+@dataclass
+class CountingPeerList(PeerList):
+    refreshed: list[str] = field(default_factory=list)
+
+    async def refresh(self, topic: str) -> None:
+        self.refreshed.append(topic)
+
+
+@dataclass
+class SilentRpc(OpenRpc):
+    """A test double of a connection to a hung orchestrator: calls time out until
+    ``answering``."""
+
+    answering: bool = False
+
+    async def unary(self, method: str, payload: bytes, **kw: object) -> bytes:
+        if self.answering:
+            raise RpcError(StatusCode.NOT_FOUND, "no such job")
+        await trio.sleep(float(kw.get("timeout") or 1))  # type: ignore[arg-type]
+        raise RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_a_key_dropped_for_not_answering_takes_work_again_only_once_it_answers() -> None:
+    async def main() -> None:
+        net = PeerList()
+        pool = Orchestrators(net, US)  # type: ignore[arg-type]
+        good = net.add(b"b" * 32, US)
+        hung = Peer(b"a" * 32, SilentRpc(), {US})  # type: ignore[arg-type]
+        net.found.append(hung)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.watch)
+            await trio.sleep(5)
+            assert hung.rpc.closed  # dropped by the probes
+            again = Peer(b"a" * 32, SilentRpc(), {US})  # type: ignore[arg-type]
+            net.found.append(again)  # a lookup found it again: a new connection
+            picks = {(await pool.pick(exclude=set(), timeout=1)).remote_key for _ in range(4)}
+            assert picks == {good.remote_key}
+            again.rpc.answering = True  # type: ignore[attr-defined]
+            await trio.sleep(2.5)  # probed, answered
+            picks = {(await pool.pick(exclude=set(), timeout=1)).remote_key for _ in range(4)}
+            assert picks == {good.remote_key, again.remote_key}
+            nursery.cancel_scope.cancel()
+    run(main)
