@@ -207,6 +207,10 @@ def _close_open_labs() -> None:
 
 
 def _on_signal(signum: int, _frame: object) -> None:
+    # A second signal (``timeout``'s, a user's kill after Ctrl-C) must not cut the teardown
+    # short: close() may be waiting out a process's grace period.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     _close_open_labs()
     raise SystemExit(128 + signum)
 
