@@ -545,12 +545,17 @@ def _delete_netns(netns: str) -> None:
 
 
 def clean(prefix: str = PREFIX) -> list[str]:
-    """Delete every namespace whose name starts with ``prefix`` (leftovers of killed runs)."""
+    """Delete every namespace whose name starts with ``prefix`` (leftovers of killed runs),
+    and the PostgreSQL folders of such labs."""
     if not prefix.startswith(PREFIX):
         raise ValueError(f"clean only removes lab namespaces (prefix {PREFIX!r}...)")
     gone = list_netns_with(prefix)
     for netns in gone:
         _delete_netns(netns)
+    # the folders of ``Lab.postgres`` servers (``<prefix>pg-<host>-*`` in the temp folder)
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*pg-*"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
     return gone
 
 

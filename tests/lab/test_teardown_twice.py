@@ -1,14 +1,18 @@
 """A second SIGTERM (or SIGHUP) while a lab is being torn down does not cut the teardown
 short: ``timeout`` and a user's Ctrl-C-then-kill both send one while ``close()`` waits for
-a slow process (up to 10 s), and every namespace must still go."""
+a slow process (up to 10 s), and every namespace must still go. And ``tools/lab clean``
+removes what a killed lab's PostgreSQL servers left in the temp folder."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +48,18 @@ def test_a_second_signal_during_teardown_does_not_leave_namespaces() -> None:
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     proc.stdout.close()
     assert netlab.list_netns_with(prefix) == []
+
+
+def test_lab_clean_removes_a_killed_labs_postgres_folders() -> None:
+    require_lab()
+    prefix = "tl-c1ea2e-"
+    folder = Path(tempfile.gettempdir()) / f"{prefix}pg-db-abc123"
+    (folder / "data").mkdir(parents=True)
+    other = Path(tempfile.gettempdir()) / "tl-0ther0-pg-db-abc123"  # another lab's: kept
+    other.mkdir(exist_ok=True)
+    try:
+        netlab.clean(prefix)
+        assert not folder.exists() and other.exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        other.rmdir()
