@@ -3,7 +3,8 @@
 Serves ``tether.v1.Gateway`` to clients over Hyperswarm under a stable public
 key (its key file) and on the topic ``tether/gateway/<region>``; validates
 tenant tokens from the Metadata Store, rate-limits per tenant and forwards to
-the orchestrator found on ``tether/control/<region>``. With ``--http-port`` it
+the orchestrator found on ``tether/control/<region>`` (or, while none is usable there,
+on a ``--fallback-region``'s). With ``--http-port`` it
 also serves the OpenAI-compatible HTTP API of ``gateway.openai``, with ``--grpc-port``
 ``tether.v1.Gateway`` over gRPC (``gateway.grpc_edge``); same checks on every edge.
 Readiness (an orchestrator and a registry reachable, the token store readable) is
@@ -17,6 +18,7 @@ import functools
 import logging
 import ssl
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from gateway.http import MAX_CONNECTIONS_PER_CLIENT, HttpApi, serve_http
 from gateway.ratelimit import TokenBuckets
 from gateway.service import GatewayService
 from tether import health, logs, process, topics
+from tether.errors import TetherError
 from tether.net.swarm import SwarmNetwork
 
 DESCRIPTION = (
@@ -63,6 +66,11 @@ def build_parser() -> process.ArgumentParser:
         type=process.whole(1), metavar="N",
         help="connections the HTTP edge keeps open per client address; more are closed at "
              "once (default: %(default)s; raise it behind a proxy or for a load test)",
+    )
+    parser.setting(
+        "--fallback-region", env="TETHER_FALLBACK_REGIONS", many=True, metavar="REGION",
+        help="send work to this region's orchestrators while none of --region is usable "
+        "(repeatable, in order; env TETHER_FALLBACK_REGIONS, comma-separated)",
     )
     for edge, env, what in (
         ("http", "TETHER_HTTP_PORT", "the OpenAI-compatible HTTP API"),
@@ -128,9 +136,14 @@ async def serve(
     tls: Tls | None = None,
     http_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
     runtime: process.Runtime | None = None,
+    fallback_regions: Sequence[str] = (),
 ) -> None:
     runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
+    if config.metadata_read_url:
+        # The gateway only reads (tokens, tenants, model ids): all of it from the replica.
+        store.close()
+        store = config.open_read_store(store)
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
     )
@@ -140,10 +153,14 @@ async def serve(
         region=config.region,
         buckets=TokenBuckets(rate=rate, burst=burst),
         readiness=health.PROCESS,
+        fallback_regions=fallback_regions,
     )
     # An access line per call on the Hyperswarm edge (the HTTP and gRPC edges log theirs).
-    assembly = assemble(service, config.region, wrap=lambda handlers: logs.access_logged(
-        handlers, logging.getLogger("tether.gateway.access"), "p2p"))
+    assembly = assemble(
+        service, config.region, fallback_regions=fallback_regions,
+        wrap=lambda handlers: logs.access_logged(
+            handlers, logging.getLogger("tether.gateway.access"), "p2p"),
+    )
     runtime.on_stop(network.close)
     try:
         async with assembly.running(network), trio.open_nursery() as nursery:
@@ -185,6 +202,7 @@ class Settings:
     grpc_port: int | None
     http_per_client: int
     tls: Tls | None
+    fallback_regions: list[str]
 
 
 def configure(argv: list[str] | None) -> Settings:
@@ -194,7 +212,22 @@ def configure(argv: list[str] | None) -> Settings:
         common=config, rate=args.rate, burst=args.burst, http_port=args.http_port,
         grpc_port=args.grpc_port, http_per_client=args.http_per_client,
         tls=Tls.load(args.tls_cert, args.tls_key, args.tls_client_ca),
+        fallback_regions=fallback_regions_from(args.fallback_region, config.region),
     )
+
+
+def fallback_regions_from(flags: list[str] | None, own: str) -> list[str]:
+    """``--fallback-region`` flags (else ``TETHER_FALLBACK_REGIONS``), checked region slugs
+    other than the gateway's own."""
+    names = [r.strip() for item in (flags or []) for r in item.split(",") if r.strip()]
+    for name in names:
+        try:
+            topics.region(name)
+        except TetherError as exc:
+            raise process.ConfigError(f"--fallback-region: {exc.message}") from None
+        if name == own:
+            raise process.ConfigError(f"--fallback-region {name} is the gateway's own region")
+    return list(dict.fromkeys(names))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.common, settings.rate, settings.burst,
         http_port=settings.http_port, grpc_port=settings.grpc_port, tls=settings.tls,
         http_per_client=settings.http_per_client, runtime=runtime,
+        fallback_regions=settings.fallback_regions,
     ))
 
 

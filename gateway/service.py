@@ -32,7 +32,7 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -87,13 +87,17 @@ class GatewayService(services_rpc.GatewayServicer):
         buckets: TokenBuckets,
         clock_ms: Callable[[], int] | None = None,
         readiness: health.Readiness | None = None,
+        fallback_regions: Sequence[str] = (),
     ) -> None:
         self.network = network
         self.store = store
         self.region = region
         self.buckets = buckets
         self.control_topic = topics.control(region)
-        self.orchestrators = Orchestrators(network, self.control_topic)
+        self.orchestrators = Orchestrators(
+            network, self.control_topic,
+            fallback_topics=[topics.control(r) for r in fallback_regions],
+        )
         self._tokens: TtlCache[str, str] = TtlCache(
             ttl_s=TOKEN_CACHE_S, max_entries=65_536, name="gateway_tokens"
         )
@@ -293,7 +297,11 @@ class GatewayService(services_rpc.GatewayServicer):
                 self.orchestrators.avoid(peer)
                 # Lost: another orchestrator takes the job over (named so that it need
                 # not wait for the lost one's lease to run out) and replays it.
-                metadata = {**metadata, LOST_ORCHESTRATOR: peer.key_hex}
+                # Every one lost so far: a resubmission may first have gone to another
+                # dead one, while the job is still owned by the first.
+                lost_keys = [k for k in metadata.get(LOST_ORCHESTRATOR, "").split(",") if k]
+                metadata = {**metadata,
+                            LOST_ORCHESTRATOR: ",".join([*lost_keys, peer.key_hex])}
                 why = self.orchestrators.why_dropped(peer)
                 last_error = resume.lost(name, exc if why is None else RpcError(exc.code, why))
                 log.info("%s; resuming %s at chunk %d elsewhere", last_error.message,

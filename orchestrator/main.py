@@ -85,15 +85,17 @@ async def serve(
 ) -> None:
     runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
+    reads = config.open_read_store(store)
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
     )
-    discovery = DiscoverySub(network, admissions=Admissions.from_store(store, config.data_dir))
+    discovery = DiscoverySub(network, admissions=Admissions.from_store(reads, config.data_dir))
     service = OrchestratorService(
         callers=config.callers("gateway"),
         network=network,
         discovery=discovery,
         store=store,
+        read_store=reads,
         region=config.region,
         registry_topic=topics.registry(config.region),
         breakers=breakers,
@@ -125,6 +127,7 @@ async def serve(
             await trio.sleep_forever()
     finally:
         store.close()
+        reads.close()
 
 
 @dataclass(frozen=True)

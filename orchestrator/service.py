@@ -148,12 +148,15 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         breakers: CircuitBreakers | None = None,
         callers: CallerPolicy | None = None,
         rollouts: Rollouts | None = None,
+        read_store: MetadataStore | None = None,
     ) -> None:
         self.network = network
         #: Who may submit work and read jobs: gateways. None: anyone (embedded use).
         self.callers = callers or CallerPolicy.anyone()
         self.discovery = discovery
         self.store = store
+        #: Reads that may lag (GetJob's status): a replica, or ``store``.
+        self.read_store = read_store or store
         self.region = region
         self.registry_topic = registry_topic
         self.weights = weights or Weights()
@@ -613,11 +616,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         cid = dispatched.correlation_id
         job = await blocking.run_sync(lambda: self.store.job_record(cid))
         state = jobs_pb2.JobState.Name(job.state)
-        lost = context.metadata.get(LOST_ORCHESTRATOR, "")
+        lost = {k for k in context.metadata.get(LOST_ORCHESTRATOR, "").split(",") if k}
         # A gateway that dropped an orchestrator it thought dead (it stopped answering)
         # may find the job CANCELLED by that one as the connection went: not the
         # client's doing, so it is taken over like a running job.
-        left = job.state == jobs_pb2.JOB_STATE_CANCELLED and lost and job.owner == lost
+        left = job.state == jobs_pb2.JOB_STATE_CANCELLED and job.owner in lost
         if job.state not in ACTIVE_JOB_STATES and not left:
             outcome = state.removeprefix("JOB_STATE_")
             if job.error_code:
@@ -631,7 +634,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             )
         owner = job.owner
         dead = owner != self.owner and (
-            owner == lost
+            owner in lost
             or not await blocking.run_sync(lambda: self.store.owner_alive(owner))
         )
         if not dead or not await blocking.run_sync(
@@ -862,7 +865,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
     ) -> jobs_pb2.JobStatus:
         self.callers.check(context)
         return await blocking.run_sync(
-            lambda: self.store.get_job(request.correlation_id)
+            lambda: self.read_store.get_job(request.correlation_id)
         )
 
     async def GetFleet(

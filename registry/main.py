@@ -31,7 +31,8 @@ def build_parser() -> process.ArgumentParser:
 async def serve(config: process.ServiceConfig, runtime: process.Runtime | None = None) -> None:
     runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
-    admissions = Admissions.from_store(store, config.data_dir)
+    reads = config.open_read_store(store)
+    admissions = Admissions.from_store(reads, config.data_dir)
     await admissions.reload()
     readers = CallerPolicy(
         config.allow_callers,
@@ -43,7 +44,7 @@ async def serve(config: process.ServiceConfig, runtime: process.Runtime | None =
     )
     service = RegistryService(
         Catalog(store), callers=config.callers("publisher"), readers=readers,
-        admissions=admissions,
+        admissions=admissions, lookups=Catalog(reads) if reads is not store else None,
     )
     network = SwarmNetwork(
         config.keypair(), {}, bootstrap=config.bootstrap, host=config.host, port=config.udp_port
@@ -55,6 +56,7 @@ async def serve(config: process.ServiceConfig, runtime: process.Runtime | None =
             await trio.sleep_forever()
     finally:
         store.close()
+        reads.close()
 
 
 def configure(argv: list[str] | None) -> process.ServiceConfig:

@@ -24,8 +24,11 @@ class RegistryService(services_rpc.RegistryServicer):
         callers: CallerPolicy | None = None,
         readers: CallerPolicy | None = None,
         admissions: Admissions | None = None,
+        lookups: Catalog | None = None,
     ) -> None:
         self.catalog = catalog
+        #: Resolve and ListModels read here (a replica's catalog); Publish writes ``catalog``.
+        self.lookups = lookups or catalog
         #: Who may publish over RPC: known publishers. None: anyone (embedded use).
         self.callers = callers or CallerPolicy.anyone()
         #: Who may resolve and list: known services, admitted workers. None: anyone.
@@ -66,12 +69,12 @@ class RegistryService(services_rpc.RegistryServicer):
 
         def resolve() -> registry_pb2.ModelRecord:
             try:
-                record = self.catalog.resolve(
+                record = self.lookups.resolve(
                     request.model_id, request.version, request.tenant_id or None
                 )
             except Exception as exc:
                 # Labels stay bounded: a model the catalog lacks is "other".
-                known = request.model_id in self.catalog.store.model_ids()
+                known = request.model_id in self.lookups.store.model_ids()
                 metrics.resolve(request.model_id if known else telemetry.OTHER, "",
                                 telemetry.status_name(exc))
                 raise
@@ -87,9 +90,9 @@ class RegistryService(services_rpc.RegistryServicer):
 
         def collect() -> list[registry_pb2.ModelRecord]:
             records = []
-            for model_id in self.catalog.store.model_ids():
-                for version in self.catalog.versions(model_id):
-                    record = self.catalog.get(model_id, version)
+            for model_id in self.lookups.store.model_ids():
+                for version in self.lookups.versions(model_id):
+                    record = self.lookups.get(model_id, version)
                     if request.tenant_id:
                         try:
                             check_policy(record, request.tenant_id)

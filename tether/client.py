@@ -14,15 +14,19 @@ generated ``GatewayStub``.
 the gateway's ``Place`` which workers may run the request, seals the input to
 them and opens the chunks itself, so not even the gateway sees the prompt or
 the answer.
+
+``infer_across`` streams through one of several gateways and, when that gateway is lost
+mid-stream, resumes through the next without a chunk repeated or missing.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 import trio
 from opentelemetry import trace
@@ -33,6 +37,8 @@ from tether.errors import Unavailable
 from tether.keys import KeyPair
 from tether.net import dial, wait_for_peer
 from tether.net.swarm import SwarmNetwork
+from tether.resume import Resume
+from tether.rpc import RpcError, StatusCode
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 
 log = logging.getLogger("tether.client")
@@ -194,6 +200,61 @@ def _text_request(
 #: The legacy ``GenerationParams.temperature`` (no presence: 0 is the model's default)
 #: asked for greedy decoding with a tiny value; ``temperature_value = 0`` says it now.
 GREEDY_TEMPERATURE = 1e-6
+
+
+#: Errors on which ``infer_across`` runs the request again through the next gateway: its
+#: connection is gone (or it has nothing to run the request on).
+_NEXT_GATEWAY = {StatusCode.UNAVAILABLE}
+
+
+async def infer_across(
+    clients: Sequence[GatewayClient],
+    request: infer_pb2.Infer.Request,
+    *,
+    timeout: float | None = None,
+) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
+    """Stream ``request`` through the first of ``clients`` (each a client of another
+    gateway); a gateway lost mid-stream (UNAVAILABLE: its connection closed) hands the
+    request to the next, which runs it again. What the client already has is skipped
+    and checked by digest (``tether.resume``): the seed is pinned here, before the first
+    attempt, so the replay reproduces it (or ``Diverged`` ends the stream); every chunk
+    arrives once, in order. The lost gateway's job is left to end on its own (its
+    orchestrator cancels a stream whose caller is gone), so each later attempt is a job of
+    its own: the correlation id gets ``:g<attempt>`` and a fresh retry token."""
+    if not clients:
+        raise ValueError("infer_across needs at least one gateway client")
+    if request.HasField("sealed"):
+        raise ValueError("infer_across does not resume sealed requests (seal per attempt)")
+    pinned = infer_pb2.Infer.Request()
+    pinned.CopyFrom(request)
+    pinned.correlation_id = request.correlation_id or f"c-{uuid.uuid4().hex}"
+    if not pinned.params.seed:
+        pinned.params.seed = secrets.randbits(63) or 1
+    resume = Resume()
+    last: RpcError | None = None
+    for attempt, client in enumerate(clients):
+        attempt_request = pinned
+        if attempt:
+            attempt_request = infer_pb2.Infer.Request()
+            attempt_request.CopyFrom(pinned)
+            attempt_request.correlation_id = f"{pinned.correlation_id[:120]}:g{attempt}"
+            attempt_request.retry_token = secrets.token_hex(8)
+        replay = resume.replay()
+        try:
+            async with aclosing(client.infer(attempt_request, timeout=timeout)) as chunks:
+                async for chunk in chunks:
+                    if not replay.accept(chunk):
+                        continue
+                    resume.delivered(chunk)
+                    yield chunk
+            return
+        except RpcError as exc:
+            if exc.code not in _NEXT_GATEWAY:
+                raise
+            last = resume.lost(f"gateway {attempt}", exc)
+            log.warning("gateway %d lost: %s", attempt, exc.message)
+    assert last is not None
+    raise resume.unresumed(last)
 
 
 @asynccontextmanager

@@ -9,6 +9,13 @@ the README's table lists them); the environment is read, and every value checked
 after the flags and the config file are parsed, and checking makes nothing on disk (the
 data folder is made when the service starts: :meth:`ServiceConfig.prepare`).
 
+``--metadata-read-url`` names a read-only copy of the store, e.g. a PostgreSQL streaming
+replica in the service's own region: lookups that can be a moment behind go there (the
+gateway's token and tenant checks, the registry's catalog lookups and the admitted
+workers, the orchestrator's ``GetJob`` status and admitted workers); everything that
+writes, and what must see its own writes (reservations, jobs and their takeover,
+usage), stays on ``--metadata-url``. The schema is migrated on ``--metadata-url`` only.
+
 A service writes its public key next to its key file (``<service>.pub``); each
 worker has a key of its own (:func:`tether.admission.claim_worker_key`). With a metrics
 port the service serves Prometheus metrics and its probes there (``/metrics``,
@@ -335,6 +342,8 @@ class ServiceConfig:
     #: Peers allowed to call the privileged methods besides the keys folder's (see callers).
     allow_callers: tuple[bytes, ...] = ()
     allow_any_caller: bool = False
+    #: A read-only copy of the store (a replica) for reads that may lag (see the module doc).
+    metadata_read_url: str | None = None
 
     @classmethod
     def local(
@@ -387,6 +396,13 @@ class ServiceConfig:
         store.migrate()
         return store
 
+    def open_read_store(self, store: MetadataStore) -> MetadataStore:
+        """The store for reads that may lag: ``--metadata-read-url``'s (never migrated: a
+        replica follows its primary's schema), else ``store`` itself."""
+        if not self.metadata_read_url:
+            return store
+        return MetadataStore(self.metadata_read_url)
+
 
 def add_common_arguments(parser: ArgumentParser, service: str) -> None:
     """The settings every service has (the table in the module doc)."""
@@ -404,6 +420,11 @@ def add_common_arguments(parser: ArgumentParser, service: str) -> None:
                    help="where keys and the SQLite metadata store live (default %(default)s)")
     parser.setting("--metadata-url", env="TETHER_METADATA_URL",
                    help="the Metadata Store's URL (default: SQLite in the data dir)")
+    parser.setting(
+        "--metadata-read-url", env="TETHER_METADATA_READ_URL",
+        help="a read-only copy of the Metadata Store (e.g. a PostgreSQL replica in this "
+        "region) for reads that may lag: tokens, catalog lookups, admitted workers, job status",
+    )
     parser.setting("--key-file", env="TETHER_KEY_FILE",
                    help="this service's key (default: <data-dir>/keys/<service>.key)")
     parser.setting("--host", env="TETHER_HOST", default="127.0.0.1",
@@ -556,6 +577,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         bootstrap=bootstrap,
         data_dir=data_dir,
         metadata_url=args.metadata_url or sqlite_url(data_dir / "metadata.db"),
+        metadata_read_url=args.metadata_read_url or None,
         key_file=key_file,
         host=args.host,
         udp_port=args.udp_port,
@@ -576,6 +598,8 @@ def configure(
     config = config_from_args(args)
     if store:
         check_store(config.metadata_url)
+        if config.metadata_read_url:
+            check_store(config.metadata_read_url)
     return args, config
 
 

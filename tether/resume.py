@@ -23,7 +23,8 @@ from tether.rpc import Encoded, RpcError, StatusCode
 from tether.v1 import infer_pb2
 
 #: Metadata a gateway sends with a request it resubmits after losing the orchestrator
-#: that ran it (that one's public key, hex): the job may be taken over at once.
+#: that ran it: the public keys (hex, comma-separated) of every orchestrator it lost on
+#: the way (the owner may be any of them): the job may be taken over at once.
 LOST_ORCHESTRATOR = "x-tether-lost-orchestrator"
 #: The details key of an error that says a server was lost mid-stream (its value names the
 #: server: "worker w1"). It travels with the error, so that whoever resumes next -- an

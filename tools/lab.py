@@ -22,8 +22,11 @@ into their namespaces, so the default namespace never holds a lab interface, rou
   inbound UDP that is not a reply).
 * ``run(host, argv)`` starts a process in a host's namespace (``ip netns exec``), tracked so
   that ``close()`` stops it; ``Host.argv(argv)`` gives the command line for other launchers.
-* ``partition(a, b)`` / ``heal()``: nftables drop rules in the two hosts' namespaces.
+* ``partition(a, b)`` / ``heal()``: nftables drop rules in the two hosts' namespaces;
+  ``isolate(host)``: every packet in or out of one host dropped there (a dead machine).
 * ``firewall(host, open_udp)``: the host drops inbound UDP except answers and those ports.
+* ``postgres(host, replica_of=None)``: Debian's PostgreSQL on a host, a primary or a
+  streaming replica of one (``Postgres.url`` is a ``--metadata-url``).
 * ``add_relay(host, target, ...)``: a user-space UDP relay on ``host`` forwarding to
   ``target`` with a fixed delay, seeded random loss and an on/off block (``Relay.set``); the
   kernel here has no ``tc netem``, so impairments live in user space.
@@ -56,6 +59,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -144,6 +148,36 @@ class Nat:
 
 
 @dataclass
+class Postgres:
+    """A PostgreSQL server on a lab host (``Lab.postgres``)."""
+
+    address: str
+    port: int
+    folder: Path
+    process: subprocess.Popen[Any]
+    replica: bool = False
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL Tether's ``--metadata-url`` takes."""
+        return f"postgresql+psycopg://postgres@{self.address}:{self.port}/postgres"
+
+    def sql(self, host: Host, query: str) -> str:
+        """``query``'s rows (``psql -At``) as seen from ``host``."""
+        return host.sh([str(postgres_bin() / "psql"), "-At", "-h", self.address, "-p",
+                        str(self.port), "-U", "postgres", "-c", query])
+
+
+def postgres_bin() -> Path:
+    """The newest installed PostgreSQL's ``bin`` folder (Debian's ``postgresql`` package)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                   key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    if not found:
+        raise LabError("PostgreSQL is not installed (apt-get install -y postgresql)")
+    return found[-1]
+
+
+@dataclass
 class Relay:
     """A user-space UDP relay process (``tools/lab relay``) on a lab host."""
 
@@ -173,6 +207,10 @@ def _close_open_labs() -> None:
 
 
 def _on_signal(signum: int, _frame: object) -> None:
+    # A second signal (``timeout``'s, a user's kill after Ctrl-C) must not cut the teardown
+    # short: close() may be waiting out a process's grace period.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     _close_open_labs()
     raise SystemExit(128 + signum)
 
@@ -194,6 +232,8 @@ class Lab:
         self._links = 0
         self._public = 1  # 100.64.0.1 is the core router
         self._partitioned: set[str] = set()
+        #: Folders of the lab's own (PostgreSQL data), removed by ``close()``.
+        self._folders: list[Path] = []
         self.closed = False
         _OPEN.add(self)
         if _is_main_thread():
@@ -350,6 +390,49 @@ class Lab:
         addr, _, p = str(ready["relay"]).rpartition(":")
         return Relay(addr, int(p), proc)
 
+    def postgres(self, host: Host | str, *, replica_of: Postgres | None = None,
+                 port: int = 5432, timeout: float = 120.0) -> Postgres:
+        """Debian's PostgreSQL serving on ``host``'s address (trust authentication from the
+        lab's internet, for tests only): a fresh primary, or with ``replica_of`` a streaming
+        replica of that primary (``pg_basebackup -R`` writes ``standby.signal`` and
+        ``primary_conninfo``), read-only. Runs as the ``postgres`` user in a folder of its
+        own; ``close()`` stops it and ``Postgres.folder`` is removed with the lab."""
+        h = self.hosts[host] if isinstance(host, str) else host
+        bindir = postgres_bin()
+        folder = Path(tempfile.mkdtemp(prefix=f"{self.prefix}pg-{h.name}-"))
+        self._folders.append(folder)
+        data = folder / "data"
+        shutil.chown(folder, "postgres", "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        if replica_of is None:
+            _sh([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                 "--auth=trust", "-E", "UTF8", "--no-locale"])
+            with open(data / "pg_hba.conf", "a") as hba:
+                # (written as root into the postgres user's folder: still readable by it)
+                hba.write("host all all 100.64.0.0/10 trust\n"
+                          "host replication all 100.64.0.0/10 trust\n")
+        else:
+            h.sh([*as_pg, str(bindir / "pg_basebackup"), "-h", replica_of.address, "-p",
+                  str(replica_of.port), "-U", "postgres", "-D", str(data), "-R", "-X", "stream",
+                  "--checkpoint=fast"])
+        with open(folder / "server.log", "ab") as log:
+            proc = self.run(h, [*as_pg, str(bindir / "postgres"), "-D", str(data), "-p",
+                                str(port), "-c", f"listen_addresses={h.address}",
+                                "-k", str(folder), "-c", "fsync=off",
+                                "-c", "full_page_writes=off"],
+                            cwd=str(folder), stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = subprocess.run(h.argv([str(bindir / "pg_isready"), "-q", "-h", h.address,
+                                           "-p", str(port)]), check=False)
+            if ready.returncode == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                said = (folder / "server.log").read_text(errors="replace")[-2000:]
+                raise LabError(f"PostgreSQL on {h.name} did not start: {said}")
+            time.sleep(0.2)
+        return Postgres(h.address, port, folder, proc, replica=replica_of is not None)
+
     # -- faults --------------------------------------------------------------------------
 
     def _seen_by(self, a: Host, b: Host) -> str:
@@ -364,15 +447,27 @@ class Lab:
         hb = self.hosts[b] if isinstance(b, str) else b
         for me, other in ((ha, hb), (hb, ha)):
             peer = self._seen_by(me, other)
-            if me.netns not in self._partitioned:
-                me.sh(["nft", "-f", "-"], input="""table inet lab_cut {
-                    chain input { type filter hook input priority -10; policy accept; }
-                    chain output { type filter hook output priority -10; policy accept; }
-                }""")
-                self._partitioned.add(me.netns)
+            self._cut_table(me)
             me.sh(["nft", "add", "rule", "inet", "lab_cut", "input", "ip", "saddr", peer, "drop"])
             me.sh(["nft", "add", "rule", "inet", "lab_cut", "output", "ip", "daddr", peer,
                    "drop"])
+
+    def isolate(self, host: Host | str) -> None:
+        """Drop every packet into and out of ``host`` (but its loopback) until ``heal()``: a
+        machine that lost power, as the others see it (no ICMP answers, nothing). Only the
+        host's own namespace holds the rules, so others' sends leave them as usual."""
+        h = self.hosts[host] if isinstance(host, str) else host
+        self._cut_table(h)
+        h.sh(["nft", "add", "rule", "inet", "lab_cut", "input", "iifname", "!=", "lo", "drop"])
+        h.sh(["nft", "add", "rule", "inet", "lab_cut", "output", "oifname", "!=", "lo", "drop"])
+
+    def _cut_table(self, host: Host) -> None:
+        if host.netns not in self._partitioned:
+            host.sh(["nft", "-f", "-"], input="""table inet lab_cut {
+                chain input { type filter hook input priority -10; policy accept; }
+                chain output { type filter hook output priority -10; policy accept; }
+            }""")
+            self._partitioned.add(host.netns)
 
     def firewall(self, host: Host | str, open_udp: list[int] | tuple[int, ...] = ()) -> None:
         """Make ``host`` drop inbound UDP that is neither an answer nor to one of the
@@ -389,7 +484,7 @@ class Lab:
         }}""")
 
     def heal(self) -> None:
-        """Undo every ``partition``."""
+        """Undo every ``partition`` and ``isolate``."""
         for netns in sorted(self._partitioned):
             _sh(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "lab_cut"])
         self._partitioned.clear()
@@ -418,6 +513,8 @@ class Lab:
                         stream.close()
         for netns in reversed(self._namespaces):
             _delete_netns(netns)
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         """This lab's namespaces that still exist (empty after ``close``)."""
@@ -448,12 +545,17 @@ def _delete_netns(netns: str) -> None:
 
 
 def clean(prefix: str = PREFIX) -> list[str]:
-    """Delete every namespace whose name starts with ``prefix`` (leftovers of killed runs)."""
+    """Delete every namespace whose name starts with ``prefix`` (leftovers of killed runs),
+    and the PostgreSQL folders of such labs."""
     if not prefix.startswith(PREFIX):
         raise ValueError(f"clean only removes lab namespaces (prefix {PREFIX!r}...)")
     gone = list_netns_with(prefix)
     for netns in gone:
         _delete_netns(netns)
+    # the folders of ``Lab.postgres`` servers (``<prefix>pg-<host>-*`` in the temp folder)
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*pg-*"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
     return gone
 
 

@@ -277,6 +277,10 @@ class Fleet:
 
         for peer in o.net.peers():
             peer.rpc.stream.send_message = lost  # type: ignore[method-assign,assignment]
+        # Nor does a new connection to it get anywhere (a gateway's lookup may try one).
+        hub = getattr(o.net, "hub", None)
+        if hub is not None:
+            hub.remove(key)
 
     def token(self, tenant: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.store.issue_token(tenant)}"}

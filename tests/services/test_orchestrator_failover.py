@@ -187,6 +187,31 @@ def test_a_retry_reattaches_to_a_job_whose_orchestrator_was_lost(tmp_path: Path)
     run(main, tmp_path)
 
 
+def test_a_job_is_taken_over_when_its_owner_is_any_of_the_orchestrators_lost(
+    tmp_path: Path,
+) -> None:
+    """A gateway that loses the owner, resubmits to another orchestrator that is dead too
+    (a whole region down), then to a live one, names both: the owner is the first."""
+    async def main(tmp_path: Path) -> None:
+        async with fleet(tmp_path, orchestrators=3) as f:
+            engine = ScriptedEngine([(MODEL, "1.0")], step_s=0.2)
+            await f.add_worker("w1", engine=engine)
+            a, b, c = f.orchestrators.values()
+            for o in (a, b, c):
+                await o.discovery.wait_for(lambda s: len(s) == 1)
+            got: list = []
+            with pytest.raises(RpcError):
+                await submit_to(f, a.key, request("r-3", n=10), into=got, kill_after=3)
+            f.kill_orchestrator(b.key)
+            lost = {LOST_ORCHESTRATOR: f"{a.key.hex()},{b.key.hex()}"}
+            again = await submit_to(f, c.key, request("r-3", n=10), lost)
+            assert [ch.payload.text for ch in again] == [f" w{i}" for i in range(10)]
+            assert f.store.job_record("r-3").owner == c.key.hex()
+            assert f.store.get_job("r-3").state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+    run(main, tmp_path)
+
+
 def test_a_drain_finishes_what_it_can_and_names_itself_for_the_rest(tmp_path: Path) -> None:
     async def main(tmp_path: Path) -> None:
         async with fleet(tmp_path) as f:
