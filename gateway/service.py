@@ -44,6 +44,7 @@ from tether.metadata.store import MetadataStore
 from tether.net import Network, Peer, is_closed, wait_for_peer
 from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
 from tether.rpc import RpcError, ServerContext, StatusCode
+from tether.timing import Hops
 from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 from tether.validation import validate, validate_sealed, validate_target
@@ -171,15 +172,18 @@ class GatewayService(services_rpc.GatewayServicer):
     async def Infer(
         self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncIterator[infer_pb2.Infer.Chunk]:
+        hops = Hops(request.timing)
+        hops.stamp("gateway.in")
         label = await self.model_label(request.model_id)
         with self.metrics.measure(label) as timer:
-            async with contextlib.aclosing(self._infer(request, context)) as chunks:
+            async with contextlib.aclosing(self._infer(request, context, hops)) as chunks:
                 async for chunk in chunks:
                     timer.chunk(done=chunk.done)
+                    hops.add_to(chunk, last="gateway.out")
                     yield chunk
 
     async def _infer(
-        self, request: infer_pb2.Infer.Request, context: ServerContext
+        self, request: infer_pb2.Infer.Request, context: ServerContext, hops: Hops
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         metadata = dict(context.metadata)
         tenant = await self.authenticate(metadata)
@@ -210,6 +214,7 @@ class GatewayService(services_rpc.GatewayServicer):
             forwarded.trace_id = telemetry.current_trace_id()
             out = telemetry.outgoing_metadata({"x-tether-tenant": tenant})
             seal = not client_sealed and await self.seals_for(tenant)
+            hops.stamp("gateway.forward")
             async with contextlib.aclosing(
                 self._forward(forwarded, out, context, seal=seal)
             ) as chunks:

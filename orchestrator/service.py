@@ -92,6 +92,7 @@ from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
 from tether.net import Network, peers_on, wait_for_peer
 from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
 from tether.rpc import RpcError, ServerContext, StatusCode
+from tether.timing import Hops
 from tether.ttlcache import TtlCache
 from tether.v1 import (
     infer_pb2,
@@ -372,12 +373,14 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             pinned.version = canary
             request = pinned
         scope = trio.CancelScope()
-        ran = _Ran()
+        ran = _Ran(hops=Hops(request.timing))
+        ran.hops.stamp("orchestrator.in")
         try:
             with scope:
                 self._running.add(scope)
                 async with contextlib.aclosing(self._submit(request, context, ran)) as chunks:
                     async for chunk in chunks:
+                        ran.hops.add_to(chunk, last="orchestrator.out")
                         yield chunk
             if scope.cancelled_caught and self._stop_error is not None:
                 raise self._stop_error
@@ -451,7 +454,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         placed = _Placed(self.discovery.in_flight, first)
         try:
             async with contextlib.aclosing(
-                self._admit_and_run(request, record, candidates, placed, context)
+                self._admit_and_run(request, record, candidates, placed, context, hops=ran.hops)
             ) as chunks:
                 async for chunk in chunks:
                     if degraded_from:  # said once, on the first chunk the client gets
@@ -511,6 +514,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         candidates: list[Candidate],
         placed: _Placed,
         context: ServerContext,
+        *,
+        hops: Hops,
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         """Admit the request (quota, reservation, job), dispatch it, and record how it
         ended: a failure after admission is dead-lettered, unless it was the client's
@@ -542,6 +547,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 request=dispatched,
             )
         )
+        hops.stamp("orchestrator.admitted")
         if not reservation.created:
             dispatched = await self._reattach(
                 dispatched, retry_token, candidates[0].entry.worker_id, context
@@ -561,7 +567,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 **{"tether.correlation_id": cid, "tether.model": record.model.model_id},
             ):
                 async with contextlib.aclosing(
-                    self._dispatch(dispatched, candidates, placed, context)
+                    self._dispatch(dispatched, candidates, placed, context, hops=hops)
                 ) as chunks:
                     async for chunk in chunks:
                         delivered = True
@@ -741,6 +747,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         candidates: list[Candidate],
         placed: _Placed,
         context: ServerContext,
+        *,
+        hops: Hops,
     ) -> AsyncGenerator[infer_pb2.Infer.Chunk]:
         cid = request.correlation_id
         last_error: RpcError | None = None
@@ -768,6 +776,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             outcome: StatusCode | None = None
             sent_at, first_chunk_s = trio.current_time(), None
             placed.move(worker_id)
+            hops.stamp("orchestrator.dispatch")
             try:
                 async with stub.Infer(
                     request,
@@ -780,6 +789,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                         if not replay.accept(chunk):
                             continue  # the client has this one already
                         resume.delivered(chunk)
+                        if chunk.done:
+                            hops.stamp("orchestrator.worker_done")
                         yield chunk
                         if chunk.done:
                             outcome = StatusCode.OK
@@ -890,6 +901,8 @@ class _Ran:
     """How ``_submit`` placed a request: on its degrade-to model, or as asked."""
 
     degraded: bool = False
+    #: When the request passed this orchestrator's steps (if it asked).
+    hops: Hops = dataclasses.field(default_factory=lambda: Hops(False))
 
 
 def _model_name(record: registry_pb2.ModelRecord) -> str:

@@ -101,6 +101,8 @@ class EngineRun:
     def __init__(self, engine: WorkerEngine, request: infer_pb2.Infer.Request,
                  cancel: CancelFlag | None) -> None:
         self.finish_reason: infer_pb2.FinishReason = infer_pb2.FINISH_REASON_UNSPECIFIED
+        #: The model's own time (its runtime calls), seconds, once the run is over.
+        self.compute_s = 0.0
         self._pairs = self._run(engine, request, cancel)
 
     def __aiter__(self) -> EngineRun:
@@ -125,6 +127,7 @@ class EngineRun:
             await run.aclose()
         self.finish_reason = _FINISH_REASONS.get(run.finish_reason,
                                                  infer_pb2.FINISH_REASON_UNSPECIFIED)
+        self.compute_s = run.compute_s
         yield infer_pb2.Payload(), run.usage
 
 
