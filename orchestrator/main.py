@@ -25,6 +25,7 @@ from orchestrator.service import OrchestratorService
 from tether import process, topics
 from tether.admission import Admissions
 from tether.callers import CallerPolicy, parse_key
+from tether.metadata.group import LINGER_S
 from tether.net.swarm import SwarmNetwork
 from tether.rpc import collect_handlers
 
@@ -72,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 30)",
     )
     parser.add_argument(
+        "--write-behind-s",
+        type=seconds,
+        default=process.env_value("TETHER_WRITE_BEHIND_S", str(LINGER_S), seconds),
+        help="how long a finished job's outcome and usage may wait to ride with the next "
+        f"admission's commit before they are written alone (default {LINGER_S:g}); a crash "
+        "within it fails the job instead (see the orchestrator's README)",
+    )
+    parser.add_argument(
         "--allow-operator",
         action="append",
         default=[],
@@ -88,6 +97,8 @@ async def serve(
     breakers: CircuitBreakers | None = None,
     operators: list[bytes] | None = None,
     drain_timeout_s: float = 30.0,
+    *,
+    write_behind_s: float = LINGER_S,
 ) -> None:
     store = await trio.to_thread.run_sync(config.open_store)
     network = SwarmNetwork(
@@ -103,6 +114,7 @@ async def serve(
         registry_topic=topics.registry(config.region),
         breakers=breakers,
     )
+    service.writer.linger_s = write_behind_s
     control = ControlService(
         service.rollouts,
         discovery,
@@ -132,6 +144,7 @@ async def serve(
             await nursery.start(functools.partial(discovery.run, refresh=refreshed))
             # Jobs a previous run of this orchestrator left are failed before it serves.
             await nursery.start(service.keep_lease)
+            await nursery.start(service.writer.run)
             await network.join(topics.control(config.region), server=True, client=False)
             await network.join(topics.registry(config.region), server=False, client=True)
             for topic in list(refreshed):
@@ -168,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     return process.run_service(
         "orchestrator",
-        lambda: serve(config, args.watch_region, breakers, operators, args.drain_timeout_s),
+        lambda: serve(config, args.watch_region, breakers, operators, args.drain_timeout_s,
+                      write_behind_s=args.write_behind_s),
         stop_timeout_s=args.drain_timeout_s + process.STOP_TIMEOUT_S,
     )
 

@@ -15,7 +15,18 @@ request lifecycle (§10) from placement to finalisation.
     score and dispatch ``Worker.Infer`` to the best candidate; a candidate that
     refuses before streaming anything (UNAVAILABLE, RESOURCE_EXHAUSTED) hands the
     request to the next one;
- 4. stream the worker's chunks back; finalise the job and record usage.
+ 4. stream the worker's chunks back; finalise the job and record usage, behind the
+    response (below).
+
+One transaction per request on the hot path: admission (quota, reservation, job) is
+committed before dispatch by a group-commit writer (``tether.metadata.group``), which
+puts the admissions that arrive together into one commit; a finished job's outcome and
+usage are written behind the response, riding with the next admission's commit or
+flushed within 50 ms. They are never lost silently: a crash (SIGKILL) before that flush
+leaves the job running under this orchestrator in the store, and the lease mechanism
+below fails it like any job the crash interrupted (FAILED naming this orchestrator,
+dead-lettered, quota given back, no usage charged). A drain flushes before it ends the
+lease; ``GetJob`` and a retry of the same ids read after a flush.
 
 A worker lost mid-stream (UNAVAILABLE, or a stream without its final chunk)
 does not end the request while candidates remain: the next one replays it, the
@@ -88,6 +99,7 @@ from tether.errors import (
     TetherError,
     Unavailable,
 )
+from tether.metadata.group import GroupCommit
 from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
 from tether.net import Network, peers_on, wait_for_peer
 from tether.resume import LOST_ORCHESTRATOR, Diverged, Resume
@@ -151,6 +163,9 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         rollouts: Rollouts | None = None,
     ) -> None:
         self.network = network
+        #: The hot path's writes: admissions committed in groups, finalisations behind.
+        #: Its ``run`` task is started beside ``keep_lease``.
+        self.writer = GroupCommit(store)
         #: Who may submit work and read jobs: gateways. None: anyone (embedded use).
         self.callers = callers or CallerPolicy.anyone()
         self.discovery = discovery
@@ -260,6 +275,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 scope.cancel()
             with trio.move_on_after(DRAIN_RECORD_S):
                 await self._wait_idle()
+        with trio.move_on_after(DRAIN_RECORD_S):
+            await self.writer.flush()  # every outcome recorded before the lease ends
         await blocking.run_sync(lambda: self.store.end_lease(self.owner))
 
     async def _wait_idle(self) -> None:
@@ -271,6 +288,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         running in the store for its restart or a peer to take over. (Tests stand a
         killed process in for this; a real one just dies.)"""
         self._halted = True
+        self.writer.halt()
 
     async def _registry(self) -> services_rpc.RegistryStub:
         peer = await wait_for_peer(self.network, self.registry_topic, timeout=REGISTRY_TIMEOUT_S)
@@ -533,12 +551,14 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
         quota_tokens = limits.max_tokens(request.params)
-        # Quota, reservation and job are written in one transaction, before dispatch.
-        reservation = await blocking.run_sync(
-            lambda: self.store.admit_job(
-                cid,
-                retry_token,
-                request.tenant_id,
+        # Quota, reservation and job are written in one transaction, committed before
+        # dispatch (with the admissions and finalisations pending at the same moment).
+        reservation = await self.writer.write(
+            functools.partial(
+                self.store.admit_in,
+                correlation_id=cid,
+                retry_token=retry_token,
+                tenant_id=request.tenant_id,
                 model_id=record.model.model_id,
                 version=record.model.version,
                 worker_id=candidates[0].entry.worker_id,
@@ -615,6 +635,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         finished job (ALREADY_EXISTS naming it); for a job whose orchestrator is dead, the
         job claimed by this one and its stored request, to run again."""
         cid = dispatched.correlation_id
+        await self.writer.flush()  # a job this orchestrator just finished: its outcome
         job = await blocking.run_sync(lambda: self.store.job_record(cid))
         state = jobs_pb2.JobState.Name(job.state)
         lost = context.metadata.get(LOST_ORCHESTRATOR, "")
@@ -843,12 +864,14 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         raise last_error
 
     async def _finalise(self, cid: str, last: infer_pb2.Infer.Chunk) -> None:
-        def write() -> None:
-            self.store.update_job(cid, jobs_pb2.JOB_STATE_SUCCEEDED, owner=self.owner)
-            if last.HasField("usage"):
-                self.store.record_usage(cid, last.usage)
-
-        await blocking.run_sync(write)
+        # Off the response's path (written behind, with the next admission or within
+        # the writer's linger); a crash before that leaves the job running under this
+        # orchestrator, which its restart or a peer then fails (see the module docstring).
+        usage = infer_pb2.Usage()
+        usage.CopyFrom(last.usage)
+        await self.writer.defer(functools.partial(
+            self.store.finish_in, correlation_id=cid, owner=self.owner,
+            usage=usage if last.HasField("usage") else None))
         if last.HasField("usage"):
             u = last.usage
             self.usage_metrics.record(
@@ -859,6 +882,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self, request: services_pb2.GetJobRequest, context: ServerContext
     ) -> jobs_pb2.JobStatus:
         self.callers.check(context)
+        await self.writer.flush()  # what this orchestrator finished shows as finished
         return await blocking.run_sync(
             lambda: self.store.get_job(request.correlation_id)
         )

@@ -254,6 +254,12 @@ class Fleet:
         self.orchestrators[keypair.public_key] = o
         return o
 
+    async def settled(self) -> None:
+        """Until every orchestrator has written what it wrote behind (finished jobs'
+        outcomes and usage): the store then shows them."""
+        for o in list(self.orchestrators.values()):
+            await o.service.writer.flush()
+
     def kill_orchestrator(self, key: bytes) -> None:
         """What SIGKILL does to an orchestrator: it records nothing more and its
         connections drop."""
@@ -373,6 +379,7 @@ async def _run_orchestrator(
             await nursery.start(_run_node, networks, net, joins)
             await nursery.start(functools.partial(discovery.run, refresh=presence))
             await nursery.start(service.keep_lease)
+            await nursery.start(service.writer.run)
             nursery.start_soon(service.follow_model_topics, list(regions), presence)
             task_status.started(scope)
 

@@ -245,6 +245,7 @@ def test_a_whole_answer_is_cancelled_upstream_when_its_client_leaves(tmp_path: P
                 await trio.sleep(1.0)
                 await client_end.aclose()  # the client gives up
             await trio.sleep(1.0)
+            await f.settled()  # outcomes are written behind the response
             job = f.store.get_job(engine.requests[0].correlation_id)
             assert job.state == jobs_pb2.JOB_STATE_CANCELLED, jobs_pb2.JobState.Name(job.state)
             assert engine.steps < 50  # stopped soon after, not run to its 1000 tokens

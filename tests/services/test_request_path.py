@@ -73,6 +73,7 @@ async def a_request_streams_through_gateway_orchestrator_and_worker(
         assert [c.seq for c in chunks] == [0, 1, 2, 3, 4]
         assert chunks[-1].done and chunks[-1].usage.output_tokens == 5
         assert {c.worker_id for c in chunks} == {"w1"}
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("job-1")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
         assert job.worker_id == "w1"
@@ -184,6 +185,7 @@ async def a_worker_lost_mid_stream_is_resumed_on_another(open_fleet: OpenFleet) 
         # Both attempts ran the same pinned seed: a sampled answer replays identically.
         seeds = {e.requests[0].params.seed for e in engines.values()}
         assert len(seeds) == 1 and seeds != {0}
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("job-r")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
         assert job.worker_id == other and job.attempts == 2
@@ -623,6 +625,7 @@ async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet
         orchestrator = await f.orchestrator()
         chunks = [c async for c in operator.replay(f.store, orchestrator, letter_id)]
         assert "".join(c.payload.text for c in chunks) == " w0 w1 w2" and chunks[-1].done
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("job-q")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
         # The replay ran the request as first dispatched (tenant, pinned seed), under a

@@ -174,6 +174,19 @@ class MetadataStore:
         with Session(self.engine, expire_on_commit=False) as s:
             yield s
 
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A session whose transaction is open from the start, for writes with savepoints.
+
+        On SQLite it takes the write lock at once (BEGIN IMMEDIATE: a read upgraded to a
+        write later may find the lock taken) and opens the transaction that savepoints
+        nest in; pysqlite would open one only before its first write, and a savepoint
+        opened outside a transaction commits when it is released."""
+        with self.session() as s:
+            if self.dialect == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield s
+
     # ------------------------------------------------------------------ models
 
     def put_model_version(self, record: registry_pb2.ModelRecord, major: int, minor: int) -> bool:
@@ -486,8 +499,9 @@ class MetadataStore:
             return left
 
     def _take_quota(self, s: Session, tenant_id: str, tokens: int, now: int) -> int | None:
-        """Inside ``s``: take ``tokens`` (ResourceExhausted when they do not fit); the tokens
-        left, or None when the tenant has no quota. The caller commits."""
+        """Inside ``s``: take ``tokens`` (ResourceExhausted when they do not fit, and then the
+        caller rolls back); the tokens left, or None when the tenant has no quota. The caller
+        commits."""
         Q = t.Quota
         if s.get(Q, tenant_id) is None:  # most tenants have none: no write at all
             return None
@@ -502,8 +516,7 @@ class MetadataStore:
         q = s.get(Q, tenant_id)
         assert q is not None
         s.refresh(q)
-        if res.rowcount == 0:
-            s.rollback()
+        if res.rowcount == 0:  # the caller's transaction (or savepoint) is rolled back
             raise ResourceExhausted(
                 f"tenant {tenant_id} quota exhausted: {q.used_tokens}/{q.limit_tokens} "
                 f"tokens used this period, {tokens} more asked",
@@ -516,47 +529,96 @@ class MetadataStore:
                   model_id: str, version: str, worker_id: str, quota_tokens: int,
                   ttl_ms: int = 60_000, owner: str = "",
                   request: infer_pb2.Infer.Request | None = None) -> ReservationResult:
-        """The orchestrator's strong decisions before dispatch, in ONE transaction: charge
-        the tenant's quota (if it has one), reserve ``(correlation_id, retry_token)``, and
+        """The orchestrator's strong decisions before dispatch, in ONE transaction: see
+        :meth:`admit_in`."""
+        with self.write_session() as s:
+            result = self.admit_in(
+                s, correlation_id, retry_token, tenant_id, model_id=model_id, version=version,
+                worker_id=worker_id, quota_tokens=quota_tokens, ttl_ms=ttl_ms, owner=owner,
+                request=request)
+            s.commit()
+        return result
+
+    def admit_in(self, s: Session, correlation_id: str, retry_token: str, tenant_id: str, *,
+                 model_id: str, version: str, worker_id: str, quota_tokens: int,
+                 ttl_ms: int = 60_000, owner: str = "",
+                 request: infer_pb2.Infer.Request | None = None) -> ReservationResult:
+        """Inside ``s`` (the caller commits; on an exception it rolls back): charge the
+        tenant's quota (if it has one), reserve ``(correlation_id, retry_token)``, and
         record the job as DISPATCHED to ``worker_id``, owned by orchestrator ``owner``
-        with the ``request`` as dispatched. A repeated reservation changes
-        nothing and returns the first one (``created=False``); a quota that does not fit
-        raises ResourceExhausted with nothing written."""
+        with the ``request`` as dispatched. A repeated reservation changes nothing and
+        returns the first one (``created=False``); a quota that does not fit raises
+        ResourceExhausted."""
         now = self._clock()
-        with self.session() as s:
-            charged = self._take_quota(s, tenant_id, quota_tokens, now) is not None
-            s.add(t.Reservation(correlation_id=correlation_id, retry_token=retry_token,
-                                tenant_id=tenant_id, worker_id=worker_id,
-                                created_unix_ms=now, expires_unix_ms=now + ttl_ms))
-            try:
+        R = t.Reservation
+        try:
+            with s.begin_nested():  # a reservation made concurrently elsewhere: only it undone
+                s.add(R(correlation_id=correlation_id, retry_token=retry_token,
+                        tenant_id=tenant_id, worker_id=worker_id,
+                        created_unix_ms=now, expires_unix_ms=now + ttl_ms))
                 s.flush()
-            except IntegrityError:
-                s.rollback()
-                return self.reserve(correlation_id, retry_token, tenant_id)
-            job = s.get(t.Job, correlation_id)
-            if job is None:
-                job = t.Job(correlation_id=correlation_id, tenant_id=tenant_id,
-                            model_id=model_id, version=version, created_unix_ms=now,
-                            state=jobs_pb2.JOB_STATE_DISPATCHED, updated_unix_ms=now)
-            elif job.tenant_id != tenant_id:
-                s.rollback()
-                raise AlreadyExists(f"job {correlation_id} belongs to another tenant")
-            job.state = jobs_pb2.JOB_STATE_DISPATCHED
-            job.model_id, job.version, job.worker_id = model_id, version, worker_id
-            job.error_code, job.error_message = 0, ""
-            job.attempts = (job.attempts or 0) + 1
-            job.updated_unix_ms = now
-            job.owner = owner
-            job.request = None if request is None else request.SerializeToString(
-                deterministic=True)
-            job.quota_tokens = quota_tokens if charged else 0
-            s.add(job)
-            try:
+        except IntegrityError:
+            old = s.exec(select(R).where(R.correlation_id == correlation_id,
+                                         R.retry_token == retry_token)).one()
+            return ReservationResult(old.correlation_id, old.retry_token, old.tenant_id,
+                                     old.worker_id, old.expires_unix_ms, False)
+        charged = self._take_quota(s, tenant_id, quota_tokens, now) is not None
+        job = s.get(t.Job, correlation_id)
+        if job is None:
+            job = t.Job(correlation_id=correlation_id, tenant_id=tenant_id,
+                        model_id=model_id, version=version, created_unix_ms=now,
+                        state=jobs_pb2.JOB_STATE_DISPATCHED, updated_unix_ms=now)
+        elif job.tenant_id != tenant_id:
+            raise AlreadyExists(f"job {correlation_id} belongs to another tenant")
+        job.state = jobs_pb2.JOB_STATE_DISPATCHED
+        job.model_id, job.version, job.worker_id = model_id, version, worker_id
+        job.error_code, job.error_message = 0, ""
+        job.attempts = (job.attempts or 0) + 1
+        job.updated_unix_ms = now
+        job.owner = owner
+        job.request = None if request is None else request.SerializeToString(
+            deterministic=True)
+        job.quota_tokens = quota_tokens if charged else 0
+        s.add(job)
+        try:
+            s.flush()
+        except IntegrityError as exc:
+            raise AlreadyExists(f"job {correlation_id} was created concurrently") from exc
+        return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
+                                 now + ttl_ms, True)
+
+    def finish_in(self, s: Session, correlation_id: str, *, owner: str,
+                  usage: infer_pb2.Usage | None = None) -> bool:
+        """Inside ``s``: a job of ``owner`` SUCCEEDED (one conditional UPDATE: False, the
+        job left as it is, when another orchestrator took it over), and its ``usage`` is
+        recorded (whoever owns it now: the work was done and delivered)."""
+        J = t.Job
+        now = self._clock()
+        done = s.exec(update(J).where(col(J.correlation_id) == correlation_id,
+                                      col(J.owner) == owner)
+                      .values(state=jobs_pb2.JOB_STATE_SUCCEEDED,
+                              updated_unix_ms=now)).rowcount
+        if usage is not None:
+            s.add(self._usage_row(correlation_id, usage))
+        return bool(done)
+
+    def write_batch(self, ops: list[Callable[[Session], Any]]) -> list[Any]:
+        """Run ``ops`` in ONE transaction (one commit: group commit), each in a savepoint
+        of its own: an op that raises is undone alone and its exception is its result.
+        When the commit itself fails, every op's result is that exception."""
+        results: list[Any] = []
+        try:
+            with self.write_session() as s:
+                for op in ops:
+                    try:
+                        with s.begin_nested():
+                            results.append(op(s))
+                    except Exception as exc:  # handed to the op's caller
+                        results.append(exc)
                 s.commit()
-            except IntegrityError as exc:
-                raise AlreadyExists(f"job {correlation_id} was created concurrently") from exc
-            return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
-                                     now + ttl_ms, True)
+        except (OperationalError, IntegrityError) as exc:
+            return [exc] * len(ops)
+        return results
 
     def unadmit_job(self, correlation_id: str, retry_token: str, tenant_id: str, *,
                     quota_tokens: int, error: status_pb2.Error) -> None:
@@ -734,12 +796,15 @@ class MetadataStore:
 
     def record_usage(self, correlation_id: str, usage: infer_pb2.Usage) -> None:
         with self.session() as s:
-            s.add(t.Usage(tenant_id=usage.tenant_id, correlation_id=correlation_id,
-                          model_id=usage.model_id, version=usage.version,
-                          input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                          compute_ms=usage.compute_ms, queue_ms=usage.queue_ms,
-                          recorded_unix_ms=self._clock()))
+            s.add(self._usage_row(correlation_id, usage))
             s.commit()
+
+    def _usage_row(self, correlation_id: str, usage: infer_pb2.Usage) -> t.Usage:
+        return t.Usage(tenant_id=usage.tenant_id, correlation_id=correlation_id,
+                       model_id=usage.model_id, version=usage.version,
+                       input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                       compute_ms=usage.compute_ms, queue_ms=usage.queue_ms,
+                       recorded_unix_ms=self._clock())
 
     def usage_report(self, *, since_ms: int = 0, until_ms: int | None = None,
                      tenant_id: str | None = None) -> list[UsageLine]:

@@ -1,0 +1,147 @@
+"""Group commit (``tether.metadata.group``) on SQLite and PostgreSQL (see conftest):
+admissions that arrive together share one transaction, each undone alone when it fails;
+finalisations are written behind, with the next batch or after the linger, never before
+a flush returns."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+import trio.testing
+
+from tether import blocking
+from tether.errors import AlreadyExists, NotFound, ResourceExhausted
+from tether.metadata import MetadataStore
+from tether.metadata.group import GroupCommit
+from tether.v1 import infer_pb2, jobs_pb2
+
+
+def admission(store: MetadataStore, cid: str, *, tenant: str = "acme", retry: str = "r1",
+              tokens: int = 5) -> functools.partial:
+    return functools.partial(store.admit_in, correlation_id=cid, retry_token=retry,
+                             tenant_id=tenant, model_id="m", version="1.0", worker_id="w1",
+                             quota_tokens=tokens, owner="o1")
+
+
+def finish(store: MetadataStore, cid: str, tokens: int = 3) -> functools.partial:
+    usage = infer_pb2.Usage(tenant_id="acme", model_id="m", version="1.0",
+                            output_tokens=tokens)
+    return functools.partial(store.finish_in, correlation_id=cid, owner="o1", usage=usage)
+
+
+def run(store: MetadataStore, body) -> None:
+    async def main() -> None:
+        writer = GroupCommit(store, linger_s=0.05)
+        with blocking.inline():  # under the virtual clock: no thread to wait for
+            await with_writer(writer)
+
+    async def with_writer(writer: GroupCommit) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await body(writer)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_concurrent_admissions_share_one_commit_and_fail_alone(store: MetadataStore) -> None:
+    store.set_quota("metered", limit_tokens=8, period_ms=3_600_000)
+    results: dict[str, object] = {}
+
+    async def body(writer: GroupCommit) -> None:
+        async def admit(cid: str, tenant: str = "acme") -> None:
+            try:
+                results[cid] = (await writer.write(admission(store, cid, tenant=tenant))).created
+            except (ResourceExhausted, AlreadyExists) as exc:
+                results[cid] = type(exc).__name__
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(admit, "a")
+            nursery.start_soon(admit, "m1", "metered")
+            nursery.start_soon(admit, "m2", "metered")  # one of the two cannot fit
+            nursery.start_soon(admit, "b")
+        await writer.write(admission(store, "a"))  # the same ids again: nothing written
+        assert writer.batches == 2 and writer.written == 5
+
+    run(store, body)
+    assert results["a"] is True and results["b"] is True
+    assert sorted(map(str, (results["m1"], results["m2"]))) == ["ResourceExhausted", "True"]
+    refused = "m1" if results["m1"] == "ResourceExhausted" else "m2"
+    with pytest.raises(NotFound):
+        store.get_job(refused)  # nothing of the refused admission was left
+    assert store.get_job("a").attempts == 1
+    assert store.consume_quota("metered", 0) == 3
+
+
+def test_finalisations_ride_with_the_next_admission(store: MetadataStore) -> None:
+    async def body(writer: GroupCommit) -> None:
+        await writer.write(admission(store, "j1"))
+        await writer.defer(finish(store, "j1"))
+        assert writer.pending == 1
+        assert store.get_job("j1").state == jobs_pb2.JOB_STATE_DISPATCHED  # not yet
+        await writer.write(admission(store, "j2"))  # one commit for both
+        assert writer.pending == 0 and writer.batches == 2
+        assert store.get_job("j1").state == jobs_pb2.JOB_STATE_SUCCEEDED
+        assert store.usage_totals("acme") == (0, 3)
+
+    run(store, body)
+
+
+def test_a_lone_finalisation_is_flushed_after_the_linger(store: MetadataStore) -> None:
+    async def body(writer: GroupCommit) -> None:
+        await writer.write(admission(store, "j1"))
+        await writer.defer(finish(store, "j1"))
+        await trio.sleep(0.01)
+        assert store.get_job("j1").state == jobs_pb2.JOB_STATE_DISPATCHED
+        await trio.sleep(0.05)
+        assert store.get_job("j1").state == jobs_pb2.JOB_STATE_SUCCEEDED
+
+    run(store, body)
+
+
+def test_flush_returns_once_every_deferred_write_is_committed(store: MetadataStore) -> None:
+    async def body(writer: GroupCommit) -> None:
+        for i in range(3):
+            await writer.write(admission(store, f"f{i}"))
+            await writer.defer(finish(store, f"f{i}"))
+        start = trio.current_time()
+        await writer.flush()
+        assert trio.current_time() - start < 0.05  # at once, not after the linger
+        assert {store.get_job(f"f{i}").state for i in range(3)} == {
+            jobs_pb2.JOB_STATE_SUCCEEDED}
+        assert store.usage_totals("acme") == (0, 9)
+
+    run(store, body)
+
+
+def test_the_write_behind_queue_is_bounded(store: MetadataStore) -> None:
+    async def body(_: GroupCommit) -> None:
+        writer = GroupCommit(store, linger_s=10.0, max_pending=2)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for i in range(5):
+                await writer.write(admission(store, f"b{i}"))
+            start = trio.current_time()
+            for i in range(5):
+                await writer.defer(finish(store, f"b{i}"))
+                assert writer.pending <= 2
+            assert trio.current_time() - start < 10.0  # full: flushed, not lingering
+            await writer.flush()
+            nursery.cancel_scope.cancel()
+        assert store.usage_totals("acme") == (0, 15)
+
+    run(store, body)
+
+
+def test_a_halted_writer_writes_nothing_more(store: MetadataStore) -> None:
+    async def body(writer: GroupCommit) -> None:
+        await writer.write(admission(store, "h1"))
+        await writer.defer(finish(store, "h1"))
+        writer.halt()  # a kill: what was deferred is lost, the job stays running
+        await trio.sleep(1.0)
+        assert store.get_job("h1").state == jobs_pb2.JOB_STATE_DISPATCHED
+        assert store.owned_jobs("o1") == ["h1"]  # for the owner's restart to fail it
+
+    run(store, body)
