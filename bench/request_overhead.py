@@ -46,6 +46,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +360,73 @@ async def _ray(requests: int, warmup: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ the run
 
 
+@dataclass
+class Services:
+    """The services of one run, each a process of its own (``services``)."""
+
+    data_dir: Path
+    store_url: str
+    env: dict[str, str]
+    nursery: trio.Nursery
+    bootstrap: list[SocketAddress] = field(default_factory=list)
+    token: str = ""
+    procs: dict[str, trio.Process] = field(default_factory=dict)
+    ready: dict[str, dict[str, Any]] = field(default_factory=dict)
+    args: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def gateway_key(self) -> bytes:
+        return bytes.fromhex(self.ready["gateway"]["public_key"])
+
+    async def start(self, name: str) -> None:
+        """Start service ``name`` (again, after it was killed: same data folder, same key)."""
+        module = ["-m", "p2p_transport", "testnet", "--host", "127.0.0.1"] if name == "dht" \
+            else ["-m", f"{name}.main", *self.args[name]]
+        log = self.data_dir / "logs" / f"{name}.log"
+        procs: list[trio.Process] = []
+        self.ready[name] = await _start(self.nursery, [sys.executable, *module], self.env,
+                                        log, procs)
+        self.procs[name] = procs[0]
+
+
+@asynccontextmanager
+async def services(data_dir: Path, store_url: str, *,
+                   orchestrator_args: tuple[str, ...] = ()) -> AsyncIterator[Services]:
+    """A loopback DHT, then the registry, orchestrator, gateway and a CPU worker serving
+    ``MODEL``, as ``tether up`` starts them; stopped (SIGTERM, then SIGKILL) at the end."""
+    (data_dir / "logs").mkdir(exist_ok=True)
+    async with trio.open_nursery() as nursery:
+        net = Services(data_dir, store_url, _env(store_url), nursery)
+        try:
+            await net.start("dht")
+            net.bootstrap = [parse_address(b) for b in net.ready["dht"]["bootstrap"]]
+            net.token = await trio.to_thread.run_sync(_publish, data_dir, store_url)
+            common = ["--region", "local", "--data-dir", str(data_dir), "--bootstrap",
+                      ",".join(f"{a.host}:{a.port}" for a in net.bootstrap)]
+            net.args = {
+                "registry": common,
+                "orchestrator": [*common, *orchestrator_args],
+                "gateway": [*common, "--http-port", "0", "--grpc-port", "0",
+                            "--rate", "100000", "--burst", "100000"],
+                "worker": [*common, "--worker-id", "worker-1", "--model", MODEL],
+            }
+            for name in ("registry", "orchestrator", "gateway", "worker"):
+                await net.start(name)
+            yield net
+        finally:
+            procs = list(net.procs.values())
+            for proc in reversed(procs):
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(20), trio.CancelScope(shield=True):
+                for proc in procs:
+                    await proc.wait()
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+            nursery.cancel_scope.cancel()
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "request_overhead", "model": MODEL,
                               "store": args.store, "requests": args.requests,
@@ -368,62 +438,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["fsync_p50_ms"] = fsync_p50_ms(data_dir)
         store_url = _postgres_url() if args.store == "postgres" else sqlite_url(
             data_dir / "metadata.db")
-        env = _env(store_url)
-        logs = data_dir / "logs"
-        logs.mkdir()
-        procs: list[trio.Process] = []
-        py = sys.executable
-        async with trio.open_nursery() as nursery:
-            try:
-                dht = await _start(nursery, [py, "-m", "p2p_transport", "testnet", "--host",
-                                             "127.0.0.1"], env, logs / "dht.log", procs)
-                bootstrap = [parse_address(b) for b in dht["bootstrap"]]
-                token = await trio.to_thread.run_sync(_publish, data_dir, store_url)
-                common = ["--region", "local", "--data-dir", str(data_dir), "--bootstrap",
-                          ",".join(f"{a.host}:{a.port}" for a in bootstrap)]
-                extra = {"gateway": ["--http-port", "0", "--grpc-port", "0", "--rate", "100000",
-                                     "--burst", "100000"],
-                         "worker": ["--worker-id", "worker-1", "--model", MODEL]}
-                ready: dict[str, dict[str, Any]] = {}
-                for name in ("registry", "orchestrator", "gateway", "worker"):
-                    ready[name] = await _start(
-                        nursery, [py, "-m", f"{name}.main", *common, *extra.get(name, [])],
-                        env, logs / f"{name}.log", procs)
-                orchestrator_pid = procs[2].pid
-                gateway_key = bytes.fromhex(ready["gateway"]["public_key"])
-                spy = None
-                raw = data_dir / "orchestrator.prof"
-                if args.profile:
-                    tool = _py_spy()
-                    if tool is None:
-                        result["profile"] = {"missing": "py-spy is not installed"}
-                    else:
-                        spy = await trio.lowlevel.open_process(
-                            [tool, "record", "--pid", str(orchestrator_pid), "--format", "raw",
-                             "--rate", "1000", "--nonblocking", "-o", str(raw)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                swarm = await _hyperswarm(bootstrap, token, gateway_key, args.requests,
-                                          args.warmup)
-                if spy is not None:
-                    spy.send_signal(signal.SIGINT)
-                    await spy.wait()
-                    if raw.exists():
-                        result["profile_orchestrator"] = _profile_report(raw)
-                result["hyperswarm"] = _summary(swarm)
-                http = await trio.to_thread.run_sync(
-                    _http, ready["gateway"]["http"], token, args.requests, args.warmup)
-                result["http"] = _summary(http)
-            finally:
-                for proc in reversed(procs):
-                    if proc.returncode is None:
-                        proc.send_signal(signal.SIGTERM)
-                with trio.move_on_after(20), trio.CancelScope(shield=True):
-                    for proc in procs:
-                        await proc.wait()
-                for proc in procs:
-                    if proc.returncode is None:
-                        proc.kill()
-                nursery.cancel_scope.cancel()
+        async with services(data_dir, store_url) as net:
+            spy = None
+            raw = data_dir / "orchestrator.prof"
+            if args.profile:
+                tool = _py_spy()
+                if tool is None:
+                    result["profile"] = {"missing": "py-spy is not installed"}
+                else:
+                    spy = await trio.lowlevel.open_process(
+                        [tool, "record", "--pid", str(net.procs["orchestrator"].pid),
+                         "--format", "raw", "--rate", "1000", "--nonblocking", "-o", str(raw)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            swarm = await _hyperswarm(net.bootstrap, net.token, net.gateway_key,
+                                      args.requests, args.warmup)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                await spy.wait()
+                if raw.exists():
+                    result["profile_orchestrator"] = _profile_report(raw)
+            result["hyperswarm"] = _summary(swarm)
+            http = await trio.to_thread.run_sync(
+                _http, net.ready["gateway"]["http"], net.token, args.requests, args.warmup)
+            result["http"] = _summary(http)
     if args.no_ray:
         result["ray_serve"] = {"skipped": "--no-ray"}
     else:

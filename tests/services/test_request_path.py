@@ -642,6 +642,25 @@ async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet
         assert len(more) == 3 and f.store.get_job("job-q").attempts == 3
 
 
+@scenario
+async def a_request_that_asks_gets_when_it_passed_each_hop(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        timed = request(n=3, correlation_id="job-t")
+        timed.timing = True
+        chunks = await collect(gw, timed, f.token("acme"))
+        assert [c.HasField("timing") for c in chunks] == [False, False, True]  # the last only
+        stamps = [(s.at, s.unix_ns) for s in chunks[-1].timing.stamps]
+        assert [at for at, _ in sorted(stamps, key=lambda s: s[1])] == [
+            "gateway.in", "gateway.forward", "orchestrator.in", "orchestrator.admitted",
+            "orchestrator.dispatch", "worker.in", "worker.model_start", "worker.model_end",
+            "worker.out", "orchestrator.worker_done", "orchestrator.out", "gateway.out"]
+        plain = await collect(gw, request(n=3, correlation_id="job-u"), f.token("acme"))
+        assert not any(c.HasField("timing") for c in plain)  # off unless asked
+
+
 @pytest.mark.parametrize("fn", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])
 def test_scenario_on_the_local_network(fn: Scenario, tmp_path: Path) -> None:
     async def main() -> None:
