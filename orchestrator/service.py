@@ -551,6 +551,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
         quota_tokens = limits.max_tokens(request.params)
+        hops.stamp("orchestrator.placed")
         # Quota, reservation and job are written in one transaction, committed before
         # dispatch (with the admissions and finalisations pending at the same moment).
         reservation = await self.writer.write(

@@ -654,7 +654,8 @@ async def a_request_that_asks_gets_when_it_passed_each_hop(open_fleet: OpenFleet
         assert [c.HasField("timing") for c in chunks] == [False, False, True]  # the last only
         stamps = [(s.at, s.unix_ns) for s in chunks[-1].timing.stamps]
         assert [at for at, _ in sorted(stamps, key=lambda s: s[1])] == [
-            "gateway.in", "gateway.forward", "orchestrator.in", "orchestrator.admitted",
+            "gateway.in", "gateway.forward", "orchestrator.in", "orchestrator.placed",
+            "orchestrator.admitted",
             "orchestrator.dispatch", "worker.in", "worker.model_start", "worker.model_end",
             "worker.out", "orchestrator.worker_done", "orchestrator.out", "gateway.out"]
         plain = await collect(gw, request(n=3, correlation_id="job-u"), f.token("acme"))

@@ -29,6 +29,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import case, event, func, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, create_engine, select
@@ -551,13 +553,14 @@ class MetadataStore:
         ResourceExhausted."""
         now = self._clock()
         R = t.Reservation
-        try:
-            with s.begin_nested():  # a reservation made concurrently elsewhere: only it undone
-                s.add(R(correlation_id=correlation_id, retry_token=retry_token,
-                        tenant_id=tenant_id, worker_id=worker_id,
-                        created_unix_ms=now, expires_unix_ms=now + ttl_ms))
-                s.flush()
-        except IntegrityError:
+        # One statement, no savepoint: a reservation that exists (made earlier, or
+        # concurrently elsewhere) is left as it is, and returned.
+        insert = self._insert(R).values(
+            correlation_id=correlation_id, retry_token=retry_token, tenant_id=tenant_id,
+            worker_id=worker_id, created_unix_ms=now, expires_unix_ms=now + ttl_ms,
+        ).on_conflict_do_nothing(index_elements=["correlation_id", "retry_token"]).returning(
+            col(R.id))
+        if s.exec(insert).first() is None:
             old = s.exec(select(R).where(R.correlation_id == correlation_id,
                                          R.retry_token == retry_token)).one()
             return ReservationResult(old.correlation_id, old.retry_token, old.tenant_id,
@@ -587,6 +590,10 @@ class MetadataStore:
         return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
                                  now + ttl_ms, True)
 
+    def _insert(self, table: type[Any]) -> Any:
+        """INSERT for this database's dialect (for ON CONFLICT)."""
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
     def finish_in(self, s: Session, correlation_id: str, *, owner: str,
                   usage: infer_pb2.Usage | None = None) -> bool:
         """Inside ``s``: a job of ``owner`` SUCCEEDED (one conditional UPDATE: False, the
@@ -603,22 +610,34 @@ class MetadataStore:
         return bool(done)
 
     def write_batch(self, ops: list[Callable[[Session], Any]]) -> list[Any]:
-        """Run ``ops`` in ONE transaction (one commit: group commit), each in a savepoint
-        of its own: an op that raises is undone alone and its exception is its result.
+        """Run ``ops`` in ONE transaction (one commit: group commit); the result of each,
+        or the exception it raised. An op that raises is undone alone: the transaction is
+        rolled back and the others run again without it (failures are rare: a quota that
+        does not fit, another tenant's ids; savepoints would cost every batch round trips).
         When the commit itself fails, every op's result is that exception."""
-        results: list[Any] = []
-        try:
-            with self.write_session() as s:
-                for op in ops:
-                    try:
-                        with s.begin_nested():
-                            results.append(op(s))
-                    except Exception as exc:  # handed to the op's caller
-                        results.append(exc)
-                s.commit()
-        except (OperationalError, IntegrityError) as exc:
-            return [exc] * len(ops)
-        return results
+        results: dict[int, Any] = {}
+        todo = list(range(len(ops)))
+        while todo:
+            failed = None
+            try:
+                with self.write_session() as s:
+                    done = {}
+                    for i in todo:
+                        try:
+                            done[i] = ops[i](s)
+                        except Exception as exc:  # handed to the op's caller
+                            failed = (i, exc)
+                            break
+                    if failed is None:
+                        s.commit()
+                        results.update(done)
+                        todo = []
+            except (OperationalError, IntegrityError) as exc:
+                return [exc] * len(ops)
+            if failed is not None:
+                results[failed[0]] = failed[1]
+                todo.remove(failed[0])
+        return [results[i] for i in range(len(ops))]
 
     def unadmit_job(self, correlation_id: str, retry_token: str, tenant_id: str, *,
                     quota_tokens: int, error: status_pb2.Error) -> None:
@@ -838,6 +857,8 @@ class MetadataStore:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    # Each commit fsyncs the WAL: durable against power loss, not only a killed process.
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
