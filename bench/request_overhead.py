@@ -22,8 +22,9 @@ returning its argument) through a handle and through its HTTP proxy, measured th
 way (in a child process; ``pip install 'tether[bench]'`` brings Ray). Without Ray the bench
 says so and prints Tether's figures alone.
 
-``--profile`` records the orchestrator with py-spy during the Hyperswarm run and prints
-where its time goes (inclusive share of samples by function).
+``--profile`` records the orchestrator, gateway and worker with py-spy during the
+Hyperswarm run and prints where their time goes (share of samples by function, inclusive
+and own).
 
     python bench/request_overhead.py [--requests 300] [--store sqlite|postgres] [--profile]
 
@@ -301,6 +302,8 @@ def _frame(f: str) -> str:
 
 
 RAY_CHILD = "--ray-child"
+#: The services ``--profile`` records during the Hyperswarm run.
+PROFILED = ("orchestrator", "gateway", "worker")
 
 
 def _ray_child(requests: int, warmup: int) -> None:
@@ -440,24 +443,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         store_url = _postgres_url() if args.store == "postgres" else sqlite_url(
             data_dir / "metadata.db")
         async with services(data_dir, store_url) as net:
-            spy = None
-            raw = data_dir / "orchestrator.prof"
-            if args.profile:
-                tool = _py_spy()
+            spies: dict[str, trio.Process] = {}
+            tool = _py_spy()
+            if args.profile and tool is None:
+                result["profile"] = {"missing": "py-spy is not installed"}
+            for name in PROFILED if args.profile else ():
                 if tool is None:
-                    result["profile"] = {"missing": "py-spy is not installed"}
-                else:
-                    spy = await trio.lowlevel.open_process(
-                        [tool, "record", "--pid", str(net.procs["orchestrator"].pid),
-                         "--format", "raw", "--rate", "1000", "--nonblocking", "-o", str(raw)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    break
+                spies[name] = await trio.lowlevel.open_process(
+                    [tool, "record", "--pid", str(net.procs[name].pid), "--format", "raw",
+                     "--rate", "500", "--nonblocking", "-o", str(data_dir / f"{name}.prof")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             swarm = await _hyperswarm(net.bootstrap, net.token, net.gateway_key,
                                       args.requests, args.warmup)
-            if spy is not None:
+            for name, spy in spies.items():
                 spy.send_signal(signal.SIGINT)
                 await spy.wait()
-                if raw.exists():
-                    result["profile_orchestrator"] = _profile_report(raw)
+                if (data_dir / f"{name}.prof").exists():
+                    result[f"profile_{name}"] = _profile_report(data_dir / f"{name}.prof")
             result["hyperswarm"] = _summary(swarm)
             http = await trio.to_thread.run_sync(
                 _http, net.ready["gateway"]["http"], net.token, args.requests, args.warmup)
@@ -485,7 +488,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--profile", action="store_true",
-                        help="record the orchestrator with py-spy during the Hyperswarm run")
+                        help="record the services with py-spy during the Hyperswarm run")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray Serve's figures")
     parser.add_argument(RAY_CHILD, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,9 +1,8 @@
 """Group commit for a service's hot-path writes to the Metadata Store.
 
 One writer task runs, one after another, batches of the writes waiting when it starts,
-each batch in ONE transaction (one commit, one fsync on SQLite) with each write in a
-savepoint of its own (``MetadataStore.write_batch``), so a write that fails is undone
-alone. Two kinds of write:
+each batch in ONE transaction (one commit, one fsync on SQLite); a write that fails is
+undone alone (``MetadataStore.write_batch``). Two kinds of write:
 
 * :meth:`GroupCommit.write` returns once its batch is committed: the orchestrator's
   admission, which must be durable before dispatch. Admissions arriving together share
