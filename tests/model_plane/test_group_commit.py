@@ -145,3 +145,18 @@ def test_a_halted_writer_writes_nothing_more(store: MetadataStore) -> None:
         assert store.owned_jobs("o1") == ["h1"]  # for the owner's restart to fail it
 
     run(store, body)
+
+
+def test_a_stopped_writer_writes_what_was_pending(store: MetadataStore) -> None:
+    async def body(_: GroupCommit) -> None:
+        writer = GroupCommit(store, linger_s=10.0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await writer.write(admission(store, "s1"))
+            await writer.defer(finish(store, "s1"))
+            nursery.cancel_scope.cancel()  # a stop (not a kill) before the linger ran out
+        assert store.get_job("s1").state == jobs_pb2.JOB_STATE_SUCCEEDED
+        await writer.defer(finish(store, "s1"))  # not running: written at once
+        assert store.usage_totals("acme") == (0, 6)
+
+    run(store, body)

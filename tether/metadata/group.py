@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 import trio
 
 from tether import blocking
-from tether.errors import Unavailable
 from tether.metadata.store import MetadataStore
 
 log = logging.getLogger("tether.metadata.group")
@@ -124,8 +123,8 @@ class GroupCommit:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
-        """The writer: until cancelled. Cancelled, it writes nothing more (a drain
-        flushes first)."""
+        """The writer: until cancelled; then it writes what is pending before it returns
+        (unless halted), and later writes run at once."""
         self._running = True
         task_status.started()
         try:
@@ -142,9 +141,10 @@ class GroupCommit:
                 await self._write_batch()
         finally:
             self._running = False
-            for w in self._durable:  # stopped under them: their callers are going too
-                w.result = Unavailable("the metadata store's writer stopped")
-                w.done.set()
+            if not self._halted:  # stopped, not killed: what is pending is written now
+                with trio.CancelScope(shield=True):
+                    while self._durable or self._deferred:
+                        await self._write_batch()
 
     async def _next_wake(self) -> None:
         await self._wake.wait()
