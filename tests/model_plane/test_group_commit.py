@@ -160,3 +160,17 @@ def test_a_stopped_writer_writes_what_was_pending(store: MetadataStore) -> None:
         assert store.usage_totals("acme") == (0, 6)
 
     run(store, body)
+
+
+def test_a_late_finalisation_does_not_undo_a_peers_failure(store: MetadataStore) -> None:
+    """A job a peer failed (this orchestrator's lease ran out) stays FAILED when this one's
+    finalisation arrives after all."""
+    from tether.v1 import status_pb2
+
+    store.admit_job("late", "r1", "acme", model_id="m", version="1.0", worker_id="w1",
+                    quota_tokens=5, owner="o1")
+    error = status_pb2.Error(code=status_pb2.STATUS_CODE_UNAVAILABLE, message="lease ran out")
+    assert store.fail_job("late", error, owner="o1")
+    [result] = store.write_batch([finish(store, "late")])
+    assert result is False
+    assert store.get_job("late").state == jobs_pb2.JOB_STATE_FAILED

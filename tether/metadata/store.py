@@ -596,13 +596,15 @@ class MetadataStore:
 
     def finish_in(self, s: Session, correlation_id: str, *, owner: str,
                   usage: infer_pb2.Usage | None = None) -> bool:
-        """Inside ``s``: a job of ``owner`` SUCCEEDED (one conditional UPDATE: False, the
-        job left as it is, when another orchestrator took it over), and its ``usage`` is
-        recorded (whoever owns it now: the work was done and delivered)."""
+        """Inside ``s``: a running job of ``owner`` SUCCEEDED (one conditional UPDATE: False,
+        the job left as it is, when another orchestrator took it over or a peer failed it
+        after this one's lease ran out), and its ``usage`` is recorded (the work was done
+        and delivered)."""
         J = t.Job
         now = self._clock()
         done = s.exec(update(J).where(col(J.correlation_id) == correlation_id,
-                                      col(J.owner) == owner)
+                                      col(J.owner) == owner,
+                                      col(J.state).in_(ACTIVE_JOB_STATES))
                       .values(state=jobs_pb2.JOB_STATE_SUCCEEDED,
                               updated_unix_ms=now)).rowcount
         if usage is not None:
