@@ -462,8 +462,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if (data_dir / f"{name}.prof").exists():
                     result[f"profile_{name}"] = _profile_report(data_dir / f"{name}.prof")
             result["hyperswarm"] = _summary(swarm)
+            edge = None
+            if spies and tool is not None:  # the HTTP edge, in the gateway's process
+                edge = await trio.lowlevel.open_process(
+                    [tool, "record", "--pid", str(net.procs["gateway"].pid), "--format", "raw",
+                     "--rate", "500", "--nonblocking", "-o", str(data_dir / "http.prof")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             http = await trio.to_thread.run_sync(
                 _http, net.ready["gateway"]["http"], net.token, args.requests, args.warmup)
+            if edge is not None:
+                edge.send_signal(signal.SIGINT)
+                await edge.wait()
+                if (data_dir / "http.prof").exists():
+                    result["profile_gateway_http"] = _profile_report(data_dir / "http.prof")
             result["http"] = _summary(http)
     if args.no_ray:
         result["ray_serve"] = {"skipped": "--no-ray"}
