@@ -476,6 +476,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if (data_dir / "http.prof").exists():
                     result["profile_gateway_http"] = _profile_report(data_dir / "http.prof")
             result["http"] = _summary(http)
+            # The disk is shared: its fsync time again, after the runs.
+            result["fsync_p50_ms_after"] = fsync_p50_ms(data_dir)
+            result["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     if args.no_ray:
         result["ray_serve"] = {"skipped": "--no-ray"}
     else:
