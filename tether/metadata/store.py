@@ -11,6 +11,7 @@ Every method is synchronous (SQLAlchemy is); trio callers run them in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -27,7 +28,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import case, event, func, update
+from sqlalchemy import bindparam, case, event, func, update
+from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -99,6 +101,39 @@ def sqlite_url(path: str | os.PathLike[str]) -> str:
 
 
 _MIGRATION_LOCK = threading.Lock()
+
+
+class _HotStatements:
+    """The statements of every request's writes, built once: building a statement costs
+    more CPU than running it (SQLAlchemy's construction and cache keys), and these run
+    with bound parameters on the connection, past the ORM."""
+
+    def __init__(self, insert: Callable[[type[Any]], Any]) -> None:
+        R, J, Q = t.Reservation, t.Job, t.Quota
+        self.reserve = insert(R).on_conflict_do_nothing(
+            index_elements=["correlation_id", "retry_token"]).returning(col(R.id))
+        self.reservation = sa_select(
+            col(R.tenant_id), col(R.worker_id), col(R.expires_unix_ms)
+        ).where(col(R.correlation_id) == bindparam("b_cid"),
+                col(R.retry_token) == bindparam("b_retry"))
+        job = insert(J)
+        again = ("state", "model_id", "version", "worker_id", "error_code", "error_message",
+                 "updated_unix_ms", "owner", "request", "quota_tokens")
+        # A job started over under a new retry token keeps its creation time and counts
+        # one attempt more; a job belongs to one tenant (another's: nothing returned).
+        self.job = job.on_conflict_do_update(
+            index_elements=["correlation_id"],
+            set_={**{c: job.excluded[c] for c in again}, "attempts": col(J.attempts) + 1},
+            where=col(J.tenant_id) == job.excluded.tenant_id,
+        ).returning(col(J.correlation_id))
+        self.succeed = (update(J).where(col(J.correlation_id) == bindparam("b_cid"),
+                                        col(J.owner) == bindparam("b_owner"),
+                                        col(J.state).in_(ACTIVE_JOB_STATES))
+                        .values(state=jobs_pb2.JOB_STATE_SUCCEEDED,
+                                updated_unix_ms=bindparam("b_now")))
+        self.usage = sa_insert(t.Usage)
+        self.has_quota = sa_select(col(Q.tenant_id)).where(
+            col(Q.tenant_id) == bindparam("b_tenant"))
 
 
 class MetadataStore:
@@ -505,7 +540,8 @@ class MetadataStore:
         caller rolls back); the tokens left, or None when the tenant has no quota. The caller
         commits."""
         Q = t.Quota
-        if s.get(Q, tenant_id) is None:  # most tenants have none: no write at all
+        has = s.connection().execute(self._hot.has_quota, {"b_tenant": tenant_id})
+        if has.first() is None:  # most tenants have none: no write at all
             return None
         # Roll the period over first, then take with one conditional UPDATE, which is
         # atomic on SQLite and PostgreSQL alike.
@@ -552,43 +588,34 @@ class MetadataStore:
         returns the first one (``created=False``); a quota that does not fit raises
         ResourceExhausted."""
         now = self._clock()
-        R = t.Reservation
-        # One statement, no savepoint: a reservation that exists (made earlier, or
-        # concurrently elsewhere) is left as it is, and returned.
-        insert = self._insert(R).values(
-            correlation_id=correlation_id, retry_token=retry_token, tenant_id=tenant_id,
-            worker_id=worker_id, created_unix_ms=now, expires_unix_ms=now + ttl_ms,
-        ).on_conflict_do_nothing(index_elements=["correlation_id", "retry_token"]).returning(
-            col(R.id))
-        if s.exec(insert).first() is None:
-            old = s.exec(select(R).where(R.correlation_id == correlation_id,
-                                         R.retry_token == retry_token)).one()
-            return ReservationResult(old.correlation_id, old.retry_token, old.tenant_id,
-                                     old.worker_id, old.expires_unix_ms, False)
+        st = self._hot
+        conn = s.connection()
+        if conn.execute(st.reserve, {
+            "correlation_id": correlation_id, "retry_token": retry_token,
+            "tenant_id": tenant_id, "worker_id": worker_id, "created_unix_ms": now,
+            "expires_unix_ms": now + ttl_ms,
+        }).first() is None:
+            old = conn.execute(st.reservation, {"b_cid": correlation_id,
+                                                "b_retry": retry_token}).one()
+            return ReservationResult(correlation_id, retry_token, str(old[0]), str(old[1]),
+                                     int(old[2]), False)
         charged = self._take_quota(s, tenant_id, quota_tokens, now) is not None
-        job = s.get(t.Job, correlation_id)
-        if job is None:
-            job = t.Job(correlation_id=correlation_id, tenant_id=tenant_id,
-                        model_id=model_id, version=version, created_unix_ms=now,
-                        state=jobs_pb2.JOB_STATE_DISPATCHED, updated_unix_ms=now)
-        elif job.tenant_id != tenant_id:
+        if conn.execute(st.job, {
+            "correlation_id": correlation_id, "tenant_id": tenant_id, "model_id": model_id,
+            "version": version, "state": jobs_pb2.JOB_STATE_DISPATCHED,
+            "worker_id": worker_id, "attempts": 1, "error_code": 0, "error_message": "",
+            "created_unix_ms": now, "updated_unix_ms": now, "owner": owner,
+            "request": None if request is None else request.SerializeToString(
+                deterministic=True),
+            "quota_tokens": quota_tokens if charged else 0,
+        }).first() is None:
             raise AlreadyExists(f"job {correlation_id} belongs to another tenant")
-        job.state = jobs_pb2.JOB_STATE_DISPATCHED
-        job.model_id, job.version, job.worker_id = model_id, version, worker_id
-        job.error_code, job.error_message = 0, ""
-        job.attempts = (job.attempts or 0) + 1
-        job.updated_unix_ms = now
-        job.owner = owner
-        job.request = None if request is None else request.SerializeToString(
-            deterministic=True)
-        job.quota_tokens = quota_tokens if charged else 0
-        s.add(job)
-        try:
-            s.flush()
-        except IntegrityError as exc:
-            raise AlreadyExists(f"job {correlation_id} was created concurrently") from exc
         return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
                                  now + ttl_ms, True)
+
+    @functools.cached_property
+    def _hot(self) -> _HotStatements:
+        return _HotStatements(self._insert)
 
     def _insert(self, table: type[Any]) -> Any:
         """INSERT for this database's dialect (for ON CONFLICT)."""
@@ -600,15 +627,18 @@ class MetadataStore:
         the job left as it is, when another orchestrator took it over or a peer failed it
         after this one's lease ran out), and its ``usage`` is recorded (the work was done
         and delivered)."""
-        J = t.Job
         now = self._clock()
-        done = s.exec(update(J).where(col(J.correlation_id) == correlation_id,
-                                      col(J.owner) == owner,
-                                      col(J.state).in_(ACTIVE_JOB_STATES))
-                      .values(state=jobs_pb2.JOB_STATE_SUCCEEDED,
-                              updated_unix_ms=now)).rowcount
+        st = self._hot
+        conn = s.connection()
+        done = conn.execute(st.succeed, {"b_cid": correlation_id, "b_owner": owner,
+                                         "b_now": now}).rowcount
         if usage is not None:
-            s.add(self._usage_row(correlation_id, usage))
+            conn.execute(st.usage, {
+                "tenant_id": usage.tenant_id, "correlation_id": correlation_id,
+                "model_id": usage.model_id, "version": usage.version,
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "compute_ms": usage.compute_ms, "queue_ms": usage.queue_ms,
+                "recorded_unix_ms": now})
         return bool(done)
 
     def write_batch(self, ops: list[Callable[[Session], Any]]) -> list[Any]:
