@@ -221,6 +221,8 @@ class HttpApi:
                 first = first or chunk
                 last = chunk
                 texts.append(chunk.payload.text)
+                if chunk.done:
+                    break  # the answer is whole: it goes now, not after the stream's end
             if last is None:
                 raise RpcError(StatusCode.INTERNAL, "the answer ended without a chunk")
             answer = openai.chat_completion if chat else openai.completion

@@ -580,7 +580,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 # runs again where it ran, as stored.
                 ran = await self.resolve(dispatched)
                 candidates = self._candidates(dispatched, ran)
-        delivered = False
+        delivered = finished = False
         try:
             with telemetry.server_span(
                 "orchestrator.submit",
@@ -592,8 +592,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 ) as chunks:
                     async for chunk in chunks:
                         delivered = True
+                        finished = chunk.done
                         yield chunk
         except BaseException as exc:
+            if finished:  # its outcome is written already; a cancel now changes nothing
+                raise
             error = RpcError.from_exception(exc)
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
                 # Cancelled by the client, or by a drain that ran out (then this
@@ -812,13 +815,16 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                             continue  # the client has this one already
                         resume.delivered(chunk)
                         if chunk.done:
+                            # The worker finished: the outcome is written (behind) before
+                            # the last chunk goes on, so that a client leaving as it gets
+                            # it does not turn a finished job into a cancelled one.
                             hops.stamp("orchestrator.worker_done")
-                        yield chunk
-                        if chunk.done:
                             outcome = StatusCode.OK
                             if not self._halted:
                                 await self._finalise(cid, chunk)
+                            yield chunk
                             return
+                        yield chunk
                 raise RpcError(
                     StatusCode.UNAVAILABLE,
                     f"worker {worker_id} ended the stream without a final chunk",

@@ -643,6 +643,26 @@ async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet
 
 
 @scenario
+async def a_client_leaving_as_it_gets_the_last_chunk_leaves_the_job_succeeded(
+    open_fleet: OpenFleet,
+) -> None:
+    async with open_fleet() as f:
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        async with gw.Infer(request(n=3, correlation_id="job-l"),
+                            metadata=f.token("acme")) as chunks:
+            async for chunk in chunks:
+                if chunk.done:
+                    break  # and the stream is closed at once, before its end arrives
+        await trio.sleep(1.0)
+        await f.settled()
+        job = f.store.get_job("job-l")
+        assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JobState.Name(job.state)
+        assert f.store.usage_totals("acme") == (0, 3)
+
+
+@scenario
 async def a_request_that_asks_gets_when_it_passed_each_hop(open_fleet: OpenFleet) -> None:
     async with open_fleet() as f:
         await f.add_worker("w1")
