@@ -14,12 +14,14 @@ database per run). Requests go one at a time:
 Each request asks for its hop stamps (``Infer.Request.timing``, over HTTP the
 ``x-tether-timing`` header; see ``tether.timing``), so each gets the model's own time
 (its runtime calls on the worker) and when it passed each hop. The overhead of a request
-is its time at the client minus the model's time; its p50 is the figure. The per-hop
-breakdown gives the p50 of each span between consecutive stamps.
+is its time at the client (until it has the final chunk, the whole answer) minus the
+model's time; its p50 is the figure. The per-hop breakdown gives the p50 of each span
+between consecutive stamps. The disk's fsync time (a durable SQLite commit's floor) and the
+load average are printed before and after the runs: on a shared machine they move.
 
-In the same run, Ray Serve's overhead for a no-op deployment (``@serve.deployment``
-returning its argument) through a handle and through its HTTP proxy, measured the same
-way (in a child process; ``pip install 'tether[bench]'`` brings Ray). Without Ray the bench
+In the same run, Ray Serve's overhead for a no-op deployment (a ``serve.deployment`` that
+returns a constant) through a handle and through its HTTP proxy, one request at a time
+(in a child process; ``pip install 'tether[bench]'`` brings Ray). Without Ray the bench
 says so and prints Tether's figures alone.
 
 ``--profile`` records the orchestrator, gateway and worker with py-spy during the
@@ -93,8 +95,8 @@ HOPS = (
     ("orchestrator.worker_done", "orchestrator.out", "orchestrator out"),
     ("orchestrator.out", "gateway.out", "orchestrator -> gateway"),
     ("gateway.out", "http.out", "gateway -> http edge"),
-    ("http.out", "client.recv", "http edge -> client (and stream end)"),
-    ("gateway.out", "client.recv", "gateway -> client (and stream end)"),
+    ("http.out", "client.recv", "http edge -> client"),
+    ("gateway.out", "client.recv", "gateway -> client"),
 )
 
 
