@@ -461,7 +461,8 @@ async def test_a_slow_thread_round_trip_does_not_keep_short_steps_in_threads(
     a thread round trip slowed down (a loaded machine) does not count, so a small model's
     steps run inline after the first of each kind."""
     model = await load(env, TEXTGEN)
-    engine = ExecutionEngine(env.loader)  # its own step estimates
+    # Its own step estimates, and a bound a loaded machine keeps the real step under.
+    engine = ExecutionEngine(env.loader, inline_step_s=0.05)
     real = trio.to_thread.run_sync
     threaded = 0
 
@@ -470,7 +471,7 @@ async def test_a_slow_thread_round_trip_does_not_keep_short_steps_in_threads(
         threaded += 1
 
         def slow(*a):
-            time.sleep(0.01)  # 10 ms: five times the inline bound, outside the model's call
+            time.sleep(0.1)  # twice the inline bound, outside the model's call
             return fn(*a)
 
         return await real(slow, *args, **kw)
