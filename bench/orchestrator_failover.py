@@ -292,6 +292,9 @@ async def _measure(net: Net, scenario: str, tokens: int, after: int) -> dict[str
                 await victim.process.wait()
         if scenario == "term":
             figures["stopped_after_s"] = round(time.monotonic() - t0, 2)
+        # Outcomes are written behind the responses (the orchestrator's --write-behind-s,
+        # 0.05 s): read them once that has passed.
+        await trio.sleep(1.0)
         figures["jobs_after"] = net.jobs()
         if scenario == "kill":
             await trio.sleep(20)

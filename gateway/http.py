@@ -56,6 +56,7 @@ from gateway import openai
 from gateway.service import GatewayService
 from tether.errors import NotFound, TetherError
 from tether.rpc import RpcError, ServerContext, StatusCode
+from tether.timing import Hops, timing_json
 from tether.v1 import infer_pb2, services_pb2
 
 log = logging.getLogger("tether.gateway.http")
@@ -77,6 +78,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: A request with ``x-tether-timing: 1`` gets, with a non-streamed answer, a header of the
+#: same name: JSON of when it passed each hop and the model's own time (``tether.timing``).
+TIMING_HEADER = "x-tether-timing"
 
 ROUTES = ("POST /v1/completions, POST /v1/chat/completions, POST /v1/embeddings, "
           "GET /v1/models, GET /v1/models/{id}, GET /healthz, GET /readyz")
@@ -188,7 +193,7 @@ class HttpApi:
         return ServerContext(
             method=f"{request.method} {request.url.path}",
             metadata={k: v for k, v in request.headers.items()
-                      if k in ("authorization", "traceparent")},
+                      if k in ("authorization", "traceparent", TIMING_HEADER)},
             deadline=trio.current_time() + REQUEST_TIMEOUT_S,
             peer=f"http:{client.host}:{client.port}" if client else "http",
         )
@@ -202,6 +207,9 @@ class HttpApi:
         stop string, the token limit or the end of text) and says why."""
         chat = isinstance(parsed, openai.ParsedChat)
         created = int(self.wall_clock())
+        hops = Hops(context.metadata.get(TIMING_HEADER) == "1")
+        hops.stamp("http.in")
+        parsed.request.timing = hops.on
         chunks = self._infer(parsed.request, context)
         try:
             if parsed.stream:
@@ -213,13 +221,19 @@ class HttpApi:
                 first = first or chunk
                 last = chunk
                 texts.append(chunk.payload.text)
+                if chunk.done:
+                    break  # the answer is whole: it goes now, not after the stream's end
             if last is None:
                 raise RpcError(StatusCode.INTERNAL, "the answer ended without a chunk")
             answer = openai.chat_completion if chat else openai.completion
+            headers = openai.degraded_headers(first)
+            if hops.on:  # the hops' stamps, this edge's last (a non-streamed answer only)
+                hops.add_to(last, last="http.out")
+                headers[TIMING_HEADER] = timing_json(last.timing)
             await out.response(json_response(200, answer(
                 last.correlation_id, "".join(texts), last.usage,
                 model=openai.model_name(last, parsed.model), created=created,
-                finish=openai.finish_reason(last)), openai.degraded_headers(first)))
+                finish=openai.finish_reason(last)), headers))
         finally:
             await chunks.aclose()
 

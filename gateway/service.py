@@ -44,6 +44,7 @@ from tether.metadata.store import MetadataStore
 from tether.net import Network, Peer, is_closed, wait_for_peer
 from tether.resume import LOST_ORCHESTRATOR, ChunkBatch, Diverged, Replay, Resume
 from tether.rpc import Encoded, Responses, RpcError, ServerContext, StatusCode
+from tether.timing import Hops
 from tether.ttlcache import TtlCache
 from tether.v1 import infer_pb2, services_pb2, services_rpc
 from tether.validation import validate, validate_sealed, validate_target
@@ -193,15 +194,18 @@ class GatewayService(services_rpc.GatewayServicer):
     async def batches(
         self, request: infer_pb2.Infer.Request, context: ServerContext
     ) -> AsyncGenerator[ChunkBatch]:
+        hops = Hops(request.timing)
+        hops.stamp("gateway.in")
         label = await self.model_label(request.model_id)
         with self.metrics.measure(label) as timer:
-            async with contextlib.aclosing(self._infer(request, context)) as batches:
+            async with contextlib.aclosing(self._infer(request, context, hops)) as batches:
                 async for batch in batches:
                     timer.chunk(done=batch[-1].message.done)
+                    hops.add_to_batch(batch, last="gateway.out")
                     yield batch
 
     async def _infer(
-        self, request: infer_pb2.Infer.Request, context: ServerContext
+        self, request: infer_pb2.Infer.Request, context: ServerContext, hops: Hops
     ) -> AsyncGenerator[ChunkBatch]:
         metadata = dict(context.metadata)
         tenant = await self.authenticate(metadata)
@@ -232,6 +236,7 @@ class GatewayService(services_rpc.GatewayServicer):
             forwarded.trace_id = telemetry.current_trace_id()
             out = telemetry.outgoing_metadata({"x-tether-tenant": tenant})
             seal = not client_sealed and await self.seals_for(tenant)
+            hops.stamp("gateway.forward")
             async with contextlib.aclosing(
                 self._forward(forwarded, out, context, seal=seal)
             ) as batches:

@@ -26,17 +26,18 @@ def assemble(
     ``regions[0]`` (its own region); find the registry there and the workers on the
     presence topics of every region in ``regions``.
 
-    Before it is reachable it watches peers (``DiscoverySub.run``) and takes its lease
-    (failing the jobs a previous run of it left); once joined it follows the registry's
-    model topics, which join the list of topics discovery looks up again. ``wrap``
-    decorates the handlers (test spies)."""
+    Before it is reachable it watches peers (``DiscoverySub.run``), takes its lease
+    (failing the jobs a previous run of it left) and starts its group-commit writer; once
+    joined it follows the registry's model topics, which join the list of topics discovery
+    looks up again. ``wrap`` decorates the handlers (test spies)."""
     regions = list(dict.fromkeys(regions))
     # Topics DiscoverySub looks up again periodically; model topics join it as the
     # registry lists models (follow_model_topics appends to this same list).
     refreshed = [topics.presence(r) for r in regions]
     return Assembly(
         handlers=wrap(collect_handlers(service, control)),
-        startup=[functools.partial(discovery.run, refresh=refreshed), service.keep_lease],
+        startup=[functools.partial(discovery.run, refresh=refreshed), service.keep_lease,
+                 service.writer.run],
         joins=[serve(topics.control(regions[0])), find(topics.registry(regions[0])),
                *[find(topic) for topic in refreshed]],
         background=[functools.partial(service.follow_model_topics, regions, refreshed)],

@@ -25,6 +25,7 @@ from orchestrator.service import OrchestratorService
 from tether import process, topics
 from tether.admission import Admissions
 from tether.callers import CallerPolicy, parse_key
+from tether.metadata.group import LINGER_S
 from tether.net.swarm import SwarmNetwork
 
 DESCRIPTION = (
@@ -63,6 +64,12 @@ def build_parser() -> process.ArgumentParser:
         help="on SIGTERM, how long requests in flight may run on before they are failed "
         "(default 30)",
     )
+    parser.setting(
+        "--write-behind-s", env="TETHER_WRITE_BEHIND_S", default=LINGER_S, type=seconds,
+        help="how long a finished job's outcome and usage may wait to ride with the next "
+        f"admission's commit before they are written alone (default {LINGER_S:g}); a crash "
+        "within it fails the job instead (see the orchestrator's README)",
+    )
     parser.add_argument(
         "--allow-operator",
         action="append",
@@ -82,6 +89,7 @@ async def serve(
     drain_timeout_s: float = 30.0,
     *,
     runtime: process.Runtime | None = None,
+    write_behind_s: float = LINGER_S,
 ) -> None:
     runtime = runtime or process.Runtime()
     store = await trio.to_thread.run_sync(config.open_store)
@@ -100,6 +108,7 @@ async def serve(
         registry_topic=topics.registry(config.region),
         breakers=breakers,
     )
+    service.writer.linger_s = write_behind_s
     control = ControlService(
         service.rollouts,
         discovery,
@@ -142,6 +151,7 @@ class Settings:
     slow_first_chunk_s: float | None
     drain_timeout_s: float
     operators: list[bytes]
+    write_behind_s: float
 
     def breakers(self) -> CircuitBreakers:
         return CircuitBreakers(
@@ -165,6 +175,7 @@ def configure(argv: list[str] | None) -> Settings:
         breaker_failures=args.breaker_failures, breaker_open_s=args.breaker_open_s,
         slow_first_chunk_s=args.slow_first_chunk_s or None,
         drain_timeout_s=args.drain_timeout_s, operators=operators,
+        write_behind_s=args.write_behind_s,
     )
 
 
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = process.Runtime(stop_timeout_s=settings.drain_timeout_s + process.STOP_TIMEOUT_S)
     return runtime.run("orchestrator", lambda: serve(
         settings.common, settings.watch_regions, settings.breakers(), settings.operators,
-        settings.drain_timeout_s, runtime=runtime))
+        settings.drain_timeout_s, runtime=runtime, write_behind_s=settings.write_behind_s))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,18 @@ request lifecycle (§10) from placement to finalisation.
     score and dispatch ``Worker.Infer`` to the best candidate; a candidate that
     refuses before streaming anything (UNAVAILABLE, RESOURCE_EXHAUSTED) hands the
     request to the next one;
- 4. stream the worker's chunks back; finalise the job and record usage.
+ 4. stream the worker's chunks back; finalise the job and record usage, behind the
+    response (below).
+
+One transaction per request on the hot path: admission (quota, reservation, job) is
+committed before dispatch by a group-commit writer (``tether.metadata.group``), which
+puts the admissions that arrive together into one commit; a finished job's outcome and
+usage are written behind the response, riding with the next admission's commit or
+flushed within 50 ms. They are never lost silently: a crash (SIGKILL) before that flush
+leaves the job running under this orchestrator in the store, and the lease mechanism
+below fails it like any job the crash interrupted (FAILED naming this orchestrator,
+dead-lettered, quota given back, no usage charged). A drain flushes before it ends the
+lease; ``GetJob`` and a retry of the same ids read after a flush.
 
 A worker lost mid-stream (UNAVAILABLE, or a stream without its final chunk)
 does not end the request while candidates remain: the next one replays it, the
@@ -88,10 +99,12 @@ from tether.errors import (
     TetherError,
     Unavailable,
 )
+from tether.metadata.group import GroupCommit
 from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
 from tether.net import Network, peers_on, wait_for_peer
 from tether.resume import LOST_ORCHESTRATOR, ChunkBatch, Diverged, Resume
 from tether.rpc import Encoded, Responses, RpcError, ServerContext, StatusCode
+from tether.timing import Hops
 from tether.ttlcache import TtlCache
 from tether.v1 import (
     infer_pb2,
@@ -151,6 +164,9 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         read_store: MetadataStore | None = None,
     ) -> None:
         self.network = network
+        #: The hot path's writes: admissions committed in groups, finalisations behind.
+        #: Its ``run`` task is started beside ``keep_lease``.
+        self.writer = GroupCommit(store)
         #: Who may submit work and read jobs: gateways. None: anyone (embedded use).
         self.callers = callers or CallerPolicy.anyone()
         self.discovery = discovery
@@ -262,6 +278,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 scope.cancel()
             with trio.move_on_after(DRAIN_RECORD_S):
                 await self._wait_idle()
+        with trio.move_on_after(DRAIN_RECORD_S):
+            await self.writer.flush()  # every outcome recorded before the lease ends
         await blocking.run_sync(lambda: self.store.end_lease(self.owner))
 
     async def _wait_idle(self) -> None:
@@ -273,6 +291,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         running in the store for its restart or a peer to take over. (Tests stand a
         killed process in for this; a real one just dies.)"""
         self._halted = True
+        self.writer.halt()
 
     async def _registry(self) -> services_rpc.RegistryStub:
         peer = await wait_for_peer(self.network, self.registry_topic, timeout=REGISTRY_TIMEOUT_S)
@@ -375,12 +394,14 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             pinned.version = canary
             request = pinned
         scope = trio.CancelScope()
-        ran = _Ran()
+        ran = _Ran(hops=Hops(request.timing))
+        ran.hops.stamp("orchestrator.in")
         try:
             with scope:
                 self._running.add(scope)
                 async with contextlib.aclosing(self._submit(request, context, ran)) as batches:
                     async for batch in batches:
+                        ran.hops.add_to_batch(batch, last="orchestrator.out")
                         yield batch
             if scope.cancelled_caught and self._stop_error is not None:
                 raise self._stop_error
@@ -454,7 +475,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         placed = _Placed(self.discovery.in_flight, first)
         try:
             async with contextlib.aclosing(
-                self._admit_and_run(request, record, candidates, placed, context)
+                self._admit_and_run(request, record, candidates, placed, context, hops=ran.hops)
             ) as batches:
                 async for batch in batches:
                     if degraded_from:  # said once, on the first chunk the client gets
@@ -516,6 +537,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         candidates: list[Candidate],
         placed: _Placed,
         context: ServerContext,
+        *,
+        hops: Hops,
     ) -> AsyncGenerator[ChunkBatch]:
         """Admit the request (quota, reservation, job), dispatch it, and record how it
         ended: a failure after admission is dead-lettered, unless it was the client's
@@ -533,12 +556,15 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         retry_token = request.retry_token or "first"
         cid = request.correlation_id
         quota_tokens = limits.max_tokens(request.params)
-        # Quota, reservation and job are written in one transaction, before dispatch.
-        reservation = await blocking.run_sync(
-            lambda: self.store.admit_job(
-                cid,
-                retry_token,
-                request.tenant_id,
+        hops.stamp("orchestrator.placed")
+        # Quota, reservation and job are written in one transaction, committed before
+        # dispatch (with the admissions and finalisations pending at the same moment).
+        reservation = await self.writer.write(
+            functools.partial(
+                self.store.admit_in,
+                correlation_id=cid,
+                retry_token=retry_token,
+                tenant_id=request.tenant_id,
                 model_id=record.model.model_id,
                 version=record.model.version,
                 worker_id=candidates[0].entry.worker_id,
@@ -547,6 +573,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 request=dispatched,
             )
         )
+        hops.stamp("orchestrator.admitted")
         if not reservation.created:
             dispatched = await self._reattach(
                 dispatched, retry_token, candidates[0].entry.worker_id, context
@@ -558,7 +585,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 # runs again where it ran, as stored.
                 ran = await self.resolve(dispatched)
                 candidates = self._candidates(dispatched, ran)
-        delivered = False
+        delivered = finished = False
         try:
             with telemetry.server_span(
                 "orchestrator.submit",
@@ -566,12 +593,15 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 **{"tether.correlation_id": cid, "tether.model": record.model.model_id},
             ):
                 async with contextlib.aclosing(
-                    self._dispatch(dispatched, candidates, placed, context)
+                    self._dispatch(dispatched, candidates, placed, context, hops=hops)
                 ) as batches:
                     async for batch in batches:
                         delivered = True
+                        finished = batch[-1].message.done
                         yield batch
         except BaseException as exc:
+            if finished:  # its outcome is written already; a cancel now changes nothing
+                raise
             error = RpcError.from_exception(exc)
             if isinstance(exc, (trio.Cancelled, GeneratorExit)):
                 # Cancelled by the client, or by a drain that ran out (then this
@@ -614,6 +644,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         finished job (ALREADY_EXISTS naming it); for a job whose orchestrator is dead, the
         job claimed by this one and its stored request, to run again."""
         cid = dispatched.correlation_id
+        await self.writer.flush()  # a job this orchestrator just finished: its outcome
         job = await blocking.run_sync(lambda: self.store.job_record(cid))
         state = jobs_pb2.JobState.Name(job.state)
         lost = {k for k in context.metadata.get(LOST_ORCHESTRATOR, "").split(",") if k}
@@ -746,6 +777,8 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         candidates: list[Candidate],
         placed: _Placed,
         context: ServerContext,
+        *,
+        hops: Hops,
     ) -> AsyncGenerator[ChunkBatch]:
         """Stream ``request`` from the first candidate that takes it, resuming it on the
         next when a worker is lost mid-stream. Chunks the worker has already sent are
@@ -776,6 +809,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             outcome: StatusCode | None = None
             sent_at, first_chunk_s = trio.current_time(), None
             placed.move(worker_id)
+            hops.stamp("orchestrator.dispatch")
             try:
                 async with stub.Infer(
                     request,
@@ -795,13 +829,18 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                             if item.message.done:
                                 last = item.message
                                 break
-                        if out:
-                            yield out
                         if last is not None:
+                            # The worker finished: the outcome is written (behind) before
+                            # the last chunk goes on, so that a client leaving as it gets
+                            # it does not turn a finished job into a cancelled one.
+                            hops.stamp("orchestrator.worker_done")
                             outcome = StatusCode.OK
                             if not self._halted:
                                 await self._finalise(cid, last)
+                            yield out
                             return
+                        if out:
+                            yield out
                 raise RpcError(
                     StatusCode.UNAVAILABLE,
                     f"worker {worker_id} ended the stream without a final chunk",
@@ -848,12 +887,14 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         raise last_error
 
     async def _finalise(self, cid: str, last: infer_pb2.Infer.Chunk) -> None:
-        def write() -> None:
-            self.store.update_job(cid, jobs_pb2.JOB_STATE_SUCCEEDED, owner=self.owner)
-            if last.HasField("usage"):
-                self.store.record_usage(cid, last.usage)
-
-        await blocking.run_sync(write)
+        # Off the response's path (written behind, with the next admission or within
+        # the writer's linger); a crash before that leaves the job running under this
+        # orchestrator, which its restart or a peer then fails (see the module docstring).
+        usage = infer_pb2.Usage()
+        usage.CopyFrom(last.usage)
+        await self.writer.defer(functools.partial(
+            self.store.finish_in, correlation_id=cid, owner=self.owner,
+            usage=usage if last.HasField("usage") else None))
         if last.HasField("usage"):
             u = last.usage
             self.usage_metrics.record(
@@ -864,6 +905,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         self, request: services_pb2.GetJobRequest, context: ServerContext
     ) -> jobs_pb2.JobStatus:
         self.callers.check(context)
+        await self.writer.flush()  # what this orchestrator finished shows as finished
         return await blocking.run_sync(
             lambda: self.read_store.get_job(request.correlation_id)
         )
@@ -906,6 +948,8 @@ class _Ran:
     """How ``_submit`` placed a request: on its degrade-to model, or as asked."""
 
     degraded: bool = False
+    #: When the request passed this orchestrator's steps (if it asked).
+    hops: Hops = dataclasses.field(default_factory=lambda: Hops(False))
 
 
 def _model_name(record: registry_pb2.ModelRecord) -> str:

@@ -80,6 +80,8 @@ class GatewayClient:
             async with self.stub.Infer(request, metadata=metadata, timeout=timeout) as chunks:
                 async for chunk in chunks:
                     yield chunk if key is None else key.open(chunk)
+                    if chunk.done:
+                        return  # the answer is whole: no need to wait for the stream's end
 
     async def seal(
         self, request: infer_pb2.Infer.Request, *, timeout: float | None = None

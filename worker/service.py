@@ -32,6 +32,7 @@ from tether.callers import CallerPolicy
 from tether.errors import InvalidArgument, Unavailable
 from tether.keys import KeyPair
 from tether.rpc import Responses, ServerContext
+from tether.timing import Hops
 from tether.v1 import health_pb2, infer_pb2, presence_pb2, services_pb2, services_rpc
 from tether.validation import validate
 from worker.quota import QuotaGuard
@@ -208,6 +209,8 @@ class WorkerService(services_rpc.WorkerServicer):
             raise Unavailable("worker is draining; place the request elsewhere")
         if not request.model_id:
             raise InvalidArgument("model_id is required")
+        hops = Hops(request.timing)
+        hops.stamp("worker.in")
         self._in_flight += 1
         if self._in_flight == 1:
             self._idle = trio.Event()
@@ -217,8 +220,10 @@ class WorkerService(services_rpc.WorkerServicer):
         }
         try:
             with telemetry.server_span("worker.infer", context.metadata, **attributes):
-                async with contextlib.aclosing(self._run(request)) as batches:
+                async with contextlib.aclosing(self._run(request, hops)) as batches:
                     async for batch in batches:
+                        for chunk in batch:
+                            hops.add_to(chunk, last="worker.out")
                         yield batch
         finally:
             self._in_flight -= 1
@@ -226,14 +231,14 @@ class WorkerService(services_rpc.WorkerServicer):
                 self._idle.set()
 
     async def _run(
-        self, request: infer_pb2.Infer.Request
+        self, request: infer_pb2.Infer.Request, hops: Hops
     ) -> AsyncGenerator[list[infer_pb2.Infer.Chunk]]:
         chunk_key: sealing.ChunkKey | None = None
         if request.HasField("sealed"):
             opened = self.opener.open(request, now_ms=self.clock_ms())
             request, chunk_key = opened.request, opened.chunks
             validate(request)  # nobody before this worker could read the input
-        async with contextlib.aclosing(self._generate(request)) as batches:
+        async with contextlib.aclosing(self._generate(request, hops)) as batches:
             async for batch in batches:
                 if chunk_key is not None:
                     for chunk in batch:
@@ -241,7 +246,7 @@ class WorkerService(services_rpc.WorkerServicer):
                 yield batch
 
     async def _generate(
-        self, request: infer_pb2.Infer.Request
+        self, request: infer_pb2.Infer.Request, hops: Hops
     ) -> AsyncGenerator[list[infer_pb2.Infer.Chunk]]:
         seq = 0
         # The model span (OpenTelemetry GenAI conventions): what the model did, with
@@ -252,6 +257,7 @@ class WorkerService(services_rpc.WorkerServicer):
                 self.quota.admit(request.tenant_id),
                 contextlib.aclosing(self.engine.stream(request)) as pieces,  # type: ignore[type-var]
             ):
+                hops.stamp("worker.model_start")
                 ready: Callable[[], bool] = getattr(pieces, "ready", lambda: False)
                 last: infer_pb2.Infer.Chunk | None = None
                 out: list[infer_pb2.Infer.Chunk] = []
@@ -267,9 +273,12 @@ class WorkerService(services_rpc.WorkerServicer):
                     if out and not ready():  # nothing more without waiting: send these
                         yield out
                         out = []
+                hops.stamp("worker.model_end")
                 if last is None:
                     last = self._chunk(request, seq, None)
                 last.done = True
+                if hops.on:
+                    last.timing.model_ns = int(getattr(pieces, "compute_s", 0.0) * 1e9)
                 if request.input.WhichOneof("kind") in ("text", "messages"):
                     # The engine's own reason when it gives one (see Engine.stream).
                     reason = getattr(pieces, "finish_reason", infer_pb2.FINISH_REASON_UNSPECIFIED)

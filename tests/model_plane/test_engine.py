@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -453,3 +454,33 @@ async def test_a_stop_string_on_the_last_allowed_token_is_a_stop(env: Env) -> No
     assert "".join(c.payload.text for c in chunks) == "".join(p.text for p in free[:5])
     assert chunks[-1].usage.output_tokens == 6
     assert chunks[-1].finish_reason == infer_pb2.FINISH_REASON_STOP
+
+
+async def test_a_slow_thread_round_trip_does_not_keep_short_steps_in_threads(
+    env: Env, monkeypatch
+) -> None:
+    """Whether a step runs on the event loop is decided by the model's own time per token:
+    a thread round trip slowed down (a loaded machine) does not count, so a small model's
+    steps run inline after the first of each kind."""
+    model = await load(env, TEXTGEN)
+    # Its own step estimates, and a bound a loaded machine keeps the real step under.
+    engine = ExecutionEngine(env.loader, inline_step_s=0.05)
+    real = trio.to_thread.run_sync
+    threaded = 0
+
+    async def slow_round_trip(fn, *args, **kw):
+        nonlocal threaded
+        threaded += 1
+
+        def slow(*a):
+            time.sleep(0.1)  # twice the inline bound, outside the model's call
+            return fn(*a)
+
+        return await real(slow, *args, **kw)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", slow_round_trip)
+    for _ in range(3):
+        async for _ in engine.stream(text_request("and he said", max_tokens=1, seed=4),
+                                     model=model):
+            pass
+    assert threaded == 1  # the first prompt only: its own time put the next ones inline

@@ -259,6 +259,12 @@ class Fleet:
         self.orchestrators[keypair.public_key] = o
         return o
 
+    async def settled(self) -> None:
+        """Until every orchestrator has written what it wrote behind (finished jobs'
+        outcomes and usage): the store then shows them."""
+        for o in list(self.orchestrators.values()):
+            await o.service.writer.flush()
+
     def kill_orchestrator(self, key: bytes) -> None:
         """What SIGKILL does to an orchestrator: it records nothing more and its
         connections drop."""

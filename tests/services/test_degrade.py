@@ -109,6 +109,7 @@ def test_a_full_pool_degrades_to_the_smaller_model_when_allowed(tmp_path: Path) 
         assert (usage.model_id, usage.version, usage.output_tokens) == (MODEL, "1.0", 3)
         assert [r.model_id for r in small.requests] == [MODEL]
         assert big.started == 1
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("degraded")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.worker_id == "w-small"
         assert f.store.job_record("degraded").model_id == MODEL
@@ -282,6 +283,7 @@ def test_a_degraded_job_taken_over_runs_again_on_the_model_it_ran_on(tmp_path: P
                 f" w{i}" for i in range(6))
             assert again[-1].usage.model_id == MODEL
             assert big.started == 0
+            await f.settled()  # outcomes are written behind the response
             assert f.store.get_job("r-d").state == jobs_pb2.JOB_STATE_SUCCEEDED
 
     with blocking.inline():

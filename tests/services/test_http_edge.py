@@ -135,6 +135,28 @@ def test_completions_whole_and_streamed_on_one_connection(tmp_path: Path) -> Non
     in_fleet(tmp_path, body)
 
 
+def test_a_whole_answer_carries_its_hop_stamps_only_when_asked(tmp_path: Path) -> None:
+    async def body(f: Fleet, api: HttpApi) -> None:
+        token = f.store.issue_token("acme")
+        ask = {"model": MODEL, "prompt": "hello", "max_tokens": 2}
+        timed, plain = await exchange(
+            api,
+            raw_request("POST", "/v1/completions", ask, token,
+                        headers=(("x-tether-timing", "1"),)),
+            raw_request("POST", "/v1/completions", ask, token),
+        )
+        assert timed.status == plain.status == 200
+        assert timed.json()["choices"] == plain.json()["choices"]
+        timing = json.loads(timed.headers["x-tether-timing"])
+        stamps = sorted(timing["stamps"], key=timing["stamps"].get)
+        assert stamps[0] == "http.in" and stamps[-1] == "http.out"
+        assert {"gateway.in", "orchestrator.admitted", "worker.model_end"} <= set(stamps)
+        assert isinstance(timing["model_ns"], int)
+        assert "x-tether-timing" not in plain.headers
+
+    in_fleet(tmp_path, body)
+
+
 def test_models_and_health(tmp_path: Path) -> None:
     async def body(f: Fleet, api: HttpApi) -> None:
         token = f.store.issue_token("acme")
@@ -245,6 +267,7 @@ def test_a_whole_answer_is_cancelled_upstream_when_its_client_leaves(tmp_path: P
                 await trio.sleep(1.0)
                 await client_end.aclose()  # the client gives up
             await trio.sleep(1.0)
+            await f.settled()  # outcomes are written behind the response
             job = f.store.get_job(engine.requests[0].correlation_id)
             assert job.state == jobs_pb2.JOB_STATE_CANCELLED, jobs_pb2.JobState.Name(job.state)
             assert engine.steps < 50  # stopped soon after, not run to its 1000 tokens

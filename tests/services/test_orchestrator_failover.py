@@ -119,6 +119,7 @@ def test_a_restarted_orchestrator_fails_what_it_left_running(tmp_path: Path) -> 
             # A new retry token runs it again.
             chunks = await submit_to(f, again.key, request("k-0", n=3, token="second"))
             assert chunks[-1].done
+            await f.settled()  # outcomes are written behind the response
             assert f.store.get_job("k-0").state == jobs_pb2.JOB_STATE_SUCCEEDED
 
     run(main, tmp_path)
@@ -176,6 +177,7 @@ def test_a_retry_reattaches_to_a_job_whose_orchestrator_was_lost(tmp_path: Path)
             assert [c.payload.text for c in again] == [f" w{i}" for i in range(10)]
             seeds = {r.params.seed for r in engine.requests if r.correlation_id == "r-2"}
             assert len(seeds) == 1 and seeds != {0}
+            await f.settled()  # outcomes are written behind the response
             job = f.store.get_job("r-2")
             assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
             assert f.store.job_record("r-2").owner == b.key.hex()
@@ -207,6 +209,7 @@ def test_a_job_is_taken_over_when_its_owner_is_any_of_the_orchestrators_lost(
             again = await submit_to(f, c.key, request("r-3", n=10), lost)
             assert [ch.payload.text for ch in again] == [f" w{i}" for i in range(10)]
             assert f.store.job_record("r-3").owner == c.key.hex()
+            await f.settled()
             assert f.store.get_job("r-3").state == jobs_pb2.JOB_STATE_SUCCEEDED
 
     run(main, tmp_path)
@@ -244,6 +247,7 @@ def test_a_drain_finishes_what_it_can_and_names_itself_for_the_rest(tmp_path: Pa
             assert isinstance(err, RpcError) and err.code == StatusCode.UNAVAILABLE
             cause = f"orchestrator {o.key.hex()[:16]} stopped before the job finished"
             assert err.message.startswith(cause) and "w1" not in err.message
+            await f.settled()  # outcomes are written behind the response
             job = f.store.get_job("long")
             assert job.state == jobs_pb2.JOB_STATE_FAILED and job.error.message.startswith(cause)
             [letter] = f.store.dead_letters()
@@ -323,6 +327,7 @@ def test_a_stream_whose_orchestrator_dies_continues_through_another(
             seeds = {r.params.seed for r in engine.requests}
             assert len(engine.requests) == 2 and len(seeds) == 1 and seeds != {0}
             [alive] = f.orchestrators
+            await f.settled()  # outcomes are written behind the response
             job = f.store.get_job("d-1")
             assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
             assert owner_of(f, "d-1") == alive
@@ -487,6 +492,7 @@ def test_a_job_cancelled_as_a_gateway_dropped_its_orchestrator_is_taken_over(
             assert ran.value.details["state"] == "JOB_STATE_CANCELLED"
             chunks = await submit_to(f, b.key, req, {LOST_ORCHESTRATOR: a.key.hex()})
             assert chunks[-1].done
+            await f.settled()  # outcomes are written behind the response
             job = f.store.get_job("c-1")
             assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
 

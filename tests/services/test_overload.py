@@ -150,12 +150,14 @@ async def a_request_the_worker_sheds_is_unadmitted(f: Fleet) -> None:
             await collect(gw, request("second", n=20), token)
         assert_shed(info.value)
         assert f.store.consume_quota("metered", 0) == 90  # "second" was given back
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("second")
         assert job.state == jobs_pb2.JOB_STATE_FAILED
         assert job.error.code == StatusCode.RESOURCE_EXHAUSTED
         engine.gate.set()
     chunks = await collect(gw, request("second", n=20), token)  # same ids, now served
     assert chunks[-1].done
+    await f.settled()  # outcomes are written behind the response
     assert f.store.get_job("second").state == jobs_pb2.JOB_STATE_SUCCEEDED
     assert f.store.dead_letters() == []
 

@@ -84,6 +84,7 @@ def test_waiting_chunks_are_batched_in_order_and_resume_after_a_lost_worker(
         assert [c.seq for c in got] == list(range(n))
         lost, other = got[0].worker_id, got[-1].worker_id
         assert other != lost and got[-1].done and got[-1].usage.output_tokens == n
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("job-b")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
 

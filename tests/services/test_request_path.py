@@ -73,6 +73,7 @@ async def a_request_streams_through_gateway_orchestrator_and_worker(
         assert [c.seq for c in chunks] == [0, 1, 2, 3, 4]
         assert chunks[-1].done and chunks[-1].usage.output_tokens == 5
         assert {c.worker_id for c in chunks} == {"w1"}
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("job-1")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
         assert job.worker_id == "w1"
@@ -184,6 +185,7 @@ async def a_worker_lost_mid_stream_is_resumed_on_another(open_fleet: OpenFleet) 
         # Both attempts ran the same pinned seed: a sampled answer replays identically.
         seeds = {e.requests[0].params.seed for e in engines.values()}
         assert len(seeds) == 1 and seeds != {0}
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("job-r")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED
         assert job.worker_id == other and job.attempts == 2
@@ -623,6 +625,7 @@ async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet
         orchestrator = await f.orchestrator()
         chunks = [c async for c in operator.replay(f.store, orchestrator, letter_id)]
         assert "".join(c.payload.text for c in chunks) == " w0 w1 w2" and chunks[-1].done
+        await f.settled()  # outcomes are written behind the response
         job = f.store.get_job("job-q")
         assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.attempts == 2
         # The replay ran the request as first dispatched (tenant, pinned seed), under a
@@ -637,6 +640,46 @@ async def a_dead_letter_is_replayed_once_its_pool_recovers(open_fleet: OpenFleet
         assert len(engine.requests) == 2
         more = [c async for c in operator.replay(f.store, orchestrator, letter_id, again=True)]
         assert len(more) == 3 and f.store.get_job("job-q").attempts == 3
+
+
+@scenario
+async def a_client_leaving_as_it_gets_the_last_chunk_leaves_the_job_succeeded(
+    open_fleet: OpenFleet,
+) -> None:
+    async with open_fleet() as f:
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        async with gw.Infer(request(n=3, correlation_id="job-l"),
+                            metadata=f.token("acme")) as chunks:
+            async for chunk in chunks:
+                if chunk.done:
+                    break  # and the stream is closed at once, before its end arrives
+        await trio.sleep(1.0)
+        await f.settled()
+        job = f.store.get_job("job-l")
+        assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JobState.Name(job.state)
+        assert f.store.usage_totals("acme") == (0, 3)
+
+
+@scenario
+async def a_request_that_asks_gets_when_it_passed_each_hop(open_fleet: OpenFleet) -> None:
+    async with open_fleet() as f:
+        await f.add_worker("w1")
+        await f.discovery.wait_for(lambda s: len(s) == 1)
+        gw = await f.gateway()
+        timed = request(n=3, correlation_id="job-t")
+        timed.timing = True
+        chunks = await collect(gw, timed, f.token("acme"))
+        assert [c.HasField("timing") for c in chunks] == [False, False, True]  # the last only
+        stamps = [(s.at, s.unix_ns) for s in chunks[-1].timing.stamps]
+        assert [at for at, _ in sorted(stamps, key=lambda s: s[1])] == [
+            "gateway.in", "gateway.forward", "orchestrator.in", "orchestrator.placed",
+            "orchestrator.admitted",
+            "orchestrator.dispatch", "worker.in", "worker.model_start", "worker.model_end",
+            "worker.out", "orchestrator.worker_done", "orchestrator.out", "gateway.out"]
+        plain = await collect(gw, request(n=3, correlation_id="job-u"), f.token("acme"))
+        assert not any(c.HasField("timing") for c in plain)  # off unless asked
 
 
 @pytest.mark.parametrize("fn", SCENARIOS, ids=[f.__name__ for f in SCENARIOS])

@@ -133,6 +133,7 @@ async def a_sealed_tenants_prompt_never_reaches_the_orchestrator_or_the_store(
         submitted = infer_pb2.Infer.Request.FromString(seen[0])
         assert submitted.HasField("sealed") and not submitted.HasField("input")
         assert submitted.tenant_id == "acme" and submitted.correlation_id == "job-s1"
+        await f.settled()  # outcomes are written behind the response
         assert f.store.get_job("job-s1").state == jobs_pb2.JOB_STATE_SUCCEEDED
         assert f.store.usage_totals("acme") == (0, 4)  # billing still works
         assert_store_never_held(f)

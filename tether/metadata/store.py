@@ -11,6 +11,7 @@ Every method is synchronous (SQLAlchemy is); trio callers run them in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -27,8 +28,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import case, event, func, update
+from sqlalchemy import bindparam, case, event, func, update
+from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, create_engine, select
@@ -97,6 +101,39 @@ def sqlite_url(path: str | os.PathLike[str]) -> str:
 
 
 _MIGRATION_LOCK = threading.Lock()
+
+
+class _HotStatements:
+    """The statements of every request's writes, built once: building a statement costs
+    more CPU than running it (SQLAlchemy's construction and cache keys), and these run
+    with bound parameters on the connection, past the ORM."""
+
+    def __init__(self, insert: Callable[[type[Any]], Any]) -> None:
+        R, J, Q = t.Reservation, t.Job, t.Quota
+        self.reserve = insert(R).on_conflict_do_nothing(
+            index_elements=["correlation_id", "retry_token"]).returning(col(R.id))
+        self.reservation = sa_select(
+            col(R.tenant_id), col(R.worker_id), col(R.expires_unix_ms)
+        ).where(col(R.correlation_id) == bindparam("b_cid"),
+                col(R.retry_token) == bindparam("b_retry"))
+        job = insert(J)
+        again = ("state", "model_id", "version", "worker_id", "error_code", "error_message",
+                 "updated_unix_ms", "owner", "request", "quota_tokens")
+        # A job started over under a new retry token keeps its creation time and counts
+        # one attempt more; a job belongs to one tenant (another's: nothing returned).
+        self.job = job.on_conflict_do_update(
+            index_elements=["correlation_id"],
+            set_={**{c: job.excluded[c] for c in again}, "attempts": col(J.attempts) + 1},
+            where=col(J.tenant_id) == job.excluded.tenant_id,
+        ).returning(col(J.correlation_id))
+        self.succeed = (update(J).where(col(J.correlation_id) == bindparam("b_cid"),
+                                        col(J.owner) == bindparam("b_owner"),
+                                        col(J.state).in_(ACTIVE_JOB_STATES))
+                        .values(state=jobs_pb2.JOB_STATE_SUCCEEDED,
+                                updated_unix_ms=bindparam("b_now")))
+        self.usage = sa_insert(t.Usage)
+        self.has_quota = sa_select(col(Q.tenant_id)).where(
+            col(Q.tenant_id) == bindparam("b_tenant"))
 
 
 class MetadataStore:
@@ -172,6 +209,19 @@ class MetadataStore:
     @contextmanager
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A session whose transaction is open from the start, for writes with savepoints.
+
+        On SQLite it takes the write lock at once (BEGIN IMMEDIATE: a read upgraded to a
+        write later may find the lock taken) and opens the transaction that savepoints
+        nest in; pysqlite would open one only before its first write, and a savepoint
+        opened outside a transaction commits when it is released."""
+        with self.session() as s:
+            if self.dialect == "sqlite":
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield s
 
     # ------------------------------------------------------------------ models
@@ -486,10 +536,12 @@ class MetadataStore:
             return left
 
     def _take_quota(self, s: Session, tenant_id: str, tokens: int, now: int) -> int | None:
-        """Inside ``s``: take ``tokens`` (ResourceExhausted when they do not fit); the tokens
-        left, or None when the tenant has no quota. The caller commits."""
+        """Inside ``s``: take ``tokens`` (ResourceExhausted when they do not fit, and then the
+        caller rolls back); the tokens left, or None when the tenant has no quota. The caller
+        commits."""
         Q = t.Quota
-        if s.get(Q, tenant_id) is None:  # most tenants have none: no write at all
+        has = s.connection().execute(self._hot.has_quota, {"b_tenant": tenant_id})
+        if has.first() is None:  # most tenants have none: no write at all
             return None
         # Roll the period over first, then take with one conditional UPDATE, which is
         # atomic on SQLite and PostgreSQL alike.
@@ -502,8 +554,7 @@ class MetadataStore:
         q = s.get(Q, tenant_id)
         assert q is not None
         s.refresh(q)
-        if res.rowcount == 0:
-            s.rollback()
+        if res.rowcount == 0:  # the caller's transaction (or savepoint) is rolled back
             raise ResourceExhausted(
                 f"tenant {tenant_id} quota exhausted: {q.used_tokens}/{q.limit_tokens} "
                 f"tokens used this period, {tokens} more asked",
@@ -516,47 +567,109 @@ class MetadataStore:
                   model_id: str, version: str, worker_id: str, quota_tokens: int,
                   ttl_ms: int = 60_000, owner: str = "",
                   request: infer_pb2.Infer.Request | None = None) -> ReservationResult:
-        """The orchestrator's strong decisions before dispatch, in ONE transaction: charge
-        the tenant's quota (if it has one), reserve ``(correlation_id, retry_token)``, and
+        """The orchestrator's strong decisions before dispatch, in ONE transaction: see
+        :meth:`admit_in`."""
+        with self.write_session() as s:
+            result = self.admit_in(
+                s, correlation_id, retry_token, tenant_id, model_id=model_id, version=version,
+                worker_id=worker_id, quota_tokens=quota_tokens, ttl_ms=ttl_ms, owner=owner,
+                request=request)
+            s.commit()
+        return result
+
+    def admit_in(self, s: Session, correlation_id: str, retry_token: str, tenant_id: str, *,
+                 model_id: str, version: str, worker_id: str, quota_tokens: int,
+                 ttl_ms: int = 60_000, owner: str = "",
+                 request: infer_pb2.Infer.Request | None = None) -> ReservationResult:
+        """Inside ``s`` (the caller commits; on an exception it rolls back): charge the
+        tenant's quota (if it has one), reserve ``(correlation_id, retry_token)``, and
         record the job as DISPATCHED to ``worker_id``, owned by orchestrator ``owner``
-        with the ``request`` as dispatched. A repeated reservation changes
-        nothing and returns the first one (``created=False``); a quota that does not fit
-        raises ResourceExhausted with nothing written."""
+        with the ``request`` as dispatched. A repeated reservation changes nothing and
+        returns the first one (``created=False``); a quota that does not fit raises
+        ResourceExhausted."""
         now = self._clock()
-        with self.session() as s:
-            charged = self._take_quota(s, tenant_id, quota_tokens, now) is not None
-            s.add(t.Reservation(correlation_id=correlation_id, retry_token=retry_token,
-                                tenant_id=tenant_id, worker_id=worker_id,
-                                created_unix_ms=now, expires_unix_ms=now + ttl_ms))
+        st = self._hot
+        conn = s.connection()
+        if conn.execute(st.reserve, {
+            "correlation_id": correlation_id, "retry_token": retry_token,
+            "tenant_id": tenant_id, "worker_id": worker_id, "created_unix_ms": now,
+            "expires_unix_ms": now + ttl_ms,
+        }).first() is None:
+            old = conn.execute(st.reservation, {"b_cid": correlation_id,
+                                                "b_retry": retry_token}).one()
+            return ReservationResult(correlation_id, retry_token, str(old[0]), str(old[1]),
+                                     int(old[2]), False)
+        charged = self._take_quota(s, tenant_id, quota_tokens, now) is not None
+        if conn.execute(st.job, {
+            "correlation_id": correlation_id, "tenant_id": tenant_id, "model_id": model_id,
+            "version": version, "state": jobs_pb2.JOB_STATE_DISPATCHED,
+            "worker_id": worker_id, "attempts": 1, "error_code": 0, "error_message": "",
+            "created_unix_ms": now, "updated_unix_ms": now, "owner": owner,
+            "request": None if request is None else request.SerializeToString(
+                deterministic=True),
+            "quota_tokens": quota_tokens if charged else 0,
+        }).first() is None:
+            raise AlreadyExists(f"job {correlation_id} belongs to another tenant")
+        return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
+                                 now + ttl_ms, True)
+
+    @functools.cached_property
+    def _hot(self) -> _HotStatements:
+        return _HotStatements(self._insert)
+
+    def _insert(self, table: type[Any]) -> Any:
+        """INSERT for this database's dialect (for ON CONFLICT)."""
+        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+
+    def finish_in(self, s: Session, correlation_id: str, *, owner: str,
+                  usage: infer_pb2.Usage | None = None) -> bool:
+        """Inside ``s``: a running job of ``owner`` SUCCEEDED (one conditional UPDATE: False,
+        the job left as it is, when another orchestrator took it over or a peer failed it
+        after this one's lease ran out), and its ``usage`` is recorded (the work was done
+        and delivered)."""
+        now = self._clock()
+        st = self._hot
+        conn = s.connection()
+        done = conn.execute(st.succeed, {"b_cid": correlation_id, "b_owner": owner,
+                                         "b_now": now}).rowcount
+        if usage is not None:
+            conn.execute(st.usage, {
+                "tenant_id": usage.tenant_id, "correlation_id": correlation_id,
+                "model_id": usage.model_id, "version": usage.version,
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "compute_ms": usage.compute_ms, "queue_ms": usage.queue_ms,
+                "recorded_unix_ms": now})
+        return bool(done)
+
+    def write_batch(self, ops: list[Callable[[Session], Any]]) -> list[Any]:
+        """Run ``ops`` in ONE transaction (one commit: group commit); the result of each,
+        or the exception it raised. An op that raises is undone alone: the transaction is
+        rolled back and the others run again without it (failures are rare: a quota that
+        does not fit, another tenant's ids; savepoints would cost every batch round trips).
+        When the commit itself fails, every op's result is that exception."""
+        results: dict[int, Any] = {}
+        todo = list(range(len(ops)))
+        while todo:
+            failed = None
             try:
-                s.flush()
-            except IntegrityError:
-                s.rollback()
-                return self.reserve(correlation_id, retry_token, tenant_id)
-            job = s.get(t.Job, correlation_id)
-            if job is None:
-                job = t.Job(correlation_id=correlation_id, tenant_id=tenant_id,
-                            model_id=model_id, version=version, created_unix_ms=now,
-                            state=jobs_pb2.JOB_STATE_DISPATCHED, updated_unix_ms=now)
-            elif job.tenant_id != tenant_id:
-                s.rollback()
-                raise AlreadyExists(f"job {correlation_id} belongs to another tenant")
-            job.state = jobs_pb2.JOB_STATE_DISPATCHED
-            job.model_id, job.version, job.worker_id = model_id, version, worker_id
-            job.error_code, job.error_message = 0, ""
-            job.attempts = (job.attempts or 0) + 1
-            job.updated_unix_ms = now
-            job.owner = owner
-            job.request = None if request is None else request.SerializeToString(
-                deterministic=True)
-            job.quota_tokens = quota_tokens if charged else 0
-            s.add(job)
-            try:
-                s.commit()
-            except IntegrityError as exc:
-                raise AlreadyExists(f"job {correlation_id} was created concurrently") from exc
-            return ReservationResult(correlation_id, retry_token, tenant_id, worker_id,
-                                     now + ttl_ms, True)
+                with self.write_session() as s:
+                    done = {}
+                    for i in todo:
+                        try:
+                            done[i] = ops[i](s)
+                        except Exception as exc:  # handed to the op's caller
+                            failed = (i, exc)
+                            break
+                    if failed is None:
+                        s.commit()
+                        results.update(done)
+                        todo = []
+            except (OperationalError, IntegrityError) as exc:
+                return [exc] * len(ops)
+            if failed is not None:
+                results[failed[0]] = failed[1]
+                todo.remove(failed[0])
+        return [results[i] for i in range(len(ops))]
 
     def unadmit_job(self, correlation_id: str, retry_token: str, tenant_id: str, *,
                     quota_tokens: int, error: status_pb2.Error) -> None:
@@ -734,12 +847,15 @@ class MetadataStore:
 
     def record_usage(self, correlation_id: str, usage: infer_pb2.Usage) -> None:
         with self.session() as s:
-            s.add(t.Usage(tenant_id=usage.tenant_id, correlation_id=correlation_id,
-                          model_id=usage.model_id, version=usage.version,
-                          input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                          compute_ms=usage.compute_ms, queue_ms=usage.queue_ms,
-                          recorded_unix_ms=self._clock()))
+            s.add(self._usage_row(correlation_id, usage))
             s.commit()
+
+    def _usage_row(self, correlation_id: str, usage: infer_pb2.Usage) -> t.Usage:
+        return t.Usage(tenant_id=usage.tenant_id, correlation_id=correlation_id,
+                       model_id=usage.model_id, version=usage.version,
+                       input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                       compute_ms=usage.compute_ms, queue_ms=usage.queue_ms,
+                       recorded_unix_ms=self._clock())
 
     def usage_report(self, *, since_ms: int = 0, until_ms: int | None = None,
                      tenant_id: str | None = None) -> list[UsageLine]:
@@ -773,6 +889,8 @@ class MetadataStore:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    # Each commit fsyncs the WAL: durable against power loss, not only a killed process.
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()

@@ -26,37 +26,41 @@ from tether.v1 import status_pb2 as tether_dot_v1_dot_status__pb2
 from tether.v1 import tensor_pb2 as tether_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tether/v1/infer.proto\x12\ttether.v1\x1a\x16tether/v1/status.proto\x1a\x16tether/v1/tensor.proto\"\xb5\x04\n\x05Infer\x1a\xff\x01\n\x07Request\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1f\n\x05input\x18\x04 \x01(\x0b\x32\x10.tether.v1.Input\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x13\n\x0bretry_token\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12+\n\x06params\x18\x08 \x01(\x0b\x32\x1b.tether.v1.GenerationParams\x12\x0e\n\x06region\x18\t \x01(\t\x12!\n\x06sealed\x18\x14 \x01(\x0b\x32\x11.tether.v1.Sealed\x1a\xa9\x02\n\x05\x43hunk\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12#\n\x07payload\x18\x03 \x01(\x0b\x32\x12.tether.v1.Payload\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tether.v1.Usage\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.tether.v1.Error\x12\x11\n\tworker_id\x18\x07 \x01(\t\x12\x16\n\x0esealed_payload\x18\x14 \x01(\x0c\x12.\n\rfinish_reason\x18\x0c \x01(\x0e\x32\x17.tether.v1.FinishReason\x12\x15\n\rdegraded_from\x18\x1b \x01(\t\x12\x14\n\x0cserved_model\x18\x1c \x01(\t\"@\n\x06Sealed\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\x12\"\n\x04keys\x18\x02 \x03(\x0b\x32\x14.tether.v1.SealedKey\"3\n\tSealedKey\x12\x12\n\nworker_key\x18\x01 \x01(\x0c\x12\x12\n\nsealed_key\x18\x02 \x01(\x0c\"\xaa\x01\n\x0bSealedInput\x12\x1f\n\x05input\x18\x01 \x01(\x0b\x32\x10.tether.v1.Input\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0bworker_keys\x18\x05 \x03(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x19\n\x11issued_at_unix_ms\x18\x07 \x01(\x04\"\x9c\x01\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x05texts\x18\x02 \x01(\x0b\x32\x14.tether.v1.TextBatchH\x00\x12\'\n\x07tensors\x18\x03 \x01(\x0b\x32\x14.tether.v1.TensorMapH\x00\x12+\n\x08messages\x18\r \x01(\x0b\x32\x17.tether.v1.ChatMessagesH\x00\x42\x06\n\x04kind\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tether.v1.ChatMessage\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xf7\x01\n\x10GenerationParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x12\n\nmin_tokens\x18\x05 \x01(\r\x12\x1e\n\x11temperature_value\x18\x0f \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x10 \x01(\r\x12\x1f\n\x12repetition_penalty\x18\x11 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x12 \x03(\tB\x14\n\x12_temperature_valueB\x15\n\x13_repetition_penalty\"q\n\x07Payload\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\tembedding\x18\x02 \x01(\x0b\x32\x14.tether.v1.EmbeddingH\x00\x12#\n\x06tensor\x18\x03 \x01(\x0b\x32\x11.tether.v1.TensorH\x00\x42\x06\n\x04kind\"\x90\x01\n\x05Usage\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\x12\x12\n\ncompute_ms\x18\x06 \x01(\x04\x12\x10\n\x08queue_ms\x18\x07 \x01(\x04*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tether/v1/infer.proto\x12\ttether.v1\x1a\x16tether/v1/status.proto\x1a\x16tether/v1/tensor.proto\"\xe8\x04\n\x05Infer\x1a\x8f\x02\n\x07Request\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1f\n\x05input\x18\x04 \x01(\x0b\x32\x10.tether.v1.Input\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x13\n\x0bretry_token\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12+\n\x06params\x18\x08 \x01(\x0b\x32\x1b.tether.v1.GenerationParams\x12\x0e\n\x06region\x18\t \x01(\t\x12!\n\x06sealed\x18\x14 \x01(\x0b\x32\x11.tether.v1.Sealed\x12\x0e\n\x06timing\x18\x19 \x01(\x08\x1a\xcc\x02\n\x05\x43hunk\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12#\n\x07payload\x18\x03 \x01(\x0b\x32\x12.tether.v1.Payload\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tether.v1.Usage\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.tether.v1.Error\x12\x11\n\tworker_id\x18\x07 \x01(\t\x12\x16\n\x0esealed_payload\x18\x14 \x01(\x0c\x12.\n\rfinish_reason\x18\x0c \x01(\x0e\x32\x17.tether.v1.FinishReason\x12\x15\n\rdegraded_from\x18\x1b \x01(\t\x12\x14\n\x0cserved_model\x18\x1c \x01(\t\x12!\n\x06timing\x18! \x01(\x0b\x32\x11.tether.v1.Timing\"i\n\x06Timing\x12\'\n\x06stamps\x18\x01 \x03(\x0b\x32\x17.tether.v1.Timing.Stamp\x12\x10\n\x08model_ns\x18\x02 \x01(\x04\x1a$\n\x05Stamp\x12\n\n\x02\x61t\x18\x01 \x01(\t\x12\x0f\n\x07unix_ns\x18\x02 \x01(\x03\"@\n\x06Sealed\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\x12\"\n\x04keys\x18\x02 \x03(\x0b\x32\x14.tether.v1.SealedKey\"3\n\tSealedKey\x12\x12\n\nworker_key\x18\x01 \x01(\x0c\x12\x12\n\nsealed_key\x18\x02 \x01(\x0c\"\xaa\x01\n\x0bSealedInput\x12\x1f\n\x05input\x18\x01 \x01(\x0b\x32\x10.tether.v1.Input\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x13\n\x0bworker_keys\x18\x05 \x03(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x19\n\x11issued_at_unix_ms\x18\x07 \x01(\x04\"\x9c\x01\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x05texts\x18\x02 \x01(\x0b\x32\x14.tether.v1.TextBatchH\x00\x12\'\n\x07tensors\x18\x03 \x01(\x0b\x32\x14.tether.v1.TensorMapH\x00\x12+\n\x08messages\x18\r \x01(\x0b\x32\x17.tether.v1.ChatMessagesH\x00\x42\x06\n\x04kind\"8\n\x0c\x43hatMessages\x12(\n\x08messages\x18\x01 \x03(\x0b\x32\x16.tether.v1.ChatMessage\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xf7\x01\n\x10GenerationParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x12\n\nmin_tokens\x18\x05 \x01(\r\x12\x1e\n\x11temperature_value\x18\x0f \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x10 \x01(\r\x12\x1f\n\x12repetition_penalty\x18\x11 \x01(\x02H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x12 \x03(\tB\x14\n\x12_temperature_valueB\x15\n\x13_repetition_penalty\"q\n\x07Payload\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\tembedding\x18\x02 \x01(\x0b\x32\x14.tether.v1.EmbeddingH\x00\x12#\n\x06tensor\x18\x03 \x01(\x0b\x32\x11.tether.v1.TensorH\x00\x42\x06\n\x04kind\"\x90\x01\n\x05Usage\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\r\x12\x15\n\routput_tokens\x18\x05 \x01(\r\x12\x12\n\ncompute_ms\x18\x06 \x01(\x04\x12\x10\n\x08queue_ms\x18\x07 \x01(\x04*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tether.v1.infer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1719
-  _globals['_FINISHREASON']._serialized_end=1814
+  _globals['_FINISHREASON']._serialized_start=1877
+  _globals['_FINISHREASON']._serialized_end=1972
   _globals['_INFER']._serialized_start=85
-  _globals['_INFER']._serialized_end=650
+  _globals['_INFER']._serialized_end=701
   _globals['_INFER_REQUEST']._serialized_start=95
-  _globals['_INFER_REQUEST']._serialized_end=350
-  _globals['_INFER_CHUNK']._serialized_start=353
-  _globals['_INFER_CHUNK']._serialized_end=650
-  _globals['_SEALED']._serialized_start=652
-  _globals['_SEALED']._serialized_end=716
-  _globals['_SEALEDKEY']._serialized_start=718
-  _globals['_SEALEDKEY']._serialized_end=769
-  _globals['_SEALEDINPUT']._serialized_start=772
-  _globals['_SEALEDINPUT']._serialized_end=942
-  _globals['_INPUT']._serialized_start=945
-  _globals['_INPUT']._serialized_end=1101
-  _globals['_CHATMESSAGES']._serialized_start=1103
-  _globals['_CHATMESSAGES']._serialized_end=1159
-  _globals['_CHATMESSAGE']._serialized_start=1161
-  _globals['_CHATMESSAGE']._serialized_end=1205
-  _globals['_GENERATIONPARAMS']._serialized_start=1208
-  _globals['_GENERATIONPARAMS']._serialized_end=1455
-  _globals['_PAYLOAD']._serialized_start=1457
-  _globals['_PAYLOAD']._serialized_end=1570
-  _globals['_USAGE']._serialized_start=1573
-  _globals['_USAGE']._serialized_end=1717
+  _globals['_INFER_REQUEST']._serialized_end=366
+  _globals['_INFER_CHUNK']._serialized_start=369
+  _globals['_INFER_CHUNK']._serialized_end=701
+  _globals['_TIMING']._serialized_start=703
+  _globals['_TIMING']._serialized_end=808
+  _globals['_TIMING_STAMP']._serialized_start=772
+  _globals['_TIMING_STAMP']._serialized_end=808
+  _globals['_SEALED']._serialized_start=810
+  _globals['_SEALED']._serialized_end=874
+  _globals['_SEALEDKEY']._serialized_start=876
+  _globals['_SEALEDKEY']._serialized_end=927
+  _globals['_SEALEDINPUT']._serialized_start=930
+  _globals['_SEALEDINPUT']._serialized_end=1100
+  _globals['_INPUT']._serialized_start=1103
+  _globals['_INPUT']._serialized_end=1259
+  _globals['_CHATMESSAGES']._serialized_start=1261
+  _globals['_CHATMESSAGES']._serialized_end=1317
+  _globals['_CHATMESSAGE']._serialized_start=1319
+  _globals['_CHATMESSAGE']._serialized_end=1363
+  _globals['_GENERATIONPARAMS']._serialized_start=1366
+  _globals['_GENERATIONPARAMS']._serialized_end=1613
+  _globals['_PAYLOAD']._serialized_start=1615
+  _globals['_PAYLOAD']._serialized_end=1728
+  _globals['_USAGE']._serialized_start=1731
+  _globals['_USAGE']._serialized_end=1875
 # @@protoc_insertion_point(module_scope)

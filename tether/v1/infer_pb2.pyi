@@ -21,7 +21,7 @@ FINISH_REASON_LENGTH: FinishReason
 class Infer(_message.Message):
     __slots__ = ()
     class Request(_message.Message):
-        __slots__ = ("tenant_id", "model_id", "version", "input", "correlation_id", "retry_token", "trace_id", "params", "region", "sealed")
+        __slots__ = ("tenant_id", "model_id", "version", "input", "correlation_id", "retry_token", "trace_id", "params", "region", "sealed", "timing")
         TENANT_ID_FIELD_NUMBER: _ClassVar[int]
         MODEL_ID_FIELD_NUMBER: _ClassVar[int]
         VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Infer(_message.Message):
         PARAMS_FIELD_NUMBER: _ClassVar[int]
         REGION_FIELD_NUMBER: _ClassVar[int]
         SEALED_FIELD_NUMBER: _ClassVar[int]
+        TIMING_FIELD_NUMBER: _ClassVar[int]
         tenant_id: str
         model_id: str
         version: str
@@ -42,9 +43,10 @@ class Infer(_message.Message):
         params: GenerationParams
         region: str
         sealed: Sealed
-        def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., retry_token: _Optional[str] = ..., trace_id: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., region: _Optional[str] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ...) -> None: ...
+        timing: bool
+        def __init__(self, tenant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Input, _Mapping]] = ..., correlation_id: _Optional[str] = ..., retry_token: _Optional[str] = ..., trace_id: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., region: _Optional[str] = ..., sealed: _Optional[_Union[Sealed, _Mapping]] = ..., timing: _Optional[bool] = ...) -> None: ...
     class Chunk(_message.Message):
-        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id", "sealed_payload", "finish_reason", "degraded_from", "served_model")
+        __slots__ = ("correlation_id", "seq", "payload", "done", "usage", "error", "worker_id", "sealed_payload", "finish_reason", "degraded_from", "served_model", "timing")
         CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
         SEQ_FIELD_NUMBER: _ClassVar[int]
         PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +58,7 @@ class Infer(_message.Message):
         FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
         DEGRADED_FROM_FIELD_NUMBER: _ClassVar[int]
         SERVED_MODEL_FIELD_NUMBER: _ClassVar[int]
+        TIMING_FIELD_NUMBER: _ClassVar[int]
         correlation_id: str
         seq: int
         payload: Payload
@@ -67,8 +70,24 @@ class Infer(_message.Message):
         finish_reason: FinishReason
         degraded_from: str
         served_model: str
-        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ..., sealed_payload: _Optional[bytes] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., degraded_from: _Optional[str] = ..., served_model: _Optional[str] = ...) -> None: ...
+        timing: Timing
+        def __init__(self, correlation_id: _Optional[str] = ..., seq: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., done: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Error, _Mapping]] = ..., worker_id: _Optional[str] = ..., sealed_payload: _Optional[bytes] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., degraded_from: _Optional[str] = ..., served_model: _Optional[str] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
     def __init__(self) -> None: ...
+
+class Timing(_message.Message):
+    __slots__ = ("stamps", "model_ns")
+    class Stamp(_message.Message):
+        __slots__ = ("at", "unix_ns")
+        AT_FIELD_NUMBER: _ClassVar[int]
+        UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+        at: str
+        unix_ns: int
+        def __init__(self, at: _Optional[str] = ..., unix_ns: _Optional[int] = ...) -> None: ...
+    STAMPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NS_FIELD_NUMBER: _ClassVar[int]
+    stamps: _containers.RepeatedCompositeFieldContainer[Timing.Stamp]
+    model_ns: int
+    def __init__(self, stamps: _Optional[_Iterable[_Union[Timing.Stamp, _Mapping]]] = ..., model_ns: _Optional[int] = ...) -> None: ...
 
 class Sealed(_message.Message):
     __slots__ = ("ciphertext", "keys")

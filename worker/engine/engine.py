@@ -339,9 +339,20 @@ class ExecutionEngine:
             key = "prompt_s_per_token" if joining else "step_s"
             per_token = m.extra.get(key)
             inline = per_token is not None and per_token * width < self.inline_step_s
-            t0 = time.perf_counter()
-            await self._call(s, flag, run_step, joining, running, inline=inline)
-            m.extra[key] = (time.perf_counter() - t0) / width
+            spent = 0.0
+
+            def timed(joining: list[Any], running: list[Any]) -> None:
+                # The step's own time, not a thread round trip's: on a loaded machine the
+                # round trip alone would keep a small model's steps in threads for good.
+                nonlocal spent
+                t0 = time.perf_counter()
+                try:
+                    run_step(joining, running)
+                finally:
+                    spent = time.perf_counter() - t0
+
+            await self._call(s, flag, timed, joining, running, inline=inline)
+            m.extra[key] = spent / width
 
         pieces = self.batcher_of(m).generate(seq, self.kv_bytes(m, seq), call,
                                              lambda: flag.cancelled)

@@ -95,6 +95,8 @@ class EngineRun:
                  cancel: CancelFlag | None) -> None:
         self.finish_reason: infer_pb2.FinishReason = infer_pb2.FINISH_REASON_UNSPECIFIED
         self._stream: InferenceStream | None = None
+        #: The model's own time (its runtime calls), seconds, once the run is over.
+        self.compute_s = 0.0
         self._pairs = self._run(engine, request, cancel)
 
     def ready(self) -> bool:
@@ -123,6 +125,7 @@ class EngineRun:
             await run.aclose()
         self.finish_reason = _FINISH_REASONS.get(run.finish_reason,
                                                  infer_pb2.FINISH_REASON_UNSPECIFIED)
+        self.compute_s = run.compute_s
         yield infer_pb2.Payload(), run.usage
 
 

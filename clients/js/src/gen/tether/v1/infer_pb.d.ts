@@ -93,6 +93,14 @@ export declare type Infer_Request = Message<"tether.v1.Infer.Request"> & {
    * @generated from field: tether.v1.Sealed sealed = 20;
    */
   sealed?: Sealed | undefined;
+
+  /**
+   * Ask every hop to stamp when it passed (the final chunk's `timing`): for
+   * measuring per-hop overhead; costs a few clock reads, off unless asked.
+   *
+   * @generated from field: bool timing = 25;
+   */
+  timing: boolean;
 };
 
 /**
@@ -173,6 +181,14 @@ export declare type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
    * @generated from field: string served_model = 28;
    */
   servedModel: string;
+
+  /**
+   * On the final chunk of a request that asked for it (Request.timing): when
+   * each hop passed, and the model's own time.
+   *
+   * @generated from field: tether.v1.Timing timing = 33;
+   */
+  timing?: Timing | undefined;
 };
 
 /**
@@ -180,6 +196,55 @@ export declare type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
  * Use `create(Infer_ChunkSchema)` to create a new message.
  */
 export declare const Infer_ChunkSchema: GenMessage<Infer_Chunk>;
+
+/**
+ * Timing says when a request passed each hop (wall clock, so comparable between
+ * processes on one machine) and how long the model itself ran.
+ *
+ * @generated from message tether.v1.Timing
+ */
+export declare type Timing = Message<"tether.v1.Timing"> & {
+  /**
+   * @generated from field: repeated tether.v1.Timing.Stamp stamps = 1;
+   */
+  stamps: Timing_Stamp[];
+
+  /**
+   * The model's own time on the worker (its runtime calls), nanoseconds.
+   *
+   * @generated from field: uint64 model_ns = 2;
+   */
+  modelNs: bigint;
+};
+
+/**
+ * Describes the message tether.v1.Timing.
+ * Use `create(TimingSchema)` to create a new message.
+ */
+export declare const TimingSchema: GenMessage<Timing>;
+
+/**
+ * @generated from message tether.v1.Timing.Stamp
+ */
+export declare type Timing_Stamp = Message<"tether.v1.Timing.Stamp"> & {
+  /**
+   * "gateway.in", "orchestrator.admitted", "worker.model_end", ...
+   *
+   * @generated from field: string at = 1;
+   */
+  at: string;
+
+  /**
+   * @generated from field: int64 unix_ns = 2;
+   */
+  unixNs: bigint;
+};
+
+/**
+ * Describes the message tether.v1.Timing.Stamp.
+ * Use `create(Timing_StampSchema)` to create a new message.
+ */
+export declare const Timing_StampSchema: GenMessage<Timing_Stamp>;
 
 /**
  * Sealed is a request's input sealed end to end to the workers that may run it.

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/infer.proto.
  */
 export const file_tether_v1_infer: GenFile = /*@__PURE__*/
-  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSK1BAoFSW5mZXIa/wEKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJEiEKBnNlYWxlZBgUIAEoCzIRLnRldGhlci52MS5TZWFsZWQaqQIKBUNodW5rEhYKDmNvcnJlbGF0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIjCgdwYXlsb2FkGAMgASgLMhIudGV0aGVyLnYxLlBheWxvYWQSDAoEZG9uZRgEIAEoCBIfCgV1c2FnZRgFIAEoCzIQLnRldGhlci52MS5Vc2FnZRIfCgVlcnJvchgGIAEoCzIQLnRldGhlci52MS5FcnJvchIRCgl3b3JrZXJfaWQYByABKAkSFgoOc2VhbGVkX3BheWxvYWQYFCABKAwSLgoNZmluaXNoX3JlYXNvbhgMIAEoDjIXLnRldGhlci52MS5GaW5pc2hSZWFzb24SFQoNZGVncmFkZWRfZnJvbRgbIAEoCRIUCgxzZXJ2ZWRfbW9kZWwYHCABKAkiQAoGU2VhbGVkEhIKCmNpcGhlcnRleHQYASABKAwSIgoEa2V5cxgCIAMoCzIULnRldGhlci52MS5TZWFsZWRLZXkiMwoJU2VhbGVkS2V5EhIKCndvcmtlcl9rZXkYASABKAwSEgoKc2VhbGVkX2tleRgCIAEoDCKqAQoLU2VhbGVkSW5wdXQSHwoFaW5wdXQYASABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYAiABKAkSEQoJdGVuYW50X2lkGAMgASgJEhAKCG1vZGVsX2lkGAQgASgJEhMKC3dvcmtlcl9rZXlzGAUgAygMEg0KBW5vbmNlGAYgASgMEhkKEWlzc3VlZF9hdF91bml4X21zGAcgASgEIpwBCgVJbnB1dBIOCgR0ZXh0GAEgASgJSAASJQoFdGV4dHMYAiABKAsyFC50ZXRoZXIudjEuVGV4dEJhdGNoSAASJwoHdGVuc29ycxgDIAEoCzIULnRldGhlci52MS5UZW5zb3JNYXBIABIrCghtZXNzYWdlcxgNIAEoCzIXLnRldGhlci52MS5DaGF0TWVzc2FnZXNIAEIGCgRraW5kIjgKDENoYXRNZXNzYWdlcxIoCghtZXNzYWdlcxgBIAMoCzIWLnRldGhlci52MS5DaGF0TWVzc2FnZSIsCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAki9wEKEEdlbmVyYXRpb25QYXJhbXMSEgoKbWF4X3Rva2VucxgBIAEoDRITCgt0ZW1wZXJhdHVyZRgCIAEoAhIMCgRzZWVkGAMgASgEEg0KBXRvcF9wGAQgASgCEhIKCm1pbl90b2tlbnMYBSABKA0SHgoRdGVtcGVyYXR1cmVfdmFsdWUYDyABKAJIAIgBARINCgV0b3BfaxgQIAEoDRIfChJyZXBldGl0aW9uX3BlbmFsdHkYESABKAJIAYgBARIMCgRzdG9wGBIgAygJQhQKEl90ZW1wZXJhdHVyZV92YWx1ZUIVChNfcmVwZXRpdGlvbl9wZW5hbHR5InEKB1BheWxvYWQSDgoEdGV4dBgBIAEoCUgAEikKCWVtYmVkZGluZxgCIAEoCzIULnRldGhlci52MS5FbWJlZGRpbmdIABIjCgZ0ZW5zb3IYAyABKAsyES50ZXRoZXIudjEuVGVuc29ySABCBgoEa2luZCKQAQoFVXNhZ2USEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSFAoMaW5wdXRfdG9rZW5zGAQgASgNEhUKDW91dHB1dF90b2tlbnMYBSABKA0SEgoKY29tcHV0ZV9tcxgGIAEoBBIQCghxdWV1ZV9tcxgHIAEoBCpfCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAJiBnByb3RvMw", [file_tether_v1_status, file_tether_v1_tensor]);
+  fileDesc("ChV0ZXRoZXIvdjEvaW5mZXIucHJvdG8SCXRldGhlci52MSLoBAoFSW5mZXIajwIKB1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCG1vZGVsX2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAkSHwoFaW5wdXQYBCABKAsyEC50ZXRoZXIudjEuSW5wdXQSFgoOY29ycmVsYXRpb25faWQYBSABKAkSEwoLcmV0cnlfdG9rZW4YBiABKAkSEAoIdHJhY2VfaWQYByABKAkSKwoGcGFyYW1zGAggASgLMhsudGV0aGVyLnYxLkdlbmVyYXRpb25QYXJhbXMSDgoGcmVnaW9uGAkgASgJEiEKBnNlYWxlZBgUIAEoCzIRLnRldGhlci52MS5TZWFsZWQSDgoGdGltaW5nGBkgASgIGswCCgVDaHVuaxIWCg5jb3JyZWxhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSIwoHcGF5bG9hZBgDIAEoCzISLnRldGhlci52MS5QYXlsb2FkEgwKBGRvbmUYBCABKAgSHwoFdXNhZ2UYBSABKAsyEC50ZXRoZXIudjEuVXNhZ2USHwoFZXJyb3IYBiABKAsyEC50ZXRoZXIudjEuRXJyb3ISEQoJd29ya2VyX2lkGAcgASgJEhYKDnNlYWxlZF9wYXlsb2FkGBQgASgMEi4KDWZpbmlzaF9yZWFzb24YDCABKA4yFy50ZXRoZXIudjEuRmluaXNoUmVhc29uEhUKDWRlZ3JhZGVkX2Zyb20YGyABKAkSFAoMc2VydmVkX21vZGVsGBwgASgJEiEKBnRpbWluZxghIAEoCzIRLnRldGhlci52MS5UaW1pbmciaQoGVGltaW5nEicKBnN0YW1wcxgBIAMoCzIXLnRldGhlci52MS5UaW1pbmcuU3RhbXASEAoIbW9kZWxfbnMYAiABKAQaJAoFU3RhbXASCgoCYXQYASABKAkSDwoHdW5peF9ucxgCIAEoAyJACgZTZWFsZWQSEgoKY2lwaGVydGV4dBgBIAEoDBIiCgRrZXlzGAIgAygLMhQudGV0aGVyLnYxLlNlYWxlZEtleSIzCglTZWFsZWRLZXkSEgoKd29ya2VyX2tleRgBIAEoDBISCgpzZWFsZWRfa2V5GAIgASgMIqoBCgtTZWFsZWRJbnB1dBIfCgVpbnB1dBgBIAEoCzIQLnRldGhlci52MS5JbnB1dBIWCg5jb3JyZWxhdGlvbl9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSEAoIbW9kZWxfaWQYBCABKAkSEwoLd29ya2VyX2tleXMYBSADKAwSDQoFbm9uY2UYBiABKAwSGQoRaXNzdWVkX2F0X3VuaXhfbXMYByABKAQinAEKBUlucHV0Eg4KBHRleHQYASABKAlIABIlCgV0ZXh0cxgCIAEoCzIULnRldGhlci52MS5UZXh0QmF0Y2hIABInCgd0ZW5zb3JzGAMgASgLMhQudGV0aGVyLnYxLlRlbnNvck1hcEgAEisKCG1lc3NhZ2VzGA0gASgLMhcudGV0aGVyLnYxLkNoYXRNZXNzYWdlc0gAQgYKBGtpbmQiOAoMQ2hhdE1lc3NhZ2VzEigKCG1lc3NhZ2VzGAEgAygLMhYudGV0aGVyLnYxLkNoYXRNZXNzYWdlIiwKC0NoYXRNZXNzYWdlEgwKBHJvbGUYASABKAkSDwoHY29udGVudBgCIAEoCSL3AQoQR2VuZXJhdGlvblBhcmFtcxISCgptYXhfdG9rZW5zGAEgASgNEhMKC3RlbXBlcmF0dXJlGAIgASgCEgwKBHNlZWQYAyABKAQSDQoFdG9wX3AYBCABKAISEgoKbWluX3Rva2VucxgFIAEoDRIeChF0ZW1wZXJhdHVyZV92YWx1ZRgPIAEoAkgAiAEBEg0KBXRvcF9rGBAgASgNEh8KEnJlcGV0aXRpb25fcGVuYWx0eRgRIAEoAkgBiAEBEgwKBHN0b3AYEiADKAlCFAoSX3RlbXBlcmF0dXJlX3ZhbHVlQhUKE19yZXBldGl0aW9uX3BlbmFsdHkicQoHUGF5bG9hZBIOCgR0ZXh0GAEgASgJSAASKQoJZW1iZWRkaW5nGAIgASgLMhQudGV0aGVyLnYxLkVtYmVkZGluZ0gAEiMKBnRlbnNvchgDIAEoCzIRLnRldGhlci52MS5UZW5zb3JIAEIGCgRraW5kIpABCgVVc2FnZRIRCgl0ZW5hbnRfaWQYASABKAkSEAoIbW9kZWxfaWQYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIUCgxpbnB1dF90b2tlbnMYBCABKA0SFQoNb3V0cHV0X3Rva2VucxgFIAEoDRISCgpjb21wdXRlX21zGAYgASgEEhAKCHF1ZXVlX21zGAcgASgEKl8KDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESGAoURklOSVNIX1JFQVNPTl9MRU5HVEgQAmIGcHJvdG8z", [file_tether_v1_status, file_tether_v1_tensor]);
 
 /**
  * Infer groups the inference contract of the spec (§2 "RPC Contracts").
@@ -98,6 +98,14 @@ export type Infer_Request = Message<"tether.v1.Infer.Request"> & {
    * @generated from field: tether.v1.Sealed sealed = 20;
    */
   sealed?: Sealed | undefined;
+
+  /**
+   * Ask every hop to stamp when it passed (the final chunk's `timing`): for
+   * measuring per-hop overhead; costs a few clock reads, off unless asked.
+   *
+   * @generated from field: bool timing = 25;
+   */
+  timing: boolean;
 };
 
 /**
@@ -179,6 +187,14 @@ export type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
    * @generated from field: string served_model = 28;
    */
   servedModel: string;
+
+  /**
+   * On the final chunk of a request that asked for it (Request.timing): when
+   * each hop passed, and the model's own time.
+   *
+   * @generated from field: tether.v1.Timing timing = 33;
+   */
+  timing?: Timing | undefined;
 };
 
 /**
@@ -187,6 +203,57 @@ export type Infer_Chunk = Message<"tether.v1.Infer.Chunk"> & {
  */
 export const Infer_ChunkSchema: GenMessage<Infer_Chunk> = /*@__PURE__*/
   messageDesc(file_tether_v1_infer, 0, 1);
+
+/**
+ * Timing says when a request passed each hop (wall clock, so comparable between
+ * processes on one machine) and how long the model itself ran.
+ *
+ * @generated from message tether.v1.Timing
+ */
+export type Timing = Message<"tether.v1.Timing"> & {
+  /**
+   * @generated from field: repeated tether.v1.Timing.Stamp stamps = 1;
+   */
+  stamps: Timing_Stamp[];
+
+  /**
+   * The model's own time on the worker (its runtime calls), nanoseconds.
+   *
+   * @generated from field: uint64 model_ns = 2;
+   */
+  modelNs: bigint;
+};
+
+/**
+ * Describes the message tether.v1.Timing.
+ * Use `create(TimingSchema)` to create a new message.
+ */
+export const TimingSchema: GenMessage<Timing> = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 1);
+
+/**
+ * @generated from message tether.v1.Timing.Stamp
+ */
+export type Timing_Stamp = Message<"tether.v1.Timing.Stamp"> & {
+  /**
+   * "gateway.in", "orchestrator.admitted", "worker.model_end", ...
+   *
+   * @generated from field: string at = 1;
+   */
+  at: string;
+
+  /**
+   * @generated from field: int64 unix_ns = 2;
+   */
+  unixNs: bigint;
+};
+
+/**
+ * Describes the message tether.v1.Timing.Stamp.
+ * Use `create(Timing_StampSchema)` to create a new message.
+ */
+export const Timing_StampSchema: GenMessage<Timing_Stamp> = /*@__PURE__*/
+  messageDesc(file_tether_v1_infer, 1, 0);
 
 /**
  * Sealed is a request's input sealed end to end to the workers that may run it.
@@ -215,7 +282,7 @@ export type Sealed = Message<"tether.v1.Sealed"> & {
  * Use `create(SealedSchema)` to create a new message.
  */
 export const SealedSchema: GenMessage<Sealed> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 1);
+  messageDesc(file_tether_v1_infer, 2);
 
 /**
  * SealedKey is the request key sealed to one worker.
@@ -242,7 +309,7 @@ export type SealedKey = Message<"tether.v1.SealedKey"> & {
  * Use `create(SealedKeySchema)` to create a new message.
  */
 export const SealedKeySchema: GenMessage<SealedKey> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 2);
+  messageDesc(file_tether_v1_infer, 3);
 
 /**
  * SealedInput is the plaintext inside Sealed.ciphertext: the input and what it
@@ -296,7 +363,7 @@ export type SealedInput = Message<"tether.v1.SealedInput"> & {
  * Use `create(SealedInputSchema)` to create a new message.
  */
 export const SealedInputSchema: GenMessage<SealedInput> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 3);
+  messageDesc(file_tether_v1_infer, 4);
 
 /**
  * Input is what a model consumes, by task.
@@ -348,7 +415,7 @@ export type Input = Message<"tether.v1.Input"> & {
  * Use `create(InputSchema)` to create a new message.
  */
 export const InputSchema: GenMessage<Input> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 4);
+  messageDesc(file_tether_v1_infer, 5);
 
 /**
  * ChatMessages is a conversation, oldest message first.
@@ -367,7 +434,7 @@ export type ChatMessages = Message<"tether.v1.ChatMessages"> & {
  * Use `create(ChatMessagesSchema)` to create a new message.
  */
 export const ChatMessagesSchema: GenMessage<ChatMessages> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 5);
+  messageDesc(file_tether_v1_infer, 6);
 
 /**
  * ChatMessage is one turn of a conversation.
@@ -393,7 +460,7 @@ export type ChatMessage = Message<"tether.v1.ChatMessage"> & {
  * Use `create(ChatMessageSchema)` to create a new message.
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 6);
+  messageDesc(file_tether_v1_infer, 7);
 
 /**
  * GenerationParams tune text generation; zero values mean model defaults.
@@ -473,7 +540,7 @@ export type GenerationParams = Message<"tether.v1.GenerationParams"> & {
  * Use `create(GenerationParamsSchema)` to create a new message.
  */
 export const GenerationParamsSchema: GenMessage<GenerationParams> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 7);
+  messageDesc(file_tether_v1_infer, 8);
 
 /**
  * Payload is one piece of a streamed result.
@@ -512,7 +579,7 @@ export type Payload = Message<"tether.v1.Payload"> & {
  * Use `create(PayloadSchema)` to create a new message.
  */
 export const PayloadSchema: GenMessage<Payload> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 8);
+  messageDesc(file_tether_v1_infer, 9);
 
 /**
  * Usage is what one request consumed, reported with the last chunk.
@@ -561,7 +628,7 @@ export type Usage = Message<"tether.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_tether_v1_infer, 9);
+  messageDesc(file_tether_v1_infer, 10);
 
 /**
  * FinishReason says why a text-generation stream ended.
