@@ -25,11 +25,10 @@ Holepunching across NATs is not implemented (see the package README for the plan
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
@@ -58,8 +57,10 @@ from p2p_transport.dht_rpc import (
 )
 from p2p_transport.noise import HandshakeError, HandshakeResult, NoiseHandshake, dht_handshake
 from p2p_transport.secret_stream import SecretStream
-from p2p_transport.udx import UdxSocket, UdxStream
+from p2p_transport.udx import UdpTransport, UdxSocket, UdxStream
 
+from . import holepunch as hp
+from .holepunch import HolepunchFailed, PeerConnectionFailed
 from .messages import (
     ANNOUNCE,
     FIND_PEER,
@@ -71,24 +72,32 @@ from .messages import (
     Error,
     Firewall,
     Handshake,
+    HolepunchInfo,
+    HolepunchMessage,
+    HolepunchPayload,
     HyperDhtProtocolError,
     Mode,
     NoisePayload,
     PeerRecord,
+    RelayInfo,
     UdxInfo,
     decode_handshake,
+    decode_holepunch,
     decode_lookup_reply,
     decode_noise_payload,
     decode_peer,
     encode_announce,
     encode_handshake,
+    encode_holepunch,
     encode_noise_payload,
     encode_peer,
 )
 from .storage import WILDCARD_HOST, StorageHandler
 
 __all__ = [
-        "HyperDht",
+    "HolepunchFailed",
+    "HyperDht",
+    "PeerConnectionFailed",
     "PeerNotFound",
     "RawConnection",
     "Server",
@@ -119,10 +128,6 @@ MAX_RELAY_ADDRESSES = 3
 CLOSE_TIMEOUT = 5.0
 
 
-class PeerConnectionFailed(DhtError):
-    """A connection attempt failed (``PEER_CONNECTION_FAILED`` in hyperdht)."""
-
-
 class PeerNotFound(PeerConnectionFailed):
     """No DHT node knows the server's key (``PEER_NOT_FOUND``)."""
 
@@ -131,15 +136,6 @@ def announce_signable(target: bytes, token: bytes, node_id: bytes, peer: PeerRec
                       refresh: bytes | None, namespace: bytes) -> bytes:
     """What an ANNOUNCE/UNANNOUNCE signs: ``ns ‖ H(target ‖ id ‖ token ‖ peer ‖ refresh)``."""
     return namespace + hash_batch([target, node_id, token, encode_peer(peer), refresh or b""])
-
-
-def is_bogon(host: str) -> bool:
-    """Private, loopback, link-local or reserved (hyperdht's ``bogon`` check)."""
-    try:
-        ip = ipaddress.IPv4Address(host)
-    except ValueError:
-        return True
-    return not ip.is_global
 
 
 @dataclass(eq=False)
@@ -179,6 +175,17 @@ class _PendingHandshake:
     created: float
 
 
+@dataclass(eq=False)
+class _ServerPunchEntry:
+    """A server's punch for one handshake: its puncher sockets and the core's state."""
+
+    sockets: _PunchSockets
+    connected: trio.Event
+    core: hp.ServerPunch | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    deadline: float = 0.0
+
+
 ServerFirewall = Callable[[bytes, NoisePayload, SocketAddress], bool]
 
 
@@ -195,6 +202,7 @@ class Server:
         self.firewall = firewall
         self.relays: list[tuple[SocketAddress, SocketAddress]] = []  # (node, us as it saw us)
         self._handshakes: dict[bytes, _PendingHandshake] = {}
+        self._punches: dict[int, _ServerPunchEntry] = {}
         self._cancel = trio.CancelScope()
         self.listening = False
         self.connections = 0
@@ -305,6 +313,83 @@ class Server:
                         nursery.start_soon(self.dht._try_unannounce, self.target,
                                            self.key_pair, reply)
 
+    # -- holepunching ----------------------------------------------------------------------
+
+    async def _prepare_punch(self, punch: _ServerPunchEntry,
+                             secure_payload: hp.SecurePayload) -> None:
+        """Open a puncher socket and learn its NAT before the client's rounds need it."""
+        try:
+            sock = await punch.sockets.open()
+        except OSError as exc:
+            log.debug("no puncher socket: %s", exc)
+            return
+        punch.core = hp.ServerPunch(secure_payload, punch.sockets.nat)
+        await punch.sockets.sample_nat(sock)
+        punch.ready.set()
+
+    async def _forget_punch(self, punch_id: int, punch: _ServerPunchEntry) -> None:
+        await trio.sleep(HANDSHAKE_CLEAR_WAIT)  # late rounds still find it meanwhile
+        if self._punches.get(punch_id) is punch:
+            del self._punches[punch_id]
+
+    def on_peer_holepunch(self, req: IncomingRequest, msg: HolepunchMessage) -> None:
+        """A client's round relayed to us (FROM_RELAY); answered from a task."""
+        punch = self._punches.get(msg.id)
+        if punch is None or msg.peer_address is None or not self.listening:
+            return
+        self.dht.nursery.start_soon(self._answer_round, req, msg, punch)
+
+    async def _answer_round(self, req: IncomingRequest, msg: HolepunchMessage,
+                            punch: _ServerPunchEntry) -> None:
+        with trio.move_on_after(5):
+            await punch.ready.wait()
+        core, peer = punch.core, msg.peer_address
+        if core is None or peer is None or not punch.ready.is_set() or core.aborted:
+            return
+        from_relay = any(node == req.from_addr for node, _ in self.relays)
+        got = core.receive(msg.payload, peer, from_relay)
+        if got is None:
+            return
+        nat = core.nat.firewall
+        limiter = self.dht.random_punches
+        if got.error != Error.NONE or nat == Firewall.UNKNOWN or (
+                not core.remote.punching and hp.coerce(nat) >= Firewall.RANDOM
+                and core.remote.firewall >= Firewall.RANDOM):
+            reply = core.abort()
+        else:
+            if core.fast_open(got):
+                punch.sockets.probe(punch.sockets.sockets[0], peer)
+            reply = b""
+            if core.remote.punching and not core.punching:
+                chosen = hp.punch_strategy(nat, core.remote)
+                random_punch = hp.is_random_punch(nat, core.remote.firewall)
+                if chosen is None:
+                    reply = core.abort()
+                elif random_punch and not limiter.allowed(trio.current_time()):
+                    reply = core.abort(Error.TRY_LATER)  # no relay to offer instead
+                else:
+                    core.punching = True
+                    punch.deadline = trio.current_time() + hp.PUNCH_TIMEOUT
+                    self.dht.nursery.start_soon(self._punch, punch, chosen, random_punch)
+            if not reply:
+                reply = core.answer(got, peer, from_relay)
+        req.relay(encode_holepunch(HolepunchMessage(Mode.FROM_SERVER, 0, reply, peer)),
+                  req.from_addr, via=punch.sockets.transport(punch.sockets.sockets[0]))
+
+    async def _punch(self, punch: _ServerPunchEntry,
+                     chosen: tuple[hp.Strategy, SocketAddress | None], random_punch: bool) -> None:
+        assert punch.core is not None
+        limiter = self.dht.random_punches
+        if random_punch:
+            limiter.start()
+        try:
+            plan = hp.punch_plan(chosen[0], punch.core.remote, chosen[1], is_initiator=False)
+            with trio.move_on_after(hp.PUNCH_TIMEOUT):
+                await punch.sockets.run_plan(plan, punch.connected)
+        finally:
+            if random_punch:
+                limiter.finish(trio.current_time())
+
     # -- handshake (runs synchronously inside the dht-rpc receive path) ------------------
 
     def on_peer_handshake(self, req: IncomingRequest, hs: Handshake) -> None:
@@ -346,6 +431,15 @@ class Server:
         direct = hs.peer_address is None
         connected = trio.Event()
         stream: UdxStream | None = None
+        punch: _ServerPunchEntry | None = None
+        punch_id = 0
+        if (error == Error.NONE and not direct and remote.firewall != Firewall.OPEN
+                and self.dht.firewall_claim() != Firewall.OPEN and self.relays):
+            # behind a NAT, and so is the client: offer to punch through our relays
+            punch_id = next(i for i in range(len(self._punches) + 1) if i not in self._punches)
+            punch = _ServerPunchEntry(_PunchSockets(self.dht, _echo_probe), connected)
+            punch.deadline = trio.current_time() + HANDSHAKE_INITIAL_TIMEOUT
+            self._punches[punch_id] = punch
         if error == Error.NONE:
             assert remote.udx is not None
             remote_udx = remote.udx.id
@@ -362,24 +456,40 @@ class Server:
             error=error, firewall=self.dht.firewall_claim(),
             addresses4=(self.dht.local_address,),
             udx=UdxInfo(stream.id if stream else 0), secret_stream=True,
-            relay_addresses=self.relay_addresses or None)
+            relay_addresses=self.relay_addresses or None,
+            holepunch=HolepunchInfo(punch_id, tuple(
+                RelayInfo(node, seen) for node, seen in self.relays[:MAX_RELAY_ADDRESSES]))
+            if punch is not None else None)
         reply = noise.send(encode_noise_payload(reply_payload))
         result = noise.result
         assert result is not None
         if stream is None:
             return reply
+        if punch is not None:
+            self.dht.nursery.start_soon(self._prepare_punch, punch,
+                                        hp.SecurePayload(result.holepunch_secret))
         if remote.firewall == Firewall.OPEN or direct:
             assert remote.udx is not None
             stream.connect(remote.udx.id, (client_address.host, client_address.port))
             connected.set()
-        self.dht.nursery.start_soon(self._await_client, stream, connected, result, remote)
+        self.dht.nursery.start_soon(self._await_client, stream, connected, result, remote,
+                                    punch, punch_id)
         return reply
 
-    async def _await_client(self, stream: UdxStream, connected: trio.Event,
-                            result: HandshakeResult, remote: NoisePayload) -> None:
-        with trio.move_on_after(HANDSHAKE_INITIAL_TIMEOUT) as scope:
-            await connected.wait()
-        if scope.cancelled_caught:
+    async def _await_client(self, stream: UdxStream, connected: trio.Event,  # noqa: PLR0917
+                            result: HandshakeResult, remote: NoisePayload,
+                            punch: _ServerPunchEntry | None, punch_id: int) -> None:
+        deadline = trio.current_time() + HANDSHAKE_INITIAL_TIMEOUT
+        while not connected.is_set():
+            with trio.move_on_at(deadline):
+                await connected.wait()
+            if connected.is_set() or punch is None or punch.deadline <= deadline:
+                break
+            deadline = punch.deadline  # the client is punching: wait for that
+        if punch is not None:
+            punch.sockets.close(keep_for=stream if connected.is_set() else None)
+            self.dht.nursery.start_soon(self._forget_punch, punch_id, punch)
+        if not connected.is_set():
             log.debug("client never reached us; dropping its stream")
             await stream.aclose()
             return
@@ -388,6 +498,15 @@ class Server:
         raw = RawConnection(stream, result, remote,
                             SocketAddress(*addr) if addr else None, is_initiator=False)
         await self.on_connection(raw)
+
+
+def _echo_probe(sock: UdxSocket, addr: SocketAddress) -> None:
+    """A server's puncher answers each probe with one (it connects on the client's first
+    UDX packet, not on a probe)."""
+    try:
+        sock.send_datagram(b"\x00", (addr.host, addr.port))
+    except (OSError, trio.ClosedResourceError) as exc:
+        log.debug("probe echo to %s not sent: %s", addr, exc)
 
 
 def _remote_static(noise: NoiseHandshake) -> bytes:
@@ -411,6 +530,7 @@ class HyperDht:
         self.default_key_pair = key_pair_ or key_pair()
         self._firewall_override = firewall
         self._servers: dict[bytes, Server] = {}
+        self.random_punches = hp.RandomPunchLimiter()
         self.node = DhtNode(_DhtTransport(sock), bootstrap=bootstrap, ephemeral=not persistent,
                             on_request=self._on_request)
         # persistent: also a storage node (id from our socket address; no firewall detection)
@@ -475,11 +595,25 @@ class HyperDht:
         if req.command == PEER_HANDSHAKE:
             self._on_peer_handshake(req)
             return True
+        if req.command == PEER_HOLEPUNCH and self._on_peer_holepunch(req):
+            return True
         if self.storage is not None:
             return self.storage.on_request(req)
-        # No holepunching yet: PEER_HOLEPUNCH rounds go unanswered and the client's other paths
-        # win. Storage commands get UNKNOWN_COMMAND with closer nodes: we are ephemeral.
+        # Storage commands get UNKNOWN_COMMAND with closer nodes: we are ephemeral.
         return req.command == PEER_HOLEPUNCH
+
+    def _on_peer_holepunch(self, req: IncomingRequest) -> bool:
+        """A round for one of our servers (True), else left to the storage router."""
+        server = self._servers.get(req.target or b"")
+        if server is None:
+            return False
+        try:
+            msg = decode_holepunch(req.value or b"")
+        except HyperDhtProtocolError:
+            return True
+        if msg.mode == Mode.FROM_RELAY:
+            server.on_peer_holepunch(req, msg)
+        return True
 
     def _on_peer_handshake(self, req: IncomingRequest) -> None:
         if req.value is None:
@@ -600,16 +734,20 @@ class HyperDht:
     async def connect(self, remote_public_key: bytes, *, key_pair_: KeyPair | None = None,
                       relay_addresses: Sequence[SocketAddress] = (),
                       timeout: float = 20.0) -> RawConnection:
-        """Open a Noise-keyed UDX stream to the server listening on ``remote_public_key``."""
+        """Open a Noise-keyed UDX stream to the server listening on ``remote_public_key``,
+        holepunching when both sides are behind NATs (:class:`HolepunchFailed` when that
+        cannot work or did not; a random-NAT punch may take up to ``hp.PUNCH_TIMEOUT``)."""
         kp = key_pair_ or self.default_key_pair
         target = blake2b(remote_public_key)
-        first_packet: list[tuple[str, int]] = []
+        first_packet: list[tuple[SocketAddress, UdxSocket]] = []
+        arrived = trio.Event()
 
-        def on_early_packet(_s: UdxStream, addr: tuple[str, int]) -> bool:
+        def on_early_packet(s: UdxStream, addr: tuple[str, int]) -> bool:
             if not 0 < addr[1] < 65536:
                 return True
             if not first_packet:
-                first_packet.append(addr)
+                first_packet.append((SocketAddress(*addr), s.socket))  # the arrival socket
+                arrived.set()
             return False  # accept: buffered until we connect
 
         stream = self.socket.create_stream(firewall=on_early_packet)
@@ -655,7 +793,7 @@ class HyperDht:
             await stream.aclose()
             raise (PeerConnectionFailed("every relay failed") if attempted
                    else PeerNotFound("no DHT node knows this key"))
-        _relay, reply_noise, server_address, client_address, relayed = result
+        relay, reply_noise, server_address, client_address, relayed = result
         try:
             remote = decode_noise_payload(noise.recv(reply_noise))
         except (HandshakeError, HyperDhtProtocolError) as exc:
@@ -664,66 +802,291 @@ class HyperDht:
         if remote.version != 1 or remote.error != Error.NONE or remote.udx is None:
             await stream.aclose()
             raise PeerConnectionFailed(f"server refused: version {remote.version}, "
-                                  f"error {remote.error}")
+                                       f"error {remote.error}")
         hs_result = noise.result
         assert hs_result is not None
-        target_addr = await self._choose_path(remote, server_address, client_address, relayed,
-                                              first_packet)
-        if target_addr is None:
+        decision = hp.choose_path(
+            remote, server_address=server_address, client_address=client_address,
+            relayed=relayed, our_firewall=self.firewall_claim(),
+            first_packet=first_packet[0][0] if first_packet else None)
+        try:
+            with trio.fail_after(hp.PUNCH_TIMEOUT + timeout):
+                sock, target_addr = await self._follow_path(decision, _Attempt(
+                    stream, remote, hs_result, target, relay, server_address, first_packet,
+                    arrived))
+        except BaseException as exc:
             await stream.aclose()
-            raise PeerConnectionFailed(
-                f"server needs holepunching, which is not supported yet: it is behind a NAT "
-                f"(seen at {server_address.host}:{server_address.port}, firewall "
-                f"{_firewall_name(remote.firewall)}) and so are we (firewall "
-                f"{_firewall_name(self.firewall_claim())})")
+            if isinstance(exc, trio.TooSlowError):
+                raise HolepunchFailed("HOLEPUNCH_ABORTED", "punching timed out") from None
+            raise
         if stream.remote_address is None:
-            stream.connect(remote.udx.id, (target_addr.host, target_addr.port))
+            stream.connect(remote.udx.id, (target_addr.host, target_addr.port), socket=sock)
         return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True)
 
-    async def _choose_path(self, remote: NoisePayload, server_address: SocketAddress,
-                           client_address: SocketAddress, relayed: bool,
-                           first_packet: list[tuple[str, int]]) -> SocketAddress | None:
-        if first_packet:
-            return SocketAddress(*first_packet[0])
-        if not relayed:
-            return server_address
-        holepunchable = remote.holepunch is not None and remote.firewall != Firewall.OPEN
-        if (_behind_nat(remote, server_address) and self.firewall_claim() != Firewall.OPEN
-                and client_address.host != server_address.host):
-            # Neither side can take the other's first packet: only holepunching connects us.
-            # Fail now with that reason, not after the stream's retransmissions time out.
-            return None
-        if remote.firewall == Firewall.OPEN or not holepunchable:
-            for addr in remote.addresses4:
-                if not is_bogon(addr.host):
-                    return addr
-            return server_address
-        if client_address.host == server_address.host:
-            # LAN shortcut: a private address of the server that answers PING
-            candidates = [a for a in remote.addresses4 if is_bogon(a.host)] or [server_address]
-            for addr in candidates:
+    async def _follow_path(self, decision: hp.PathDecision,
+                           at: _Attempt) -> tuple[UdxSocket | None, SocketAddress]:
+        """Carry out the core's path decision: (socket to send from, None for ours; address)."""
+        first_packet = at.first_packet
+        if isinstance(decision, hp.Connect):
+            if first_packet and first_packet[0][0] == decision.address:
+                return first_packet[0][1], decision.address
+            return None, decision.address
+        if isinstance(decision, hp.Unreachable):
+            raise decision.error
+        if isinstance(decision, hp.PassiveWait):
+            with trio.move_on_after(hp.PASSIVE_TIMEOUT):
+                await at.arrived.wait()
+            if not first_packet:
+                raise HolepunchFailed("HOLEPUNCH_ABORTED", "the server never reached us")
+            return first_packet[0][1], first_packet[0][0]
+        if isinstance(decision, hp.LanPing):
+            for addr in decision.candidates:
                 try:
                     await self.node.request(addr, PING, internal=True, retries=1)
                 except DhtError:
                     continue
-                return addr
-        if first_packet:
-            return SocketAddress(*first_packet[0])
-        return None
+                return None, addr
+        return await self._client_punch(at)
+
+    async def _client_punch(self, at: _Attempt) -> tuple[UdxSocket | None, SocketAddress]:
+        """``probeRound`` then ``roundPunch`` through the relays, then probes until one of the
+        server's probes (or its first packet) reaches one of our puncher sockets."""
+        remote, relay, target, done = at.remote, at.relay, at.target, at.arrived
+        server_address = at.server_address
+        assert remote.holepunch is not None
+        info = remote.holepunch
+        won: list[tuple[UdxSocket, SocketAddress]] = []
+
+        def on_probe(sock: UdxSocket, addr: SocketAddress) -> None:
+            if not won:
+                won.append((sock, addr))
+                done.set()
+
+        punch = _PunchSockets(self, on_probe)
+        secure_payload = hp.SecurePayload(at.handshake.holepunch_secret)
+        server_relay = next((r for r in info.relays if r.relay_address == relay), info.relays[0])
+        state = hp.RemoteState(remote.firewall)
+        rounds = 0
+
+        async def update(peer: SocketAddress, to: SocketAddress, payload: HolepunchPayload,
+                         ) -> tuple[HolepunchPayload, SocketAddress]:
+            nonlocal rounds
+            rounds += 1
+            value = encode_holepunch(HolepunchMessage(
+                Mode.FROM_CLIENT, info.id, secure_payload.encrypt(payload), peer))
+            try:
+                res = await self.node.request(to, PEER_HOLEPUNCH, target=target, value=value,
+                                              via=punch.transport(punch.sockets[0]))
+                msg = decode_holepunch(res.value or b"")
+            except (DhtError, HyperDhtProtocolError) as exc:
+                raise HolepunchFailed("HOLEPUNCH_ABORTED",
+                                      f"holepunch round through {to.host}:{to.port}: {exc}"
+                                      ) from exc
+            if msg.mode != Mode.REPLY:
+                raise HolepunchFailed("HOLEPUNCH_INVALID", "bad holepunch reply")
+            punch.nat.add(res.to, to)
+            got = hp.check_reply(secure_payload.decrypt(msg.payload), try_later_ok=False)
+            return got, msg.peer_address or to
+
+        async def abort() -> None:
+            with trio.move_on_after(2):
+                with suppress(HolepunchFailed):
+                    await update(server_relay.peer_address, server_relay.relay_address,
+                                 hp.abort_payload(rounds))
+
+        try:
+            first = await punch.open()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(punch.sample_nat, first)
+                retry = True
+                while True:  # probeRound
+                    punch.probe(first, server_address, low_ttl=True)
+                    got, peer = await update(server_relay.peer_address,
+                                             server_relay.relay_address,
+                                             hp.probe_payload(rounds, punch.nat, server_address))
+                    state.update(got, None)
+                    if server_relay.relay_address == relay and peer != server_address:
+                        server_address = peer  # the server answered from its puncher socket
+                        punch.probe(first, server_address, low_ttl=True)
+                    if state.firewall == Firewall.UNKNOWN:
+                        await trio.sleep(1.0)
+                    await punch.analysed.wait()
+                    try:
+                        verdict = hp.after_probe(state, punch.nat, got.token, retry=retry)
+                    except HolepunchFailed:
+                        await abort()
+                        raise
+                    if verdict == hp.ProbeVerdict.PUNCH:
+                        break
+                    retry = False
+                token = got.token
+                punch.nat.freeze()
+                random_punch = hp.is_random_punch(punch.nat.firewall, state.firewall)
+                if random_punch and not self.random_punches.allowed(trio.current_time()):
+                    await abort()
+                    raise HolepunchFailed("HOLEPUNCH_ABORTED",
+                                          "another random-NAT punch is running or ran less "
+                                          "than 20 s ago, and no relay is configured")
+                mine = secure_payload.token(server_address)
+                got, _ = await update(server_address, relay,
+                                      hp.punch_payload(rounds, punch.nat, token=mine,
+                                                       remote_token=token))
+                state.update(got, server_address.host if got.remote_token == mine else None)
+                if not state.punching:
+                    raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHING", "the server does not punch")
+                chosen = hp.punch_strategy(punch.nat.firewall, state)
+                if chosen is None:
+                    raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHABLE",
+                                          "no punching strategy fits these NATs")
+                if random_punch:
+                    self.random_punches.start()
+                try:
+                    plan = hp.punch_plan(chosen[0], state, chosen[1], is_initiator=True)
+                    await punch.run_plan(plan, done)
+                finally:
+                    if random_punch:
+                        self.random_punches.finish(trio.current_time())
+                nursery.cancel_scope.cancel()
+            if won:
+                return won[0]
+            if at.first_packet:
+                return at.first_packet[0][1], at.first_packet[0][0]
+            raise HolepunchFailed("HOLEPUNCH_ABORTED", "no probe got through the NATs")
+        finally:
+            punch.close(keep_for=at.stream, keep=won[0][0] if won else None)
 
 
-def _behind_nat(remote: NoisePayload, seen: SocketAddress) -> bool:
-    """Is the server surely behind a NAT: not claiming OPEN, and the relay saw it at an
-    address that none of its own (concrete) socket addresses is?"""
-    own = [a.host for a in remote.addresses4]
-    return (remote.firewall != Firewall.OPEN and bool(own)
-            and WILDCARD_HOST not in own and seen.host not in own)
+@dataclass(eq=False)
+class _Attempt:
+    """A client's connect after the handshake reply: what the path choice works with."""
+
+    stream: UdxStream
+    remote: NoisePayload
+    handshake: HandshakeResult
+    target: bytes
+    relay: SocketAddress
+    server_address: SocketAddress
+    first_packet: list[tuple[SocketAddress, UdxSocket]]
+    arrived: trio.Event
 
 
-def _firewall_name(value: int) -> str:
-    names = {Firewall.UNKNOWN: "UNKNOWN", Firewall.OPEN: "OPEN", Firewall.CONSISTENT:
-             "CONSISTENT", Firewall.RANDOM: "RANDOM"}
-    return names.get(value, str(value))
+class _PunchSockets:
+    """The puncher sockets of one punch (Node's socket pool): each shares the DHT's UDX stream
+    table, feeds dht-rpc datagrams to the DHT node and reports 1-byte probes. :meth:`close`
+    closes them all but the one a stream moved to, which lives until that stream is done."""
+
+    def __init__(self, dht: HyperDht,
+                 on_probe: Callable[[UdxSocket, SocketAddress], None]) -> None:
+        self.dht = dht
+        self.on_probe = on_probe
+        self.sockets: list[UdxSocket] = []
+        self.nat = hp.NatSampler()
+        self.analysed = trio.Event()
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._transports: dict[int, _DhtTransport] = {}
+        self._closed = False
+
+    def transport(self, sock: UdxSocket) -> _DhtTransport:
+        return self._transports[id(sock)]
+
+    async def open(self) -> UdxSocket:
+        sock: UdxSocket = await self.dht.nursery.start(self._run)
+        return sock
+
+    async def _run(self, task_status: trio.TaskStatus[UdxSocket]) -> None:
+        cell: list[UdxSocket] = []
+
+        def on_datagram(data: bytes, addr: tuple[str, int]) -> None:
+            if not cell or not 0 < addr[1] < 65536:
+                return
+            if len(data) <= 1:
+                self.on_probe(cell[0], SocketAddress(*addr))
+            elif is_dht_rpc(data):
+                self.dht.node.datagram_received(data, SocketAddress(*addr),
+                                                via=self._transports[id(cell[0])])
+
+        with trio.CancelScope() as scope:
+            async with UdxSocket.bind(self.dht.socket.address[0], 0, on_datagram=on_datagram,
+                                      share_streams_with=self.dht.socket) as sock:
+                cell.append(sock)
+                self.sockets.append(sock)
+                self._scopes[id(sock)] = scope
+                self._transports[id(sock)] = _DhtTransport(sock)
+                if self._closed:
+                    scope.cancel()
+                task_status.started(sock)
+                await trio.sleep_forever()
+
+    def probe(self, sock: UdxSocket, addr: SocketAddress, low_ttl: bool = False) -> None:
+        """A 1-byte ``0x00`` from ``sock`` (low TTL: opens our NAT, dies before theirs)."""
+        if not 0 < addr.port < 65536:
+            return
+        transport = sock.transport
+        try:
+            if low_ttl and isinstance(transport, UdpTransport):
+                transport.send_with_ttl(b"\x00", (addr.host, addr.port), hp.LOW_TTL)
+            else:
+                sock.send_datagram(b"\x00", (addr.host, addr.port))
+        except (OSError, trio.ClosedResourceError, ValueError) as exc:
+            log.debug("probe to %s not sent: %s", addr, exc)
+
+    async def sample_nat(self, sock: UdxSocket) -> None:
+        """Ping up to 4 DHT nodes from ``sock``; the addresses they saw classify its NAT
+        (``nat.js`` ``autoSample``, with one more try for nodes that did not answer)."""
+        tried: set[SocketAddress] = set()
+        try:
+            for _attempt in range(2):
+                nodes = [n.address for n in reversed(list(self.dht.node.table.nodes()))]
+                nodes += self.dht.node.bootstrap_nodes
+                fresh = [a for a in nodes if a not in tried][:max(0, hp.NAT_SAMPLES
+                                                                  - self.nat.sampled)]
+                if not fresh:
+                    break
+                tried.update(fresh)
+                async with trio.open_nursery() as nursery:
+                    for addr in fresh:
+                        nursery.start_soon(self._ping, sock, addr)
+                if self.nat.done:
+                    break
+        finally:
+            self.nat.give_up()
+            self.analysed.set()
+
+    async def _ping(self, sock: UdxSocket, addr: SocketAddress) -> None:
+        try:
+            res = await self.dht.node.request(addr, PING, internal=True, retries=0,
+                                              via=self.transport(sock))
+        except DhtError:
+            return
+        self.nat.add(res.to, addr)
+
+    async def run_plan(self, plan: Iterator[hp.Action], done: trio.Event) -> None:
+        for action in plan:
+            if done.is_set():
+                return
+            if isinstance(action, hp.Wait):
+                with trio.move_on_after(action.seconds):
+                    await done.wait()
+            elif isinstance(action, hp.OpenSocket):
+                await self.open()
+            elif action.socket < len(self.sockets):
+                self.probe(self.sockets[action.socket], action.address, action.low_ttl)
+
+    def close(self, keep_for: UdxStream | None = None, keep: UdxSocket | None = None) -> None:
+        """Close every socket but the one ``keep_for`` sends (or is about to send, ``keep``)
+        through, which closes after that stream."""
+        self._closed = True
+        keep = keep or (keep_for.socket if keep_for is not None else None)
+        for sock in self.sockets:
+            if keep_for is not None and keep is sock:
+                self.dht.nursery.start_soon(self._linger, sock, keep_for)
+            else:
+                self._scopes[id(sock)].cancel()
+
+    async def _linger(self, sock: UdxSocket, stream: UdxStream) -> None:
+        while not stream.core.released:  # noqa: ASYNC110 (a stream has no "released" event)
+            await trio.sleep(1.0)
+        self._scopes[id(sock)].cancel()
 
 
 def _check_persistent_host(host: str) -> None:

@@ -94,6 +94,10 @@ RANDOM_PUNCH_LIMIT = 1
 TRY_LATER_MIN, TRY_LATER_MAX = 10.0, 20.0
 #: How long either side waits for a peer that said it would connect (Node: 10 s).
 PASSIVE_TIMEOUT = 10.0
+#: How long a punch may take at most (random probes run ~35 s).
+PUNCH_TIMEOUT = 40.0
+#: DHT nodes a puncher socket pings to learn its NAT (nat.js ``_minSamples``).
+NAT_SAMPLES = 4
 
 
 class PeerConnectionFailed(DhtError):

@@ -228,3 +228,10 @@ def test_path_choice() -> None:
     assert unreachable.error.code == "CANNOT_HOLEPUNCH"
     # a server that does not punch, reachable because we are OPEN: connect to what it said
     assert choose(old_python, ours=Firewall.OPEN) == hp.Connect(SERVER_SEEN)
+    # ... unless the relay saw it at its own address, or its address is unknown
+    at_home = payload(Firewall.UNKNOWN, (SERVER_SEEN,), holepunch=False)
+    wildcard = payload(Firewall.UNKNOWN, (A("0.0.0.0", 4000),), holepunch=False)
+    assert choose(at_home) == hp.Connect(SERVER_SEEN)
+    assert choose(wildcard) == hp.Connect(SERVER_SEEN)
+    assert hp.is_bogon("127.0.0.1") and hp.is_bogon("192.168.1.20")
+    assert not hp.is_bogon("8.8.8.8")
