@@ -896,57 +896,56 @@ class HyperDht:
 
         try:
             first = await punch.open()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(punch.sample_nat, first)
-                retry = True
-                while True:  # probeRound
+            # bounded: two rounds of single-attempt pings
+            self.nursery.start_soon(punch.sample_nat, first)
+            retry = True
+            while True:  # probeRound
+                punch.probe(first, server_address, low_ttl=True)
+                got, peer = await update(server_relay.peer_address,
+                                         server_relay.relay_address,
+                                         hp.probe_payload(rounds, punch.nat, server_address))
+                state.update(got, None)
+                if server_relay.relay_address == relay and peer != server_address:
+                    server_address = peer  # the server answered from its puncher socket
                     punch.probe(first, server_address, low_ttl=True)
-                    got, peer = await update(server_relay.peer_address,
-                                             server_relay.relay_address,
-                                             hp.probe_payload(rounds, punch.nat, server_address))
-                    state.update(got, None)
-                    if server_relay.relay_address == relay and peer != server_address:
-                        server_address = peer  # the server answered from its puncher socket
-                        punch.probe(first, server_address, low_ttl=True)
-                    if state.firewall == Firewall.UNKNOWN:
-                        await trio.sleep(1.0)
-                    await punch.analysed.wait()
-                    try:
-                        verdict = hp.after_probe(state, punch.nat, got.token, retry=retry)
-                    except HolepunchFailed:
-                        await abort()
-                        raise
-                    if verdict == hp.ProbeVerdict.PUNCH:
-                        break
-                    retry = False
-                token = got.token
-                punch.nat.freeze()
-                random_punch = hp.is_random_punch(punch.nat.firewall, state.firewall)
-                if random_punch and not self.random_punches.allowed(trio.current_time()):
-                    await abort()
-                    raise HolepunchFailed("HOLEPUNCH_ABORTED",
-                                          "another random-NAT punch is running or ran less "
-                                          "than 20 s ago, and no relay is configured")
-                mine = secure_payload.token(server_address)
-                got, _ = await update(server_address, relay,
-                                      hp.punch_payload(rounds, punch.nat, token=mine,
-                                                       remote_token=token))
-                state.update(got, server_address.host if got.remote_token == mine else None)
-                if not state.punching:
-                    raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHING", "the server does not punch")
-                chosen = hp.punch_strategy(punch.nat.firewall, state)
-                if chosen is None:
-                    raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHABLE",
-                                          "no punching strategy fits these NATs")
-                if random_punch:
-                    self.random_punches.start()
+                if state.firewall == Firewall.UNKNOWN:
+                    await trio.sleep(1.0)
+                await punch.analysed.wait()
                 try:
-                    plan = hp.punch_plan(chosen[0], state, chosen[1], is_initiator=True)
-                    await punch.run_plan(plan, done)
-                finally:
-                    if random_punch:
-                        self.random_punches.finish(trio.current_time())
-                nursery.cancel_scope.cancel()
+                    verdict = hp.after_probe(state, punch.nat, got.token, retry=retry)
+                except HolepunchFailed:
+                    await abort()
+                    raise
+                if verdict == hp.ProbeVerdict.PUNCH:
+                    break
+                retry = False
+            token = got.token
+            punch.nat.freeze()
+            random_punch = hp.is_random_punch(punch.nat.firewall, state.firewall)
+            if random_punch and not self.random_punches.allowed(trio.current_time()):
+                await abort()
+                raise HolepunchFailed("HOLEPUNCH_ABORTED",
+                                      "another random-NAT punch is running or ran less "
+                                      "than 20 s ago, and no relay is configured")
+            mine = secure_payload.token(server_address)
+            got, _ = await update(server_address, relay,
+                                  hp.punch_payload(rounds, punch.nat, token=mine,
+                                                   remote_token=token))
+            state.update(got, server_address.host if got.remote_token == mine else None)
+            if not state.punching:
+                raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHING", "the server does not punch")
+            chosen = hp.punch_strategy(punch.nat.firewall, state)
+            if chosen is None:
+                raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHABLE",
+                                      "no punching strategy fits these NATs")
+            if random_punch:
+                self.random_punches.start()
+            try:
+                plan = hp.punch_plan(chosen[0], state, chosen[1], is_initiator=True)
+                await punch.run_plan(plan, done)
+            finally:
+                if random_punch:
+                    self.random_punches.finish(trio.current_time())
             if won:
                 return won[0]
             if at.first_packet:

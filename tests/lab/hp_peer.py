@@ -58,12 +58,17 @@ async def connect_once(boot: SocketAddress, key: bytes, timeout: float) -> dict[
             await stream.aclose()
             nursery.cancel_scope.cancel()
             return {"event": "open", "ms": ms, "echo": echo == b"hi"}
-    except HolepunchFailed as exc:
-        return {"event": "error", "code": exc.code, "message": str(exc)}
-    except (DhtError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        return {"event": "error", "code": type(exc).__name__, "message": str(exc)}
-    except trio.TooSlowError:
-        return {"event": "error", "code": "TIMEOUT", "message": "no echo in time"}
+    except Exception as raised:  # reported as a line, as the Node peer does
+        exc: BaseException = raised
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # a nursery's wrapping of the one error
+        if isinstance(exc, HolepunchFailed):
+            return {"event": "error", "code": exc.code, "message": str(exc)}
+        if isinstance(exc, trio.TooSlowError):
+            return {"event": "error", "code": "TIMEOUT", "message": "no echo in time"}
+        if isinstance(exc, (DhtError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            return {"event": "error", "code": type(exc).__name__, "message": str(exc)}
+        raise
     raise AssertionError("unreachable")
 
 
