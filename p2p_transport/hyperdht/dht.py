@@ -7,20 +7,17 @@ found through the DHT nodes that hold their signed self-announcement and relay t
 Opened with ``persistent=True`` it is one of those nodes as well
 (:class:`~p2p_transport.hyperdht.storage.StorageHandler`).
 
-What a connection does after the handshake (the "firewall" claims):
+What a connection does after the handshake is decided by the sans-IO core
+(:mod:`p2p_transport.hyperdht.holepunch`, ``choose_path``), as hyperdht does: the client
+connects to the server's first packet, the direct address, or a public address when the server
+is OPEN or not holepunchable; waits for the server when it is OPEN itself; tries the LAN
+shortcut; else holepunches. A server behind a NAT answering a client behind one offers its
+relays for holepunching and answers the relayed PEER_HOLEPUNCH rounds.
 
-* client: claims OPEN when the DHT sees it at its own socket address (loopback, public host),
-  else UNKNOWN; after the reply it connects its UDX stream to the address the server's first
-  packet came from, else to the server directly (unrelayed reply), else to the first public
-  ``addresses4`` entry or the relay-observed server address (OPEN or not holepunchable), else
-  to a PING-confirmed LAN address when both share a public host. When the server is surely
-  behind a NAT (the relay saw it elsewhere than its own address) and the client does not
-  claim OPEN, it fails at once with ``PeerConnectionFailed`` ("server needs holepunching"):
-  neither side would take the other's first packet.
-* server: claims OPEN (or UNKNOWN) without holepunch info; it connects at once when the client
-  claimed OPEN or came direct, otherwise when the client's first UDX packet arrives.
-
-Holepunching across NATs is not implemented (see the package README for the plan).
+Holepunching runs on puncher sockets (``_PunchSockets``) that share the main socket's UDX stream
+table: the stream moves to the socket that reached the peer. Two random NATs fail with
+``HolepunchFailed("HOLEPUNCH_DOUBLE_RANDOMIZED_NATS")``; relaying through a blind relay is not
+implemented.
 """
 
 from __future__ import annotations
