@@ -43,6 +43,7 @@ from p2p_transport.crypto import hash as blake2b
 from p2p_transport.dht_rpc import (
     FIND_NODE,
     PING,
+    DatagramTransport,
     DhtError,
     DhtNode,
     IncomingRequest,
@@ -169,7 +170,10 @@ async def secure(raw: RawConnection, nursery: trio.Nursery) -> SecretStream:
 @dataclass(eq=False)
 class _PendingHandshake:
     reply: bytes | None
-    created: float
+    #: relayed replies go out from the puncher socket when we punch (as hyperdht's
+    #: ``replyFromPuncher``): the client then opens its NAT towards that socket
+    via: DatagramTransport | None = None
+    created: float = 0.0
 
 
 @dataclass(eq=False)
@@ -314,12 +318,9 @@ class Server:
 
     async def _prepare_punch(self, punch: _ServerPunchEntry,
                              secure_payload: hp.SecurePayload) -> None:
-        """Open a puncher socket and learn its NAT before the client's rounds need it."""
-        try:
-            sock = await punch.sockets.open()
-        except OSError as exc:
-            log.debug("no puncher socket: %s", exc)
-            return
+        """Run the puncher socket the reply went out from and learn its NAT before the
+        client's rounds need it."""
+        sock = await punch.sockets.open()
         punch.core = hp.ServerPunch(secure_payload, punch.sockets.nat)
         await punch.sockets.sample_nat(sock)
         punch.ready.set()
@@ -398,7 +399,7 @@ class Server:
             if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
                 return  # flooded: new clients retry once the cache drains
             client_address = hs.peer_address or req.from_addr
-            pending = _PendingHandshake(self._answer(hs, req, client_address), now)
+            pending = _PendingHandshake(*self._answer(hs, req, client_address), created=now)
             self._handshakes[hs.noise] = pending
         if pending.reply is None:
             return
@@ -407,22 +408,24 @@ class Server:
                       closer_nodes=False)
         elif hs.mode == Mode.FROM_RELAY:
             req.relay(encode_handshake(Handshake(Mode.FROM_SERVER, pending.reply,
-                                                 hs.peer_address)), req.from_addr)
+                                                 hs.peer_address)), req.from_addr,
+                      via=pending.via)
         elif hs.mode == Mode.FROM_SECOND_RELAY and hs.relay_address is not None:
             req.relay(encode_handshake(Handshake(Mode.FROM_SERVER, pending.reply,
-                                                 hs.peer_address)), hs.relay_address)
+                                                 hs.peer_address)), hs.relay_address,
+                      via=pending.via)
 
-    def _answer(self, hs: Handshake, req: IncomingRequest,
-                client_address: SocketAddress) -> bytes | None:
+    def _answer(self, hs: Handshake, req: IncomingRequest, client_address: SocketAddress,
+                ) -> tuple[bytes | None, DatagramTransport | None]:
         noise = dht_handshake(self.key_pair)
         try:
             remote = decode_noise_payload(noise.recv(hs.noise))
         except (HandshakeError, HyperDhtProtocolError) as exc:
             log.debug("bad handshake from %s: %s", client_address, exc)
-            return None
+            return None, None
         remote_key = _remote_static(noise)
         if self.firewall is not None and self.firewall(remote_key, remote, client_address):
-            return None
+            return None, None
         error = (Error.NONE if remote.udx is not None else Error.ABORTED) if remote.version == 1 \
             else Error.VERSION_MISMATCH
         direct = hs.peer_address is None
@@ -461,17 +464,23 @@ class Server:
         result = noise.result
         assert result is not None
         if stream is None:
-            return reply
+            return reply, None
+        via: DatagramTransport | None = None
         if punch is not None:
-            self.dht.nursery.start_soon(self._prepare_punch, punch,
-                                        hp.SecurePayload(result.holepunch_secret))
+            try:
+                via = punch.sockets.bind_first()
+            except OSError as exc:
+                log.debug("no puncher socket: %s", exc)
+            else:
+                self.dht.nursery.start_soon(self._prepare_punch, punch,
+                                            hp.SecurePayload(result.holepunch_secret))
         if remote.firewall == Firewall.OPEN or direct:
             assert remote.udx is not None
             stream.connect(remote.udx.id, (client_address.host, client_address.port))
             connected.set()
         self.dht.nursery.start_soon(self._await_client, stream, connected, result, remote,
                                     punch, punch_id)
-        return reply
+        return reply, via
 
     async def _await_client(self, stream: UdxStream, connected: trio.Event,  # noqa: PLR0917
                             result: HandshakeResult, remote: NoisePayload,
@@ -981,9 +990,15 @@ class _PunchSockets:
         self._scopes: dict[int, trio.CancelScope] = {}
         self._transports: dict[int, _DhtTransport] = {}
         self._closed = False
+        self._bound: UdpTransport | None = None
 
     def transport(self, sock: UdxSocket) -> _DhtTransport:
         return self._transports[id(sock)]
+
+    def bind_first(self) -> DatagramTransport:
+        """Bind the first socket now, to send from it at once; :meth:`open` then runs it."""
+        self._bound = UdpTransport.bind(self.dht.socket.address[0], 0)
+        return _UdpSender(self._bound)
 
     async def open(self) -> UdxSocket:
         sock: UdxSocket = await self.dht.nursery.start(self._run)
@@ -1002,7 +1017,9 @@ class _PunchSockets:
                                                 via=self._transports[id(cell[0])])
 
         with trio.CancelScope() as scope:
-            async with UdxSocket.bind(self.dht.socket.address[0], 0, on_datagram=on_datagram,
+            bound, self._bound = self._bound, None
+            udp = bound or UdpTransport.bind(self.dht.socket.address[0], 0)
+            async with UdxSocket.over(udp, on_datagram=on_datagram,
                                       share_streams_with=self.dht.socket) as sock:
                 cell.append(sock)
                 self.sockets.append(sock)
@@ -1123,6 +1140,23 @@ def _lookup_peers(reply: QueryReply) -> tuple[PeerRecord, ...]:
         return decode_lookup_reply(reply.value).peers
     except RemoteProtocolError:
         return ()
+
+
+class _UdpSender:
+    """Sends dht-rpc datagrams through a bound UDP socket that is not running yet."""
+
+    def __init__(self, udp: UdpTransport) -> None:
+        self._udp = udp
+
+    @property
+    def local_address(self) -> SocketAddress:
+        return SocketAddress(*self._udp.local_address)
+
+    def send_datagram(self, data: bytes, addr: SocketAddress) -> None:
+        try:
+            self._udp.send(data, (addr.host, addr.port))
+        except OSError as exc:
+            log.debug("datagram to %s not sent: %s", addr, exc)
 
 
 class _DhtTransport:

@@ -72,6 +72,7 @@ __all__ = [
     "choose_path",
     "firewall_name",
     "is_bogon",
+    "is_reserved",
     "probe_payload",
     "punch_payload",
     "punch_plan",
@@ -119,6 +120,21 @@ def firewall_name(value: int) -> str:
     names = {Firewall.UNKNOWN: "UNKNOWN", Firewall.OPEN: "OPEN",
              Firewall.CONSISTENT: "CONSISTENT", Firewall.RANDOM: "RANDOM"}
     return names.get(value, str(value))
+
+
+_RESERVED = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4"))
+
+
+def is_reserved(host: str) -> bool:
+    """The ``bogon`` package's ``isReserved``: not an address a LAN host has (loopback and
+    private ranges are not reserved)."""
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        return True
+    return any(ip in net for net in _RESERVED)
 
 
 def is_bogon(host: str) -> bool:
@@ -201,9 +217,9 @@ def choose_path(remote: NoisePayload, *, server_address: SocketAddress,
     if our_firewall == Firewall.OPEN:
         return PassiveWait()
     if client_address.host == server_address.host:
-        private = tuple(a for a in remote.addresses4 if is_bogon(a.host) and a.host != "127.0.0.1")
-        if private:
-            return LanPing(private, then_punch=True)
+        lan = tuple(a for a in remote.addresses4 if not is_reserved(a.host))
+        if lan:
+            return LanPing(lan, then_punch=True)
     return Punch()
 
 

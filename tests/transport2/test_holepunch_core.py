@@ -220,8 +220,11 @@ def test_path_choice() -> None:
     assert choose(public) == hp.Connect(A("100.64.0.9", 2))
     assert choose(natted) == hp.Punch()
     assert choose(natted, ours=Firewall.OPEN) == hp.PassiveWait()
-    assert choose(natted, client=A(SERVER_SEEN.host, 9)) == \
-        hp.LanPing((A("198.18.1.2", 2),), then_punch=True)
+    lan = payload(Firewall.UNKNOWN, (A("192.168.1.2", 2), A("198.18.1.2", 2)), holepunch=True)
+    assert choose(lan, client=A(SERVER_SEEN.host, 9)) == \
+        hp.LanPing((A("192.168.1.2", 2),), then_punch=True)
+    # 198.18/15 is reserved (bogon's isReserved), so no LAN ping there: punch
+    assert choose(natted, client=A(SERVER_SEEN.host, 9)) == hp.Punch()
     unreachable = choose(old_python)
     assert isinstance(unreachable, hp.Unreachable)
     assert isinstance(unreachable.error, hp.HolepunchFailed)
