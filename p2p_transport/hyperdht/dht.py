@@ -223,9 +223,7 @@ class Server:
 
         ``announce=False`` only answers handshakes sent straight to our socket (tests, LANs).
         """
-        if self.target in self.dht._servers:
-            raise RuntimeError("already listening on this key")
-        self.dht._servers[self.target] = self
+        self.dht.route_to(self)
         self.listening = True
         if announce:
             await self.announce()
@@ -298,7 +296,7 @@ class Server:
             return
         self.listening = False
         self._cancel.cancel()
-        self.dht._servers.pop(self.target, None)
+        self.dht.unroute(self)
         relays, self.relays = self.relays, []
         if not relays:
             return
@@ -572,6 +570,18 @@ class HyperDht:
                     for server in list(dht._servers.values()):
                         await server.close()
                 nursery.cancel_scope.cancel()
+
+    # -- servers -------------------------------------------------------------------------
+
+    def route_to(self, server: Server) -> None:
+        """Answer handshakes and holepunch rounds for ``server.target`` with ``server``."""
+        if server.target in self._servers:
+            raise RuntimeError("already listening on this key")
+        self._servers[server.target] = server
+
+    def unroute(self, server: Server) -> None:
+        if self._servers.get(server.target) is server:
+            del self._servers[server.target]
 
     # -- identity and socket -----------------------------------------------------------
 
