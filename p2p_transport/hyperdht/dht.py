@@ -58,6 +58,7 @@ from p2p_transport.secret_stream import SecretStream
 from p2p_transport.udx import UdpTransport, UdxSocket, UdxStream
 
 from . import holepunch as hp
+from . import relay as blind_relay
 from .holepunch import HolepunchFailed, PeerConnectionFailed
 from .messages import (
     ANNOUNCE,
@@ -78,6 +79,7 @@ from .messages import (
     NoisePayload,
     PeerRecord,
     RelayInfo,
+    RelayThrough,
     UdxInfo,
     decode_handshake,
     decode_holepunch,
@@ -145,6 +147,8 @@ class RawConnection:
     remote_payload: NoisePayload
     remote_address: SocketAddress | None
     is_initiator: bool
+    #: the stream goes through a blind relay (``relayThrough``), not straight to the peer
+    relayed: bool = False
 
     @property
     def remote_public_key(self) -> bytes:
@@ -431,6 +435,7 @@ class Server:
         stream: UdxStream | None = None
         punch: _ServerPunchEntry | None = None
         punch_id = 0
+        relay_sources: set[tuple[str, int]] = set()
         if (error == Error.NONE and not direct and remote.firewall != Firewall.OPEN
                 and self.dht.firewall_claim() != Firewall.OPEN and self.relays):
             # behind a NAT, and so is the client: offer to punch through our relays
@@ -445,6 +450,8 @@ class Server:
             def first_packet(s: UdxStream, addr: tuple[str, int]) -> bool:
                 if not 0 < addr[1] < 65536:
                     return True
+                if addr in relay_sources:
+                    return False  # forwarded by the relay before our pair reply came
                 s.connect(remote_udx, addr)
                 connected.set()
                 return False
@@ -476,14 +483,39 @@ class Server:
             assert remote.udx is not None
             stream.connect(remote.udx.id, (client_address.host, client_address.port))
             connected.set()
+        elif remote.relay_through is not None:
+            self.dht.nursery.start_soon(self._relay, stream, connected, remote.relay_through,
+                                        relay_sources)
         self.dht.nursery.start_soon(self._await_client, stream, connected, result, remote,
                                     punch, punch_id)
         return reply, via
 
+    async def _relay(self, stream: UdxStream, connected: trio.Event, through: RelayThrough,
+                     relay_sources: set[tuple[str, int]]) -> None:
+        """The client asked for a relay: pair our stream there too (hyperdht's server side of
+        ``relayThrough``); the direct path may still win."""
+        try:
+            path = await blind_relay.pair_through(self.dht, through.public_key,
+                                                  is_initiator=False, pair_token=through.token,
+                                                  stream=stream, relay_sources=relay_sources)
+        except PeerConnectionFailed as exc:
+            log.debug("relay for %s failed: %s", stream.id, exc)
+            return
+        if connected.is_set() or stream.remote_address is not None:
+            path.close()
+            return
+        stream.connect(path.remote_id, (path.address.host, path.address.port),
+                       socket=path.socket)
+        connected.set()
+        await _close_after(path, stream)
+
     async def _await_client(self, stream: UdxStream, connected: trio.Event,  # noqa: PLR0917
                             result: HandshakeResult, remote: NoisePayload,
                             punch: _ServerPunchEntry | None, punch_id: int) -> None:
-        deadline = trio.current_time() + HANDSHAKE_INITIAL_TIMEOUT
+        initial = HANDSHAKE_INITIAL_TIMEOUT
+        if remote.relay_through is not None:
+            initial = max(initial, blind_relay.RELAY_TIMEOUT + 5)
+        deadline = trio.current_time() + initial
         while not connected.is_set():
             with trio.move_on_at(deadline):
                 await connected.wait()
@@ -502,6 +534,13 @@ class Server:
         raw = RawConnection(stream, result, remote,
                             SocketAddress(*addr) if addr else None, is_initiator=False)
         await self.on_connection(raw)
+
+
+async def _close_after(path: blind_relay.Relayed, stream: UdxStream) -> None:
+    """A relay connection lives while the stream it carries does."""
+    while not stream.core.released:  # noqa: ASYNC110 (a stream has no "released" event)
+        await trio.sleep(1.0)
+    path.close()
 
 
 def _echo_probe(sock: UdxSocket, addr: SocketAddress) -> None:
@@ -749,18 +788,26 @@ class HyperDht:
 
     async def connect(self, remote_public_key: bytes, *, key_pair_: KeyPair | None = None,
                       relay_addresses: Sequence[SocketAddress] = (),
-                      timeout: float = 20.0) -> RawConnection:
+                      timeout: float = 20.0,
+                      relay_through: bytes | None = None) -> RawConnection:
         """Open a Noise-keyed UDX stream to the server listening on ``remote_public_key``,
         holepunching when both sides are behind NATs (:class:`HolepunchFailed` when that
-        cannot work or did not; a random-NAT punch may take up to ``hp.PUNCH_TIMEOUT``)."""
+        cannot work or did not; a random-NAT punch may take up to ``hp.PUNCH_TIMEOUT``).
+
+        ``relay_through``: the key of a blind relay; both sides pair through it while the
+        direct path is tried, and the first path that works carries the stream (a relayed
+        stream stays relayed). A server may name its own relay the same way."""
         kp = key_pair_ or self.default_key_pair
         target = blake2b(remote_public_key)
         first_packet: list[tuple[SocketAddress, UdxSocket]] = []
         arrived = trio.Event()
+        relay_sources: set[tuple[str, int]] = set()
 
         def on_early_packet(s: UdxStream, addr: tuple[str, int]) -> bool:
             if not 0 < addr[1] < 65536:
                 return True
+            if addr in relay_sources:
+                return False  # forwarded by our relay: kept for when we connect there
             if not first_packet:
                 first_packet.append((SocketAddress(*addr), s.socket))  # the arrival socket
                 arrived.set()
@@ -768,9 +815,13 @@ class HyperDht:
 
         stream = self.socket.create_stream(firewall=on_early_packet)
         noise = dht_handshake(kp, remote_public_key)
+        relay_token = blind_relay.token() if relay_through is not None else None
         payload = NoisePayload(firewall=self.firewall_claim(),
                                addresses4=(self.local_address,),
-                               udx=UdxInfo(stream.id), secret_stream=True)
+                               udx=UdxInfo(stream.id), secret_stream=True,
+                               relay_through=RelayThrough(relay_through, relay_token)
+                               if relay_through is not None and relay_token is not None
+                               else None)
         msg1 = noise.send(encode_noise_payload(payload))
         request_value = encode_handshake(Handshake(Mode.FROM_CLIENT, msg1))
         attempted = False
@@ -825,19 +876,67 @@ class HyperDht:
             remote, server_address=server_address, client_address=client_address,
             relayed=relayed, our_firewall=self.firewall_claim(),
             first_packet=first_packet[0][0] if first_packet else None)
+        at = _Attempt(stream, remote, hs_result, target, relay, server_address, first_packet,
+                      arrived, relay_sources)
+        pairing: tuple[bytes, bytes, bool] | None = None
+        if remote.relay_through is not None:  # the server chose a relay
+            pairing = (remote.relay_through.public_key, remote.relay_through.token, False)
+        elif relay_through is not None and relay_token is not None:
+            pairing = (relay_through, relay_token, True)
         try:
             with trio.fail_after(hp.PUNCH_TIMEOUT + timeout):
-                sock, target_addr = await self._follow_path(decision, _Attempt(
-                    stream, remote, hs_result, target, relay, server_address, first_packet,
-                    arrived))
+                if pairing is None:
+                    sock, target_addr = await self._follow_path(decision, at)
+                else:
+                    sock, target_addr = await self._path_or_relay(decision, at, pairing)
         except BaseException as exc:
             await stream.aclose()
             if isinstance(exc, trio.TooSlowError):
                 raise HolepunchFailed("HOLEPUNCH_ABORTED", "punching timed out") from None
             raise
         if stream.remote_address is None:
-            stream.connect(remote.udx.id, (target_addr.host, target_addr.port), socket=sock)
-        return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True)
+            remote_id = at.relayed.remote_id if at.relayed is not None else remote.udx.id
+            stream.connect(remote_id, (target_addr.host, target_addr.port), socket=sock)
+        return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True,
+                             relayed=at.relayed is not None)
+
+    async def _path_or_relay(self, decision: hp.PathDecision, at: _Attempt,
+                             pairing: tuple[bytes, bytes, bool],
+                             ) -> tuple[UdxSocket | None, SocketAddress]:
+        """The direct path and the relay race; the first that works carries the stream."""
+        won: list[tuple[UdxSocket | None, SocketAddress]] = []
+        failed: list[PeerConnectionFailed] = []
+
+        async def direct(scope: trio.CancelScope) -> None:
+            try:
+                won.append(await self._follow_path(decision, at))
+                scope.cancel()
+            except PeerConnectionFailed as exc:
+                failed.append(exc)  # the relay may still connect us
+
+        async def relayed(scope: trio.CancelScope) -> None:
+            key, token, initiator = pairing
+            try:
+                path = await blind_relay.pair_through(self, key, is_initiator=initiator,
+                                                      pair_token=token, stream=at.stream,
+                                                      relay_sources=at.relay_sources)
+            except PeerConnectionFailed as exc:
+                failed.append(exc)
+                return
+            if won:
+                path.close()
+                return
+            at.relayed = path
+            self.nursery.start_soon(_close_after, path, at.stream)
+            won.append((path.socket, path.address))
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(direct, nursery.cancel_scope)
+            nursery.start_soon(relayed, nursery.cancel_scope)
+        if won:
+            return won[0]
+        raise blind_relay.RelayFailed("; ".join(str(f) for f in failed))
 
     async def _follow_path(self, decision: hp.PathDecision,
                            at: _Attempt) -> tuple[UdxSocket | None, SocketAddress]:
@@ -983,6 +1082,8 @@ class _Attempt:
     server_address: SocketAddress
     first_packet: list[tuple[SocketAddress, UdxSocket]]
     arrived: trio.Event
+    relay_sources: set[tuple[str, int]]
+    relayed: blind_relay.Relayed | None = None
 
 
 class _PunchSockets:

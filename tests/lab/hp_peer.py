@@ -2,7 +2,7 @@
 ``tests/interop2/node/nat_peer.mjs`` (same arguments, same JSON lines):
 
     server --bootstrap H:P        first line {"event": "listening", "publicKey": HEX}; echoes
-    client --bootstrap H:P --key HEX [--count N] [--timeout S]
+    client --bootstrap H:P --key HEX [--count N] [--timeout S] [--relay HEX]
                                   N connects, each from a fresh DHT; one line per attempt:
                                   {"event": "open", "ms": ..., "echo": true} or
                                   {"event": "error", "code": ..., "message": ...}
@@ -44,20 +44,22 @@ async def serve(boot: SocketAddress) -> None:
         await trio.sleep_forever()
 
 
-async def connect_once(boot: SocketAddress, key: bytes, timeout: float) -> dict[str, object]:
+async def connect_once(boot: SocketAddress, key: bytes, timeout: float,
+                       relay: bytes | None = None) -> dict[str, object]:
     try:
         async with HyperDht.open("0.0.0.0", bootstrap=[boot]) as dht, \
                 trio.open_nursery() as nursery:
             t0 = time.perf_counter()
             with trio.fail_after(timeout):
-                raw = await dht.connect(key)
+                raw = await dht.connect(key, relay_through=relay)
                 stream = await secure(raw, nursery)
                 await stream.send_all(b"hi")
                 echo = await stream.receive_some()
             ms = (time.perf_counter() - t0) * 1000
             await stream.aclose()
             nursery.cancel_scope.cancel()
-            return {"event": "open", "ms": ms, "echo": echo == b"hi"}
+            return {"event": "open", "ms": ms, "echo": echo == b"hi",
+                    "relayed": raw.relayed}
     except Exception as raised:  # reported as a line, as the Node peer does
         exc: BaseException = raised
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -79,6 +81,7 @@ def main() -> int:
     p.add_argument("--key")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--relay", help="a blind relay's key (hyperdht relayThrough)")
     args = p.parse_args()
     host, port = args.bootstrap.rsplit(":", 1)
     boot = SocketAddress(host, int(port))
@@ -86,7 +89,8 @@ def main() -> int:
         trio.run(serve, boot)
         return 0
     for _ in range(args.count):
-        say(trio.run(connect_once, boot, bytes.fromhex(args.key), args.timeout))
+        relay = bytes.fromhex(args.relay) if args.relay else None
+        say(trio.run(connect_once, boot, bytes.fromhex(args.key), args.timeout, relay))
     return 0
 
 

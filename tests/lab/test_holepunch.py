@@ -2,10 +2,12 @@
 a Python DHT on a public host, with Python and Node (``hyperdht``, pinned) on either side.
 
 Node<->Node in this lab connects through CONSISTENT/CONSISTENT and CONSISTENT/RANDOM (in
-either role); RANDOM/RANDOM cannot be punched and Node ends it with
-``HOLEPUNCH_DOUBLE_RANDOMIZED_NATS``. The default run checks a reduced matrix (consistent
-NATs in all four pairings of Python and Node, and the random/random failure);
-``TETHER_LAB_FULL=1`` runs every pair of NAT kinds for every pairing.
+either role); RANDOM/RANDOM cannot be punched: without a relay Node ends it with an error
+(``HOLEPUNCH_ABORTED``), with ``relayThrough`` (a blind relay on a public host) it connects
+through the relay. The default run checks a reduced matrix (consistent NATs in all four
+pairings of Python and Node, one random pair, the random/random failure, random/random
+relayed Python<->Python and Node client -> Python server); ``TETHER_LAB_FULL=1`` runs every
+pair of NAT kinds for every pairing, and the relay in every pairing.
 """
 
 from __future__ import annotations
@@ -39,14 +41,21 @@ def cases() -> list[tuple[str, str, str, str]]:
 
 def connect_through_nats(lab: netlab.Lab, server_impl: str, server_nat: str,
                          client_impl: str, client_nat: str, *, count: int = 1,
-                         timeout: float = 45.0) -> list[dict[str, object]]:
-    """Start a testnet, a server behind one NAT, then ``count`` client connects from behind
-    another; the client's JSON lines."""
+                         timeout: float = 45.0, relay: bool = False) -> list[dict[str, object]]:
+    """Start a testnet (and a blind relay), a server behind one NAT, then ``count`` client
+    connects from behind another; the client's JSON lines."""
     dht = lab.add_host("dht")
     testnet = lab.python(dht, ["-m", "p2p_transport", "testnet", "--host", dht.address,
                                "--port", "49737", "--nodes", "6"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     bootstrap = netlab.read_json_line(testnet, timeout=60)["bootstrap"][0]
+    relay_args: list[str] = []
+    if relay:
+        relaying = lab.run(lab.add_host("relay"),
+                           ["node", "tests/interop2/node/relay_server.mjs", "--bootstrap",
+                            bootstrap], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True)
+        relay_args = ["--relay", str(netlab.read_json_line(relaying, timeout=60)["publicKey"])]
     server = lab.add_host("server", behind=lab.add_nat("server-nat", server_nat))
     client = lab.add_host("client", behind=lab.add_nat("client-nat", client_nat))
     serving = lab.run(server, [*PEERS[server_impl], "server", "--bootstrap", bootstrap],
@@ -54,7 +63,7 @@ def connect_through_nats(lab: netlab.Lab, server_impl: str, server_nat: str,
     key = netlab.read_json_line(serving, timeout=60)["publicKey"]
     run = subprocess.run(
         client.argv([*PEERS[client_impl], "client", "--bootstrap", bootstrap, "--key", str(key),
-                     "--count", str(count), "--timeout", str(timeout)]),
+                     "--count", str(count), "--timeout", str(timeout), *relay_args]),
         capture_output=True, text=True, timeout=count * (timeout + 30), check=False,
         cwd=netlab.ROOT, env={**os.environ, "PYTHONPATH": str(netlab.ROOT)})
     assert run.returncode == 0, run.stderr[-2000:]
@@ -72,3 +81,18 @@ def test_holepunch(lab: netlab.Lab, server_impl: str, server_nat: str, client_im
         assert result["code"] in ("HOLEPUNCH_DOUBLE_RANDOMIZED_NATS", "HOLEPUNCH_ABORTED"), result
     else:
         assert result["event"] == "open" and result["echo"] is True, result
+
+
+RELAYED = list(IMPLS) if FULL else [("py", "py"), ("py", "node")]
+
+
+@pytest.mark.parametrize(("server_impl", "client_impl"), RELAYED)
+def test_random_nats_connect_through_a_blind_relay(lab: netlab.Lab, server_impl: str,
+                                                   client_impl: str) -> None:
+    """``relayThrough``: the client names a blind relay (Node's ``blind-relay`` on a public
+    host); both sides pair there while the punch fails, and the stream goes through it."""
+    [result] = connect_through_nats(lab, server_impl, "random", client_impl, "random",
+                                    relay=True)
+    assert result["event"] == "open" and result["echo"] is True, result
+    if client_impl == "py":
+        assert result["relayed"] is True

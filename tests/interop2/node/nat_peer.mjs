@@ -1,7 +1,7 @@
 // A Node HyperDHT peer for the network lab (tests/lab/test_holepunch.py, bench/nat_connect.py).
 // argv: server --bootstrap H:P [--seed HEX32]
 //         first line {"event":"listening","publicKey":HEX}; echoes every connection's data
-//       client --bootstrap H:P --key HEX [--count N] [--timeout S]
+//       client --bootstrap H:P --key HEX [--count N] [--timeout S] [--relay HEX]
 //         connects N times one after the other (a new DHT each time, so no cached path);
 //         one line per attempt: {"event":"open","ms":..,"echo":true} or {"event":"error",...}
 import DHT from 'hyperdht'
@@ -49,14 +49,14 @@ if (args[0] === 'server') {
     await dht.fullyBootstrapped()
     const t0 = performance.now()
     const result = await new Promise((resolve) => {
-      const conn = dht.connect(key)
+      const relay = opt('--relay')
+      const conn = dht.connect(key, relay ? { relayThrough: Buffer.from(relay, 'hex') } : {})
       const timer = setTimeout(() => { conn.destroy(); resolve({ event: 'error', code: 'TIMEOUT', message: 'no echo in time' }) }, timeout)
       conn.on('error', (err) => { clearTimeout(timer); resolve({ event: 'error', code: err.code || null, message: err.message }) })
       conn.on('open', () => conn.write('hi'))
       conn.on('data', (d) => {
         clearTimeout(timer)
-        const relayed = !!(conn.rawStream && conn.relay)
-        resolve({ event: 'open', ms: performance.now() - t0, echo: d.toString() === 'hi', relayed, punches: dht.stats.punches })
+        resolve({ event: 'open', ms: performance.now() - t0, echo: d.toString() === 'hi', punches: dht.stats.punches, relaying: dht.stats.relaying })
         conn.destroy()
       })
     })
