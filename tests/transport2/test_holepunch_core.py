@@ -238,3 +238,16 @@ def test_path_choice() -> None:
     assert choose(wildcard) == hp.Connect(SERVER_SEEN)
     assert hp.is_bogon("127.0.0.1") and hp.is_bogon("192.168.1.20")
     assert not hp.is_bogon("8.8.8.8")
+
+
+def test_blind_relay_pair_codec_matches_node_bytes() -> None:
+    """blind-relay's ``pair`` message; the hex is what Node's ``blind-relay`` 1.6.1 encodes."""
+    from p2p_transport.hyperdht import relay
+
+    a = relay.Pair(True, bytes([7]) * 32, 300)
+    b = relay.Pair(False, bytes([1]) * 32, 5, 2)
+    assert relay.encode_pair(a).hex() == "01" + "07" * 32 + "fd2c0100"
+    assert relay.encode_pair(b).hex() == "00" + "01" * 32 + "0502"
+    assert relay.decode_pair(relay.encode_pair(a)) == a
+    with pytest.raises(relay.RelayFailed):
+        relay.decode_pair(b"\x01short")
