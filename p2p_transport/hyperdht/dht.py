@@ -16,8 +16,10 @@ relays for holepunching and answers the relayed PEER_HOLEPUNCH rounds.
 
 Holepunching runs on puncher sockets (``_PunchSockets``) that share the main socket's UDX stream
 table: the stream moves to the socket that reached the peer. Two random NATs fail with
-``HolepunchFailed("HOLEPUNCH_DOUBLE_RANDOMIZED_NATS")``; relaying through a blind relay is not
-implemented.
+``HolepunchFailed("HOLEPUNCH_DOUBLE_RANDOMIZED_NATS")`` unless a blind relay is named
+(``connect(..., relay_through=key)``, or the client's ``relayThrough`` as a server): both sides
+then pair through it (:mod:`p2p_transport.hyperdht.relay`) while the direct path is tried, and
+the first path that works carries the stream.
 """
 
 from __future__ import annotations
