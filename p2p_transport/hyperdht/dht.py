@@ -352,30 +352,14 @@ class Server:
         got = core.receive(msg.payload, peer, from_relay)
         if got is None:
             return
-        nat = core.nat.firewall
-        limiter = self.dht.random_punches
-        if got.error != Error.NONE or nat == Firewall.UNKNOWN or (
-                not core.remote.punching and hp.coerce(nat) >= Firewall.RANDOM
-                and core.remote.firewall >= Firewall.RANDOM):
-            reply = core.abort()
-        else:
-            if core.fast_open(got):
-                punch.sockets.probe(punch.sockets.sockets[0], peer)
-            reply = b""
-            if core.remote.punching and not core.punching:
-                chosen = hp.punch_strategy(nat, core.remote)
-                random_punch = hp.is_random_punch(nat, core.remote.firewall)
-                if chosen is None:
-                    reply = core.abort()
-                elif random_punch and not limiter.allowed(trio.current_time()):
-                    reply = core.abort(Error.TRY_LATER)  # no relay to offer instead
-                else:
-                    core.punching = True
-                    punch.deadline = trio.current_time() + hp.PUNCH_TIMEOUT
-                    self.dht.nursery.start_soon(self._punch, punch, chosen, random_punch)
-            if not reply:
-                reply = core.answer(got, peer, from_relay)
-        req.relay(encode_holepunch(HolepunchMessage(Mode.FROM_SERVER, 0, reply, peer)),
+        now = trio.current_time()
+        answer = core.decide(got, peer, from_relay, self.dht.random_punches, now)
+        if answer.fast_open is not None:
+            punch.sockets.probe(punch.sockets.sockets[0], answer.fast_open)
+        if answer.punch is not None:
+            punch.deadline = now + hp.PUNCH_TIMEOUT
+            self.dht.nursery.start_soon(self._punch, punch, answer.punch, answer.random_punch)
+        req.relay(encode_holepunch(HolepunchMessage(Mode.FROM_SERVER, 0, answer.reply, peer)),
                   req.from_addr, via=punch.sockets.transport(punch.sockets.sockets[0]))
 
     async def _punch(self, punch: _ServerPunchEntry,

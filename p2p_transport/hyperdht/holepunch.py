@@ -64,6 +64,7 @@ __all__ = [
     "RandomPunchLimiter",
     "RemoteAddress",
     "SecurePayload",
+    "ServerAnswer",
     "ServerPunch",
     "Strategy",
     "Unreachable",
@@ -595,6 +596,31 @@ class ServerPunch:
         return (coerce(self.nat.firewall) == Firewall.CONSISTENT and msg.remote_address is not None
                 and self.nat.addresses is not None and msg.remote_address in self.nat.addresses)
 
+    def decide(self, msg: HolepunchPayload, peer_address: SocketAddress,
+               from_server_relay: bool, limiter: RandomPunchLimiter,
+               now: float) -> ServerAnswer:
+        """The answer to a round :meth:`receive` accepted (``server.js`` ``_onpeerholepunch``):
+        abort when the client aborted, our NAT is unknown, or both NATs are random and the
+        client is not punching; probe the client at once when we can (fast open); start
+        punching when the client punches (TRY_LATER while a random punch is rate limited)."""
+        nat = self.nat.firewall
+        if msg.error != Error.NONE or nat == Firewall.UNKNOWN or (
+                not self.remote.punching and coerce(nat) >= Firewall.RANDOM
+                and self.remote.firewall >= Firewall.RANDOM):
+            return ServerAnswer(self.abort())
+        fast = peer_address if self.fast_open(msg) else None
+        if self.remote.punching and not self.punching:
+            chosen = punch_strategy(nat, self.remote)
+            random_punch = is_random_punch(nat, self.remote.firewall)
+            if chosen is None:
+                return ServerAnswer(self.abort(), fast)
+            if random_punch and not limiter.allowed(now):
+                return ServerAnswer(self.abort(Error.TRY_LATER), fast)  # no relay to offer
+            self.punching = True
+            return ServerAnswer(self.answer(msg, peer_address, from_server_relay), fast,
+                                chosen, random_punch)
+        return ServerAnswer(self.answer(msg, peer_address, from_server_relay), fast)
+
     def answer(self, msg: HolepunchPayload, peer_address: SocketAddress,
                from_server_relay: bool, *, error: int = Error.NONE) -> bytes:
         if self.nat.firewall != Firewall.UNKNOWN:
@@ -604,6 +630,17 @@ class ServerPunch:
             error=error, firewall=self.nat.firewall, round=self.round, connected=False,
             punching=self.punching, addresses=self.nat.addresses, token=token,
             remote_token=msg.token))
+
+
+@dataclass(frozen=True)
+class ServerAnswer:
+    """What a server does with one round: send ``reply`` back through the relay, probe
+    ``fast_open`` at once, and start ``punch`` (strategy, target) when set."""
+
+    reply: bytes
+    fast_open: SocketAddress | None = None
+    punch: tuple[Strategy, SocketAddress | None] | None = None
+    random_punch: bool = False
 
 
 def with_round(payload: HolepunchPayload, round_: int) -> HolepunchPayload:

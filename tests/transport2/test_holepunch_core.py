@@ -251,3 +251,52 @@ def test_blind_relay_pair_codec_matches_node_bytes() -> None:
     assert relay.decode_pair(relay.encode_pair(a)) == a
     with pytest.raises(relay.RelayFailed):
         relay.decode_pair(b"\x01short")
+
+
+def test_server_decisions() -> None:
+    """``ServerPunch.decide``: fast open, starting the punch once, TRY_LATER under the random
+    limit, aborts."""
+    secret = bytes(range(32))
+    box = hp.SecurePayload(secret)
+    client = A("1.2.3.4", 5555)
+    me = A("9.9.9.9", 7)
+    client_nat = sampler([client] * 3)
+
+    def server(nat_seen: list[A]) -> hp.ServerPunch:
+        return hp.ServerPunch(hp.SecurePayload(secret), sampler(nat_seen))
+
+    s = server([me] * 3)
+    lim = hp.RandomPunchLimiter()
+    msg = s.receive(box.encrypt(hp.probe_payload(0, client_nat, me)), client, True)
+    assert msg is not None
+    first = s.decide(msg, client, True, lim, 0.0)
+    assert first.fast_open == client and first.punch is None
+    reply = box.decrypt(first.reply)
+    assert reply is not None and reply.token is not None
+    msg = s.receive(box.encrypt(hp.punch_payload(1, client_nat, token=None,
+                                                 remote_token=reply.token)), client, True)
+    assert msg is not None
+    second = s.decide(msg, client, True, lim, 0.0)
+    assert second.punch == (hp.Strategy.CONSISTENT, None) and not second.random_punch
+    punching = box.decrypt(second.reply)
+    assert punching is not None and punching.punching
+    assert s.decide(msg, client, True, lim, 0.0).punch is None  # started once
+    # a random client while another random punch runs: TRY_LATER
+    r = server([me] * 3)
+    random_client = sampler([A("1.2.3.4", p) for p in range(4)])
+    r.receive(box.encrypt(hp.probe_payload(0, random_client, None)), client, True)
+    first = r.decide(hp.probe_payload(0, random_client, None), client, True, lim, 0.0)
+    token = box.decrypt(first.reply)
+    assert token is not None
+    msg = r.receive(box.encrypt(hp.punch_payload(1, random_client, token=None,
+                                                 remote_token=token.token)), client, True)
+    assert msg is not None
+    lim.start()
+    busy = box.decrypt(r.decide(msg, client, True, lim, 0.0).reply)
+    assert busy is not None and busy.error == Error.TRY_LATER
+    # our NAT unknown: abort
+    u = hp.ServerPunch(hp.SecurePayload(secret), hp.NatSampler())
+    msg = u.receive(box.encrypt(hp.probe_payload(0, client_nat, None)), client, True)
+    assert msg is not None
+    aborted = box.decrypt(u.decide(msg, client, True, lim, 0.0).reply)
+    assert aborted is not None and aborted.error == Error.ABORTED

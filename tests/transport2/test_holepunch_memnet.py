@@ -127,7 +127,11 @@ async def punch(server_kind: str, client_kind: str, seed: int) -> tuple[float, P
         msg = s_core.receive(c_box.encrypt(hp.probe_payload(0, client.sampler, server_addr)),
                              relay_seen_client, True)
         assert msg is not None
-        answer = c_box.decrypt(s_core.answer(msg, relay_seen_client, True))
+        limiter = hp.RandomPunchLimiter()
+        decision = s_core.decide(msg, relay_seen_client, True, limiter, trio.current_time())
+        if decision.fast_open is not None:
+            server.send(0, decision.fast_open)
+        answer = c_box.decrypt(decision.reply)
         assert answer is not None
         remote = hp.RemoteState()
         remote.update(answer, None)
@@ -138,12 +142,12 @@ async def punch(server_kind: str, client_kind: str, seed: int) -> tuple[float, P
         msg = s_core.receive(c_box.encrypt(hp.punch_payload(
             1, client.sampler, token=mine, remote_token=answer.token)), relay_seen_client, True)
         assert msg is not None and s_core.remote.punching
-        s_core.punching = True
-        answer = c_box.decrypt(s_core.answer(msg, relay_seen_client, True))
-        assert answer is not None and answer.remote_token == mine
+        decision = s_core.decide(msg, relay_seen_client, True, limiter, trio.current_time())
+        answer = c_box.decrypt(decision.reply)
+        assert answer is not None and answer.remote_token == mine and answer.punching
         remote.update(answer, server_addr.host)
         c_choice = hp.punch_strategy(client.sampler.firewall, remote)
-        s_choice = hp.punch_strategy(server.sampler.firewall, s_core.remote)
+        s_choice = decision.punch
         assert c_choice is not None and s_choice is not None
         t0 = trio.current_time()
         done = trio.Event()
