@@ -422,9 +422,12 @@ class Server:
         punch: _ServerPunchEntry | None = None
         punch_id = 0
         relay_sources: set[tuple[str, int]] = set()
+        # Not OPEN: say so with our relays (hyperdht always does), so that an OPEN client
+        # waits for our first packet rather than aiming at a NAT mapping that is not its own.
+        holepunchable = self.dht.firewall_claim() != Firewall.OPEN and bool(self.relays)
         if (error == Error.NONE and not direct and remote.firewall != Firewall.OPEN
-                and self.dht.firewall_claim() != Firewall.OPEN and self.relays):
-            # behind a NAT, and so is the client: offer to punch through our relays
+                and holepunchable):
+            # behind a NAT, and so is the client: punch through our relays
             punch_id = next(i for i in range(len(self._punches) + 1) if i not in self._punches)
             punch = _ServerPunchEntry(_PunchSockets(self.dht, _echo_probe), connected)
             punch.deadline = trio.current_time() + HANDSHAKE_INITIAL_TIMEOUT
@@ -450,7 +453,7 @@ class Server:
             relay_addresses=self.relay_addresses or None,
             holepunch=HolepunchInfo(punch_id, tuple(
                 RelayInfo(node, seen) for node, seen in self.relays[:MAX_RELAY_ADDRESSES]))
-            if punch is not None else None)
+            if holepunchable else None)
         reply = noise.send(encode_noise_payload(reply_payload))
         result = noise.result
         assert result is not None

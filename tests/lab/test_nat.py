@@ -29,6 +29,9 @@ def place(lab: netlab.Lab, name: str, where: str) -> netlab.Host:
     [
         ("public", "consistent", "6869"),
         ("public", "random", "6869"),
+        # a public (OPEN) client waits for the NATed server's first packet: the server says it
+        # is not OPEN (holepunch relays) even to OPEN clients, as hyperdht does
+        ("random", "public", "6869"),
         ("consistent", "consistent", "6869"),
         ("consistent", "random", "6869"),
         ("random", "random", HOLEPUNCH),
