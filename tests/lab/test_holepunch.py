@@ -21,6 +21,7 @@ import sys
 import pytest
 
 from tests.lab_env import netlab
+from tests.node_env import require_node
 
 pytestmark = pytest.mark.lab
 
@@ -44,6 +45,8 @@ def connect_through_nats(lab: netlab.Lab, server_impl: str, server_nat: str,
                          timeout: float = 45.0, relay: bool = False) -> list[dict[str, object]]:
     """Start a testnet (and a blind relay), a server behind one NAT, then ``count`` client
     connects from behind another; the client's JSON lines."""
+    if relay or "node" in (server_impl, client_impl):
+        require_node("blind-relay" if relay else "hyperdht")
     dht = lab.add_host("dht")
     testnet = lab.python(dht, ["-m", "p2p_transport", "testnet", "--host", dht.address,
                                "--port", "49737", "--nodes", "6"],
