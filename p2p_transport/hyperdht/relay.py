@@ -38,6 +38,7 @@ PROTOCOL = "blind-relay"
 #: How long pairing may take before the connection gives up on the relay (hyperdht: 15 s).
 RELAY_TIMEOUT = 15.0
 
+
 log = logging.getLogger(__name__)
 
 
@@ -111,9 +112,11 @@ async def pair_through(dht: HyperDht, relay_key: bytes, *, is_initiator: bool,
                 async with trio.open_nursery() as nursery:
                     secret = await secure(raw, nursery)
                     mux = Mux(secret)
-                    await nursery.start(mux.run)
+                    # The relay opens its side at once: our channel must exist before the mux
+                    # reads a frame, or protomux rejects the relay's open and both sides close.
                     channel = ChannelMessageStream(mux, PROTOCOL, dht.default_key_pair.public_key)
                     channel.open()
+                    await nursery.start(mux.run)
                     await channel.wait_opened()
                     await channel.send_message(encode_pair(Pair(is_initiator, pair_token,
                                                                 stream.id)))

@@ -15,9 +15,14 @@ const relayServer = new relay.Server({
   createStream (opts) { return dht.createRawStream({ ...opts, framed: true }) }
 })
 const server = dht.createServer((socket) => {
-  socket.on('error', () => {})
+  const log = (...a) => { if (process.env.HP_DEBUG) process.stderr.write(JSON.stringify(a) + '\n') }
+  log('connection', socket.remotePublicKey.toString('hex').slice(0, 8))
+  socket.on('error', (err) => log('socket-error', err.message))
+  socket.on('close', () => log('socket-close'))
   const session = relayServer.accept(socket, { id: socket.remotePublicKey })
-  session.on('error', () => {})
+  session.on('error', (err) => log('session-error', err.message))
+  session.on('open', () => log('session-open'))
+  session.on('close', () => log('session-close'))
 })
 await server.listen(keyPair)
 process.stdout.write(JSON.stringify({ event: 'listening', publicKey: keyPair.publicKey.toString('hex') }) + '\n')
