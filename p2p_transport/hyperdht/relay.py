@@ -38,7 +38,6 @@ PROTOCOL = "blind-relay"
 #: How long pairing may take before the connection gives up on the relay (hyperdht: 15 s).
 RELAY_TIMEOUT = 15.0
 
-
 log = logging.getLogger(__name__)
 
 
