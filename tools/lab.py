@@ -349,9 +349,16 @@ class Lab:
                  "via", router.address])
         else:
             flags = " fully-random" if kind == "random" else ""
+            # Unsolicited UDP to the router itself is dropped, as a home router's WAN firewall
+            # does: accepted, it would leave a conntrack entry that makes masquerade pick
+            # another port for the LAN socket it was aimed at, and holepunching (whose early
+            # low-TTL probes reach the other NAT here, one hop away) could never work.
             rules = f"""table ip lab_nat {{
                 chain postrouting {{ type nat hook postrouting priority 100; policy accept;
                     oifname "wan" masquerade{flags}
+                }}
+                chain input {{ type filter hook input priority 0; policy accept;
+                    iifname "wan" ct state new meta l4proto udp drop
                 }}
             }}"""
         router.sh(["nft", "-f", "-"], input=rules)

@@ -162,6 +162,11 @@ class RequestIO:
 
     def poll(self, now: float) -> tuple[list[tuple[bytes, SocketAddress]], list[PendingRequest]]:
         """Advance to ``now``: returns (datagrams to send, requests that timed out for good)."""
+        sends, failed = self.poll_requests(now)
+        return [(p.datagram, p.to) for p in sends], failed
+
+    def poll_requests(self, now: float) -> tuple[list[PendingRequest], list[PendingRequest]]:
+        """:meth:`poll`, naming the requests whose datagram goes out now."""
         if self._next_drain is None:
             self._next_drain = now + DRAIN_INTERVAL
         while now >= self._next_drain:
@@ -180,7 +185,7 @@ class RequestIO:
                 else:
                     pending.queued = True
                     self._queue.append(pending)
-        out: list[tuple[bytes, SocketAddress]] = []
+        out: list[PendingRequest] = []
         while self._queue and not self._congestion.is_full():
             pending = self._queue.popleft()
             pending.queued = False
@@ -189,7 +194,7 @@ class RequestIO:
             pending.sent += 1
             pending.deadline = now + pending.timeout
             self._congestion.send()
-            out.append((pending.datagram, pending.to))
+            out.append(pending)
         return out, failed
 
     def next_deadline(self) -> float | None:

@@ -15,6 +15,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 
@@ -78,6 +79,8 @@ class IncomingRequest:
     request: Request
     from_addr: SocketAddress
     from_id: bytes | None
+    #: the socket it came in on, when not the node's own (a holepunch socket); answers go there
+    via: DatagramTransport | None = None
 
     @property
     def command(self) -> int:
@@ -98,18 +101,20 @@ class IncomingRequest:
     def reply(self, value: bytes | None = None, *, token: bool = True, closer_nodes: bool = True,
               to: SocketAddress | None = None) -> None:
         self.node.send_reply(self.request, to or self.from_addr, 0, value, token=token,
-                             closer_nodes=closer_nodes)
+                             closer_nodes=closer_nodes, via=self.via)
 
     def error(self, code: int, *, token: bool = False, closer_nodes: bool = True) -> None:
         self.node.send_reply(self.request, self.from_addr, code, None, token=token,
                              closer_nodes=closer_nodes)
 
-    def relay(self, value: bytes | None, to: SocketAddress) -> None:
-        """Forward the request (same tid, command and target, no token) with a new value."""
+    def relay(self, value: bytes | None, to: SocketAddress, *,
+              via: DatagramTransport | None = None) -> None:
+        """Forward the request (same tid, command and target, no token) with a new value,
+        through ``via`` when given (else the socket it came in on)."""
         r = self.request
         fwd = Request(r.tid, to, r.command, r.internal, self.node.own_id_on_wire(), None,
                       r.target, value)
-        self.node.transport.send_datagram(encode_request(fwd), to)
+        (via or self.via or self.node.transport).send_datagram(encode_request(fwd), to)
 
 
 RequestHandler = Callable[[IncomingRequest], bool]
@@ -182,9 +187,10 @@ class DhtNode:
                 self._nursery = None
 
     def _flush(self) -> None:
-        out, failed = self.io.poll(trio.current_time())
-        for data, addr in out:
-            self.transport.send_datagram(data, addr)
+        out, failed = self.io.poll_requests(trio.current_time())
+        for pending in out:
+            sender = cast("DatagramTransport", pending.meta.get("via") or self.transport)
+            sender.send_datagram(pending.datagram, pending.to)
         for pending in failed:
             self.stats["timeouts"] += 1
             node = self.table.get(node_id(pending.to))
@@ -210,7 +216,10 @@ class DhtNode:
 
     # -- receiving ----------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: SocketAddress) -> None:
+    def datagram_received(self, data: bytes, addr: SocketAddress, *,
+                          via: DatagramTransport | None = None) -> None:
+        """A datagram for us; ``via`` names the socket it came in on when that is not our own
+        transport (a holepunch socket: its replies do not sample our own address)."""
         if not 0 < addr.port < 65536:
             return
         try:
@@ -219,9 +228,9 @@ class DhtNode:
             self.stats["malformed"] += 1
             return
         if isinstance(msg, Request):
-            self._on_request(msg, addr)
+            self._on_request(msg, addr, via)
         else:
-            self._on_response(msg, addr)
+            self._on_response(msg, addr, sample=via is None)
 
     def _validated_id(self, claimed: bytes | None, addr: SocketAddress) -> bytes | None:
         if claimed is None:
@@ -254,14 +263,14 @@ class DhtNode:
         finally:
             self._swaps -= 1
 
-    def _on_response(self, res: Response, addr: SocketAddress) -> None:
+    def _on_response(self, res: Response, addr: SocketAddress, *, sample: bool = True) -> None:
         pending = self.io.handle_response(res, addr)
         if pending is None:
             return
         nid = self._validated_id(res.id, addr)
         if nid is not None:
             self._add_node(nid, addr)
-        if nid is not None or addr in self.bootstrap_nodes:
+        if sample and (nid is not None or addr in self.bootstrap_nodes):
             self._nat_samples.append(res.to)
             del self._nat_samples[:-MAX_NAT_SAMPLES]
         pending.meta["from_id"] = nid
@@ -269,22 +278,26 @@ class DhtNode:
         if isinstance(ev, trio.Event):
             ev.set()
 
-    def _on_request(self, req: Request, addr: SocketAddress) -> None:
+    def _on_request(self, req: Request, addr: SocketAddress,
+                    via: DatagramTransport | None = None) -> None:
         self.stats["requests"] += 1
         if req.token is not None and not self.io.tokens.verify(addr.host, req.token):
-            self.send_reply(req, addr, INVALID_TOKEN, None, token=True, closer_nodes=True)
+            self.send_reply(req, addr, INVALID_TOKEN, None, token=True, closer_nodes=True,
+                            via=via)
             return
         nid = self._validated_id(req.id, addr)
         if nid is not None:
             self._add_node(nid, addr)
         if req.internal:
-            self._on_internal(req, addr)
+            if via is None:  # a holepunch socket answers no internal commands
+                self._on_internal(req, addr)
             return
         handled = False
         if self.on_request is not None:
-            handled = self.on_request(IncomingRequest(self, req, addr, nid))
+            handled = self.on_request(IncomingRequest(self, req, addr, nid, via))
         if not handled:
-            self.send_reply(req, addr, UNKNOWN_COMMAND, None, token=False, closer_nodes=True)
+            self.send_reply(req, addr, UNKNOWN_COMMAND, None, token=False, closer_nodes=True,
+                            via=via)
 
     def _on_internal(self, req: Request, addr: SocketAddress) -> None:
         cmd = req.command
@@ -342,37 +355,43 @@ class DhtNode:
         self.send_reply(req, addr, 0, None, token=False, closer_nodes=False)
 
     def send_reply(self, req: Request, to: SocketAddress, error: int, value: bytes | None, *,
-                   token: bool, closer_nodes: bool) -> None:
+                   token: bool, closer_nodes: bool,
+                   via: DatagramTransport | None = None) -> None:
         closer: tuple[SocketAddress, ...] = ()
         if closer_nodes and req.target is not None:
             closer = tuple(n.address for n in self.table.closest(req.target))
         res = Response(req.tid, to, self.own_id_on_wire(),
                        self.io.tokens.token(to.host) if token else None, closer, error, value)
-        self.transport.send_datagram(encode_response(res), to)
+        (via or self.transport).send_datagram(encode_response(res), to)
 
     # -- requesting ---------------------------------------------------------------------
 
     async def request(self, to: SocketAddress, command: int, *, internal: bool = False,
                       target: bytes | None = None, value: bytes | None = None,
                       token: bytes | None = None, retries: int = DEFAULT_RETRIES,
-                      attempt_timeout: float = DEFAULT_TIMEOUT) -> Response:
+                      attempt_timeout: float = DEFAULT_TIMEOUT,
+                      via: DatagramTransport | None = None) -> Response:
         """Send one request and wait for its response (which may carry an error code).
 
+        ``via`` sends it from another socket (whose datagrams are fed back with ``via``).
         Raises :class:`RequestTimeout` after ``retries + 1`` unanswered attempts.
         """
         pending = self.start_request(to, command, internal=internal, target=target, value=value,
                                      token=token, retries=retries,
-                                     attempt_timeout=attempt_timeout)
+                                     attempt_timeout=attempt_timeout, via=via)
         return await self.wait_response(pending)
 
     def start_request(self, to: SocketAddress, command: int, *, internal: bool = False,
                       target: bytes | None = None, value: bytes | None = None,
                       token: bytes | None = None, retries: int = DEFAULT_RETRIES,
-                      attempt_timeout: float = DEFAULT_TIMEOUT) -> PendingRequest:
+                      attempt_timeout: float = DEFAULT_TIMEOUT,
+                      via: DatagramTransport | None = None) -> PendingRequest:
         pending = self.io.create(to, command, internal=internal, target=target, value=value,
                                  token=token, node_id=self.own_id_on_wire(), retries=retries,
                                  timeout=attempt_timeout)
         pending.meta["event"] = trio.Event()
+        if via is not None:
+            pending.meta["via"] = via
         self._flush()
         self._wake.set()
         return pending

@@ -1,7 +1,9 @@
-"""HyperDHT: announce/lookup, relayed Noise handshakes and connections over dht-rpc, and
-persistent storage nodes that store announcements and relay handshakes."""
+"""HyperDHT: announce/lookup, relayed Noise handshakes and connections over dht-rpc
+(holepunching across NATs, blind relays), and persistent storage nodes that store
+announcements and relay handshakes."""
 
 from .dht import (
+    HolepunchFailed,
     HyperDht,
     PeerConnectionFailed,
     PeerNotFound,
@@ -12,11 +14,13 @@ from .dht import (
 )
 from .messages import Firewall, HyperDhtProtocolError, Mode, NoisePayload, PeerRecord
 from .persistent import Persistent
+from .relay import RelayFailed
 from .router import Router
 from .storage import StorageNode, open_storage_node
 
 __all__ = [
     "Firewall",
+    "HolepunchFailed",
     "HyperDht",
     "HyperDhtProtocolError",
     "Mode",
@@ -26,6 +30,7 @@ __all__ = [
     "PeerRecord",
     "Persistent",
     "RawConnection",
+    "RelayFailed",
     "Router",
     "Server",
     "StorageNode",

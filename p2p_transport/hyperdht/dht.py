@@ -7,29 +7,27 @@ found through the DHT nodes that hold their signed self-announcement and relay t
 Opened with ``persistent=True`` it is one of those nodes as well
 (:class:`~p2p_transport.hyperdht.storage.StorageHandler`).
 
-What a connection does after the handshake (the "firewall" claims):
+What a connection does after the handshake is decided by the sans-IO core
+(:mod:`p2p_transport.hyperdht.holepunch`, ``choose_path``), as hyperdht does: the client
+connects to the server's first packet, the direct address, or a public address when the server
+is OPEN or not holepunchable; waits for the server when it is OPEN itself; tries the LAN
+shortcut; else holepunches. A server behind a NAT answering a client behind one offers its
+relays for holepunching and answers the relayed PEER_HOLEPUNCH rounds.
 
-* client: claims OPEN when the DHT sees it at its own socket address (loopback, public host),
-  else UNKNOWN; after the reply it connects its UDX stream to the address the server's first
-  packet came from, else to the server directly (unrelayed reply), else to the first public
-  ``addresses4`` entry or the relay-observed server address (OPEN or not holepunchable), else
-  to a PING-confirmed LAN address when both share a public host. When the server is surely
-  behind a NAT (the relay saw it elsewhere than its own address) and the client does not
-  claim OPEN, it fails at once with ``PeerConnectionFailed`` ("server needs holepunching"):
-  neither side would take the other's first packet.
-* server: claims OPEN (or UNKNOWN) without holepunch info; it connects at once when the client
-  claimed OPEN or came direct, otherwise when the client's first UDX packet arrives.
-
-Holepunching across NATs is not implemented (see the package README for the plan).
+Holepunching runs on puncher sockets (``_PunchSockets``) that share the main socket's UDX stream
+table: the stream moves to the socket that reached the peer. Two random NATs fail with
+``HolepunchFailed("HOLEPUNCH_DOUBLE_RANDOMIZED_NATS")`` unless a blind relay is named
+(``connect(..., relay_through=key)``, or the client's ``relayThrough`` as a server): both sides
+then pair through it (:mod:`p2p_transport.hyperdht.relay`) while the direct path is tried, and
+the first path that works carries the stream.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
@@ -47,6 +45,7 @@ from p2p_transport.crypto import hash as blake2b
 from p2p_transport.dht_rpc import (
     FIND_NODE,
     PING,
+    DatagramTransport,
     DhtError,
     DhtNode,
     IncomingRequest,
@@ -58,8 +57,11 @@ from p2p_transport.dht_rpc import (
 )
 from p2p_transport.noise import HandshakeError, HandshakeResult, NoiseHandshake, dht_handshake
 from p2p_transport.secret_stream import SecretStream
-from p2p_transport.udx import UdxSocket, UdxStream
+from p2p_transport.udx import UdpTransport, UdxSocket, UdxStream
 
+from . import holepunch as hp
+from . import relay as blind_relay
+from .holepunch import HolepunchFailed, PeerConnectionFailed
 from .messages import (
     ANNOUNCE,
     FIND_PEER,
@@ -71,24 +73,33 @@ from .messages import (
     Error,
     Firewall,
     Handshake,
+    HolepunchInfo,
+    HolepunchMessage,
+    HolepunchPayload,
     HyperDhtProtocolError,
     Mode,
     NoisePayload,
     PeerRecord,
+    RelayInfo,
+    RelayThrough,
     UdxInfo,
     decode_handshake,
+    decode_holepunch,
     decode_lookup_reply,
     decode_noise_payload,
     decode_peer,
     encode_announce,
     encode_handshake,
+    encode_holepunch,
     encode_noise_payload,
     encode_peer,
 )
 from .storage import WILDCARD_HOST, StorageHandler
 
 __all__ = [
-        "HyperDht",
+    "HolepunchFailed",
+    "HyperDht",
+    "PeerConnectionFailed",
     "PeerNotFound",
     "RawConnection",
     "Server",
@@ -119,10 +130,6 @@ MAX_RELAY_ADDRESSES = 3
 CLOSE_TIMEOUT = 5.0
 
 
-class PeerConnectionFailed(DhtError):
-    """A connection attempt failed (``PEER_CONNECTION_FAILED`` in hyperdht)."""
-
-
 class PeerNotFound(PeerConnectionFailed):
     """No DHT node knows the server's key (``PEER_NOT_FOUND``)."""
 
@@ -131,15 +138,6 @@ def announce_signable(target: bytes, token: bytes, node_id: bytes, peer: PeerRec
                       refresh: bytes | None, namespace: bytes) -> bytes:
     """What an ANNOUNCE/UNANNOUNCE signs: ``ns ‖ H(target ‖ id ‖ token ‖ peer ‖ refresh)``."""
     return namespace + hash_batch([target, node_id, token, encode_peer(peer), refresh or b""])
-
-
-def is_bogon(host: str) -> bool:
-    """Private, loopback, link-local or reserved (hyperdht's ``bogon`` check)."""
-    try:
-        ip = ipaddress.IPv4Address(host)
-    except ValueError:
-        return True
-    return not ip.is_global
 
 
 @dataclass(eq=False)
@@ -151,6 +149,8 @@ class RawConnection:
     remote_payload: NoisePayload
     remote_address: SocketAddress | None
     is_initiator: bool
+    #: the stream goes through a blind relay (``relayThrough``), not straight to the peer
+    relayed: bool = False
 
     @property
     def remote_public_key(self) -> bytes:
@@ -176,7 +176,21 @@ async def secure(raw: RawConnection, nursery: trio.Nursery) -> SecretStream:
 @dataclass(eq=False)
 class _PendingHandshake:
     reply: bytes | None
-    created: float
+    #: relayed replies go out from the puncher socket when we punch (as hyperdht's
+    #: ``replyFromPuncher``): the client then opens its NAT towards that socket
+    via: DatagramTransport | None = None
+    created: float = 0.0
+
+
+@dataclass(eq=False)
+class _ServerPunchEntry:
+    """A server's punch for one handshake: its puncher sockets and the core's state."""
+
+    sockets: _PunchSockets
+    connected: trio.Event
+    core: hp.ServerPunch | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    deadline: float = 0.0
 
 
 ServerFirewall = Callable[[bytes, NoisePayload, SocketAddress], bool]
@@ -195,6 +209,7 @@ class Server:
         self.firewall = firewall
         self.relays: list[tuple[SocketAddress, SocketAddress]] = []  # (node, us as it saw us)
         self._handshakes: dict[bytes, _PendingHandshake] = {}
+        self._punches: dict[int, _ServerPunchEntry] = {}
         self._cancel = trio.CancelScope()
         self.listening = False
         self.connections = 0
@@ -214,9 +229,7 @@ class Server:
 
         ``announce=False`` only answers handshakes sent straight to our socket (tests, LANs).
         """
-        if self.target in self.dht._servers:
-            raise RuntimeError("already listening on this key")
-        self.dht._servers[self.target] = self
+        self.dht.route_to(self)
         self.listening = True
         if announce:
             await self.announce()
@@ -289,7 +302,7 @@ class Server:
             return
         self.listening = False
         self._cancel.cancel()
-        self.dht._servers.pop(self.target, None)
+        self.dht.unroute(self)
         relays, self.relays = self.relays, []
         if not relays:
             return
@@ -305,6 +318,64 @@ class Server:
                         nursery.start_soon(self.dht._try_unannounce, self.target,
                                            self.key_pair, reply)
 
+    # -- holepunching ----------------------------------------------------------------------
+
+    async def _prepare_punch(self, punch: _ServerPunchEntry,
+                             secure_payload: hp.SecurePayload) -> None:
+        """Run the puncher socket the reply went out from and learn its NAT before the
+        client's rounds need it."""
+        sock = await punch.sockets.open()
+        punch.core = hp.ServerPunch(secure_payload, punch.sockets.nat)
+        await punch.sockets.sample_nat(sock)
+        punch.ready.set()
+
+    async def _forget_punch(self, punch_id: int, punch: _ServerPunchEntry) -> None:
+        await trio.sleep(HANDSHAKE_CLEAR_WAIT)  # late rounds still find it meanwhile
+        if self._punches.get(punch_id) is punch:
+            del self._punches[punch_id]
+
+    def on_peer_holepunch(self, req: IncomingRequest, msg: HolepunchMessage) -> None:
+        """A client's round relayed to us (FROM_RELAY); answered from a task."""
+        punch = self._punches.get(msg.id)
+        if punch is None or msg.peer_address is None or not self.listening:
+            return
+        self.dht.nursery.start_soon(self._answer_round, req, msg, punch)
+
+    async def _answer_round(self, req: IncomingRequest, msg: HolepunchMessage,
+                            punch: _ServerPunchEntry) -> None:
+        with trio.move_on_after(5):
+            await punch.ready.wait()
+        core, peer = punch.core, msg.peer_address
+        if core is None or peer is None or not punch.ready.is_set() or core.aborted:
+            return
+        from_relay = any(node == req.from_addr for node, _ in self.relays)
+        got = core.receive(msg.payload, peer, from_relay)
+        if got is None:
+            return
+        now = trio.current_time()
+        answer = core.decide(got, peer, from_relay, self.dht.random_punches, now)
+        if answer.fast_open is not None:
+            punch.sockets.probe(punch.sockets.sockets[0], answer.fast_open)
+        if answer.punch is not None:
+            punch.deadline = now + hp.PUNCH_TIMEOUT
+            self.dht.nursery.start_soon(self._punch, punch, answer.punch, answer.random_punch)
+        req.relay(encode_holepunch(HolepunchMessage(Mode.FROM_SERVER, 0, answer.reply, peer)),
+                  req.from_addr, via=punch.sockets.transport(punch.sockets.sockets[0]))
+
+    async def _punch(self, punch: _ServerPunchEntry,
+                     chosen: tuple[hp.Strategy, SocketAddress | None], random_punch: bool) -> None:
+        assert punch.core is not None
+        limiter = self.dht.random_punches
+        if random_punch:
+            limiter.start()
+        try:
+            plan = hp.punch_plan(chosen[0], punch.core.remote, chosen[1], is_initiator=False)
+            with trio.move_on_after(hp.PUNCH_TIMEOUT):
+                await punch.sockets.run_plan(plan, punch.connected)
+        finally:
+            if random_punch:
+                limiter.finish(trio.current_time())
+
     # -- handshake (runs synchronously inside the dht-rpc receive path) ------------------
 
     def on_peer_handshake(self, req: IncomingRequest, hs: Handshake) -> None:
@@ -316,7 +387,7 @@ class Server:
             if len(self._handshakes) >= MAX_PENDING_HANDSHAKES:
                 return  # flooded: new clients retry once the cache drains
             client_address = hs.peer_address or req.from_addr
-            pending = _PendingHandshake(self._answer(hs, req, client_address), now)
+            pending = _PendingHandshake(*self._answer(hs, req, client_address), created=now)
             self._handshakes[hs.noise] = pending
         if pending.reply is None:
             return
@@ -325,27 +396,42 @@ class Server:
                       closer_nodes=False)
         elif hs.mode == Mode.FROM_RELAY:
             req.relay(encode_handshake(Handshake(Mode.FROM_SERVER, pending.reply,
-                                                 hs.peer_address)), req.from_addr)
+                                                 hs.peer_address)), req.from_addr,
+                      via=pending.via)
         elif hs.mode == Mode.FROM_SECOND_RELAY and hs.relay_address is not None:
             req.relay(encode_handshake(Handshake(Mode.FROM_SERVER, pending.reply,
-                                                 hs.peer_address)), hs.relay_address)
+                                                 hs.peer_address)), hs.relay_address,
+                      via=pending.via)
 
-    def _answer(self, hs: Handshake, req: IncomingRequest,
-                client_address: SocketAddress) -> bytes | None:
+    def _answer(self, hs: Handshake, req: IncomingRequest, client_address: SocketAddress,
+                ) -> tuple[bytes | None, DatagramTransport | None]:
         noise = dht_handshake(self.key_pair)
         try:
             remote = decode_noise_payload(noise.recv(hs.noise))
         except (HandshakeError, HyperDhtProtocolError) as exc:
             log.debug("bad handshake from %s: %s", client_address, exc)
-            return None
+            return None, None
         remote_key = _remote_static(noise)
         if self.firewall is not None and self.firewall(remote_key, remote, client_address):
-            return None
+            return None, None
         error = (Error.NONE if remote.udx is not None else Error.ABORTED) if remote.version == 1 \
             else Error.VERSION_MISMATCH
         direct = hs.peer_address is None
         connected = trio.Event()
         stream: UdxStream | None = None
+        punch: _ServerPunchEntry | None = None
+        punch_id = 0
+        relay_sources: set[tuple[str, int]] = set()
+        # Not OPEN: say so with our relays (hyperdht always does), so that an OPEN client
+        # waits for our first packet rather than aiming at a NAT mapping that is not its own.
+        holepunchable = self.dht.firewall_claim() != Firewall.OPEN and bool(self.relays)
+        if (error == Error.NONE and not direct and remote.firewall != Firewall.OPEN
+                and holepunchable):
+            # behind a NAT, and so is the client: punch through our relays
+            punch_id = next(i for i in range(len(self._punches) + 1) if i not in self._punches)
+            punch = _ServerPunchEntry(_PunchSockets(self.dht, _echo_probe), connected)
+            punch.deadline = trio.current_time() + HANDSHAKE_INITIAL_TIMEOUT
+            self._punches[punch_id] = punch
         if error == Error.NONE:
             assert remote.udx is not None
             remote_udx = remote.udx.id
@@ -353,6 +439,8 @@ class Server:
             def first_packet(s: UdxStream, addr: tuple[str, int]) -> bool:
                 if not 0 < addr[1] < 65536:
                     return True
+                if addr in relay_sources:
+                    return False  # forwarded by the relay before our pair reply came
                 s.connect(remote_udx, addr)
                 connected.set()
                 return False
@@ -362,24 +450,71 @@ class Server:
             error=error, firewall=self.dht.firewall_claim(),
             addresses4=(self.dht.local_address,),
             udx=UdxInfo(stream.id if stream else 0), secret_stream=True,
-            relay_addresses=self.relay_addresses or None)
+            relay_addresses=self.relay_addresses or None,
+            holepunch=HolepunchInfo(punch_id, tuple(
+                RelayInfo(node, seen) for node, seen in self.relays[:MAX_RELAY_ADDRESSES]))
+            if holepunchable else None)
         reply = noise.send(encode_noise_payload(reply_payload))
         result = noise.result
         assert result is not None
         if stream is None:
-            return reply
+            return reply, None
+        via: DatagramTransport | None = None
+        if punch is not None:
+            try:
+                via = punch.sockets.bind_first()
+            except OSError as exc:
+                log.debug("no puncher socket: %s", exc)
+            else:
+                self.dht.nursery.start_soon(self._prepare_punch, punch,
+                                            hp.SecurePayload(result.holepunch_secret))
         if remote.firewall == Firewall.OPEN or direct:
             assert remote.udx is not None
             stream.connect(remote.udx.id, (client_address.host, client_address.port))
             connected.set()
-        self.dht.nursery.start_soon(self._await_client, stream, connected, result, remote)
-        return reply
+        elif remote.relay_through is not None:
+            self.dht.nursery.start_soon(self._relay, stream, connected, remote.relay_through,
+                                        relay_sources)
+        self.dht.nursery.start_soon(self._await_client, stream, connected, result, remote,
+                                    punch, punch_id)
+        return reply, via
 
-    async def _await_client(self, stream: UdxStream, connected: trio.Event,
-                            result: HandshakeResult, remote: NoisePayload) -> None:
-        with trio.move_on_after(HANDSHAKE_INITIAL_TIMEOUT) as scope:
-            await connected.wait()
-        if scope.cancelled_caught:
+    async def _relay(self, stream: UdxStream, connected: trio.Event, through: RelayThrough,
+                     relay_sources: set[tuple[str, int]]) -> None:
+        """The client asked for a relay: pair our stream there too (hyperdht's server side of
+        ``relayThrough``); the direct path may still win."""
+        try:
+            path = await blind_relay.pair_through(self.dht, through.public_key,
+                                                  is_initiator=False, pair_token=through.token,
+                                                  stream=stream, relay_sources=relay_sources)
+        except PeerConnectionFailed as exc:
+            log.debug("relay for %s failed: %s", stream.id, exc)
+            return
+        if connected.is_set() or stream.remote_address is not None:
+            path.close()
+            return
+        stream.connect(path.remote_id, (path.address.host, path.address.port),
+                       socket=path.socket)
+        connected.set()
+        await _close_after(path, stream)
+
+    async def _await_client(self, stream: UdxStream, connected: trio.Event,  # noqa: PLR0917
+                            result: HandshakeResult, remote: NoisePayload,
+                            punch: _ServerPunchEntry | None, punch_id: int) -> None:
+        initial = HANDSHAKE_INITIAL_TIMEOUT
+        if remote.relay_through is not None:
+            initial = max(initial, blind_relay.RELAY_TIMEOUT + 5)
+        deadline = trio.current_time() + initial
+        while not connected.is_set():
+            with trio.move_on_at(deadline):
+                await connected.wait()
+            if connected.is_set() or punch is None or punch.deadline <= deadline:
+                break
+            deadline = punch.deadline  # the client is punching: wait for that
+        if punch is not None:
+            punch.sockets.close(keep_for=stream if connected.is_set() else None)
+            self.dht.nursery.start_soon(self._forget_punch, punch_id, punch)
+        if not connected.is_set():
             log.debug("client never reached us; dropping its stream")
             await stream.aclose()
             return
@@ -388,6 +523,22 @@ class Server:
         raw = RawConnection(stream, result, remote,
                             SocketAddress(*addr) if addr else None, is_initiator=False)
         await self.on_connection(raw)
+
+
+async def _close_after(path: blind_relay.Relayed, stream: UdxStream) -> None:
+    """A relay connection lives while the stream it carries does."""
+    while not stream.core.released:  # noqa: ASYNC110 (a stream has no "released" event)
+        await trio.sleep(1.0)
+    path.close()
+
+
+def _echo_probe(sock: UdxSocket, addr: SocketAddress) -> None:
+    """A server's puncher answers each probe with one (it connects on the client's first
+    UDX packet, not on a probe)."""
+    try:
+        sock.send_datagram(b"\x00", (addr.host, addr.port))
+    except (OSError, trio.ClosedResourceError) as exc:
+        log.debug("probe echo to %s not sent: %s", addr, exc)
 
 
 def _remote_static(noise: NoiseHandshake) -> bytes:
@@ -411,6 +562,7 @@ class HyperDht:
         self.default_key_pair = key_pair_ or key_pair()
         self._firewall_override = firewall
         self._servers: dict[bytes, Server] = {}
+        self.random_punches = hp.RandomPunchLimiter()
         self.node = DhtNode(_DhtTransport(sock), bootstrap=bootstrap, ephemeral=not persistent,
                             on_request=self._on_request)
         # persistent: also a storage node (id from our socket address; no firewall detection)
@@ -447,6 +599,18 @@ class HyperDht:
                         await server.close()
                 nursery.cancel_scope.cancel()
 
+    # -- servers -------------------------------------------------------------------------
+
+    def route_to(self, server: Server) -> None:
+        """Answer handshakes and holepunch rounds for ``server.target`` with ``server``."""
+        if server.target in self._servers:
+            raise RuntimeError("already listening on this key")
+        self._servers[server.target] = server
+
+    def unroute(self, server: Server) -> None:
+        if self._servers.get(server.target) is server:
+            del self._servers[server.target]
+
     # -- identity and socket -----------------------------------------------------------
 
     @property
@@ -475,11 +639,25 @@ class HyperDht:
         if req.command == PEER_HANDSHAKE:
             self._on_peer_handshake(req)
             return True
+        if req.command == PEER_HOLEPUNCH and self._on_peer_holepunch(req):
+            return True
         if self.storage is not None:
             return self.storage.on_request(req)
-        # No holepunching yet: PEER_HOLEPUNCH rounds go unanswered and the client's other paths
-        # win. Storage commands get UNKNOWN_COMMAND with closer nodes: we are ephemeral.
+        # Storage commands get UNKNOWN_COMMAND with closer nodes: we are ephemeral.
         return req.command == PEER_HOLEPUNCH
+
+    def _on_peer_holepunch(self, req: IncomingRequest) -> bool:
+        """A round for one of our servers (True), else left to the storage router."""
+        server = self._servers.get(req.target or b"")
+        if server is None:
+            return False
+        try:
+            msg = decode_holepunch(req.value or b"")
+        except HyperDhtProtocolError:
+            return True
+        if msg.mode == Mode.FROM_RELAY:
+            server.on_peer_holepunch(req, msg)
+        return True
 
     def _on_peer_handshake(self, req: IncomingRequest) -> None:
         if req.value is None:
@@ -599,24 +777,40 @@ class HyperDht:
 
     async def connect(self, remote_public_key: bytes, *, key_pair_: KeyPair | None = None,
                       relay_addresses: Sequence[SocketAddress] = (),
-                      timeout: float = 20.0) -> RawConnection:
-        """Open a Noise-keyed UDX stream to the server listening on ``remote_public_key``."""
+                      timeout: float = 20.0,
+                      relay_through: bytes | None = None) -> RawConnection:
+        """Open a Noise-keyed UDX stream to the server listening on ``remote_public_key``,
+        holepunching when both sides are behind NATs (:class:`HolepunchFailed` when that
+        cannot work or did not; a random-NAT punch may take up to ``hp.PUNCH_TIMEOUT``).
+
+        ``relay_through``: the key of a blind relay; both sides pair through it while the
+        direct path is tried, and the first path that works carries the stream (a relayed
+        stream stays relayed). A server may name its own relay the same way."""
         kp = key_pair_ or self.default_key_pair
         target = blake2b(remote_public_key)
-        first_packet: list[tuple[str, int]] = []
+        first_packet: list[tuple[SocketAddress, UdxSocket]] = []
+        arrived = trio.Event()
+        relay_sources: set[tuple[str, int]] = set()
 
-        def on_early_packet(_s: UdxStream, addr: tuple[str, int]) -> bool:
+        def on_early_packet(s: UdxStream, addr: tuple[str, int]) -> bool:
             if not 0 < addr[1] < 65536:
                 return True
+            if addr in relay_sources:
+                return False  # forwarded by our relay: kept for when we connect there
             if not first_packet:
-                first_packet.append(addr)
+                first_packet.append((SocketAddress(*addr), s.socket))  # the arrival socket
+                arrived.set()
             return False  # accept: buffered until we connect
 
         stream = self.socket.create_stream(firewall=on_early_packet)
         noise = dht_handshake(kp, remote_public_key)
+        relay_token = blind_relay.token() if relay_through is not None else None
         payload = NoisePayload(firewall=self.firewall_claim(),
                                addresses4=(self.local_address,),
-                               udx=UdxInfo(stream.id), secret_stream=True)
+                               udx=UdxInfo(stream.id), secret_stream=True,
+                               relay_through=RelayThrough(relay_through, relay_token)
+                               if relay_through is not None and relay_token is not None
+                               else None)
         msg1 = noise.send(encode_noise_payload(payload))
         request_value = encode_handshake(Handshake(Mode.FROM_CLIENT, msg1))
         attempted = False
@@ -655,7 +849,7 @@ class HyperDht:
             await stream.aclose()
             raise (PeerConnectionFailed("every relay failed") if attempted
                    else PeerNotFound("no DHT node knows this key"))
-        _relay, reply_noise, server_address, client_address, relayed = result
+        relay, reply_noise, server_address, client_address, relayed = result
         try:
             remote = decode_noise_payload(noise.recv(reply_noise))
         except (HandshakeError, HyperDhtProtocolError) as exc:
@@ -664,66 +858,348 @@ class HyperDht:
         if remote.version != 1 or remote.error != Error.NONE or remote.udx is None:
             await stream.aclose()
             raise PeerConnectionFailed(f"server refused: version {remote.version}, "
-                                  f"error {remote.error}")
+                                       f"error {remote.error}")
         hs_result = noise.result
         assert hs_result is not None
-        target_addr = await self._choose_path(remote, server_address, client_address, relayed,
-                                              first_packet)
-        if target_addr is None:
+        decision = hp.choose_path(
+            remote, server_address=server_address, client_address=client_address,
+            relayed=relayed, our_firewall=self.firewall_claim(),
+            first_packet=first_packet[0][0] if first_packet else None)
+        at = _Attempt(stream, remote, hs_result, target, relay, server_address, first_packet,
+                      arrived, relay_sources)
+        pairing: tuple[bytes, bytes, bool] | None = None
+        if remote.relay_through is not None:  # the server chose a relay
+            pairing = (remote.relay_through.public_key, remote.relay_through.token, False)
+        elif relay_through is not None and relay_token is not None:
+            pairing = (relay_through, relay_token, True)
+        try:
+            with trio.fail_after(hp.PUNCH_TIMEOUT + timeout):
+                if pairing is None:
+                    sock, target_addr = await self._follow_path(decision, at)
+                else:
+                    sock, target_addr = await self._path_or_relay(decision, at, pairing)
+        except BaseException as exc:
             await stream.aclose()
-            raise PeerConnectionFailed(
-                f"server needs holepunching, which is not supported yet: it is behind a NAT "
-                f"(seen at {server_address.host}:{server_address.port}, firewall "
-                f"{_firewall_name(remote.firewall)}) and so are we (firewall "
-                f"{_firewall_name(self.firewall_claim())})")
+            if isinstance(exc, trio.TooSlowError):
+                raise HolepunchFailed("HOLEPUNCH_ABORTED", "punching timed out") from None
+            raise
         if stream.remote_address is None:
-            stream.connect(remote.udx.id, (target_addr.host, target_addr.port))
-        return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True)
+            remote_id = at.relayed.remote_id if at.relayed is not None else remote.udx.id
+            stream.connect(remote_id, (target_addr.host, target_addr.port), socket=sock)
+        return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True,
+                             relayed=at.relayed is not None)
 
-    async def _choose_path(self, remote: NoisePayload, server_address: SocketAddress,
-                           client_address: SocketAddress, relayed: bool,
-                           first_packet: list[tuple[str, int]]) -> SocketAddress | None:
-        if first_packet:
-            return SocketAddress(*first_packet[0])
-        if not relayed:
-            return server_address
-        holepunchable = remote.holepunch is not None and remote.firewall != Firewall.OPEN
-        if (_behind_nat(remote, server_address) and self.firewall_claim() != Firewall.OPEN
-                and client_address.host != server_address.host):
-            # Neither side can take the other's first packet: only holepunching connects us.
-            # Fail now with that reason, not after the stream's retransmissions time out.
-            return None
-        if remote.firewall == Firewall.OPEN or not holepunchable:
-            for addr in remote.addresses4:
-                if not is_bogon(addr.host):
-                    return addr
-            return server_address
-        if client_address.host == server_address.host:
-            # LAN shortcut: a private address of the server that answers PING
-            candidates = [a for a in remote.addresses4 if is_bogon(a.host)] or [server_address]
-            for addr in candidates:
+    async def _path_or_relay(self, decision: hp.PathDecision, at: _Attempt,
+                             pairing: tuple[bytes, bytes, bool],
+                             ) -> tuple[UdxSocket | None, SocketAddress]:
+        """The direct path and the relay race; the first that works carries the stream."""
+        won: list[tuple[UdxSocket | None, SocketAddress]] = []
+        failed: list[PeerConnectionFailed] = []
+
+        async def direct(scope: trio.CancelScope) -> None:
+            try:
+                won.append(await self._follow_path(decision, at))
+                scope.cancel()
+            except PeerConnectionFailed as exc:
+                failed.append(exc)  # the relay may still connect us
+
+        async def relayed(scope: trio.CancelScope) -> None:
+            key, token, initiator = pairing
+            try:
+                path = await blind_relay.pair_through(self, key, is_initiator=initiator,
+                                                      pair_token=token, stream=at.stream,
+                                                      relay_sources=at.relay_sources)
+            except PeerConnectionFailed as exc:
+                failed.append(exc)
+                return
+            if won:
+                path.close()
+                return
+            at.relayed = path
+            self.nursery.start_soon(_close_after, path, at.stream)
+            won.append((path.socket, path.address))
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(direct, nursery.cancel_scope)
+            nursery.start_soon(relayed, nursery.cancel_scope)
+        if won:
+            return won[0]
+        raise blind_relay.RelayFailed("; ".join(str(f) for f in failed))
+
+    async def _follow_path(self, decision: hp.PathDecision,
+                           at: _Attempt) -> tuple[UdxSocket | None, SocketAddress]:
+        """Carry out the core's path decision: (socket to send from, None for ours; address)."""
+        first_packet = at.first_packet
+        if isinstance(decision, hp.Connect):
+            if first_packet and first_packet[0][0] == decision.address:
+                return first_packet[0][1], decision.address
+            return None, decision.address
+        if isinstance(decision, hp.Unreachable):
+            raise decision.error
+        if isinstance(decision, hp.PassiveWait):
+            with trio.move_on_after(hp.PASSIVE_TIMEOUT):
+                await at.arrived.wait()
+            if not first_packet:
+                raise HolepunchFailed("HOLEPUNCH_ABORTED", "the server never reached us")
+            return first_packet[0][1], first_packet[0][0]
+        if isinstance(decision, hp.LanPing):
+            for addr in decision.candidates:
                 try:
                     await self.node.request(addr, PING, internal=True, retries=1)
                 except DhtError:
                     continue
-                return addr
-        if first_packet:
-            return SocketAddress(*first_packet[0])
-        return None
+                return None, addr
+        return await self._client_punch(at)
+
+    async def _client_punch(self, at: _Attempt) -> tuple[UdxSocket | None, SocketAddress]:
+        """``probeRound`` then ``roundPunch`` through the relays, then probes until one of the
+        server's probes (or its first packet) reaches one of our puncher sockets."""
+        remote, relay, target, done = at.remote, at.relay, at.target, at.arrived
+        server_address = at.server_address
+        assert remote.holepunch is not None
+        info = remote.holepunch
+        won: list[tuple[UdxSocket, SocketAddress]] = []
+
+        def on_probe(sock: UdxSocket, addr: SocketAddress) -> None:
+            if not won:
+                won.append((sock, addr))
+                done.set()
+
+        punch = _PunchSockets(self, on_probe)
+        secure_payload = hp.SecurePayload(at.handshake.holepunch_secret)
+        server_relay = next((r for r in info.relays if r.relay_address == relay), info.relays[0])
+        state = hp.RemoteState(remote.firewall)
+        rounds = 0
+
+        async def update(peer: SocketAddress, to: SocketAddress, payload: HolepunchPayload,
+                         ) -> tuple[HolepunchPayload, SocketAddress]:
+            nonlocal rounds
+            rounds += 1
+            value = encode_holepunch(HolepunchMessage(
+                Mode.FROM_CLIENT, info.id, secure_payload.encrypt(payload), peer))
+            try:
+                res = await self.node.request(to, PEER_HOLEPUNCH, target=target, value=value,
+                                              via=punch.transport(punch.sockets[0]))
+                msg = decode_holepunch(res.value or b"")
+            except (DhtError, HyperDhtProtocolError) as exc:
+                raise HolepunchFailed("HOLEPUNCH_ABORTED",
+                                      f"holepunch round through {to.host}:{to.port}: {exc}"
+                                      ) from exc
+            if msg.mode != Mode.REPLY:
+                raise HolepunchFailed("HOLEPUNCH_INVALID", "bad holepunch reply")
+            punch.nat.add(res.to, to)
+            got = hp.check_reply(secure_payload.decrypt(msg.payload), try_later_ok=False)
+            return got, msg.peer_address or to
+
+        async def abort() -> None:
+            with trio.move_on_after(2):
+                with suppress(HolepunchFailed):
+                    await update(server_relay.peer_address, server_relay.relay_address,
+                                 hp.abort_payload(rounds))
+
+        try:
+            first = await punch.open()
+            # bounded: two rounds of single-attempt pings
+            self.nursery.start_soon(punch.sample_nat, first)
+            retry = True
+            while True:  # probeRound
+                punch.probe(first, server_address, low_ttl=True)
+                got, peer = await update(server_relay.peer_address,
+                                         server_relay.relay_address,
+                                         hp.probe_payload(rounds, punch.nat, server_address))
+                state.update(got, None)
+                if server_relay.relay_address == relay and peer != server_address:
+                    server_address = peer  # the server answered from its puncher socket
+                    punch.probe(first, server_address, low_ttl=True)
+                if state.firewall == Firewall.UNKNOWN:
+                    await trio.sleep(1.0)
+                await punch.analysed.wait()
+                try:
+                    verdict = hp.after_probe(state, punch.nat, got.token, retry=retry)
+                except HolepunchFailed:
+                    await abort()
+                    raise
+                if verdict == hp.ProbeVerdict.PUNCH:
+                    break
+                retry = False
+            token = got.token
+            punch.nat.freeze()
+            random_punch = hp.is_random_punch(punch.nat.firewall, state.firewall)
+            if random_punch and not self.random_punches.allowed(trio.current_time()):
+                await abort()
+                raise HolepunchFailed("HOLEPUNCH_ABORTED",
+                                      "another random-NAT punch is running or ran less "
+                                      "than 20 s ago, and no relay is configured")
+            mine = secure_payload.token(server_address)
+            got, _ = await update(server_address, relay,
+                                  hp.punch_payload(rounds, punch.nat, token=mine,
+                                                   remote_token=token))
+            state.update(got, server_address.host if got.remote_token == mine else None)
+            if not state.punching:
+                raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHING", "the server does not punch")
+            chosen = hp.punch_strategy(punch.nat.firewall, state)
+            if chosen is None:
+                raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHABLE",
+                                      "no punching strategy fits these NATs")
+            if random_punch:
+                self.random_punches.start()
+            try:
+                plan = hp.punch_plan(chosen[0], state, chosen[1], is_initiator=True)
+                await punch.run_plan(plan, done)
+            finally:
+                if random_punch:
+                    self.random_punches.finish(trio.current_time())
+            if won:
+                return won[0]
+            if at.first_packet:
+                return at.first_packet[0][1], at.first_packet[0][0]
+            raise HolepunchFailed("HOLEPUNCH_ABORTED", "no probe got through the NATs")
+        finally:
+            punch.close(keep_for=at.stream, keep=won[0][0] if won else None)
 
 
-def _behind_nat(remote: NoisePayload, seen: SocketAddress) -> bool:
-    """Is the server surely behind a NAT: not claiming OPEN, and the relay saw it at an
-    address that none of its own (concrete) socket addresses is?"""
-    own = [a.host for a in remote.addresses4]
-    return (remote.firewall != Firewall.OPEN and bool(own)
-            and WILDCARD_HOST not in own and seen.host not in own)
+@dataclass(eq=False)
+class _Attempt:
+    """A client's connect after the handshake reply: what the path choice works with."""
+
+    stream: UdxStream
+    remote: NoisePayload
+    handshake: HandshakeResult
+    target: bytes
+    relay: SocketAddress
+    server_address: SocketAddress
+    first_packet: list[tuple[SocketAddress, UdxSocket]]
+    arrived: trio.Event
+    relay_sources: set[tuple[str, int]]
+    relayed: blind_relay.Relayed | None = None
 
 
-def _firewall_name(value: int) -> str:
-    names = {Firewall.UNKNOWN: "UNKNOWN", Firewall.OPEN: "OPEN", Firewall.CONSISTENT:
-             "CONSISTENT", Firewall.RANDOM: "RANDOM"}
-    return names.get(value, str(value))
+class _PunchSockets:
+    """The puncher sockets of one punch (Node's socket pool): each shares the DHT's UDX stream
+    table, feeds dht-rpc datagrams to the DHT node and reports 1-byte probes. :meth:`close`
+    closes them all but the one a stream moved to, which lives until that stream is done."""
+
+    def __init__(self, dht: HyperDht,
+                 on_probe: Callable[[UdxSocket, SocketAddress], None]) -> None:
+        self.dht = dht
+        self.on_probe = on_probe
+        self.sockets: list[UdxSocket] = []
+        self.nat = hp.NatSampler()
+        self.analysed = trio.Event()
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._transports: dict[int, _DhtTransport] = {}
+        self._closed = False
+        self._bound: UdpTransport | None = None
+
+    def transport(self, sock: UdxSocket) -> _DhtTransport:
+        return self._transports[id(sock)]
+
+    def bind_first(self) -> DatagramTransport:
+        """Bind the first socket now, to send from it at once; :meth:`open` then runs it."""
+        self._bound = UdpTransport.bind(self.dht.socket.address[0], 0)
+        return _UdpSender(self._bound)
+
+    async def open(self) -> UdxSocket:
+        sock: UdxSocket = await self.dht.nursery.start(self._run)
+        return sock
+
+    async def _run(self, task_status: trio.TaskStatus[UdxSocket]) -> None:
+        cell: list[UdxSocket] = []
+
+        def on_datagram(data: bytes, addr: tuple[str, int]) -> None:
+            if not cell or not 0 < addr[1] < 65536:
+                return
+            if len(data) <= 1:
+                self.on_probe(cell[0], SocketAddress(*addr))
+            elif is_dht_rpc(data):
+                self.dht.node.datagram_received(data, SocketAddress(*addr),
+                                                via=self._transports[id(cell[0])])
+
+        with trio.CancelScope() as scope:
+            bound, self._bound = self._bound, None
+            udp = bound or UdpTransport.bind(self.dht.socket.address[0], 0)
+            async with UdxSocket.over(udp, on_datagram=on_datagram,
+                                      share_streams_with=self.dht.socket) as sock:
+                cell.append(sock)
+                self.sockets.append(sock)
+                self._scopes[id(sock)] = scope
+                self._transports[id(sock)] = _DhtTransport(sock)
+                if self._closed:
+                    scope.cancel()
+                task_status.started(sock)
+                await trio.sleep_forever()
+
+    def probe(self, sock: UdxSocket, addr: SocketAddress, low_ttl: bool = False) -> None:
+        """A 1-byte ``0x00`` from ``sock`` (low TTL: opens our NAT, dies before theirs)."""
+        if not 0 < addr.port < 65536:
+            return
+        transport = sock.transport
+        try:
+            if low_ttl and isinstance(transport, UdpTransport):
+                transport.send_with_ttl(b"\x00", (addr.host, addr.port), hp.LOW_TTL)
+            else:
+                sock.send_datagram(b"\x00", (addr.host, addr.port))
+        except (OSError, trio.ClosedResourceError, ValueError) as exc:
+            log.debug("probe to %s not sent: %s", addr, exc)
+
+    async def sample_nat(self, sock: UdxSocket) -> None:
+        """Ping up to 4 DHT nodes from ``sock``; the addresses they saw classify its NAT
+        (``nat.js`` ``autoSample``, with one more try for nodes that did not answer)."""
+        tried: set[SocketAddress] = set()
+        try:
+            for _attempt in range(2):
+                nodes = [n.address for n in reversed(list(self.dht.node.table.nodes()))]
+                nodes += self.dht.node.bootstrap_nodes
+                fresh = [a for a in nodes if a not in tried][:max(0, hp.NAT_SAMPLES
+                                                                  - self.nat.sampled)]
+                if not fresh:
+                    break
+                tried.update(fresh)
+                async with trio.open_nursery() as nursery:
+                    for addr in fresh:
+                        nursery.start_soon(self._ping, sock, addr)
+                if self.nat.done:
+                    break
+        finally:
+            self.nat.give_up()
+            self.analysed.set()
+
+    async def _ping(self, sock: UdxSocket, addr: SocketAddress) -> None:
+        try:
+            res = await self.dht.node.request(addr, PING, internal=True, retries=0,
+                                              via=self.transport(sock))
+        except DhtError:
+            return
+        self.nat.add(res.to, addr)
+
+    async def run_plan(self, plan: Iterator[hp.Action], done: trio.Event) -> None:
+        for action in plan:
+            if done.is_set():
+                return
+            if isinstance(action, hp.Wait):
+                with trio.move_on_after(action.seconds):
+                    await done.wait()
+            elif isinstance(action, hp.OpenSocket):
+                await self.open()
+            elif action.socket < len(self.sockets):
+                self.probe(self.sockets[action.socket], action.address, action.low_ttl)
+
+    def close(self, keep_for: UdxStream | None = None, keep: UdxSocket | None = None) -> None:
+        """Close every socket but the one ``keep_for`` sends (or is about to send, ``keep``)
+        through, which closes after that stream."""
+        self._closed = True
+        keep = keep or (keep_for.socket if keep_for is not None else None)
+        for sock in self.sockets:
+            if keep_for is not None and keep is sock:
+                self.dht.nursery.start_soon(self._linger, sock, keep_for)
+            else:
+                self._scopes[id(sock)].cancel()
+
+    async def _linger(self, sock: UdxSocket, stream: UdxStream) -> None:
+        while not stream.core.released:  # noqa: ASYNC110 (a stream has no "released" event)
+            await trio.sleep(1.0)
+        self._scopes[id(sock)].cancel()
 
 
 def _check_persistent_host(host: str) -> None:
@@ -764,6 +1240,23 @@ def _lookup_peers(reply: QueryReply) -> tuple[PeerRecord, ...]:
         return decode_lookup_reply(reply.value).peers
     except RemoteProtocolError:
         return ()
+
+
+class _UdpSender:
+    """Sends dht-rpc datagrams through a bound UDP socket that is not running yet."""
+
+    def __init__(self, udp: UdpTransport) -> None:
+        self._udp = udp
+
+    @property
+    def local_address(self) -> SocketAddress:
+        return SocketAddress(*self._udp.local_address)
+
+    def send_datagram(self, data: bytes, addr: SocketAddress) -> None:
+        try:
+            self._udp.send(data, (addr.host, addr.port))
+        except OSError as exc:
+            log.debug("datagram to %s not sent: %s", addr, exc)
 
 
 class _DhtTransport:

@@ -234,6 +234,16 @@ class UdpTransport:
                 return data, addr, _I32.unpack_from(payload)[0]
         return data, addr, 0
 
+    def send_with_ttl(self, data: bytes, addr: Address, ttl: int) -> None:
+        """Send one datagram with IP TTL ``ttl`` (holepunch probes that should open our NAT
+        but not reach the peer's)."""
+        old = self._sock.getsockopt(stdsocket.IPPROTO_IP, stdsocket.IP_TTL)
+        self._sock.setsockopt(stdsocket.IPPROTO_IP, stdsocket.IP_TTL, ttl)
+        try:
+            self.send(data, addr)
+        finally:
+            self._sock.setsockopt(stdsocket.IPPROTO_IP, stdsocket.IP_TTL, old)
+
     async def receive_batch(self) -> list[tuple[bytes, Address]]:
         sock = self._sock
         while True:
@@ -326,10 +336,15 @@ class UdpTransport:
 class UdxSocket:
     """A datagram socket carrying UDX streams and other datagrams (see :meth:`bind`)."""
 
-    def __init__(self, transport: DatagramTransport, on_datagram: DatagramHandler | None) -> None:
+    def __init__(self, transport: DatagramTransport, on_datagram: DatagramHandler | None, *,
+                 share_streams_with: UdxSocket | None = None) -> None:
         self.transport = transport
         self._on_datagram = on_datagram
-        self._streams: dict[int, UdxStream] = {}
+        # Sockets of one peer may share one stream table (libudx keeps ids per UDX instance):
+        # a packet for any of its streams is taken on any of them, and a stream moves to the
+        # socket that first reached its peer (holepunching).
+        self._streams: dict[int, UdxStream] = (
+            share_streams_with._streams if share_streams_with is not None else {})
         self._timer_wakeup = trio.Event()
         self._next_deadline = math.inf
         self._datagrams: deque[tuple[bytes, Address]] = deque()
@@ -346,17 +361,21 @@ class UdxSocket:
     @classmethod
     @asynccontextmanager
     async def bind(cls, host: str = "127.0.0.1", port: int = 0, *,
-                   on_datagram: DatagramHandler | None = None) -> AsyncIterator[UdxSocket]:
+                   on_datagram: DatagramHandler | None = None,
+                   share_streams_with: UdxSocket | None = None) -> AsyncIterator[UdxSocket]:
         """Bind a UDP socket and run it until the block exits."""
-        async with cls.over(UdpTransport.bind(host, port), on_datagram=on_datagram) as sock:
+        async with cls.over(UdpTransport.bind(host, port), on_datagram=on_datagram,
+                            share_streams_with=share_streams_with) as sock:
             yield sock
 
     @classmethod
     @asynccontextmanager
     async def over(cls, transport: DatagramTransport, *,
-                   on_datagram: DatagramHandler | None = None) -> AsyncIterator[UdxSocket]:
-        """Run a socket over ``transport`` until the block exits; streams are destroyed then."""
-        self = cls(transport, on_datagram)
+                   on_datagram: DatagramHandler | None = None,
+                   share_streams_with: UdxSocket | None = None) -> AsyncIterator[UdxSocket]:
+        """Run a socket over ``transport`` until the block exits; its streams are destroyed
+        then (with a shared table, those that send through this socket)."""
+        self = cls(transport, on_datagram, share_streams_with=share_streams_with)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop)
@@ -424,9 +443,11 @@ class UdxSocket:
 
     def _shutdown(self) -> None:
         self._closed = True
-        for stream in list(self._streams.values()):
-            stream._abort()
-        self._streams.clear()
+        for key, stream in list(self._streams.items()):
+            if stream._socket is self:
+                stream._abort()
+                if self._streams.get(key) is stream:
+                    del self._streams[key]
         self.transport.close()
         self._datagram_ready.set()
 
@@ -463,8 +484,12 @@ class UdxSocket:
                     except PacketError:
                         self.malformed_packets += 1
                         continue
+                    owner, stream._socket = stream._socket, self  # a connect here sends here
                     if fw(stream, addr):
+                        stream._socket = owner
                         continue
+                    if stream.remote_address is None:
+                        stream._socket = owner
                 try:
                     stream.core.receive_datagram(data, now)
                 except PacketError:
@@ -524,7 +549,8 @@ class UdxSocket:
 
     async def _timer_loop(self) -> None:
         while True:
-            deadlines = [d for s in self._streams.values() if (d := s.core.timer()) is not None]
+            deadlines = [d for s in self._streams.values()
+                         if s._socket is self and (d := s.core.timer()) is not None]
             self._next_deadline = min(deadlines, default=math.inf)
             self._timer_wakeup = trio.Event()
             with trio.move_on_at(self._next_deadline):
@@ -532,7 +558,7 @@ class UdxSocket:
             now = trio.current_time()
             for stream in list(self._streams.values()):
                 deadline = stream.core.timer()
-                if deadline is not None and deadline <= now:
+                if stream._socket is self and deadline is not None and deadline <= now:
                     stream.core.handle_timer(now)
                     stream._after_input(now)
 
@@ -596,10 +622,15 @@ class UdxStream(trio.abc.HalfCloseableStream):
     def socket(self) -> UdxSocket:
         return self._socket
 
-    def connect(self, remote_id: int, addr: Address) -> None:
-        """Attach to the peer's stream ``remote_id`` at ``addr`` and start sending."""
+    def connect(self, remote_id: int, addr: Address, *, socket: UdxSocket | None = None) -> None:
+        """Attach to the peer's stream ``remote_id`` at ``addr`` and start sending (through
+        ``socket``, one sharing this stream's table, when given)."""
         if self.core.connected:
             raise RuntimeError("stream already connected")
+        if socket is not None:
+            if socket._streams is not self._socket._streams:
+                raise ValueError("that socket does not share this stream's table")
+            self._socket = socket
         self.remote_address = addr
         self.core.connect(remote_id)
         self._after_input(trio.current_time())

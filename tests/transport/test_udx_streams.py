@@ -551,3 +551,42 @@ def test_a_burst_after_request_response_traffic_is_read_whole() -> None:
             sender.close()
             receiver.close()
     trio.run(main)
+
+
+def test_sockets_sharing_a_stream_table() -> None:
+    """Holepunching's socket groups: a stream created on one socket takes its first packet on
+    another of the group and then sends from that one; closing that socket ends only the
+    streams that send through it."""
+    async def main() -> None:
+        net = MemoryNetwork(3)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(net.run)
+            async with UdxSocket.over(net.endpoint()) as main_sock, \
+                    UdxSocket.over(net.endpoint()) as peer:
+                arrivals: list[UdxSocket] = []
+
+                def first_packet(s: UdxStream, addr: tuple[str, int]) -> bool:
+                    arrivals.append(s.socket)
+                    s.connect(remote.id, addr)
+                    return False
+
+                ours = main_sock.create_stream(firewall=first_packet)
+                stay = main_sock.create_stream()
+                async with UdxSocket.over(net.endpoint(),
+                                          share_streams_with=main_sock) as puncher:
+                    remote = peer.create_stream()
+                    remote.connect(ours.id, puncher.address)  # the peer reached the puncher
+                    await remote.send_all(b"ping")
+                    assert await receive_exactly(ours, 4) == b"ping"
+                    assert arrivals == [puncher] and ours.socket is puncher
+                    await ours.send_all(b"pong")  # goes out from the puncher socket
+                    assert await receive_exactly(remote, 4) == b"pong"
+                    with pytest.raises(ValueError, match="share"):
+                        main_sock.create_stream().connect(1, peer.address, socket=peer)
+                # the puncher closed: the stream that moved there ended, the other did not
+                with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
+                    await ours.send_all(b"more")
+                stay.connect(remote.id, peer.address)
+                assert stay.socket is main_sock
+            nursery.cancel_scope.cancel()
+    run(main)

@@ -342,3 +342,32 @@ def test_full_row_swaps_out_a_dead_node() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_requests_and_replies_through_a_second_socket() -> None:
+    """A holepunch socket: a request sent ``via`` it leaves from it, its reply comes back to it
+    and does not count as a sample of the node's own address; a request that arrives on it
+    is answered from it."""
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(nursery, seed=2)
+
+            def on_request(req: IncomingRequest) -> bool:
+                req.reply(b"seen", token=False, closer_nodes=False)
+                return True
+
+            server = await _start_node(nursery, net, "10.0.0.1", 1000, on_request=on_request)
+            client = await _start_node(nursery, net, "10.0.0.2", 2000)
+            side = net.endpoint("10.0.0.2", 2001)
+            side.handler = lambda data, addr: client.datagram_received(data, addr, via=side)
+            res = await client.request(server.transport.local_address, 77, via=side)
+            assert res.to == side.local_address and res.value == b"seen"
+            assert client.remote_address is None  # not a sample of our own socket
+            assert all(src == side.local_address for src, dst, _ in net.log
+                       if dst == server.transport.local_address)
+            # a request arriving on the side socket is answered from it
+            await server.request(side.local_address, 78)
+            assert net.log[-1][0] == side.local_address
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

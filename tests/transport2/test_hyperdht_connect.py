@@ -119,58 +119,6 @@ def test_server_survives_garbage_handshakes() -> None:
     trio.run(main)
 
 
-def test_client_path_choice() -> None:
-    """Where a client sends its UDX stream after the handshake (no holepunching)."""
-    from p2p_transport.hyperdht import Firewall, NoisePayload
-    from p2p_transport.hyperdht.dht import is_bogon
-    from p2p_transport.hyperdht.messages import HolepunchInfo
-
-    relay_seen = SocketAddress("203.0.113.7", 4000)  # the server as the relay saw it
-    public = SocketAddress("93.184.216.34", 5000)  # only compared, never contacted
-    private = SocketAddress("192.168.1.20", 6000)
-    assert is_bogon("127.0.0.1") and is_bogon("192.168.1.20") and not is_bogon("8.8.8.8")
-
-    async def main() -> None:
-        async with HyperDht.open() as dht, HyperDht.open() as lan_peer:
-            choose = dht._choose_path
-            me = SocketAddress("203.0.113.50", 1)
-            open_pub = NoisePayload(firewall=Firewall.OPEN, addresses4=(private, public))
-            open_priv = NoisePayload(firewall=Firewall.OPEN, addresses4=(private,))
-            punchable = NoisePayload(firewall=Firewall.UNKNOWN, holepunch=HolepunchInfo(0),
-                                     addresses4=(lan_peer.local_address,))
-            # the server's first packet decides
-            assert await choose(open_pub, relay_seen, me, True, [("10.0.0.5", 7)]) == \
-                SocketAddress("10.0.0.5", 7)
-            # an unrelayed reply came from the server itself
-            assert await choose(punchable, relay_seen, me, False, []) == relay_seen
-            # OPEN: the first public address, else the relay-observed one
-            assert await choose(open_pub, relay_seen, me, True, []) == public
-            assert await choose(open_priv, relay_seen, me, True, []) == relay_seen
-            # holepunchable, same public host: a private address that answers PING
-            same_host = SocketAddress(relay_seen.host, 9)
-            assert await choose(punchable, relay_seen, same_host, True, []) == \
-                lan_peer.local_address
-            # holepunchable across NATs: not supported yet
-            assert await choose(punchable, relay_seen, me, True, []) is None
-            # a server without holepunch info that the relay saw at another address than
-            # its own is behind a NAT: a client that is not OPEN either cannot reach it
-            natted = NoisePayload(firewall=Firewall.UNKNOWN, addresses4=(private,))
-            assert dht.firewall_claim() != Firewall.OPEN
-            assert await choose(natted, relay_seen, me, True, []) is None
-            # ... unless the relay saw it at its own address, or its address is unknown
-            at_home = NoisePayload(firewall=Firewall.UNKNOWN, addresses4=(relay_seen,))
-            wildcard = NoisePayload(firewall=Firewall.UNKNOWN,
-                                    addresses4=(SocketAddress("0.0.0.0", 4000),))
-            assert await choose(at_home, relay_seen, me, True, []) == relay_seen
-            assert await choose(wildcard, relay_seen, me, True, []) == relay_seen
-        async with HyperDht.open(firewall=Firewall.OPEN) as open_client:
-            # ... or the client takes the server's first packet (it is OPEN)
-            assert await open_client._choose_path(natted, relay_seen, me, True, []) == \
-                relay_seen
-
-    trio.run(main)
-
-
 def test_dead_relay_hint_does_not_delay_connect() -> None:
     """Relays are tried two at a time: a silent first hint (4 s of retries) loses to the next."""
 
