@@ -549,6 +549,21 @@ def _remote_static(noise: NoiseHandshake) -> bytes:
     return noise.remote_static
 
 
+# A handshake reply: (relay, server's Noise message, server address, our address as the relay
+# saw it, whether the relay forwarded the handshake: it named the server's address).
+_HandshakeReply = tuple[SocketAddress, bytes, SocketAddress, SocketAddress, bool]
+
+
+def _relay_pairing(remote: NoisePayload, relay_through: bytes | None,
+                   relay_token: bytes | None) -> tuple[bytes, bytes, bool] | None:
+    """Decides which blind relay to pair through (key, token, initiator): the server's first."""
+    if remote.relay_through is not None:  # the server chose a relay
+        return (remote.relay_through.public_key, remote.relay_through.token, False)
+    if relay_through is not None and relay_token is not None:
+        return (relay_through, relay_token, True)
+    return None
+
+
 class HyperDht:
     """A HyperDHT peer on one UDX socket. Open with :meth:`open` (an async context manager)."""
 
@@ -813,11 +828,34 @@ class HyperDht:
                                else None)
         msg1 = noise.send(encode_noise_payload(payload))
         request_value = encode_handshake(Handshake(Mode.FROM_CLIENT, msg1))
-        attempted = False
-        result: tuple[SocketAddress, bytes, SocketAddress, SocketAddress, bool] | None = None
+        relay, reply_noise, server_address, client_address, relayed = await self._handshake_reply(
+            stream, target, remote_public_key, request_value,
+            relay_addresses=relay_addresses, timeout=timeout)
+        remote, udx = await self._read_reply(stream, noise, reply_noise)
+        hs_result = noise.result
+        assert hs_result is not None
+        decision = hp.choose_path(
+            remote, server_address=server_address, client_address=client_address,
+            relayed=relayed, our_firewall=self.firewall_claim(),
+            first_packet=first_packet[0][0] if first_packet else None)
+        at = _Attempt(stream, remote, hs_result, target, relay, server_address, first_packet,
+                      arrived, relay_sources)
+        pairing = _relay_pairing(remote, relay_through, relay_token)
+        sock, target_addr = await self._take_path(decision, at, pairing, timeout)
+        if stream.remote_address is None:
+            remote_id = at.relayed.remote_id if at.relayed is not None else udx.id
+            stream.connect(remote_id, (target_addr.host, target_addr.port), socket=sock)
+        return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True,
+                             relayed=at.relayed is not None)
 
-        async def via(relay: SocketAddress) -> tuple[SocketAddress, bytes, SocketAddress,
-                                                     SocketAddress, bool] | None:
+    async def _handshake_reply(self, stream: UdxStream, target: bytes, remote_public_key: bytes,
+                               request_value: bytes, *, relay_addresses: Sequence[SocketAddress],
+                               timeout: float) -> _HandshakeReply:
+        """Decides which relay (given ones, then the key's holders) answers our handshake."""
+        attempted = False
+        result: _HandshakeReply | None = None
+
+        async def via(relay: SocketAddress) -> _HandshakeReply | None:
             nonlocal attempted
             attempted = True
             try:
@@ -849,7 +887,11 @@ class HyperDht:
             await stream.aclose()
             raise (PeerConnectionFailed("every relay failed") if attempted
                    else PeerNotFound("no DHT node knows this key"))
-        relay, reply_noise, server_address, client_address, relayed = result
+        return result
+
+    async def _read_reply(self, stream: UdxStream, noise: NoiseHandshake,
+                          reply_noise: bytes) -> tuple[NoisePayload, UdxInfo]:
+        """Decides whether the server's handshake reply accepts us (its payload, UDX info)."""
         try:
             remote = decode_noise_payload(noise.recv(reply_noise))
         except (HandshakeError, HyperDhtProtocolError) as exc:
@@ -859,35 +901,22 @@ class HyperDht:
             await stream.aclose()
             raise PeerConnectionFailed(f"server refused: version {remote.version}, "
                                        f"error {remote.error}")
-        hs_result = noise.result
-        assert hs_result is not None
-        decision = hp.choose_path(
-            remote, server_address=server_address, client_address=client_address,
-            relayed=relayed, our_firewall=self.firewall_claim(),
-            first_packet=first_packet[0][0] if first_packet else None)
-        at = _Attempt(stream, remote, hs_result, target, relay, server_address, first_packet,
-                      arrived, relay_sources)
-        pairing: tuple[bytes, bytes, bool] | None = None
-        if remote.relay_through is not None:  # the server chose a relay
-            pairing = (remote.relay_through.public_key, remote.relay_through.token, False)
-        elif relay_through is not None and relay_token is not None:
-            pairing = (relay_through, relay_token, True)
+        return remote, remote.udx
+
+    async def _take_path(self, decision: hp.PathDecision, at: _Attempt,
+                         pairing: tuple[bytes, bytes, bool] | None,
+                         timeout: float) -> tuple[UdxSocket | None, SocketAddress]:
+        """Decides the stream's path (direct, or raced with a relay) within the punch deadline."""
         try:
             with trio.fail_after(hp.PUNCH_TIMEOUT + timeout):
                 if pairing is None:
-                    sock, target_addr = await self._follow_path(decision, at)
-                else:
-                    sock, target_addr = await self._path_or_relay(decision, at, pairing)
+                    return await self._follow_path(decision, at)
+                return await self._path_or_relay(decision, at, pairing)
         except BaseException as exc:
-            await stream.aclose()
+            await at.stream.aclose()
             if isinstance(exc, trio.TooSlowError):
                 raise HolepunchFailed("HOLEPUNCH_ABORTED", "punching timed out") from None
             raise
-        if stream.remote_address is None:
-            remote_id = at.relayed.remote_id if at.relayed is not None else remote.udx.id
-            stream.connect(remote_id, (target_addr.host, target_addr.port), socket=sock)
-        return RawConnection(stream, hs_result, remote, target_addr, is_initiator=True,
-                             relayed=at.relayed is not None)
 
     async def _path_or_relay(self, decision: hp.PathDecision, at: _Attempt,
                              pairing: tuple[bytes, bytes, bool],
@@ -955,8 +984,7 @@ class HyperDht:
     async def _client_punch(self, at: _Attempt) -> tuple[UdxSocket | None, SocketAddress]:
         """``probeRound`` then ``roundPunch`` through the relays, then probes until one of the
         server's probes (or its first packet) reaches one of our puncher sockets."""
-        remote, relay, target, done = at.remote, at.relay, at.target, at.arrived
-        server_address = at.server_address
+        remote, relay, done = at.remote, at.relay, at.arrived
         assert remote.holepunch is not None
         info = remote.holepunch
         won: list[tuple[UdxSocket, SocketAddress]] = []
@@ -969,87 +997,14 @@ class HyperDht:
         punch = _PunchSockets(self, on_probe)
         secure_payload = hp.SecurePayload(at.handshake.holepunch_secret)
         server_relay = next((r for r in info.relays if r.relay_address == relay), info.relays[0])
+        rounds = _HolepunchRounds(self, punch, at, server_relay, secure_payload)
         state = hp.RemoteState(remote.firewall)
-        rounds = 0
-
-        async def update(peer: SocketAddress, to: SocketAddress, payload: HolepunchPayload,
-                         ) -> tuple[HolepunchPayload, SocketAddress]:
-            nonlocal rounds
-            rounds += 1
-            value = encode_holepunch(HolepunchMessage(
-                Mode.FROM_CLIENT, info.id, secure_payload.encrypt(payload), peer))
-            try:
-                res = await self.node.request(to, PEER_HOLEPUNCH, target=target, value=value,
-                                              via=punch.transport(punch.sockets[0]))
-                msg = decode_holepunch(res.value or b"")
-            except (DhtError, HyperDhtProtocolError) as exc:
-                raise HolepunchFailed("HOLEPUNCH_ABORTED",
-                                      f"holepunch round through {to.host}:{to.port}: {exc}"
-                                      ) from exc
-            if msg.mode != Mode.REPLY:
-                raise HolepunchFailed("HOLEPUNCH_INVALID", "bad holepunch reply")
-            punch.nat.add(res.to, to)
-            got = hp.check_reply(secure_payload.decrypt(msg.payload), try_later_ok=False)
-            return got, msg.peer_address or to
-
-        async def abort() -> None:
-            with trio.move_on_after(2):
-                with suppress(HolepunchFailed):
-                    await update(server_relay.peer_address, server_relay.relay_address,
-                                 hp.abort_payload(rounds))
-
         try:
             first = await punch.open()
             # bounded: two rounds of single-attempt pings
             self.nursery.start_soon(punch.sample_nat, first)
-            retry = True
-            while True:  # probeRound
-                punch.probe(first, server_address, low_ttl=True)
-                got, peer = await update(server_relay.peer_address,
-                                         server_relay.relay_address,
-                                         hp.probe_payload(rounds, punch.nat, server_address))
-                state.update(got, None)
-                if server_relay.relay_address == relay and peer != server_address:
-                    server_address = peer  # the server answered from its puncher socket
-                    punch.probe(first, server_address, low_ttl=True)
-                if state.firewall == Firewall.UNKNOWN:
-                    await trio.sleep(1.0)
-                await punch.analysed.wait()
-                try:
-                    verdict = hp.after_probe(state, punch.nat, got.token, retry=retry)
-                except HolepunchFailed:
-                    await abort()
-                    raise
-                if verdict == hp.ProbeVerdict.PUNCH:
-                    break
-                retry = False
-            token = got.token
-            punch.nat.freeze()
-            random_punch = hp.is_random_punch(punch.nat.firewall, state.firewall)
-            if random_punch and not self.random_punches.allowed(trio.current_time()):
-                await abort()
-                raise HolepunchFailed("HOLEPUNCH_ABORTED",
-                                      "another random-NAT punch is running or ran less "
-                                      "than 20 s ago, and no relay is configured")
-            mine = secure_payload.token(server_address)
-            got, _ = await update(server_address, relay,
-                                  hp.punch_payload(rounds, punch.nat, token=mine,
-                                                   remote_token=token))
-            state.update(got, server_address.host if got.remote_token == mine else None)
-            if not state.punching:
-                raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHING", "the server does not punch")
-            chosen = hp.punch_strategy(punch.nat.firewall, state)
-            if chosen is None:
-                raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHABLE",
-                                      "no punching strategy fits these NATs")
-            if random_punch:
-                self.random_punches.start()
-            try:
-                plan = hp.punch_plan(chosen[0], state, chosen[1], is_initiator=True)
-                await punch.run_plan(plan, done)
-            finally:
-                if random_punch:
-                    self.random_punches.finish(trio.current_time())
+            token, server_address = await self._probe_rounds(rounds, first, state)
+            await self._punch_round(rounds, state, server_address, token, done)
             if won:
                 return won[0]
             if at.first_packet:
@@ -1057,6 +1012,112 @@ class HyperDht:
             raise HolepunchFailed("HOLEPUNCH_ABORTED", "no probe got through the NATs")
         finally:
             punch.close(keep_for=at.stream, keep=won[0][0] if won else None)
+
+    async def _probe_rounds(self, rounds: _HolepunchRounds, first: UdxSocket,
+                            state: hp.RemoteState) -> tuple[bytes | None, SocketAddress]:
+        """``probeRound``: decides when both NATs are known well enough to punch."""
+        punch, relay, server_relay = rounds.punch, rounds.at.relay, rounds.server_relay
+        server_address = rounds.at.server_address
+        retry = True
+        while True:
+            punch.probe(first, server_address, low_ttl=True)
+            got, peer = await rounds.update(server_relay.peer_address,
+                                            server_relay.relay_address,
+                                            hp.probe_payload(rounds.count, punch.nat,
+                                                             server_address))
+            state.update(got, None)
+            if server_relay.relay_address == relay and peer != server_address:
+                server_address = peer  # the server answered from its puncher socket
+                punch.probe(first, server_address, low_ttl=True)
+            if state.firewall == Firewall.UNKNOWN:
+                await trio.sleep(1.0)
+            await punch.analysed.wait()
+            try:
+                verdict = hp.after_probe(state, punch.nat, got.token, retry=retry)
+            except HolepunchFailed:
+                await rounds.abort()
+                raise
+            if verdict == hp.ProbeVerdict.PUNCH:
+                return got.token, server_address
+            retry = False
+
+    async def _punch_round(self, rounds: _HolepunchRounds, state: hp.RemoteState,
+                           server_address: SocketAddress, token: bytes | None,
+                           done: trio.Event) -> None:
+        """``roundPunch``: decides the punching strategy for both NATs and runs its plan."""
+        punch, relay = rounds.punch, rounds.at.relay
+        punch.nat.freeze()
+        random_punch = hp.is_random_punch(punch.nat.firewall, state.firewall)
+        if random_punch and not self.random_punches.allowed(trio.current_time()):
+            await rounds.abort()
+            raise HolepunchFailed("HOLEPUNCH_ABORTED",
+                                  "another random-NAT punch is running or ran less "
+                                  "than 20 s ago, and no relay is configured")
+        mine = rounds.secure_payload.token(server_address)
+        got, _ = await rounds.update(server_address, relay,
+                                     hp.punch_payload(rounds.count, punch.nat, token=mine,
+                                                      remote_token=token))
+        state.update(got, server_address.host if got.remote_token == mine else None)
+        if not state.punching:
+            raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHING", "the server does not punch")
+        chosen = hp.punch_strategy(punch.nat.firewall, state)
+        if chosen is None:
+            raise HolepunchFailed("REMOTE_NOT_HOLEPUNCHABLE",
+                                  "no punching strategy fits these NATs")
+        if random_punch:
+            self.random_punches.start()
+        try:
+            plan = hp.punch_plan(chosen[0], state, chosen[1], is_initiator=True)
+            await punch.run_plan(plan, done)
+        finally:
+            if random_punch:
+                self.random_punches.finish(trio.current_time())
+
+
+class _HolepunchRounds:
+    """The client's numbered PEER_HOLEPUNCH exchanges of one punch, sent from its first
+    puncher socket through a relay, with the payloads sealed by the handshake's secret."""
+
+    def __init__(self, dht: HyperDht, punch: _PunchSockets, at: _Attempt,
+                 server_relay: RelayInfo,
+                 secure_payload: hp.SecurePayload) -> None:
+        assert at.remote.holepunch is not None
+        self.dht = dht
+        self.punch = punch
+        self.at = at
+        self.info = at.remote.holepunch
+        self.server_relay = server_relay
+        self.secure_payload = secure_payload
+        self.count = 0
+
+    async def update(self, peer: SocketAddress, to: SocketAddress, payload: HolepunchPayload,
+                     ) -> tuple[HolepunchPayload, SocketAddress]:
+        """One round through ``to``: decides the server's checked answer and its address."""
+        self.count += 1
+        value = encode_holepunch(HolepunchMessage(
+            Mode.FROM_CLIENT, self.info.id, self.secure_payload.encrypt(payload), peer))
+        try:
+            res = await self.dht.node.request(to, PEER_HOLEPUNCH, target=self.at.target,
+                                              value=value,
+                                              via=self.punch.transport(self.punch.sockets[0]))
+            msg = decode_holepunch(res.value or b"")
+        except (DhtError, HyperDhtProtocolError) as exc:
+            raise HolepunchFailed("HOLEPUNCH_ABORTED",
+                                  f"holepunch round through {to.host}:{to.port}: {exc}"
+                                  ) from exc
+        if msg.mode != Mode.REPLY:
+            raise HolepunchFailed("HOLEPUNCH_INVALID", "bad holepunch reply")
+        self.punch.nat.add(res.to, to)
+        got = hp.check_reply(self.secure_payload.decrypt(msg.payload), try_later_ok=False)
+        return got, msg.peer_address or to
+
+    async def abort(self) -> None:
+        """Tells the server (through its relay, best effort, within 2 s) that we give up."""
+        with trio.move_on_after(2):
+            with suppress(HolepunchFailed):
+                await self.update(self.server_relay.peer_address,
+                                  self.server_relay.relay_address,
+                                  hp.abort_payload(self.count))
 
 
 @dataclass(eq=False)
