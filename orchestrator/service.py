@@ -102,7 +102,7 @@ from tether.errors import (
 from tether.metadata.group import GroupCommit
 from tether.metadata.store import ACTIVE_JOB_STATES, MetadataStore
 from tether.net import Network, peers_on, wait_for_peer
-from tether.resume import LOST_ORCHESTRATOR, ChunkBatch, Diverged, Resume
+from tether.resume import LOST_ORCHESTRATOR, ChunkBatch, Diverged, Replay, Resume
 from tether.rpc import Encoded, Responses, RpcError, ServerContext, StatusCode
 from tether.timing import Hops
 from tether.ttlcache import TtlCache
@@ -740,18 +740,37 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                 break
         if room:
             return room
+        raise self._no_candidate(
+            request, want, model, states, ranked=ranked, placeable=placeable,
+            sealed_ok=sealed_ok, candidates=candidates,
+        )
+
+    def _no_candidate(
+        self,
+        request: infer_pb2.Infer.Request,
+        want: Placement,
+        model: str,
+        states: dict[str, BreakerState],
+        *,
+        ranked: int,
+        placeable: int,
+        sealed_ok: int,
+        candidates: int,
+    ) -> Unavailable | ResourceExhausted:
+        """Why ``_candidates`` found no worker to take the request, from how many
+        candidates passed each of its filters (the first that none passed says why)."""
         if not ranked:
-            raise Unavailable(
+            return Unavailable(
                 f"no healthy worker serves {want.model.model_id} {want.model.version}",
                 details={"model": want.model.model_id, "version": want.model.version},
             )
         if not placeable:
-            raise Unavailable(
+            return Unavailable(
                 f"every worker serving {want.model.model_id} {want.model.version} is draining",
                 details={"model": want.model.model_id, "version": want.model.version},
             )
         if not sealed_ok:
-            raise Unavailable(
+            return Unavailable(
                 f"none of the workers request {request.correlation_id} was sealed to can "
                 "take it now; place it and seal it again",
                 details={"model": want.model.model_id, "reason": sealing.RESEAL},
@@ -760,11 +779,11 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
             why = "; ".join(
                 f"{r}: {self.breakers.reason(model, r) or 'open'}" for r in sorted(states)
             )
-            raise Unavailable(
+            return Unavailable(
                 f"circuit open for {model} ({why}); retry in up to {self.breakers.open_s:g} s",
                 details={"model": model, "breaker": "open"},
             )
-        raise ResourceExhausted(
+        return ResourceExhausted(
             f"every worker serving {model} is at capacity ({candidates} full); "
             f"retry in {SHED_RETRY_AFTER_S:g} s",
             details={"model": model, "workers": str(candidates)},
@@ -784,26 +803,16 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
         next when a worker is lost mid-stream. Chunks the worker has already sent are
         relayed together, as their bytes (``ChunkBatch``); none waits for another."""
         cid = request.correlation_id
-        last_error: RpcError | None = None
+        failed = _Failed()
         model = f"{request.model_id}@{request.version}"  # the breakers' pool key
         resume = Resume()
-        shed: RpcError | None = None  # a candidate's RESOURCE_EXHAUSTED
         for attempt, candidate in enumerate(candidates):
             worker_id = candidate.entry.worker_id
             region = candidate.entry.presence.region
             if not self.breakers.allow(model, region):
                 continue  # half-open and its probe is already out
             if attempt:  # the first dispatch was recorded with the reservation
-                await blocking.run_sync(
-                    functools.partial(
-                        self.store.update_job,
-                        cid,
-                        jobs_pb2.JOB_STATE_DISPATCHED,
-                        worker_id=worker_id,
-                        attempt=True,
-                        owner=self.owner,
-                    )
-                )
+                await self._record_attempt(cid, worker_id)
             stub = services_rpc.WorkerStub(candidate.entry.peer.rpc)
             replay = resume.replay()
             outcome: StatusCode | None = None
@@ -819,16 +828,7 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     while batch := await chunks.next_batch():
                         if first_chunk_s is None:
                             first_chunk_s = trio.current_time() - sent_at
-                        out: ChunkBatch = []
-                        last: infer_pb2.Infer.Chunk | None = None
-                        for item in batch:
-                            if not replay.accept(item.message):
-                                continue  # the client has this one already
-                            resume.delivered(item.message)
-                            out.append(item)
-                            if item.message.done:
-                                last = item.message
-                                break
+                        out, last = _fresh(batch, replay, resume)
                         if last is not None:
                             # The worker finished: the outcome is written (behind) before
                             # the last chunk goes on, so that a client leaving as it gets
@@ -846,45 +846,82 @@ class OrchestratorService(services_rpc.OrchestratorServicer):
                     f"worker {worker_id} ended the stream without a final chunk",
                 )
             except Diverged as exc:  # the worker is fine; the request cannot be spliced
-                what = last_error.message if last_error is not None else "a worker was lost"
+                what = failed.last.message if failed.last is not None else "a worker was lost"
                 raise Unavailable(f"{what}; {exc.message}", details=exc.details) from None
             except RpcError as exc:
                 outcome = exc.code
-                if resume.count and exc.code == StatusCode.UNAVAILABLE:
-                    # Lost mid-stream: the next candidate replays the request and the
-                    # chunks the client already has are checked and skipped.
-                    lost = resume.lost(f"worker {worker_id}", exc)
-                    metrics.resumption(request.model_id, request.version)
-                    log.info("%s; resuming %s at chunk %d elsewhere", lost, cid, resume.count)
-                    last_error = lost
-                    continue
-                if replay.streamed or exc.code not in _PLACE_ELSEWHERE:
+                if not self._carry_on(request, worker_id, exc, resume=resume,
+                                      replay=replay, failed=failed):
                     raise
-                log.info("worker %s refused %s (%s); trying the next", worker_id, cid, exc)
-                metrics.retry(request.model_id, request.version, exc.code.name)
-                last_error = exc
-                if exc.code == StatusCode.RESOURCE_EXHAUSTED:
-                    shed = exc
             finally:
-                placed.release()  # this attempt no longer loads the worker
-                metrics.placement(request.model_id, request.version, region,
-                                  "CANCELLED" if outcome is None else outcome.name)
-                if outcome is None:
-                    self.breakers.release(model, region)
-                else:
-                    self.breakers.record(model, region, outcome, first_chunk_s=first_chunk_s)
-        if last_error is None:
-            raise Unavailable(f"{model}: every candidate's circuit is being probed; retry soon")
-        if resume.count:
-            raise resume.unresumed(last_error)
-        if shed is not None:  # workers are alive, only busy: overload, not outage
-            raise ResourceExhausted(
-                f"{model}: every worker tried is at capacity ({shed.message}); "
-                f"retry in {SHED_RETRY_AFTER_S:g} s",
-                details=shed.details,
-                retry_after_s=SHED_RETRY_AFTER_S,
+                self._attempt_ended(placed, request, model, region,
+                                    outcome=outcome, first_chunk_s=first_chunk_s)
+        raise failed.none_took(model, resume)
+
+    async def _record_attempt(self, cid: str, worker_id: str) -> None:
+        """Record in the store that ``cid`` is dispatched again, now to ``worker_id``."""
+        await blocking.run_sync(
+            functools.partial(
+                self.store.update_job,
+                cid,
+                jobs_pb2.JOB_STATE_DISPATCHED,
+                worker_id=worker_id,
+                attempt=True,
+                owner=self.owner,
             )
-        raise last_error
+        )
+
+    def _carry_on(
+        self,
+        request: infer_pb2.Infer.Request,
+        worker_id: str,
+        exc: RpcError,
+        *,
+        resume: Resume,
+        replay: Replay,
+        failed: _Failed,
+    ) -> bool:
+        """After ``exc`` from ``worker_id``: whether the next candidate carries on (a
+        worker lost mid-stream, to resume elsewhere, or one that refused the request,
+        to place elsewhere; noted in ``failed``), or the request ends with ``exc``."""
+        if resume.count and exc.code == StatusCode.UNAVAILABLE:
+            # Lost mid-stream: the next candidate replays the request and the
+            # chunks the client already has are checked and skipped.
+            lost = resume.lost(f"worker {worker_id}", exc)
+            metrics.resumption(request.model_id, request.version)
+            log.info("%s; resuming %s at chunk %d elsewhere", lost, request.correlation_id,
+                     resume.count)
+            failed.last = lost
+            return True
+        if replay.streamed or exc.code not in _PLACE_ELSEWHERE:
+            return False
+        log.info("worker %s refused %s (%s); trying the next", worker_id,
+                 request.correlation_id, exc)
+        metrics.retry(request.model_id, request.version, exc.code.name)
+        failed.last = exc
+        if exc.code == StatusCode.RESOURCE_EXHAUSTED:
+            failed.shed = exc
+        return True
+
+    def _attempt_ended(
+        self,
+        placed: _Placed,
+        request: infer_pb2.Infer.Request,
+        model: str,
+        region: str,
+        *,
+        outcome: StatusCode | None,
+        first_chunk_s: float | None,
+    ) -> None:
+        """One attempt on a worker in ``region`` ended with ``outcome`` (None: cancelled):
+        it no longer loads the worker, and its metrics and breaker count it."""
+        placed.release()  # this attempt no longer loads the worker
+        metrics.placement(request.model_id, request.version, region,
+                          "CANCELLED" if outcome is None else outcome.name)
+        if outcome is None:
+            self.breakers.release(model, region)
+        else:
+            self.breakers.record(model, region, outcome, first_chunk_s=first_chunk_s)
 
     async def _finalise(self, cid: str, last: infer_pb2.Infer.Chunk) -> None:
         # Off the response's path (written behind, with the next admission or within
@@ -950,6 +987,47 @@ class _Ran:
     degraded: bool = False
     #: When the request passed this orchestrator's steps (if it asked).
     hops: Hops = dataclasses.field(default_factory=lambda: Hops(False))
+
+
+def _fresh(
+    batch: ChunkBatch, replay: Replay, resume: Resume
+) -> tuple[ChunkBatch, infer_pb2.Infer.Chunk | None]:
+    """Of a batch from the worker, the chunks the client does not have yet (counted as
+    delivered), up to and with the final one, and that final chunk (None if not in it)."""
+    out: ChunkBatch = []
+    for item in batch:
+        if not replay.accept(item.message):
+            continue  # the client has this one already
+        resume.delivered(item.message)
+        out.append(item)
+        if item.message.done:
+            return out, item.message
+    return out, None
+
+
+@dataclasses.dataclass
+class _Failed:
+    """What ``_dispatch``'s attempts that let the next candidate carry on failed with."""
+
+    #: The latest such error: the request's end if no candidate finishes it.
+    last: RpcError | None = None
+    #: The latest candidate's RESOURCE_EXHAUSTED.
+    shed: RpcError | None = None
+
+    def none_took(self, model: str, resume: Resume) -> TetherError:
+        """The error the request ends with when no candidate finished it."""
+        if self.last is None:
+            return Unavailable(f"{model}: every candidate's circuit is being probed; retry soon")
+        if resume.count:
+            return resume.unresumed(self.last)
+        if self.shed is not None:  # workers are alive, only busy: overload, not outage
+            return ResourceExhausted(
+                f"{model}: every worker tried is at capacity ({self.shed.message}); "
+                f"retry in {SHED_RETRY_AFTER_S:g} s",
+                details=self.shed.details,
+                retry_after_s=SHED_RETRY_AFTER_S,
+            )
+        return self.last
 
 
 def _model_name(record: registry_pb2.ModelRecord) -> str:
