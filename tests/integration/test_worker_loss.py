@@ -68,6 +68,7 @@ def test_a_worker_killed_mid_stream_is_resumed_at_once(tmp_path: Path) -> None:
                             killed_at = trio.current_time()
                             lost = c.worker_id
                 assert seqs == list(range(60))
+                await f.settled()  # the outcome is written behind the response
                 assert f.store.get_job("job-kill").state == jobs_pb2.JOB_STATE_SUCCEEDED
                 assert [e.worker_id for e in f.discovery.snapshot()] != [lost]
                 print(f"pause after the kill: {pause:.2f} s")

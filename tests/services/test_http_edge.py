@@ -359,7 +359,8 @@ class Refusing:
     """Test double of ``GatewayService`` for the fuzz tests, which exercise the edge (HTTP,
     routing, bodies) and not the service: every call that gets that far is refused."""
 
-    async def Infer(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def chunks(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """What the edges call (``GatewayService.chunks``: ``Infer`` a chunk at a time)."""
         if request.params.seed == 7:
             raise Unauthenticated("refused by the test double")
         yield infer_pb2.Infer.Chunk(correlation_id="c-1", done=True)
