@@ -52,6 +52,7 @@ MAX_PING_DELAY = 10.0
 MAX_NAT_SAMPLES = 16
 MAX_CHECKS = 10  # concurrent DOWN_HINT liveness checks
 MAX_CONCURRENT_SWAPS = 3  # full-row ping-and-swap checks in flight (dht-rpc's limit)
+FIREWALL_PROBES = 5  # nodes asked for a PING_NAT by the firewall check (dht-rpc's count)
 
 
 class DhtError(TransportError):
@@ -142,6 +143,10 @@ class DhtNode:
         self._nat_samples: list[SocketAddress] = []
         self._tick = 0
         self._checks = 0
+        #: Can others not reach us unasked? True until a firewall check proves otherwise
+        #: (dht-rpc's ``firewalled``); a persistent node is reachable by contract.
+        self.firewalled = ephemeral
+        self._probe_hosts: set[str] | None = None
         self.stats: Counter[str] = Counter()
 
     # -- identity ------------------------------------------------------------------------
@@ -363,6 +368,71 @@ class DhtNode:
         res = Response(req.tid, to, self.own_id_on_wire(),
                        self.io.tokens.token(to.host) if token else None, closer, error, value)
         (via or self.transport).send_datagram(encode_response(res), to)
+
+    # -- the firewall check (dht-rpc's ``_checkIfFirewalled``) ---------------------------
+
+    def probe_datagram_received(self, data: bytes, addr: SocketAddress) -> None:
+        """A datagram on the firewall check's probe socket (one that never sent anything):
+        only PING_NAT replies are expected there, and each proves its sender reached us
+        unasked."""
+        if not 0 < addr.port < 65536:
+            return
+        try:
+            msg = decode_message(data)
+        except DhtRpcProtocolError:
+            return
+        if isinstance(msg, Response) and self._probe_hosts is not None:
+            self._probe_hosts.add(addr.host)
+            self._on_response(msg, addr, sample=False)
+
+    async def check_firewall(self, probe_port: int, *,
+                             attempt_timeout: float = DEFAULT_TIMEOUT) -> bool:
+        """Ask a few nodes to answer a PING_NAT on ``probe_port``, a socket of ours on the
+        same host that has sent nothing (its datagrams go to :meth:`probe_datagram_received`),
+        and clear :attr:`firewalled` when enough of them got through. Returns ``firewalled``.
+
+        dht-rpc asks from its client socket for replies on its server socket; with one socket
+        here, the fresh probe socket plays the server socket's part. As in dht-rpc, replies
+        must reach the probe port unchanged at the host the other nodes see us at.
+        """
+        if not self.firewalled:
+            return False
+        latest = sorted(self.table.nodes(), key=lambda n: n.seen_tick, reverse=True)
+        targets = [n.address for n in latest[:FIREWALL_PROBES]]
+        for addr in self.bootstrap_nodes:
+            if len(targets) >= FIREWALL_PROBES:
+                break
+            if addr not in targets:
+                targets.append(addr)
+        if not targets:
+            return True
+        value = probe_port.to_bytes(2, "little")
+        replies: list[tuple[SocketAddress, Response]] = []
+        probe_hosts: set[str] = set()
+        self._probe_hosts = probe_hosts
+
+        async def ask(to: SocketAddress) -> None:
+            try:
+                res = await self.request(to, PING_NAT, internal=True, value=value, retries=1,
+                                         attempt_timeout=attempt_timeout)
+            except DhtError:
+                return
+            replies.append((to, res))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for to in targets:
+                    nursery.start_soon(ask, to)
+        finally:
+            self._probe_hosts = None
+        own = self.remote_address
+        reached = [res for to, res in replies
+                   if to.host in probe_hosts and own is not None
+                   and res.to == SocketAddress(own.host, probe_port)]
+        self.stats["firewall_checks"] += 1
+        if len(reached) >= (3 if len(targets) >= FIREWALL_PROBES else 1):
+            self.firewalled = False
+        return self.firewalled
 
     # -- requesting ---------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from p2p_transport.dht_rpc import (
     QueryError,
     QueryReply,
     QueryResult,
+    UdpSocket,
     is_dht_rpc,
     query,
 )
@@ -634,11 +635,15 @@ class HyperDht:
         return SocketAddress(host, port)
 
     def firewall_claim(self) -> int:
-        """OPEN when the DHT sees us at our own socket address, else UNKNOWN."""
+        """OPEN when the DHT sees us at our own socket address and others reached us unasked
+        (the firewall check), CONSISTENT when seen there but firewalled (a public host that
+        drops unsolicited datagrams punches like a consistent NAT, as in hyperdht), else
+        UNKNOWN."""
         if self._firewall_override is not None:
             return self._firewall_override
-        remote = self.node.remote_address
-        return Firewall.OPEN if remote == self.local_address else Firewall.UNKNOWN
+        if self.node.remote_address != self.local_address:
+            return Firewall.UNKNOWN
+        return Firewall.CONSISTENT if self.node.firewalled else Firewall.OPEN
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if is_dht_rpc(data):
@@ -647,6 +652,20 @@ class HyperDht:
 
     async def bootstrap(self) -> None:
         await query(self.node, self.node.id, FIND_NODE, internal=True)
+        if self.node.firewalled and self._firewall_override is None:
+            await self.check_firewall()
+
+    async def check_firewall(self) -> bool:
+        """Run the DHT's firewall check from a fresh probe socket on our host."""
+        probe = await UdpSocket.bind(self.socket.address[0], 0)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(probe.serve, self.node.probe_datagram_received)
+                firewalled = await self.node.check_firewall(probe.local_address.port)
+                nursery.cancel_scope.cancel()
+        finally:
+            probe.close()
+        return firewalled
 
     # -- requests from the network -------------------------------------------------------
 

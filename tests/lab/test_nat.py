@@ -1,8 +1,8 @@
 """What the transport does across NATs: a client behind a NAT reaches a public server; two
-peers behind NATs holepunch (consistent with consistent or random); two random NATs fail at
-once with a clear error (a relay would be needed). Real processes
-(``python -m p2p_transport rpc-serve`` and ``rpc-call``) on lab hosts, a Python DHT on a
-public host."""
+peers behind NATs holepunch (consistent with consistent or random), and so does a host
+behind a firewall (public address, unsolicited UDP dropped); two random NATs fail at once
+with a clear error (a relay would be needed). Real processes (``python -m p2p_transport
+rpc-serve`` and ``rpc-call``) on lab hosts, a Python DHT on a public host."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def place(lab: netlab.Lab, name: str, where: str) -> netlab.Host:
         ("consistent", "consistent", "6869"),
         ("consistent", "random", "6869"),
         ("random", "random", HOLEPUNCH),
+        # a public host behind a firewall (unsolicited UDP dropped) finds out with the DHT's
+        # firewall check, claims CONSISTENT rather than OPEN and holepunches
+        ("firewall", "consistent", "6869"),
+        ("firewall", "random", "6869"),
+        ("consistent", "firewall", "6869"),
+        ("random", "firewall", "6869"),
+        ("firewall", "firewall", "6869"),
     ],
 )
 def test_rpc_call_across_nats(lab: netlab.Lab, server_at: str, client_at: str,

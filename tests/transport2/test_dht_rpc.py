@@ -371,3 +371,35 @@ def test_requests_and_replies_through_a_second_socket() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_firewall_check_clears_firewalled_only_when_others_reach_the_probe(
+        reachable: bool) -> None:
+    """dht-rpc's ``_checkIfFirewalled``: five nodes answer a PING_NAT on a probe port that has
+    sent nothing; behind a firewall (the probe drops what it did not ask for) the node stays
+    firewalled."""
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            net = MemoryNetwork(nursery, seed=4)
+            boot = await _start_node(nursery, net, "10.0.0.1", 49737, seed=1)
+            for i in range(6):
+                n = await _start_node(nursery, net, f"10.0.1.{i + 1}", 5000, ephemeral=False,
+                                      bootstrap=[boot.transport.local_address], seed=200 + i)
+                assert not n.firewalled  # persistent: reachable by contract
+                await query(n, n.id, FIND_NODE, internal=True)
+            client = await _start_node(nursery, net, "10.0.9.9", 7000,
+                                       bootstrap=[boot.transport.local_address], seed=9)
+            assert client.firewalled
+            await query(client, client.id, FIND_NODE, internal=True)
+            probe = net.endpoint("10.0.9.9", 7001)
+            if reachable:
+                probe.handler = client.probe_datagram_received
+            assert await client.check_firewall(7001) is not reachable
+            assert client.firewalled is not reachable
+            # five nodes asked, each answered to the probe port (and nothing else was sent there)
+            pings = [src for src, dst, _ in net.log if dst == probe.addr]
+            assert len(pings) == (5 if reachable else 10)  # unanswered: one retry each
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
