@@ -547,6 +547,20 @@ class Mux:
         await self.flush()
         return ok
 
+    async def send_batch(self, channel: Channel, type_: int, payloads: list[bytes]) -> bool:
+        """Queue several messages as one batch frame (one write to the stream, one packet
+        when they fit) and send it from this task. False when the channel is closed."""
+        core = self.core
+        self._inline += 1
+        core.cork()
+        try:
+            ok = all([channel.send(type_, payload) for payload in payloads])
+        finally:
+            core.uncork()
+            self._inline -= 1
+        await self.flush()
+        return ok
+
     async def flush(self) -> None:
         """Send every queued message now. One task flushes at a time, in order; a task that
         finds a flush in progress leaves its messages to that flusher.
@@ -647,6 +661,9 @@ class ChannelMessageStream:
         self.mux = mux
         self._send, self._recv = trio.open_memory_channel[bytes](max_buffered)
         self.opened = trio.Event()
+        self._ended = trio.Event()
+        self._deliver: Callable[[bytes], None] | None = None
+        self._deliver_error: BaseException | None = None
         ch = mux.core.create_channel(protocol, id_, on_open=self._on_open,
                                      on_message=self._on_message, on_close=self._on_close)
         if ch is None:
@@ -662,6 +679,15 @@ class ChannelMessageStream:
     def _on_message(self, type_: int, payload: bytes) -> None:
         if type_ != 0:
             return
+        deliver = self._deliver
+        if deliver is not None:
+            try:
+                deliver(payload)
+            except Exception as exc:  # ends deliver(), which re-raises it
+                self._deliver_error = exc
+                self._deliver = None
+                self._ended.set()
+            return
         try:
             self._send.send_nowait(payload)
         except trio.WouldBlock:
@@ -672,6 +698,7 @@ class ChannelMessageStream:
 
     def _on_close(self, _remote: bool) -> None:
         self.opened.set()
+        self._ended.set()
         self._send.close()
 
     async def wait_opened(self) -> None:
@@ -683,8 +710,39 @@ class ChannelMessageStream:
         if not await self.mux.send(self.channel, 0, data):
             raise trio.ClosedResourceError("channel is closed")
 
+    async def send_messages(self, messages: list[bytes]) -> None:
+        """Send several messages in one protomux batch frame: the peer receives them in
+        order, as separate messages, from one write."""
+        if not await self.mux.send_batch(self.channel, 0, messages):
+            raise trio.ClosedResourceError("channel is closed")
+
     async def receive_message(self) -> bytes:
         return await self._recv.receive()
+
+    async def deliver(self, on_message: Callable[[bytes], None]) -> None:
+        """Call ``on_message(message)`` for each message until the channel closes (then
+        return): those already queued first, then each straight from the network's receive
+        path, without a task switch (``on_message`` must not block). Re-raises what
+        ``on_message`` raised."""
+        if self._deliver is not None:
+            raise trio.BusyResourceError("another task is receiving")
+        while True:  # what arrived before, in order
+            try:
+                on_message(self._recv.receive_nowait())
+            except trio.WouldBlock:
+                break
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+        if self._ended.is_set():
+            return
+        self._deliver = on_message
+        try:
+            await self._ended.wait()
+        finally:
+            self._deliver = None
+        if self._deliver_error is not None:
+            error, self._deliver_error = self._deliver_error, None
+            raise error
 
     def receive_message_nowait(self) -> bytes:
         """A message already received, without waiting (``trio.WouldBlock`` if none): a

@@ -50,7 +50,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -122,6 +122,8 @@ class _ServerCall:
     cancelled_by_peer: bool = False
     #: The client takes batch frames (RpcOpen.accept_batch).
     batch: bool = False
+    #: A unary handler's response, sent with the trailer.
+    unary_response: bytes | None = None
 
 
 def _peek_call_id(frame: bytes) -> int | None:
@@ -166,6 +168,10 @@ class RpcConnection:
         self._client_calls: dict[int, _ClientCall] = {}
         self._server_calls: dict[int, _ServerCall] = {}
         self._send_lock = trio.Lock()
+        #: Sends several messages in one write (a protomux channel's batch), if it can.
+        self._send_batch: Callable[[list[bytes]], Awaitable[None]] | None = getattr(
+            stream, "send_messages", None
+        )
         self._closed: RpcError | None = None
         self._nursery: trio.Nursery | None = None
         self._done = trio.Event()
@@ -216,8 +222,19 @@ class RpcConnection:
         self._server_calls.clear()
 
     async def _read_loop(self) -> None:
-        # A stream that can say what it already holds (a protomux channel) is drained in
-        # one go: the calls those frames belong to then find them queued together.
+        # A stream that delivers from its receive path (a protomux channel) hands each frame
+        # over without a task switch.
+        deliver: Callable[[Callable[[bytes], None]], Awaitable[None]] | None = getattr(
+            self.stream, "deliver", None
+        )
+        if deliver is not None:
+            with contextlib.suppress(
+                trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
+                await deliver(self._on_raw_frame)
+            return
+        # A stream that can say what it already holds is drained in one go: the calls
+        # those frames belong to then find them queued together.
         nowait: Callable[[], bytes] | None = getattr(self.stream, "receive_message_nowait", None)
         while True:
             try:
@@ -237,10 +254,13 @@ class RpcConnection:
                     return
                 self._on_raw_frame(raw)
 
-    async def _send(self, frame: rpc_pb2.RpcFrame) -> None:
+    async def _send(self, frame: rpc_pb2.RpcFrame, *more: rpc_pb2.RpcFrame) -> None:
+        """Send frames in order; several go in one write where the stream can batch them
+        (a protomux channel: one batch frame, so one packet when they fit)."""
         if self._closed is not None:
             raise self._closed
         data = frame.SerializeToString()
+        batch = self._send_batch if more else None
         try:
             # Uncontended, the lock is taken without a trip through the scheduler (one
             # per frame otherwise); the stream's send is the checkpoint.
@@ -250,7 +270,12 @@ class RpcConnection:
             except trio.WouldBlock:
                 await self._send_lock.acquire()
             try:
-                await self.stream.send_message(data)
+                if batch is not None:
+                    await batch([data, *(f.SerializeToString() for f in more)])
+                else:
+                    await self.stream.send_message(data)
+                    for f in more:
+                        await self.stream.send_message(f.SerializeToString())
             finally:
                 self._send_lock.release()
         except FrameTooLarge as exc:
@@ -260,14 +285,14 @@ class RpcConnection:
             self._shutdown(err)
             raise err from None
 
-    async def _send_quietly(self, frame: rpc_pb2.RpcFrame) -> None:
+    async def _send_quietly(self, frame: rpc_pb2.RpcFrame, *more: rpc_pb2.RpcFrame) -> None:
         """Best-effort send for cancels and trailers of calls already over."""
         with (
             trio.CancelScope(shield=True),
             trio.move_on_after(_SHIELDED_SEND_TIMEOUT),
             contextlib.suppress(RpcError),
         ):
-            await self._send(frame)
+            await self._send(frame, *more)
 
     # -------------------------------------------------------------- dispatch
 
@@ -408,9 +433,19 @@ class RpcConnection:
             return
         if scope.cancelled_caught and status is None:
             status = RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded on the server")
-        await self._send_quietly(
-            _trailer_frame(call_id, status, metadata=ctx.trailing_metadata)
-        )
+        trailer = _trailer_frame(call_id, status, metadata=ctx.trailing_metadata)
+        if scall.unary_response is not None and status is None:
+            # A unary call's response and its trailer go in one write.
+            response = _message_frame(call_id, scall.unary_response)
+            with trio.CancelScope(shield=True), trio.move_on_after(_SHIELDED_SEND_TIMEOUT):
+                try:
+                    await self._send(response, trailer)
+                    return
+                except RpcError as exc:  # e.g. a response over the frame limit
+                    if self._closed is not None:
+                        return
+                    trailer = _trailer_frame(call_id, exc)
+        await self._send_quietly(trailer)
 
     async def _run_handler(self, scall: _ServerCall, ctx: ServerContext) -> RpcError | None:
         handler = scall.handler
@@ -421,7 +456,8 @@ class RpcConnection:
         request = handler.parse_request(scall.request)
         if handler.spec.kind == "unary":
             response = await handler.func(request, ctx)
-            await self._send_responses(scall, [handler.serialize_response(response)])
+            # Sent with the trailer (a unary call always has the one credit it needs).
+            scall.unary_response = handler.serialize_response(response)
         else:
             agen = handler.func(request, ctx)
             try:
@@ -484,21 +520,17 @@ class RpcConnection:
         if timeout is not None:
             opening.open.timeout_ms = max(1, math.ceil(timeout * 1000))
         opening.open.metadata.update(md)
-        message = rpc_pb2.RpcFrame(call_id=call.call_id)
-        message.message.payload = request
+        message = _message_frame(call.call_id, request)
         close = rpc_pb2.RpcFrame(call_id=call.call_id)
         close.half_close.SetInParent()
-        sent = 0
         try:
-            for frame in (opening, message, close):
-                await self._send(frame)
-                sent += 1
+            # One write where the stream batches (one packet for a small request).
+            await self._send(opening, message, close)
         except BaseException:
             self._client_calls.pop(call.call_id, None)
-            if sent:
-                # The peer holds a half-opened call: release it (it counts against its
-                # concurrent-call bound until then).
-                await self._send_quietly(_cancel_frame(call.call_id, "client gave up"))
+            # The peer may hold a half-opened call (a stream without batches sends the frames
+            # one by one): release it (it counts against its concurrent-call bound until then).
+            await self._send_quietly(_cancel_frame(call.call_id, "client gave up"))
             raise
         return call
 
@@ -650,6 +682,12 @@ class ResponseStream:
         """Cancel the call now; the server's handler is cancelled."""
         if self._call is not None:
             await self._conn.abandon(self._call, reason)
+
+
+def _message_frame(call_id: int, payload: bytes) -> rpc_pb2.RpcFrame:
+    frame = rpc_pb2.RpcFrame(call_id=call_id)
+    frame.message.payload = payload
+    return frame
 
 
 def _window_frame(call_id: int, credits: int) -> rpc_pb2.RpcFrame:
