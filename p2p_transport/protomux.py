@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from p2p_transport import tick
 from p2p_transport.cenc import DecodeError, Reader, RemoteProtocolError, Writer
 
 __all__ = [
@@ -314,6 +315,10 @@ class Protomux:
         self._batch.append((local_id, item))
 
     def _send_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        if len(batch) == 1:  # a batch of one is sent as the plain message
+            local_id, item = batch[0]
+            self._output(_uint(local_id) + item)
+            return
         prev = batch[0][0]
         w = Writer().uint8(0).uint8(_BATCH).uint(prev)
         for local_id, item in batch:
@@ -464,7 +469,7 @@ class Mux:
     ``nursery`` is available to layers above for their handler tasks while it runs.
     """
 
-    def __init__(self, stream: MessageStream) -> None:
+    def __init__(self, stream: MessageStream, *, coalesce: bool = False) -> None:
         self.stream = stream
         self.core = Protomux()
         self.core.on_output = self._on_output
@@ -475,6 +480,14 @@ class Mux:
         self._flushing = False
         self._push: PushMessageStream | None = (stream if isinstance(stream, PushMessageStream)
                                                 else None)
+        #: Messages sent with :meth:`send` during one run-loop tick leave together, as one
+        #: batch frame, at the tick's end (see :mod:`p2p_transport.tick`): with many calls
+        #: on one connection, one packet carries what they wrote in the same tick instead
+        #: of one packet each. Only while the stream takes writes at once; otherwise
+        #: :meth:`send` waits for room, as without.
+        self._can_write: Callable[[], bool] | None = (
+            getattr(stream, "can_send_nowait", None) if coalesce and self._push else None)
+        self._tick_batch = False
 
     def _on_output(self) -> None:
         if not self._inline:
@@ -537,15 +550,44 @@ class Mux:
             self.flush_nowait()  # replies queued while handling the frame
 
     async def send(self, channel: Channel, type_: int, payload: bytes) -> bool:
-        """Queue one message and send it from this task (no hop through the writer task).
-        False when the channel is closed."""
+        """Queue one message and send it from this task (no hop through the writer task),
+        or, coalescing, at the end of this tick. False when the channel is closed."""
         self._inline += 1
         try:
+            coalesced = self._coalesce()
             ok = channel.send(type_, payload)
         finally:
             self._inline -= 1
-        await self.flush()
+        if coalesced:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # queued: as good as sent
+        else:
+            await self.flush()
         return ok
+
+    def _coalesce(self) -> bool:
+        """Batch what is sent now until the tick's end, if the stream can take it then."""
+        if self._tick_batch:
+            return True
+        can_write = self._can_write
+        if can_write is None or self.core.outbox or self._flushing or not can_write():
+            return False
+        self._tick_batch = True
+        self.core.cork()
+        tick.at_tick_end(self._end_tick)
+        return True
+
+    def _end_tick(self) -> None:
+        if not self._tick_batch:
+            return
+        self._tick_batch = False
+        self._inline += 1  # written below, not by the writer task
+        try:
+            self.core.uncork()
+        finally:
+            self._inline -= 1
+        # A stream closed meanwhile: what was queued goes nowhere, as for any late send.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self.flush_nowait()
 
     async def send_batch(self, channel: Channel, type_: int, payloads: list[bytes]) -> bool:
         """Queue several messages as one batch frame (one write to the stream, one packet
@@ -554,11 +596,15 @@ class Mux:
         self._inline += 1
         core.cork()
         try:
+            coalesced = self._coalesce()
             ok = all([channel.send(type_, payload) for payload in payloads])
         finally:
             core.uncork()
             self._inline -= 1
-        await self.flush()
+        if coalesced:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # queued: as good as sent
+        else:
+            await self.flush()
         return ok
 
     async def flush(self) -> None:
@@ -568,6 +614,7 @@ class Mux:
         A queued message is never dropped by cancelling the flushing task: the stream sends a
         message whole or not at all, and what was not sent stays queued for the writer task
         (messages of other channels are queued here too)."""
+        self._end_tick()
         if self._flushing:
             await trio.lowlevel.checkpoint()
             return
@@ -655,6 +702,10 @@ class ChannelMessageStream:
     side) and every received message was read. The receive queue is bounded by
     ``max_buffered`` messages; past it the sender is told to slow down by a closed channel.
     """
+
+    #: Tasks may send concurrently without a lock: each message is queued whole, in the
+    #: order of the calls, before the send yields.
+    atomic_sends = True
 
     def __init__(self, mux: Mux, protocol: str, id_: bytes | None = None, *,
                  max_buffered: int = 1024) -> None:

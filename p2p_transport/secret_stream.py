@@ -424,6 +424,12 @@ class SecretStream(trio.abc.HalfCloseableStream):
         finally:
             self._receiving = False
 
+    def can_send_nowait(self) -> bool:
+        """:meth:`send_message_nowait` would send now (see there)."""
+        push = self._push
+        return (not self._closed and push is not None and not self._send_lock.locked()
+                and push.can_send_nowait())
+
     def send_message_nowait(self, message: bytes) -> bool:
         """Send one message without yielding when that is possible now (a raw stream that
         takes writes synchronously, no other sender, send buffer not full); False when it is

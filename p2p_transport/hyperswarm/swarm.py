@@ -131,6 +131,19 @@ class SwarmConnection:
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise trio.EndOfChannel from exc
 
+    async def deliver(self, on_message: Callable[[bytes], None]) -> None:
+        """Call ``on_message`` for each message, from the network's receive path (see
+        :meth:`SecretStream.deliver`), until the peer ended or we closed."""
+        with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self.stream.deliver(on_message)
+
+    def send_message_nowait(self, message: bytes) -> bool:
+        """Send without yielding when the stream can take it now (False: nothing sent)."""
+        return self.stream.send_message_nowait(message)
+
+    def can_send_nowait(self) -> bool:
+        return self.stream.can_send_nowait()
+
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(DUPLICATE_CLOSE_WAIT):
             await self.stream.aclose()

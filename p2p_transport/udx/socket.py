@@ -31,6 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from .. import tick
 from .core import Closed, MessageReceived, StreamCore, StreamError, StreamReset, StreamTimeout
 from .packet import HEADER_SIZE, MAGIC, MAX_DATAGRAM, VERSION, Packet, PacketError, is_udx
 
@@ -380,13 +381,14 @@ class UdxSocket:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop)
                 nursery.start_soon(self._timer_loop)
-                trio.lowlevel.add_instrument(self._ack_flusher)
+                # After the tick's coalesced writes (p2p_transport.tick), which may carry
+                # the ACKs owed.
+                tick.add_hook(self._ack_flusher.before_io_wait)
                 try:
                     yield self
                 finally:
                     nursery.cancel_scope.cancel()
-                    with contextlib.suppress(KeyError):
-                        trio.lowlevel.remove_instrument(self._ack_flusher)
+                    tick.remove_hook(self._ack_flusher.before_io_wait)
         finally:
             self._shutdown()
 
@@ -563,9 +565,9 @@ class UdxSocket:
                     stream._after_input(now)
 
 
-class _AckFlusher(trio.abc.Instrument):
+class _AckFlusher:
     """Sends a socket's owed pure ACKs when the run loop is about to wait for I/O with nothing
-    runnable, or once they waited :data:`ACK_DELAY`."""
+    runnable, or once they waited :data:`ACK_DELAY` (a :mod:`p2p_transport.tick` hook)."""
 
     def __init__(self, socket: UdxSocket) -> None:
         self._socket = socket

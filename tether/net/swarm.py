@@ -276,7 +276,8 @@ class SwarmNetwork:
         names: set[str],
         ready: trio.MemorySendChannel[Peer] | None,
     ) -> None:
-        mux = Mux(stream)
+        # Messages of many calls written in the same tick leave as one frame.
+        mux = Mux(stream, coalesce=True)
         # Our opens are queued before the first frame is read: an open from the peer that
         # arrived before ours was sent would find no channel and be rejected.
         channel = ChannelMessageStream(mux, PROTOCOL)

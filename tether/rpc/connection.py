@@ -167,7 +167,11 @@ class RpcConnection:
         self._next_id = 1 if initiator else 2
         self._client_calls: dict[int, _ClientCall] = {}
         self._server_calls: dict[int, _ServerCall] = {}
-        self._send_lock = trio.Lock()
+        # One sender at a time, unless the stream queues each message whole (a protomux
+        # channel): then tasks sending in the same tick share one frame.
+        self._send_lock: trio.Lock | None = (
+            None if getattr(stream, "atomic_sends", False) else trio.Lock()
+        )
         #: Sends several messages in one write (a protomux channel's batch), if it can.
         self._send_batch: Callable[[list[bytes]], Awaitable[None]] | None = getattr(
             stream, "send_messages", None
@@ -265,25 +269,37 @@ class RpcConnection:
             # Uncontended, the lock is taken without a trip through the scheduler (one
             # per frame otherwise); the stream's send is the checkpoint.
             await trio.lowlevel.checkpoint_if_cancelled()
+            lock = self._send_lock
+            if lock is None:  # the stream queues each send whole, in order
+                await self._write(data, more, batch)
+                return
             try:
-                self._send_lock.acquire_nowait()
+                lock.acquire_nowait()
             except trio.WouldBlock:
-                await self._send_lock.acquire()
+                await lock.acquire()
             try:
-                if batch is not None:
-                    await batch([data, *(f.SerializeToString() for f in more)])
-                else:
-                    await self.stream.send_message(data)
-                    for f in more:
-                        await self.stream.send_message(f.SerializeToString())
+                await self._write(data, more, batch)
             finally:
-                self._send_lock.release()
+                lock.release()
         except FrameTooLarge as exc:
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             err = RpcError(StatusCode.UNAVAILABLE, f"connection lost: {exc}")
             self._shutdown(err)
             raise err from None
+
+    async def _write(
+        self,
+        data: bytes,
+        more: tuple[rpc_pb2.RpcFrame, ...],
+        batch: Callable[[list[bytes]], Awaitable[None]] | None,
+    ) -> None:
+        if batch is not None:
+            await batch([data, *(f.SerializeToString() for f in more)])
+        else:
+            await self.stream.send_message(data)
+            for f in more:
+                await self.stream.send_message(f.SerializeToString())
 
     async def _send_quietly(self, frame: rpc_pb2.RpcFrame, *more: rpc_pb2.RpcFrame) -> None:
         """Best-effort send for cancels and trailers of calls already over."""
@@ -557,10 +573,11 @@ class RpcConnection:
                 call.consumed += len(items)
                 if call.consumed >= max(1, call.window // 2) and not call.finished:
                     grant = _window_frame(call.call_id, call.consumed)
-                    await self._send(grant)
-                    # Counted once sent: a grant cancelled with its call was never given.
-                    call.granted += grant.window.credits
+                    # Counted before it is sent: the messages it allows may arrive (and be
+                    # delivered, from the receive path) before this task runs again.
+                    call.granted += call.consumed
                     call.consumed = 0
+                    await self._send(grant)
                 return items
             item = queue.popleft()
             assert not isinstance(item, bytes)
