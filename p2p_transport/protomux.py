@@ -597,7 +597,7 @@ class Mux:
         core.cork()
         try:
             coalesced = self._coalesce()
-            ok = all([channel.send(type_, payload) for payload in payloads])
+            ok = all(channel.send(type_, payload) for payload in payloads)
         finally:
             core.uncork()
             self._inline -= 1

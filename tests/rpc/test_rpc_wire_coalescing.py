@@ -165,7 +165,8 @@ class _EagerPeer:
         assert self.deliver_to is not None
         while self.credits and self.sent_messages < self.total:
             frame = rpc_pb2.RpcFrame(call_id=self.call_id)
-            frame.message.payload = infer_pb2.Infer.Chunk(seq=self.sent_messages).SerializeToString()
+            chunk = infer_pb2.Infer.Chunk(seq=self.sent_messages)
+            frame.message.payload = chunk.SerializeToString()
             self.sent_messages += 1
             self.credits -= 1
             self.deliver_to(frame.SerializeToString())
