@@ -36,7 +36,15 @@ relay forwards a lone message at once, and a batch forms only from messages that
 were already queued (``ResponseStream.next_batch``). A client that did not ask for
 batches (an older one) gets one ``message`` frame per response.
 
-A single reader task owns the stream's receive side and never blocks on a
+Writes: a call's open, request and half-close go in one write, and so do a unary
+response and its trailer; over a protomux channel that is one batch frame, and the
+channel's mux puts what every call wrote in the same run-loop tick into one frame (see
+``p2p_transport.tick``). Tasks send without a lock on such a stream (it queues each
+message whole, in order).
+
+A stream that can deliver from its receive path (a protomux channel) hands each frame to
+the connection there, without a task switch; otherwise a single reader task owns the
+stream's receive side. Either way frame handling never blocks on a
 call: responses land in a per-call queue bounded by the credits the client
 granted (``initial_window`` plus ``window`` frames), so a peer that sends more
 than it was granted breaks only that call. A frame that fails to decode fails
