@@ -59,13 +59,20 @@ class QuotaGuard:
                 "worker queue is full; retry on another worker or later",
                 details={"queue_limit": str(self.queue_limit)},
             )
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._by_tenant[tenant_id] = held + 1
-        self._waiting += 1
         try:
+            # A free slot is taken at once, without yielding: requests arriving in the same
+            # tick then see it taken (Semaphore.acquire yields after taking it, and a
+            # request counted as waiting meanwhile made the next ones find the queue full).
             try:
-                await self._slots.acquire()
-            finally:
-                self._waiting -= 1
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                self._waiting += 1
+                try:
+                    await self._slots.acquire()
+                finally:
+                    self._waiting -= 1
             try:
                 yield
             finally:
