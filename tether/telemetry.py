@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tether import health
+from tether import health, metrics
 from tether.errors import TetherError
 
 if TYPE_CHECKING:
@@ -241,8 +241,8 @@ class RequestMetrics:
     def __init__(self, service: str) -> None:
         meter = otel_metrics.get_meter("tether")
         self.service = service
-        self.requests = meter.create_counter(
-            "tether.requests", description="Requests by outcome (status code)"
+        self.requests = metrics.local_counter(
+            "tether.requests", "Requests by outcome (status code)"
         )
         self.duration = meter.create_histogram(
             "tether.request.duration", unit="ms", description="Request latency to the last chunk"
@@ -274,17 +274,10 @@ class RequestMetrics:
                 self.first_chunk.record((timer.first - timer.start) * 1000, attrs)
 
 
-_cache_lookups: otel_metrics.Counter | None = None
-
-
-def cache_lookups() -> otel_metrics.Counter:
+def cache_lookups() -> metrics.LocalCounter:
     """``tether.cache.lookups`` by ``cache`` and ``result`` (see ``tether.ttlcache``)."""
-    global _cache_lookups
-    if _cache_lookups is None:
-        _cache_lookups = otel_metrics.get_meter("tether").create_counter(
-            "tether.cache.lookups", description="Cache lookups by cache and result "
-            "(hit, miss, stale)")
-    return _cache_lookups
+    return metrics.local_counter(
+        "tether.cache.lookups", "Cache lookups by cache and result (hit, miss, stale)")
 
 
 class UsageMetrics:
@@ -292,9 +285,8 @@ class UsageMetrics:
     IAM system can scrape (Prometheus) or receive (OTLP) as it happens."""
 
     def __init__(self) -> None:
-        meter = otel_metrics.get_meter("tether")
-        self.tokens = meter.create_counter(
-            "tether.tokens", description="Tokens processed, by tenant, model and direction"
+        self.tokens = metrics.local_counter(
+            "tether.tokens", "Tokens processed, by tenant, model and direction"
         )
 
     def record(self, tenant: str, model: str, input_tokens: int, output_tokens: int) -> None:
@@ -327,8 +319,18 @@ def status_name(exc: BaseException) -> str:
     return "UNKNOWN"
 
 
+#: Tracers by provider and name: ``trace.get_tracer`` builds a new one on every call
+#: (a tenth of a millisecond, on every request). Keyed by the provider itself, so a
+#: provider set later (the SDK's, replacing the API's proxy) gets tracers of its own.
+_TRACERS: dict[tuple[int, str], tuple[trace.TracerProvider, trace.Tracer]] = {}
+
+
 def tracer(name: str = "tether") -> trace.Tracer:
-    return trace.get_tracer(name)
+    provider = trace.get_tracer_provider()
+    found = _TRACERS.get((id(provider), name))
+    if found is None or found[0] is not provider:
+        found = _TRACERS[(id(provider), name)] = (provider, provider.get_tracer(name))
+    return found[1]
 
 
 @contextmanager

@@ -250,3 +250,17 @@ async def test_loads_and_cache_lookups_are_counted(local_artifacts, publisher) -
     assert count("tether.worker.model.loads", **labels, result="RESOURCE_EXHAUSTED") == 1
     assert count("tether.worker.model_cache.lookups", **labels, result="miss") == 2
     assert count("tether.worker.model_cache.lookups", **labels, result="hit") == 1
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_onnx_runtime_threads_spin_only_when_asked(spin: bool) -> None:
+    """A spinning intra-op pool keeps every core busy between steps (the worker's event
+    loop then waits for one): off unless the backend is told the host is its own."""
+    weight = np.eye(4, dtype=np.float32)
+    session = OnnxRuntimeBackend(intra_op_threads=2, spin=spin).load(
+        tensor_model_bytes(weight), digest="sha256:test")
+    options = session._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == (
+        "1" if spin else "0")
+    (y,) = session.run({session.inputs[0].name: np.ones((1, 4), np.float32)}).values()
+    assert np.allclose(y, 1.5)

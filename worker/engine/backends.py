@@ -88,18 +88,28 @@ class OnnxRuntimeSession:
 
 
 class OnnxRuntimeBackend:
-    """ONNX Runtime on CPU: the default engine, and the fallback everywhere."""
+    """ONNX Runtime on CPU: the default engine, and the fallback everywhere.
+
+    Its intra-op threads do not spin waiting for the next run (``spin=False``, ONNX
+    Runtime's ``session.intra_op.allow_spinning`` off): between steps a spinning pool keeps
+    every core busy, and the worker's own event loop (which streams the tokens out), and
+    any service sharing the host, then wait for a core. On the 2-core bench host, spinning
+    cost 3-5x the CPU per token and 40% of the worker's tokens/s at 16 concurrent streams
+    (``bench/e2e_request_path.py``). ``spin=True`` suits a host running nothing else."""
 
     name = ONNXRUNTIME_CPU
 
-    def __init__(self, *, intra_op_threads: int = 0) -> None:
+    def __init__(self, *, intra_op_threads: int = 0, spin: bool = False) -> None:
         self.intra_op_threads = intra_op_threads
+        self.spin = spin
 
     def load(self, onnx_bytes: bytes, *, digest: str) -> OnnxRuntimeSession:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.intra_op_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      "1" if self.spin else "0")
         try:
             sess = ort.InferenceSession(onnx_bytes, sess_options=opts,
                                         providers=["CPUExecutionProvider"])
