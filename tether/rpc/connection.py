@@ -566,37 +566,40 @@ class RpcConnection:
     async def next_items(self, call: _ClientCall, deadline: float, most: int) -> list[bytes]:
         """The next response payload and up to ``most - 1`` more already queued behind
         it (never waiting for those); empty after an OK trailer."""
-        with trio.move_on_at(deadline):
-            while not call.queue:
-                call.wakeup = trio.Event()
-                with trio.move_on_after(self.probe_after_s):
-                    await call.wakeup.wait()
-                if not call.queue:
-                    await self._send(_window_frame(call.call_id, 0))  # a liveness probe
-            queue = call.queue
-            if isinstance(queue[0], bytes):
-                items: list[bytes] = []
-                while queue and len(items) < most and isinstance(queue[0], bytes):
-                    items.append(queue.popleft())  # type: ignore[arg-type]
-                call.consumed += len(items)
-                if call.consumed >= max(1, call.window // 2) and not call.finished:
-                    grant = _window_frame(call.call_id, call.consumed)
-                    # Counted before it is sent: the messages it allows may arrive (and be
-                    # delivered, from the receive path) before this task runs again.
-                    call.granted += call.consumed
-                    call.consumed = 0
-                    await self._send(grant)
-                return items
-            item = queue.popleft()
-            assert not isinstance(item, bytes)
-            call.finished = True
-            if isinstance(item, RpcError):
-                raise item
-            if item.code != StatusCode.OK:
-                raise RpcError(item.code, item.message, item.details)
-            return []
-        await self.abandon(call, "deadline exceeded")
-        raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{call.method}: deadline exceeded")
+        queue = call.queue
+        # Waiting only when nothing is queued, under one cancel scope a wait (a relay
+        # takes most chunks already queued: they cost no scope, no deadline bookkeeping).
+        while not queue:
+            now = trio.current_time()
+            if now >= deadline:
+                await self.abandon(call, "deadline exceeded")
+                raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{call.method}: deadline exceeded")
+            call.wakeup = trio.Event()
+            with trio.move_on_at(min(deadline, now + self.probe_after_s)):
+                await call.wakeup.wait()
+            if not queue and trio.current_time() < deadline:
+                await self._send(_window_frame(call.call_id, 0))  # a liveness probe
+        if isinstance(queue[0], bytes):
+            items: list[bytes] = []
+            while queue and len(items) < most and isinstance(queue[0], bytes):
+                items.append(queue.popleft())  # type: ignore[arg-type]
+            call.consumed += len(items)
+            if call.consumed >= max(1, call.window // 2) and not call.finished:
+                grant = _window_frame(call.call_id, call.consumed)
+                # Counted before it is sent: the messages it allows may arrive (and be
+                # delivered, from the receive path) before this task runs again.
+                call.granted += call.consumed
+                call.consumed = 0
+                await self._send(grant)
+            return items
+        item = queue.popleft()
+        assert not isinstance(item, bytes)
+        call.finished = True
+        if isinstance(item, RpcError):
+            raise item
+        if item.code != StatusCode.OK:
+            raise RpcError(item.code, item.message, item.details)
+        return []
 
     async def abandon(self, call: _ClientCall, reason: str) -> None:
         """End a call from our side (deadline, cancellation, early exit)."""
