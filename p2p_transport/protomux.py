@@ -552,17 +552,7 @@ class Mux:
     async def send(self, channel: Channel, type_: int, payload: bytes) -> bool:
         """Queue one message and send it from this task (no hop through the writer task),
         or, coalescing, at the end of this tick. False when the channel is closed."""
-        self._inline += 1
-        try:
-            coalesced = self._coalesce()
-            ok = channel.send(type_, payload)
-        finally:
-            self._inline -= 1
-        if coalesced:
-            await trio.lowlevel.cancel_shielded_checkpoint()  # queued: as good as sent
-        else:
-            await self.flush()
-        return ok
+        return await self.send_batch(channel, type_, [payload])
 
     def _coalesce(self) -> bool:
         """Batch what is sent now until the tick's end, if the stream can take it then."""
@@ -591,7 +581,8 @@ class Mux:
 
     async def send_batch(self, channel: Channel, type_: int, payloads: list[bytes]) -> bool:
         """Queue several messages as one batch frame (one write to the stream, one packet
-        when they fit) and send it from this task. False when the channel is closed."""
+        when they fit; a batch of one is the plain message) and send it as :meth:`send`
+        does. False when the channel is closed."""
         core = self.core
         self._inline += 1
         core.cork()

@@ -13,12 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+from rpc_stack import rpc_over_udx
 
-from p2p_transport import crypto
-from p2p_transport.noise import dht_handshake
-from p2p_transport.protomux import ChannelMessageStream, Mux
-from p2p_transport.secret_stream import open_secret_stream
-from p2p_transport.udx import UdxSocket
 from tether.rpc import RpcConnection, RpcError, ServerContext, StatusCode, collect_handlers
 from tether.v1 import infer_pb2, services_rpc
 
@@ -64,41 +60,8 @@ def _request(n: int) -> infer_pb2.Infer.Request:
 async def _rpc_over_udx(
     streamer: Streamer,
 ) -> AsyncIterator[tuple[RpcConnection, RpcConnection]]:
-    server_kp = crypto.key_pair(bytes(32))
-    client_hs = dht_handshake(crypto.key_pair(bytes([7]) * 32), server_kp.public_key)
-    server_hs = dht_handshake(server_kp)
-    server_hs.recv(client_hs.send(b""))
-    client_hs.recv(server_hs.send(b""))
-    assert client_hs.result is not None and server_hs.result is not None
-    async with (
-        UdxSocket.bind() as sa,
-        UdxSocket.bind() as sb,
-    ):
-        ua, ub = sa.create_stream(), sb.create_stream()
-        ua.connect(ub.id, sb.address)
-        ub.connect(ua.id, sa.address)
-        async with (
-            open_secret_stream(ua, True, client_hs.result) as a,
-            open_secret_stream(ub, False, server_hs.result) as b,
-            trio.open_nursery() as nursery,
-        ):
-            mux_a, mux_b = Mux(a), Mux(b)
-            chan_a = ChannelMessageStream(mux_a, "tether-rpc/1")
-            chan_b = ChannelMessageStream(mux_b, "tether-rpc/1")
-            chan_a.open()
-            chan_b.open()
-            await nursery.start(mux_a.run)
-            await nursery.start(mux_b.run)
-            await chan_a.wait_opened()
-            await chan_b.wait_opened()
-            server = RpcConnection(
-                chan_b, initiator=False, handlers=collect_handlers(streamer)
-            )
-            client = RpcConnection(chan_a, initiator=True)
-            await nursery.start(server.run)
-            await nursery.start(client.run)
-            yield client, server
-            nursery.cancel_scope.cancel()
+    async with rpc_over_udx(collect_handlers(streamer)) as stack:
+        yield stack.client, stack.server
 
 
 def test_deadlines_and_cancels_mid_stream_leave_other_calls_and_the_connection_alone() -> None:

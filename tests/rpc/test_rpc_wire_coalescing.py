@@ -20,12 +20,10 @@ from contextlib import asynccontextmanager
 
 import trio
 import trio.testing
+from rpc_stack import rpc_over_udx
 
-from p2p_transport import crypto, tick
-from p2p_transport.noise import dht_handshake
-from p2p_transport.protomux import ChannelMessageStream, Mux, PushMessageStream
-from p2p_transport.secret_stream import open_secret_stream
-from p2p_transport.udx import UdxSocket
+from p2p_transport import tick
+from p2p_transport.protomux import Mux, PushMessageStream
 from tether.rpc import RpcConnection, ServerContext, collect_handlers
 from tether.v1 import health_pb2, infer_pb2, rpc_pb2, services_pb2, services_rpc
 
@@ -59,37 +57,9 @@ class _Frames:
 
 @asynccontextmanager
 async def _connected() -> AsyncIterator[tuple[RpcConnection, _Frames, _Frames]]:
-    server_kp = crypto.key_pair(bytes(32))
-    client_hs = dht_handshake(crypto.key_pair(bytes([7]) * 32), server_kp.public_key)
-    server_hs = dht_handshake(server_kp)
-    server_hs.recv(client_hs.send(b""))
-    client_hs.recv(server_hs.send(b""))
-    assert client_hs.result is not None and server_hs.result is not None
-    async with UdxSocket.bind() as sa, UdxSocket.bind() as sb:
-        ua, ub = sa.create_stream(), sb.create_stream()
-        ua.connect(ub.id, sb.address)
-        ub.connect(ua.id, sa.address)
-        async with (
-            open_secret_stream(ua, True, client_hs.result) as a,
-            open_secret_stream(ub, False, server_hs.result) as b,
-            trio.open_nursery() as nursery,
-        ):
-            assert isinstance(a, PushMessageStream)
-            mux_a, mux_b = Mux(a, coalesce=True), Mux(b, coalesce=True)
-            chan_a = ChannelMessageStream(mux_a, "tether-rpc/1")
-            chan_b = ChannelMessageStream(mux_b, "tether-rpc/1")
-            chan_a.open()
-            chan_b.open()
-            await nursery.start(mux_a.run)
-            await nursery.start(mux_b.run)
-            await chan_a.wait_opened()
-            await chan_b.wait_opened()
-            server = RpcConnection(chan_b, initiator=False, handlers=collect_handlers(Service()))
-            client = RpcConnection(chan_a, initiator=True)
-            await nursery.start(server.run)
-            await nursery.start(client.run)
-            yield client, _Frames(mux_a), _Frames(mux_b)
-            nursery.cancel_scope.cancel()
+    async with rpc_over_udx(collect_handlers(Service()), coalesce=True) as stack:
+        assert isinstance(stack.client_mux.stream, PushMessageStream)
+        yield stack.client, _Frames(stack.client_mux), _Frames(stack.server_mux)
 
 
 def _is_batch(frame: bytes) -> bool:
